@@ -1,0 +1,81 @@
+import ArgumentParser
+import CloudAgentCore
+import CloudAgentServer
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+import UnixSignals
+
+/// `cloud-agent serve`: runs the service. Every setting is a flag and an environment variable;
+/// the flag wins.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the cloud-agent service (SQLite and local sandboxes by default).",
+        discussion: "Durations are written 250ms, 30s, 15m, 2h, 90d. Each flag has a CLOUD_AGENT_* environment variable; the flag wins."
+    )
+
+    @Option(help: "Listen address (CLOUD_AGENT_HOST, default 127.0.0.1).") var host: String?
+    @Option(help: "Listen port, 0 = pick a free port and print it (CLOUD_AGENT_PORT, default 8787).") var port: String?
+    @Option(name: .customLong("data-dir"), help: "Database, workspaces, runtime homes, token file (CLOUD_AGENT_DATA_DIR, default ./.cloud-agent).") var dataDir: String?
+    @Option(name: .customLong("database-url"), help: "sqlite:PATH or postgres://user:pass@host:port/db (CLOUD_AGENT_DATABASE_URL).") var databaseURL: String?
+    @Option(name: .customLong("api-token"), help: "Bearer token for user local (CLOUD_AGENT_API_TOKEN; default generated into <data-dir>/api-token).") var apiToken: String?
+    @Option(name: .customLong("idle-timeout"), help: "Stop a runtime after this long without activity (CLOUD_AGENT_IDLE_TIMEOUT, default 15m).") var idleTimeout: String?
+    @Option(name: .customLong("heartbeat-interval"), help: "Runtime heartbeat while an execution runs (CLOUD_AGENT_HEARTBEAT_INTERVAL, default 30s).") var heartbeatInterval: String?
+    @Option(name: .customLong("stale-threshold"), help: "Fail a running execution without heartbeat this long (CLOUD_AGENT_STALE_THRESHOLD, default 90s).") var staleThreshold: String?
+    @Option(name: .customLong("pending-timeout"), help: "Fail an execution the runtime never started (CLOUD_AGENT_PENDING_TIMEOUT, default 2m).") var pendingTimeout: String?
+    @Option(name: .customLong("stop-grace"), help: "SIGTERM → this long → SIGKILL (CLOUD_AGENT_STOP_GRACE, default 10s).") var stopGrace: String?
+    @Option(name: .customLong("stuck-after"), help: "Warn once about a running execution without progress (CLOUD_AGENT_STUCK_AFTER, default 10m).") var stuckAfter: String?
+    @Option(name: .customLong("max-runtimes"), help: "Running runtimes at once (CLOUD_AGENT_MAX_RUNTIMES, default 32).") var maxRuntimes: String?
+    @Option(name: .customLong("session-ttl"), help: "Delete a session untouched this long (CLOUD_AGENT_SESSION_TTL, default 90d).") var sessionTTL: String?
+    @Option(name: .customLong("event-retention"), help: "Delete events older than this (CLOUD_AGENT_EVENT_RETENTION, default 90d).") var eventRetention: String?
+    @Option(help: "bwrap, none or auto (CLOUD_AGENT_SANDBOX, default auto).") var sandbox: String?
+    @Option(name: .customLong("log-level"), help: "trace … critical (CLOUD_AGENT_LOG_LEVEL, default info).") var logLevel: String?
+    @Option(name: .customLong("agents-file"), help: "JSON file declaring extra command agents (CLOUD_AGENT_AGENTS_FILE).") var agentsFile: String?
+
+    var flags: [String: String] {
+        let all: [String: String?] = [
+            "host": host, "port": port, "dataDir": dataDir, "databaseURL": databaseURL, "apiToken": apiToken,
+            "idleTimeout": idleTimeout, "heartbeatInterval": heartbeatInterval, "staleThreshold": staleThreshold,
+            "pendingTimeout": pendingTimeout, "stopGrace": stopGrace, "stuckAfter": stuckAfter, "maxRuntimes": maxRuntimes,
+            "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
+            "agentsFile": agentsFile,
+        ]
+        return all.compactMapValues { $0 }
+    }
+
+    func run() async throws {
+        let configuration: ServerConfiguration
+        do {
+            configuration = try ServerConfiguration.resolve(flags: flags, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = configuration.logLevel
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let logger = Logger(label: "cloud-agent")
+        let controlPlane = try await ControlPlane.open(configuration, metrics: ServerMetrics(registry: registry), logger: logger)
+        let tokenSource = configuration.apiToken != nil ? "from CLOUD_AGENT_API_TOKEN / --api-token" : "saved in \(configuration.dataDirectory.appendingPathComponent("api-token").path)"
+        let app = controlPlane.buildApplication { port in
+            // Written unbuffered: scripts and tests read the port from a pipe.
+            let banner = """
+                cloud-agent listening on http://\(configuration.host):\(port)
+                API token for user local (\(tokenSource)): \(controlPlane.localToken)
+
+                """
+            FileHandle.standardOutput.write(Data(banner.utf8))
+        }
+        let group = ServiceGroup(
+            configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+
+/// An execution's lifecycle: pending → running → completed | failed | interrupted.
+/// A pending execution may also end directly (never started, interrupted before it ran).
+public enum ExecutionStatus: String, Sendable, Codable, CaseIterable {
+    case pending, running, completed, failed, interrupted
+
+    /// Pending and running executions are active: their runtime is never idle.
+    public var isActive: Bool { self == .pending || self == .running }
+}
+
+/// A transition the state machine does not allow (e.g. completing a completed execution).
+public struct IllegalTransition: Error, Equatable, CustomStringConvertible {
+    public let from: String
+    public let to: String
+    public var description: String { "illegal transition \(from) → \(to)" }
+}
+
+/// One prompt's run in a session.
+public struct Execution: Sendable, Equatable, Codable {
+    public var id: ExecutionID
+    public var sessionId: SessionID
+    public var status: ExecutionStatus
+    public var prompt: String
+    public var mode: String?
+    public var model: String?
+    /// When the control plane accepted it (the API's `startedAt`).
+    public var startedAt: Date
+    public var runningAt: Date?
+    public var lastHeartbeat: Date?
+    public var completedAt: Date?
+    public var exitCode: Int?
+    public var error: String?
+    public var interruptReason: String?
+    /// Agent events recorded so far, and when the latest was.
+    public var progressEvents: Int
+    public var lastEventAt: Date?
+    /// When the one `execution.stuck` warning of the current stall was emitted.
+    public var stuckReportedAt: Date?
+    /// Whether the runtime itself reported the end. A failure the control plane declared
+    /// (no heartbeat, runtime gone) is not evidence that the runtime was active at `completedAt`.
+    public var endReportedByRuntime: Bool
+
+    public init(
+        id: ExecutionID, sessionId: SessionID, prompt: String, mode: String? = nil, model: String? = nil,
+        acceptedAt: Date
+    ) {
+        self.id = id
+        self.sessionId = sessionId
+        self.status = .pending
+        self.prompt = prompt
+        self.mode = mode
+        self.model = model
+        self.startedAt = acceptedAt
+        self.progressEvents = 0
+        self.endReportedByRuntime = false
+    }
+
+    /// pending → running.
+    public mutating func markRunning(at date: Date) throws(IllegalTransition) {
+        guard status == .pending else { throw IllegalTransition(from: status.rawValue, to: ExecutionStatus.running.rawValue) }
+        status = .running
+        runningAt = date
+    }
+
+    /// A heartbeat from the runtime. Only a running execution heartbeats.
+    public mutating func recordHeartbeat(at date: Date) throws(IllegalTransition) {
+        guard status == .running else { throw IllegalTransition(from: status.rawValue, to: "heartbeat") }
+        lastHeartbeat = max(lastHeartbeat ?? date, date)
+    }
+
+    /// An agent event was recorded for this execution.
+    public mutating func recordProgress(at date: Date, events count: Int = 1) {
+        progressEvents += count
+        lastEventAt = max(lastEventAt ?? date, date)
+    }
+
+    /// Ends the execution: running (or pending) → completed | failed | interrupted.
+    public mutating func end(
+        _ outcome: ExecutionStatus, at date: Date, exitCode: Int? = nil, error: String? = nil,
+        interruptReason: String? = nil, reportedByRuntime: Bool
+    ) throws(IllegalTransition) {
+        guard status.isActive, !outcome.isActive else {
+            throw IllegalTransition(from: status.rawValue, to: outcome.rawValue)
+        }
+        guard outcome != .completed || status == .running else {
+            throw IllegalTransition(from: status.rawValue, to: outcome.rawValue)
+        }
+        status = outcome
+        completedAt = date
+        self.exitCode = exitCode
+        self.error = error
+        self.interruptReason = interruptReason
+        endReportedByRuntime = reportedByRuntime
+    }
+}

@@ -1,0 +1,49 @@
+import Foundation
+
+/// The liveness of an active execution (DESIGN.md, "Liveness of an execution"), as a pure
+/// function of the execution, the durations, the control plane's start and `now`.
+///
+/// - pending: failed when the runtime has not started it by
+///   max(startedAt, controlPlaneStartedAt) + pendingTimeout;
+/// - running: failed when max(lastHeartbeat ?? runningAt, controlPlaneStartedAt) + staleThreshold
+///   has passed, so control-plane downtime never counts against a runtime;
+/// - running without progress (agent events) for stuckAfter: one `execution.stuck` warning per
+///   stall, never a kill.
+public enum ExecutionLiveness {
+    public struct Decision: Sendable, Equatable {
+        /// Fail the execution with this error, or nil.
+        public var failure: String?
+        /// Emit `execution.stuck` with the silence so far, or nil.
+        public var stuckForMs: Int64?
+        /// The earliest time this decision can change.
+        public var nextDeadline: Date?
+    }
+
+    public static func evaluate(_ execution: Execution, timing: Timing, controlPlaneStartedAt: Date, now: Date) -> Decision {
+        switch execution.status {
+        case .pending:
+            let deadline = max(execution.startedAt, controlPlaneStartedAt).adding(milliseconds: timing.pendingTimeoutMs)
+            guard now >= deadline else { return Decision(nextDeadline: deadline) }
+            return Decision(failure: "runtime never started the execution (pending for \(now.milliseconds(since: execution.startedAt)) ms)")
+        case .running:
+            let lastSign = execution.lastHeartbeat ?? execution.runningAt ?? execution.startedAt
+            let staleAt = max(lastSign, controlPlaneStartedAt).adding(milliseconds: timing.staleThresholdMs)
+            if now >= staleAt {
+                let silence = now.milliseconds(since: lastSign)
+                let what = execution.lastHeartbeat == nil ? "no heartbeat since it started running" : "no heartbeat"
+                return Decision(failure: "\(what) for \(silence / 1000) s (stale threshold \(timing.staleThresholdMs) ms)")
+            }
+            let runningSince = execution.runningAt ?? execution.startedAt
+            let lastProgress = max(execution.lastEventAt ?? runningSince, runningSince)
+            let alreadyWarned = execution.stuckReportedAt.map { $0 >= lastProgress } ?? false
+            if alreadyWarned { return Decision(nextDeadline: staleAt) }
+            let stuckAt = lastProgress.adding(milliseconds: timing.stuckAfterMs)
+            if now >= stuckAt {
+                return Decision(stuckForMs: now.milliseconds(since: lastProgress), nextDeadline: staleAt)
+            }
+            return Decision(nextDeadline: min(staleAt, stuckAt))
+        case .completed, .failed, .interrupted:
+            return Decision()
+        }
+    }
+}

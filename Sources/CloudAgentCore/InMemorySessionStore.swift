@@ -1,0 +1,118 @@
+import Foundation
+
+/// A `SessionStore` in memory: for tests of the layers above the store, and the reference the
+/// conformance suite holds the real backends to.
+public actor InMemorySessionStore: SessionStore {
+    private var tokens: [String: Owner] = [:]
+    private var sessionsById: [SessionID: SessionRecord] = [:]
+    private var executionsById: [ExecutionID: Execution] = [:]
+    private var eventsBySession: [SessionID: [Event]] = [:]
+    private var lastEventIds: [SessionID: Int64] = [:]
+    private var wakeUpsBySession: [SessionID: Date] = [:]
+    private var settings: [String: String] = [:]
+
+    public init() {}
+
+    public func saveToken(hash: String, owner: Owner, createdAt: Date) { tokens[hash] = owner }
+    public func owner(forTokenHash hash: String) -> Owner? { tokens[hash] }
+
+    public func insertSession(_ session: SessionRecord) throws {
+        guard sessionsById[session.id] == nil else { throw StoreError.duplicateSession(session.id) }
+        sessionsById[session.id] = session
+    }
+
+    public func session(_ id: SessionID) -> SessionRecord? { sessionsById[id] }
+
+    public func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) -> [SessionRecord] {
+        let sorted = sessionsById.values
+            .filter { $0.owner == owner }
+            .sorted { ($0.createdAt, $0.id.rawValue) > ($1.createdAt, $1.id.rawValue) }
+        let after = sorted.filter { session in
+            guard let cursor else { return true }
+            return (session.createdAt, session.id.rawValue) < (cursor.createdAt, cursor.id.rawValue)
+        }
+        return Array(after.prefix(max(0, limit)))
+    }
+
+    public func deleteSession(_ id: SessionID) -> Bool {
+        guard sessionsById.removeValue(forKey: id) != nil else { return false }
+        executionsById = executionsById.filter { $0.value.sessionId != id }
+        eventsBySession[id] = nil
+        lastEventIds[id] = nil
+        wakeUpsBySession[id] = nil
+        return true
+    }
+
+    public func commit(_ change: SessionChange) throws -> [Event] {
+        guard sessionsById[change.sessionId] != nil else { throw StoreError.sessionNotFound(change.sessionId) }
+        if let new = change.newExecution {
+            let saved = change.executions.reduce(into: executionsById) { $0[$1.id] = $1 }
+            if let active = saved.values.first(where: { $0.sessionId == change.sessionId && $0.status.isActive && $0.id != new.id }) {
+                throw StoreError.executionInProgress(active.id)
+            }
+        }
+        if let session = change.session { sessionsById[session.id] = session }
+        for execution in change.executions { executionsById[execution.id] = execution }
+        if let new = change.newExecution { executionsById[new.id] = new }
+        var appended: [Event] = []
+        var last = lastEventIds[change.sessionId] ?? 0
+        for event in change.events {
+            last += 1
+            appended.append(Event(id: last, sessionId: change.sessionId, event))
+        }
+        lastEventIds[change.sessionId] = last
+        eventsBySession[change.sessionId, default: []].append(contentsOf: appended)
+        if let wakeUp = change.wakeUp { wakeUpsBySession[change.sessionId] = wakeUp }
+        return appended
+    }
+
+    public func execution(_ id: ExecutionID) -> Execution? { executionsById[id] }
+
+    public func executions(of session: SessionID) -> [Execution] {
+        executionsById.values.filter { $0.sessionId == session }.sorted { $0.id < $1.id }
+    }
+
+    public func latestExecution(of session: SessionID) -> Execution? { executions(of: session).last }
+
+    public func recordHeartbeats(_ heartbeats: [Heartbeat]) -> Int {
+        var changed = 0
+        for beat in heartbeats {
+            guard var execution = executionsById[beat.executionId], execution.status == .running else { continue }
+            execution.lastHeartbeat = max(execution.lastHeartbeat ?? beat.at, beat.at)
+            executionsById[beat.executionId] = execution
+            changed += 1
+        }
+        return changed
+    }
+
+    public func events(of session: SessionID, _ query: EventQuery) -> [Event] {
+        let matching = (eventsBySession[session] ?? []).lazy.filter { event in
+            event.id > query.afterId
+                && (query.executionId == nil || event.executionId == query.executionId)
+                && (query.types == nil || query.types!.contains(event.type))
+        }
+        return Array(matching.prefix(max(0, query.limit)))
+    }
+
+    public func lastEventId(of session: SessionID) -> Int64 { lastEventIds[session] ?? 0 }
+
+    public func oldestEventAt(of session: SessionID) -> Date? { eventsBySession[session]?.map(\.at).min() }
+
+    public func deleteEvents(of session: SessionID, olderThan date: Date) -> Int {
+        let before = eventsBySession[session]?.count ?? 0
+        eventsBySession[session]?.removeAll { $0.at < date }
+        return before - (eventsBySession[session]?.count ?? 0)
+    }
+
+    public func wakeUps() -> [WakeUp] {
+        wakeUpsBySession.map { WakeUp(sessionId: $0.key, dueAt: $0.value) }.sorted { $0.dueAt < $1.dueAt }
+    }
+
+    public func wakeUp(of session: SessionID) -> Date? { wakeUpsBySession[session] }
+
+    public func settingSavingIfAbsent(_ key: String, value: String) -> String {
+        if let existing = settings[key] { return existing }
+        settings[key] = value
+        return value
+    }
+}

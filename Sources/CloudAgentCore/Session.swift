@@ -1,0 +1,118 @@
+import Foundation
+
+/// A secret value sealed with the server's key (AES-GCM, nonce + ciphertext + tag).
+/// Its plaintext exists only in memory, where a runtime needs it.
+public struct SealedValue: Sendable, Equatable, Codable {
+    public var combined: Data
+    public init(combined: Data) { self.combined = combined }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let data = Data(base64Encoded: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "sealed value is not base64"))
+        }
+        combined = data
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(combined.base64EncodedString())
+    }
+}
+
+/// The repository a session works on. The credential is sealed.
+public struct RepoSpec: Sendable, Equatable, Codable {
+    public var url: String
+    public var branch: String?
+    public var token: SealedValue?
+
+    public init(url: String, branch: String? = nil, token: SealedValue? = nil) {
+        self.url = url
+        self.branch = branch
+        self.token = token
+    }
+}
+
+/// Where to POST when an execution ends. Header values are sealed (they usually carry credentials).
+public struct CallbackSpec: Sendable, Equatable, Codable {
+    public var url: String
+    public var headers: [String: SealedValue]
+
+    public init(url: String, headers: [String: SealedValue] = [:]) {
+        self.url = url
+        self.headers = headers
+    }
+}
+
+/// What a user asked for when preparing a session (the writable part of a session).
+public struct SessionSpec: Sendable, Equatable, Codable {
+    public var prompt: String
+    public var agent: String
+    public var mode: String?
+    public var model: String?
+    public var repo: RepoSpec?
+    public var envVars: [String: String]
+    public var secrets: [String: SealedValue]
+    public var setupCommands: [String]
+    public var autoCommit: Bool
+    public var callback: CallbackSpec?
+    /// The session's own idle timeout; nil means the server's default.
+    public var idleTimeoutMs: Int64?
+
+    public static let defaultAgent = "scripted"
+
+    public init(
+        prompt: String, agent: String = SessionSpec.defaultAgent, mode: String? = nil, model: String? = nil,
+        repo: RepoSpec? = nil, envVars: [String: String] = [:], secrets: [String: SealedValue] = [:],
+        setupCommands: [String] = [], autoCommit: Bool = false, callback: CallbackSpec? = nil,
+        idleTimeoutMs: Int64? = nil
+    ) {
+        self.prompt = prompt
+        self.agent = agent
+        self.mode = mode
+        self.model = model
+        self.repo = repo
+        self.envVars = envVars
+        self.secrets = secrets
+        self.setupCommands = setupCommands
+        self.autoCommit = autoCommit
+        self.callback = callback
+        self.idleTimeoutMs = idleTimeoutMs
+    }
+}
+
+/// A session as the store keeps it.
+public struct SessionRecord: Sendable, Equatable, Codable {
+    public var id: SessionID
+    public var owner: Owner
+    public var createdAt: Date
+    public var preparedAt: Date
+    public var initiatedAt: Date?
+    /// Touched by every write to the session; the TTL runs from it.
+    public var updatedAt: Date
+    public var spec: SessionSpec
+    public var workBranch: String?
+    public var runtime: RuntimeStatus
+    public var activeExecutionId: ExecutionID?
+    public var executionCount: Int
+
+    public init(
+        id: SessionID, owner: Owner, createdAt: Date, spec: SessionSpec, workBranch: String? = nil,
+        runtime: RuntimeStatus = .neverStarted
+    ) {
+        self.id = id
+        self.owner = owner
+        self.createdAt = createdAt
+        self.preparedAt = createdAt
+        self.updatedAt = createdAt
+        self.spec = spec
+        self.workBranch = workBranch
+        self.runtime = runtime
+        self.executionCount = 0
+    }
+
+    /// The idle timeout in force for this session.
+    public func idleTimeoutMs(default serverDefault: Int64) -> Int64 {
+        spec.idleTimeoutMs ?? serverDefault
+    }
+}

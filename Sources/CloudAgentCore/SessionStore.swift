@@ -1,0 +1,145 @@
+import Foundation
+
+/// Why the store refused a write.
+public enum StoreError: Error, Equatable, CustomStringConvertible {
+    /// The session already has a pending or running execution (one active execution per session).
+    case executionInProgress(ExecutionID)
+    case sessionNotFound(SessionID)
+    case duplicateSession(SessionID)
+
+    public var description: String {
+        switch self {
+        case .executionInProgress(let id): "execution \(id) is still active"
+        case .sessionNotFound(let id): "session \(id) not found"
+        case .duplicateSession(let id): "session \(id) already exists"
+        }
+    }
+}
+
+/// A position in the newest-first session list.
+public struct SessionCursor: Sendable, Equatable {
+    public var createdAt: Date
+    public var id: SessionID
+
+    public init(createdAt: Date, id: SessionID) {
+        self.createdAt = createdAt
+        self.id = id
+    }
+
+    public init(after session: SessionRecord) { self.init(createdAt: session.createdAt, id: session.id) }
+
+    /// The opaque form the API hands out: `<millis>.<sessionId>`.
+    public var token: String { "\(createdAt.millisecondsSince1970).\(id.rawValue)" }
+
+    public init?(token: String) {
+        let parts = token.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let millis = Int64(parts[0]), let id = SessionID(rawValue: parts[1]) else { return nil }
+        self.init(createdAt: Date(millisecondsSince1970: millis), id: id)
+    }
+}
+
+/// Which events to read: ids above `afterId`, at most `limit`, optionally of one execution or some types.
+public struct EventQuery: Sendable, Equatable {
+    public var afterId: Int64
+    public var limit: Int
+    public var executionId: ExecutionID?
+    public var types: Set<String>?
+
+    public init(afterId: Int64 = 0, limit: Int = 100, executionId: ExecutionID? = nil, types: Set<String>? = nil) {
+        self.afterId = afterId
+        self.limit = limit
+        self.executionId = executionId
+        self.types = types
+    }
+}
+
+/// A heartbeat to record: one column of one execution row.
+public struct Heartbeat: Sendable, Equatable {
+    public var executionId: ExecutionID
+    public var at: Date
+
+    public init(executionId: ExecutionID, at: Date) {
+        self.executionId = executionId
+        self.at = at
+    }
+}
+
+/// A session's durable next wake-up.
+public struct WakeUp: Sendable, Equatable {
+    public var sessionId: SessionID
+    public var dueAt: Date
+
+    public init(sessionId: SessionID, dueAt: Date) {
+        self.sessionId = sessionId
+        self.dueAt = dueAt
+    }
+}
+
+/// One atomic write to a session: everything in it lands, or nothing does.
+public struct SessionChange: Sendable {
+    public var sessionId: SessionID
+    /// The whole session record to save (nil leaves it as it is).
+    public var session: SessionRecord?
+    /// A new execution. Refused with `StoreError.executionInProgress` while another is active.
+    public var newExecution: Execution?
+    /// Executions to save as they are given.
+    public var executions: [Execution]
+    /// Events to append; the store numbers them.
+    public var events: [NewEvent]
+    /// The session's next wake-up: `.some(nil)` clears it, nil leaves it.
+    public var wakeUp: Date??
+
+    public init(
+        sessionId: SessionID, session: SessionRecord? = nil, newExecution: Execution? = nil, executions: [Execution] = [],
+        events: [NewEvent] = [], wakeUp: Date?? = nil
+    ) {
+        self.sessionId = sessionId
+        self.session = session
+        self.newExecution = newExecution
+        self.executions = executions
+        self.events = events
+        self.wakeUp = wakeUp
+    }
+}
+
+/// The control plane's durable state. Every backend (memory, SQLite, PostgreSQL) passes the
+/// same conformance suite.
+public protocol SessionStore: Sendable {
+    // API tokens, stored by their hash.
+    func saveToken(hash: String, owner: Owner, createdAt: Date) async throws
+    func owner(forTokenHash hash: String) async throws -> Owner?
+
+    // Sessions.
+    func insertSession(_ session: SessionRecord) async throws
+    func session(_ id: SessionID) async throws -> SessionRecord?
+    /// An owner's sessions, newest first, after the cursor.
+    func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord]
+    /// Deletes the session with its executions, events and wake-up. False when there was none.
+    func deleteSession(_ id: SessionID) async throws -> Bool
+    /// Applies a change atomically and returns the appended events with their ids.
+    @discardableResult
+    func commit(_ change: SessionChange) async throws -> [Event]
+
+    // Executions.
+    func execution(_ id: ExecutionID) async throws -> Execution?
+    /// A session's executions, oldest first.
+    func executions(of session: SessionID) async throws -> [Execution]
+    func latestExecution(of session: SessionID) async throws -> Execution?
+    /// Records heartbeats of running executions (one column each). Returns how many rows changed.
+    @discardableResult
+    func recordHeartbeats(_ heartbeats: [Heartbeat]) async throws -> Int
+
+    // Events.
+    func events(of session: SessionID, _ query: EventQuery) async throws -> [Event]
+    func lastEventId(of session: SessionID) async throws -> Int64
+    func oldestEventAt(of session: SessionID) async throws -> Date?
+    @discardableResult
+    func deleteEvents(of session: SessionID, olderThan date: Date) async throws -> Int
+
+    // Wake-ups.
+    func wakeUps() async throws -> [WakeUp]
+    func wakeUp(of session: SessionID) async throws -> Date?
+
+    // Server settings (e.g. signing keys): returns the stored value, saving `value` if there was none.
+    func settingSavingIfAbsent(_ key: String, value: String) async throws -> String
+}

@@ -1,0 +1,392 @@
+import CloudAgentCore
+import Foundation
+import GRDB
+
+/// The embedded `SessionStore`: one SQLite file in WAL mode, one `DatabasePool` for the life of
+/// the process. Sessions are a JSON record plus the columns queries need; executions are rows
+/// (a heartbeat updates one column); events are an append-only table keyed by (session, id);
+/// wake-ups are a table indexed by due time.
+public final class SQLiteSessionStore: SessionStore {
+    private let pool: DatabasePool
+
+    /// Opens (creating if needed) the database at `path` and runs the migrations.
+    public init(path: String, busyTimeout: TimeInterval = 5) throws {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(busyTimeout)
+        configuration.foreignKeysEnabled = true
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("001_initial") { db in
+            try db.execute(sql: """
+                CREATE TABLE api_tokens (
+                    hash TEXT PRIMARY KEY NOT NULL,
+                    owner_user TEXT NOT NULL,
+                    owner_org TEXT,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE TABLE sessions (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    owner_user TEXT NOT NULL,
+                    owner_org TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    runtime_state TEXT NOT NULL,
+                    record TEXT NOT NULL,
+                    last_event_id INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE INDEX sessions_by_owner ON sessions(owner_user, owner_org, created_at DESC, id DESC);
+                CREATE INDEX sessions_by_runtime_state ON sessions(runtime_state);
+                CREATE TABLE executions (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                    status TEXT NOT NULL,
+                    prompt TEXT NOT NULL,
+                    mode TEXT,
+                    model TEXT,
+                    started_at INTEGER NOT NULL,
+                    running_at INTEGER,
+                    last_heartbeat INTEGER,
+                    completed_at INTEGER,
+                    exit_code INTEGER,
+                    error TEXT,
+                    interrupt_reason TEXT,
+                    progress_events INTEGER NOT NULL DEFAULT 0,
+                    last_event_at INTEGER,
+                    stuck_reported_at INTEGER,
+                    end_reported_by_runtime INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE INDEX executions_by_session ON executions(session_id, id);
+                CREATE UNIQUE INDEX executions_one_active_per_session
+                    ON executions(session_id) WHERE status IN ('pending', 'running');
+                CREATE TABLE events (
+                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                    id INTEGER NOT NULL,
+                    execution_id TEXT,
+                    type TEXT NOT NULL,
+                    at INTEGER NOT NULL,
+                    data TEXT NOT NULL,
+                    PRIMARY KEY (session_id, id)
+                ) WITHOUT ROWID;
+                CREATE TABLE wake_ups (
+                    session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                    due_at INTEGER NOT NULL
+                );
+                CREATE INDEX wake_ups_by_due_at ON wake_ups(due_at);
+                CREATE TABLE settings (
+                    key TEXT PRIMARY KEY NOT NULL,
+                    value TEXT NOT NULL
+                );
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: Tokens
+
+    public func saveToken(hash: String, owner: Owner, createdAt: Date) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO api_tokens (hash, owner_user, owner_org, created_at) VALUES (?, ?, ?, ?)",
+                arguments: [hash, owner.user, owner.org, createdAt.millisecondsSince1970]
+            )
+        }
+    }
+
+    public func owner(forTokenHash hash: String) async throws -> Owner? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT owner_user, owner_org FROM api_tokens WHERE hash = ?", arguments: [hash])
+                .map { Owner(user: $0["owner_user"], org: $0["owner_org"]) }
+        }
+    }
+
+    // MARK: Sessions
+
+    public func insertSession(_ session: SessionRecord) async throws {
+        let record = try Coding.encode(session)
+        try await pool.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM sessions WHERE id = ?", arguments: [session.id.rawValue]) == nil else {
+                throw StoreError.duplicateSession(session.id)
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO sessions (id, owner_user, owner_org, created_at, runtime_state, record)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    session.id.rawValue, session.owner.user, session.owner.org ?? "", session.createdAt.millisecondsSince1970,
+                    session.runtime.state.rawValue, record,
+                ]
+            )
+        }
+    }
+
+    public func session(_ id: SessionID) async throws -> SessionRecord? {
+        let record = try await pool.read { db in
+            try String.fetchOne(db, sql: "SELECT record FROM sessions WHERE id = ?", arguments: [id.rawValue])
+        }
+        return try record.map { try Coding.decode(SessionRecord.self, from: $0) }
+    }
+
+    public func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord] {
+        let records = try await pool.read { db in
+            if let cursor {
+                let at = cursor.createdAt.millisecondsSince1970
+                return try String.fetchAll(
+                    db,
+                    sql: """
+                        SELECT record FROM sessions
+                        WHERE owner_user = ? AND owner_org = ? AND (created_at < ? OR (created_at = ? AND id < ?))
+                        ORDER BY created_at DESC, id DESC LIMIT ?
+                        """,
+                    arguments: [owner.user, owner.org ?? "", at, at, cursor.id.rawValue, limit]
+                )
+            }
+            return try String.fetchAll(
+                db,
+                sql: "SELECT record FROM sessions WHERE owner_user = ? AND owner_org = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                arguments: [owner.user, owner.org ?? "", limit]
+            )
+        }
+        return try records.map { try Coding.decode(SessionRecord.self, from: $0) }
+    }
+
+    public func deleteSession(_ id: SessionID) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM sessions WHERE id = ?", arguments: [id.rawValue])
+            return db.changesCount > 0
+        }
+    }
+
+    public func commit(_ change: SessionChange) async throws -> [Event] {
+        let sessionJSON = try change.session.map { try Coding.encode($0) }
+        let eventData = try change.events.map { try Coding.encode($0.data) }
+        return try await pool.write { db in
+            let id = change.sessionId.rawValue
+            guard let lastEventId = try Int64.fetchOne(db, sql: "SELECT last_event_id FROM sessions WHERE id = ?", arguments: [id]) else {
+                throw StoreError.sessionNotFound(change.sessionId)
+            }
+            if let session = change.session, let sessionJSON {
+                try db.execute(
+                    sql: "UPDATE sessions SET record = ?, runtime_state = ? WHERE id = ?",
+                    arguments: [sessionJSON, session.runtime.state.rawValue, id]
+                )
+            }
+            for execution in change.executions { try Self.save(execution, in: db) }
+            if let new = change.newExecution {
+                if let active = try String.fetchOne(
+                    db,
+                    sql: "SELECT id FROM executions WHERE session_id = ? AND status IN ('pending', 'running') AND id != ?",
+                    arguments: [id, new.id.rawValue]
+                ), let activeId = ExecutionID(rawValue: active) {
+                    throw StoreError.executionInProgress(activeId)
+                }
+                try Self.save(new, in: db)
+            }
+            var appended: [Event] = []
+            var next = lastEventId
+            for (event, data) in zip(change.events, eventData) {
+                next += 1
+                try db.execute(
+                    sql: "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES (?, ?, ?, ?, ?, ?)",
+                    arguments: [id, next, event.executionId?.rawValue, event.type, event.at.millisecondsSince1970, data]
+                )
+                appended.append(Event(id: next, sessionId: change.sessionId, event))
+            }
+            if next != lastEventId {
+                try db.execute(sql: "UPDATE sessions SET last_event_id = ? WHERE id = ?", arguments: [next, id])
+            }
+            switch change.wakeUp {
+            case .none: break
+            case .some(.none): try db.execute(sql: "DELETE FROM wake_ups WHERE session_id = ?", arguments: [id])
+            case .some(.some(let due)):
+                try db.execute(
+                    sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE SET due_at = excluded.due_at",
+                    arguments: [id, due.millisecondsSince1970]
+                )
+            }
+            return appended
+        }
+    }
+
+    // MARK: Executions
+
+    static func save(_ execution: Execution, in db: Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
+                    completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
+                    end_reported_by_runtime)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET status = excluded.status, running_at = excluded.running_at,
+                    last_heartbeat = MAX(COALESCE(executions.last_heartbeat, excluded.last_heartbeat),
+                        COALESCE(excluded.last_heartbeat, executions.last_heartbeat)),
+                    completed_at = excluded.completed_at, exit_code = excluded.exit_code, error = excluded.error,
+                    interrupt_reason = excluded.interrupt_reason, progress_events = excluded.progress_events,
+                    last_event_at = excluded.last_event_at, stuck_reported_at = excluded.stuck_reported_at,
+                    end_reported_by_runtime = excluded.end_reported_by_runtime
+                """,
+            arguments: [
+                execution.id.rawValue, execution.sessionId.rawValue, execution.status.rawValue, execution.prompt,
+                execution.mode, execution.model, execution.startedAt.millisecondsSince1970,
+                execution.runningAt?.millisecondsSince1970, execution.lastHeartbeat?.millisecondsSince1970,
+                execution.completedAt?.millisecondsSince1970, execution.exitCode, execution.error,
+                execution.interruptReason, execution.progressEvents, execution.lastEventAt?.millisecondsSince1970,
+                execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime,
+            ]
+        )
+    }
+
+    static func execution(from row: Row) -> Execution? {
+        guard let id = ExecutionID(rawValue: row["id"]), let sessionId = SessionID(rawValue: row["session_id"]),
+              let status = ExecutionStatus(rawValue: row["status"])
+        else { return nil }
+        func date(_ column: String) -> Date? { (row[column] as Int64?).map { Date(millisecondsSince1970: $0) } }
+        var execution = Execution(
+            id: id, sessionId: sessionId, prompt: row["prompt"], mode: row["mode"], model: row["model"],
+            acceptedAt: Date(millisecondsSince1970: row["started_at"])
+        )
+        execution.status = status
+        execution.runningAt = date("running_at")
+        execution.lastHeartbeat = date("last_heartbeat")
+        execution.completedAt = date("completed_at")
+        execution.exitCode = row["exit_code"]
+        execution.error = row["error"]
+        execution.interruptReason = row["interrupt_reason"]
+        execution.progressEvents = row["progress_events"]
+        execution.lastEventAt = date("last_event_at")
+        execution.stuckReportedAt = date("stuck_reported_at")
+        execution.endReportedByRuntime = row["end_reported_by_runtime"]
+        return execution
+    }
+
+    public func execution(_ id: ExecutionID) async throws -> Execution? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM executions WHERE id = ?", arguments: [id.rawValue]).flatMap(Self.execution(from:))
+        }
+    }
+
+    public func executions(of session: SessionID) async throws -> [Execution] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id", arguments: [session.rawValue])
+                .compactMap(Self.execution(from:))
+        }
+    }
+
+    public func latestExecution(of session: SessionID) async throws -> Execution? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1", arguments: [session.rawValue])
+                .flatMap(Self.execution(from:))
+        }
+    }
+
+    public func recordHeartbeats(_ heartbeats: [Heartbeat]) async throws -> Int {
+        guard !heartbeats.isEmpty else { return 0 }
+        return try await pool.write { db in
+            let statement = try db.cachedStatement(
+                sql: "UPDATE executions SET last_heartbeat = ? WHERE id = ? AND status = 'running' AND COALESCE(last_heartbeat, 0) < ?"
+            )
+            var changed = 0
+            for beat in heartbeats {
+                let at = beat.at.millisecondsSince1970
+                try statement.execute(arguments: [at, beat.executionId.rawValue, at])
+                changed += db.changesCount
+            }
+            return changed
+        }
+    }
+
+    // MARK: Events
+
+    public func events(of session: SessionID, _ query: EventQuery) async throws -> [Event] {
+        var sql = "SELECT id, execution_id, type, at, data FROM events WHERE session_id = ? AND id > ?"
+        var values: [DatabaseValue] = [session.rawValue.databaseValue, query.afterId.databaseValue]
+        if let executionId = query.executionId {
+            sql += " AND execution_id = ?"
+            values.append(executionId.rawValue.databaseValue)
+        }
+        if let types = query.types {
+            sql += " AND type IN (\(Array(repeating: "?", count: types.count).joined(separator: ", ")))"
+            values += types.sorted().map(\.databaseValue)
+        }
+        sql += " ORDER BY id LIMIT ?"
+        values.append(query.limit.databaseValue)
+        let (statement, bindings) = (sql, values)
+        return try await pool.read { db in
+            try Row.fetchAll(db, sql: statement, arguments: StatementArguments(bindings)).map { row in
+                Event(
+                    id: row["id"], sessionId: session,
+                    executionId: (row["execution_id"] as String?).flatMap(ExecutionID.init(rawValue:)),
+                    type: row["type"], at: Date(millisecondsSince1970: row["at"]),
+                    data: try Coding.decode([String: JSONValue].self, from: row["data"])
+                )
+            }
+        }
+    }
+
+    public func lastEventId(of session: SessionID) async throws -> Int64 {
+        try await pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT last_event_id FROM sessions WHERE id = ?", arguments: [session.rawValue]) ?? 0
+        }
+    }
+
+    public func oldestEventAt(of session: SessionID) async throws -> Date? {
+        // Events are appended in time order, so the lowest id is the oldest.
+        try await pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT at FROM events WHERE session_id = ? ORDER BY id LIMIT 1", arguments: [session.rawValue])
+                .map { Date(millisecondsSince1970: $0) }
+        }
+    }
+
+    public func deleteEvents(of session: SessionID, olderThan date: Date) async throws -> Int {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM events WHERE session_id = ? AND at < ?", arguments: [session.rawValue, date.millisecondsSince1970])
+            return db.changesCount
+        }
+    }
+
+    // MARK: Wake-ups and settings
+
+    public func wakeUps() async throws -> [WakeUp] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT session_id, due_at FROM wake_ups ORDER BY due_at").compactMap { row in
+                SessionID(rawValue: row["session_id"]).map { WakeUp(sessionId: $0, dueAt: Date(millisecondsSince1970: row["due_at"])) }
+            }
+        }
+    }
+
+    public func wakeUp(of session: SessionID) async throws -> Date? {
+        try await pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT due_at FROM wake_ups WHERE session_id = ?", arguments: [session.rawValue])
+                .map { Date(millisecondsSince1970: $0) }
+        }
+    }
+
+    public func settingSavingIfAbsent(_ key: String, value: String) async throws -> String {
+        try await pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", arguments: [key, value])
+            return try String.fetchOne(db, sql: "SELECT value FROM settings WHERE key = ?", arguments: [key]) ?? value
+        }
+    }
+}
+
+/// JSON for stored records: timestamps as milliseconds since 1970, keys sorted (stable bytes).
+enum Coding {
+    static func encode(_ value: some Encodable) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .millisecondsSince1970
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return try decoder.decode(type, from: Data(text.utf8))
+    }
+}

@@ -1,0 +1,119 @@
+import CloudAgentCore
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+
+/// An error as the API answers it: `{"error": {"code", "message", …}}` with its status.
+public struct APIError: Error, HTTPResponseError, CustomStringConvertible {
+    public var status: HTTPResponse.Status
+    public var code: String
+    public var message: String
+    public var details: [String: JSONValue]
+
+    public init(_ status: HTTPResponse.Status, code: String, _ message: String, details: [String: JSONValue] = [:]) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+    }
+
+    public var description: String { "\(code): \(message)" }
+
+    public static func invalid(field: String, _ message: String) -> APIError {
+        APIError(.badRequest, code: "INVALID_REQUEST", "\(field) \(message)", details: ["field": .string(field)])
+    }
+
+    public static func from(_ error: ValidationError) -> APIError {
+        if error.tooLarge {
+            return APIError(.contentTooLarge, code: "PAYLOAD_TOO_LARGE", "\(error.field) \(error.message)", details: ["field": .string(error.field)])
+        }
+        return invalid(field: error.field, error.message)
+    }
+
+    public static let unauthorized = APIError(.unauthorized, code: "UNAUTHORIZED", "a valid bearer token is required (Authorization: Bearer <token>)")
+    public static func notFound(_ what: String) -> APIError { APIError(.notFound, code: "NOT_FOUND", "\(what) not found") }
+    public static func invalidState(_ message: String) -> APIError { APIError(.conflict, code: "INVALID_STATE", message) }
+    public static func executionInProgress(_ id: ExecutionID) -> APIError {
+        APIError(.conflict, code: "EXECUTION_IN_PROGRESS", "execution \(id) is still active; wait for it or interrupt it",
+                 details: ["activeExecutionId": .string(id.rawValue)])
+    }
+    public static let payloadTooLarge = APIError(
+        .contentTooLarge, code: "PAYLOAD_TOO_LARGE", "the request body is larger than \(Limits.requestBodyBytes) bytes"
+    )
+    public static let internalError = APIError(.internalServerError, code: "INTERNAL", "internal error; see the server log")
+
+    public var body: JSONValue {
+        var error = details
+        error["code"] = .string(code)
+        error["message"] = .string(message)
+        return ["error": .object(error)]
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var response = JSONResponse.make(body, status: status)
+        if status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
+        return response
+    }
+}
+
+/// JSON in and out of handlers.
+public enum JSONResponse {
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }()
+
+    public static func make(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(
+            status: status,
+            headers: [.contentType: "application/json; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
+        )
+    }
+
+    /// Reads a JSON body of at most `Limits.requestBodyBytes`: 413 beyond, 400 when it is not JSON.
+    public static func body(of request: Request) async throws -> JSONValue {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: Limits.requestBodyBytes)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw APIError.payloadTooLarge
+        }
+        guard buffer.readableBytes > 0 else { throw APIError.invalid(field: "body", "is empty; a JSON object is required") }
+        do {
+            return try JSONDecoder().decode(JSONValue.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw APIError.invalid(field: "body", "is not valid JSON")
+        }
+    }
+}
+
+/// Turns every error into the contract's shape and never lets one through unlogged or raw.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            return try error.response(from: request, context: context)
+        } catch let error as HTTPError {
+            let apiError: APIError = switch error.status {
+            case .notFound: .notFound("route \(request.method) \(request.uri.path)")
+            case .contentTooLarge: .payloadTooLarge
+            case .unauthorized: .unauthorized
+            case .methodNotAllowed: APIError(.methodNotAllowed, code: "INVALID_REQUEST", "method \(request.method) is not allowed here")
+            default:
+                error.status.code < 500
+                    ? APIError(error.status, code: "INVALID_REQUEST", error.body ?? error.status.reasonPhrase)
+                    : .internalError
+            }
+            return try apiError.response(from: request, context: context)
+        } catch {
+            context.logger.error("request failed", metadata: ["error": "\(String(reflecting: error))", "path": "\(request.uri.path)"])
+            return try APIError.internalError.response(from: request, context: context)
+        }
+    }
+}

@@ -1,0 +1,128 @@
+import CloudAgentCore
+import CloudAgentSQLite
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+
+/// Everything a running control plane is made of, built once from its configuration.
+public struct ControlPlane: Sendable {
+    public let configuration: ServerConfiguration
+    public let store: any SessionStore
+    public let sessions: SessionService
+    public let scheduler: WakeUpScheduler
+    public let metrics: ServerMetrics
+    /// The bearer token of user `local`.
+    public let localToken: String
+    public let logger: Logger
+
+    /// Opens the data directory (creating the secret key and token files on first use) and the store.
+    public static func open(
+        _ configuration: ServerConfiguration, clock: any WallClock = SystemWallClock(), metrics: ServerMetrics = ServerMetrics(),
+        logger: Logger
+    ) async throws -> ControlPlane {
+        let data = try DataDirectory(configuration.dataDirectory)
+        let store = try StoreFactory.open(configuration)
+        let secretBox = try SecretBox(base64Key: configuration.secretKey ?? data.secretKey())
+        let localToken = try configuration.apiToken ?? data.apiToken()
+        let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger)
+        let sessions = SessionService(
+            store: store, timing: configuration.timing, secretBox: secretBox, clock: clock, scheduler: scheduler,
+            logger: logger, metrics: metrics, knownAgents: [SessionSpec.defaultAgent], workspacesDirectory: data.workspaces
+        )
+        await scheduler.setEvaluator { [sessions] id in await sessions.evaluate(id) }
+        return ControlPlane(
+            configuration: configuration, store: store, sessions: sessions, scheduler: scheduler, metrics: metrics,
+            localToken: localToken, logger: logger
+        )
+    }
+
+    /// The router: open routes, then `/v1` behind bearer authentication.
+    public func buildRouter() -> Router<AppRequestContext> {
+        let router = Router(context: AppRequestContext.self)
+        router.add(middleware: ErrorMiddleware())
+        router.get("healthz") { _, _ in JSONResponse.make(["status": "ok"]) }
+        router.get("readyz") { [store] _, _ in
+            do {
+                _ = try await store.lastEventId(of: SessionID())
+                return JSONResponse.make(["status": "ok"])
+            } catch {
+                return JSONResponse.make(["status": "unavailable"], status: .serviceUnavailable)
+            }
+        }
+        router.get("metrics") { [metrics] _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer()))
+            )
+        }
+        router.get("openapi.yaml") { _, _ in
+            guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"), let data = try? Data(contentsOf: url) else {
+                throw APIError.internalError
+            }
+            return Response(status: .ok, headers: [.contentType: "application/yaml"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+        }
+        let v1 = router.group("v1").add(middleware: BearerAuthentication(authority: TokenAuthority(store: store, localToken: localToken)))
+        SessionRoutes(service: sessions).register(on: v1)
+        return router
+    }
+
+    /// The HTTP application with the control plane's services (the wake-up scheduler).
+    public func buildApplication(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+        Application(
+            router: buildRouter(),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloud-agent"),
+            services: [scheduler],
+            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
+            logger: logger
+        )
+    }
+}
+
+/// Opens the store the configuration names.
+public enum StoreFactory {
+    public struct Unsupported: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func open(_ configuration: ServerConfiguration) throws -> any SessionStore {
+        guard let path = configuration.sqlitePath else {
+            throw Unsupported(description: "PostgreSQL (\(configuration.databaseURL ?? "")) is not supported by this build yet; use sqlite:PATH")
+        }
+        try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
+        return try SQLiteSessionStore(path: path)
+    }
+}
+
+/// The data directory: database, workspaces, the generated secret key and API token (mode 0600).
+public struct DataDirectory: Sendable {
+    public let root: URL
+    public var workspaces: URL { root.appendingPathComponent("workspaces") }
+
+    public init(_ root: URL) throws {
+        self.root = root
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(at: workspaces, withIntermediateDirectories: true)
+    }
+
+    /// The secret key, generated once into `secret.key`.
+    public func secretKey() throws -> String { try readOrCreate("secret.key") { SecretBox.generateBase64Key() } }
+
+    /// The API token of user `local`, generated once into `api-token`.
+    public func apiToken() throws -> String { try readOrCreate("api-token") { BearerToken.generate() } }
+
+    private func readOrCreate(_ name: String, _ make: () -> String) throws -> String {
+        let url = root.appendingPathComponent(name)
+        if let existing = try? String(contentsOf: url, encoding: .utf8) {
+            let trimmed = existing.trimmingCharacters(in: .whitespacesAndNewlines)
+            if !trimmed.isEmpty { return trimmed }
+        }
+        let value = make()
+        guard FileManager.default.createFile(atPath: url.path, contents: Data((value + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
+        }
+        return value
+    }
+}

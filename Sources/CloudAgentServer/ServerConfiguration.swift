@@ -1,0 +1,146 @@
+import CloudAgentCore
+import Foundation
+import Logging
+
+/// Which sandbox wraps a runtime.
+public enum SandboxMode: String, Sendable, CaseIterable {
+    case bwrap, none, auto
+}
+
+/// Every setting of `cloud-agent serve` (CONTRACT.md's table), resolved from flags and the
+/// environment, flag first.
+public struct ServerConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var dataDirectory: URL
+    /// `sqlite:PATH` or `postgres://…`; nil means SQLite in the data directory.
+    public var databaseURL: String?
+    /// The configured bearer token for user `local`; nil means the generated token file.
+    public var apiToken: String?
+    public var timing: Timing
+    public var maxRuntimes: Int
+    public var sandbox: SandboxMode
+    /// Base64 of the 256-bit key sealing secrets; nil means `<data-dir>/secret.key`.
+    public var secretKey: String?
+    public var logLevel: Logger.Level
+    public var agentsFile: String?
+
+    public init(
+        host: String = "127.0.0.1", port: Int = 8787, dataDirectory: URL = URL(fileURLWithPath: ".cloud-agent"),
+        databaseURL: String? = nil, apiToken: String? = nil, timing: Timing = Timing(), maxRuntimes: Int = 32,
+        sandbox: SandboxMode = .auto, secretKey: String? = nil, logLevel: Logger.Level = .info, agentsFile: String? = nil
+    ) {
+        self.host = host
+        self.port = port
+        self.dataDirectory = dataDirectory
+        self.databaseURL = databaseURL
+        self.apiToken = apiToken
+        self.timing = timing
+        self.maxRuntimes = maxRuntimes
+        self.sandbox = sandbox
+        self.secretKey = secretKey
+        self.logLevel = logLevel
+        self.agentsFile = agentsFile
+    }
+
+    /// A setting that could not be used, naming it.
+    public struct Invalid: Error, CustomStringConvertible, Equatable {
+        public var setting: String
+        public var message: String
+        public var description: String { "invalid setting \(setting): \(message)" }
+    }
+
+    /// One setting: its flag, its environment variable.
+    public struct Setting: Sendable {
+        public let flag: String
+        public let environment: String
+    }
+
+    public static let settings: [String: Setting] = [
+        "host": .init(flag: "--host", environment: "CLOUD_AGENT_HOST"),
+        "port": .init(flag: "--port", environment: "CLOUD_AGENT_PORT"),
+        "dataDir": .init(flag: "--data-dir", environment: "CLOUD_AGENT_DATA_DIR"),
+        "databaseURL": .init(flag: "--database-url", environment: "CLOUD_AGENT_DATABASE_URL"),
+        "apiToken": .init(flag: "--api-token", environment: "CLOUD_AGENT_API_TOKEN"),
+        "idleTimeout": .init(flag: "--idle-timeout", environment: "CLOUD_AGENT_IDLE_TIMEOUT"),
+        "heartbeatInterval": .init(flag: "--heartbeat-interval", environment: "CLOUD_AGENT_HEARTBEAT_INTERVAL"),
+        "staleThreshold": .init(flag: "--stale-threshold", environment: "CLOUD_AGENT_STALE_THRESHOLD"),
+        "pendingTimeout": .init(flag: "--pending-timeout", environment: "CLOUD_AGENT_PENDING_TIMEOUT"),
+        "stopGrace": .init(flag: "--stop-grace", environment: "CLOUD_AGENT_STOP_GRACE"),
+        "stuckAfter": .init(flag: "--stuck-after", environment: "CLOUD_AGENT_STUCK_AFTER"),
+        "maxRuntimes": .init(flag: "--max-runtimes", environment: "CLOUD_AGENT_MAX_RUNTIMES"),
+        "sessionTTL": .init(flag: "--session-ttl", environment: "CLOUD_AGENT_SESSION_TTL"),
+        "eventRetention": .init(flag: "--event-retention", environment: "CLOUD_AGENT_EVENT_RETENTION"),
+        "sandbox": .init(flag: "--sandbox", environment: "CLOUD_AGENT_SANDBOX"),
+        "secretKey": .init(flag: "", environment: "CLOUD_AGENT_SECRET_KEY"),
+        "logLevel": .init(flag: "--log-level", environment: "CLOUD_AGENT_LOG_LEVEL"),
+        "agentsFile": .init(flag: "--agents-file", environment: "CLOUD_AGENT_AGENTS_FILE"),
+    ]
+
+    /// Resolves every setting: `flags` (by the keys of `settings`) win over `environment`.
+    public static func resolve(flags: [String: String], environment: [String: String]) throws(Invalid) -> ServerConfiguration {
+        func value(_ key: String) -> (text: String, name: String)? {
+            let setting = settings[key]!
+            if let flag = flags[key] { return (flag, setting.flag) }
+            if let env = environment[setting.environment], !env.isEmpty { return (env, setting.environment) }
+            return nil
+        }
+        func duration(_ key: String, into target: inout Int64) throws(Invalid) {
+            guard let (text, name) = value(key) else { return }
+            do { target = try DurationText.milliseconds(text) } catch { throw Invalid(setting: name, message: error.description) }
+        }
+
+        var configuration = ServerConfiguration()
+        if let (text, _) = value("host") { configuration.host = text }
+        if let (text, name) = value("port") {
+            guard let port = Int(text), (0...65535).contains(port) else { throw Invalid(setting: name, message: "\"\(text)\" is not a port (0–65535)") }
+            configuration.port = port
+        }
+        if let (text, _) = value("dataDir") { configuration.dataDirectory = URL(fileURLWithPath: text) }
+        if let (text, name) = value("databaseURL") {
+            guard text.hasPrefix("sqlite:") || text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") else {
+                throw Invalid(setting: name, message: "expected sqlite:PATH or postgres://user:pass@host:port/db")
+            }
+            configuration.databaseURL = text
+        }
+        if let (text, _) = value("apiToken") { configuration.apiToken = text }
+        try duration("idleTimeout", into: &configuration.timing.idleTimeoutMs)
+        try duration("heartbeatInterval", into: &configuration.timing.heartbeatIntervalMs)
+        try duration("staleThreshold", into: &configuration.timing.staleThresholdMs)
+        try duration("pendingTimeout", into: &configuration.timing.pendingTimeoutMs)
+        try duration("stopGrace", into: &configuration.timing.stopGraceMs)
+        try duration("stuckAfter", into: &configuration.timing.stuckAfterMs)
+        try duration("sessionTTL", into: &configuration.timing.sessionTTLMs)
+        try duration("eventRetention", into: &configuration.timing.eventRetentionMs)
+        if let (text, name) = value("maxRuntimes") {
+            guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }
+            configuration.maxRuntimes = count
+        }
+        if let (text, name) = value("sandbox") {
+            guard let mode = SandboxMode(rawValue: text) else { throw Invalid(setting: name, message: "\"\(text)\" is not one of bwrap, none, auto") }
+            configuration.sandbox = mode
+        }
+        if let (text, name) = value("secretKey") {
+            do { _ = try SecretBox(base64Key: text) } catch { throw Invalid(setting: name, message: error.description) }
+            configuration.secretKey = text
+        }
+        if let (text, name) = value("logLevel") {
+            guard let level = Logger.Level(rawValue: text.lowercased()) else {
+                throw Invalid(setting: name, message: "\"\(text)\" is not one of trace, debug, info, notice, warning, error, critical")
+            }
+            configuration.logLevel = level
+        }
+        if let (text, _) = value("agentsFile") { configuration.agentsFile = text }
+        if configuration.timing.staleThresholdMs <= configuration.timing.heartbeatIntervalMs {
+            throw Invalid(setting: "CLOUD_AGENT_STALE_THRESHOLD", message: "must be longer than the heartbeat interval")
+        }
+        return configuration
+    }
+
+    /// The SQLite file in use when the database is SQLite.
+    public var sqlitePath: String? {
+        guard let databaseURL else { return dataDirectory.appendingPathComponent("cloud-agent.sqlite").path }
+        guard databaseURL.hasPrefix("sqlite:") else { return nil }
+        return String(databaseURL.dropFirst("sqlite:".count))
+    }
+}

@@ -1,0 +1,33 @@
+import CloudAgentCore
+import Prometheus
+
+/// The control plane's own figures, on the registry `/metrics` serves.
+public struct ServerMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    let sessionsCreated: Counter
+    let sessionsDeleted: Counter
+    let sessionsExpired: Counter
+    let wakeUpsFired: Counter
+    let eventsSwept: Counter
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        sessionsCreated = registry.makeCounter(descriptor: Self.name("sessions_created", "Sessions prepared"))
+        sessionsDeleted = registry.makeCounter(descriptor: Self.name("sessions_deleted", "Sessions deleted through the API"))
+        sessionsExpired = registry.makeCounter(descriptor: Self.name("sessions_expired", "Sessions deleted by the TTL"))
+        wakeUpsFired = registry.makeCounter(descriptor: Self.name("wakeups_fired", "Session wake-ups evaluated"))
+        eventsSwept = registry.makeCounter(descriptor: Self.name("events_swept", "Events deleted by retention"))
+    }
+
+    static func name(_ metric: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "cloud_agent", metricName: metric, unitName: "total", helpText: help)
+    }
+
+    func runtimeStopped(_ rule: StopRule) {
+        registry.makeCounter(descriptor: Self.name("runtime_stops", "Runtime stops by rule"), labels: [("rule", rule.rawValue)]).increment()
+    }
+
+    func executionEnded(_ status: ExecutionStatus) {
+        registry.makeCounter(descriptor: Self.name("executions_ended", "Executions ended by status"), labels: [("status", status.rawValue)]).increment()
+    }
+}

@@ -1,0 +1,34 @@
+import CloudAgentCore
+
+/// Serializes the writes to each session: one at a time per session, any number across sessions.
+/// (One node owns a session's writes; PostgreSQL's row locks take this role across nodes.)
+public actor SessionLocks {
+    private var waiters: [SessionID: [CheckedContinuation<Void, Never>]] = [:]
+    private var held: Set<SessionID> = []
+
+    public init() {}
+
+    public func withLock<T: Sendable>(_ id: SessionID, _ body: @Sendable () async throws -> T) async rethrows -> T {
+        await acquire(id)
+        defer { release(id) }
+        return try await body()
+    }
+
+    private func acquire(_ id: SessionID) async {
+        guard held.contains(id) else {
+            held.insert(id)
+            return
+        }
+        await withCheckedContinuation { waiters[id, default: []].append($0) }
+    }
+
+    private func release(_ id: SessionID) {
+        if var queue = waiters[id], !queue.isEmpty {
+            let next = queue.removeFirst()
+            waiters[id] = queue.isEmpty ? nil : queue
+            next.resume()  // ownership passes straight to the next waiter
+        } else {
+            held.remove(id)
+        }
+    }
+}

@@ -1,0 +1,79 @@
+import CloudAgentCore
+import Foundation
+
+/// The API's JSON views of sessions and executions (CONTRACT.md). Secrets, the repo token and
+/// callback headers never appear: only names.
+public enum Views {
+    public static func session(_ session: SessionRecord, latest: Execution?, timing: Timing) -> JSONValue {
+        let spec = session.spec
+        let idleTimeout = session.idleTimeoutMs(default: timing.idleTimeoutMs)
+        let runtime = session.runtime
+        let lastActivity = runtime.state == .running || runtime.state == .stopping || runtime.state == .stopped
+            ? IdlePolicy.lastActivity(runtimeStartedAt: runtime.startedAt, latest: latest)
+            : latest.map(IdlePolicy.activity(of:))
+        var idleDeadline: Date?
+        if case .idleAt(let deadline, _) = IdlePolicy.evaluate(runtime: runtime, latest: latest, idleTimeoutMs: idleTimeout, now: .distantPast) {
+            idleDeadline = deadline
+        }
+        return [
+            "sessionId": .string(session.id.rawValue),
+            "createdAt": JSONValue(session.createdAt),
+            "preparedAt": JSONValue(session.preparedAt),
+            "initiatedAt": JSONValue(session.initiatedAt),
+            "agent": .string(spec.agent),
+            "mode": JSONValue(spec.mode),
+            "model": JSONValue(spec.model),
+            "repo": spec.repo.map { ["url": .string($0.url), "branch": JSONValue($0.branch)] } ?? .null,
+            "workBranch": JSONValue(session.workBranch),
+            "envVarNames": .array(spec.envVars.keys.sorted().map(JSONValue.string)),
+            "secretNames": .array(spec.secrets.keys.sorted().map(JSONValue.string)),
+            "setupCommands": .array(spec.setupCommands.map(JSONValue.string)),
+            "autoCommit": .bool(spec.autoCommit),
+            "callback": spec.callback.map { ["url": .string($0.url)] } ?? .null,
+            "idleTimeoutMs": JSONValue(idleTimeout),
+            "runtime": [
+                "state": .string(runtime.state.rawValue),
+                "startedAt": JSONValue(runtime.startedAt),
+                "stoppedAt": JSONValue(runtime.stoppedAt),
+                "stopReason": runtime.stopReason.map(stopReason) ?? .null,
+            ],
+            "activity": [
+                "lastActivityAt": JSONValue(lastActivity?.at),
+                "source": JSONValue(lastActivity?.source.rawValue),
+                "idleDeadline": JSONValue(idleDeadline),
+            ],
+            "activeExecutionId": JSONValue(session.activeExecutionId?.rawValue),
+            "executionCount": .number(Double(session.executionCount)),
+            "latestExecution": latest.map(execution) ?? .null,
+        ]
+    }
+
+    public static func stopReason(_ reason: StopReason) -> JSONValue {
+        [
+            "rule": .string(reason.rule.rawValue),
+            "at": JSONValue(reason.at),
+            "lastActivityAt": JSONValue(reason.lastActivityAt),
+            "idleMs": JSONValue(reason.idleMs),
+            "idleTimeoutMs": JSONValue(reason.idleTimeoutMs),
+            "detail": JSONValue(reason.detail),
+        ]
+    }
+
+    public static func execution(_ execution: Execution) -> JSONValue {
+        [
+            "executionId": .string(execution.id.rawValue),
+            "status": .string(execution.status.rawValue),
+            "prompt": .string(execution.prompt),
+            "mode": JSONValue(execution.mode),
+            "model": JSONValue(execution.model),
+            "startedAt": JSONValue(execution.startedAt),
+            "runningAt": JSONValue(execution.runningAt),
+            "lastHeartbeat": JSONValue(execution.lastHeartbeat),
+            "completedAt": JSONValue(execution.completedAt),
+            "exitCode": JSONValue(execution.exitCode.map(Int64.init)),
+            "error": JSONValue(execution.error),
+            "interruptReason": JSONValue(execution.interruptReason),
+            "progress": ["events": .number(Double(execution.progressEvents)), "lastEventAt": JSONValue(execution.lastEventAt)],
+        ]
+    }
+}

@@ -1,0 +1,3 @@
+import CloudAgentCLI
+
+await CloudAgentCommand.runFromCommandLine()
