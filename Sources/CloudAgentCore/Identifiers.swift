@@ -51,7 +51,7 @@ public struct ExecutionID: RawRepresentable, Hashable, Sendable, Codable, Compar
     }
 
     public init(at date: Date, using generator: inout some RandomNumberGenerator) {
-        var millis = UInt64(max(0, date.timeIntervalSince1970 * 1000))
+        var millis = UInt64(max(0, date.millisecondsSince1970))
         var time = [Character](repeating: "0", count: 12)
         for index in stride(from: 11, through: 0, by: -1) {
             time[index] = Self.alphabet[Int(millis & 31)]

@@ -52,8 +52,14 @@ public actor InMemorySessionStore: SessionStore {
             }
         }
         if let session = change.session { sessionsById[session.id] = session }
-        for execution in change.executions { executionsById[execution.id] = execution }
-        if let new = change.newExecution { executionsById[new.id] = new }
+        for execution in change.executions + (change.newExecution.map { [$0] } ?? []) {
+            var saved = execution
+            // As in SQL: a saved copy never moves a recorded heartbeat back.
+            if let recorded = executionsById[execution.id]?.lastHeartbeat {
+                saved.lastHeartbeat = max(recorded, execution.lastHeartbeat ?? recorded)
+            }
+            executionsById[execution.id] = saved
+        }
         var appended: [Event] = []
         var last = lastEventIds[change.sessionId] ?? 0
         for event in change.events {
@@ -77,8 +83,10 @@ public actor InMemorySessionStore: SessionStore {
     public func recordHeartbeats(_ heartbeats: [Heartbeat]) -> Int {
         var changed = 0
         for beat in heartbeats {
-            guard var execution = executionsById[beat.executionId], execution.status == .running else { continue }
-            execution.lastHeartbeat = max(execution.lastHeartbeat ?? beat.at, beat.at)
+            guard var execution = executionsById[beat.executionId], execution.status == .running,
+                  (execution.lastHeartbeat.map { $0 < beat.at } ?? true)
+            else { continue }
+            execution.lastHeartbeat = beat.at
             executionsById[beat.executionId] = execution
             changed += 1
         }

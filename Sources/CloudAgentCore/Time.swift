@@ -14,7 +14,11 @@ public struct SystemWallClock: WallClock {
 
 extension Date {
     /// Milliseconds since 1970, the stored form of every timestamp.
-    public var millisecondsSince1970: Int64 { Int64((timeIntervalSince1970 * 1000).rounded(.down)) }
+    public var millisecondsSince1970: Int64 {
+        // Whole milliseconds, rounding down; the microsecond of slack keeps a Date made from
+        // whole milliseconds (which can sit a hair below them in binary) on its millisecond.
+        Int64((timeIntervalSince1970 * 1000 + 0.001).rounded(.down))
+    }
 
     public init(millisecondsSince1970 millis: Int64) {
         self.init(timeIntervalSince1970: Double(millis) / 1000)
@@ -35,7 +39,13 @@ extension Date {
 /// RFC 3339 timestamps in UTC with milliseconds, as the API writes them.
 public enum Timestamp {
     public static func format(_ date: Date) -> String {
-        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt))
+        // The formatter truncates fractions (…05.678 can print as .677), so the milliseconds
+        // are written from the stored value itself.
+        let millis = date.millisecondsSince1970
+        let (seconds, fraction) = millis.quotientAndRemainder(dividingBy: 1000)
+        let whole = fraction < 0 ? seconds - 1 : seconds
+        let base = Date(timeIntervalSince1970: Double(whole)).formatted(Date.ISO8601FormatStyle(timeZone: .gmt))
+        return String(base.dropLast()) + String(format: ".%03lldZ", (fraction + 1000) % 1000)
     }
 
     public static func parse(_ text: String) -> Date? {

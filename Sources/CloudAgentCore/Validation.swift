@@ -100,7 +100,8 @@ public struct SessionInput: Sendable, Equatable {
             throw ValidationError(field: unknown, "is not a known field")
         }
         var input = SessionInput()
-        for (key, value) in object {
+        for key in object.keys.sorted() {
+            let value = object[key]!
             if value.isNull {
                 guard allowNull else { throw ValidationError(field: key, "must not be null") }
                 try input.clear(key)
@@ -255,7 +256,7 @@ public enum Validate {
             }
             guard let text = object[name]?.stringValue else { throw ValidationError(field: "\(field).\(name)", "must be a string") }
             guard text.unicodeScalars.count <= Limits.variableValueCharacters else {
-                throw ValidationError(field: "\(field).\(name)", "is \(text.count) characters; the limit is \(Limits.variableValueCharacters)")
+                throw ValidationError(field: "\(field).\(name)", "is \(text.unicodeScalars.count) characters; the limit is \(Limits.variableValueCharacters)")
             }
             guard !text.contains("\0") else { throw ValidationError(field: "\(field).\(name)", "must not contain NUL") }
             result[name] = text
@@ -280,7 +281,7 @@ public enum Validate {
             guard let text = item.stringValue else { throw ValidationError(field: field, "must be a string") }
             guard !text.trimmingCharacters(in: .whitespaces).isEmpty else { throw ValidationError(field: field, "must not be empty") }
             guard text.unicodeScalars.count <= Limits.setupCommandCharacters else {
-                throw ValidationError(field: field, "is \(text.count) characters; the limit is \(Limits.setupCommandCharacters)")
+                throw ValidationError(field: field, "is \(text.unicodeScalars.count) characters; the limit is \(Limits.setupCommandCharacters)")
             }
             guard !text.contains("\0") else { throw ValidationError(field: field, "must not contain NUL") }
             commands.append(text)

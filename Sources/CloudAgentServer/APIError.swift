@@ -80,7 +80,7 @@ public enum JSONResponse {
         let buffer: ByteBuffer
         do {
             buffer = try await request.collectBody(upTo: Limits.requestBodyBytes)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
             throw APIError.payloadTooLarge
         }
         guard buffer.readableBytes > 0 else { throw APIError.invalid(field: "body", "is empty; a JSON object is required") }
@@ -99,7 +99,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as APIError {
             return try error.response(from: request, context: context)
-        } catch let error as HTTPError {
+        } catch let error as any HTTPResponseError {
             let apiError: APIError = switch error.status {
             case .notFound: .notFound("route \(request.method) \(request.uri.path)")
             case .contentTooLarge: .payloadTooLarge
@@ -107,7 +107,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .methodNotAllowed: APIError(.methodNotAllowed, code: "INVALID_REQUEST", "method \(request.method) is not allowed here")
             default:
                 error.status.code < 500
-                    ? APIError(error.status, code: "INVALID_REQUEST", error.body ?? error.status.reasonPhrase)
+                    ? APIError(error.status, code: "INVALID_REQUEST", error.status.reasonPhrase)
                     : .internalError
             }
             return try apiError.response(from: request, context: context)

@@ -1,0 +1,154 @@
+import CloudAgentCore
+import CloudAgentServer
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+
+/// Every log line a control plane wrote during a test, to check what logs contain.
+final class LogCapture: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    var all: [String] { lines.withLock { $0 } }
+    var text: String { all.joined(separator: "\n") }
+
+    var logger: Logger {
+        var logger = Logger(label: "cloud-agent-test") { _ in CapturingLogHandler(capture: self) }
+        logger.logLevel = .trace
+        return logger
+    }
+
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        let rendered = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        capture.append("\(event.level) \(event.message) \(rendered)")
+    }
+}
+
+/// A temporary directory removed when the test ends.
+final class TemporaryDirectory: Sendable {
+    let url: URL
+
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("cloud-agent-tests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    /// Every byte of every file below the directory.
+    func allBytes() -> Data {
+        var data = Data()
+        let enumerator = FileManager.default.enumerator(at: url, includingPropertiesForKeys: [.isRegularFileKey])
+        while let file = enumerator?.nextObject() as? URL {
+            if (try? file.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true, let contents = try? Data(contentsOf: file) {
+                data.append(contents)
+            }
+        }
+        return data
+    }
+}
+
+/// A JSON response: the status and the decoded body.
+struct APIResponse: Sendable {
+    var status: Int
+    var json: JSONValue
+    var text: String
+
+    subscript(_ key: String) -> JSONValue? { json.objectValue?[key] }
+    var errorCode: String? { json.objectValue?["error"]?.objectValue?["code"]?.stringValue }
+    var errorField: String? { json.objectValue?["error"]?.objectValue?["field"]?.stringValue }
+}
+
+extension JSONValue {
+    subscript(_ key: String) -> JSONValue? { objectValue?[key] }
+    var arrayValue: [JSONValue]? { if case .array(let items) = self { items } else { nil } }
+}
+
+/// A control plane running on a real socket for one test, with its data directory.
+struct TestServer {
+    static let localToken = "local-test-token-0123456789"
+
+    let directory: TemporaryDirectory
+    var timing: Timing
+    let logs = LogCapture()
+
+    init(directory: TemporaryDirectory? = nil, timing: Timing = Timing()) throws {
+        self.directory = try directory ?? TemporaryDirectory()
+        self.timing = timing
+    }
+
+    var configuration: ServerConfiguration {
+        ServerConfiguration(
+            host: "127.0.0.1", port: 0, dataDirectory: directory.url.appendingPathComponent("data"),
+            apiToken: Self.localToken, timing: timing, sandbox: .none, secretKey: nil, logLevel: .trace
+        )
+    }
+
+    /// Starts the control plane, runs `body` against it over HTTP, and shuts it down.
+    func run(_ body: @Sendable (TestAPI) async throws -> Void) async throws {
+        let plane = try await ControlPlane.open(configuration, logger: logs.logger)
+        try await plane.buildApplication().test(.live) { client in
+            try await body(TestAPI(client: client, plane: plane))
+        }
+    }
+}
+
+/// Requests against a running test server.
+struct TestAPI: Sendable {
+    let client: any TestClientProtocol
+    let plane: ControlPlane
+
+    @discardableResult
+    func request(_ method: HTTPRequest.Method, _ path: String, token: String? = TestServer.localToken, body: String? = nil) async throws -> APIResponse {
+        var headers: HTTPFields = [:]
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        if body != nil { headers[.contentType] = "application/json" }
+        let response = try await client.execute(uri: path, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) })
+        let text = String(buffer: response.body)
+        let json = text.isEmpty ? JSONValue.null : ((try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .null)
+        return APIResponse(status: Int(response.status.code), json: json, text: text)
+    }
+
+    func request(_ method: HTTPRequest.Method, _ path: String, token: String? = TestServer.localToken, json: JSONValue) async throws -> APIResponse {
+        let data = try JSONEncoder().encode(json)
+        return try await request(method, path, token: token, body: String(decoding: data, as: UTF8.self))
+    }
+
+    /// Creates a session and returns its id.
+    func createSession(_ body: JSONValue = ["prompt": "say hello"], token: String = TestServer.localToken) async throws -> SessionID {
+        let response = try await request(.post, "/v1/sessions", token: token, json: body)
+        try #require(response.status == 201, "create failed: \(response.text)")
+        return try #require(response["sessionId"]?.stringValue.flatMap(SessionID.init(rawValue:)))
+    }
+}
+
+/// Waits for a condition with a deadline, checking every 20 ms.
+func eventually(
+    within seconds: Double, _ what: String = "condition", sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: @Sendable () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
+}
