@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "cloud-agent", targets: ["cloud-agent"]),
+        .executable(name: "cloud-agent-runtime", targets: ["cloud-agent-runtime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -23,6 +24,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+        .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
     ],
     targets: [
         // Domain types, the idle and liveness rules, validation, the store protocol. No I/O.
@@ -31,6 +36,40 @@ let package = Package(
             dependencies: [
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: strict
+        ),
+        // The runtime protocol's frames, shared by the control plane and the runtime.
+        .target(name: "CloudAgentProtocol", swiftSettings: strict),
+        // Workspaces (git), setup commands, launching runtimes in a sandbox, process-group signals.
+        .target(
+            name: "CloudAgentSandbox",
+            dependencies: [
+                "CloudAgentCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
+        // The runtime: keeps a WebSocket to the control plane, runs agents, reports events.
+        // Links no HTTP server and no database.
+        .target(
+            name: "CloudAgentRuntime",
+            dependencies: [
+                "CloudAgentProtocol",
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "cloud-agent-runtime",
+            dependencies: ["CloudAgentRuntime"],
             swiftSettings: strict
         ),
         // The SQLite (GRDB) implementation of SessionStore.
@@ -48,12 +87,17 @@ let package = Package(
             dependencies: [
                 "CloudAgentCore",
                 "CloudAgentSQLite",
+                "CloudAgentSandbox",
+                "CloudAgentProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             resources: [.copy("Resources/openapi.yaml")],
             swiftSettings: strict
@@ -82,6 +126,24 @@ let package = Package(
         .testTarget(
             name: "CloudAgentCoreTests",
             dependencies: ["CloudAgentCore"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "CloudAgentRuntimeTests",
+            dependencies: [
+                "CloudAgentRuntime",
+                "CloudAgentProtocol",
+                // A fake control plane for the end-to-end tests of the runtime process.
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "CloudAgentSandboxTests",
+            dependencies: ["CloudAgentSandbox", "CloudAgentCore"],
             swiftSettings: strict
         ),
         .testTarget(

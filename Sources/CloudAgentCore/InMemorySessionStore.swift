@@ -34,6 +34,10 @@ public actor InMemorySessionStore: SessionStore {
         return Array(after.prefix(max(0, limit)))
     }
 
+    public func sessions(withRuntimeIn states: Set<RuntimeState>) -> [SessionRecord] {
+        sessionsById.values.filter { states.contains($0.runtime.state) }.sorted { $0.id.rawValue < $1.id.rawValue }
+    }
+
     public func deleteSession(_ id: SessionID) -> Bool {
         guard sessionsById.removeValue(forKey: id) != nil else { return false }
         executionsById = executionsById.filter { $0.value.sessionId != id }

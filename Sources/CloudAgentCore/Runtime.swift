@@ -42,6 +42,16 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
     public var requestedAt: Date?
     public var stoppedAt: Date?
     public var stopReason: StopReason?
+    /// This launch of the runtime: a random id, the hash of its secret, and its process.
+    public var instanceId: String?
+    public var secretHash: String?
+    public var process: RuntimeProcess?
+    /// Whether this launch is a cold start (the session ran before and its runtime was stopped).
+    public var cold: Bool?
+    /// The highest event `seq` of this launch that is durably recorded.
+    public var ackedSeq: Int64?
+    /// When the runtime last (re)connected.
+    public var connectedAt: Date?
 
     public init(state: RuntimeState = .stopped, startedAt: Date? = nil, requestedAt: Date? = nil, stoppedAt: Date? = nil, stopReason: StopReason? = nil) {
         self.state = state
@@ -57,11 +67,17 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
     /// stopped → starting.
     public mutating func requestStart(at date: Date) throws(IllegalTransition) {
         guard state == .stopped else { throw IllegalTransition(from: state.rawValue, to: RuntimeState.starting.rawValue) }
+        cold = startedAt != nil
         state = .starting
         requestedAt = date
         startedAt = nil
         stoppedAt = nil
         stopReason = nil
+        instanceId = nil
+        secretHash = nil
+        process = nil
+        ackedSeq = 0
+        connectedAt = nil
     }
 
     /// starting → running, when the runtime connects.
@@ -69,6 +85,7 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
         guard state == .starting else { throw IllegalTransition(from: state.rawValue, to: RuntimeState.running.rawValue) }
         state = .running
         startedAt = date
+        connectedAt = date
     }
 
     /// starting | running → stopping: a stop was decided and is being carried out.
@@ -86,5 +103,20 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
         state = .stopped
         stoppedAt = date
         if let reason { stopReason = reason }
+    }
+}
+
+/// The operating-system process of a runtime launch: its pid (also its process group) and its
+/// start time, which tells a live process from a later one that reused the pid.
+public struct RuntimeProcess: Sendable, Equatable, Codable {
+    public var pid: Int32
+    public var startTime: UInt64
+    /// The process group of the agent the runtime is running, as it reported it.
+    public var agentProcessGroup: Int32?
+
+    public init(pid: Int32, startTime: UInt64, agentProcessGroup: Int32? = nil) {
+        self.pid = pid
+        self.startTime = startTime
+        self.agentProcessGroup = agentProcessGroup
     }
 }

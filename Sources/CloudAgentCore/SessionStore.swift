@@ -114,6 +114,8 @@ public protocol SessionStore: Sendable {
     func session(_ id: SessionID) async throws -> SessionRecord?
     /// An owner's sessions, newest first, after the cursor.
     func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord]
+    /// Every session whose runtime is in one of these states (capacity, supervision).
+    func sessions(withRuntimeIn states: Set<RuntimeState>) async throws -> [SessionRecord]
     /// Deletes the session with its executions, events and wake-up. False when there was none.
     func deleteSession(_ id: SessionID) async throws -> Bool
     /// Applies a change atomically and returns the appended events with their ids.

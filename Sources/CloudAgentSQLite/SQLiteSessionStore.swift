@@ -156,6 +156,19 @@ public final class SQLiteSessionStore: SessionStore {
         return try records.map { try Coding.decode(SessionRecord.self, from: $0) }
     }
 
+    public func sessions(withRuntimeIn states: Set<RuntimeState>) async throws -> [SessionRecord] {
+        guard !states.isEmpty else { return [] }
+        let names = states.map(\.rawValue).sorted()
+        let records = try await pool.read { db in
+            try String.fetchAll(
+                db,
+                sql: "SELECT record FROM sessions WHERE runtime_state IN (\(names.map { _ in "?" }.joined(separator: ", "))) ORDER BY id",
+                arguments: StatementArguments(names)
+            )
+        }
+        return try records.map { try Coding.decode(SessionRecord.self, from: $0) }
+    }
+
     public func deleteSession(_ id: SessionID) async throws -> Bool {
         try await pool.write { db in
             try db.execute(sql: "DELETE FROM sessions WHERE id = ?", arguments: [id.rawValue])

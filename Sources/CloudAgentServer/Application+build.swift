@@ -1,7 +1,10 @@
 import CloudAgentCore
 import CloudAgentSQLite
+import CloudAgentSandbox
 import Foundation
+import HTTPTypes
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import Prometheus
@@ -13,6 +16,8 @@ public struct ControlPlane: Sendable {
     public let store: any SessionStore
     public let sessions: SessionService
     public let scheduler: WakeUpScheduler
+    public let supervisor: RuntimeSupervisor
+    public let heartbeats: HeartbeatBatcher
     public let metrics: ServerMetrics
     /// The bearer token of user `local`.
     public let localToken: String
@@ -28,14 +33,25 @@ public struct ControlPlane: Sendable {
         let secretBox = try SecretBox(base64Key: configuration.secretKey ?? data.secretKey())
         let localToken = try configuration.apiToken ?? data.apiToken()
         let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger)
+        let layout = WorkspaceLayout(dataDirectory: data.root)
+        let sandbox = try SandboxWrapper.resolve(configuration.sandbox.rawValue, dataDirectory: data.root)
+        logger.info("sandbox resolved", metadata: ["requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)"])
+        let supervisor = RuntimeSupervisor(
+            layout: layout, sandbox: sandbox, runtimeExecutable: configuration.resolvedRuntimeExecutable,
+            logLevel: configuration.logLevel, logger: logger
+        )
+        let heartbeats = HeartbeatBatcher(store: store, logger: logger)
         let sessions = SessionService(
             store: store, timing: configuration.timing, secretBox: secretBox, clock: clock, scheduler: scheduler,
-            logger: logger, metrics: metrics, knownAgents: [SessionSpec.defaultAgent], workspacesDirectory: data.workspaces
+            logger: logger, metrics: metrics, knownAgents: [SessionSpec.defaultAgent], layout: layout,
+            workspaces: GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger), supervisor: supervisor,
+            heartbeats: heartbeats, maxRuntimes: configuration.maxRuntimes
         )
         await scheduler.setEvaluator { [sessions] id in await sessions.evaluate(id) }
+        await supervisor.setExitHandler { [sessions] id, process, detail in await sessions.runtimeExited(id, process: process, detail: detail) }
         return ControlPlane(
-            configuration: configuration, store: store, sessions: sessions, scheduler: scheduler, metrics: metrics,
-            localToken: localToken, logger: logger
+            configuration: configuration, store: store, sessions: sessions, scheduler: scheduler, supervisor: supervisor,
+            heartbeats: heartbeats, metrics: metrics, localToken: localToken, logger: logger
         )
     }
 
@@ -66,16 +82,27 @@ public struct ControlPlane: Sendable {
         }
         let v1 = router.group("v1").add(middleware: BearerAuthentication(authority: TokenAuthority(store: store, localToken: localToken)))
         SessionRoutes(service: sessions).register(on: v1)
+        ExecutionRoutes(service: sessions).register(on: v1)
+        RuntimeEndpoint(service: sessions).register(on: router)
         return router
     }
 
-    /// The HTTP application with the control plane's services (the wake-up scheduler).
+    /// The HTTP application with the control plane's services: the wake-up scheduler, the
+    /// runtime supervisor and the heartbeat writer. Once it listens, runtimes that outlived the
+    /// last control plane are recovered (they reconnect on their own).
     public func buildApplication(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
-        Application(
-            router: buildRouter(),
+        let router = buildRouter()
+        return Application(
+            router: router,
+            server: .http1WebSocketUpgrade(webSocketRouter: router),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloud-agent"),
-            services: [scheduler],
-            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
+            services: [scheduler, supervisor, heartbeats],
+            onServerRunning: { [supervisor, sessions] channel in
+                let port = channel.localAddress?.port ?? 0
+                await supervisor.setPort(port)
+                await sessions.recoverRuntimes()
+                await onServerRunning(port)
+            },
             logger: logger
         )
     }
@@ -99,12 +126,10 @@ public enum StoreFactory {
 /// The data directory: database, workspaces, the generated secret key and API token (mode 0600).
 public struct DataDirectory: Sendable {
     public let root: URL
-    public var workspaces: URL { root.appendingPathComponent("workspaces") }
 
     public init(_ root: URL) throws {
         self.root = root
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        try FileManager.default.createDirectory(at: workspaces, withIntermediateDirectories: true)
     }
 
     /// The secret key, generated once into `secret.key`.

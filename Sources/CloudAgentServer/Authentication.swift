@@ -1,15 +1,18 @@
 import CloudAgentCore
 import Foundation
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
 
 /// The request context: who is calling, once the bearer token was checked.
-public struct AppRequestContext: RequestContext {
+public struct AppRequestContext: RequestContext, WebSocketRequestContext {
     public var coreContext: CoreRequestContextStorage
+    public let webSocket: WebSocketHandlerReference<Self>
     public var owner: Owner?
 
-    public init(source: Source) {
+    public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
+        self.webSocket = .init()
         self.owner = nil
     }
 

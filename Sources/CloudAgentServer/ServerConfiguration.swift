@@ -24,6 +24,8 @@ public struct ServerConfiguration: Sendable {
     public var secretKey: String?
     public var logLevel: Logger.Level
     public var agentsFile: String?
+    /// The `cloud-agent-runtime` executable; nil means the one beside this executable.
+    public var runtimeExecutable: URL?
 
     public init(
         host: String = "127.0.0.1", port: Int = 8787, dataDirectory: URL = URL(fileURLWithPath: ".cloud-agent"),
@@ -132,9 +134,18 @@ public struct ServerConfiguration: Sendable {
         }
         if let (text, _) = value("agentsFile") { configuration.agentsFile = text }
         if configuration.timing.staleThresholdMs <= configuration.timing.heartbeatIntervalMs {
-            throw Invalid(setting: "CLOUD_AGENT_STALE_THRESHOLD", message: "must be longer than the heartbeat interval")
+            // Blame the setting the user gave: the threshold if they set it, else the interval.
+            let culprit = value("staleThreshold")?.name ?? value("heartbeatInterval")?.name ?? settings["staleThreshold"]!.environment
+            throw Invalid(setting: culprit, message: "the stale threshold must be longer than the heartbeat interval")
         }
         return configuration
+    }
+
+    /// Where `cloud-agent-runtime` is: configured, or beside the running executable.
+    public var resolvedRuntimeExecutable: URL {
+        if let runtimeExecutable { return runtimeExecutable }
+        let own = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return own.deletingLastPathComponent().appendingPathComponent("cloud-agent-runtime")
     }
 
     /// The SQLite file in use when the database is SQLite.

@@ -2,19 +2,22 @@ import CloudAgentCore
 
 /// Serializes the writes to each session: one at a time per session, any number across sessions.
 /// (One node owns a session's writes; PostgreSQL's row locks take this role across nodes.)
-public actor SessionLocks {
-    private var waiters: [SessionID: [CheckedContinuation<Void, Never>]] = [:]
-    private var held: Set<SessionID> = []
+public typealias SessionLocks = KeyedLocks<SessionID>
+
+/// One async mutex per key, made on demand.
+public actor KeyedLocks<Key: Hashable & Sendable> {
+    private var waiters: [Key: [CheckedContinuation<Void, Never>]] = [:]
+    private var held: Set<Key> = []
 
     public init() {}
 
-    public func withLock<T: Sendable>(_ id: SessionID, _ body: @Sendable () async throws -> T) async rethrows -> T {
+    public func withLock<T: Sendable>(_ id: Key, _ body: @Sendable () async throws -> T) async rethrows -> T {
         await acquire(id)
         defer { release(id) }
         return try await body()
     }
 
-    private func acquire(_ id: SessionID) async {
+    private func acquire(_ id: Key) async {
         guard held.contains(id) else {
             held.insert(id)
             return
@@ -22,7 +25,7 @@ public actor SessionLocks {
         await withCheckedContinuation { waiters[id, default: []].append($0) }
     }
 
-    private func release(_ id: SessionID) {
+    private func release(_ id: Key) {
         if var queue = waiters[id], !queue.isEmpty {
             let next = queue.removeFirst()
             waiters[id] = queue.isEmpty ? nil : queue

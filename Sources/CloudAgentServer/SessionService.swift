@@ -1,5 +1,7 @@
 import CloudAgentCore
+import CloudAgentSandbox
 import Foundation
+import HTTPTypes
 import Logging
 import Prometheus
 
@@ -16,13 +18,20 @@ public final class SessionService: Sendable {
     let logger: Logger
     let metrics: ServerMetrics
     let knownAgents: Set<String>
-    let workspacesDirectory: URL
+    let layout: WorkspaceLayout
+    let workspaces: GitWorkspaces
+    let supervisor: RuntimeSupervisor
+    let heartbeats: HeartbeatBatcher
+    let maxRuntimes: Int
+    let capacity = Capacity()
+    public let hub = EventHub()
     /// When this control plane started: downtime before it never counts against a runtime.
     public let controlPlaneStartedAt: Date
 
     public init(
         store: any SessionStore, timing: Timing, secretBox: SecretBox, clock: any WallClock, scheduler: WakeUpScheduler,
-        logger: Logger, metrics: ServerMetrics, knownAgents: Set<String>, workspacesDirectory: URL
+        logger: Logger, metrics: ServerMetrics, knownAgents: Set<String>, layout: WorkspaceLayout, workspaces: GitWorkspaces,
+        supervisor: RuntimeSupervisor, heartbeats: HeartbeatBatcher, maxRuntimes: Int
     ) {
         self.store = store
         self.timing = timing
@@ -32,8 +41,20 @@ public final class SessionService: Sendable {
         self.logger = logger
         self.metrics = metrics
         self.knownAgents = knownAgents
-        self.workspacesDirectory = workspacesDirectory
+        self.layout = layout
+        self.workspaces = workspaces
+        self.supervisor = supervisor
+        self.heartbeats = heartbeats
+        self.maxRuntimes = maxRuntimes
         self.controlPlaneStartedAt = clock.now()
+    }
+
+    /// Commits a change and offers its events to live subscribers.
+    @discardableResult
+    func commit(_ change: SessionChange) async throws -> [Event] {
+        let events = try await store.commit(change)
+        hub.publish(events)
+        return events
     }
 
     // MARK: API operations
@@ -43,14 +64,42 @@ public final class SessionService: Sendable {
         guard case .set(let prompt) = input.prompt else { throw APIError.invalid(field: "prompt", "is required") }
         var spec = SessionSpec(prompt: prompt)
         try apply(input, to: &spec)
-        let now = clock.now()
         let id = SessionID()
-        let session = SessionRecord(
-            id: id, owner: owner, createdAt: now, spec: spec, workBranch: spec.repo?.branch ?? "session/\(id.rawValue)"
-        )
-        try await store.insertSession(session)
+        let workBranch = spec.repo?.branch ?? "session/\(id.rawValue)"
+        // Capacity first: a full house answers 503 before any clone.
+        try await admitRuntime(for: id)
+        do {
+            let session = try await prepareAndLaunch(id: id, owner: owner, spec: spec, workBranch: workBranch)
+            await capacity.release(id)
+            return session
+        } catch {
+            await capacity.release(id)
+            throw error
+        }
+    }
+
+    private func prepareAndLaunch(id: SessionID, owner: Owner, spec: SessionSpec, workBranch: String) async throws -> SessionRecord {
+        do {
+            try await workspaces.prepare(workspaceRequest(id: id, spec: spec, workBranch: workBranch))
+        } catch let failure as SetupFailure {
+            logger.info("session setup failed", metadata: ["sessionId": "\(id)", "command": "\(failure.command)", "exitCode": "\(failure.exitCode)"])
+            throw APIError(
+                .unprocessableContent, code: "SETUP_FAILED", "setup failed: \(failure.command) exited with \(failure.exitCode)",
+                details: ["command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail)]
+            )
+        }
+        let now = clock.now()
+        var session = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
+        try session.runtime.requestStart(at: now)
+        do {
+            try await store.insertSession(session)
+        } catch {
+            layout.remove(id)
+            throw error
+        }
         metrics.sessionsCreated.increment()
         logger.info("session prepared", metadata: ["sessionId": "\(id)", "user": "\(owner)", "agent": "\(spec.agent)"])
+        session = try await locks.withLock(id) { try await self.launchRuntime(id, restoreWorkspace: false) } ?? session
         await scheduler.poke(id)
         return session
     }
@@ -76,7 +125,7 @@ public final class SessionService: Sendable {
             try self.apply(input, to: &session.spec)
             if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
             session.updatedAt = self.clock.now()
-            try await self.store.commit(SessionChange(sessionId: id, session: session))
+            try await self.commit(SessionChange(sessionId: id, session: session))
             return session
         }
         logger.info("session changed", metadata: ["sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))"])
@@ -86,6 +135,8 @@ public final class SessionService: Sendable {
 
     /// Deletes a session: its runtime is stopped (rule `deleted`), its workspace and data removed.
     public func delete(_ id: SessionID, owner: Owner) async throws {
+        _ = try await session(id, owner: owner)
+        await stopRuntime(id, reason: StopReason(rule: .deleted, at: clock.now(), detail: "session deleted"))
         try await locks.withLock(id) {
             let session = try await self.session(id, owner: owner)
             try await self.remove(session, rule: .deleted)
@@ -161,103 +212,10 @@ public final class SessionService: Sendable {
 
     /// Removes a session and everything it owns. The caller holds the session's lock.
     func remove(_ session: SessionRecord, rule: StopRule) async throws {
-        let workspace = workspacesDirectory.appendingPathComponent(session.id.rawValue)
-        try? FileManager.default.removeItem(at: workspace)
+        await supervisor.connection(for: session.id)?.close()
+        layout.remove(session.id)
         _ = try await store.deleteSession(session.id)
+        hub.close(session.id)
         logger.info("session removed", metadata: ["sessionId": "\(session.id)", "rule": "\(rule.rawValue)"])
-    }
-
-    // MARK: The rules, applied
-
-    /// Evaluates a session's rules at now, carries out what they decide, persists the session's
-    /// next wake-up and returns it. Idempotent: evaluating again changes nothing.
-    public func evaluate(_ id: SessionID) async -> Date? {
-        metrics.wakeUpsFired.increment()
-        do {
-            return try await locks.withLock(id) {
-                // Each action is a transition done once; a few rounds settle any chain of them.
-                for _ in 0..<4 {
-                    guard let session = try await self.store.session(id) else { return nil }
-                    let snapshot = SessionSnapshot(
-                        session: session,
-                        latestExecution: try await self.store.latestExecution(of: id),
-                        oldestEventAt: try await self.store.oldestEventAt(of: id)
-                    )
-                    let now = self.clock.now()
-                    let evaluation = SessionRules.evaluate(
-                        snapshot, timing: self.timing, controlPlaneStartedAt: self.controlPlaneStartedAt, now: now
-                    )
-                    if evaluation.actions.isEmpty {
-                        if try await self.store.wakeUp(of: id) != evaluation.nextWakeUp {
-                            try await self.store.commit(SessionChange(sessionId: id, wakeUp: .some(evaluation.nextWakeUp)))
-                        }
-                        return evaluation.nextWakeUp
-                    }
-                    for action in evaluation.actions {
-                        guard try await self.carryOut(action, on: snapshot, now: now) else { return nil }
-                    }
-                }
-                return self.clock.now().adding(milliseconds: 1000)
-            }
-        } catch {
-            logger.error("evaluating a session failed; retrying in 1 s", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
-            return clock.now().adding(milliseconds: 1000)
-        }
-    }
-
-    /// Carries out one decided action. Returns false when the session is gone.
-    private func carryOut(_ action: SessionAction, on snapshot: SessionSnapshot, now: Date) async throws -> Bool {
-        var session = snapshot.session
-        let id = session.id
-        switch action {
-        case .failExecution(let executionId, let error):
-            guard var execution = snapshot.latestExecution, execution.id == executionId else { return true }
-            try execution.end(.failed, at: now, error: error, reportedByRuntime: false)
-            session.activeExecutionId = nil
-            session.updatedAt = now
-            try await store.commit(SessionChange(
-                sessionId: id, session: session, executions: [execution],
-                events: [NewEvent(executionId: executionId, type: EventType.executionFailed, at: now, data: ["error": .string(error)])]
-            ))
-            metrics.executionEnded(.failed)
-            logger.warning("execution failed by the liveness rule", metadata: ["sessionId": "\(id)", "executionId": "\(executionId)", "error": "\(error)"])
-        case .reportStuck(let executionId, let silenceMs):
-            guard var execution = snapshot.latestExecution, execution.id == executionId else { return true }
-            execution.stuckReportedAt = now
-            try await store.commit(SessionChange(
-                sessionId: id, executions: [execution],
-                events: [NewEvent(executionId: executionId, type: EventType.executionStuck, at: now, data: ["sinceLastProgressMs": JSONValue(silenceMs)])]
-            ))
-            logger.warning("execution without progress", metadata: ["sessionId": "\(id)", "executionId": "\(executionId)", "sinceLastProgressMs": "\(silenceMs)"])
-        case .stopRuntime(let reason):
-            try session.runtime.markStopped(at: now, reason: reason)
-            session.updatedAt = now
-            try await store.commit(SessionChange(
-                sessionId: id, session: session,
-                events: [NewEvent(type: EventType.runtimeStopped, at: now, data: Self.stopEventData(reason))]
-            ))
-            metrics.runtimeStopped(reason.rule)
-            logger.info("runtime stopped", metadata: [
-                "sessionId": "\(id)", "rule": "\(reason.rule.rawValue)", "idleMs": "\(reason.idleMs.map(String.init) ?? "-")",
-                "idleTimeoutMs": "\(reason.idleTimeoutMs.map(String.init) ?? "-")",
-            ])
-        case .expire(let untouchedMs):
-            try await remove(session, rule: .ttl)
-            metrics.sessionsExpired.increment()
-            logger.info("session expired", metadata: ["sessionId": "\(id)", "rule": "ttl", "untouchedMs": "\(untouchedMs)"])
-            return false
-        case .sweepEvents(let cutoff):
-            let count = try await store.deleteEvents(of: id, olderThan: cutoff)
-            metrics.eventsSwept.increment(by: Int64(count))
-            logger.debug("events swept", metadata: ["sessionId": "\(id)", "count": "\(count)"])
-        }
-        return true
-    }
-
-    static func stopEventData(_ reason: StopReason) -> [String: JSONValue] {
-        [
-            "rule": .string(reason.rule.rawValue), "lastActivityAt": JSONValue(reason.lastActivityAt),
-            "idleMs": JSONValue(reason.idleMs), "idleTimeoutMs": JSONValue(reason.idleTimeoutMs), "detail": JSONValue(reason.detail),
-        ]
     }
 }

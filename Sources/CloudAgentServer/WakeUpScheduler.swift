@@ -55,12 +55,13 @@ public actor WakeUpScheduler: Service {
         let wakeUps = try await store.wakeUps()
         for wakeUp in wakeUps { arm(wakeUp.sessionId, at: wakeUp.dueAt) }
         logger.info("wake-ups re-armed from the store", metadata: ["count": "\(wakeUps.count)"])
-        try await cancelWhenGracefulShutdown {
-            try await self.loop()
+        // Graceful shutdown cancels the loop; returning (not throwing) ends the service cleanly.
+        await cancelWhenGracefulShutdown {
+            await self.loop()
         }
     }
 
-    private func loop() async throws {
+    private func loop() async {
         while !Task.isCancelled {
             let now = clock.now()
             let due = popDue(now: now)
@@ -70,7 +71,6 @@ public actor WakeUpScheduler: Service {
             }
             await sleep(until: heap.peek?.dueAt)
         }
-        throw CancellationError()
     }
 
     private func popDue(now: Date) -> [SessionID] {

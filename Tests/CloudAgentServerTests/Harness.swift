@@ -88,6 +88,8 @@ struct TestServer {
 
     let directory: TemporaryDirectory
     var timing: Timing
+    var maxRuntimes = 32
+    var sandbox: SandboxMode = .none
     let logs = LogCapture()
 
     init(directory: TemporaryDirectory? = nil, timing: Timing = Timing()) throws {
@@ -95,18 +97,45 @@ struct TestServer {
         self.timing = timing
     }
 
+    /// The package's build products (`.build/debug`), found from this file's path.
+    static let buildProducts: URL = {
+        if let override = ProcessInfo.processInfo.environment["CLOUD_AGENT_BUILD_DIR"] { return URL(fileURLWithPath: override) }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug")
+    }()
+
     var configuration: ServerConfiguration {
-        ServerConfiguration(
+        var configuration = ServerConfiguration(
             host: "127.0.0.1", port: 0, dataDirectory: directory.url.appendingPathComponent("data"),
-            apiToken: Self.localToken, timing: timing, sandbox: .none, secretKey: nil, logLevel: .trace
+            apiToken: Self.localToken, timing: timing, maxRuntimes: maxRuntimes, sandbox: sandbox, secretKey: nil, logLevel: .trace
         )
+        configuration.runtimeExecutable = Self.buildProducts.appendingPathComponent("cloud-agent-runtime")
+        return configuration
     }
 
-    /// Starts the control plane, runs `body` against it over HTTP, and shuts it down.
-    func run(_ body: @Sendable (TestAPI) async throws -> Void) async throws {
+    /// Starts the control plane, runs `body` against it over HTTP, and shuts it down. Unless
+    /// `keepRuntimes`, every runtime it launched is killed afterwards (runtimes outlive their
+    /// control plane by design).
+    func run(keepRuntimes: Bool = false, _ body: @Sendable (TestAPI) async throws -> Void) async throws {
         let plane = try await ControlPlane.open(configuration, logger: logs.logger)
-        try await plane.buildApplication().test(.live) { client in
-            try await body(TestAPI(client: client, plane: plane))
+        do {
+            try await plane.buildApplication().test(.live) { client in
+                try await body(TestAPI(client: client, plane: plane))
+            }
+        } catch {
+            await Self.killRuntimes(of: plane)
+            throw error
+        }
+        if !keepRuntimes { await Self.killRuntimes(of: plane) }
+    }
+
+    static func killRuntimes(of plane: ControlPlane) async {
+        let sessions = (try? await plane.store.sessions(withRuntimeIn: [.starting, .running, .stopping])) ?? []
+        for session in sessions {
+            if let process = session.runtime.process {
+                kill(-process.pid, SIGKILL)
+                if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
+            }
         }
     }
 }
@@ -151,4 +180,46 @@ func eventually(
         try await Task.sleep(for: .milliseconds(20))
     }
     Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
+}
+
+/// Runs a command to completion (git and friends in tests); output goes to a file, not a pipe.
+@discardableResult
+func shell(_ command: String, in directory: URL? = nil) throws -> String {
+    let output = FileManager.default.temporaryDirectory.appendingPathComponent("shell-\(UUID().uuidString).out")
+    defer { try? FileManager.default.removeItem(at: output) }
+    _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+    let handle = try FileHandle(forWritingTo: output)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", command]
+    if let directory { process.currentDirectoryURL = directory }
+    process.standardOutput = handle
+    process.standardError = handle
+    try process.run()
+    process.waitUntilExit()
+    try handle.close()
+    let text = (try? String(contentsOf: output, encoding: .utf8)) ?? ""
+    guard process.terminationStatus == 0 else {
+        throw ShellFailure(command: command, status: process.terminationStatus, output: text)
+    }
+    return text
+}
+
+struct ShellFailure: Error, CustomStringConvertible {
+    var command: String
+    var status: Int32
+    var output: String
+    var description: String { "`\(command)` exited \(status): \(output)" }
+}
+
+/// A real git repository in `directory/name` with one commit on `main` (and `extraBranches`).
+func makeGitRepository(in directory: TemporaryDirectory, name: String = "origin", extraBranches: [String] = []) throws -> URL {
+    let repo = directory.url.appendingPathComponent(name)
+    try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
+    try shell("""
+        git init -q -b main . && echo "# demo" > README.md && git add README.md \
+        && git -c user.name=test -c user.email=test@example.com commit -q -m initial
+        """, in: repo)
+    for branch in extraBranches { try shell("git branch \(branch)", in: repo) }
+    return repo
 }

@@ -1,0 +1,282 @@
+import Foundation
+
+/// The runtime protocol: JSON text frames over one WebSocket between a session's runtime and
+/// the control plane (see docs/runtime-protocol.md). Every frame is an object with a `type`.
+public enum RuntimeProtocol {
+    public static let version = 1
+    /// The route a runtime connects to.
+    public static let path = "/v1/runtime/connect"
+    /// The upgrade request's headers: the session id and the runtime's own secret.
+    public static let sessionHeader = "X-Cloud-Agent-Session"
+    public static let secretHeader = "X-Cloud-Agent-Runtime-Secret"
+    /// Frames larger than this are refused (a protocol error closes the connection).
+    public static let maxFrameBytes = 1 << 20
+}
+
+/// An event the runtime reports, numbered by the runtime (`seq` rises by one per runtime process
+/// from 1). The control plane acknowledges durable events cumulatively; the runtime resends what
+/// was not acknowledged after a reconnect, and the control plane drops what it already has.
+public struct RuntimeEvent: Codable, Sendable, Equatable {
+    public var seq: Int64
+    public var executionId: String
+    /// `execution.running`, `agent`, `output` or `execution.ended`.
+    public var kind: String
+    public var at: Date
+    public var data: [String: ProtocolValue]
+
+    public init(seq: Int64, executionId: String, kind: String, at: Date, data: [String: ProtocolValue] = [:]) {
+        self.seq = seq
+        self.executionId = executionId
+        self.kind = kind
+        self.at = at
+        self.data = data
+    }
+
+    public enum Kind {
+        /// The agent process started. data: `{pid, processGroup}`.
+        public static let running = "execution.running"
+        /// One normalized agent event. data: `{kind: text|tool|log|error, …, raw}`.
+        public static let agent = "agent"
+        /// A non-JSON line of the agent's stdout/stderr. data: `{stream: stdout|stderr, line}`.
+        public static let output = "output"
+        /// The execution ended. data: `{status: completed|failed|interrupted, exitCode?, error?, interruptReason?}`.
+        public static let ended = "execution.ended"
+    }
+}
+
+/// Runtime → control plane.
+public enum RuntimeMessage: Sendable, Equatable {
+    /// First frame after connecting: who the runtime is and what it is doing.
+    case hello(runtimeId: String, protocolVersion: Int, activeExecutionId: String?, lastSeq: Int64)
+    case event(RuntimeEvent)
+    /// Liveness of the active execution, with its progress (agent events so far).
+    case heartbeat(executionId: String, at: Date, events: Int64)
+    case pong(nonce: Int64)
+}
+
+/// Control plane → runtime.
+public enum ControlMessage: Sendable, Equatable {
+    /// Answer to hello: events up to `ackedSeq` are durable; the timing the runtime must keep.
+    case welcome(ackedSeq: Int64, heartbeatIntervalMs: Int64, stopGraceMs: Int64)
+    /// Events up to `seq` are durable.
+    case ack(seq: Int64)
+    /// Run one execution's agent. A runtime ignores an execution id it has already run.
+    case execute(ExecuteCommand)
+    /// Stop this execution's agent: SIGTERM to its process group, SIGKILL after the grace.
+    case kill(executionId: String, reason: String)
+    /// Stop the active agent (reported `interrupted`), then exit.
+    case shutdown(reason: String)
+    case ping(nonce: Int64)
+}
+
+/// What to run for an execution.
+public struct ExecuteCommand: Codable, Sendable, Equatable {
+    public var executionId: String
+    public var agent: String
+    public var prompt: String
+    public var mode: String?
+    public var model: String?
+
+    public init(executionId: String, agent: String, prompt: String, mode: String? = nil, model: String? = nil) {
+        self.executionId = executionId
+        self.agent = agent
+        self.prompt = prompt
+        self.mode = mode
+        self.model = model
+    }
+}
+
+/// A JSON value inside protocol frames (kept apart from the core so that the runtime links
+/// only this module).
+public enum ProtocolValue: Codable, Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([ProtocolValue])
+    case object([String: ProtocolValue])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([ProtocolValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: ProtocolValue].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value):
+            if value.rounded() == value, abs(value) < 9.0e15 { try container.encode(Int64(value)) } else { try container.encode(value) }
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    public var stringValue: String? { if case .string(let value) = self { value } else { nil } }
+    public var intValue: Int64? {
+        if case .number(let value) = self, value.rounded() == value, abs(value) < 9.0e15 { Int64(value) } else { nil }
+    }
+}
+
+// MARK: - Wire format
+
+/// Why a frame was refused.
+public struct ProtocolError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Encodes and decodes frames. Timestamps are milliseconds since 1970.
+public enum ProtocolCoding {
+    static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .millisecondsSince1970
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }
+
+    static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return decoder
+    }
+
+    private struct Frame: Codable {
+        var type: String
+        var runtimeId: String?
+        var protocolVersion: Int?
+        var activeExecutionId: String?
+        var lastSeq: Int64?
+        var event: RuntimeEvent?
+        var executionId: String?
+        var at: Date?
+        var events: Int64?
+        var nonce: Int64?
+        var ackedSeq: Int64?
+        var heartbeatIntervalMs: Int64?
+        var stopGraceMs: Int64?
+        var seq: Int64?
+        var execute: ExecuteCommand?
+        var reason: String?
+
+        init(type: String) { self.type = type }
+    }
+
+    public static func encode(_ message: RuntimeMessage) -> String {
+        var frame: Frame
+        switch message {
+        case .hello(let runtimeId, let version, let active, let lastSeq):
+            frame = Frame(type: "hello")
+            frame.runtimeId = runtimeId
+            frame.protocolVersion = version
+            frame.activeExecutionId = active
+            frame.lastSeq = lastSeq
+        case .event(let event):
+            frame = Frame(type: "event")
+            frame.event = event
+        case .heartbeat(let executionId, let at, let events):
+            frame = Frame(type: "heartbeat")
+            frame.executionId = executionId
+            frame.at = at
+            frame.events = events
+        case .pong(let nonce):
+            frame = Frame(type: "pong")
+            frame.nonce = nonce
+        }
+        return text(frame)
+    }
+
+    public static func encode(_ message: ControlMessage) -> String {
+        var frame: Frame
+        switch message {
+        case .welcome(let acked, let interval, let grace):
+            frame = Frame(type: "welcome")
+            frame.ackedSeq = acked
+            frame.heartbeatIntervalMs = interval
+            frame.stopGraceMs = grace
+        case .ack(let seq):
+            frame = Frame(type: "ack")
+            frame.seq = seq
+        case .execute(let command):
+            frame = Frame(type: "execute")
+            frame.execute = command
+        case .kill(let executionId, let reason):
+            frame = Frame(type: "kill")
+            frame.executionId = executionId
+            frame.reason = reason
+        case .shutdown(let reason):
+            frame = Frame(type: "shutdown")
+            frame.reason = reason
+        case .ping(let nonce):
+            frame = Frame(type: "ping")
+            frame.nonce = nonce
+        }
+        return text(frame)
+    }
+
+    private static func text(_ frame: Frame) -> String {
+        // Encoding these plain structs cannot fail.
+        String(decoding: try! encoder().encode(frame), as: UTF8.self)
+    }
+
+    private static func frame(_ text: String) throws(ProtocolError) -> Frame {
+        guard text.utf8.count <= RuntimeProtocol.maxFrameBytes else { throw ProtocolError("frame larger than \(RuntimeProtocol.maxFrameBytes) bytes") }
+        do {
+            return try decoder().decode(Frame.self, from: Data(text.utf8))
+        } catch {
+            throw ProtocolError("not a protocol frame: \(error)")
+        }
+    }
+
+    public static func decodeRuntimeMessage(_ text: String) throws(ProtocolError) -> RuntimeMessage {
+        let frame = try frame(text)
+        switch frame.type {
+        case "hello":
+            guard let runtimeId = frame.runtimeId, let version = frame.protocolVersion else { throw ProtocolError("hello needs runtimeId and protocolVersion") }
+            return .hello(runtimeId: runtimeId, protocolVersion: version, activeExecutionId: frame.activeExecutionId, lastSeq: frame.lastSeq ?? 0)
+        case "event":
+            guard let event = frame.event, event.seq > 0 else { throw ProtocolError("event needs an event with seq ≥ 1") }
+            return .event(event)
+        case "heartbeat":
+            guard let executionId = frame.executionId, let at = frame.at else { throw ProtocolError("heartbeat needs executionId and at") }
+            return .heartbeat(executionId: executionId, at: at, events: frame.events ?? 0)
+        case "pong":
+            return .pong(nonce: frame.nonce ?? 0)
+        default:
+            throw ProtocolError("unknown runtime frame type \(frame.type)")
+        }
+    }
+
+    public static func decodeControlMessage(_ text: String) throws(ProtocolError) -> ControlMessage {
+        let frame = try frame(text)
+        switch frame.type {
+        case "welcome":
+            guard let acked = frame.ackedSeq, let interval = frame.heartbeatIntervalMs, interval > 0 else {
+                throw ProtocolError("welcome needs ackedSeq and heartbeatIntervalMs")
+            }
+            return .welcome(ackedSeq: acked, heartbeatIntervalMs: interval, stopGraceMs: frame.stopGraceMs ?? 10_000)
+        case "ack":
+            guard let seq = frame.seq else { throw ProtocolError("ack needs seq") }
+            return .ack(seq: seq)
+        case "execute":
+            guard let command = frame.execute else { throw ProtocolError("execute needs execute") }
+            return .execute(command)
+        case "kill":
+            guard let executionId = frame.executionId else { throw ProtocolError("kill needs executionId") }
+            return .kill(executionId: executionId, reason: frame.reason ?? "user")
+        case "shutdown":
+            return .shutdown(reason: frame.reason ?? "shutdown")
+        case "ping":
+            return .ping(nonce: frame.nonce ?? 0)
+        default:
+            throw ProtocolError("unknown control frame type \(frame.type)")
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import CloudAgentProtocol
+import HTTPTypes
+import Logging
+import ServiceLifecycle
+import WSClient
+
+/// The runtime's WebSocket to the control plane, kept open for as long as the runtime lives:
+/// after a failed connect, a close or an error it reconnects with capped exponential backoff
+/// and jitter. Each connection says hello, waits for the welcome, then carries the runtime's
+/// frames out and the control plane's frames in.
+public struct ControlConnection: Service {
+    let runtime: AgentRuntime
+    let secret: String
+    let logger: Logger
+    var backoff: ReconnectBackoff
+
+    public init(runtime: AgentRuntime, secret: String, logger: Logger, backoff: ReconnectBackoff = ReconnectBackoff()) {
+        self.runtime = runtime
+        self.secret = secret
+        self.logger = logger
+        self.backoff = backoff
+    }
+
+    /// Returns on graceful shutdown (the open connection is closed normally) or cancellation.
+    public func run() async {
+        var backoff = self.backoff
+        let configuration = runtime.configuration
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            let welcomesBefore = await runtime.welcomeCount
+            do {
+                try await WebSocketClient.connect(
+                    url: configuration.controlURL,
+                    configuration: Self.clientConfiguration(sessionId: configuration.sessionId, secret: secret),
+                    logger: logger
+                ) { inbound, outbound, _ in
+                    let link = await runtime.openLink()
+                    do {
+                        try await exchange(on: link, inbound: inbound, outbound: outbound)
+                    } catch {
+                        await runtime.closeLink(link.id)
+                        throw error
+                    }
+                    await runtime.closeLink(link.id)
+                }
+                logger.info("the control plane closed the connection")
+            } catch {
+                logger.warning("connection to the control plane failed", metadata: ["error": "\(error)"])
+            }
+            if await runtime.welcomeCount != welcomesBefore { backoff.reset() }
+            let delay = backoff.nextDelay()
+            logger.debug("reconnecting", metadata: ["delay": "\(delay)"])
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+        }
+    }
+
+    /// Frames up to 1 MiB each way, no compression; a 1 s close handshake at most.
+    static func clientConfiguration(sessionId: String, secret: String) -> WebSocketClientConfiguration {
+        var headers = HTTPFields()
+        if let name = HTTPField.Name(RuntimeProtocol.sessionHeader) { headers[name] = sessionId }
+        if let name = HTTPField.Name(RuntimeProtocol.secretHeader) { headers[name] = secret }
+        return WebSocketClientConfiguration(
+            maxFrameSize: RuntimeProtocol.maxFrameBytes,
+            additionalHeaders: headers,
+            closeTimeout: .seconds(1)
+        )
+    }
+
+    /// Writes the link's frames (hello first), reads the control plane's, and heartbeats once
+    /// welcomed; returns when the control plane closes, throws when either direction fails.
+    private func exchange(
+        on link: AgentRuntime.Link,
+        inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await frame in link.frames {
+                    try await outbound.writeTextMessage(frame)
+                }
+            }
+            group.addTask {
+                for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
+                    guard case .text(let text) = message else {
+                        logger.warning("binary frame from the control plane: ignored")
+                        continue
+                    }
+                    let control: ControlMessage
+                    do {
+                        control = try ProtocolCoding.decodeControlMessage(text)
+                    } catch {
+                        logger.warning("unreadable frame from the control plane: ignored", metadata: ["error": "\(error)"])
+                        continue
+                    }
+                    await runtime.receive(control, on: link.id)
+                }
+            }
+            group.addTask {
+                while true {
+                    let interval = await runtime.heartbeatInterval(on: link.id)
+                    try await Task.sleep(for: interval ?? .milliseconds(20))
+                    if interval != nil { await runtime.sendHeartbeat(on: link.id) }
+                }
+            }
+            // The first to finish (the reader at a close, or any failure) ends the connection.
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+}

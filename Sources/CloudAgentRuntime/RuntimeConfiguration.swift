@@ -1,0 +1,86 @@
+import Foundation
+import Logging
+
+/// The runtime's settings, read from the environment the control plane starts it with. The
+/// runtime's secret is not here: it arrives on standard input, never in the environment.
+public struct RuntimeConfiguration: Sendable, Equatable {
+    /// The control plane's runtime route, e.g. `ws://127.0.0.1:8787/v1/runtime/connect`.
+    public var controlURL: String
+    public var sessionId: String
+    /// The id of this runtime process, chosen by the control plane.
+    public var runtimeId: String
+    /// The agents' working directory.
+    public var workspace: String
+    public var logLevel: Logger.Level
+    /// SIGTERM → this long → SIGKILL for a killed agent; the control plane's welcome replaces it.
+    public var stopGrace: Duration
+    /// Until the welcome says otherwise.
+    public var heartbeatInterval: Duration
+
+    public init(
+        controlURL: String,
+        sessionId: String,
+        runtimeId: String,
+        workspace: String,
+        logLevel: Logger.Level = .info,
+        stopGrace: Duration = .seconds(10),
+        heartbeatInterval: Duration = .seconds(30)
+    ) {
+        self.controlURL = controlURL
+        self.sessionId = sessionId
+        self.runtimeId = runtimeId
+        self.workspace = workspace
+        self.logLevel = logLevel
+        self.stopGrace = stopGrace
+        self.heartbeatInterval = heartbeatInterval
+    }
+
+    /// Reads `CLOUD_AGENT_CONTROL_URL`, `SESSION_ID`, `CLOUD_AGENT_RUNTIME_ID` (required),
+    /// `CLOUD_AGENT_WORKSPACE` (default: `currentDirectory`), `CLOUD_AGENT_LOG_LEVEL` (default
+    /// info) and `CLOUD_AGENT_STOP_GRACE_MS` (default 10000).
+    public init(environment: [String: String], currentDirectory: String) throws(RuntimeConfigurationError) {
+        func required(_ name: String) throws(RuntimeConfigurationError) -> String {
+            guard let value = environment[name], !value.isEmpty else { throw RuntimeConfigurationError("\(name) is not set") }
+            return value
+        }
+        let controlURL = try required("CLOUD_AGENT_CONTROL_URL")
+        guard controlURL.hasPrefix("ws://") || controlURL.hasPrefix("wss://") else {
+            throw RuntimeConfigurationError("CLOUD_AGENT_CONTROL_URL must be a ws:// or wss:// URL")
+        }
+        let workspace = environment["CLOUD_AGENT_WORKSPACE"].flatMap { $0.isEmpty ? nil : $0 } ?? currentDirectory
+        var logLevel = Logger.Level.info
+        if let name = environment["CLOUD_AGENT_LOG_LEVEL"], !name.isEmpty {
+            guard let level = Logger.Level(rawValue: name.lowercased()) else {
+                throw RuntimeConfigurationError("CLOUD_AGENT_LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            logLevel = level
+        }
+        var stopGrace = Duration.seconds(10)
+        if let text = environment["CLOUD_AGENT_STOP_GRACE_MS"], !text.isEmpty {
+            guard let milliseconds = Int64(text), milliseconds >= 0 else {
+                throw RuntimeConfigurationError("CLOUD_AGENT_STOP_GRACE_MS must be a whole number of milliseconds")
+            }
+            stopGrace = .milliseconds(milliseconds)
+        }
+        self.init(
+            controlURL: controlURL,
+            sessionId: try required("SESSION_ID"),
+            runtimeId: try required("CLOUD_AGENT_RUNTIME_ID"),
+            workspace: workspace,
+            logLevel: logLevel,
+            stopGrace: stopGrace
+        )
+    }
+
+    /// The environment an agent runs with: the runtime's own, minus every `CLOUD_AGENT_*`
+    /// variable (the runtime's configuration is none of the agent's business).
+    public static func agentEnvironment(from environment: [String: String]) -> [String: String] {
+        environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
+    }
+}
+
+/// A missing or malformed setting; the runtime exits at once.
+public struct RuntimeConfigurationError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,40 @@
+import CloudAgentCore
+import Foundation
+
+/// Where a session's files live under the data directory:
+/// `workspaces/<sessionId>` (the git checkout), `homes/<sessionId>` (its HOME) and
+/// `runtimes/<sessionId>.log` (its runtime's stdout and stderr).
+public struct WorkspaceLayout: Sendable {
+    public let dataDirectory: URL
+
+    public init(dataDirectory: URL) {
+        self.dataDirectory = dataDirectory.standardizedFileURL
+    }
+
+    public var workspacesDirectory: URL { dataDirectory.appendingPathComponent("workspaces", isDirectory: true) }
+    public var homesDirectory: URL { dataDirectory.appendingPathComponent("homes", isDirectory: true) }
+    public var runtimesDirectory: URL { dataDirectory.appendingPathComponent("runtimes", isDirectory: true) }
+
+    public func workspace(_ id: SessionID) -> URL {
+        workspacesDirectory.appendingPathComponent(id.rawValue, isDirectory: true)
+    }
+
+    public func home(_ id: SessionID) -> URL {
+        homesDirectory.appendingPathComponent(id.rawValue, isDirectory: true)
+    }
+
+    public func runtimeLog(_ id: SessionID) -> URL {
+        runtimesDirectory.appendingPathComponent(id.rawValue + ".log", isDirectory: false)
+    }
+
+    /// Deletes the session's workspace, home and runtime log (whichever exist).
+    public func remove(_ id: SessionID) {
+        removeWorkspaceAndHome(id)
+        try? FileManager.default.removeItem(at: runtimeLog(id))
+    }
+
+    func removeWorkspaceAndHome(_ id: SessionID) {
+        try? FileManager.default.removeItem(at: workspace(id))
+        try? FileManager.default.removeItem(at: home(id))
+    }
+}

@@ -1,0 +1,94 @@
+import CloudAgentCore
+import Foundation
+import Hummingbird
+import Logging
+
+/// `/v1/sessions/{id}/initiate|messages|interrupt|executions|events`.
+struct ExecutionRoutes {
+    let service: SessionService
+
+    func register(on group: RouterGroup<AppRequestContext>) {
+        group.post("sessions/:sessionId/initiate", use: initiate)
+        group.post("sessions/:sessionId/messages", use: message)
+        group.post("sessions/:sessionId/interrupt", use: interrupt)
+        group.get("sessions/:sessionId/executions", use: list)
+        group.get("sessions/:sessionId/executions/:executionId", use: show)
+        group.get("sessions/:sessionId/events", use: events)
+    }
+
+    func accepted(_ id: SessionID, _ execution: Execution) -> Response {
+        JSONResponse.make([
+            "sessionId": .string(id.rawValue), "executionId": .string(execution.id.rawValue), "status": "started",
+            "streamUrl": .string("/v1/sessions/\(id.rawValue)/stream?executionId=\(execution.id.rawValue)"),
+        ], status: .accepted)
+    }
+
+    @Sendable func initiate(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try SessionRoutes.sessionID(context)
+        let execution = try await service.startExecution(id, owner: try context.requireOwner(), message: nil)
+        return accepted(id, execution)
+    }
+
+    @Sendable func message(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let owner = try context.requireOwner()
+        let id = try SessionRoutes.sessionID(context)
+        _ = try await service.session(id, owner: owner)
+        let input: SessionService.MessageInput
+        do { input = try SessionService.MessageInput.parse(try await JSONResponse.body(of: request)) } catch let error as ValidationError { throw APIError.from(error) }
+        let execution = try await service.startExecution(id, owner: owner, message: input)
+        return accepted(id, execution)
+    }
+
+    @Sendable func interrupt(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try SessionRoutes.sessionID(context)
+        guard let executionId = try await service.interrupt(id, owner: try context.requireOwner()) else {
+            return JSONResponse.make(["interrupted": false])
+        }
+        return JSONResponse.make(["interrupted": true, "executionId": .string(executionId.rawValue)])
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let executions = try await service.executions(of: try SessionRoutes.sessionID(context), owner: try context.requireOwner())
+        return JSONResponse.make(["executions": .array(executions.map(Views.execution))])
+    }
+
+    @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try SessionRoutes.sessionID(context)
+        guard let raw = context.parameters.get("executionId"), let executionId = ExecutionID(rawValue: raw) else {
+            throw APIError.notFound("execution \(context.parameters.get("executionId") ?? "")")
+        }
+        return JSONResponse.make(Views.execution(try await service.execution(executionId, of: id, owner: try context.requireOwner())))
+    }
+
+    @Sendable func events(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try SessionRoutes.sessionID(context)
+        let query = try Self.eventQuery(request.uri.queryParameters, defaultLimit: 100)
+        let events = try await service.events(of: id, owner: try context.requireOwner(), query: query)
+        return JSONResponse.make(["events": .array(events.map(\.json)), "nextFromId": .number(Double(events.last?.id ?? query.afterId))])
+    }
+
+    /// `fromId`, `limit`, `executionId`, `types` of the events and stream routes.
+    static func eventQuery(_ parameters: Parameters, defaultLimit: Int) throws -> EventQuery {
+        var query = EventQuery(limit: defaultLimit)
+        if let text = parameters["fromId"] {
+            guard let value = Int64(String(text)), value >= 0 else { throw APIError.invalid(field: "fromId", "must be a whole number ≥ 0") }
+            query.afterId = value
+        }
+        if let text = parameters["limit"] {
+            guard let value = Int(String(text)), (1...1000).contains(value) else { throw APIError.invalid(field: "limit", "must be a whole number from 1 to 1000") }
+            query.limit = value
+        }
+        if let text = parameters["executionId"] {
+            guard let value = ExecutionID(rawValue: String(text)) else { throw APIError.invalid(field: "executionId", "is not an execution id") }
+            query.executionId = value
+        }
+        if let text = parameters["types"] {
+            let types = Set(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+            guard !types.isEmpty, types.count <= 50, types.allSatisfy({ $0.count <= 64 }) else {
+                throw APIError.invalid(field: "types", "must be a comma-separated list of event types")
+            }
+            query.types = types
+        }
+        return query
+    }
+}

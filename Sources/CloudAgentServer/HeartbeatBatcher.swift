@@ -1,0 +1,52 @@
+import CloudAgentCore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Collects heartbeats and writes them in batches: one single-column UPDATE per running
+/// execution, one transaction per flush. Heartbeats never touch the wake-ups (a wake-up that
+/// fires at an old stale deadline re-evaluates and finds the fresh heartbeat).
+public actor HeartbeatBatcher: Service {
+    private let store: any SessionStore
+    private let logger: Logger
+    private let flushIntervalMs: Int64
+    private var pending: [ExecutionID: Date] = [:]
+    private var accepted: Int = 0
+
+    public init(store: any SessionStore, logger: Logger, flushIntervalMs: Int64 = 25) {
+        self.store = store
+        self.logger = logger
+        self.flushIntervalMs = flushIntervalMs
+    }
+
+    public func record(_ execution: ExecutionID, at date: Date) {
+        pending[execution] = max(pending[execution] ?? date, date)
+        accepted += 1
+    }
+
+    /// Heartbeats accepted since start (for metrics and benchmarks).
+    public var acceptedCount: Int { accepted }
+
+    /// Writes what is pending now.
+    public func flush() async {
+        guard !pending.isEmpty else { return }
+        let batch = pending.map { Heartbeat(executionId: $0.key, at: $0.value) }
+        pending.removeAll(keepingCapacity: true)
+        do {
+            try await store.recordHeartbeats(batch)
+        } catch {
+            logger.error("recording heartbeats failed", metadata: ["count": "\(batch.count)", "error": "\(String(reflecting: error))"])
+            for beat in batch { pending[beat.executionId] = max(pending[beat.executionId] ?? beat.at, beat.at) }
+        }
+    }
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(self.flushIntervalMs))
+                await self.flush()
+            }
+        }
+        await flush()
+    }
+}

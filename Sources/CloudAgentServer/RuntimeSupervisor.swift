@@ -1,0 +1,179 @@
+import CloudAgentCore
+import CloudAgentProtocol
+import CloudAgentSandbox
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// One connected runtime: the session it serves, the launch it belongs to, and the queue of
+/// frames to send it (drained by the WebSocket handler, so that writes never interleave).
+public final class RuntimeConnection: Sendable {
+    public let sessionId: SessionID
+    public let instanceId: String
+    private let outgoing: AsyncStream<ControlMessage>.Continuation
+    /// The execution the runtime may heartbeat: set when it is sent, cleared when it ends.
+    private let active = Mutex<ExecutionID?>(nil)
+
+    init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
+        self.sessionId = sessionId
+        self.instanceId = instanceId
+        self.outgoing = outgoing
+    }
+
+    public func send(_ message: ControlMessage) { outgoing.yield(message) }
+    public func close() { outgoing.finish() }
+
+    var activeExecution: ExecutionID? {
+        get { active.withLock { $0 } }
+        set { active.withLock { $0 = newValue } }
+    }
+}
+
+/// The runtimes' processes and connections: launching a runtime in its sandbox, the live
+/// connections, signalling process groups, and noticing a runtime that dies on its own.
+/// Long work (cold starts, stops) runs as jobs inside this service's `run`, never as loose tasks.
+public actor RuntimeSupervisor: Service {
+    public typealias Job = @Sendable () async -> Void
+    public typealias ExitHandler = @Sendable (SessionID, RuntimeProcess, String) async -> Void
+
+    let layout: WorkspaceLayout
+    let sandbox: SandboxWrapper
+    let runtimeExecutable: URL
+    let logLevel: Logger.Level
+    let logger: Logger
+    private var port: Int?
+    private var connections: [SessionID: RuntimeConnection] = [:]
+    /// Runtime processes to watch: launched by this control plane (our children) or adopted
+    /// from before a restart.
+    private var watched: [SessionID: (process: RuntimeProcess, ownChild: Bool)] = [:]
+    private var onExit: ExitHandler?
+    private let jobs: AsyncStream<Job>
+    private let jobQueue: AsyncStream<Job>.Continuation
+
+    public init(layout: WorkspaceLayout, sandbox: SandboxWrapper, runtimeExecutable: URL, logLevel: Logger.Level, logger: Logger) {
+        self.layout = layout
+        self.sandbox = sandbox
+        self.runtimeExecutable = runtimeExecutable
+        self.logLevel = logLevel
+        self.logger = logger
+        (jobs, jobQueue) = AsyncStream.makeStream()
+    }
+
+    public func setExitHandler(_ handler: @escaping ExitHandler) { onExit = handler }
+
+    /// The port runtimes connect back to (known once the server listens).
+    public func setPort(_ port: Int) { self.port = port }
+
+    /// Runs `job` inside the supervisor's task group.
+    public nonisolated func enqueue(_ job: @escaping Job) { jobQueue.yield(job) }
+
+    // MARK: Connections
+
+    /// Registers a runtime's connection, closing any earlier one of the same session.
+    func register(_ connection: RuntimeConnection) {
+        connections[connection.sessionId]?.close()
+        connections[connection.sessionId] = connection
+    }
+
+    func unregister(_ connection: RuntimeConnection) {
+        if connections[connection.sessionId] === connection { connections[connection.sessionId] = nil }
+        connection.close()
+    }
+
+    public func connection(for session: SessionID) -> RuntimeConnection? { connections[session] }
+
+    // MARK: Processes
+
+    public struct LaunchFailure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Launches a runtime for the session, detached from this process, and watches it.
+    /// `environment` is the session's env vars and decrypted secrets.
+    func launch(session: SessionID, instanceId: String, secret: String, environment: [String: String], stopGraceMs: Int64) throws -> RuntimeProcess {
+        guard let port else { throw LaunchFailure(description: "the control plane is not listening yet") }
+        let workspace = layout.workspace(session)
+        let home = layout.home(session)
+        try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: layout.runtimeLog(session).deletingLastPathComponent(), withIntermediateDirectories: true)
+        var env = environment
+        env["SESSION_ID"] = session.rawValue
+        env["SESSION_HOME"] = home.path
+        env["HOME"] = home.path
+        env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        env["CLOUD_AGENT_CONTROL_URL"] = "ws://127.0.0.1:\(port)\(RuntimeProtocol.path)"
+        env["CLOUD_AGENT_RUNTIME_ID"] = instanceId
+        env["CLOUD_AGENT_WORKSPACE"] = workspace.path
+        env["CLOUD_AGENT_STOP_GRACE_MS"] = String(stopGraceMs)
+        env["CLOUD_AGENT_LOG_LEVEL"] = logLevel.rawValue
+        let argv = sandbox.wrap([runtimeExecutable.path], workspace: workspace, home: home)
+        let spawned = try ProcessControl.spawnDetached(
+            argv: argv, environment: env, workingDirectory: workspace, stdin: secret + "\n", logFile: layout.runtimeLog(session)
+        )
+        let process = RuntimeProcess(pid: spawned.pid, startTime: spawned.startTime)
+        watched[session] = (process, true)
+        logger.info("runtime launched", metadata: ["sessionId": "\(session)", "pid": "\(spawned.pid)", "sandbox": "\(sandbox.kind.rawValue)"])
+        return process
+    }
+
+    /// Watches a runtime launched before this control plane started.
+    func adopt(session: SessionID, process: RuntimeProcess) { watched[session] = (process, false) }
+
+    func unwatch(session: SessionID) { watched[session] = nil }
+
+    /// Whether a runtime process is still there.
+    nonisolated func isAlive(_ process: RuntimeProcess) -> Bool {
+        ProcessControl.isAlive(SpawnedProcess(pid: process.pid, startTime: process.startTime))
+    }
+
+    /// Stops a runtime: asks it to shut down (it reports its agent interrupted), SIGTERM to its
+    /// process group, SIGKILL after the grace; then the agent's group too. True when all is gone.
+    func terminate(session: SessionID, process: RuntimeProcess?, reason: String, graceMs: Int64) async -> Bool {
+        connections[session]?.send(.shutdown(reason: reason))
+        watched[session] = nil
+        guard let process else { return true }
+        var gone = await ProcessControl.terminateGroup(process.pid, graceMs: graceMs)
+        if let agentGroup = process.agentProcessGroup {
+            gone = await ProcessControl.terminateGroup(agentGroup, graceMs: 0) && gone
+        }
+        connections[session]?.close()
+        return gone
+    }
+
+    // MARK: Service
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.watchProcesses() }
+                for await job in self.jobs {
+                    group.addTask { await job() }
+                }
+                group.cancelAll()
+            }
+        }
+    }
+
+    /// Notices runtimes that die on their own, within ~100 ms.
+    private func watchProcesses() async {
+        while !Task.isCancelled {
+            for (session, entry) in watched {
+                let exitStatus = entry.ownChild ? ProcessControl.reapIfExited(entry.process.pid) : nil
+                guard exitStatus != nil || !isAlive(entry.process) else { continue }
+                watched[session] = nil
+                let detail = exitStatus.map { "runtime process \(entry.process.pid) exited (\(Self.describe(status: $0)))" }
+                    ?? "runtime process \(entry.process.pid) is gone"
+                logger.warning("runtime died", metadata: ["sessionId": "\(session)", "pid": "\(entry.process.pid)", "detail": "\(detail)"])
+                if let onExit { enqueue { await onExit(session, entry.process, detail) } }
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    static func describe(status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exit code \((status >> 8) & 0xff)" }
+        return "killed by signal \(signal)"
+    }
+}

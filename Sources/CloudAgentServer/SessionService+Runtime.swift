@@ -1,0 +1,411 @@
+import CloudAgentCore
+import CloudAgentProtocol
+import CloudAgentSandbox
+import Foundation
+import HTTPTypes
+import Logging
+import Prometheus
+
+/// Runtime slots: running + starting runtimes at once are limited. Reservations cover the time
+/// between admitting a start and recording it.
+actor Capacity {
+    private var reserved: Set<SessionID> = []
+    private let gate = KeyedLocks<Int>()
+
+    func withGate<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
+        try await gate.withLock(0, body)
+    }
+
+    func reserve(_ id: SessionID) { reserved.insert(id) }
+    func release(_ id: SessionID) { reserved.remove(id) }
+    var reservations: Set<SessionID> { reserved }
+}
+
+extension SessionService {
+    // MARK: Capacity
+
+    /// Admits one more runtime start for `id`: when every slot is taken, the running runtime
+    /// with no active execution and the oldest last activity is stopped (rule `evicted`); when
+    /// every runtime is busy, 503 `RUNTIME_UNAVAILABLE`. Never called while holding a session lock.
+    func admitRuntime(for id: SessionID) async throws {
+        try await capacity.withGate {
+            let reserved = await self.capacity.reservations
+            let live = try await self.store.sessions(withRuntimeIn: [.starting, .running]).filter { $0.id != id && !reserved.contains($0.id) }
+            if live.count + reserved.subtracting([id]).count < self.maxRuntimes {
+                await self.capacity.reserve(id)
+                return
+            }
+            var candidates: [(session: SessionRecord, lastActivity: Date)] = []
+            for session in live where session.runtime.state == .running && session.activeExecutionId == nil {
+                let latest = try await self.store.latestExecution(of: session.id)
+                let activity = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: latest)
+                candidates.append((session, activity?.at ?? session.createdAt))
+            }
+            guard let victim = candidates.min(by: { $0.lastActivity < $1.lastActivity }) else {
+                self.logger.warning("no runtime slot free", metadata: ["sessionId": "\(id)", "maxRuntimes": "\(self.maxRuntimes)"])
+                throw APIError(
+                    .serviceUnavailable, code: "RUNTIME_UNAVAILABLE",
+                    "all \(self.maxRuntimes) runtimes are busy; retry later", details: ["retryable": .bool(true)]
+                )
+            }
+            let now = self.clock.now()
+            let reason = StopReason(
+                rule: .evicted, at: now, lastActivityAt: victim.lastActivity, idleMs: now.milliseconds(since: victim.lastActivity),
+                idleTimeoutMs: victim.session.idleTimeoutMs(default: self.timing.idleTimeoutMs),
+                detail: "capacity: a runtime slot was needed for \(id)"
+            )
+            if try await self.locks.withLock(victim.session.id, { try await self.beginStopping(victim.session.id, reason: reason) }) {
+                self.supervisor.enqueue { [self] in await self.finishStopping(victim.session.id) }
+            }
+            await self.capacity.reserve(id)
+        }
+    }
+
+    // MARK: Launching
+
+    func workspaceRequest(id: SessionID, spec: SessionSpec, workBranch: String) throws -> WorkspaceRequest {
+        let secrets = try spec.secrets.mapValues { try secretBox.open($0) }
+        return WorkspaceRequest(
+            sessionId: id,
+            repo: try spec.repo.map { RepoSource(url: $0.url, branch: $0.branch, token: try $0.token.map { try secretBox.open($0) }) },
+            workBranch: workBranch,
+            environment: spec.envVars.merging(secrets) { _, secret in secret },
+            secretValues: Array(secrets.values) + (try spec.repo?.token.map { [try secretBox.open($0)] } ?? []),
+            setupCommands: spec.setupCommands
+        )
+    }
+
+    /// Launches the runtime of a session whose runtime is `starting` (the caller holds the
+    /// session's lock). A cold start first restores the workspace when it is gone; setup
+    /// failures there are events, not aborts. Returns the updated session.
+    @discardableResult
+    func launchRuntime(_ id: SessionID, restoreWorkspace: Bool) async throws -> SessionRecord? {
+        guard var session = try await store.session(id), session.runtime.state == .starting, session.runtime.process == nil else { return nil }
+        var events: [NewEvent] = []
+        do {
+            let request = try workspaceRequest(id: id, spec: session.spec, workBranch: session.workBranch ?? "session/\(id.rawValue)")
+            if restoreWorkspace {
+                for failure in await workspaces.restore(request) {
+                    events.append(NewEvent(type: "setup.failed", at: clock.now(), data: [
+                        "command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail),
+                    ]))
+                }
+            }
+            let instanceId = UUID().uuidString.lowercased()
+            let secret = BearerToken.generate(prefix: "rts_")
+            let process = try await supervisor.launch(
+                session: id, instanceId: instanceId, secret: secret, environment: request.environment, stopGraceMs: timing.stopGraceMs
+            )
+            session.runtime.instanceId = instanceId
+            session.runtime.secretHash = BearerToken.hash(secret)
+            session.runtime.process = process
+            try await commit(SessionChange(sessionId: id, session: session, events: events))
+            return session
+        } catch {
+            logger.error("runtime launch failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
+            let reason = StopReason(rule: .crashed, at: clock.now(), detail: "runtime could not start: \(error)")
+            try await recordStopped(&session, reason: reason, executionError: "runtime could not start: \(error)", extraEvents: events)
+            return session
+        }
+    }
+
+    /// A cold start as a supervisor job: the session's lock is taken inside.
+    func launchInBackground(_ id: SessionID) {
+        supervisor.enqueue { [self] in
+            do {
+                _ = try await locks.withLock(id) { try await self.launchRuntime(id, restoreWorkspace: true) }
+            } catch {
+                logger.error("cold start failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
+            }
+            await capacity.release(id)
+            await scheduler.poke(id)
+        }
+    }
+
+    // MARK: Stopping
+
+    /// Phase one of a stop (caller holds the lock): record the reason, state `stopping`.
+    /// False when the runtime was not starting or running (a stop is done once).
+    func beginStopping(_ id: SessionID, reason: StopReason) async throws -> Bool {
+        guard var session = try await store.session(id), session.runtime.state == .starting || session.runtime.state == .running else {
+            return false
+        }
+        try session.runtime.beginStopping(reason)
+        session.updatedAt = clock.now()
+        try await commit(SessionChange(sessionId: id, session: session))
+        logger.info("runtime stop decided", metadata: [
+            "sessionId": "\(id)", "rule": "\(reason.rule.rawValue)", "idleMs": "\(reason.idleMs.map(String.init) ?? "-")",
+            "idleTimeoutMs": "\(reason.idleTimeoutMs.map(String.init) ?? "-")", "detail": "\(reason.detail ?? "")",
+        ])
+        return true
+    }
+
+    /// Phase two: take the processes down (outside the lock: it may take the stop grace), then
+    /// record `stopped` and emit `runtime.stopped`.
+    func finishStopping(_ id: SessionID) async {
+        guard let session = try? await store.session(id), session.runtime.state == .stopping, let reason = session.runtime.stopReason else { return }
+        let gone = await supervisor.terminate(
+            session: id, process: session.runtime.process, reason: reason.rule.rawValue, graceMs: timing.stopGraceMs
+        )
+        if !gone { logger.error("runtime processes survived SIGKILL", metadata: ["sessionId": "\(id)"]) }
+        do {
+            try await locks.withLock(id) {
+                guard var session = try await self.store.session(id), session.runtime.state == .stopping else { return }
+                let reason = session.runtime.stopReason ?? reason
+                try await self.recordStopped(&session, reason: reason, executionError: "runtime stopped (\(reason.rule.rawValue))")
+            }
+        } catch {
+            logger.error("recording a stop failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        }
+        await scheduler.poke(id)
+    }
+
+    /// Stops a session's runtime now and waits for it (both phases).
+    func stopRuntime(_ id: SessionID, reason: StopReason) async {
+        let begun = (try? await locks.withLock(id) { try await self.beginStopping(id, reason: reason) }) ?? false
+        if begun { await finishStopping(id) }
+    }
+
+    /// Records the runtime stopped with `reason` (caller holds the lock): an execution still
+    /// active ends (interrupted for a deliberate stop, failed for a crash) and `runtime.stopped` is emitted.
+    func recordStopped(_ session: inout SessionRecord, reason: StopReason, executionError: String, extraEvents: [NewEvent] = []) async throws {
+        let now = clock.now()
+        var events = extraEvents
+        var executions: [Execution] = []
+        if let activeId = session.activeExecutionId, var execution = try await store.execution(activeId), execution.status.isActive {
+            if reason.rule == .crashed {
+                try execution.end(.failed, at: now, error: executionError, reportedByRuntime: false)
+                events.append(NewEvent(executionId: activeId, type: EventType.executionFailed, at: now, data: ["error": .string(executionError)]))
+            } else {
+                let why = "runtime shutdown: \(reason.rule.rawValue)"
+                try execution.end(.interrupted, at: now, interruptReason: why, reportedByRuntime: false)
+                events.append(NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": .string(why)]))
+            }
+            metrics.executionEnded(execution.status)
+            executions.append(execution)
+            session.activeExecutionId = nil
+        }
+        if session.runtime.state != .stopping { try session.runtime.beginStopping(reason) }
+        try session.runtime.markStopped(at: now, reason: reason)
+        session.runtime.process = nil
+        session.runtime.secretHash = nil
+        session.updatedAt = now
+        events.append(NewEvent(type: EventType.runtimeStopped, at: now, data: Self.stopEventData(reason)))
+        try await commit(SessionChange(sessionId: session.id, session: session, executions: executions, events: events))
+        await supervisor.unwatch(session: session.id)
+        metrics.runtimeStopped(reason.rule)
+        logger.info("runtime stopped", metadata: [
+            "sessionId": "\(session.id)", "rule": "\(reason.rule.rawValue)", "idleMs": "\(reason.idleMs.map(String.init) ?? "-")",
+            "idleTimeoutMs": "\(reason.idleTimeoutMs.map(String.init) ?? "-")", "detail": "\(reason.detail ?? "")",
+        ])
+    }
+
+    /// A runtime process died on its own: rule `crashed`, its execution failed naming why.
+    func runtimeExited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
+        do {
+            try await locks.withLock(id) {
+                guard var session = try await self.store.session(id), session.runtime.process?.pid == process.pid,
+                      session.runtime.state == .starting || session.runtime.state == .running
+                else { return }
+                let reason = StopReason(rule: .crashed, at: self.clock.now(), detail: detail)
+                try await self.recordStopped(&session, reason: reason, executionError: "runtime died: \(detail)")
+            }
+        } catch {
+            logger.error("recording a crash failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        }
+        await scheduler.poke(id)
+    }
+
+    // MARK: Start-up
+
+    /// After a control-plane start: watch the runtimes that outlived the last one, declare the
+    /// dead ones crashed, finish interrupted stops and launches. Runtimes reconnect on their own.
+    public func recoverRuntimes() async {
+        guard let sessions = try? await store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
+        for session in sessions {
+            let id = session.id
+            switch (session.runtime.state, session.runtime.process) {
+            case (.stopping, _):
+                supervisor.enqueue { [self] in await self.finishStopping(id) }
+            case (.starting, nil):
+                launchInBackground(id)
+            case (_, let process?):
+                if supervisor.isAlive(process) {
+                    await supervisor.adopt(session: id, process: process)
+                } else {
+                    supervisor.enqueue { [self] in await self.runtimeExited(id, process: process, detail: "runtime process \(process.pid) is gone (found at control-plane start)") }
+                }
+            default:
+                break
+            }
+        }
+        logger.info("runtimes recovered", metadata: ["count": "\(sessions.count)"])
+    }
+
+    // MARK: The runtime connection
+
+    /// Checks a connecting runtime's secret against its session's current launch.
+    func authenticateRuntime(session rawId: String?, secret: String?) async -> SessionRecord? {
+        guard let rawId, let id = SessionID(rawValue: rawId), let secret, !secret.isEmpty,
+              let session = try? await store.session(id), let expected = session.runtime.secretHash,
+              BearerToken.hash(secret) == expected
+        else { return nil }
+        return session
+    }
+
+    /// A runtime said hello: mark it running (emitting `runtime.started`), welcome it, and
+    /// reconcile what it should be doing. Returns false when the runtime must go away.
+    func runtimeHello(_ connection: RuntimeConnection, activeExecutionId: String?) async throws -> Bool {
+        let id = connection.sessionId
+        let outcome: (session: SessionRecord, latest: Execution?)? = try await locks.withLock(id) {
+            guard var session = try await self.store.session(id), session.runtime.instanceId == connection.instanceId else { return nil }
+            let now = self.clock.now()
+            var events: [NewEvent] = []
+            switch session.runtime.state {
+            case .starting:
+                try session.runtime.markRunning(at: now)
+                events.append(NewEvent(type: EventType.runtimeStarted, at: now, data: ["cold": .bool(session.runtime.cold ?? false)]))
+                self.logger.info("runtime connected", metadata: ["sessionId": "\(id)", "cold": "\(session.runtime.cold ?? false)"])
+            case .running:
+                session.runtime.connectedAt = now
+                self.logger.info("runtime reconnected", metadata: ["sessionId": "\(id)"])
+            case .stopping, .stopped:
+                return nil
+            }
+            try await self.commit(SessionChange(sessionId: id, session: session, events: events))
+            return (session, try await self.store.latestExecution(of: id))
+        }
+        guard let (session, latest) = outcome else {
+            connection.send(.shutdown(reason: "this runtime was stopped"))
+            return false
+        }
+        await supervisor.register(connection)
+        connection.activeExecution = session.activeExecutionId
+        connection.send(.welcome(ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: timing.heartbeatIntervalMs, stopGraceMs: timing.stopGraceMs))
+        if let latest, latest.status == .pending { connection.send(.execute(executeCommand(latest, agent: session.spec.agent))) }
+        if let reported = activeExecutionId, reported != session.activeExecutionId?.rawValue {
+            connection.send(.kill(executionId: reported, reason: "execution already ended"))
+        }
+        await scheduler.poke(id)
+        return true
+    }
+
+    func executeCommand(_ execution: Execution, agent: String) -> ExecuteCommand {
+        ExecuteCommand(executionId: execution.id.rawValue, agent: agent, prompt: execution.prompt, mode: execution.mode, model: execution.model)
+    }
+
+    /// Records one event a runtime reported, exactly once: a `seq` at or below the recorded
+    /// one is a resend and only acknowledged again. Events of an execution that is no longer
+    /// active (failed for lack of heartbeats, say) are acknowledged and dropped.
+    func ingest(_ event: RuntimeEvent, from connection: RuntimeConnection) async throws {
+        let id = connection.sessionId
+        let ended: Bool = try await locks.withLock(id) {
+            guard var session = try await self.store.session(id), session.runtime.instanceId == connection.instanceId else { return false }
+            let acked = session.runtime.ackedSeq ?? 0
+            guard event.seq > acked else {
+                connection.send(.ack(seq: acked))
+                return false
+            }
+            guard event.seq == acked + 1 else {
+                self.logger.warning("runtime event out of order; waiting for the resend", metadata: ["sessionId": "\(id)", "seq": "\(event.seq)", "acked": "\(acked)"])
+                return false
+            }
+            session.runtime.ackedSeq = event.seq
+            let now = self.clock.now()
+            var executions: [Execution] = []
+            var events: [NewEvent] = []
+            var ended = false
+            if let executionId = ExecutionID(rawValue: event.executionId), var execution = try await self.store.execution(executionId),
+               execution.sessionId == id, execution.status.isActive
+            {
+                let data = event.data.mapValues(JSONValue.init)
+                switch event.kind {
+                case RuntimeEvent.Kind.running:
+                    if execution.status == .pending {
+                        try execution.markRunning(at: now)
+                        events.append(NewEvent(executionId: executionId, type: EventType.executionRunning, at: now))
+                    }
+                    if let group = event.data["processGroup"]?.intValue { session.runtime.process?.agentProcessGroup = Int32(group) }
+                case RuntimeEvent.Kind.agent, RuntimeEvent.Kind.output:
+                    if execution.status == .pending { try execution.markRunning(at: now) }
+                    execution.recordProgress(at: now)
+                    events.append(NewEvent(executionId: executionId, type: event.kind == RuntimeEvent.Kind.agent ? EventType.agent : EventType.output, at: event.at, data: data))
+                case RuntimeEvent.Kind.ended:
+                    let outcome = Self.outcome(of: event)
+                    try execution.end(
+                        outcome.status, at: now, exitCode: outcome.exitCode, error: outcome.error,
+                        interruptReason: outcome.interruptReason, reportedByRuntime: true
+                    )
+                    events.append(outcome.event(executionId, now))
+                    session.activeExecutionId = nil
+                    session.updatedAt = now
+                    session.runtime.process?.agentProcessGroup = nil
+                    ended = true
+                default:
+                    self.logger.warning("unknown runtime event kind", metadata: ["sessionId": "\(id)", "kind": "\(event.kind)"])
+                }
+                executions.append(execution)
+            }
+            try await self.commit(SessionChange(sessionId: id, session: session, executions: executions, events: events))
+            connection.send(.ack(seq: event.seq))
+            if ended {
+                connection.activeExecution = nil
+                if let execution = executions.first {
+                    self.metrics.executionEnded(execution.status)
+                    self.logger.info("execution ended", metadata: [
+                        "sessionId": "\(id)", "executionId": "\(execution.id)", "status": "\(execution.status.rawValue)",
+                        "exitCode": "\(execution.exitCode.map(String.init) ?? "-")",
+                    ])
+                }
+            }
+            return ended
+        }
+        if ended { await scheduler.poke(id) }
+    }
+
+    struct Outcome {
+        var status: ExecutionStatus
+        var exitCode: Int?
+        var error: String?
+        var interruptReason: String?
+
+        func event(_ id: ExecutionID, _ at: Date) -> NewEvent {
+            switch status {
+            case .completed:
+                NewEvent(executionId: id, type: EventType.executionCompleted, at: at, data: ["exitCode": JSONValue(exitCode.map(Int64.init) ?? 0)])
+            case .interrupted:
+                NewEvent(executionId: id, type: EventType.executionInterrupted, at: at, data: ["reason": JSONValue(interruptReason)])
+            default:
+                NewEvent(executionId: id, type: EventType.executionFailed, at: at, data: ["error": JSONValue(error), "exitCode": JSONValue(exitCode.map(Int64.init))])
+            }
+        }
+    }
+
+    static func outcome(of event: RuntimeEvent) -> Outcome {
+        let exitCode = event.data["exitCode"]?.intValue.map(Int.init)
+        switch event.data["status"]?.stringValue {
+        case "completed": return Outcome(status: .completed, exitCode: exitCode ?? 0)
+        case "interrupted": return Outcome(status: .interrupted, exitCode: exitCode, interruptReason: event.data["interruptReason"]?.stringValue ?? "interrupted")
+        default: return Outcome(status: .failed, exitCode: exitCode, error: event.data["error"]?.stringValue ?? "the agent failed")
+        }
+    }
+
+    /// A heartbeat of the connection's active execution (anything else is ignored).
+    func heartbeat(_ executionId: String, from connection: RuntimeConnection) async {
+        guard let active = connection.activeExecution, active.rawValue == executionId else { return }
+        await heartbeats.record(active, at: clock.now())
+    }
+}
+
+extension JSONValue {
+    init(_ value: ProtocolValue) {
+        switch value {
+        case .null: self = .null
+        case .bool(let flag): self = .bool(flag)
+        case .number(let number): self = .number(number)
+        case .string(let text): self = .string(text)
+        case .array(let items): self = .array(items.map(JSONValue.init))
+        case .object(let object): self = .object(object.mapValues(JSONValue.init))
+        }
+    }
+}

@@ -1,0 +1,4 @@
+import CloudAgentRuntime
+import Foundation
+
+exit(await RuntimeCommand.main(arguments: CommandLine.arguments))

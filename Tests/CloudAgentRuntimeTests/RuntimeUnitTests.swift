@@ -1,0 +1,261 @@
+import CloudAgentProtocol
+import CloudAgentRuntime
+import Foundation
+import Logging
+import Testing
+
+@Suite("Event outbox")
+struct EventOutboxTests {
+    let at = Date(timeIntervalSince1970: 1_790_000_000)
+
+    @Test func numbersEventsFromOneRisingByOne() {
+        var outbox = EventOutbox()
+        #expect(outbox.lastSeq == 0)
+        let seqs = (0..<5).map { index in outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at, data: ["i": .number(Double(index))]).seq }
+        #expect(seqs == [1, 2, 3, 4, 5])
+        #expect(outbox.lastSeq == 5)
+        #expect(outbox.pending.map(\.seq) == [1, 2, 3, 4, 5])
+    }
+
+    @Test func anAcknowledgementDropsEverythingUpToIt() {
+        var outbox = EventOutbox()
+        for _ in 0..<5 { _ = outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.output, at: at, data: [:]) }
+        outbox.acknowledge(upTo: 3)
+        #expect(outbox.pending.map(\.seq) == [4, 5])
+        #expect(outbox.acknowledgedSeq == 3)
+        // Older or repeated acknowledgements change nothing.
+        outbox.acknowledge(upTo: 2)
+        outbox.acknowledge(upTo: 3)
+        #expect(outbox.pending.map(\.seq) == [4, 5])
+        outbox.acknowledge(upTo: 5)
+        #expect(outbox.isEmpty)
+        // Numbering goes on after the outbox empties.
+        #expect(outbox.append(executionId: "exc_2", kind: RuntimeEvent.Kind.running, at: at, data: [:]).seq == 6)
+    }
+
+    @Test func whatIsLeftIsResentInOrder() {
+        var outbox = EventOutbox()
+        for index in 1...10 { _ = outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at, data: ["text": .string("line \(index)")]) }
+        outbox.acknowledge(upTo: 4)
+        #expect(outbox.pending.map(\.seq) == Array(5...10))
+        #expect(outbox.pending.map { $0.data["text"]?.stringValue } == (5...10).map { "line \($0)" })
+    }
+
+    @Test func anAcknowledgementBeyondTheLastEventEmptiesIt() {
+        var outbox = EventOutbox()
+        _ = outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at, data: [:])
+        outbox.acknowledge(upTo: 99)
+        #expect(outbox.isEmpty)
+        #expect(outbox.acknowledgedSeq == 1)
+        #expect(outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at, data: [:]).seq == 2)
+    }
+}
+
+@Suite("Reconnect backoff")
+struct ReconnectBackoffTests {
+    @Test func doublesFrom100MillisecondsUpTo2Seconds() {
+        let backoff = ReconnectBackoff()
+        #expect((0..<8).map { backoff.ceiling(forAttempt: $0) } == [
+            .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800),
+            .milliseconds(1600), .seconds(2), .seconds(2), .seconds(2),
+        ])
+        #expect(backoff.ceiling(forAttempt: 10_000) == .seconds(2))
+    }
+
+    @Test func jitterStaysInTheUpperHalfOfEachStep() {
+        var backoff = ReconnectBackoff()
+        var generator = SplitMix64(seed: 7)
+        for attempt in 0..<50 {
+            let ceiling = backoff.ceiling(forAttempt: attempt)
+            let delay = backoff.nextDelay(using: &generator)
+            #expect(delay <= ceiling)
+            #expect(delay >= ceiling / 2)
+        }
+        backoff.reset()
+        #expect(backoff.attempts == 0)
+        #expect(backoff.nextDelay(using: &generator) <= .milliseconds(100))
+    }
+}
+
+@Suite("Agent output")
+struct AgentOutputTests {
+    @Test func splitsLinesAcrossChunks() {
+        var splitter = LineSplitter()
+        #expect(splitter.append(Array("hel".utf8)) == [])
+        #expect(splitter.append(Array("lo\r\nwor".utf8)) == ["hello"])
+        #expect(splitter.append(Array("ld\n\n".utf8)) == ["world", ""])
+        #expect(splitter.append(Array("tail".utf8)) == [])
+        #expect(splitter.finish() == "tail")
+        #expect(splitter.finish() == nil)
+    }
+
+    @Test func cutsOverlongLines() {
+        var splitter = LineSplitter(maxLineBytes: 4)
+        #expect(splitter.append(Array("abcdefghij\n".utf8)) == ["abcd", "efgh", "ij"])
+    }
+
+    @Test func keepsUnicodeLineSeparatorsInsideALine() {
+        var splitter = LineSplitter()
+        #expect(splitter.append(Array("a\u{2028}b\u{85}c\n".utf8)) == ["a\u{2028}b\u{85}c"])
+    }
+
+    @Test func normalizesTheScriptedAgentsEvents() throws {
+        let text = #"{"type":"text","text":"hi"}"#
+        #expect(AgentEventNormalizer.agentEventData(fromLine: text) == ["kind": .string("text"), "text": .string("hi"), "raw": .string(text)])
+
+        let tool = #"{"type":"tool","name":"run","input":"false","exitCode":1,"status":"error","output":""}"#
+        #expect(AgentEventNormalizer.agentEventData(fromLine: tool) == [
+            "kind": .string("tool"), "name": .string("run"), "input": .string("false"), "exitCode": .number(1),
+            "status": .string("error"), "output": .string(""), "raw": .string(tool),
+        ])
+
+        let write = #"{"type":"tool","name":"write","input":"a.txt","status":"ok","output":"wrote 3 bytes"}"#
+        let writeData = try #require(AgentEventNormalizer.agentEventData(fromLine: write))
+        #expect(writeData["exitCode"] == nil)
+        #expect(writeData["output"] == .string("wrote 3 bytes"))
+
+        let error = #"{"type":"error","message":"write: path escapes the workspace: ../x"}"#
+        #expect(AgentEventNormalizer.agentEventData(fromLine: error) == ["kind": .string("error"), "message": .string("write: path escapes the workspace: ../x"), "raw": .string(error)])
+
+        let log = #"{"type":"log","message":"thinking"}"#
+        #expect(AgentEventNormalizer.agentEventData(fromLine: log) == ["kind": .string("log"), "message": .string("thinking"), "raw": .string(log)])
+
+        let other = #"{"event":"something else"}"#
+        #expect(AgentEventNormalizer.agentEventData(fromLine: other) == ["kind": .string("log"), "message": .string(other), "raw": .string(other)])
+    }
+
+    @Test(arguments: ["plain words", "", "[1,2]", "\"a string\"", "42", "{not json", "{\"type\":\"text\""])
+    func otherLinesAreNotAgentEvents(_ line: String) {
+        #expect(AgentEventNormalizer.agentEventData(fromLine: line) == nil)
+    }
+}
+
+@Suite("Runtime configuration")
+struct RuntimeConfigurationTests {
+    let base = [
+        "CLOUD_AGENT_CONTROL_URL": "ws://127.0.0.1:8787/v1/runtime/connect",
+        "SESSION_ID": "agent_1",
+        "CLOUD_AGENT_RUNTIME_ID": "rt_1",
+    ]
+
+    @Test func readsTheEnvironmentWithDefaults() throws {
+        let configuration = try RuntimeConfiguration(environment: base, currentDirectory: "/work/here")
+        #expect(configuration == RuntimeConfiguration(
+            controlURL: "ws://127.0.0.1:8787/v1/runtime/connect", sessionId: "agent_1", runtimeId: "rt_1",
+            workspace: "/work/here", logLevel: .info, stopGrace: .seconds(10)
+        ))
+        var environment = base
+        environment["CLOUD_AGENT_WORKSPACE"] = "/ws"
+        environment["CLOUD_AGENT_LOG_LEVEL"] = "debug"
+        environment["CLOUD_AGENT_STOP_GRACE_MS"] = "2500"
+        let configured = try RuntimeConfiguration(environment: environment, currentDirectory: "/work/here")
+        #expect(configured.workspace == "/ws")
+        #expect(configured.logLevel == .debug)
+        #expect(configured.stopGrace == .milliseconds(2500))
+    }
+
+    @Test(arguments: ["CLOUD_AGENT_CONTROL_URL", "SESSION_ID", "CLOUD_AGENT_RUNTIME_ID"])
+    func aMissingSettingIsAnError(_ name: String) {
+        var environment = base
+        environment[name] = nil
+        #expect(throws: RuntimeConfigurationError.self) { try RuntimeConfiguration(environment: environment, currentDirectory: "/") }
+    }
+
+    @Test func malformedSettingsAreErrors() {
+        for (name, value) in [("CLOUD_AGENT_CONTROL_URL", "http://x"), ("CLOUD_AGENT_LOG_LEVEL", "loud"), ("CLOUD_AGENT_STOP_GRACE_MS", "10s")] {
+            var environment = base
+            environment[name] = value
+            #expect(throws: RuntimeConfigurationError.self) { try RuntimeConfiguration(environment: environment, currentDirectory: "/") }
+        }
+    }
+
+    @Test func agentsSeeNoneOfTheRuntimesOwnVariables() {
+        let environment = base.merging(["HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t", "CLOUD_AGENT_WORKSPACE": "/ws"]) { $1 }
+        #expect(RuntimeConfiguration.agentEnvironment(from: environment) == [
+            "SESSION_ID": "agent_1", "HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t",
+        ])
+    }
+}
+
+/// The runtime's link logic in-process (no WebSocket): hello first, nothing before the welcome,
+/// resend after a reconnect, acknowledgements, ping, shutdown.
+@Suite("Agent runtime links")
+struct AgentRuntimeLinkTests {
+    private func makeRuntime() -> AgentRuntime {
+        AgentRuntime(
+            configuration: RuntimeConfiguration(controlURL: "ws://127.0.0.1:1/", sessionId: "agent_1", runtimeId: "rt_1", workspace: FileManager.default.temporaryDirectory.path),
+            agents: AgentCatalog(runtimeExecutable: "/nonexistent"),
+            agentEnvironment: [:],
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        )
+    }
+
+    /// Reads frames until one matches, returning every frame read.
+    private func read(
+        _ iterator: inout AsyncStream<String>.AsyncIterator,
+        until predicate: (RuntimeMessage) -> Bool
+    ) async throws -> [RuntimeMessage] {
+        var messages: [RuntimeMessage] = []
+        while let frame = await iterator.next() {
+            let message = try ProtocolCoding.decodeRuntimeMessage(frame)
+            messages.append(message)
+            if predicate(message) { return messages }
+        }
+        Issue.record("the link closed")
+        return messages
+    }
+
+    private func isEnded(_ message: RuntimeMessage, _ executionId: String) -> Bool {
+        if case .event(let event) = message { event.kind == RuntimeEvent.Kind.ended && event.executionId == executionId } else { false }
+    }
+
+    @Test func helloWelcomeResendAckAndShutdown() async throws {
+        let runtime = makeRuntime()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await runtime.run() }
+
+            let first = await runtime.openLink()
+            var frames = first.frames.makeAsyncIterator()
+            let hello = try ProtocolCoding.decodeRuntimeMessage(try #require(await frames.next()))
+            #expect(hello == .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 0))
+            #expect(await runtime.heartbeatInterval(on: first.id) == nil)
+
+            // Accepted before the welcome: it runs, but its events wait for the welcome.
+            await runtime.receive(.execute(ExecuteCommand(executionId: "exc_1", agent: "nope", prompt: "")), on: first.id)
+            await runtime.receive(.ping(nonce: 5), on: first.id)
+            #expect(try await read(&frames) { $0 == .pong(nonce: 5) } == [.pong(nonce: 5)])
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000), on: first.id)
+            #expect(await runtime.heartbeatInterval(on: first.id) == .milliseconds(250))
+            let untilEnded = try await read(&frames) { isEnded($0, "exc_1") }
+            guard case .event(let ended) = try #require(untilEnded.last) else { return }
+            #expect(ended.seq == 1)
+            #expect(ended.data == ["status": .string("failed"), "error": .string("unknown agent nope")])
+
+            // The same execution again is ignored; a second one runs (seq 2).
+            await runtime.receive(.execute(ExecuteCommand(executionId: "exc_1", agent: "nope", prompt: "")), on: first.id)
+            await runtime.receive(.execute(ExecuteCommand(executionId: "exc_2", agent: "nope", prompt: "")), on: first.id)
+            let second = try await read(&frames) { isEnded($0, "exc_2") }
+            #expect(second.filter { if case .event(let event) = $0 { event.executionId == "exc_1" } else { false } }.isEmpty)
+            guard case .event(let secondEnded) = try #require(second.last) else { return }
+            #expect(secondEnded.seq == 2)
+
+            // Reconnect: seq 1 was acknowledged, seq 2 was not and is sent again.
+            await runtime.receive(.ack(seq: 1), on: first.id)
+            await runtime.closeLink(first.id)
+            #expect(await frames.next() == nil)
+            let relink = await runtime.openLink()
+            var again = relink.frames.makeAsyncIterator()
+            let rehello = try ProtocolCoding.decodeRuntimeMessage(try #require(await again.next()))
+            #expect(rehello == .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 2))
+            // Frames for a closed link are ignored.
+            await runtime.receive(.ping(nonce: 1), on: first.id)
+            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000), on: relink.id)
+            let resent = try ProtocolCoding.decodeRuntimeMessage(try #require(await again.next()))
+            #expect(resent == .event(secondEnded))
+
+            // The control plane asks the runtime to shut down: run() returns.
+            await runtime.receive(.shutdown(reason: "idle"), on: relink.id)
+            _ = try await group.next()
+        }
+    }
+}

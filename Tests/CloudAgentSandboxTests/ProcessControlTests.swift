@@ -1,0 +1,170 @@
+@testable import CloudAgentSandbox
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Detached processes and process groups")
+struct ProcessControlTests {
+    private let environment = ["PATH": "/usr/bin:/bin"]
+
+    private func spawn(_ script: String, in directory: TemporaryDirectory, stdin: String? = nil, log: String = "out.log") throws -> SpawnedProcess {
+        try ProcessControl.spawnDetached(
+            argv: ["/bin/sh", "-c", script], environment: environment,
+            workingDirectory: directory.url, stdin: stdin, logFile: directory.path("logs", log)
+        )
+    }
+
+    /// Live processes of the group, zombies excluded.
+    private func members(_ pgid: Int32) -> [ProcStat] {
+        ProcStat.all().filter { $0.processGroup == pgid && $0.isRunning }
+    }
+
+    @Test("its own session and process group (pgid == pid), output appended to the log, stdin delivered, in the working directory")
+    func spawnDetached() async throws {
+        let directory = try TemporaryDirectory()
+        let log = directory.path("logs", "out.log")
+        try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data("earlier\n".utf8).write(to: log)
+        let process = try spawn(
+            #"read secret; echo "stdout $secret"; echo "stderr $(pwd)" >&2; exec sleep 300"#,
+            in: directory, stdin: "the-secret\n"
+        )
+        #expect(getpgid(process.pid) == process.pid)
+        #expect(getsid(process.pid) == process.pid)
+        #expect(process.startTime > 0)
+        #expect(await eventually { contents(log).contains("stderr ") })
+        #expect(contents(log) == "earlier\nstdout the-secret\nstderr \(directory.url.path)\n")
+        #expect(ProcessControl.isAlive(process))
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+        #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("the environment is exactly the one given")
+    func exactEnvironment() async throws {
+        let directory = try TemporaryDirectory()
+        let given = ["ONE": "1", "TWO": "two words", "PATH": "/usr/bin:/bin"]
+        let process = try ProcessControl.spawnDetached(
+            argv: ["env"], environment: given, workingDirectory: directory.url, stdin: nil, logFile: directory.path("env.log")
+        )
+        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 0 })
+        let lines = contents(directory.path("env.log")).split(separator: "\n").map(String.init)
+        #expect(lines.sorted() == ["ONE=1", "PATH=/usr/bin:/bin", "TWO=two words"])
+    }
+
+    @Test("no stdin: the runtime reads end of file at once")
+    func emptyStdin() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn("cat; echo done", in: directory)
+        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 0 })
+        #expect(contents(directory.path("logs", "out.log")) == "done\n")
+    }
+
+    @Test("descriptors of the parent are not inherited")
+    func noInheritedDescriptors() async throws {
+        let directory = try TemporaryDirectory()
+        let leaked = open("/dev/null", O_RDONLY)  // deliberately without O_CLOEXEC
+        defer { close(leaked) }
+        let process = try spawn("ls /proc/self/fd", in: directory)
+        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 0 })
+        // 0, 1, 2 and the descriptor ls itself opens to read the directory.
+        let descriptors = contents(directory.path("logs", "out.log")).split(separator: "\n").compactMap { Int32($0) }
+        #expect(!descriptors.contains(leaked))
+        #expect(descriptors.count <= 4)
+    }
+
+    @Test("a program that cannot be started throws")
+    func spawnFailure() throws {
+        let directory = try TemporaryDirectory()
+        #expect(throws: SpawnError.self) {
+            try ProcessControl.spawnDetached(
+                argv: ["/nonexistent/program"], environment: [:], workingDirectory: directory.url, stdin: nil, logFile: directory.path("x.log")
+            )
+        }
+        #expect(throws: SpawnError.self) {
+            try ProcessControl.spawnDetached(
+                argv: ["/bin/true"], environment: [:], workingDirectory: directory.path("missing"), stdin: nil, logFile: directory.path("x.log")
+            )
+        }
+    }
+
+    @Test("terminateGroup takes down the grandchildren too")
+    func terminateGrandchildren() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn("sleep 300 & sleep 300", in: directory)
+        #expect(await eventually { members(process.pid).count >= 3 })
+        let sleepers = members(process.pid).map(\.pid).filter { $0 != process.pid }
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+        #expect(members(process.pid).isEmpty)
+        for pid in sleepers {
+            #expect(!(ProcStat.read(pid)?.isRunning ?? false))
+        }
+        #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("a group that ignores SIGTERM is killed once the grace has passed")
+    func sigkillAfterGrace() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn(#"trap "" TERM; echo ready; while :; do sleep 1; done"#, in: directory)
+        #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
+        let started = ContinuousClock.now
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 400))
+        #expect(ContinuousClock.now - started >= .milliseconds(400))
+        #expect(members(process.pid).isEmpty)
+        #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("terminateGroup of a group already gone is true at once")
+    func terminateGone() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn("exit 0", in: directory)
+        #expect(await eventually { ProcessControl.reapIfExited(process.pid) != nil })
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+    }
+
+    @Test("isAlive: true while it runs, false for a wrong start time, a zombie, and once reaped")
+    func isAlive() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn("read line; exit 5", in: directory, stdin: "")
+        var impostor = process
+        impostor.startTime += 1
+        #expect(!ProcessControl.isAlive(impostor))
+
+        // stdin is at end of file, so `read` returns at once and the process exits: a zombie
+        // until reaped.
+        #expect(await eventually { ProcStat.read(process.pid)?.state == "Z" })
+        #expect(!ProcessControl.isAlive(process))
+        #expect(ProcessControl.reapIfExited(process.pid) == 5)
+        #expect(ProcessControl.reapIfExited(process.pid) == nil)
+        #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("isAlive is true for the running process with its own start time")
+    func isAliveRunning() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn("exec sleep 300", in: directory)
+        #expect(ProcessControl.isAlive(process))
+        #expect(ProcessControl.reapIfExited(process.pid) == nil)
+        ProcessControl.signalGroup(process.pid, SIGKILL)
+        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 128 + SIGKILL })
+        #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("a SpawnedProcess survives a JSON round trip")
+    func codable() throws {
+        let process = SpawnedProcess(pid: 1234, startTime: 98_765)
+        let decoded = try JSONDecoder().decode(SpawnedProcess.self, from: JSONEncoder().encode(process))
+        #expect(decoded == process)
+    }
+
+    @Test("/proc/<pid>/stat parsing copes with spaces and parentheses in the command name")
+    func statParsing() {
+        let line = "4242 (odd (name) x) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 777123 1000 10"
+        let stat = ProcStat.parse(line, pid: 4242)
+        #expect(stat?.state == "S")
+        #expect(stat?.processGroup == 4240)
+        #expect(stat?.startTime == 777_123)
+    }
+}

@@ -1,0 +1,225 @@
+import CloudAgentCore
+@testable import CloudAgentSandbox
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("The sandbox wrapper")
+struct SandboxWrapperTests {
+    @Test("none leaves the command line unchanged")
+    func noneUnchanged() {
+        let wrapper = SandboxWrapper(kind: .none, dataDirectory: URL(fileURLWithPath: "/data"))
+        let argv = ["/bin/sh", "-c", "echo hi"]
+        #expect(wrapper.wrap(argv, workspace: URL(fileURLWithPath: "/data/workspaces/a"), home: URL(fileURLWithPath: "/data/homes/a")) == argv)
+    }
+
+    @Test("bwrap: read-only root, the data directory hidden before the session's own directories are bound back, network shared")
+    func bwrapCommandLine() throws {
+        let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: URL(fileURLWithPath: "/data"))
+        let argv = wrapper.wrap(["/bin/sh", "-c", "echo hi"], workspace: URL(fileURLWithPath: "/data/workspaces/a"), home: URL(fileURLWithPath: "/data/homes/a"))
+        #expect(argv.first?.hasSuffix("bwrap") == true)
+        #expect(Array(argv.dropFirst()) == [
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/data",
+            "--bind", "/data/workspaces/a", "/data/workspaces/a", "--bind", "/data/homes/a", "/data/homes/a",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--cap-drop", "ALL",
+            "--chdir", "/data/workspaces/a", "--", "/bin/sh", "-c", "echo hi",
+        ])
+        #expect(!argv.contains("--unshare-net"))
+        #expect(!argv.contains("--unshare-all"))
+    }
+
+    @Test("resolve: none, and an unknown name is an error that says what is expected")
+    func resolveNames() throws {
+        let directory = try TemporaryDirectory()
+        #expect(try SandboxWrapper.resolve("none", dataDirectory: directory.url).kind == .none)
+        let error = #expect(throws: SandboxUnavailable.self) {
+            try SandboxWrapper.resolve("docker", dataDirectory: directory.url)
+        }
+        #expect(error?.description.contains("bwrap, none or auto") == true)
+    }
+
+    @Test("resolve: auto is bwrap exactly where bwrap works, and bwrap throws where it does not")
+    func resolveAutoAndBwrap() throws {
+        let directory = try TemporaryDirectory()
+        let auto = try SandboxWrapper.resolve("auto", dataDirectory: directory.url)
+        #expect(auto.kind == (bwrapWorks ? .bwrap : .none))
+        if bwrapWorks {
+            #expect(try SandboxWrapper.resolve("bwrap", dataDirectory: directory.url).kind == .bwrap)
+        } else {
+            #expect(throws: SandboxUnavailable.self) { try SandboxWrapper.resolve("bwrap", dataDirectory: directory.url) }
+        }
+    }
+}
+
+/// These run only where bubblewrap works (installed, and namespaces allowed): elsewhere there is
+/// no sandbox to test, and `resolve("auto")` falls back to none (checked above).
+@Suite("Inside the bubblewrap sandbox", .enabled(if: bwrapWorks, "bubblewrap is missing or cannot create namespaces on this machine"))
+struct BubblewrapTests {
+    /// A data directory with two sessions and a key file, and a wrapper for it.
+    private struct Sessions {
+        let directory: TemporaryDirectory
+        let layout: WorkspaceLayout
+        let sandbox: SandboxWrapper
+        let own = SessionID()
+        let other = SessionID()
+
+        init() throws {
+            directory = try TemporaryDirectory("bwrap")
+            let data = directory.path("data")
+            layout = WorkspaceLayout(dataDirectory: data)
+            sandbox = try SandboxWrapper.resolve("bwrap", dataDirectory: data)
+            for url in [layout.workspace(own), layout.home(own), layout.workspace(other), layout.home(other)] {
+                try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+            }
+            try Data("other's work".utf8).write(to: layout.workspace(other).appendingPathComponent("private.txt"))
+            try Data("key".utf8).write(to: data.appendingPathComponent("secret.key"))
+        }
+
+        func run(_ script: String, environment: [String: String] = [:]) async -> CommandOutcome {
+            let argv = sandbox.wrap(["/bin/sh", "-c", script], workspace: layout.workspace(own), home: layout.home(own))
+            return await CommandRunner.run(
+                argv, environment: environment.merging(["PATH": GitWorkspaces.sessionPath]) { $1 },
+                workingDirectory: layout.workspace(own), timeout: .seconds(60)
+            )
+        }
+    }
+
+    @Test("the workspace and home are writable, and the process starts in the workspace")
+    func writable() async throws {
+        let sessions = try Sessions()
+        let outcome = await sessions.run("pwd; echo made > made.txt && echo home > \"$H/home.txt\"", environment: ["H": sessions.layout.home(sessions.own).path])
+        #expect(outcome.succeeded, "\(outcome.output.text(redacting: []))")
+        #expect(outcome.output.text(redacting: []) == sessions.layout.workspace(sessions.own).path + "\n")
+        #expect(contents(sessions.layout.workspace(sessions.own).appendingPathComponent("made.txt")) == "made\n")
+        #expect(contents(sessions.layout.home(sessions.own).appendingPathComponent("home.txt")) == "home\n")
+    }
+
+    @Test("the rest of the file system is read-only")
+    func readOnlySystem() async throws {
+        let sessions = try Sessions()
+        let outcome = await sessions.run("touch /usr/cloud-agent-x")
+        #expect(outcome.exitCode != 0)
+        #expect(outcome.output.text(redacting: []).contains("Read-only file system"))
+        #expect(!exists(URL(fileURLWithPath: "/usr/cloud-agent-x")))
+    }
+
+    @Test("the data directory shows neither other sessions nor its files, and no capability gets past that")
+    func dataDirectoryHidden() async throws {
+        let sessions = try Sessions()
+        let data = sessions.layout.dataDirectory.path
+        let outcome = await sessions.run(
+            "ls -A \(data); echo --; ls -A \(data)/workspaces; echo --; ls -A \(data)/homes; echo --; " +
+            "cat \(sessions.layout.workspace(sessions.other).path)/private.txt 2>&1; echo --; " +
+            "umount \(data) 2>&1; mount -o remount,rw / 2>&1; grep CapEff /proc/self/status"
+        )
+        let sections = outcome.output.text(redacting: []).components(separatedBy: "--\n")
+        #expect(sections.count == 5)
+        guard sections.count == 5 else { return }
+        #expect(sections[0] == "homes\nworkspaces\n")
+        #expect(sections[1] == "\(sessions.own)\n")
+        #expect(sections[2] == "\(sessions.own)\n")
+        #expect(sections[3].contains("No such file or directory"))
+        #expect(!sections[3].contains("other's work"))
+        #expect(sections[4].contains("CapEff:\t0000000000000000"))
+        #expect(!outcome.output.text(redacting: []).contains("secret.key"))
+    }
+
+    @Test("its own PID namespace: it sees only its own few processes")
+    func pidNamespace() async throws {
+        let sessions = try Sessions()
+        let outcome = await sessions.run("echo $$; ls /proc | grep -c '^[0-9]'")
+        let lines = outcome.output.text(redacting: []).split(separator: "\n").compactMap { Int($0) }
+        #expect(lines.count == 2)
+        #expect((lines.first ?? 99) <= 3)
+        #expect((lines.last ?? 99) <= 6)
+    }
+
+    @Test("127.0.0.1 is reachable: the runtime must reach the control plane")
+    func loopbackNetwork() async throws {
+        let sessions = try Sessions()
+        let listener = try LoopbackListener()
+        defer { listener.close() }
+        // /dev/tcp is a bash feature.
+        let argv = sessions.sandbox.wrap(
+            ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(listener.port) && echo connected"],
+            workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
+        )
+        let bash = await CommandRunner.run(argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own), timeout: .seconds(60))
+        #expect(bash.output.text(redacting: []) == "connected\n")
+        #expect(bash.succeeded)
+    }
+
+    @Test("a detached runtime in the sandbox: its processes are in its group and terminateGroup reaches them all")
+    func detachedInSandbox() async throws {
+        let sessions = try Sessions()
+        let log = sessions.layout.runtimeLog(sessions.own)
+        let argv = sessions.sandbox.wrap(
+            ["/bin/sh", "-c", "read secret; echo \"got $secret\"; sleep 300 & sleep 300"],
+            workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
+        )
+        let process = try ProcessControl.spawnDetached(
+            argv: argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
+            stdin: "runtime-secret\n", logFile: log
+        )
+        // bwrap, its namespace's init, sh and two sleeps.
+        #expect(await eventually { ProcStat.all().filter { $0.processGroup == process.pid && $0.isRunning }.count >= 5 })
+        #expect(await eventually { contents(log).contains("got runtime-secret") })
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+        #expect(!ProcessControl.groupHasLiveMembers(process.pid))
+    }
+
+    @Test("setup commands run in the sandbox, and restore checks out an existing workspace from inside it")
+    func workspacesInSandbox() async throws {
+        let fixture = try Fixture(sandbox: .bwrap)
+        let source = try await makeRepository(in: fixture.directory)
+        let id = SessionID()
+        try Data("key".utf8).write(to: fixture.layout.dataDirectory.appendingPathComponent("secret.key"))
+        let request = fixture.request(id, repo: RepoSource(url: source.path), setup: [
+            "ls -A \(fixture.layout.dataDirectory.path) > data.txt",
+            "touch /usr/cloud-agent-x 2>/dev/null && echo escaped > escaped.txt; true",
+            "echo in-home > \"$HOME/h.txt\"",
+        ])
+        try await fixture.workspaces.prepare(request)
+        let workspace = fixture.layout.workspace(id)
+        #expect(contents(workspace.appendingPathComponent("data.txt")) == "homes\nworkspaces\n")
+        #expect(!exists(workspace.appendingPathComponent("escaped.txt")))
+        #expect(contents(fixture.layout.home(id).appendingPathComponent("h.txt")) == "in-home\n")
+
+        try await sh("git checkout --quiet main", in: workspace)
+        let failures = await fixture.workspaces.restore(request)
+        #expect(failures == [])
+        #expect(try await fixture.git("symbolic-ref --short HEAD", id) == "session/\(id)")
+    }
+}
+
+/// A TCP socket listening on 127.0.0.1 on a free port.
+private struct LoopbackListener {
+    let descriptor: Int32
+    let port: UInt16
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(descriptor, 8) == 0 else {
+            _ = Glibc.close(descriptor)
+            throw ShellError(description: "cannot listen on 127.0.0.1")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        self.descriptor = descriptor
+        self.port = UInt16(bigEndian: address.sin_port)
+    }
+
+    func close() { _ = Glibc.close(descriptor) }
+}

@@ -1,0 +1,144 @@
+import CloudAgentCore
+@testable import CloudAgentSandbox
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+/// A temporary directory, removed when the value is released.
+final class TemporaryDirectory: Sendable {
+    let url: URL
+
+    init(_ name: String = "t") throws {
+        url = URL(fileURLWithPath: "/tmp", isDirectory: true)
+            .appendingPathComponent("cloud-agent-sandbox-\(name)-\(UUID().uuidString.lowercased())", isDirectory: true)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    func path(_ components: String...) -> URL {
+        components.reduce(url) { $0.appendingPathComponent($1) }
+    }
+}
+
+/// Every log line written during a test, to check what logs contain.
+final class LogCapture: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    var text: String { lines.withLock { $0.joined(separator: "\n") } }
+
+    var logger: Logger {
+        var logger = Logger(label: "cloud-agent-sandbox-test") { _ in CapturingLogHandler(capture: self) }
+        logger.logLevel = .trace
+        return logger
+    }
+
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        let rendered = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        capture.append("\(event.level) \(event.message) \(rendered)")
+    }
+}
+
+struct ShellError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Runs a shell script for a test fixture (git repos, checks); throws with its output when it fails.
+@discardableResult
+func sh(_ script: String, in directory: URL, environment extra: [String: String] = [:]) async throws -> String {
+    var environment = ProcessInfo.processInfo.environment
+    environment.merge(extra) { _, new in new }
+    let outcome = await CommandRunner.run(["/bin/sh", "-c", script], environment: environment, workingDirectory: directory, timeout: .seconds(60))
+    let output = outcome.output.text(redacting: [])
+    guard outcome.succeeded else {
+        throw ShellError(description: "`\(script)` failed (\(outcome.exitCode)): \(output)")
+    }
+    return output.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+let commit = "git -c user.name=t -c user.email=t@e commit --quiet"
+
+/// A repository with `main` (a.txt) and `dev` (a.txt, b.txt), HEAD on main.
+func makeRepository(in directory: TemporaryDirectory, name: String = "source") async throws -> URL {
+    let repo = directory.path(name)
+    try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
+    try await sh("""
+        git init --quiet --initial-branch=main . && echo a > a.txt && git add a.txt && \(commit) -m one && \
+        git checkout --quiet -b dev && echo b > b.txt && git add b.txt && \(commit) -m two && \
+        git checkout --quiet main
+        """, in: repo)
+    return repo
+}
+
+/// Polls `condition` until it holds or `timeout` passes (for conditions other processes make true).
+func eventually(within timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now.advanced(by: timeout)
+    while true {
+        if try await condition() { return true }
+        if clock.now >= deadline { return false }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+}
+
+func contents(_ url: URL) -> String {
+    (try? String(contentsOf: url, encoding: .utf8)) ?? ""
+}
+
+func exists(_ url: URL) -> Bool {
+    FileManager.default.fileExists(atPath: url.path)
+}
+
+/// Whether bubblewrap works on this machine (namespaces allowed, bwrap installed): the bwrap-only
+/// tests are skipped where it does not, since there is no sandbox to test.
+let bwrapWorks: Bool = {
+    guard let directory = try? TemporaryDirectory("probe") else { return false }
+    return (try? SandboxWrapper.resolve("auto", dataDirectory: directory.url))?.kind == .bwrap
+}()
+
+/// A data directory with a layout, a sandbox and a workspace manager whose logs are captured.
+struct Fixture {
+    let directory: TemporaryDirectory
+    let layout: WorkspaceLayout
+    let logs = LogCapture()
+    let workspaces: GitWorkspaces
+
+    init(sandbox kind: SandboxKind = .none) throws {
+        directory = try TemporaryDirectory()
+        let data = directory.path("data")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        layout = WorkspaceLayout(dataDirectory: data)
+        workspaces = GitWorkspaces(
+            layout: layout, sandbox: SandboxWrapper(kind: kind, dataDirectory: data), logger: logs.logger
+        )
+    }
+
+    func request(
+        _ id: SessionID = SessionID(), repo: RepoSource? = nil, workBranch: String? = nil,
+        environment: [String: String] = [:], secrets: [String] = [], setup: [String] = [], timeoutMs: Int64 = 120_000
+    ) -> WorkspaceRequest {
+        WorkspaceRequest(
+            sessionId: id, repo: repo, workBranch: workBranch ?? "session/\(id)", environment: environment,
+            secretValues: secrets, setupCommands: setup, setupTimeoutMs: timeoutMs
+        )
+    }
+
+    func git(_ arguments: String, _ id: SessionID) async throws -> String {
+        try await sh("git \(arguments)", in: layout.workspace(id))
+    }
+}
