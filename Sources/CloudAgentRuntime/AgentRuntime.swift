@@ -18,7 +18,7 @@ import Darwin
 /// is told to stop — by SIGTERM (graceful shutdown) or by the control plane's `shutdown` — and
 /// then stops the active agent, reports it `interrupted`, waits briefly for the control plane to
 /// acknowledge that, and returns.
-public actor AgentRuntime: Service {
+public actor AgentRuntime: Service, CustomStringConvertible {
     /// The interrupt reason of an execution stopped because the runtime got SIGTERM.
     public static let sigtermReason = "runtime shutdown: SIGTERM"
 
@@ -78,6 +78,8 @@ public actor AgentRuntime: Service {
         self.stopGrace = configuration.stopGrace
         (requests, requestContinuation) = AsyncStream.makeStream(of: Request.self)
     }
+
+    public nonisolated var description: String { "AgentRuntime(\(configuration.runtimeId))" }
 
     // MARK: - Service
 

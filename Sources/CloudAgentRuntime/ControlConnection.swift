@@ -1,6 +1,7 @@
 import CloudAgentProtocol
 import HTTPTypes
 import Logging
+import NIOCore
 import ServiceLifecycle
 import WSClient
 
@@ -8,18 +9,28 @@ import WSClient
 /// after a failed connect, a close or an error it reconnects with capped exponential backoff
 /// and jitter. Each connection says hello, waits for the welcome, then carries the runtime's
 /// frames out and the control plane's frames in.
-public struct ControlConnection: Service {
+public struct ControlConnection: Service, CustomStringConvertible {
     let runtime: AgentRuntime
-    let secret: String
+    let secret: RuntimeSecret
     let logger: Logger
     var backoff: ReconnectBackoff
 
-    public init(runtime: AgentRuntime, secret: String, logger: Logger, backoff: ReconnectBackoff = ReconnectBackoff()) {
+    public init(runtime: AgentRuntime, secret: RuntimeSecret, logger: Logger, backoff: ReconnectBackoff = ReconnectBackoff()) {
         self.runtime = runtime
         self.secret = secret
         self.logger = logger
         self.backoff = backoff
     }
+
+    /// A connection whose hello gets no welcome within this is dropped and made again.
+    static let welcomeTimeout = Duration.seconds(15)
+
+    struct NoWelcome: Error, CustomStringConvertible {
+        var description: String { "no welcome within \(ControlConnection.welcomeTimeout)" }
+    }
+
+    /// ServiceLifecycle logs its services: this must not show the secret.
+    public var description: String { "ControlConnection(\(runtime.configuration.controlURL))" }
 
     /// Returns on graceful shutdown (the open connection is closed normally) or cancellation.
     public func run() async {
@@ -53,16 +64,34 @@ public struct ControlConnection: Service {
         }
     }
 
-    /// Frames up to 1 MiB each way, no compression; a 1 s close handshake at most.
-    static func clientConfiguration(sessionId: String, secret: String) -> WebSocketClientConfiguration {
+    /// Frames of up to 1 MiB accepted, no compression; a 1 s close handshake at most.
+    static func clientConfiguration(sessionId: String, secret: RuntimeSecret) -> WebSocketClientConfiguration {
         var headers = HTTPFields()
         if let name = HTTPField.Name(RuntimeProtocol.sessionHeader) { headers[name] = sessionId }
-        if let name = HTTPField.Name(RuntimeProtocol.secretHeader) { headers[name] = secret }
+        if let name = HTTPField.Name(RuntimeProtocol.secretHeader) { headers[name] = secret.value }
         return WebSocketClientConfiguration(
             maxFrameSize: RuntimeProtocol.maxFrameBytes,
             additionalHeaders: headers,
             closeTimeout: .seconds(1)
         )
+    }
+
+    /// The largest WebSocket frame the runtime sends: a longer message goes out in fragments of
+    /// this size, the default limit of WebSocket servers (16 KiB), so that a control plane need
+    /// not raise its frame limit (only its message limit, `RuntimeProtocol.maxFrameBytes`).
+    static let fragmentBytes = 1 << 14
+
+    private static func write(_ text: String, to outbound: WebSocketOutboundWriter) async throws {
+        guard text.utf8.count > fragmentBytes else {
+            try await outbound.write(.text(text))
+            return
+        }
+        var buffer = ByteBuffer(string: text)
+        try await outbound.withTextMessageWriter { writer in
+            while let fragment = buffer.readSlice(length: min(fragmentBytes, buffer.readableBytes)), fragment.readableBytes > 0 {
+                try await writer(fragment)
+            }
+        }
     }
 
     /// Writes the link's frames (hello first), reads the control plane's, and heartbeats once
@@ -75,7 +104,7 @@ public struct ControlConnection: Service {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await frame in link.frames {
-                    try await outbound.writeTextMessage(frame)
+                    try await Self.write(frame, to: outbound)
                 }
             }
             group.addTask {
@@ -95,8 +124,10 @@ public struct ControlConnection: Service {
                 }
             }
             group.addTask {
+                let welcomeDeadline = ContinuousClock.now + Self.welcomeTimeout
                 while true {
                     let interval = await runtime.heartbeatInterval(on: link.id)
+                    if interval == nil, ContinuousClock.now >= welcomeDeadline { throw NoWelcome() }
                     try await Task.sleep(for: interval ?? .milliseconds(20))
                     if interval != nil { await runtime.sendHeartbeat(on: link.id) }
                 }
@@ -106,4 +137,16 @@ public struct ControlConnection: Service {
             group.cancelAll()
         }
     }
+}
+
+/// The runtime's own secret, which authenticates its connection. Shown as `<redacted>` in any
+/// description, so that no log line can carry it.
+public struct RuntimeSecret: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    let value: String
+
+    public init(_ value: String) { self.value = value }
+
+    public var description: String { "<redacted>" }
+    public var debugDescription: String { "<redacted>" }
+    public var customMirror: Mirror { Mirror(self, children: [:]) }
 }

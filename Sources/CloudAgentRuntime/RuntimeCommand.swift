@@ -70,7 +70,7 @@ public enum RuntimeCommand {
             agentEnvironment: RuntimeConfiguration.agentEnvironment(from: environment),
             logger: logger
         )
-        let connection = ControlConnection(runtime: runtime, secret: secret, logger: logger)
+        let connection = ControlConnection(runtime: runtime, secret: RuntimeSecret(secret), logger: logger)
         // Shut down in reverse order: the runtime reports its execution interrupted while the
         // connection is still up, then the connection closes.
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(

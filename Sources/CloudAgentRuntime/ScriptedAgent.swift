@@ -63,9 +63,9 @@ public struct ScriptedAgent: Sendable {
 
     /// Runs the script; returns the exit code (0, or the code of an `exit` line).
     public func run(prompt: String) async -> Int32 {
-        for rawLine in prompt.split(separator: "\n", omittingEmptySubsequences: false) {
-            var line = String(rawLine)
-            if line.hasSuffix("\r") { line.removeLast() }
+        // "\r\n" is one Character, so it is a separator of its own.
+        for rawLine in prompt.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
+            let line = String(rawLine)
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.isEmpty { continue }
             let verb = String(trimmed.prefix { !$0.isWhitespace })

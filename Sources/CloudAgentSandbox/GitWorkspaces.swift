@@ -146,7 +146,9 @@ public struct GitWorkspaces: Sendable {
 
     private func clone(_ repo: RepoSource, _ request: WorkspaceRequest) async throws(SetupFailure) {
         try await git(
-            ["clone", "--no-checkout", "--origin", "origin", "--", repo.url, layout.workspace(request.sessionId).path],
+            // --no-hardlinks: a local source's object files must not be shared with a workspace
+            // that the agent may write to.
+            ["clone", "--no-checkout", "--no-hardlinks", "--origin", "origin", "--", repo.url, layout.workspace(request.sessionId).path],
             label: "git clone \(Self.displayURL(repo.url))", request
         )
     }

@@ -32,7 +32,9 @@ public enum ProcessControl {
     /// it down. Its stdin is a pipe holding `stdin` (then closed: the runtime reads its secret
     /// from it), its stdout and stderr are appended to `logFile`, its environment is exactly
     /// `environment`, signal dispositions and mask are reset to the defaults, and it inherits no
-    /// other descriptor. `argv[0]` without a slash is looked up on `environment`'s PATH.
+    /// other descriptor. `argv[0]` without a slash is looked up on `environment`'s PATH (the
+    /// control plane's when it has none). `stdin` is written before the process starts, so it
+    /// must be small (at most 60,000 bytes).
     public static func spawnDetached(
         argv: [String],
         environment: [String: String],
@@ -82,7 +84,9 @@ public enum ProcessControl {
     public static func groupHasLiveMembers(_ pgid: Int32) -> Bool {
         guard pgid > 1 else { return false }
         if kill(-pgid, 0) == -1, errno == ESRCH { return false }
-        return ProcStat.all().contains { $0.processGroup == pgid && $0.isRunning }
+        // When /proc cannot be read, only kill(0) can answer (and it counts zombies too).
+        guard let processes = ProcStat.all() else { return true }
+        return processes.contains { $0.processGroup == pgid && $0.isRunning }
     }
 
     private static func waitUntilGroupGone(_ pgid: Int32, within limit: Duration) async -> Bool {
@@ -122,6 +126,10 @@ public enum ProcessControl {
         guard let program = argv.first else { throw SpawnError(description: "no program to start") }
         guard let executable = ExecutableLookup.find(program, path: environment["PATH"]) else {
             throw SpawnError(description: "\(program): not found")
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: workingDirectory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw SpawnError(description: "working directory \(workingDirectory.path) does not exist")
         }
         let input = Array((stdin ?? "").utf8)
         // The input is written before the child starts, so it must fit in the pipe's buffer.
@@ -256,9 +264,19 @@ struct ProcStat: Sendable {
         return ProcStat(pid: pid, state: state, processGroup: group, startTime: start)
     }
 
-    static func all() -> [ProcStat] {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return entries.compactMap { Int32($0) }.compactMap { read($0) }
+    /// Every process visible in `/proc`; nil when `/proc` cannot be read. Processes that end
+    /// during the scan are left out (Foundation's directory listing may fail on them instead).
+    static func all() -> [ProcStat]? {
+        guard let directory = opendir("/proc") else { return nil }
+        defer { closedir(directory) }
+        var pids: [Int32] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { bytes in
+                String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if let pid = Int32(name) { pids.append(pid) }
+        }
+        return pids.compactMap { read($0) }
     }
 }
 

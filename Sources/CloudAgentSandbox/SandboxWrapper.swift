@@ -33,7 +33,11 @@ public struct SandboxUnavailable: Error, Sendable, CustomStringConvertible {
 ///   whatever the control plane's user can read outside the data directory.
 ///
 /// Its process group is the bwrap process's, so signalling the group reaches the processes
-/// inside, across the PID namespace.
+/// inside, across the PID namespace. There is deliberately no `--die-with-parent`: SIGTERM to
+/// the group ends the outer bwrap at once, and with that option its death would SIGKILL the
+/// whole namespace while the runtime is still reporting its interrupted execution. Without it
+/// the namespace's init (which ignores SIGTERM) waits for the runtime to finish; stop the group,
+/// never the bwrap pid alone.
 public struct SandboxWrapper: Sendable {
     public let kind: SandboxKind
     public let dataDirectory: URL
@@ -88,7 +92,6 @@ public struct SandboxWrapper: Sendable {
                 "--unshare-pid",
                 "--unshare-ipc",
                 "--unshare-uts",
-                "--die-with-parent",
                 "--cap-drop", "ALL",
                 "--chdir", workspacePath,
                 "--",

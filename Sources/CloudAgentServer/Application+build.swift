@@ -99,6 +99,7 @@ public struct ControlPlane: Sendable {
             services: [scheduler, supervisor, heartbeats],
             onServerRunning: { [supervisor, sessions] channel in
                 let port = channel.localAddress?.port ?? 0
+                sessions.markListening()
                 await supervisor.setPort(port)
                 await sessions.recoverRuntimes()
                 await onServerRunning(port)

@@ -299,7 +299,8 @@ extension SessionService {
     /// active (failed for lack of heartbeats, say) are acknowledged and dropped.
     func ingest(_ event: RuntimeEvent, from connection: RuntimeConnection) async throws {
         let id = connection.sessionId
-        let ended: Bool = try await locks.withLock(id) {
+        // A state transition (running, ended) re-evaluates the session's deadlines at once.
+        let transitioned: Bool = try await locks.withLock(id) {
             guard var session = try await self.store.session(id), session.runtime.instanceId == connection.instanceId else { return false }
             let acked = session.runtime.ackedSeq ?? 0
             guard event.seq > acked else {
@@ -315,6 +316,7 @@ extension SessionService {
             var executions: [Execution] = []
             var events: [NewEvent] = []
             var ended = false
+            var transitioned = false
             if let executionId = ExecutionID(rawValue: event.executionId), var execution = try await self.store.execution(executionId),
                execution.sessionId == id, execution.status.isActive
             {
@@ -324,10 +326,14 @@ extension SessionService {
                     if execution.status == .pending {
                         try execution.markRunning(at: now)
                         events.append(NewEvent(executionId: executionId, type: EventType.executionRunning, at: now))
+                        transitioned = true
                     }
                     if let group = event.data["processGroup"]?.intValue { session.runtime.process?.agentProcessGroup = Int32(group) }
                 case RuntimeEvent.Kind.agent, RuntimeEvent.Kind.output:
-                    if execution.status == .pending { try execution.markRunning(at: now) }
+                    if execution.status == .pending {
+                        try execution.markRunning(at: now)
+                        transitioned = true
+                    }
                     execution.recordProgress(at: now)
                     events.append(NewEvent(executionId: executionId, type: event.kind == RuntimeEvent.Kind.agent ? EventType.agent : EventType.output, at: event.at, data: data))
                 case RuntimeEvent.Kind.ended:
@@ -341,6 +347,7 @@ extension SessionService {
                     session.updatedAt = now
                     session.runtime.process?.agentProcessGroup = nil
                     ended = true
+                    transitioned = true
                 default:
                     self.logger.warning("unknown runtime event kind", metadata: ["sessionId": "\(id)", "kind": "\(event.kind)"])
                 }
@@ -358,9 +365,9 @@ extension SessionService {
                     ])
                 }
             }
-            return ended
+            return transitioned
         }
-        if ended { await scheduler.poke(id) }
+        if transitioned { await scheduler.poke(id) }
     }
 
     struct Outcome {

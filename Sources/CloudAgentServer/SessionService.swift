@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Logging
 import Prometheus
+import Synchronization
 
 /// The sessions' operations behind the API and the wake-ups: validation results in, state
 /// transitions out. Every write to a session happens under that session's lock and ends with a
@@ -25,8 +26,7 @@ public final class SessionService: Sendable {
     let maxRuntimes: Int
     let capacity = Capacity()
     public let hub = EventHub()
-    /// When this control plane started: downtime before it never counts against a runtime.
-    public let controlPlaneStartedAt: Date
+    private let startedListeningAt: Mutex<Date>
 
     public init(
         store: any SessionStore, timing: Timing, secretBox: SecretBox, clock: any WallClock, scheduler: WakeUpScheduler,
@@ -46,8 +46,15 @@ public final class SessionService: Sendable {
         self.supervisor = supervisor
         self.heartbeats = heartbeats
         self.maxRuntimes = maxRuntimes
-        self.controlPlaneStartedAt = clock.now()
+        self.startedListeningAt = Mutex(clock.now())
     }
+
+    /// When this control plane started serving: downtime before it never counts against a
+    /// runtime (runtimes can only reconnect once it listens).
+    public var controlPlaneStartedAt: Date { startedListeningAt.withLock { $0 } }
+
+    /// Called once the server listens.
+    func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
 
     /// Commits a change and offers its events to live subscribers.
     @discardableResult

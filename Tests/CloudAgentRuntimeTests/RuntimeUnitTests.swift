@@ -4,6 +4,12 @@ import Foundation
 import Logging
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 @Suite("Event outbox")
 struct EventOutboxTests {
     let at = Date(timeIntervalSince1970: 1_790_000_000)
@@ -256,6 +262,72 @@ struct AgentRuntimeLinkTests {
             // The control plane asks the runtime to shut down: run() returns.
             await runtime.receive(.shutdown(reason: "idle"), on: relink.id)
             _ = try await group.next()
+        }
+    }
+
+    /// A runtime whose "scripted" agent is the given shell script instead.
+    private func withScriptAgent(
+        _ script: String,
+        _ body: (AgentRuntime, AgentRuntime.Link, inout AsyncStream<String>.AsyncIterator) async throws -> Void
+    ) async throws {
+        let directory = try makeTemporaryDirectory("script-agent")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("agent.sh").path
+        try Data(("#!/bin/sh\n" + script + "\n").utf8).write(to: URL(fileURLWithPath: path))
+        #expect(chmod(path, 0o755) == 0)
+        let runtime = AgentRuntime(
+            configuration: RuntimeConfiguration(controlURL: "ws://127.0.0.1:1/", sessionId: "agent_1", runtimeId: "rt_1", workspace: directory.path),
+            agents: AgentCatalog(runtimeExecutable: path),
+            agentEnvironment: ProcessInfo.processInfo.environment,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await runtime.run() }
+            let link = await runtime.openLink()
+            var frames = link.frames.makeAsyncIterator()
+            _ = await frames.next()
+            do {
+                try await body(runtime, link, &frames)
+            } catch {
+                await runtime.receive(.shutdown(reason: "test failed"), on: link.id)
+                throw error
+            }
+            await runtime.receive(.shutdown(reason: "test over"), on: link.id)
+            _ = try await group.next()
+        }
+    }
+
+    @Test func killEscalatesToSIGKILLWhenTheAgentIgnoresSIGTERM() async throws {
+        try await withScriptAgent("trap '' TERM\necho started\nsleep 30") { runtime, link, frames in
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300), on: link.id)
+            await runtime.receive(.execute(ExecuteCommand(executionId: "exc_stubborn", agent: "scripted", prompt: "")), on: link.id)
+            let started = try await read(&frames) { message in
+                if case .event(let event) = message { event.data["line"] == .string("started") } else { false }
+            }
+            let events = started.compactMap { message -> RuntimeEvent? in if case .event(let event) = message { event } else { nil } }
+            #expect(events.map(\.kind) == [RuntimeEvent.Kind.running, RuntimeEvent.Kind.output])
+            #expect(events.last?.data == ["stream": .string("stdout"), "line": .string("started")])
+            let group = Int32(try #require(events.first?.data["processGroup"]?.intValue))
+            try await eventually(within: 30, "sleep to start") { livingProcesses(inGroup: group).count >= 2 }
+
+            let killed = ContinuousClock.now
+            await runtime.receive(.kill(executionId: "exc_stubborn", reason: "user"), on: link.id)
+            let ended = try await read(&frames) { isEnded($0, "exc_stubborn") }
+            #expect(ContinuousClock.now - killed >= .milliseconds(300), "SIGKILL only after the grace")
+            guard case .event(let endedEvent)? = ended.last else { return }
+            #expect(endedEvent.data == ["status": .string("interrupted"), "interruptReason": .string("user"), "signal": .string("SIGKILL")])
+            try await eventually(within: 10, "the group to be gone") { livingProcesses(inGroup: group).isEmpty }
+        }
+    }
+
+    @Test func anAgentKilledByASignalFailsNamingIt() async throws {
+        try await withScriptAgent("echo '{\"type\":\"text\",\"text\":\"bye\"}'\nkill -9 $$") { runtime, link, frames in
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000), on: link.id)
+            await runtime.receive(.execute(ExecuteCommand(executionId: "exc_signal", agent: "scripted", prompt: "")), on: link.id)
+            let messages = try await read(&frames) { isEnded($0, "exc_signal") }
+            let events = messages.compactMap { message -> RuntimeEvent? in if case .event(let event) = message { event } else { nil } }
+            #expect(events.map(\.kind) == [RuntimeEvent.Kind.running, RuntimeEvent.Kind.agent, RuntimeEvent.Kind.ended])
+            #expect(events.last?.data == ["status": .string("failed"), "signal": .string("SIGKILL"), "error": .string("agent killed by SIGKILL")])
         }
     }
 }

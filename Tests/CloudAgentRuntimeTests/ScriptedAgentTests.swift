@@ -16,6 +16,10 @@ struct ScriptedAgentTests {
     private func runAgent(_ prompt: String, in workspace: URL? = nil) async throws -> Run {
         let directory = try workspace ?? makeTemporaryDirectory("scripted")
         let logs = try makeTemporaryDirectory("scripted-logs")
+        defer {
+            try? FileManager.default.removeItem(at: logs)
+            if workspace == nil { try? FileManager.default.removeItem(at: directory) }
+        }
         let started = ContinuousClock.now
         let process = try TestProcess(
             try runtimeBinary(),
@@ -67,6 +71,7 @@ struct ScriptedAgentTests {
 
     @Test func writeCreatesTheFileAndItsParents() async throws {
         let workspace = try makeTemporaryDirectory("scripted-write")
+        defer { try? FileManager.default.removeItem(at: workspace) }
         let run = try await runAgent("write notes/today/plan.md ship it  today\n", in: workspace)
         #expect(run.exitStatus == 0)
         #expect(run.events.count == 1)
@@ -82,6 +87,7 @@ struct ScriptedAgentTests {
 
     @Test func writeRefusesPathsThatEscapeTheWorkspace() async throws {
         let parent = try makeTemporaryDirectory("scripted-escape")
+        defer { try? FileManager.default.removeItem(at: parent) }
         let workspace = parent.appendingPathComponent("workspace")
         let outside = parent.appendingPathComponent("outside")
         try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
@@ -116,6 +122,7 @@ struct ScriptedAgentTests {
 
     @Test func runReportsExitCodeAndCombinedOutput() async throws {
         let workspace = try makeTemporaryDirectory("scripted-run")
+        defer { try? FileManager.default.removeItem(at: workspace) }
         let run = try await runAgent("""
             run echo out; echo err >&2; pwd; exit 4
             run true

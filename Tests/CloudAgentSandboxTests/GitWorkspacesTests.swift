@@ -119,6 +119,29 @@ struct PrepareTests {
         #expect(names.isSuperset(of: ["ONLY", "HOME", "SESSION_HOME", "SESSION_ID", "PATH"]))
     }
 
+    @Test("a setup command that leaves a background process does not hang the setup, and the process is stopped")
+    func setupBackgroundProcess() async throws {
+        let fixture = try Fixture()
+        let id = SessionID()
+        let started = ContinuousClock.now
+        try await fixture.workspaces.prepare(fixture.request(id, setup: ["sh -c 'echo $$ > bg.pid; exec sleep 60' & echo started"]))
+        #expect(ContinuousClock.now - started < .seconds(30))
+        let pidFile = fixture.layout.workspace(id).appendingPathComponent("bg.pid")
+        if let pid = Int32(contents(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)) {
+            #expect(await eventually { !(ProcStat.read(pid)?.isRunning ?? false) })
+        }
+    }
+
+    @Test("a local clone copies the objects instead of hard-linking them to the source")
+    func noHardlinks() async throws {
+        let fixture = try Fixture()
+        let source = try await makeRepository(in: fixture.directory)
+        let id = SessionID()
+        try await fixture.workspaces.prepare(fixture.request(id, repo: RepoSource(url: source.path)))
+        let objects = try await sh("find .git/objects -type f -links +1 | wc -l", in: fixture.layout.workspace(id))
+        #expect(objects == "0")
+    }
+
     @Test("a failing setup command: its command, exit code and redacted tail; the rest is not run; nothing kept")
     func failingSetupCommand() async throws {
         let fixture = try Fixture()

@@ -19,7 +19,7 @@ struct ProcessControlTests {
 
     /// Live processes of the group, zombies excluded.
     private func members(_ pgid: Int32) -> [ProcStat] {
-        ProcStat.all().filter { $0.processGroup == pgid && $0.isRunning }
+        (ProcStat.all() ?? []).filter { $0.processGroup == pgid && $0.isRunning }
     }
 
     @Test("its own session and process group (pgid == pid), output appended to the log, stdin delivered, in the working directory")
@@ -114,6 +114,15 @@ struct ProcessControlTests {
         #expect(ContinuousClock.now - started >= .milliseconds(400))
         #expect(members(process.pid).isEmpty)
         #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("SIGTERM reaches a handler the process installed, which may finish within the grace")
+    func gracefulShutdown() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn(#"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; while :; do sleep 0.1; done"#, in: directory)
+        #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 10_000))
+        #expect(contents(directory.path("logs", "out.log")).hasSuffix("finished\n"))
     }
 
     @Test("terminateGroup of a group already gone is true at once")

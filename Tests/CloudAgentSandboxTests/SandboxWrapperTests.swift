@@ -24,7 +24,7 @@ struct SandboxWrapperTests {
         #expect(Array(argv.dropFirst()) == [
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/data",
             "--bind", "/data/workspaces/a", "/data/workspaces/a", "--bind", "/data/homes/a", "/data/homes/a",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--cap-drop", "ALL",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL",
             "--chdir", "/data/workspaces/a", "--", "/bin/sh", "-c", "echo hi",
         ])
         #expect(!argv.contains("--unshare-net"))
@@ -165,10 +165,27 @@ struct BubblewrapTests {
             stdin: "runtime-secret\n", logFile: log
         )
         // bwrap, its namespace's init, sh and two sleeps.
-        #expect(await eventually { ProcStat.all().filter { $0.processGroup == process.pid && $0.isRunning }.count >= 5 })
+        #expect(await eventually { (ProcStat.all() ?? []).filter { $0.processGroup == process.pid && $0.isRunning }.count >= 5 })
         #expect(await eventually { contents(log).contains("got runtime-secret") })
         #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
         #expect(!ProcessControl.groupHasLiveMembers(process.pid))
+    }
+
+    @Test("SIGTERM to the group lets a sandboxed runtime finish its shutdown within the grace")
+    func gracefulShutdownInSandbox() async throws {
+        let sessions = try Sessions()
+        let log = sessions.layout.runtimeLog(sessions.own)
+        let argv = sessions.sandbox.wrap(
+            ["/bin/sh", "-c", #"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; while :; do sleep 0.1; done"#],
+            workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
+        )
+        let process = try ProcessControl.spawnDetached(
+            argv: argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
+            stdin: nil, logFile: log
+        )
+        #expect(await eventually { contents(log).contains("ready") })
+        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 10_000))
+        #expect(contents(log).contains("finished"))
     }
 
     @Test("setup commands run in the sandbox, and restore checks out an existing workspace from inside it")

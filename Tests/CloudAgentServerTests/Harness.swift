@@ -90,6 +90,7 @@ struct TestServer {
     var timing: Timing
     var maxRuntimes = 32
     var sandbox: SandboxMode = .none
+    var runtimeExecutable = TestServer.buildProducts.appendingPathComponent("cloud-agent-runtime")
     let logs = LogCapture()
 
     init(directory: TemporaryDirectory? = nil, timing: Timing = Timing()) throws {
@@ -109,7 +110,7 @@ struct TestServer {
             host: "127.0.0.1", port: 0, dataDirectory: directory.url.appendingPathComponent("data"),
             apiToken: Self.localToken, timing: timing, maxRuntimes: maxRuntimes, sandbox: sandbox, secretKey: nil, logLevel: .trace
         )
-        configuration.runtimeExecutable = Self.buildProducts.appendingPathComponent("cloud-agent-runtime")
+        configuration.runtimeExecutable = runtimeExecutable
         return configuration
     }
 
@@ -222,4 +223,9 @@ func makeGitRepository(in directory: TemporaryDirectory, name: String = "origin"
         """, in: repo)
     for branch in extraBranches { try shell("git branch \(branch)", in: repo) }
     return repo
+}
+
+/// A session view without its live parts (runtime state and activity change on their own).
+func stableView(_ view: JSONValue) -> JSONValue {
+    .object((view.objectValue ?? [:]).filter { $0.key != "runtime" && $0.key != "activity" })
 }

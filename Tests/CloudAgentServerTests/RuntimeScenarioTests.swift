@@ -164,9 +164,9 @@ struct RuntimeScenarioTests {
             let id = try await api.createSession()
             let running = try await api.waitForRuntime(id, state: "running")
             let startedAt = try #require(running["runtime"]?["startedAt"]?.stringValue.flatMap(Timestamp.parse))
-            #expect(running["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse) == startedAt.addingTimeInterval(60))
+            #expect(running["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse)?.millisecondsSince1970 == startedAt.adding(milliseconds: 60_000).millisecondsSince1970)
             let patched = try await api.request(.patch, "/v1/sessions/\(id)", json: ["idleTimeoutMs": 800])
-            #expect(patched["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse) == startedAt.addingTimeInterval(0.8))
+            #expect(patched["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse)?.millisecondsSince1970 == startedAt.adding(milliseconds: 800).millisecondsSince1970)
             let stopped = try await api.waitForRuntime(id, state: "stopped", within: 5)
             #expect(stopped["runtime"]?["stopReason"]?["idleTimeoutMs"] == 800)
             try await Task.sleep(for: .milliseconds(500))
@@ -273,6 +273,42 @@ extension TestAPI {
             all += events.map { EventView(id: $0["id"]?.intValue ?? -1, type: $0["type"]?.stringValue ?? "", executionId: $0["executionId"]?.stringValue, data: $0["data"]?.objectValue ?? [:]) }
             guard events.count == 1000, let next = page["nextFromId"]?.intValue else { return all }
             from = next
+        }
+    }
+}
+
+@Suite("Liveness warnings and runtimes that never connect")
+struct LivenessScenarioTests {
+    @Test("heartbeats without progress give one execution.stuck warning, not a kill")
+    func stuckWarning() async throws {
+        let timing = Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 100, staleThresholdMs: 1000, stopGraceMs: 1500, stuckAfterMs: 700)
+        try await TestServer(timing: timing).run { api in
+            let id = try await api.createSession(["prompt": "say a\nsleep 2.5\nsay b"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed", within: 20)
+            let events = try await api.events(id)
+            let stuck = events.filter { $0.type == "execution.stuck" }
+            #expect(stuck.count == 1)
+            #expect((stuck.first?.data["sinceLastProgressMs"]?.intValue ?? 0) >= 700)
+            #expect(events.filter { $0.type == "agent" }.count == 2)
+        }
+    }
+
+    @Test("a runtime that never connects is declared crashed and its pending execution fails")
+    func runtimeNeverConnects() async throws {
+        var server = try TestServer(timing: Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 100, staleThresholdMs: 1000, pendingTimeoutMs: 1000, stopGraceMs: 500))
+        let silent = server.directory.url.appendingPathComponent("silent-runtime.sh")
+        try "#!/bin/sh\nexec sleep 30\n".write(to: silent, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: silent.path)
+        server.runtimeExecutable = silent
+        try await server.run { api in
+            let id = try await api.createSession()
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let stopped = try await api.waitForRuntime(id, state: "stopped", within: 5)
+            #expect(stopped["runtime"]?["stopReason"]?["rule"] == "crashed")
+            let execution = try await api.waitForExecution(id, status: "failed")
+            #expect(execution["error"]?.stringValue?.isEmpty == false)
+            #expect(execution["runningAt"] == .null)
         }
     }
 }

@@ -119,7 +119,8 @@ struct HTTPClient {
     let session = URLSession(configuration: .ephemeral)
 
     func request(_ method: String, _ path: String, token: String? = nil, json: JSONValue? = nil) async throws -> APIResponse {
-        var request = URLRequest(url: URL(string: baseURL.absoluteString + path)!)
+        let url = try #require(URL(string: baseURL.absoluteString + (path.hasPrefix("/") ? path : "/" + path)))
+        var request = URLRequest(url: url)
         request.httpMethod = method
         request.timeoutInterval = 30
         if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }

@@ -114,10 +114,12 @@ func withFakeControlPlane<T: Sendable>(
     _ body: @Sendable (FakeControlPlane) async throws -> T
 ) async throws -> T {
     var logger = Logger(label: "fake-control-plane")
-    logger.logLevel = .warning
+    // Cancelling the server at the end of a test logs errors that mean nothing here.
+    logger.logLevel = .critical
     let app = Application(
         router: Router(),
-        server: .http1WebSocketUpgrade(configuration: .init(maxFrameSize: RuntimeProtocol.maxFrameBytes)) { request, _, _ in
+        // The default frame limit (16 KiB): the runtime fragments longer messages.
+        server: .http1WebSocketUpgrade { request, _, _ in
             guard request.path == RuntimeProtocol.path else { return .dontUpgrade }
             let session = HTTPField.Name(RuntimeProtocol.sessionHeader).flatMap { request.headerFields[$0] }
             let secret = HTTPField.Name(RuntimeProtocol.secretHeader).flatMap { request.headerFields[$0] }

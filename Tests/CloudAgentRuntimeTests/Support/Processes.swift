@@ -8,8 +8,8 @@ import Darwin
 #endif
 
 /// `<package root>/.build/debug/cloud-agent-runtime`, built by `swift build`.
-func runtimeBinary(filePath: String = #filePath) throws -> URL {
-    let packageRoot = URL(fileURLWithPath: filePath)
+func runtimeBinary() throws -> URL {
+    let packageRoot = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent()  // Support
         .deletingLastPathComponent()  // CloudAgentRuntimeTests
         .deletingLastPathComponent()  // Tests
@@ -29,7 +29,7 @@ func makeTemporaryDirectory(_ prefix: String) throws -> URL {
 /// Polls `condition` until it holds; records an issue and throws after `seconds`.
 func eventually(
     within seconds: Double,
-    _ what: @autoclosure () -> String,
+    _ what: String,
     sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: () async throws -> Bool
 ) async throws {
@@ -39,7 +39,7 @@ func eventually(
         try await Task.sleep(for: .milliseconds(20))
     }
     if try await condition() { return }
-    Issue.record("timed out after \(seconds) s waiting for \(what())", sourceLocation: sourceLocation)
+    Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
     throw WaitTimeout()
 }
 
