@@ -35,6 +35,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "bwrap, none or auto (CLOUD_AGENT_SANDBOX, default auto).") var sandbox: String?
     @Option(name: .customLong("log-level"), help: "trace … critical (CLOUD_AGENT_LOG_LEVEL, default info).") var logLevel: String?
     @Option(name: .customLong("agents-file"), help: "JSON file declaring extra command agents (CLOUD_AGENT_AGENTS_FILE).") var agentsFile: String?
+    @Option(name: .customLong("callback-attempts"), help: "Attempts to deliver a completion callback (CLOUD_AGENT_CALLBACK_ATTEMPTS, default 6).") var callbackAttempts: String?
+    @Option(name: .customLong("callback-retry-base"), help: "Wait before a callback's first retry, doubling after (CLOUD_AGENT_CALLBACK_RETRY_BASE, default 2s).") var callbackRetryBase: String?
 
     var flags: [String: String] {
         let all: [String: String?] = [
@@ -42,7 +44,7 @@ struct ServeCommand: AsyncParsableCommand {
             "idleTimeout": idleTimeout, "heartbeatInterval": heartbeatInterval, "staleThreshold": staleThreshold,
             "pendingTimeout": pendingTimeout, "stopGrace": stopGrace, "stuckAfter": stuckAfter, "maxRuntimes": maxRuntimes,
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
-            "agentsFile": agentsFile,
+            "agentsFile": agentsFile, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
         ]
         return all.compactMapValues { $0 }
     }

@@ -10,6 +10,7 @@ public actor InMemorySessionStore: SessionStore {
     private var lastEventIds: [SessionID: Int64] = [:]
     private var wakeUpsBySession: [SessionID: Date] = [:]
     private var settings: [String: String] = [:]
+    private var callbacksById: [UUID: CallbackDelivery] = [:]
 
     public init() {}
 
@@ -44,6 +45,7 @@ public actor InMemorySessionStore: SessionStore {
         eventsBySession[id] = nil
         lastEventIds[id] = nil
         wakeUpsBySession[id] = nil
+        callbacksById = callbacksById.filter { $0.value.sessionId != id }
         return true
     }
 
@@ -127,4 +129,33 @@ public actor InMemorySessionStore: SessionStore {
         settings[key] = value
         return value
     }
+
+    @discardableResult
+    public func enqueueCallback(_ delivery: CallbackDelivery) throws -> Bool {
+        guard sessionsById[delivery.sessionId] != nil else { throw StoreError.sessionNotFound(delivery.sessionId) }
+        guard !callbacksById.values.contains(where: { $0.executionId == delivery.executionId }) else { return false }
+        callbacksById[delivery.id] = delivery
+        return true
+    }
+
+    public func dueCallbacks(before date: Date, limit: Int) -> [CallbackDelivery] {
+        let due = callbacksById.values
+            .filter { $0.nextAttemptAt <= date }
+            .sorted { ($0.nextAttemptAt, $0.createdAt, $0.id.uuidString) < ($1.nextAttemptAt, $1.createdAt, $1.id.uuidString) }
+        return Array(due.prefix(max(0, limit)))
+    }
+
+    public func nextCallbackDue() -> Date? { callbacksById.values.map(\.nextAttemptAt).min() }
+
+    @discardableResult
+    public func markCallbackDelivered(_ id: UUID) -> Bool { callbacksById.removeValue(forKey: id) != nil }
+
+    public func rescheduleCallback(_ id: UUID, nextAttemptAt: Date, lastError: String) {
+        callbacksById[id]?.attempts += 1
+        callbacksById[id]?.nextAttemptAt = nextAttemptAt
+        callbacksById[id]?.lastError = lastError
+    }
+
+    @discardableResult
+    public func markCallbackFailed(_ id: UUID) -> Bool { callbacksById.removeValue(forKey: id) != nil }
 }

@@ -116,7 +116,7 @@ public protocol SessionStore: Sendable {
     func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord]
     /// Every session whose runtime is in one of these states (capacity, supervision).
     func sessions(withRuntimeIn states: Set<RuntimeState>) async throws -> [SessionRecord]
-    /// Deletes the session with its executions, events and wake-up. False when there was none.
+    /// Deletes the session with its executions, events, wake-up and pending callbacks. False when there was none.
     func deleteSession(_ id: SessionID) async throws -> Bool
     /// Applies a change atomically and returns the appended events with their ids.
     @discardableResult
@@ -144,4 +144,22 @@ public protocol SessionStore: Sendable {
 
     // Server settings (e.g. signing keys): returns the stored value, saving `value` if there was none.
     func settingSavingIfAbsent(_ key: String, value: String) async throws -> String
+
+    // Completion callbacks: a durable outbox, one delivery per execution.
+    /// Adds a delivery unless its execution already has one. True when it was added;
+    /// `StoreError.sessionNotFound` when its session does not exist.
+    @discardableResult
+    func enqueueCallback(_ delivery: CallbackDelivery) async throws -> Bool
+    /// Deliveries due at or before `date`, earliest first, at most `limit`.
+    func dueCallbacks(before date: Date, limit: Int) async throws -> [CallbackDelivery]
+    /// When the earliest pending delivery is due; nil when none is pending.
+    func nextCallbackDue() async throws -> Date?
+    /// A delivery got through: it leaves the outbox. False when it was not there (its session was deleted).
+    @discardableResult
+    func markCallbackDelivered(_ id: UUID) async throws -> Bool
+    /// An attempt failed and will be tried again: attempts + 1, the next attempt's time, the error.
+    func rescheduleCallback(_ id: UUID, nextAttemptAt: Date, lastError: String) async throws
+    /// A delivery was given up: it leaves the outbox. False when it was not there.
+    @discardableResult
+    func markCallbackFailed(_ id: UUID) async throws -> Bool
 }

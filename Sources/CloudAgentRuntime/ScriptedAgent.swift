@@ -98,8 +98,9 @@ public struct ScriptedAgent: Sendable {
         return 0
     }
 
+    /// A non-negative number of seconds (at most 10⁹, so that a `Duration` holds it).
     private static func seconds(_ text: String) -> Double? {
-        guard let seconds = Double(text), seconds.isFinite, seconds >= 0 else { return nil }
+        guard let seconds = Double(text), seconds >= 0, seconds <= 1e9 else { return nil }
         return seconds
     }
 

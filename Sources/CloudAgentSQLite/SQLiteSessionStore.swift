@@ -84,6 +84,24 @@ public final class SQLiteSessionStore: SessionStore {
                 );
                 """)
         }
+        migrator.registerMigration("002_callbacks") { db in
+            try db.execute(sql: """
+                CREATE TABLE callback_deliveries (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                    execution_id TEXT NOT NULL UNIQUE,
+                    url TEXT NOT NULL,
+                    headers TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_at INTEGER NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    last_error TEXT
+                );
+                CREATE INDEX callback_deliveries_by_due ON callback_deliveries(next_attempt_at);
+                CREATE INDEX callback_deliveries_by_session ON callback_deliveries(session_id);
+                """)
+        }
         return migrator
     }
 
@@ -384,6 +402,82 @@ public final class SQLiteSessionStore: SessionStore {
         try await pool.write { db in
             try db.execute(sql: "INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", arguments: [key, value])
             return try String.fetchOne(db, sql: "SELECT value FROM settings WHERE key = ?", arguments: [key]) ?? value
+        }
+    }
+
+    // MARK: Callbacks
+
+    @discardableResult
+    public func enqueueCallback(_ delivery: CallbackDelivery) async throws -> Bool {
+        let headers = try Coding.encode(delivery.headers)
+        return try await pool.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM sessions WHERE id = ?", arguments: [delivery.sessionId.rawValue]) != nil else {
+                throw StoreError.sessionNotFound(delivery.sessionId)
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
+                        created_at, last_error)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(execution_id) DO NOTHING
+                    """,
+                arguments: [
+                    delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.url,
+                    headers, delivery.body, delivery.attempts, delivery.nextAttemptAt.millisecondsSince1970,
+                    delivery.createdAt.millisecondsSince1970, delivery.lastError,
+                ]
+            )
+            return db.changesCount > 0
+        }
+    }
+
+    public func dueCallbacks(before date: Date, limit: Int) async throws -> [CallbackDelivery] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM callback_deliveries WHERE next_attempt_at <= ? ORDER BY next_attempt_at, created_at, id LIMIT ?",
+                arguments: [date.millisecondsSince1970, limit]
+            ).compactMap(Self.callbackDelivery(from:))
+        }
+    }
+
+    static func callbackDelivery(from row: Row) throws -> CallbackDelivery? {
+        guard let id = UUID(uuidString: row["id"]), let sessionId = SessionID(rawValue: row["session_id"]),
+              let executionId = ExecutionID(rawValue: row["execution_id"])
+        else { return nil }
+        return CallbackDelivery(
+            id: id, sessionId: sessionId, executionId: executionId, url: row["url"],
+            headers: try Coding.decode([String: SealedValue].self, from: row["headers"]), body: row["body"],
+            attempts: row["attempts"], nextAttemptAt: Date(millisecondsSince1970: row["next_attempt_at"]),
+            createdAt: Date(millisecondsSince1970: row["created_at"]), lastError: row["last_error"]
+        )
+    }
+
+    public func nextCallbackDue() async throws -> Date? {
+        try await pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(next_attempt_at) FROM callback_deliveries").map { Date(millisecondsSince1970: $0) }
+        }
+    }
+
+    @discardableResult
+    public func markCallbackDelivered(_ id: UUID) async throws -> Bool { try await deleteCallback(id) }
+
+    public func rescheduleCallback(_ id: UUID, nextAttemptAt: Date, lastError: String) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE callback_deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                arguments: [nextAttemptAt.millisecondsSince1970, lastError, id.uuidString.lowercased()]
+            )
+        }
+    }
+
+    @discardableResult
+    public func markCallbackFailed(_ id: UUID) async throws -> Bool { try await deleteCallback(id) }
+
+    private func deleteCallback(_ id: UUID) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM callback_deliveries WHERE id = ?", arguments: [id.uuidString.lowercased()])
+            return db.changesCount > 0
         }
     }
 }

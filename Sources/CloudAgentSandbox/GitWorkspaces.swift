@@ -91,44 +91,39 @@ public struct GitWorkspaces: Sendable {
 
     /// prepare: the branch must exist; the work branch is new.
     private func checkOut(_ request: WorkspaceRequest) async throws(SetupFailure) {
-        let workspace = layout.workspace(request.sessionId)
-        let work = request.workBranch
-        guard let repo = request.repo else {
-            try await git(["init", "--quiet", "--initial-branch=\(work)", workspace.path], label: "git init", request)
-            return
-        }
+        guard let repo = request.repo else { return try await initRepository(request) }
         try await clone(repo, request)
-        let base = try await baseBranch(repo, request)
+        try await checkOut(base: try await baseBranch(repo, request), work: request.workBranch, request)
+    }
+
+    /// restore without a workspace: the pushed work branch if origin has it, else a new one from
+    /// the named branch (while it exists) or the default branch.
+    private func checkOutForRestore(_ request: WorkspaceRequest) async throws(SetupFailure) {
+        guard var repo = request.repo else { return try await initRepository(request) }
+        try await clone(repo, request)
+        let work = request.workBranch
+        if await remoteBranchExists(work, request) {
+            return try await checkOut(base: work, work: work, request)
+        }
+        if let branch = repo.branch, await !remoteBranchExists(branch, request) {
+            repo.branch = nil
+        }
+        try await checkOut(base: try await baseBranch(repo, request), work: work, request)
+    }
+
+    private func initRepository(_ request: WorkspaceRequest) async throws(SetupFailure) {
+        let workspace = layout.workspace(request.sessionId)
+        try await git(["init", "--quiet", "--initial-branch=\(request.workBranch)", workspace.path], label: "git init", request)
+    }
+
+    /// Checks out `base` tracking origin's, then creates `work` from it when it is another branch.
+    private func checkOut(base: String?, work: String, _ request: WorkspaceRequest) async throws(SetupFailure) {
+        let workspace = layout.workspace(request.sessionId)
         if let base {
             try await git(["checkout", "-B", base, "--track", "refs/remotes/origin/\(base)", "--"], in: workspace, label: "git checkout \(base)", request)
         }
         if work != base {
             // --no-track: the work branch is pushed under its own name, not into the base.
-            try await git(["checkout", "-B", work, "--no-track"], in: workspace, label: "git checkout -b \(work)", request)
-        }
-    }
-
-    /// restore without a workspace: the pushed work branch if origin has it, else a new one.
-    private func checkOutForRestore(_ request: WorkspaceRequest) async throws(SetupFailure) {
-        let workspace = layout.workspace(request.sessionId)
-        let work = request.workBranch
-        guard let repo = request.repo else {
-            try await git(["init", "--quiet", "--initial-branch=\(work)", workspace.path], label: "git init", request)
-            return
-        }
-        try await clone(repo, request)
-        if await remoteBranchExists(work, request) {
-            try await git(["checkout", "-B", work, "--track", "refs/remotes/origin/\(work)", "--"], in: workspace, label: "git checkout \(work)", request)
-            return
-        }
-        var base = try await baseBranch(RepoSource(url: repo.url, branch: nil, token: repo.token), request)
-        if let branch = repo.branch, await remoteBranchExists(branch, request) {
-            base = branch
-        }
-        if let base {
-            try await git(["checkout", "-B", base, "--track", "refs/remotes/origin/\(base)", "--"], in: workspace, label: "git checkout \(base)", request)
-        }
-        if work != base {
             try await git(["checkout", "-B", work, "--no-track"], in: workspace, label: "git checkout -b \(work)", request)
         }
     }

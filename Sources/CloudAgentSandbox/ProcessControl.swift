@@ -54,13 +54,13 @@ public enum ProcessControl {
         return stat.isRunning && stat.startTime == process.startTime
     }
 
-    /// Reaps `pid` if it is an exited child of this process: its exit code (128 + N when killed
-    /// by signal N), or nil while it runs (or when it is not our child).
+    /// Reaps `pid` if it is an exited child of this process: its raw wait status (decode it with
+    /// `exitCode(fromWaitStatus:)`), or nil while it runs (or when it is not our child).
     public static func reapIfExited(_ pid: Int32) -> Int32? {
         var status: Int32 = 0
         let result = waitpid(pid, &status, WNOHANG)
         guard result == pid else { return nil }
-        return exitCode(fromWaitStatus: status)
+        return status
     }
 
     /// Sends `signal` to every process of the group (errors, such as an empty group, ignored).
@@ -71,7 +71,9 @@ public enum ProcessControl {
 
     /// SIGTERM to the group; up to `graceMs` for it to be gone (reaping our own exited children
     /// meanwhile); then SIGKILL and up to 2 s more. True when no process of the group remains
-    /// (zombies waiting for another parent do not count: they run nothing).
+    /// (zombies waiting for another parent do not count: they run nothing). For a process
+    /// started before a control-plane restart, check `isAlive` first: a group id is only
+    /// reused once its group is gone.
     public static func terminateGroup(_ pgid: Int32, graceMs: Int64) async -> Bool {
         guard pgid > 1 else { return false }
         signalGroup(pgid, SIGTERM)
@@ -96,7 +98,9 @@ public enum ProcessControl {
             reapChildren(ofGroup: pgid)
             if !groupHasLiveMembers(pgid) { return true }
             if clock.now >= deadline { return false }
-            try? await Task.sleep(for: .milliseconds(20))
+            // Not cancelled with the caller: a stop must finish even while the control plane
+            // shuts down (and a cancelled sleep would make this loop spin).
+            await Task.detached { try? await Task.sleep(for: .milliseconds(20)) }.value
         }
     }
 
@@ -105,7 +109,8 @@ public enum ProcessControl {
         while waitpid(-pgid, &status, WNOHANG) > 0 {}
     }
 
-    static func exitCode(fromWaitStatus status: Int32) -> Int32 {
+    /// A wait status as a shell shows it: the exit code, or 128 + N when killed by signal N.
+    public static func exitCode(fromWaitStatus status: Int32) -> Int32 {
         let signal = status & 0x7f
         return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }

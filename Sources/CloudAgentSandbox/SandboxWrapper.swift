@@ -130,7 +130,7 @@ public struct SandboxWrapper: Sendable {
         let deadline = ContinuousClock.now.advanced(by: .seconds(10))
         var exitCode: Int32?
         while exitCode == nil, ContinuousClock.now < deadline {
-            exitCode = ProcessControl.reapIfExited(pid)
+            exitCode = ProcessControl.reapIfExited(pid).map(ProcessControl.exitCode(fromWaitStatus:))
             if exitCode == nil { usleep(10_000) }
         }
         if exitCode == nil {

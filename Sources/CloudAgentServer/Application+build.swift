@@ -18,9 +18,11 @@ public struct ControlPlane: Sendable {
     public let scheduler: WakeUpScheduler
     public let supervisor: RuntimeSupervisor
     public let heartbeats: HeartbeatBatcher
+    public let callbacks: CallbackDispatcher
     public let metrics: ServerMetrics
     /// The bearer token of user `local`.
     public let localToken: String
+    public let tickets: StreamTickets
     public let logger: Logger
 
     /// Opens the data directory (creating the secret key and token files on first use) and the store.
@@ -32,6 +34,10 @@ public struct ControlPlane: Sendable {
         let store = try StoreFactory.open(configuration)
         let secretBox = try SecretBox(base64Key: configuration.secretKey ?? data.secretKey())
         let localToken = try configuration.apiToken ?? data.apiToken()
+        let tickets = StreamTickets(
+            key: try await store.settingSavingIfAbsent("stream-ticket-key", value: BearerToken.generate(prefix: "")),
+            lifetimeMs: configuration.streamTicketLifetimeMs
+        )
         let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger)
         let layout = WorkspaceLayout(dataDirectory: data.root)
         let sandbox = try SandboxWrapper.resolve(configuration.sandbox.rawValue, dataDirectory: data.root)
@@ -47,11 +53,16 @@ public struct ControlPlane: Sendable {
             workspaces: GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger), supervisor: supervisor,
             heartbeats: heartbeats, maxRuntimes: configuration.maxRuntimes
         )
+        let callbacks = CallbackDispatcher(
+            sessions: sessions,
+            policy: CallbackRetryPolicy(maxAttempts: configuration.callbackMaxAttempts, baseDelayMs: configuration.callbackRetryBaseMs),
+            logger: logger
+        )
         await scheduler.setEvaluator { [sessions] id in await sessions.evaluate(id) }
         await supervisor.setExitHandler { [sessions] id, process, detail in await sessions.runtimeExited(id, process: process, detail: detail) }
         return ControlPlane(
             configuration: configuration, store: store, sessions: sessions, scheduler: scheduler, supervisor: supervisor,
-            heartbeats: heartbeats, metrics: metrics, localToken: localToken, logger: logger
+            heartbeats: heartbeats, callbacks: callbacks, metrics: metrics, localToken: localToken, tickets: tickets, logger: logger
         )
     }
 
@@ -80,7 +91,10 @@ public struct ControlPlane: Sendable {
             }
             return Response(status: .ok, headers: [.contentType: "application/yaml"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
         }
-        let v1 = router.group("v1").add(middleware: BearerAuthentication(authority: TokenAuthority(store: store, localToken: localToken)))
+        let authority = TokenAuthority(store: store, localToken: localToken)
+        StreamEndpoint(service: sessions, authority: authority, tickets: tickets, bufferSize: configuration.streamBufferEvents)
+            .register(on: router)
+        let v1 = router.group("v1").add(middleware: BearerAuthentication(authority: authority))
         SessionRoutes(service: sessions).register(on: v1)
         ExecutionRoutes(service: sessions).register(on: v1)
         RuntimeEndpoint(service: sessions).register(on: router)
@@ -88,15 +102,15 @@ public struct ControlPlane: Sendable {
     }
 
     /// The HTTP application with the control plane's services: the wake-up scheduler, the
-    /// runtime supervisor and the heartbeat writer. Once it listens, runtimes that outlived the
-    /// last control plane are recovered (they reconnect on their own).
+    /// runtime supervisor, the heartbeat writer and the callback dispatcher. Once it listens,
+    /// runtimes that outlived the last control plane are recovered (they reconnect on their own).
     public func buildApplication(onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
         let router = buildRouter()
         return Application(
             router: router,
             server: .http1WebSocketUpgrade(webSocketRouter: router),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloud-agent"),
-            services: [scheduler, supervisor, heartbeats],
+            services: [scheduler, supervisor, heartbeats, callbacks],
             onServerRunning: { [supervisor, sessions] channel in
                 let port = channel.localAddress?.port ?? 0
                 sessions.markListening()

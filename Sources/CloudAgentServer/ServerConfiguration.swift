@@ -26,6 +26,14 @@ public struct ServerConfiguration: Sendable {
     public var agentsFile: String?
     /// The `cloud-agent-runtime` executable; nil means the one beside this executable.
     public var runtimeExecutable: URL?
+    /// Attempts to deliver a completion callback, the first included.
+    public var callbackMaxAttempts = 6
+    /// The wait before a callback's first retry; each later wait doubles (up to 5 minutes).
+    public var callbackRetryBaseMs: Int64 = 2000
+    /// Events a stream subscriber may fall behind by before it is closed (resume with fromId).
+    public var streamBufferEvents = 1024
+    /// How long a stream ticket is valid.
+    public var streamTicketLifetimeMs: Int64 = 60_000
 
     public init(
         host: String = "127.0.0.1", port: Int = 8787, dataDirectory: URL = URL(fileURLWithPath: ".cloud-agent"),
@@ -77,6 +85,8 @@ public struct ServerConfiguration: Sendable {
         "secretKey": .init(flag: "", environment: "CLOUD_AGENT_SECRET_KEY"),
         "logLevel": .init(flag: "--log-level", environment: "CLOUD_AGENT_LOG_LEVEL"),
         "agentsFile": .init(flag: "--agents-file", environment: "CLOUD_AGENT_AGENTS_FILE"),
+        "callbackAttempts": .init(flag: "--callback-attempts", environment: "CLOUD_AGENT_CALLBACK_ATTEMPTS"),
+        "callbackRetryBase": .init(flag: "--callback-retry-base", environment: "CLOUD_AGENT_CALLBACK_RETRY_BASE"),
     ]
 
     /// Resolves every setting: `flags` (by the keys of `settings`) win over `environment`.
@@ -133,6 +143,11 @@ public struct ServerConfiguration: Sendable {
             configuration.logLevel = level
         }
         if let (text, _) = value("agentsFile") { configuration.agentsFile = text }
+        if let (text, name) = value("callbackAttempts") {
+            guard let count = Int(text), (1...100).contains(count) else { throw Invalid(setting: name, message: "\"\(text)\" is not a whole number from 1 to 100") }
+            configuration.callbackMaxAttempts = count
+        }
+        try duration("callbackRetryBase", into: &configuration.callbackRetryBaseMs)
         if configuration.timing.staleThresholdMs <= configuration.timing.heartbeatIntervalMs {
             // Blame the setting the user gave: the threshold if they set it, else the interval.
             let culprit = value("staleThreshold")?.name ?? value("heartbeatInterval")?.name ?? settings["staleThreshold"]!.environment

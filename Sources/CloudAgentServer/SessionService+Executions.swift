@@ -113,6 +113,7 @@ extension SessionService {
                 sessionId: id, session: updated, executions: [execution],
                 events: [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])]
             ))
+            await self.enqueueCallback(for: execution, session: updated)
             self.metrics.executionEnded(.interrupted)
             return activeId
         }

@@ -58,6 +58,7 @@ extension SessionService {
                 sessionId: id, session: session, executions: [execution],
                 events: [NewEvent(executionId: executionId, type: EventType.executionFailed, at: now, data: ["error": .string(error)])]
             ))
+            await enqueueCallback(for: execution, session: session)
             metrics.executionEnded(.failed)
             logger.warning("execution failed by the liveness rule", metadata: ["sessionId": "\(id)", "executionId": "\(executionId)", "error": "\(error)"])
         case .reportStuck(let executionId, let silenceMs):

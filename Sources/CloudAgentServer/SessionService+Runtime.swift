@@ -192,6 +192,7 @@ extension SessionService {
         session.updatedAt = now
         events.append(NewEvent(type: EventType.runtimeStopped, at: now, data: Self.stopEventData(reason)))
         try await commit(SessionChange(sessionId: session.id, session: session, executions: executions, events: events))
+        if let execution = executions.first { await enqueueCallback(for: execution, session: session) }
         await supervisor.unwatch(session: session.id)
         metrics.runtimeStopped(reason.rule)
         logger.info("runtime stopped", metadata: [
@@ -358,6 +359,7 @@ extension SessionService {
             if ended {
                 connection.activeExecution = nil
                 if let execution = executions.first {
+                    await self.enqueueCallback(for: execution, session: session)
                     self.metrics.executionEnded(execution.status)
                     self.logger.info("execution ended", metadata: [
                         "sessionId": "\(id)", "executionId": "\(execution.id)", "status": "\(execution.status.rawValue)",

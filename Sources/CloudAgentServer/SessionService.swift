@@ -26,6 +26,7 @@ public final class SessionService: Sendable {
     let maxRuntimes: Int
     let capacity = Capacity()
     public let hub = EventHub()
+    let callbackWakeUps = WakeSignal()
     private let startedListeningAt: Mutex<Date>
 
     public init(

@@ -156,9 +156,9 @@ struct ScriptedAgentTests {
     }
 
     @Test func badArgumentsAreErrorsAndTheScriptGoesOn() async throws {
-        let run = try await runAgent("sleep x\ntick 2\nexit nine\nsay after\n")
+        let run = try await runAgent("sleep x\ntick 2\nexit nine\nsay after\nsleep -1\nsleep 1e300\nsleep nan\nexit 256\n")
         #expect(run.exitStatus == 0)
-        #expect(run.events.map { $0["type"] as? String } == ["error", "error", "error", "text"])
+        #expect(run.events.map { $0["type"] as? String } == ["error", "error", "error", "text", "error", "error", "error", "error"])
         #expect((run.events[0]["message"] as? String)?.hasPrefix("sleep:") == true)
         #expect((run.events[1]["message"] as? String)?.hasPrefix("tick:") == true)
         #expect((run.events[2]["message"] as? String)?.hasPrefix("exit:") == true)

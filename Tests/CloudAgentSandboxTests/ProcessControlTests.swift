@@ -17,6 +17,11 @@ struct ProcessControlTests {
         )
     }
 
+    /// Reaps the process if it exited: its exit code as a shell shows it.
+    private func exitCode(_ process: SpawnedProcess) -> Int32? {
+        ProcessControl.reapIfExited(process.pid).map(ProcessControl.exitCode(fromWaitStatus:))
+    }
+
     /// Live processes of the group, zombies excluded.
     private func members(_ pgid: Int32) -> [ProcStat] {
         (ProcStat.all() ?? []).filter { $0.processGroup == pgid && $0.isRunning }
@@ -29,7 +34,7 @@ struct ProcessControlTests {
         try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
         try Data("earlier\n".utf8).write(to: log)
         let process = try spawn(
-            #"read secret; echo "stdout $secret"; echo "stderr $(pwd)" >&2; exec sleep 300"#,
+            #"read secret; echo "stdout $secret"; echo "stderr $(pwd)" >&2; exec sleep 120"#,
             in: directory, stdin: "the-secret\n"
         )
         #expect(getpgid(process.pid) == process.pid)
@@ -49,7 +54,7 @@ struct ProcessControlTests {
         let process = try ProcessControl.spawnDetached(
             argv: ["env"], environment: given, workingDirectory: directory.url, stdin: nil, logFile: directory.path("env.log")
         )
-        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 0 })
+        #expect(await eventually { exitCode(process) == 0 })
         let lines = contents(directory.path("env.log")).split(separator: "\n").map(String.init)
         #expect(lines.sorted() == ["ONE=1", "PATH=/usr/bin:/bin", "TWO=two words"])
     }
@@ -58,7 +63,7 @@ struct ProcessControlTests {
     func emptyStdin() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn("cat; echo done", in: directory)
-        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 0 })
+        #expect(await eventually { exitCode(process) == 0 })
         #expect(contents(directory.path("logs", "out.log")) == "done\n")
     }
 
@@ -68,7 +73,7 @@ struct ProcessControlTests {
         let leaked = open("/dev/null", O_RDONLY)  // deliberately without O_CLOEXEC
         defer { close(leaked) }
         let process = try spawn("ls /proc/self/fd", in: directory)
-        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 0 })
+        #expect(await eventually { exitCode(process) == 0 })
         // 0, 1, 2 and the descriptor ls itself opens to read the directory.
         let descriptors = contents(directory.path("logs", "out.log")).split(separator: "\n").compactMap { Int32($0) }
         #expect(!descriptors.contains(leaked))
@@ -93,7 +98,7 @@ struct ProcessControlTests {
     @Test("terminateGroup takes down the grandchildren too")
     func terminateGrandchildren() async throws {
         let directory = try TemporaryDirectory()
-        let process = try spawn("sleep 300 & sleep 300", in: directory)
+        let process = try spawn("sleep 120 & sleep 120", in: directory)
         #expect(await eventually { members(process.pid).count >= 3 })
         let sleepers = members(process.pid).map(\.pid).filter { $0 != process.pid }
         #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
@@ -107,7 +112,7 @@ struct ProcessControlTests {
     @Test("a group that ignores SIGTERM is killed once the grace has passed")
     func sigkillAfterGrace() async throws {
         let directory = try TemporaryDirectory()
-        let process = try spawn(#"trap "" TERM; echo ready; while :; do sleep 1; done"#, in: directory)
+        let process = try spawn(#"trap "" TERM; echo ready; for i in $(seq 120); do sleep 1; done"#, in: directory)
         #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
         let started = ContinuousClock.now
         #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 400))
@@ -119,7 +124,7 @@ struct ProcessControlTests {
     @Test("SIGTERM reaches a handler the process installed, which may finish within the grace")
     func gracefulShutdown() async throws {
         let directory = try TemporaryDirectory()
-        let process = try spawn(#"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; while :; do sleep 0.1; done"#, in: directory)
+        let process = try spawn(#"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; for i in $(seq 1200); do sleep 0.1; done"#, in: directory)
         #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
         #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 10_000))
         #expect(contents(directory.path("logs", "out.log")).hasSuffix("finished\n"))
@@ -145,7 +150,7 @@ struct ProcessControlTests {
         // until reaped.
         #expect(await eventually { ProcStat.read(process.pid)?.state == "Z" })
         #expect(!ProcessControl.isAlive(process))
-        #expect(ProcessControl.reapIfExited(process.pid) == 5)
+        #expect(exitCode(process) == 5)
         #expect(ProcessControl.reapIfExited(process.pid) == nil)
         #expect(!ProcessControl.isAlive(process))
     }
@@ -153,11 +158,11 @@ struct ProcessControlTests {
     @Test("isAlive is true for the running process with its own start time")
     func isAliveRunning() async throws {
         let directory = try TemporaryDirectory()
-        let process = try spawn("exec sleep 300", in: directory)
+        let process = try spawn("exec sleep 120", in: directory)
         #expect(ProcessControl.isAlive(process))
         #expect(ProcessControl.reapIfExited(process.pid) == nil)
         ProcessControl.signalGroup(process.pid, SIGKILL)
-        #expect(await eventually { ProcessControl.reapIfExited(process.pid) == 128 + SIGKILL })
+        #expect(await eventually { exitCode(process) == 128 + SIGKILL })
         #expect(!ProcessControl.isAlive(process))
     }
 
@@ -175,5 +180,16 @@ struct ProcessControlTests {
         #expect(stat?.state == "S")
         #expect(stat?.processGroup == 4240)
         #expect(stat?.startTime == 777_123)
+    }
+}
+
+@Suite("Wait statuses")
+struct WaitStatusTests {
+    @Test("an exit code, or 128 + the signal that killed it")
+    func decoding() {
+        #expect(ProcessControl.exitCode(fromWaitStatus: 0) == 0)
+        #expect(ProcessControl.exitCode(fromWaitStatus: 3 << 8) == 3)
+        #expect(ProcessControl.exitCode(fromWaitStatus: SIGKILL) == 137)
+        #expect(ProcessControl.exitCode(fromWaitStatus: SIGTERM | 0x80) == 143)  // with a core dump flag
     }
 }

@@ -157,7 +157,7 @@ struct BubblewrapTests {
         let sessions = try Sessions()
         let log = sessions.layout.runtimeLog(sessions.own)
         let argv = sessions.sandbox.wrap(
-            ["/bin/sh", "-c", "read secret; echo \"got $secret\"; sleep 300 & sleep 300"],
+            ["/bin/sh", "-c", "read secret; echo \"got $secret\"; sleep 120 & sleep 120"],
             workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
         )
         let process = try ProcessControl.spawnDetached(
@@ -176,7 +176,7 @@ struct BubblewrapTests {
         let sessions = try Sessions()
         let log = sessions.layout.runtimeLog(sessions.own)
         let argv = sessions.sandbox.wrap(
-            ["/bin/sh", "-c", #"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; while :; do sleep 0.1; done"#],
+            ["/bin/sh", "-c", #"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; for i in $(seq 1200); do sleep 0.1; done"#],
             workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
         )
         let process = try ProcessControl.spawnDetached(

@@ -91,6 +91,9 @@ struct TestServer {
     var maxRuntimes = 32
     var sandbox: SandboxMode = .none
     var runtimeExecutable = TestServer.buildProducts.appendingPathComponent("cloud-agent-runtime")
+    var streamBufferEvents = 1024
+    var streamTicketLifetimeMs: Int64 = 60_000
+    var callbackRetryBaseMs: Int64 = 2000
     let logs = LogCapture()
 
     init(directory: TemporaryDirectory? = nil, timing: Timing = Timing()) throws {
@@ -111,6 +114,9 @@ struct TestServer {
             apiToken: Self.localToken, timing: timing, maxRuntimes: maxRuntimes, sandbox: sandbox, secretKey: nil, logLevel: .trace
         )
         configuration.runtimeExecutable = runtimeExecutable
+        configuration.streamBufferEvents = streamBufferEvents
+        configuration.streamTicketLifetimeMs = streamTicketLifetimeMs
+        configuration.callbackRetryBaseMs = callbackRetryBaseMs
         return configuration
     }
 

@@ -215,6 +215,8 @@ struct ServeProcessTests {
         // Bob's token, stored hashed in the database, survives the restart too.
         #expect(try await again.request("GET", "v1/sessions", token: bobToken).status == 200)
         #expect(try await again.request("GET", "v1/sessions/\(sessionId)", token: bobToken).status == 404)
+        // Runtimes outlive their control plane by design: deleting the session takes its runtime down.
+        #expect(try await again.request("DELETE", "v1/sessions/\(sessionId)", token: restarted.token).status == 204)
 
         second.signal(SIGTERM)
         try await second.waitForExit(within: 15)

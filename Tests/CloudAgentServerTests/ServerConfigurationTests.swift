@@ -39,6 +39,8 @@ struct ValidSetting: Sendable, CustomTestStringConvertible {
         .init(key: "secretKey", text: validSecretKey) { $0.secretKey == validSecretKey },
         .init(key: "logLevel", text: "debug") { $0.logLevel == .debug },
         .init(key: "agentsFile", text: "/tmp/agents.json") { $0.agentsFile == "/tmp/agents.json" },
+        .init(key: "callbackAttempts", text: "9") { $0.callbackMaxAttempts == 9 },
+        .init(key: "callbackRetryBase", text: "500ms") { $0.callbackRetryBaseMs == 500 },
     ]
 }
 
@@ -71,6 +73,8 @@ struct FlagOverEnvironment: Sendable, CustomTestStringConvertible {
         .init(key: "sandbox", flagText: "bwrap", environmentText: "none") { $0.sandbox == .bwrap },
         .init(key: "logLevel", flagText: "critical", environmentText: "trace") { $0.logLevel == .critical },
         .init(key: "agentsFile", flagText: "/tmp/flag.json", environmentText: "/tmp/env.json") { $0.agentsFile == "/tmp/flag.json" },
+        .init(key: "callbackAttempts", flagText: "3", environmentText: "9") { $0.callbackMaxAttempts == 3 },
+        .init(key: "callbackRetryBase", flagText: "10s", environmentText: "500ms") { $0.callbackRetryBaseMs == 10_000 },
     ]
 }
 
@@ -83,7 +87,7 @@ struct BadSetting: Sendable, CustomTestStringConvertible {
 
     static let durationKeys = [
         "idleTimeout", "heartbeatInterval", "staleThreshold", "pendingTimeout", "stopGrace", "stuckAfter", "sessionTTL",
-        "eventRetention",
+        "eventRetention", "callbackRetryBase",
     ]
 
     /// Refused whether given as a flag or as an environment variable.
@@ -91,6 +95,7 @@ struct BadSetting: Sendable, CustomTestStringConvertible {
         durationKeys.flatMap { key in ["10", "0s", "abc", "1.5s", "-5s", "5 minutes"].map { BadSetting(key: key, text: $0) } } + [
             .init(key: "port", text: "70000"), .init(key: "port", text: "x"), .init(key: "port", text: "-1"),
             .init(key: "maxRuntimes", text: "0"), .init(key: "maxRuntimes", text: "-3"), .init(key: "maxRuntimes", text: "many"),
+            .init(key: "callbackAttempts", text: "0"), .init(key: "callbackAttempts", text: "101"), .init(key: "callbackAttempts", text: "x"),
             .init(key: "sandbox", text: "docker"),
             .init(key: "logLevel", text: "loud"),
             .init(key: "databaseURL", text: "mysql://x"), .init(key: "databaseURL", text: "/just/a/path"),
@@ -122,6 +127,8 @@ struct ServerConfigurationTests {
         #expect(configuration.secretKey == nil)
         #expect(configuration.logLevel == .info)
         #expect(configuration.agentsFile == nil)
+        #expect(configuration.callbackMaxAttempts == 6)
+        #expect(configuration.callbackRetryBaseMs == 2000)
     }
 
     @Test("every setting of the table has its flag and its CLOUD_AGENT_* variable")
@@ -132,12 +139,12 @@ struct ServerConfigurationTests {
             "CLOUD_AGENT_IDLE_TIMEOUT", "CLOUD_AGENT_HEARTBEAT_INTERVAL", "CLOUD_AGENT_STALE_THRESHOLD", "CLOUD_AGENT_PENDING_TIMEOUT",
             "CLOUD_AGENT_STOP_GRACE", "CLOUD_AGENT_STUCK_AFTER", "CLOUD_AGENT_MAX_RUNTIMES", "CLOUD_AGENT_SESSION_TTL",
             "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
-            "CLOUD_AGENT_AGENTS_FILE",
+            "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE",
         ])
         #expect(Set(names.map(\.flag)) == [
             "--host", "--port", "--data-dir", "--database-url", "--api-token", "--idle-timeout", "--heartbeat-interval",
             "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
-            "--event-retention", "--sandbox", "--log-level", "--agents-file",
+            "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base",
             "",  // CLOUD_AGENT_SECRET_KEY is env only
         ])
     }
