@@ -151,7 +151,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CloudAgentSandboxTests",
-            dependencies: ["CloudAgentSandbox", "CloudAgentCore"],
+            dependencies: ["CloudAgentSandbox", "CloudAgentCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -381,6 +381,7 @@ struct Demo: Sendable {
 }
 
 /// Runs `body`, failing when it takes longer than `seconds`.
+@discardableResult
 func withDeadline<T: Sendable>(seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }

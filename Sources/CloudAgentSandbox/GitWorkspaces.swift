@@ -187,7 +187,7 @@ public struct GitWorkspaces: Sendable {
         return outcome.output.text(redacting: []).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    private func runGit(_ arguments: [String], in directory: URL?, sandboxed: Bool, _ request: WorkspaceRequest) async -> CommandOutcome {
+    func runGit(_ arguments: [String], in directory: URL?, sandboxed: Bool, _ request: WorkspaceRequest) async -> CommandOutcome {
         var argv = ["git", "-c", "core.askPass="]
         var environment = Self.gitEnvironment()
         if let token = request.repo?.token, !token.isEmpty {

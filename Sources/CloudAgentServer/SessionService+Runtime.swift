@@ -359,6 +359,7 @@ extension SessionService {
             if ended {
                 connection.activeExecution = nil
                 if let execution = executions.first {
+                    await self.autoCommitIfAsked(after: execution, session: session)
                     await self.enqueueCallback(for: execution, session: session)
                     self.metrics.executionEnded(execution.status)
                     self.logger.info("execution ended", metadata: [
