@@ -91,10 +91,7 @@ public final class SessionService: Sendable {
             try await workspaces.prepare(workspaceRequest(id: id, spec: spec, workBranch: workBranch))
         } catch let failure as SetupFailure {
             logger.info("session setup failed", metadata: ["sessionId": "\(id)", "command": "\(failure.command)", "exitCode": "\(failure.exitCode)"])
-            throw APIError(
-                .unprocessableContent, code: "SETUP_FAILED", "setup failed: \(failure.command) exited with \(failure.exitCode)",
-                details: ["command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail)]
-            )
+            throw Self.setupFailed(failure)
         }
         let now = clock.now()
         var session = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
@@ -125,20 +122,65 @@ public final class SessionService: Sendable {
     /// Changes a session. Before initiate any field; after it only `idleTimeoutMs`, which moves
     /// the idle deadline at once.
     public func patch(_ id: SessionID, owner: Owner, input: SessionInput) async throws -> SessionRecord {
+        let current = try await session(id, owner: owner)
+        if current.initiatedAt != nil, !input.changesOnlyIdleTimeout {
+            throw APIError.invalidState("session \(id) was initiated: only idleTimeoutMs may change now")
+        }
+        var spec = current.spec
+        try apply(input, to: &spec)
+        // What the runtime was started with (its environment, its workspace) needs a new start.
+        let newWorkspace = input.repo != .unchanged || input.setupCommands != .unchanged
+        let newRuntime = newWorkspace || input.envVars != .unchanged || input.secrets != .unchanged || input.agent != .unchanged
+        if newRuntime {
+            try await reprepare(id, spec: spec, newWorkspace: newWorkspace)
+        }
         let updated = try await locks.withLock(id) {
             var session = try await self.session(id, owner: owner)
-            if session.initiatedAt != nil, !input.changesOnlyIdleTimeout {
-                throw APIError.invalidState("session \(id) was initiated: only idleTimeoutMs may change now")
-            }
             try self.apply(input, to: &session.spec)
             if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
             session.updatedAt = self.clock.now()
+            if newRuntime, session.runtime.state == .stopped { try session.runtime.requestStart(at: session.updatedAt) }
             try await self.commit(SessionChange(sessionId: id, session: session))
+            if newRuntime { return try await self.launchRuntime(id, restoreWorkspace: false) ?? session }
             return session
         }
-        logger.info("session changed", metadata: ["sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))"])
+        if newRuntime { await capacity.release(id) }
+        logger.info("session changed", metadata: [
+            "sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))", "restarted": "\(newRuntime)",
+        ])
         await scheduler.poke(id)
         return updated
+    }
+
+    /// Before a prepared session's repo, setup commands or environment change: its runtime is
+    /// stopped (rule `operator`), and for a new repo or setup commands its workspace is prepared
+    /// anew (a failure is 422 and leaves the session as it was; its workspace is then restored
+    /// from the old settings at the next start). Holds a runtime slot for the new start.
+    private func reprepare(_ id: SessionID, spec: SessionSpec, newWorkspace: Bool) async throws {
+        await stopRuntime(id, reason: StopReason(rule: .operator, at: clock.now(), detail: "session changed before initiate"))
+        try await admitRuntime(for: id)
+        guard newWorkspace else { return }
+        layout.remove(id)
+        do {
+            try await workspaces.prepare(workspaceRequest(id: id, spec: spec, workBranch: spec.repo?.branch ?? "session/\(id.rawValue)"))
+        } catch let failure as SetupFailure {
+            await capacity.release(id)
+            _ = try? await locks.withLock(id) {
+                if var session = try await self.store.session(id), session.runtime.state == .stopped {
+                    try session.runtime.requestStart(at: self.clock.now())
+                    try await self.commit(SessionChange(sessionId: id, session: session))
+                }
+            }
+            launchInBackground(id)
+            throw Self.setupFailed(failure)
+        }
+    }
+
+    static func setupFailed(_ failure: SetupFailure) -> APIError {
+        APIError(
+            .unprocessableContent, code: "SETUP_FAILED", "setup failed: \(failure.command) exited with \(failure.exitCode)",
+            details: ["command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail)]
+        )
     }
 
     /// Deletes a session: its runtime is stopped (rule `deleted`), its workspace and data removed.

@@ -312,3 +312,37 @@ struct LivenessScenarioTests {
         }
     }
 }
+
+@Suite("Changing a prepared session")
+struct PatchPreparedSessionTests {
+    @Test("a new repo, setup commands or env vars re-prepare the workspace and restart the runtime; a failing setup is 422 and changes nothing")
+    func patchReprepares() async throws {
+        let server = try TestServer(timing: Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1000))
+        let first = try makeGitRepository(in: server.directory, name: "first")
+        let second = try makeGitRepository(in: server.directory, name: "second")
+        try "second repo\n".write(to: second.appendingPathComponent("marker.txt"), atomically: true, encoding: .utf8)
+        try shell("git add marker.txt && git -c user.name=t -c user.email=t@e commit -q -m marker", in: second)
+        try await server.run { api in
+            let id = try await api.createSession(["prompt": "run cat marker.txt; echo $COLOUR", "repo": ["url": .string(first.path)]])
+            try await api.waitForRuntime(id, state: "running")
+            let patched = try await api.request(.patch, "/v1/sessions/\(id)", json: [
+                "repo": ["url": .string(second.path)], "envVars": ["COLOUR": "blue"], "setupCommands": ["test -f marker.txt"],
+            ])
+            #expect(patched.status == 200, "\(patched.text)")
+            #expect(patched["repo"]?["url"] == .string(second.path))
+            let refused = try await api.request(.patch, "/v1/sessions/\(id)", json: ["setupCommands": ["exit 7"]])
+            #expect(refused.status == 422)
+            #expect(refused.errorCode == "SETUP_FAILED")
+            #expect(refused.json["error"]?["exitCode"] == 7)
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["setupCommands"] == ["test -f marker.txt"])
+            try await api.waitForRuntime(id, state: "running")
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed", within: 20)
+            let tool = try await api.events(id).last { $0.data["kind"] == "tool" }
+            #expect(tool?.data["output"]?.stringValue?.contains("second repo") == true)
+            #expect(tool?.data["output"]?.stringValue?.contains("blue") == true)
+            let stops = try await api.events(id).filter { $0.type == "runtime.stopped" }
+            #expect(stops.allSatisfy { $0.data["rule"] == "operator" })
+        }
+    }
+}
