@@ -154,8 +154,9 @@ struct StreamTests {
         var server = try TestServer(timing: Self.timing)
         server.streamBufferEvents = 8
         try await server.run { api in
-            // ~6 KB events, several MB in all: more than the kernel buffers of a closed TCP window.
-            let lines = (0..<800).map { _ in "run yes x | head -c 3000" }.joined(separator: "\n")
+            // ~6 KB events (a tool's output, twice: output and raw), 3 MB in all: more than the
+            // kernel buffers of a closed TCP window hold.
+            let lines = (0..<500).map { _ in "run yes x | head -c 3000" }.joined(separator: "\n")
             let id = try await api.createSession(["prompt": .string(lines + "\nsay done")])
             try await api.waitForRuntime(id, state: "running")
             let port = try #require(api.client.port)
@@ -172,6 +173,7 @@ struct StreamTests {
             let frames = try await stuck.readUntilCloseInBackground()
             let ids = frames.texts.compactMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }.compactMap { $0["id"]?.intValue }
             let lastSeen = ids.last ?? 0
+            print("stuck subscriber received \(ids.count) of \(total) events before its close")
             #expect(frames.closeCode == 4001)
             #expect(frames.closeReason == "slow consumer: resume with fromId=\(lastSeen)")
             #expect(ids == Array(1...lastSeen))
