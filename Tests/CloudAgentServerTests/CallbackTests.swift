@@ -187,6 +187,31 @@ struct CallbackTests {
         #expect(Set(requests.map(\.body)).count == 1)
     }
 
+    @Test("an execution the control plane ends (its runtime was killed) gets its callback too, exitCode null")
+    func controlPlaneDeclaredFailure() async throws {
+        let timing = Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1200, stopGraceMs: 1500)
+        let server = try TestServer(timing: timing)
+        let receiver = CallbackReceiver()
+        try await receiver.serve { url in
+            try await server.run { api in
+                let id = try await api.createSession(["prompt": "sleep 30", "callback": ["url": .string(url)]])
+                #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+                try await api.waitForExecution(id, status: "running")
+                let process = try #require(try await api.plane.store.session(id)?.runtime.process)
+                kill(-process.pid, SIGKILL)
+                if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
+                let execution = try await api.waitForExecution(id, status: "failed", within: 10)
+                let body = try Self.bodyObject(try await receiver.waitForRequest(1))
+                #expect(body["executionId"] == execution["executionId"])
+                #expect(body["status"] == "failed")
+                #expect(body["exitCode"] == .null)
+                #expect(body["error"] == execution["error"])
+                #expect(try await api.waitForEvent(id, type: "callback.delivered").data["attempts"] == 1)
+                #expect(receiver.received.count == 1)
+            }
+        }
+    }
+
     static func server(directory: TemporaryDirectory? = nil, retryBaseMs: Int64) throws -> TestServer {
         var server = try TestServer(directory: directory)
         server.callbackRetryBaseMs = retryBaseMs
