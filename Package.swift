@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "cloud-agent", targets: ["cloud-agent"]),
         .executable(name: "cloud-agent-runtime", targets: ["cloud-agent-runtime"]),
+        .executable(name: "cloud-agent-bench", targets: ["cloud-agent-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -29,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // Domain types, the idle and liveness rules, validation, the store protocol. No I/O.
@@ -129,6 +131,31 @@ let package = Package(
         .executableTarget(
             name: "cloud-agent",
             dependencies: ["CloudAgentCLI"],
+            swiftSettings: strict
+        ),
+        // Benchmarks against raw baselines (BENCHMARKS.md, scripts/benchmarks.sh).
+        .executableTarget(
+            name: "cloud-agent-bench",
+            dependencies: [
+                "CloudAgentCore",
+                "CloudAgentSQLite",
+                "CloudAgentServer",
+                "CloudAgentProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

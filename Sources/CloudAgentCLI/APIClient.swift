@@ -4,7 +4,17 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// The REST API over AsyncHTTPClient (its shared client, which needs no shutdown). Any answer
+/// The client's one HTTPClient, alive for the whole process (so never shut down). Unlike the
+/// shared client it does not retry a refused connection until the request's deadline: a
+/// server that is not there is reported at once.
+private let cliHTTPClient: HTTPClient = {
+    var configuration = HTTPClient.Configuration.singletonConfiguration
+    configuration.connectionPool.retryConnectionEstablishment = false
+    configuration.timeout.connect = .seconds(10)
+    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+}()
+
+/// The REST API over AsyncHTTPClient. Any answer
 /// of 400 or more becomes a `CLIFailure` carrying the API's `error.message` and code; a request
 /// that never got an answer is a connection failure.
 struct APIClient: Sendable {
@@ -54,7 +64,7 @@ struct APIClient: Sendable {
         let status: Int
         let buffer: ByteBuffer
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+            let response = try await cliHTTPClient.execute(request, timeout: timeout)
             status = Int(response.status.code)
             buffer = try await response.body.collect(upTo: Self.bodyLimit)
         } catch is CancellationError {

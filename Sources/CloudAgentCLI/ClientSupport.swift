@@ -44,8 +44,8 @@ struct CLIFailure: Error, CustomStringConvertible {
         let message = error?["message"]?.stringValue ?? (text.isEmpty ? "HTTP \(status)" : String(text.prefix(500)))
         var details: [String] = []
         for (key, value) in (error ?? [:]).sorted(by: { $0.key < $1.key }) where key != "code" && key != "message" {
-            let shown = value.stringValue ?? value.compactText
-            details.append("\(key): \(shown.trimmingCharacters(in: .whitespacesAndNewlines))")
+            let shown = (value.stringValue ?? value.compactText).trimmingCharacters(in: .whitespacesAndNewlines)
+            if !shown.isEmpty { details.append("\(key): \(shown)") }
         }
         let suffix = code.map { "\($0), HTTP \(status)" } ?? "HTTP \(status)"
         return CLIFailure(
@@ -54,7 +54,15 @@ struct CLIFailure: Error, CustomStringConvertible {
     }
 
     static func connection(_ url: String, _ error: any Error) -> CLIFailure {
-        CLIFailure(message: "cannot reach the cloud-agent server at \(url): \(error)", exitCode: ExitStatus.connection)
+        let text = "\(error)"
+        let reason = if text.contains("Connection refused") {
+            "connection refused; is `cloud-agent serve` running there? (--url, CLOUD_AGENT_URL)"
+        } else if text.lowercased().contains("timeout") || text.lowercased().contains("timed out") {
+            "timed out (\(text))"
+        } else {
+            text
+        }
+        return CLIFailure(message: "cannot reach the cloud-agent server at \(url): \(reason)", exitCode: ExitStatus.connection)
     }
 }
 

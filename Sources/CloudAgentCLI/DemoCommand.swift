@@ -7,6 +7,7 @@ import NIOHTTP1
 import Logging
 import ServiceLifecycle
 import Synchronization
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -106,6 +107,7 @@ struct Demo: Sendable {
         let app = plane.buildApplication { listening in port.withLock { $0 = listening } }
         let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
         let serverEnded = Locked(false)
+        let interrupted = Locked(false)
         let result: Result<Bool, any Error> = await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 do { try await group.run() } catch { logger.error("the demo's server failed", metadata: ["error": "\(error)"]) }
@@ -123,7 +125,17 @@ struct Demo: Sendable {
                     throw CLIFailure(message: "the demo's server did not start; see \(serverLog.path)", exitCode: ExitStatus.executionFailed)
                 }
                 let api = APIClient(baseURL: "http://127.0.0.1:\(listening)", token: plane.localToken)
-                result = .success(try await tour(api: api, root: root, sandboxUsed: plane))
+                // Ctrl-C stops the tour and still cleans up; a second one exits at once.
+                let tour = Task { try await self.tour(api: api, root: root, sandboxUsed: plane) }
+                let interrupts = Task.detached {
+                    var count = 0
+                    for await _ in await UnixSignalsSequence(trapping: .sigint) {
+                        count += 1
+                        if count == 1 { interrupted.withLock { $0 = true }; tour.cancel() } else { exit(ExitStatus.interrupted) }
+                    }
+                }
+                defer { interrupts.cancel() }
+                result = .success(try await tour.value)
             } catch {
                 result = .failure(error)
             }
@@ -138,6 +150,10 @@ struct Demo: Sendable {
         case .success(let value): passed = value
         case .failure(let error):
             c.clearStatus()
+            if interrupted.value {
+                c.error("\ndemo interrupted; its server is stopped" + (keep ? ", its files are kept in \(root.path)" : " and \(root.path) removed"))
+                throw ExitCode(ExitStatus.interrupted)
+            }
             if keep { c.error("the demo's files are kept in \(root.path) (server log: \(serverLog.path))") }
             throw error
         }
@@ -190,6 +206,7 @@ struct Demo: Sendable {
             throw CLIFailure(message: "the server's answer has no executionId", exitCode: ExitStatus.executionFailed)
         }
         let monitor = Task { await Self.monitor(api: api, session: session, idleTimeoutMs: timing.idleTimeoutMs) }
+        defer { monitor.cancel() }
         let watcher = Watcher(api: api, session: session, console: c, json: false)
         let tracker = Locked<Int64>(0)
         let end = try await withDeadline(seconds: 60, "the execution to end") {
@@ -222,6 +239,7 @@ struct Demo: Sendable {
 
         step("⑥", "Now it is idle: its runtime is stopped \(DurationText.format(milliseconds: timing.idleTimeoutMs)) after its last activity")
         let idleTicker = Task { await Self.idleCountdown(api: api, session: session, console: c) }
+        defer { idleTicker.cancel() }
         let stopped: StreamedEvent?
         do {
             stopped = try await withDeadline(seconds: 30, "the idle stop") {

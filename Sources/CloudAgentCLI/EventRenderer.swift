@@ -16,8 +16,13 @@ final class EventRenderer: Sendable {
     }
 
     func render(_ event: StreamedEvent) {
-        for line in lines(for: event) {
-            console.line(showIds ? console.paint("#\(event.id) ", .dim) + line : line)
+        let prefix = "#\(event.id) "
+        for (index, line) in lines(for: event).enumerated() {
+            guard showIds else {
+                console.line(line)
+                continue
+            }
+            console.line((index == 0 ? console.paint(prefix, .dim) : String(repeating: " ", count: prefix.count)) + line)
         }
     }
 

@@ -32,9 +32,8 @@ struct RunCommand: AsyncParsableCommand {
         commandName: "run",
         abstract: "Create a session, run its prompt, and stream the execution to its end.",
         discussion: """
-            The exit code is the execution's outcome: 0 completed, 1 failed, 130 interrupted. \
-            With --json only the events are printed, one JSON object per line. PROMPT `-` reads stdin. \
-            Ctrl-C stops following (the execution goes on). \(ExitStatus.summary)
+            With --json only the events are printed, one JSON object per line. PROMPT `-` reads \
+            stdin. Ctrl-C stops following (the execution goes on). \(ExitStatus.summary)
             """
     )
 
@@ -73,8 +72,7 @@ struct SendCommand: AsyncParsableCommand {
         abstract: "Send a follow-up prompt to a session (cold-starting its runtime if it was stopped).",
         discussion: """
             Without --wait it prints the new execution and returns. With --wait it streams the \
-            execution to its end; the exit code is then its outcome (0 completed, 1 failed, 130 \
-            interrupted). \(ExitStatus.summary)
+            execution to its end and exits with its outcome. \(ExitStatus.summary)
             """
     )
 
@@ -117,9 +115,9 @@ struct StreamCommand: AsyncParsableCommand {
         abstract: "Follow a session's events live (after replaying those after --from) until Ctrl-C.",
         discussion: """
             With --until-end it stops at the end of the session's latest execution (or of the \
-            --execution given; with none yet, of the next one) and exits with its outcome: 0 \
-            completed, 1 failed, 130 interrupted. A stream the server drops (slow consumer, \
-            restart) is resumed from the last event seen, without duplicates. \(ExitStatus.summary)
+            --execution given; with none yet, of the next one) and exits with its outcome. A \
+            stream the server drops (slow consumer, restart) is resumed from the last event seen, \
+            without duplicates. \(ExitStatus.summary)
             """
     )
 

@@ -91,7 +91,7 @@ final class LiveStatus: Sendable {
             state.frame += 1
             let spinner = Self.frames[state.frame % Self.frames.count]
             let elapsed = state.startedAt.map { humanDuration(Date().timeIntervalSince($0)) } ?? "—"
-            let quiet = humanDuration(Double(Int((now - state.lastOutput).seconds)))
+            let quiet = "\(max(1, Int((now - state.lastOutput).seconds.rounded())))s"
             var parts = [state.running ? "agent silent \(quiet)" : "waiting for the agent to start", "elapsed \(elapsed)"]
             if let beat = state.lastHeartbeat {
                 parts.append("heartbeat \(humanDuration(Date().timeIntervalSince(beat))) ago")

@@ -295,7 +295,9 @@ public enum Validate {
             throw ValidationError(field: "callback.\(unknown)", "is not a known field")
         }
         guard let url = object["url"]?.stringValue else { throw ValidationError(field: "callback.url", "is required and must be a string") }
-        guard url.count <= Limits.urlCharacters, let components = URLComponents(string: url),
+        // Control characters and spaces never belong in a URL (URLComponents lets a NUL through).
+        guard url.count <= Limits.urlCharacters, !url.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7F }),
+              let components = URLComponents(string: url),
               let scheme = components.scheme?.lowercased(), ["http", "https"].contains(scheme),
               let host = components.host, !host.isEmpty
         else { throw ValidationError(field: "callback.url", "must be an http or https URL") }

@@ -1,6 +1,11 @@
 import CloudAgentCore
 import Foundation
 import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// Prepares and restores sessions' workspaces: a git checkout on the session's work branch, a
 /// HOME of its own, and the session's setup commands run in the sandbox.
@@ -140,12 +145,39 @@ public struct GitWorkspaces: Sendable {
     }
 
     private func clone(_ repo: RepoSource, _ request: WorkspaceRequest) async throws(SetupFailure) {
+        try refuseInsideDataDirectory(repo, request)
         try await git(
             // --no-hardlinks: a local source's object files must not be shared with a workspace
             // that the agent may write to.
             ["clone", "--no-checkout", "--no-hardlinks", "--origin", "origin", "--", repo.url, layout.workspace(request.sessionId).path],
             label: "git clone \(Self.displayURL(repo.url))", request
         )
+    }
+
+    /// A local repository inside the data directory (another session's workspace or HOME) is
+    /// never cloned: that would hand one session another's files.
+    private func refuseInsideDataDirectory(_ repo: RepoSource, _ request: WorkspaceRequest) throws(SetupFailure) {
+        guard let path = Self.localPath(repo.url), let resolved = Self.realPath(path),
+              let root = Self.realPath(layout.dataDirectory.path), resolved == root || resolved.hasPrefix(root + "/")
+        else { return }
+        throw fail(request, SetupFailure(
+            command: "git clone \(Self.displayURL(repo.url))", exitCode: 128,
+            outputTail: "refused: the repository is inside the control plane's data directory"
+        ))
+    }
+
+    /// The filesystem path a local path or `file://` URL names; nil for any other URL.
+    static func localPath(_ url: String) -> String? {
+        if url.hasPrefix("/") { return url }
+        guard url.lowercased().hasPrefix("file://") else { return nil }
+        return URL(string: url)?.path ?? String(url.dropFirst("file://".count))
+    }
+
+    /// The path with every symlink and `..` resolved as the kernel would; nil when it does not exist.
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     /// The branch to check out first: `repo.branch` (which must exist), else the clone's default
@@ -233,6 +265,9 @@ public struct GitWorkspaces: Sendable {
         for name in passed { environment[name] = inherited[name] }
         environment["PATH"] = environment["PATH"] ?? sessionPath
         environment["GIT_TERMINAL_PROMPT"] = "0"
+        // Only the transports a repo url may name: no `ext::`/`fd::` or other remote helpers
+        // (`fd::3` waits on a closed descriptor until the git time limit).
+        environment["GIT_ALLOW_PROTOCOL"] = "file:git:http:https:ssh"
         // Empty: no askpass program (not even core.askPass or SSH_ASKPASS) is ever run.
         environment["GIT_ASKPASS"] = ""
         environment["GCM_INTERACTIVE"] = "never"

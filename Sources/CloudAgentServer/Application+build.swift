@@ -96,6 +96,15 @@ public struct ControlPlane: Sendable {
             .register(on: router)
         let v1 = router.group("v1").add(middleware: BearerAuthentication(authority: authority))
         SessionRoutes(service: sessions).register(on: v1)
+        // The agents sessions may name: the built-in scripted agent, run by the runtime executable.
+        v1.get("agents") { [sessions, configuration] _, _ in
+            JSONResponse.make(["agents": .array(sessions.knownAgents.sorted().map { name in
+                [
+                    "name": .string(name), "kind": .string(name), "binary": .string(configuration.resolvedRuntimeExecutable.path),
+                    "version": .null, "available": true,
+                ]
+            })])
+        }
         ExecutionRoutes(service: sessions).register(on: v1)
         RuntimeEndpoint(service: sessions).register(on: router)
         return router

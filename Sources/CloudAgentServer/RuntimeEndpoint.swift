@@ -39,6 +39,9 @@ struct RuntimeEndpoint {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await frame in frames { try await outbound.write(.text(ProtocolCoding.encode(frame))) }
+                // Cancelled when reading failed (a message over the limit, say): the WebSocket
+                // handler sends the close frame with the reason's code.
+                if Task.isCancelled { return }
                 try await outbound.close(.normalClosure, reason: nil)
             }
             var greeted = false

@@ -354,8 +354,18 @@ extension SessionService {
                 }
                 executions.append(execution)
             }
+            // The runtime ended an execution that had already ended here (failed for lack of
+            // heartbeats while the runtime was frozen, say); an execute sent meanwhile was ignored
+            // as busy, so the pending execution is sent again now that the runtime is free.
+            var resend: Execution?
+            if event.kind == RuntimeEvent.Kind.ended, let activeId = session.activeExecutionId, activeId.rawValue != event.executionId,
+               let pending = try await self.store.execution(activeId), pending.status == .pending
+            {
+                resend = pending
+            }
             try await self.commit(SessionChange(sessionId: id, session: session, executions: executions, events: events))
             connection.send(.ack(seq: event.seq))
+            if let resend { connection.send(.execute(self.executeCommand(resend, agent: session.spec.agent))) }
             if ended {
                 connection.activeExecution = nil
                 if let execution = executions.first {

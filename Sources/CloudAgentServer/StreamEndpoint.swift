@@ -23,6 +23,10 @@ struct StreamEndpoint {
     func register(on router: Router<AppRequestContext>) {
         router.ws("v1/sessions/:sessionId/stream") { request, context in
             _ = try await authorize(request, context: context)
+            // A plain GET (no WebSocket handshake) would otherwise be answered 200 with nothing.
+            guard request.headers[.secWebSocketKey] != nil else {
+                throw APIError(.badRequest, code: "INVALID_REQUEST", "this route is a WebSocket: send Connection: Upgrade, Upgrade: websocket")
+            }
             return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             guard let (session, query) = try? await authorize(context.request, context: context.requestContext) else { return }
@@ -83,6 +87,11 @@ struct StreamEndpoint {
                     lastId = event.id
                     if matches(event) { try await send(event) }
                 }
+                // Cancelled because the reader ended (the client closed, or sent a message over
+                // the limit): the WebSocket handler closes with the right code. Closing here
+                // would fail half-way and leave the connection without a close frame until the
+                // close timeout.
+                if Task.isCancelled { return }
                 if subscription.didOverflow {
                     logger.info("stream subscriber too slow; closed", metadata: ["sessionId": "\(session)", "fromId": "\(lastId)"])
                     try await outbound.close(.init(codeNumber: Self.slowConsumerCode), reason: "slow consumer: resume with fromId=\(lastId)")

@@ -81,7 +81,8 @@ struct CLIClientTests {
             defer { failed.forceStop() }
             #expect(failed.exitedNormally && failed.exitStatus == 1, "\(failed.diagnostics)")
             #expect(failed.stderr.contains("failed"), "\(failed.diagnostics)")
-            #expect(failed.stdout.contains("before") && !failed.stdout.contains("never"), "\(failed.diagnostics)")
+            let lines = failed.stdout.split(separator: "\n")
+            #expect(lines.contains("before") && !lines.contains("never"), "\(failed.diagnostics)")
 
             // Interrupted: 130.
             let long = try cli.start(["run"], ["say working\nsleep 30"])
@@ -156,6 +157,16 @@ struct CLIClientTests {
             #expect(one.exitStatus == 0 && one.stdout.contains("completed") && one.stdout.contains("say live"), "\(one.diagnostics)")
             let page = try await cli.run(["events"], [sessionId, "--json", "--limit", "3", "--from", "2"])
             #expect(jsonLines(page.stdout).compactMap { $0["id"]?.intValue } == [3, 4, 5], "\(page.diagnostics)")
+
+            // stream without --until-end follows until Ctrl-C: exit 130.
+            let follow = try cli.start(["stream"], [sessionId, "--from", String(max(0, (stored.last?.id ?? 1) - 1))])
+            defer { follow.forceStop() }
+            try await eventually(within: 20, "the stream's replay") { !follow.stdout.isEmpty || !follow.isRunning }
+            #expect(follow.isRunning, "stream stopped by itself: \(follow.diagnostics)")
+            #expect(follow.stdout.hasPrefix("#\(stored.last?.id ?? 0) "), "ids shown: \(follow.stdout)")
+            follow.signal(SIGINT)
+            try await follow.waitForExit(within: 10)
+            #expect(follow.exitStatus == 130, "\(follow.diagnostics)")
         }
     }
 
