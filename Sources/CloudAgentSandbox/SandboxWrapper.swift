@@ -78,6 +78,16 @@ public struct SandboxWrapper: Sendable {
         case .bwrap:
             let workspacePath = workspace.standardizedFileURL.path
             let homePath = home.standardizedFileURL.path
+            // The program itself may live below a hidden directory (a build under /tmp): its
+            // directory is bound back, read-only.
+            var program: [String] = []
+            if let executable = argv.first, executable.hasPrefix("/") {
+                let directory = URL(fileURLWithPath: executable).deletingLastPathComponent().standardizedFileURL.path
+                let dataPath = dataDirectory.standardizedFileURL.path
+                if directory == "/tmp" || directory.hasPrefix("/tmp/") || directory == dataPath || directory.hasPrefix(dataPath + "/") {
+                    program = ["--ro-bind", directory, directory]
+                }
+            }
             // The tmpfs mounts come before the binds: they hide the data directory (and with it
             // other sessions), then the session's own directories are bound back on top.
             return [
@@ -89,6 +99,7 @@ public struct SandboxWrapper: Sendable {
                 "--tmpfs", dataDirectory.path,
                 "--bind", workspacePath, workspacePath,
                 "--bind", homePath, homePath,
+            ] + program + [
                 "--unshare-pid",
                 "--unshare-ipc",
                 "--unshare-uts",

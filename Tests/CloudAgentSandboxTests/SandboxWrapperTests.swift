@@ -240,3 +240,22 @@ private struct LoopbackListener {
 
     func close() { _ = Glibc.close(descriptor) }
 }
+
+@Suite("bwrap arguments")
+struct SandboxWrapperArgumentTests {
+    @Test("a program below /tmp (a build in a temporary clone) is bound back read-only after /tmp is hidden")
+    func programBelowTmpIsVisible() {
+        let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: URL(fileURLWithPath: "/srv/data"))
+        let argv = wrapper.wrap(
+            ["/tmp/clone/.build/debug/cloud-agent-runtime"], workspace: URL(fileURLWithPath: "/srv/data/workspaces/w"),
+            home: URL(fileURLWithPath: "/srv/data/homes/h")
+        )
+        let tmpfs = argv.firstIndex(of: "/tmp")!
+        let bind = argv.firstIndex(of: "/tmp/clone/.build/debug")!
+        #expect(argv[bind - 1] == "--ro-bind")
+        #expect(bind > tmpfs)
+        #expect(argv.last == "/tmp/clone/.build/debug/cloud-agent-runtime")
+        let elsewhere = wrapper.wrap(["/usr/bin/true"], workspace: URL(fileURLWithPath: "/srv/data/workspaces/w"), home: URL(fileURLWithPath: "/srv/data/homes/h"))
+        #expect(!elsewhere.contains("/usr/bin"))
+    }
+}
