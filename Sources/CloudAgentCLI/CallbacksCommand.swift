@@ -20,21 +20,10 @@ struct CallbacksCommand: AsyncParsableCommand {
                 """
         )
 
-        @Option(name: .customLong("data-dir"), help: "The service's data directory (CLOUD_AGENT_DATA_DIR, default ./.cloud-agent).") var dataDir: String?
-        @Option(name: .customLong("database-url"), help: "sqlite:PATH or postgres://… (CLOUD_AGENT_DATABASE_URL).") var databaseURL: String?
+        @OptionGroup var location: StoreLocationOptions
 
         func run() async throws {
-            var flags: [String: String] = [:]
-            flags["dataDir"] = dataDir
-            flags["databaseURL"] = databaseURL
-            let configuration: ServerConfiguration
-            do {
-                configuration = try ServerConfiguration.resolve(flags: flags, environment: ProcessInfo.processInfo.environment)
-            } catch {
-                throw ValidationError(error.description)
-            }
-            _ = try DataDirectory(configuration.dataDirectory)
-            let store = try StoreFactory.open(configuration)
+            let store = try location.openStore()
             print(try await store.settingSavingIfAbsent(CallbackSignature.settingKey, value: CallbackSignature.generateKey()))
         }
     }

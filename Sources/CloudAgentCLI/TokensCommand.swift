@@ -18,8 +18,7 @@ struct TokensCommand: AsyncParsableCommand {
 
         @Option(help: "The user the token acts as.") var user: String
         @Option(help: "The user's org (sessions belong to user + org).") var org: String?
-        @Option(name: .customLong("data-dir"), help: "The service's data directory (CLOUD_AGENT_DATA_DIR, default ./.cloud-agent).") var dataDir: String?
-        @Option(name: .customLong("database-url"), help: "sqlite:PATH or postgres://… (CLOUD_AGENT_DATABASE_URL).") var databaseURL: String?
+        @OptionGroup var location: StoreLocationOptions
 
         func validate() throws {
             guard !user.isEmpty, user.count <= 200, !user.contains(where: \.isNewline) else { throw ValidationError("--user must be 1 to 200 characters") }
@@ -27,17 +26,7 @@ struct TokensCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            var flags: [String: String] = [:]
-            flags["dataDir"] = dataDir
-            flags["databaseURL"] = databaseURL
-            let configuration: ServerConfiguration
-            do {
-                configuration = try ServerConfiguration.resolve(flags: flags, environment: ProcessInfo.processInfo.environment)
-            } catch {
-                throw ValidationError(error.description)
-            }
-            _ = try DataDirectory(configuration.dataDirectory)
-            let store = try StoreFactory.open(configuration)
+            let store = try location.openStore()
             let token = BearerToken.generate()
             let owner = Owner(user: user, org: org)
             try await store.saveToken(hash: BearerToken.hash(token), owner: owner, createdAt: SystemWallClock().now())
