@@ -336,6 +336,10 @@ extension SessionService {
                         transitioned = true
                     }
                     execution.recordProgress(at: now)
+                    // An event arriving now proves the runtime alive now, as a heartbeat would. After
+                    // a control-plane restart a runtime whose execution ended meanwhile resends its
+                    // backlog and no longer heartbeats; catching up must not count as silence.
+                    try execution.recordHeartbeat(at: now)
                     events.append(NewEvent(executionId: executionId, type: event.kind == RuntimeEvent.Kind.agent ? EventType.agent : EventType.output, at: event.at, data: data))
                 case RuntimeEvent.Kind.ended:
                     let outcome = Self.outcome(of: event)
