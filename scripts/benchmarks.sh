@@ -60,7 +60,7 @@ memory="$(free -h | awk '/^Mem:/ {print $2}')"
   echo "These machines are shared and noisy: compare ratios, and absolute figures only run to run on one machine."
   echo
   echo "Machine: $(nproc) CPUs ($cpu), $memory memory, $(uname -sr), $(swift --version 2>/dev/null | head -1)."
-  echo "Run times: $(IFS=';'; echo "${timings[*]}")."
+  echo "Run times: $(printf '%s; ' "${timings[@]}" | sed 's/; $//')."
   if [ ${#failed[@]} -gt 0 ]; then echo; echo "**Failed to run:** ${failed[*]}."; fi
   echo
   echo "$table"
@@ -75,7 +75,8 @@ memory="$(free -h | awk '/^Mem:/ {print $2}')"
   echo "  batch of single-column \`UPDATE executions SET last_heartbeat\`, back to back, on the same schema."
   echo "- \`stream\`: simulated runtimes emit agent events at a set total rate while several stream subscribers per"
   echo "  session read \`/v1/sessions/{id}/stream\`; latency (HdrHistogram) runs from the moment each event was due to be"
-  echo "  sent to its arrival at a subscriber. Then each runtime sends as fast as a window of unacknowledged events allows"
+  echo "  sent to its arrival at a subscriber (a runtime keeps at most 1,000 events unacknowledged, as an outbox would)."
+  echo "  Then each runtime sends as fast as a window of 64 unacknowledged events allows"
   echo "  (peak = acknowledged events/s, every event durable and fanned out). Baseline: a raw hummingbird-websocket echo"
   echo "  server driven identically (latency = round trip, peak = echoes/s)."
   echo "- \`idle\`: (a) an in-process simulated runtime fleet (\`InProcessSimulatedRuntimeFleet\`: runtimes recorded"

@@ -14,15 +14,16 @@
 #   FUZZ_MAX_TIME        time budget of the schemathesis run, seconds (default 75)
 #   FUZZ_SEED            hypothesis seed (default: random, printed)
 #   FUZZ_PHASES          schemathesis phases (default examples,coverage,fuzzing,stateful)
-#   FUZZ_REPORT_DIR      where the JUnit report and the server's logs are kept (default: a temp dir)
+#   FUZZ_REPORT_DIR      where schemathesis's output, its JUnit report and the server's logs are
+#                        kept (default: .build/fuzz-report)
 #   FUZZ_NO_NETNS=1      do not isolate the run in a private network namespace
 #
 # Safety: the server runs setup commands, clones repos and POSTs callbacks that the fuzzer
 # invents. So (1) when `unshare -n` works (root on Linux), the server and schemathesis run in a
 # network namespace of their own that has only loopback; and (2) a hook rewrites every generated
-# repo URL host and callback URL to 127.0.0.1 port 9, makes setup commands inert (`: 'TEXT'`) and
-# turns the scripted agent's `run` lines into `say` lines. Validation still sees the fuzzed
-# shapes; nothing leaves the machine and nothing the fuzzer writes is executed.
+# repo URL host and callback URL to 127.0.0.1 port 9, makes setup commands shell comments of the
+# same length, and turns the scripted agent's `run` lines into `say` lines. Validation still sees
+# the fuzzed shapes; nothing leaves the machine and nothing the fuzzer writes is executed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,6 +49,7 @@ install_schemathesis() {
 
 # ---- phase 1 (outside any namespace): install, then re-run ourselves isolated ----
 if [ "${1:-}" != "--inside" ]; then
+  export FUZZ_SEED="$SEED"
   install_schemathesis
   [ -x "$BIN" ] || { log "no executable at $BIN (swift build first, or set CLOUD_AGENT_BIN)"; exit 2; }
   if [ "${FUZZ_NO_NETNS:-0}" != "1" ] && command -v unshare >/dev/null && command -v ip >/dev/null \
@@ -62,8 +64,8 @@ fi
 # ---- phase 2: server + schemathesis ----
 [ "${2:-}" = "netns" ] && ip link set lo up
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/cloud-agent-fuzz.XXXXXX")"
-REPORT_DIR="${FUZZ_REPORT_DIR:-$WORK/report}"
+WORK="$(cd "$(mktemp -d "${TMPDIR:-/tmp}/cloud-agent-fuzz.XXXXXX")" && pwd -P)"
+REPORT_DIR="${FUZZ_REPORT_DIR:-$ROOT/.build/fuzz-report}"
 mkdir -p "$REPORT_DIR"
 DATA="$WORK/data"
 SERVER_PID=""
@@ -94,8 +96,7 @@ cleanup() {
   fi
   kill_leftovers
   cp "$WORK"/serve.* "$REPORT_DIR"/ 2>/dev/null || true
-  rm -rf "$DATA"
-  [ -n "${FUZZ_REPORT_DIR:-}" ] || rm -rf "$WORK"
+  rm -rf "$WORK"
   exit "$status"
 }
 trap cleanup EXIT INT TERM
@@ -123,7 +124,6 @@ log "server $BASE (pid $SERVER_PID), seed $SEED, max examples $MAX_EXAMPLES, max
 mkdir -p "$WORK/hooks"
 cat >"$WORK/hooks/cloud_agent_fuzz_hooks.py" <<'PY'
 import re
-import shlex
 
 import schemathesis
 
@@ -146,6 +146,14 @@ def _local_url(url):
     return url
 
 
+def _comment(command):
+    # A shell comment of the same length (limits still apply); idempotent, since a case may be
+    # sent more than once.
+    if not isinstance(command, str) or not command.strip():
+        return command
+    return "#" + command[1:].replace("\n", " ")
+
+
 def _defuse(body):
     if not isinstance(body, dict):
         return
@@ -158,7 +166,7 @@ def _defuse(body):
         callback["url"] = f"{match.group(1)}://{LOOPBACK}{match.group(3)}" if match else callback["url"]
     commands = body.get("setupCommands")
     if isinstance(commands, list):
-        body["setupCommands"] = [": " + shlex.quote(c) if isinstance(c, str) else c for c in commands]
+        body["setupCommands"] = [_comment(c) for c in commands]
     if isinstance(body.get("prompt"), str):
         body["prompt"] = RUN_LINE.sub(r"\1say", body["prompt"])
 

@@ -93,10 +93,15 @@ final class SimulatedRuntime: Sendable {
             let runtime = SimulatedRuntime(seat: seat, outbound: outbound, onAck: onAck)
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask {
-                    defer { runtime.connectionEnded() }
-                    for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
-                        guard case .text(let text) = message else { continue }
-                        try await runtime.received(text)
+                    do {
+                        for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
+                            guard case .text(let text) = message else { continue }
+                            try await runtime.received(text)
+                        }
+                        runtime.connectionEnded(because: "the control plane closed the connection")
+                    } catch {
+                        runtime.connectionEnded(because: "reading failed: \(error)")
+                        throw error
                     }
                 }
                 do {
@@ -133,7 +138,10 @@ final class SimulatedRuntime: Sendable {
         }
     }
 
-    private func connectionEnded() {
+    private let endReason = Mutex<String?>(nil)
+
+    private func connectionEnded(because reason: String) {
+        endReason.withLock { $0 = $0 ?? reason }
         controlQueue.finish()
         let waiting = acks.withLock { state in
             state.closed = true
@@ -188,8 +196,6 @@ final class SimulatedRuntime: Sendable {
 
     /// The highest seq acknowledged so far.
     var acked: Int64 { acks.withLock { $0.acked } }
-    /// The seq the next event will get.
-    var sentThrough: Int64 { nextSeq.load(ordering: .relaxed) - 1 }
 
     /// Waits until `seq` is acknowledged (or the connection ends).
     func waitForAck(_ seq: Int64) async {
@@ -206,7 +212,9 @@ final class SimulatedRuntime: Sendable {
     func waitForAck(_ seq: Int64, timeoutSeconds: Double) async throws {
         try await withDeadline(timeoutSeconds, "the acknowledgement of event \(seq)") { [self] in
             await waitForAck(seq)
-            guard acked >= seq else { throw BenchFailure("the connection ended before event \(seq) was acknowledged") }
+            guard acked >= seq else {
+                throw BenchFailure("the connection ended before event \(seq) was acknowledged (acked \(acked)): \(endReason.withLock { $0 } ?? "?")")
+            }
         }
     }
 }
@@ -215,7 +223,6 @@ final class SimulatedRuntime: Sendable {
 /// monotonic time it arrived, to `onFrame` until the connection ends or `close()` is called.
 final class StreamSubscriber: Sendable {
     private let writer = Mutex<WebSocketOutboundWriter?>(nil)
-    let connected = OnceFlag()
 
     /// Returns the close code the server sent, if any (4001: too slow, 4004: session deleted).
     @discardableResult
@@ -225,7 +232,6 @@ final class StreamSubscriber: Sendable {
         configuration.additionalHeaders[.authorization] = "Bearer \(token)"
         let close = try await WebSocketClient.connect(url: url, configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger) { inbound, outbound, _ in
             self.writer.withLock { $0 = outbound }
-            self.connected.set()
             for try await message in inbound.messages(maxSize: 1 << 20) {
                 let arrived = Measure.monotonicNanos()
                 guard case .text(let text) = message else { continue }

@@ -55,7 +55,7 @@ struct StreamBench: AsyncParsableCommand {
         var params: [String: JSONValue] = [
             "runtimes": .number(Double(plan.connections)), "subscribersPerSession": .number(Double(subscribers)),
             "rate": .number(plan.rate), "seconds": .number(plan.seconds), "peakSeconds": .number(plan.peakSeconds),
-            "window": .number(Double(plan.window)), "eventsSent": .number(Double(product.sent)),
+            "window": .number(Double(plan.window)), "pacedWindow": .number(Double(Driver.pacedWindow)), "eventsSent": .number(Double(product.sent)),
             "subscriberOverflows": .number(Double(product.overflows)),
             "undeliveredAfter300s": .number(Double(product.undelivered)),
             "latency": .object(product.latencies.summary), "baselineLatency": .object(echo.latencies.summary),
@@ -136,13 +136,15 @@ struct StreamBench: AsyncParsableCommand {
             }
             for seat in seats {
                 runners.append(Task {
-                    try await SimulatedRuntime.connect(
-                        url: server.webSocketBase + "/v1/runtime/connect", seat: seat, eventLoopGroup: clients, logger: logger,
-                        onAck: { driver.acked.add(Int($0)) }
-                    ) { runtime in try await driver.drive(RuntimeSink(runtime: runtime)) }
+                    try await driver.guarding {
+                        try await SimulatedRuntime.connect(
+                            url: server.webSocketBase + "/v1/runtime/connect", seat: seat, eventLoopGroup: clients, logger: logger,
+                            onAck: { driver.acked.add(Int($0)) }
+                        ) { runtime in try await driver.drive(RuntimeSink(runtime: runtime)) }
+                    }
                 })
             }
-            let (sent, peak) = try await driver.conduct(runners: runners) {
+            let (sent, peak) = try await driver.conduct {
                 // Every event of the latency phase reached every subscriber (bounded).
                 _ = await waitUntil(300) { delivered.count >= driver.sent.count * subscribers }
                 undelivered = max(0, driver.sent.count * subscribers - delivered.count)
@@ -174,7 +176,6 @@ struct StreamBench: AsyncParsableCommand {
             var t: UInt64?
             var m: Int?
         }
-        var id: Int64
         var data: Payload?
     }
 
@@ -207,13 +208,15 @@ struct StreamBench: AsyncParsableCommand {
             let recorded = Locked(Latencies())
             latencies.append(recorded)
             runners.append(Task {
-                try await EchoSink.connect(url: "ws://127.0.0.1:\(port)/echo", eventLoopGroup: clients, logger: logger, epoch: driver.epoch) { micros in
-                    recorded.withLock { $0.record(micros: micros) }
-                } onAck: { driver.acked.add(Int($0)) } body: { sink in try await driver.drive(sink) }
+                try await driver.guarding {
+                    try await EchoSink.connect(url: "ws://127.0.0.1:\(port)/echo", eventLoopGroup: clients, logger: logger, epoch: driver.epoch) { micros in
+                        recorded.withLock { $0.record(micros: micros) }
+                    } onAck: { driver.acked.add(Int($0)) } body: { sink in try await driver.drive(sink) }
+                }
             })
         }
         do {
-            let (_, peak) = try await driver.conduct(runners: runners) {} peakCounter: { 0 }
+            let (_, peak) = try await driver.conduct {} peakCounter: { 0 }
             for runner in runners { try await runner.value }
             await server.stop()
             var all = Latencies()
@@ -368,7 +371,22 @@ final class Driver: Sendable {
     private let pacedGate = Gate(), peakGate = Gate()
     private let pacedStart = Locked<UInt64>(0), peakEnd = Locked<ContinuousClock.Instant>(.now)
 
+    private let failures = Locked<[String]>([])
+
+    /// Unacknowledged events a connection may have in flight in the paced phase.
+    static let pacedWindow = 1000
+
     init(plan: StreamBench.Plan) { self.plan = plan }
+
+    /// Runs one connection, noting its failure for the conductor.
+    func guarding(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch {
+            failures.withLock { $0.append("\(error)") }
+            throw error
+        }
+    }
 
     /// One connection's part. Bounded in time: each phase ends on the clock.
     func drive(_ sink: some EventSink) async throws {
@@ -384,6 +402,9 @@ final class Driver: Sendable {
             let due = start + UInt64(Double(index) * interval)
             let now = Measure.monotonicNanos() &- epoch
             if due > now { try await Task.sleep(for: .nanoseconds(Int64(due - now))) }
+            // A bounded backlog, as a runtime's outbox: the server's WebSocket pings a connection
+            // every 30 s and drops it when the pong (queued behind unread events) is late.
+            if last - sink.acked >= Int64(Self.pacedWindow) { await sink.waitForAck(last - Int64(Self.pacedWindow) + 1) }
             last = try await sink.send(t: due, measured: index >= warmupEvents)
             sent.add(1)
         }
@@ -405,18 +426,18 @@ final class Driver: Sendable {
 
     /// Opens the phases; returns the events sent in the paced phase and the peak rates
     /// (acknowledged events/s, and `peakCounter`'s rate over the same window).
-    func conduct(
-        runners: [Task<Void, any Error>], afterPaced: () async -> Void, peakCounter: () -> Int
-    ) async throws -> (sent: Int, peak: (acked: Double, other: Double)) {
-        func failIfAnyFailed() async throws {
-            for runner in runners where runner.isCancelled { throw BenchFailure("a connection was cancelled") }
+    func conduct(afterPaced: () async -> Void, peakCounter: () -> Int) async throws -> (sent: Int, peak: (acked: Double, other: Double)) {
+        func failed() throws {
+            if let failure = failures.value.first { throw BenchFailure("a connection failed: \(failure)") }
         }
-        guard await waitUntil(60, { self.ready.count >= self.plan.connections }) else {
-            throw BenchFailure("only \(ready.count) of \(plan.connections) connections got ready")
-        }
+        let all = await waitUntil(60) { self.ready.count >= self.plan.connections || !self.failures.value.isEmpty }
+        try failed()
+        guard all else { throw BenchFailure("only \(ready.count) of \(plan.connections) connections got ready") }
         pacedStart.withLock { $0 = Measure.monotonicNanos() &- epoch + 5_000_000 }
         pacedGate.open()
-        guard await waitUntil(plan.warmup + plan.seconds + 320, { self.pacedDone.count >= self.plan.connections }) else {
+        let paced = await waitUntil(plan.warmup + plan.seconds + 320) { self.pacedDone.count >= self.plan.connections || !self.failures.value.isEmpty }
+        try failed()
+        guard paced else {
             throw BenchFailure("the paced phase did not finish (\(pacedDone.count) of \(plan.connections) connections done)")
         }
         await afterPaced()
@@ -428,7 +449,7 @@ final class Driver: Sendable {
         let acked0 = acked.count, other0 = peakCounter(), t0 = ContinuousClock.now
         try await Task.sleep(for: .milliseconds(Int(plan.peakSeconds * 1000)))
         let acked1 = acked.count, other1 = peakCounter(), elapsed = Measure.seconds(since: t0)
-        try await failIfAnyFailed()
+        try failed()
         return (sentInPaced, (Double(acked1 - acked0) / elapsed, Double(other1 - other0) / elapsed))
     }
 }

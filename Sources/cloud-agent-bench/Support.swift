@@ -60,7 +60,6 @@ struct Latencies: Sendable {
     var count: Int { Int(histogram.totalCount) }
     func percentileMs(_ percentile: Double) -> Double { count == 0 ? .nan : Double(histogram.valueAtPercentile(percentile)) / 1000 }
     var maxMs: Double { count == 0 ? .nan : Double(histogram.max) / 1000 }
-    var meanMs: Double { count == 0 ? .nan : histogram.mean / 1000 }
 
     /// p50/p90/p99/max in milliseconds, for a figure's parameters.
     var summary: [String: JSONValue] {

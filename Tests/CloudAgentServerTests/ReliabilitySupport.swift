@@ -7,6 +7,12 @@ import Testing
 import Glibc
 #endif
 
+/// The reliability harness (`swift test --filter Reliability`): the crash soak, chaos on
+/// runtimes, API fuzzing and hostile inputs, one part after another (`.serialized`), since each
+/// part loads the machine and several measure timing; see RELIABILITY.md.
+@Suite("Reliability harness", .serialized)
+struct ReliabilityHarness {}
+
 /// Shared pieces of the reliability harness (`swift test --filter Reliability`): seeded
 /// randomness, a tally printed at the end of each part, the clean-up of every process a test's
 /// control plane launched, and a raw WebSocket client that can send what real clients never do.
@@ -30,6 +36,24 @@ enum Reliability {
     static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    /// `.build/reliability-logs/<part>/`: the logs of a part's last run.
+    static func logsDirectory(of part: String) -> URL {
+        TestServer.buildProducts.deletingLastPathComponent().appendingPathComponent("reliability-logs/\(part)")
+    }
+
+    /// Copies the logs a part left in `directory` (spawned servers' `.stdout`/`.stderr`, runtime
+    /// logs) to `logsDirectory(of: part)`, so that a failed run can be read afterwards.
+    static func keepLogs(of part: String, from directory: URL) {
+        let target = logsDirectory(of: part)
+        try? FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+        let files = FileManager.default.enumerator(at: directory, includingPropertiesForKeys: nil)?.allObjects.compactMap { $0 as? URL } ?? []
+        for file in files where ["stdout", "stderr", "log"].contains(file.pathExtension) {
+            let name = file.deletingPathExtension().lastPathComponent + "." + file.pathExtension
+            try? FileManager.default.removeItem(at: target.appendingPathComponent(name))
+            try? FileManager.default.copyItem(at: file, to: target.appendingPathComponent(name))
         }
     }
 
