@@ -95,6 +95,10 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     public var runtime: RuntimeStatus
     public var activeExecutionId: ExecutionID?
     public var executionCount: Int
+    /// The agent's own conversation id (Claude Code's `session_id`, Codex's `thread_id`,
+    /// OpenCode's and Kilo's `sessionID`), reported by the runtime when an execution ends;
+    /// every follow-up resumes it. Cleared when the session's agent changes.
+    public var agentConversationId: String?
 
     public init(
         id: SessionID, owner: Owner, createdAt: Date, spec: SessionSpec, workBranch: String? = nil,

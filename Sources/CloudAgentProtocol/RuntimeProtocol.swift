@@ -39,9 +39,12 @@ public struct RuntimeEvent: Codable, Sendable, Equatable {
         public static let agent = "agent"
         /// A non-JSON line of the agent's stdout/stderr. data: `{stream: stdout|stderr, line}`.
         public static let output = "output"
-        /// The execution ended. data: `{status: completed|failed|interrupted, exitCode?, error?, interruptReason?}`.
+        /// The execution ended. data: `{status: completed|failed|interrupted, exitCode?, error?, interruptReason?, conversationId?}`.
         public static let ended = "execution.ended"
     }
+
+    /// The key of `execution.ended`'s data that carries the agent's own conversation id.
+    public static let conversationIdKey = "conversationId"
 }
 
 /// Runtime → control plane.
@@ -72,17 +75,50 @@ public enum ControlMessage: Sendable, Equatable {
 /// What to run for an execution.
 public struct ExecuteCommand: Codable, Sendable, Equatable {
     public var executionId: String
+    /// The agent's name as the session gave it (`scripted`, `claude-code`, a command agent's name…).
     public var agent: String
     public var prompt: String
     public var mode: String?
     public var model: String?
+    /// How to run the agent, as the control plane resolved it; nil means the built-in `scripted`.
+    public var launch: AgentLaunch?
+    /// The agent's own conversation to resume (from an earlier execution of the session).
+    public var conversationId: String?
 
-    public init(executionId: String, agent: String, prompt: String, mode: String? = nil, model: String? = nil) {
+    public init(
+        executionId: String, agent: String, prompt: String, mode: String? = nil, model: String? = nil,
+        launch: AgentLaunch? = nil, conversationId: String? = nil
+    ) {
         self.executionId = executionId
         self.agent = agent
         self.prompt = prompt
         self.mode = mode
         self.model = model
+        self.launch = launch
+        self.conversationId = conversationId
+    }
+}
+
+/// An agent as the control plane's registry resolved it: which adapter runs it and where its
+/// binary is.
+public struct AgentLaunch: Codable, Sendable, Equatable {
+    /// `scripted`, `claude-code`, `codex`, `opencode`, `kilo` or `command`.
+    public var kind: String
+    /// The agent's executable (absolute path); nil for `scripted` (the runtime itself).
+    public var binary: String?
+    /// A `command` agent's argument template (after the binary): `{prompt}`, `{model}`, `{mode}`
+    /// and `{conversationId}` are replaced; an argument that is only a placeholder whose value is
+    /// absent is left out. Without `{prompt}` the prompt goes to standard input.
+    public var arguments: [String]?
+    /// A `command` agent's output: `jsonl` (JSON objects, normalized like the scripted agent's) or
+    /// `text` (each line an `output` event).
+    public var output: String?
+
+    public init(kind: String, binary: String? = nil, arguments: [String]? = nil, output: String? = nil) {
+        self.kind = kind
+        self.binary = binary
+        self.arguments = arguments
+        self.output = output
     }
 }
 

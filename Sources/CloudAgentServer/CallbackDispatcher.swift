@@ -171,7 +171,7 @@ public final class CallbackDispatcher: Service, Sendable {
         let id = delivery.sessionId
         let event = NewEvent(executionId: delivery.executionId, type: type, at: sessions.clock.now(), data: data)
         do {
-            try await sessions.locks.withLock(id) { try await self.sessions.commit(SessionChange(sessionId: id, events: [event])) }
+            _ = try await sessions.locks.withLock(id) { try await self.sessions.commit(SessionChange(sessionId: id, events: [event])) }
         } catch StoreError.sessionNotFound {
             return
         } catch {

@@ -77,7 +77,7 @@ extension SessionService {
             launchInBackground(id)
         } else if let connection = await supervisor.connection(for: id) {
             connection.activeExecution = execution.id
-            connection.send(.execute(executeCommand(execution, agent: current.spec.agent)))
+            connection.send(.execute(executeCommand(execution, session: current)))
         }
         if needsStart == false { await capacity.release(id) }
         await scheduler.poke(id)

@@ -283,16 +283,12 @@ extension SessionService {
         await supervisor.register(connection)
         connection.activeExecution = session.activeExecutionId
         connection.send(.welcome(ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: timing.heartbeatIntervalMs, stopGraceMs: timing.stopGraceMs))
-        if let latest, latest.status == .pending { connection.send(.execute(executeCommand(latest, agent: session.spec.agent))) }
+        if let latest, latest.status == .pending { connection.send(.execute(executeCommand(latest, session: session))) }
         if let reported = activeExecutionId, reported != session.activeExecutionId?.rawValue {
             connection.send(.kill(executionId: reported, reason: "execution already ended"))
         }
         await scheduler.poke(id)
         return true
-    }
-
-    func executeCommand(_ execution: Execution, agent: String) -> ExecuteCommand {
-        ExecuteCommand(executionId: execution.id.rawValue, agent: agent, prompt: execution.prompt, mode: execution.mode, model: execution.model)
     }
 
     /// Records one event a runtime reported, exactly once: a `seq` at or below the recorded
@@ -351,6 +347,9 @@ extension SessionService {
                     session.activeExecutionId = nil
                     session.updatedAt = now
                     session.runtime.process?.agentProcessGroup = nil
+                    if let conversation = event.data[RuntimeEvent.conversationIdKey]?.stringValue, !conversation.isEmpty {
+                        session.agentConversationId = conversation
+                    }
                     ended = true
                     transitioned = true
                 default:
@@ -369,7 +368,7 @@ extension SessionService {
             }
             try await self.commit(SessionChange(sessionId: id, session: session, executions: executions, events: events))
             connection.send(.ack(seq: event.seq))
-            if let resend { connection.send(.execute(self.executeCommand(resend, agent: session.spec.agent))) }
+            if let resend { connection.send(.execute(self.executeCommand(resend, session: session))) }
             if ended {
                 connection.activeExecution = nil
                 if let execution = executions.first {
