@@ -43,6 +43,9 @@ let package = Package(
         ),
         // The runtime protocol's frames, shared by the control plane and the runtime.
         .target(name: "CloudAgentProtocol", swiftSettings: strict),
+        // Agent adapters: each agent's headless command line and the parser of its output into
+        // normalized events, its outcome and its conversation id; the agents file. No I/O.
+        .target(name: "CloudAgentAgents", dependencies: ["CloudAgentProtocol"], swiftSettings: strict),
         // Workspaces (git), setup commands, launching runtimes in a sandbox, process-group signals.
         .target(
             name: "CloudAgentSandbox",
@@ -60,6 +63,7 @@ let package = Package(
             name: "CloudAgentRuntime",
             dependencies: [
                 "CloudAgentProtocol",
+                "CloudAgentAgents",
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -92,6 +96,7 @@ let package = Package(
                 "CloudAgentSQLite",
                 "CloudAgentSandbox",
                 "CloudAgentProtocol",
+                "CloudAgentAgents",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
@@ -159,6 +164,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "CloudAgentAgentsTests",
+            dependencies: ["CloudAgentAgents", "CloudAgentProtocol"],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "CloudAgentCoreTests",
             dependencies: ["CloudAgentCore"],
             swiftSettings: strict
@@ -167,6 +177,7 @@ let package = Package(
             name: "CloudAgentRuntimeTests",
             dependencies: [
                 "CloudAgentRuntime",
+                "CloudAgentAgents",
                 "CloudAgentProtocol",
                 // A fake control plane for the end-to-end tests of the runtime process.
                 .product(name: "Hummingbird", package: "hummingbird"),

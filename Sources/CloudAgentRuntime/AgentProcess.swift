@@ -1,3 +1,4 @@
+import CloudAgentAgents
 import CloudAgentProtocol
 import Foundation
 import Subprocess
@@ -11,18 +12,8 @@ import Musl
 import Darwin
 #endif
 
-/// How to start an agent: its program and arguments.
-public struct AgentCommand: Sendable, Equatable {
-    public var executable: String
-    public var arguments: [String]
-
-    public init(executable: String, arguments: [String]) {
-        self.executable = executable
-        self.arguments = arguments
-    }
-}
-
-/// The agents this runtime can run, by name.
+/// The agents this runtime can run: the built-in `scripted` agent is this executable itself;
+/// every other agent is described by the control plane's `launch` in the execute command.
 public struct AgentCatalog: Sendable {
     /// This executable, which is also the built-in `scripted` agent (`scripted-agent`).
     public var runtimeExecutable: String
@@ -31,12 +22,11 @@ public struct AgentCatalog: Sendable {
         self.runtimeExecutable = runtimeExecutable
     }
 
-    /// The command for `command.agent`, or nil for an agent this runtime does not know.
-    public func agentCommand(for command: ExecuteCommand) -> AgentCommand? {
-        switch command.agent {
-        case "scripted": AgentCommand(executable: runtimeExecutable, arguments: [RuntimeCommand.scriptedAgentArgument])
-        default: nil
-        }
+    /// How to start `command`'s agent with the session's `environment`.
+    public func invocation(for command: ExecuteCommand, environment: [String: String]) throws(AgentInvocationError) -> AgentInvocation {
+        try AgentInvocations.invocation(
+            for: command, runtimeExecutable: runtimeExecutable, scriptedArgument: RuntimeCommand.scriptedAgentArgument, environment: environment
+        )
     }
 
     /// The path of the running executable (`/proc/self/exe` on Linux).
@@ -67,6 +57,21 @@ public enum ProcessGroup {
         _ = kill(-group, signal)
     }
 
+    /// Signals the agent's group and every process descended from its leader, wherever they
+    /// are: a real agent may start tools in groups or sessions of their own (Claude Code, Codex),
+    /// and an interrupt must reach them all. The runtime's own group is never signalled.
+    public static func signalTree(_ leader: pid_t, _ signal: Int32) {
+        guard leader > 1 else { return }
+        let descendants = ProcessTree.descendants(of: leader)
+        self.signal(leader, signal)
+        let own = getpgrp()
+        for pid in descendants {
+            let group = getpgid(pid)
+            if group > 1, group != own, group != leader { _ = kill(-group, signal) }
+            _ = kill(pid, signal)
+        }
+    }
+
     /// A readable name: `SIGKILL` for 9.
     public static func signalName(_ signal: Int32) -> String {
         switch signal {
@@ -90,15 +95,37 @@ public enum ProcessGroup {
     }
 }
 
-/// Runs one agent: a child process in its own process group, in the workspace, with the prompt
-/// on its stdin (then closed), its stdout and stderr read line by line.
+/// The processes below one, read from `/proc` (Linux); empty where there is no `/proc`.
+public enum ProcessTree {
+    public static func descendants(of root: pid_t) -> [pid_t] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        var children: [pid_t: [pid_t]] = [:]
+        for entry in entries {
+            guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8) else { continue }
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses; the last `)` ends it.
+            guard let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, let parent = pid_t(fields[1]) else { continue }
+            children[parent, default: []].append(pid)
+        }
+        var found: [pid_t] = []
+        var queue = children[root] ?? []
+        while let pid = queue.popLast() {
+            found.append(pid)
+            queue += children[pid] ?? []
+        }
+        return found
+    }
+}
+
+/// Runs one agent: a child process in its own process group, in the workspace, with its input
+/// (the prompt, for most agents) on its stdin (then closed), its stdout and stderr read line by line.
 ///
 /// A stop request (a grace period) sends SIGTERM to the agent's group, then SIGKILL once the
 /// grace has passed. When the agent itself has exited, whatever is left of its group (a
 /// background job it started) is killed: nothing an execution started outlives it.
 struct AgentProcess {
-    var command: AgentCommand
-    var prompt: String
+    var invocation: AgentInvocation
     var workingDirectory: String
     var environment: [String: String]
 
@@ -112,13 +139,14 @@ struct AgentProcess {
         options.processGroupID = 0
         // If this task is cancelled while the agent runs, swift-subprocess tears it down.
         options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: .seconds(1))]
+        let merged = environment.merging(invocation.defaultEnvironment) { session, _ in session }
         let variables = Dictionary(
-            environment.compactMap { name, value in Environment.Key(rawValue: name).map { ($0, value) } },
+            merged.compactMap { name, value in Environment.Key(rawValue: name).map { ($0, value) } },
             uniquingKeysWith: { first, _ in first }
         )
         let result = try await Subprocess.run(
-            .path(FilePath(command.executable)),
-            arguments: Arguments(command.arguments),
+            .path(FilePath(invocation.executable)),
+            arguments: Arguments(invocation.arguments),
             environment: .custom(variables),
             workingDirectory: FilePath(workingDirectory),
             platformOptions: options,
@@ -132,10 +160,10 @@ struct AgentProcess {
                 group.addTask {
                     await withTaskGroup(of: Void.self) { killers in
                         for await grace in stopRequests {
-                            ProcessGroup.signal(pid, SIGTERM)
+                            ProcessGroup.signalTree(pid, SIGTERM)
                             killers.addTask {
                                 try? await Task.sleep(for: grace)
-                                ProcessGroup.signal(pid, SIGKILL)
+                                ProcessGroup.signalTree(pid, SIGKILL)
                             }
                         }
                         killers.cancelAll()
@@ -145,7 +173,7 @@ struct AgentProcess {
                     io.addTask {
                         // The agent may exit without reading its prompt: a failed write is fine.
                         let writer = execution.standardInputWriter
-                        _ = try? await writer.write(prompt)
+                        if !invocation.standardInput.isEmpty { _ = try? await writer.write(invocation.standardInput) }
                         try? await writer.finish()
                     }
                     io.addTask { await Self.forwardLines(of: execution.standardOutput, as: .stdout, to: onLine) }

@@ -1,3 +1,4 @@
+import CloudAgentAgents
 import CloudAgentProtocol
 import Foundation
 import Logging
@@ -41,6 +42,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var stopReason: String?
         /// Agent and output events so far (the heartbeat's progress).
         var progress: Int64 = 0
+        /// Reads the agent's stdout in its own format.
+        var parser: any AgentOutputParser = NormalizedJSONLinesParser()
     }
 
     private struct OpenLink {
@@ -238,17 +241,19 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             await end(executionId, ["status": .string("interrupted"), "interruptReason": .string(reason)], logger: logger)
             return
         }
-        guard let agentCommand = agents.agentCommand(for: command) else {
-            await end(executionId, ["status": .string("failed"), "error": .string("unknown agent \(command.agent)")], logger: logger)
+        let invocation: AgentInvocation
+        do {
+            invocation = try agents.invocation(for: command, environment: agentEnvironment)
+        } catch {
+            await end(executionId, ["status": .string("failed"), "error": .string(error.description)], logger: logger)
             return
         }
-        logger.info("starting the agent", metadata: ["agent": .string(command.agent)])
-        let process = AgentProcess(
-            command: agentCommand,
-            prompt: command.prompt,
-            workingDirectory: configuration.workspace,
-            environment: agentEnvironment
-        )
+        await useParser(AgentOutputParsers.parser(for: command.launch), for: executionId)
+        logger.info("starting the agent", metadata: [
+            "agent": .string(command.agent), "executable": .string(invocation.executable),
+            "resume": .string(command.conversationId ?? "-"),
+        ])
+        let process = AgentProcess(invocation: invocation, workingDirectory: configuration.workspace, environment: agentEnvironment)
         let termination: AgentTermination
         do {
             termination = try await process.run(
@@ -261,25 +266,52 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             await end(executionId, ["status": .string("failed"), "error": .string("could not start agent \(command.agent): \(error)")], logger: logger)
             return
         }
+        let (outcome, conversationId) = await parserReport(executionId)
+        var data = Self.endData(termination: termination, stopReason: await stopReason(executionId), outcome: outcome)
+        if let conversationId { data[RuntimeEvent.conversationIdKey] = .string(conversationId) }
+        await end(executionId, data, logger: logger)
+    }
+
+    /// How an execution ended: interrupted when it was stopped; else the agent's own report of
+    /// its outcome (a failed result is a failed execution whatever the exit code), then the exit.
+    static func endData(termination: AgentTermination, stopReason: String?, outcome: AgentOutcome?) -> [String: ProtocolValue] {
         var data: [String: ProtocolValue]
-        if let reason = await stopReason(executionId) {
+        if let reason = stopReason {
             data = ["status": .string("interrupted"), "interruptReason": .string(reason)]
             switch termination {
             case .exited(let code): data["exitCode"] = .number(Double(code))
             case .signaled(let signal): data["signal"] = .string(ProcessGroup.signalName(signal))
             }
-        } else {
-            switch termination {
-            case .exited(0):
-                data = ["status": .string("completed"), "exitCode": .number(0)]
-            case .exited(let code):
-                data = ["status": .string("failed"), "exitCode": .number(Double(code)), "error": .string("agent exited with code \(code)")]
-            case .signaled(let signal):
-                let name = ProcessGroup.signalName(signal)
-                data = ["status": .string("failed"), "signal": .string(name), "error": .string("agent killed by \(name)")]
-            }
+            return data
         }
-        await end(executionId, data, logger: logger)
+        switch termination {
+        case .exited(let code):
+            data = ["exitCode": .number(Double(code))]
+            if case .failed(let message) = outcome {
+                data["status"] = .string("failed")
+                data["error"] = .string(message)
+            } else if code == 0 {
+                data["status"] = .string("completed")
+            } else {
+                data["status"] = .string("failed")
+                data["error"] = .string("agent exited with code \(code)")
+            }
+        case .signaled(let signal):
+            let name = ProcessGroup.signalName(signal)
+            data = ["status": .string("failed"), "signal": .string(name), "error": .string("agent killed by \(name)")]
+        }
+        return data
+    }
+
+    private func useParser(_ parser: any AgentOutputParser, for executionId: String) {
+        guard var execution = active, execution.executionId == executionId else { return }
+        execution.parser = parser
+        active = execution
+    }
+
+    private func parserReport(_ executionId: String) -> (AgentOutcome?, String?) {
+        guard let execution = active, execution.executionId == executionId else { return (nil, nil) }
+        return (execution.parser.outcome, execution.parser.conversationId)
     }
 
     /// The stop requests of the accepted execution, or nil if it is not the active one.
@@ -303,11 +335,13 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     private func agentLine(_ executionId: String, stream: AgentStream, line: String) {
         guard var execution = active, execution.executionId == executionId else { return }
         execution.progress += 1
+        let items: [AgentOutputItem] = stream == .stdout ? execution.parser.parse(line: line) : [.output]
         active = execution
-        if stream == .stdout, let data = AgentEventNormalizer.agentEventData(fromLine: line) {
-            record(executionId, kind: RuntimeEvent.Kind.agent, data: data)
-        } else {
-            record(executionId, kind: RuntimeEvent.Kind.output, data: ["stream": .string(stream.rawValue), "line": .string(line)])
+        for item in items {
+            switch item {
+            case .agent(let data): record(executionId, kind: RuntimeEvent.Kind.agent, data: data)
+            case .output: record(executionId, kind: RuntimeEvent.Kind.output, data: ["stream": .string(stream.rawValue), "line": .string(line)])
+            }
         }
     }
 

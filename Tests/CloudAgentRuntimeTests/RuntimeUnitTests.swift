@@ -1,3 +1,4 @@
+import CloudAgentAgents
 import CloudAgentProtocol
 import CloudAgentRuntime
 import Foundation

@@ -1,0 +1,137 @@
+import CloudAgentProtocol
+import Foundation
+
+/// How to start one execution's agent: the program, its arguments, what goes to its standard
+/// input (the prompt, for agents that read it there), and variables added to its environment.
+public struct AgentInvocation: Sendable, Equatable {
+    public var executable: String
+    public var arguments: [String]
+    public var standardInput: String
+    /// Set in the agent's environment unless the session's own variables already set them.
+    public var defaultEnvironment: [String: String]
+
+    public init(executable: String, arguments: [String], standardInput: String = "", defaultEnvironment: [String: String] = [:]) {
+        self.executable = executable
+        self.arguments = arguments
+        self.standardInput = standardInput
+        self.defaultEnvironment = defaultEnvironment
+    }
+}
+
+public struct AgentInvocationError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The headless command line of each agent. Prompts go to standard input wherever the agent reads
+/// it there (a 100,000-character prompt may not fit in one argument).
+public enum AgentInvocations {
+    /// - Parameters:
+    ///   - runtimeExecutable: the runtime itself, which is the `scripted` agent.
+    ///   - environment: the agent's environment (the session's variables and secrets): Codex is
+    ///     pointed at `OPENAI_BASE_URL` through a custom model provider when it is set.
+    public static func invocation(
+        for command: ExecuteCommand, runtimeExecutable: String, scriptedArgument: String, environment: [String: String]
+    ) throws(AgentInvocationError) -> AgentInvocation {
+        // Without a launch, only the built-in agent is known by name.
+        guard let launch = command.launch ?? (command.agent == AgentKind.scripted.rawValue ? AgentLaunch(kind: AgentKind.scripted.rawValue) : nil) else {
+            throw AgentInvocationError("unknown agent \(command.agent)")
+        }
+        guard let kind = AgentKind(rawValue: launch.kind) else { throw AgentInvocationError("unknown agent kind \(launch.kind)") }
+        if kind == .scripted {
+            return AgentInvocation(executable: runtimeExecutable, arguments: [scriptedArgument], standardInput: command.prompt)
+        }
+        guard let binary = launch.binary, !binary.isEmpty else { throw AgentInvocationError("agent \(command.agent) has no binary") }
+        let readOnly = AgentMode.isReadOnly(command.mode)
+        let model = command.model.flatMap { $0.isEmpty ? nil : $0 }
+        let conversation = command.conversationId.flatMap { $0.isEmpty ? nil : $0 }
+        switch kind {
+        case .scripted:
+            preconditionFailure("handled above")
+        case .claudeCode:
+            var arguments = ["-p", "--output-format", "stream-json", "--verbose"]
+            arguments += ["--permission-mode", readOnly ? "plan" : "bypassPermissions"]
+            if let model { arguments += ["--model", model] }
+            if let conversation { arguments += ["--resume", conversation] }
+            return AgentInvocation(
+                executable: binary, arguments: arguments, standardInput: command.prompt,
+                defaultEnvironment: [
+                    // bypassPermissions as root is refused unless the CLI is told it is sandboxed (it is).
+                    "IS_SANDBOX": "1",
+                    "DISABLE_AUTOUPDATER": "1",
+                    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                ]
+            )
+        case .codex:
+            // `codex exec [resume] OPTIONS [THREAD_ID] -` (the prompt from stdin); `resume` takes
+            // no `--sandbox`, so the read-only mode is a config override, valid for both.
+            var arguments = conversation == nil ? ["exec"] : ["exec", "resume"]
+            arguments += ["--json", "--skip-git-repo-check"]
+            // The sandbox cloud-agent runs the runtime in is the boundary; Codex's own would nest.
+            arguments += readOnly ? ["-c", "sandbox_mode=\(toml("read-only"))"] : ["--dangerously-bypass-approvals-and-sandbox"]
+            if let model { arguments += ["--model", model] }
+            arguments += codexProviderOverrides(environment: environment)
+            if let conversation { arguments.append(conversation) }
+            arguments.append("-")
+            return AgentInvocation(executable: binary, arguments: arguments, standardInput: command.prompt)
+        case .opencode, .kilo:
+            var arguments = ["run", "--format", "json", "--agent", readOnly ? "plan" : "build"]
+            if let model { arguments += ["--model", model] }
+            if let conversation { arguments += ["--session", conversation] }
+            if !readOnly { arguments.append(kind == .kilo ? "--auto" : "--dangerously-skip-permissions") }
+            return AgentInvocation(executable: binary, arguments: arguments, standardInput: command.prompt)
+        case .command:
+            let values: [String: String?] = [
+                "prompt": command.prompt, "model": model, "mode": command.mode, "conversationId": conversation,
+            ]
+            let template = launch.arguments ?? []
+            var arguments: [String] = []
+            for argument in template {
+                if argument.hasPrefix("{"), argument.hasSuffix("}"), let value = values[String(argument.dropFirst().dropLast())] {
+                    if let value { arguments.append(value) }
+                    continue
+                }
+                var substituted = argument
+                for (name, value) in values { substituted = substituted.replacingOccurrences(of: "{\(name)}", with: value ?? "") }
+                arguments.append(substituted)
+            }
+            let promptInArguments = template.contains { $0.contains("{prompt}") }
+            return AgentInvocation(executable: binary, arguments: arguments, standardInput: promptInArguments ? "" : command.prompt)
+        }
+    }
+
+    /// With `OPENAI_BASE_URL` set, Codex must be given a model provider of its own that speaks the
+    /// Responses API there; otherwise it dials OpenAI's endpoints whatever the variable says.
+    static func codexProviderOverrides(environment: [String: String]) -> [String] {
+        guard let baseURL = environment["OPENAI_BASE_URL"], !baseURL.isEmpty else { return [] }
+        let provider = "cloud-agent"
+        return [
+            "-c", "model_provider=\(toml(provider))",
+            "-c", "model_providers.\(provider).name=\(toml("cloud-agent (OPENAI_BASE_URL)"))",
+            "-c", "model_providers.\(provider).base_url=\(toml(baseURL))",
+            "-c", "model_providers.\(provider).wire_api=\(toml("responses"))",
+            "-c", "model_providers.\(provider).env_key=\(toml("OPENAI_API_KEY"))",
+        ]
+    }
+
+    /// A TOML basic string.
+    static func toml(_ text: String) -> String {
+        var escaped = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": escaped += "\\\""
+            case "\\": escaped += "\\\\"
+            case "\n": escaped += "\\n"
+            case "\t": escaped += "\\t"
+            case "\r": escaped += "\\r"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    escaped += String(format: "\\u%04X", scalar.value)
+                } else {
+                    escaped.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return "\"\(escaped)\""
+    }
+}

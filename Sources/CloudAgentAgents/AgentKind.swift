@@ -1,0 +1,165 @@
+import CloudAgentProtocol
+import Foundation
+
+/// The adapters cloud-agent has: how an agent is started and how its output is read.
+public enum AgentKind: String, Sendable, CaseIterable, Codable {
+    /// The built-in offline agent (the runtime's `scripted-agent` subcommand).
+    case scripted
+    /// Anthropic's Claude Code CLI (`claude -p --output-format stream-json`).
+    case claudeCode = "claude-code"
+    /// OpenAI's Codex CLI (`codex exec --json`).
+    case codex
+    /// OpenCode (`opencode run --format json`).
+    case opencode
+    /// Kilo CLI (`kilo run --format json`, OpenCode's format).
+    case kilo
+    /// Any program declared in the agents file.
+    case command
+
+    /// The real agents, found on PATH under `binaryName` or at `CLOUD_AGENT_<X>_BIN`.
+    public static let realAgents: [AgentKind] = [.claudeCode, .codex, .opencode, .kilo]
+
+    /// The executable's usual name on PATH.
+    public var binaryName: String? {
+        switch self {
+        case .claudeCode: "claude"
+        case .codex: "codex"
+        case .opencode: "opencode"
+        case .kilo: "kilo"
+        case .scripted, .command: nil
+        }
+    }
+
+    /// The environment variable that names the binary (`CLOUD_AGENT_CLAUDE_BIN`, …).
+    public var binaryVariable: String? {
+        binaryName.map { "CLOUD_AGENT_\($0.uppercased())_BIN" }
+    }
+}
+
+/// `mode` as agents understand it: a read-only mode (`ask`, `architect`, `plan`, …) lets the
+/// agent look but not change; anything else (`code`, none) lets it work freely inside the
+/// sandbox, which is the permission boundary.
+public enum AgentMode {
+    public static let readOnlyModes: Set<String> = ["ask", "architect", "plan", "read-only", "readonly", "review"]
+
+    public static func isReadOnly(_ mode: String?) -> Bool {
+        guard let mode else { return false }
+        return readOnlyModes.contains(mode.lowercased())
+    }
+}
+
+/// One `command` agent of the agents file.
+public struct CommandAgentDeclaration: Sendable, Equatable {
+    public enum Output: String, Sendable, Codable {
+        /// JSON objects, one per line, normalized like the scripted agent's (`{"type":"text"|"tool"|"log"|"error", …}`).
+        case jsonl
+        /// Plain text: each line an `output` event.
+        case text
+    }
+
+    public var name: String
+    /// The program (absolute, or found on PATH).
+    public var executable: String
+    /// The arguments after it, with `{prompt}`, `{model}`, `{mode}`, `{conversationId}`.
+    public var arguments: [String]
+    public var output: Output
+    /// What `GET /v1/agents` shows as the version (the file may say; else probed with `versionArguments`).
+    public var version: String?
+    public var versionArguments: [String]?
+}
+
+/// `CLOUD_AGENT_AGENTS_FILE`: JSON declaring extra `command` agents.
+///
+/// ```json
+/// {"agents": [
+///   {"name": "aider", "command": ["aider", "--yes", "--message", "{prompt}"], "output": "text"},
+///   {"name": "my-bot", "command": ["/opt/bot/run", "--json"], "output": "jsonl", "version": "1.2"}
+/// ]}
+/// ```
+public enum AgentsFile {
+    public struct Invalid: Error, Equatable, CustomStringConvertible {
+        public var description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    private struct Entry: Decodable {
+        var name: String
+        var command: [String]
+        var output: String?
+        var version: String?
+        var versionCommand: [String]?
+    }
+
+    private struct File: Decodable {
+        var agents: [Entry]
+    }
+
+    /// The declarations, checked: names unique, not a built-in's, `[a-z0-9][a-z0-9._-]{0,63}`;
+    /// a non-empty command; `output` `jsonl` or `text` (default `text`).
+    public static func parse(_ data: Data) throws(Invalid) -> [CommandAgentDeclaration] {
+        let file: File
+        do {
+            file = try JSONDecoder().decode(File.self, from: data)
+        } catch {
+            throw Invalid("not an agents file ({\"agents\": [{\"name\", \"command\": [..], \"output\"}]}): \(error)")
+        }
+        var seen: Set<String> = []
+        var declarations: [CommandAgentDeclaration] = []
+        for (index, entry) in file.agents.enumerated() {
+            let field = "agents[\(index)]"
+            guard isValidName(entry.name) else {
+                throw Invalid("\(field).name \"\(entry.name)\" must match [a-z0-9][a-z0-9._-]{0,63}")
+            }
+            guard AgentKind(rawValue: entry.name) == nil else { throw Invalid("\(field).name \"\(entry.name)\" is a built-in agent") }
+            guard seen.insert(entry.name).inserted else { throw Invalid("\(field).name \"\(entry.name)\" is declared twice") }
+            guard let executable = entry.command.first, !executable.isEmpty else { throw Invalid("\(field).command must name a program") }
+            let output: CommandAgentDeclaration.Output
+            switch entry.output ?? "text" {
+            case "jsonl", "json": output = .jsonl
+            case "text": output = .text
+            default: throw Invalid("\(field).output must be \"jsonl\" or \"text\"")
+            }
+            declarations.append(CommandAgentDeclaration(
+                name: entry.name, executable: executable, arguments: Array(entry.command.dropFirst()), output: output,
+                version: entry.version, versionArguments: entry.versionCommand
+            ))
+        }
+        return declarations
+    }
+
+    static func isValidName(_ name: String) -> Bool {
+        let scalars = Array(name.unicodeScalars)
+        guard (1...64).contains(scalars.count) else { return false }
+        func allowed(_ scalar: Unicode.Scalar, first: Bool) -> Bool {
+            switch scalar {
+            case "a"..."z", "0"..."9": true
+            case ".", "_", "-": !first
+            default: false
+            }
+        }
+        return scalars.enumerated().allSatisfy { allowed($1, first: $0 == 0) }
+    }
+}
+
+/// Finds a program the way a shell does.
+public enum ExecutableLookup {
+    /// `name` itself when it contains a `/`; else the first `PATH` entry holding an executable of
+    /// that name. Symbolic links are resolved, so that the sandbox can expose the real file.
+    public static func find(
+        _ name: String, path: String?,
+        isExecutable: (String) -> Bool = { FileManager.default.isExecutableFile(atPath: $0) }
+    ) -> String? {
+        if name.contains("/") {
+            return isExecutable(name) ? resolved(name) : nil
+        }
+        for directory in (path ?? "").split(separator: ":", omittingEmptySubsequences: true) {
+            let candidate = directory.hasSuffix("/") ? "\(directory)\(name)" : "\(directory)/\(name)"
+            if isExecutable(candidate) { return resolved(candidate) }
+        }
+        return nil
+    }
+
+    private static func resolved(_ path: String) -> String {
+        URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+    }
+}

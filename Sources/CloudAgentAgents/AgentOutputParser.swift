@@ -1,0 +1,155 @@
+import CloudAgentProtocol
+import Foundation
+
+/// What one line of an agent's stdout becomes.
+public enum AgentOutputItem: Sendable, Equatable {
+    /// The data of one `agent` event: `{kind: text|tool|log|error, …, raw}`.
+    case agent([String: ProtocolValue])
+    /// The line as an `output` event (not something the agent's format knows).
+    case output
+}
+
+/// How the agent itself says the execution went (its final `result`, `turn.completed`, …), which
+/// decides the execution's status before the exit code does.
+public enum AgentOutcome: Sendable, Equatable {
+    case succeeded
+    case failed(String)
+}
+
+/// Reads one agent's stdout, line by line. Stateful: a tool's result is matched to its call, the
+/// conversation id is remembered, the outcome is the last one the agent reported.
+public protocol AgentOutputParser: Sendable {
+    mutating func parse(line: String) -> [AgentOutputItem]
+    /// The agent's own conversation id, once it has printed one.
+    var conversationId: String? { get }
+    /// What the agent reported about the whole run, if it did.
+    var outcome: AgentOutcome? { get }
+}
+
+public enum AgentOutputParsers {
+    /// The parser for `launch` (nil: the built-in scripted agent).
+    public static func parser(for launch: AgentLaunch?) -> any AgentOutputParser {
+        switch launch.flatMap({ AgentKind(rawValue: $0.kind) }) ?? .scripted {
+        case .scripted: NormalizedJSONLinesParser()
+        case .claudeCode: ClaudeCodeOutputParser()
+        case .codex: CodexOutputParser()
+        case .opencode, .kilo: OpenCodeOutputParser()
+        case .command: launch?.output == CommandAgentDeclaration.Output.jsonl.rawValue ? NormalizedJSONLinesParser() : PlainTextParser()
+        }
+    }
+}
+
+/// The scripted agent's format (also `command` agents with `output: jsonl`): see `AgentEventNormalizer`.
+public struct NormalizedJSONLinesParser: AgentOutputParser {
+    public private(set) var conversationId: String?
+    public let outcome: AgentOutcome? = nil
+
+    public init() {}
+
+    public mutating func parse(line: String) -> [AgentOutputItem] {
+        guard let data = AgentEventNormalizer.agentEventData(fromLine: line) else { return [.output] }
+        return [.agent(data)]
+    }
+}
+
+/// A `command` agent with `output: text`: every line is output.
+public struct PlainTextParser: AgentOutputParser {
+    public let conversationId: String? = nil
+    public let outcome: AgentOutcome? = nil
+
+    public init() {}
+
+    public mutating func parse(line: String) -> [AgentOutputItem] { [.output] }
+}
+
+// MARK: - Shared pieces of the normalized shape
+
+enum AgentEventData {
+    static let outputTailCharacters = 2000
+    static let inputSummaryCharacters = 300
+
+    static func text(_ text: String, raw: String) -> [String: ProtocolValue] {
+        ["kind": .string("text"), "text": .string(text), "raw": .string(raw)]
+    }
+
+    static func log(_ message: String, raw: String) -> [String: ProtocolValue] {
+        ["kind": .string("log"), "message": .string(message), "raw": .string(raw)]
+    }
+
+    static func error(_ message: String, raw: String) -> [String: ProtocolValue] {
+        ["kind": .string("error"), "message": .string(message), "raw": .string(raw)]
+    }
+
+    /// `status`: `running`, `completed` or `failed`.
+    static func tool(
+        name: String, input: String?, output: String?, status: String, exitCode: Int64? = nil, id: String? = nil, raw: String
+    ) -> [String: ProtocolValue] {
+        var data: [String: ProtocolValue] = ["kind": .string("tool"), "name": .string(name), "status": .string(status), "raw": .string(raw)]
+        if let input { data["input"] = .string(input) }
+        if let output { data["output"] = .string(tail(output)) }
+        if let exitCode { data["exitCode"] = .number(Double(exitCode)) }
+        if let id { data["toolId"] = .string(id) }
+        return data
+    }
+
+    /// The end of a long output (what a reader needs: the last lines, the error).
+    static func tail(_ text: String, limit: Int = outputTailCharacters) -> String {
+        guard text.count > limit else { return text }
+        return "…" + String(text.suffix(limit))
+    }
+
+    /// One line saying what a tool was asked: the command, path or query when the input has
+    /// one, else the input as compact JSON; cut to a few hundred characters.
+    static func summary(of input: ProtocolValue?) -> String? {
+        guard let input else { return nil }
+        var text: String
+        switch input {
+        case .string(let value): text = value
+        case .object(let object):
+            let preferred = ["command", "cmd", "file_path", "filePath", "path", "pattern", "query", "url", "description"]
+            if let key = preferred.first(where: { object[$0] != nil }), let value = object[key] {
+                text = value.flattenedText
+            } else {
+                text = input.compactJSON
+            }
+        default: text = input.compactJSON
+        }
+        text = text.replacingOccurrences(of: "\n", with: " ")
+        if text.count > inputSummaryCharacters { text = String(text.prefix(inputSummaryCharacters)) + "…" }
+        return text
+    }
+
+    /// The line as a JSON object, if it is one.
+    static func object(_ line: String) -> [String: ProtocolValue]? {
+        let trimmed = line.trimmingCharacters(in: .whitespaces)
+        guard trimmed.hasPrefix("{"), case .object(let object)? = try? JSONDecoder().decode(ProtocolValue.self, from: Data(trimmed.utf8)) else {
+            return nil
+        }
+        return object
+    }
+}
+
+extension ProtocolValue {
+    subscript(key: String) -> ProtocolValue? {
+        if case .object(let object) = self { object[key] } else { nil }
+    }
+
+    var objectValue: [String: ProtocolValue]? { if case .object(let value) = self { value } else { nil } }
+    var arrayValue: [ProtocolValue]? { if case .array(let value) = self { value } else { nil } }
+    var boolValue: Bool? { if case .bool(let value) = self { value } else { nil } }
+
+    /// Strings as they are, arrays of strings joined by spaces (a command as argv), else JSON.
+    var flattenedText: String {
+        switch self {
+        case .string(let value): value
+        case .array(let items) where items.allSatisfy({ $0.stringValue != nil }): items.compactMap(\.stringValue).joined(separator: " ")
+        default: compactJSON
+        }
+    }
+
+    var compactJSON: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+    }
+}

@@ -1,0 +1,119 @@
+import CloudAgentAgents
+import CloudAgentProtocol
+import Foundation
+import Testing
+
+@Suite("Agent command lines")
+struct AgentInvocationTests {
+    func invocation(
+        _ kind: AgentKind, prompt: String = "fix the bug", mode: String? = nil, model: String? = nil, conversation: String? = nil,
+        arguments: [String]? = nil, environment: [String: String] = [:]
+    ) throws -> AgentInvocation {
+        let command = ExecuteCommand(
+            executionId: "exc_1", agent: kind.rawValue, prompt: prompt, mode: mode, model: model,
+            launch: AgentLaunch(kind: kind.rawValue, binary: kind == .scripted ? nil : "/opt/bin/agent", arguments: arguments),
+            conversationId: conversation
+        )
+        return try AgentInvocations.invocation(for: command, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: environment)
+    }
+
+    @Test("scripted: the runtime itself, the prompt on stdin; no launch also means scripted")
+    func scripted() throws {
+        #expect(try invocation(.scripted) == AgentInvocation(executable: "/rt", arguments: ["scripted-agent"], standardInput: "fix the bug"))
+        let bare = ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi")
+        #expect(try AgentInvocations.invocation(for: bare, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: [:]).arguments == ["scripted-agent"])
+    }
+
+    @Test("claude-code: print mode, stream-json, bypassPermissions (IS_SANDBOX) or plan for ask, model, --resume")
+    func claude() throws {
+        let first = try invocation(.claudeCode)
+        #expect(first.executable == "/opt/bin/agent")
+        #expect(first.arguments == ["-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "bypassPermissions"])
+        #expect(first.standardInput == "fix the bug")
+        #expect(first.defaultEnvironment["IS_SANDBOX"] == "1")
+        let follow = try invocation(.claudeCode, mode: "ask", model: "claude-sonnet-4-5", conversation: "0b6c-uuid")
+        #expect(follow.arguments == [
+            "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume", "0b6c-uuid",
+        ])
+    }
+
+    @Test("codex: exec --json with the sandbox bypassed (ours is the boundary), exec resume THREAD, prompt from stdin, provider for OPENAI_BASE_URL")
+    func codex() throws {
+        let first = try invocation(.codex)
+        #expect(first.arguments == ["exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-"])
+        #expect(first.standardInput == "fix the bug")
+        let follow = try invocation(.codex, mode: "ask", model: "gpt-5", conversation: "thread-1", environment: ["OPENAI_BASE_URL": "http://127.0.0.1:9/v1"])
+        #expect(follow.arguments.prefix(6) == ["exec", "resume", "--json", "--skip-git-repo-check", "-c", "sandbox_mode=\"read-only\""])
+        #expect(follow.arguments.suffix(2) == ["thread-1", "-"])
+        #expect(follow.arguments.contains("model_provider=\"cloud-agent\""))
+        #expect(follow.arguments.contains("model_providers.cloud-agent.base_url=\"http://127.0.0.1:9/v1\""))
+        #expect(follow.arguments.contains("model_providers.cloud-agent.wire_api=\"responses\""))
+        #expect(follow.arguments.contains(["--model", "gpt-5"]))
+    }
+
+    @Test("opencode and kilo: run --format json, plan vs build agent, --session, auto-approval in write mode")
+    func openCodeAndKilo() throws {
+        #expect(try invocation(.opencode).arguments == ["run", "--format", "json", "--agent", "build", "--dangerously-skip-permissions"])
+        #expect(try invocation(.kilo, mode: "architect", model: "anthropic/claude", conversation: "ses_1").arguments == [
+            "run", "--format", "json", "--agent", "plan", "--model", "anthropic/claude", "--session", "ses_1",
+        ])
+        #expect(try invocation(.kilo).arguments.last == "--auto")
+        #expect(try invocation(.kilo).standardInput == "fix the bug")
+    }
+
+    @Test("command: placeholders replaced, a lone placeholder without a value left out, prompt on stdin unless in the template")
+    func command() throws {
+        let inline = try invocation(.command, model: nil, arguments: ["--message", "{prompt}", "--model", "{model}", "--tag=x{mode}y"])
+        #expect(inline.arguments == ["--message", "fix the bug", "--model", "--tag=xy"])
+        #expect(inline.standardInput == "")
+        let piped = try invocation(.command, model: "m1", conversation: "c1", arguments: ["{model}", "--resume={conversationId}"])
+        #expect(piped.arguments == ["m1", "--resume=c1"])
+        #expect(piped.standardInput == "fix the bug")
+    }
+
+    @Test("a real agent without a binary is an error, not a crash")
+    func missingBinary() {
+        let command = ExecuteCommand(executionId: "exc_1", agent: "codex", prompt: "p", launch: AgentLaunch(kind: "codex"))
+        #expect(throws: AgentInvocationError.self) {
+            try AgentInvocations.invocation(for: command, runtimeExecutable: "/rt", scriptedArgument: "s", environment: [:])
+        }
+    }
+}
+
+@Suite("Agents file and lookup")
+struct AgentsFileTests {
+    @Test("declarations are read and checked, naming the entry")
+    func parse() throws {
+        let json = #"{"agents": [{"name": "aider", "command": ["aider", "--message", "{prompt}"]}, {"name": "bot", "command": ["/opt/bot"], "output": "jsonl", "version": "1.2"}]}"#
+        let agents = try AgentsFile.parse(Data(json.utf8))
+        #expect(agents.map(\.name) == ["aider", "bot"])
+        #expect(agents[0].output == .text)
+        #expect(agents[0].arguments == ["--message", "{prompt}"])
+        #expect(agents[1].output == .jsonl)
+        #expect(agents[1].version == "1.2")
+        for (bad, expected) in [
+            (#"{"agents": [{"name": "codex", "command": ["x"]}]}"#, "built-in"),
+            (#"{"agents": [{"name": "Bad Name", "command": ["x"]}]}"#, "agents[0].name"),
+            (#"{"agents": [{"name": "a", "command": []}]}"#, "agents[0].command"),
+            (#"{"agents": [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]}"#, "twice"),
+            (#"{"agents": [{"name": "a", "command": ["x"], "output": "xml"}]}"#, "agents[0].output"),
+            (#"[1, 2]"#, "not an agents file"),
+        ] {
+            #expect {
+                try AgentsFile.parse(Data(bad.utf8))
+            } throws: { error in
+                "\(error)".contains(expected)
+            }
+        }
+    }
+
+    @Test("a binary is found on PATH like a shell does; a path is taken as it is")
+    func lookup() {
+        let present: Set<String> = ["/usr/local/bin/claude", "/opt/codex"]
+        let exists = { (path: String) in present.contains(path) }
+        #expect(ExecutableLookup.find("claude", path: "/usr/bin:/usr/local/bin/", isExecutable: exists) == "/usr/local/bin/claude")
+        #expect(ExecutableLookup.find("kilo", path: "/usr/bin:/usr/local/bin", isExecutable: exists) == nil)
+        #expect(ExecutableLookup.find("/opt/codex", path: nil, isExecutable: exists) == "/opt/codex")
+        #expect(ExecutableLookup.find("claude", path: nil, isExecutable: exists) == nil)
+    }
+}

@@ -1,0 +1,138 @@
+import CloudAgentAgents
+import CloudAgentProtocol
+import Foundation
+import Testing
+
+/// The events a parser makes of `lines`, as `kind: detail` strings, plus its report.
+func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[String: ProtocolValue]], outputs: Int, parser: any AgentOutputParser) {
+    var parser = parser
+    var events: [[String: ProtocolValue]] = []
+    var outputs = 0
+    for line in lines {
+        for item in parser.parse(line: line) {
+            switch item {
+            case .agent(let data): events.append(data)
+            case .output: outputs += 1
+            }
+        }
+    }
+    return (events, outputs, parser)
+}
+
+func kinds(_ events: [[String: ProtocolValue]]) -> [String] {
+    events.map { event in
+        let kind = event["kind"]?.stringValue ?? "?"
+        switch kind {
+        case "text": return "text: \(event["text"]?.stringValue ?? "")"
+        case "tool": return "tool: \(event["name"]?.stringValue ?? "") \(event["status"]?.stringValue ?? "")"
+        default: return "\(kind): \(event["message"]?.stringValue ?? "")"
+        }
+    }
+}
+
+@Suite("Agent output parsers (documented shapes)")
+struct AgentOutputParserTests {
+    @Test("Claude Code stream-json: init, text, tool call and its result, result; the session id is the conversation")
+    func claude() {
+        let lines = [
+            #"{"type":"system","subtype":"init","session_id":"s-1","model":"claude-sonnet","tools":["Bash"]}"#,
+            #"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"echo hi > a.txt","description":"write"}}]},"session_id":"s-1"}"#,
+            #"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"done","is_error":false}]},"session_id":"s-1"}"#,
+            #"{"type":"assistant","message":{"content":[{"type":"text","text":"Wrote a.txt."}]},"session_id":"s-1"}"#,
+            #"{"type":"result","subtype":"success","is_error":false,"result":"Wrote a.txt.","num_turns":2,"duration_ms":812,"session_id":"s-1"}"#,
+            "not json",
+        ]
+        let (events, outputs, parser) = read(ClaudeCodeOutputParser(), lines)
+        #expect(kinds(events) == ["log: session s-1 started, model claude-sonnet", "tool: Bash running", "tool: Bash completed", "text: Wrote a.txt.", "log: result: success, 2 turns, 812 ms"])
+        #expect(events[1]["input"] == .string("echo hi > a.txt"))
+        #expect(events[2]["input"] == .string("echo hi > a.txt"))
+        #expect(events[2]["output"] == .string("done"))
+        #expect(events.allSatisfy { $0["raw"]?.stringValue != nil })
+        #expect(outputs == 1)
+        #expect(parser.conversationId == "s-1")
+        #expect(parser.outcome == .succeeded)
+    }
+
+    @Test("Claude Code: an error result fails the execution with its message; a failed tool is failed")
+    func claudeFailure() {
+        let (events, _, parser) = read(ClaudeCodeOutputParser(), [
+            #"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Bash","input":{"command":"false"}}]}}"#,
+            #"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"exit 1"}],"is_error":true}]}}"#,
+            #"{"type":"result","subtype":"success","is_error":true,"result":"API Error: 500 overloaded","session_id":"s-2"}"#,
+        ])
+        #expect(kinds(events) == ["tool: Bash running", "tool: Bash failed", "error: API Error: 500 overloaded"])
+        #expect(parser.outcome == .failed("API Error: 500 overloaded"))
+        let (_, _, maxTurns) = read(ClaudeCodeOutputParser(), [#"{"type":"result","subtype":"error_max_turns","is_error":false,"session_id":"s"}"#])
+        #expect(maxTurns.outcome == .failed("Claude Code ended with error_max_turns"))
+    }
+
+    @Test("Codex exec --json: thread id, command execution, agent message, turn completed")
+    func codex() {
+        let lines = [
+            #"{"type":"thread.started","thread_id":"th-1"}"#,
+            #"{"type":"turn.started"}"#,
+            #"{"type":"item.started","item":{"id":"item_0","type":"command_execution","command":"bash -lc 'echo hi > a.txt'","aggregated_output":"","exit_code":null,"status":"in_progress"}}"#,
+            #"{"type":"item.completed","item":{"id":"item_0","type":"command_execution","command":"bash -lc 'echo hi > a.txt'","aggregated_output":"","exit_code":0,"status":"completed"}}"#,
+            #"{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"Done."}}"#,
+            #"{"type":"turn.completed","usage":{"input_tokens":10,"cached_input_tokens":0,"output_tokens":5}}"#,
+        ]
+        let (events, _, parser) = read(CodexOutputParser(), lines)
+        #expect(kinds(events) == ["log: thread th-1 started", "log: turn started", "tool: shell running", "tool: shell completed", "text: Done.", "log: turn completed (10 input tokens, 5 output tokens)"])
+        #expect(events[3]["exitCode"] == .number(0))
+        #expect(parser.conversationId == "th-1")
+        #expect(parser.outcome == .succeeded)
+    }
+
+    @Test("Codex: turn.failed and a trailing error fail the execution with the message")
+    func codexFailure() {
+        let (_, _, failed) = read(CodexOutputParser(), [#"{"type":"thread.started","thread_id":"t"}"#, #"{"type":"turn.started"}"#, #"{"type":"error","message":"stream error: 500"}"#, #"{"type":"turn.failed","error":{"message":"model overloaded"}}"#])
+        #expect(failed.outcome == .failed("model overloaded"))
+        let (_, _, errored) = read(CodexOutputParser(), [#"{"type":"turn.started"}"#, #"{"type":"error","message":"unexpected status 401"}"#])
+        #expect(errored.outcome == .failed("unexpected status 401"))
+        let (_, _, recovered) = read(CodexOutputParser(), [#"{"type":"error","message":"Reconnecting... 1/5"}"#, #"{"type":"turn.completed","usage":{}}"#])
+        #expect(recovered.outcome == .succeeded)
+    }
+
+    @Test("OpenCode / Kilo run --format json: step, tool_use, text, step_finish, error; sessionID")
+    func openCode() {
+        let lines = [
+            #"{"type":"step_start","timestamp":1,"sessionID":"ses_1","part":{"type":"step-start"}}"#,
+            #"{"type":"tool_use","timestamp":2,"sessionID":"ses_1","part":{"type":"tool","tool":"bash","callID":"c1","state":{"status":"completed","input":{"command":"ls"},"output":"a.txt\n"}}}"#,
+            #"{"type":"tool_use","timestamp":3,"sessionID":"ses_1","part":{"type":"tool","tool":"write","callID":"c2","state":{"status":"error","input":{"filePath":"/x"},"error":"denied"}}}"#,
+            #"{"type":"text","timestamp":4,"sessionID":"ses_1","part":{"type":"text","text":"All done"}}"#,
+            #"{"type":"step_finish","timestamp":5,"sessionID":"ses_1","part":{"type":"step-finish","reason":"stop"}}"#,
+        ]
+        let (events, _, parser) = read(OpenCodeOutputParser(), lines)
+        #expect(kinds(events) == ["log: step started", "tool: bash completed", "tool: write failed", "text: All done", "log: step finished (stop)"])
+        #expect(events[1]["output"] == .string("a.txt\n"))
+        #expect(events[2]["output"] == .string("denied"))
+        #expect(parser.conversationId == "ses_1")
+        #expect(parser.outcome == nil)
+        let (errors, _, failed) = read(OpenCodeOutputParser(), [#"{"type":"error","timestamp":1,"sessionID":"ses_2","error":{"name":"APIError","data":{"message":"rate limited"}}}"#])
+        #expect(kinds(errors) == ["error: rate limited"])
+        #expect(failed.outcome == .failed("rate limited"))
+    }
+
+    @Test("command agents: jsonl normalized like the scripted agent, text as output")
+    func command() {
+        let jsonl = AgentOutputParsers.parser(for: AgentLaunch(kind: "command", binary: "/x", output: "jsonl"))
+        let (events, outputs, _) = read(jsonl, [#"{"type":"text","text":"hi"}"#, "plain"])
+        #expect(kinds(events) == ["text: hi"])
+        #expect(outputs == 1)
+        let text = AgentOutputParsers.parser(for: AgentLaunch(kind: "command", binary: "/x", output: "text"))
+        let (none, lines, _) = read(text, [#"{"type":"text","text":"hi"}"#, "plain"])
+        #expect(none.isEmpty)
+        #expect(lines == 2)
+    }
+
+    @Test("a long tool output keeps its tail; a long input its head")
+    func truncation() {
+        let long = String(repeating: "x", count: 5000) + "END"
+        let line = #"{"type":"tool_use","sessionID":"s","part":{"tool":"bash","state":{"status":"completed","input":{"command":"\#(String(repeating: "c", count: 1000))"},"output":"\#(long)"}}}"#
+        let (events, _, _) = read(OpenCodeOutputParser(), [line])
+        let output = events[0]["output"]?.stringValue ?? ""
+        #expect(output.hasSuffix("END"))
+        #expect(output.count <= 2001)
+        #expect((events[0]["input"]?.stringValue ?? "").count <= 301)
+    }
+}
