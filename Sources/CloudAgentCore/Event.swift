@@ -35,6 +35,7 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     public var stringValue: String? { if case .string(let value) = self { value } else { nil } }
     public var objectValue: [String: JSONValue]? { if case .object(let value) = self { value } else { nil } }
+    public var arrayValue: [JSONValue]? { if case .array(let value) = self { value } else { nil } }
     public var intValue: Int64? {
         if case .number(let value) = self, value.rounded() == value, abs(value) < 9.0e15 { Int64(value) } else { nil }
     }

@@ -43,6 +43,16 @@ public struct SandboxWrapper: Sendable {
     public let dataDirectory: URL
     /// Where bwrap was found on PATH (`bwrap` when it was not, so that starting fails visibly).
     public let bwrapPath: String
+    /// Directories every sandboxed process may read although they lie below a hidden one (the
+    /// agents' binaries, installed under /tmp or the data directory, say).
+    public private(set) var exposedDirectories: [String] = []
+
+    /// The same sandbox, with `directories` readable inside it where they would be hidden.
+    public func exposing(_ directories: [String]) -> SandboxWrapper {
+        var copy = self
+        copy.exposedDirectories = directories
+        return copy
+    }
 
     public init(kind: SandboxKind, dataDirectory: URL) {
         self.kind = kind
@@ -81,12 +91,17 @@ public struct SandboxWrapper: Sendable {
             // The program itself may live below a hidden directory (a build under /tmp): its
             // directory is bound back, read-only.
             var program: [String] = []
+            let dataPath = dataDirectory.standardizedFileURL.path
+            func hidden(_ directory: String) -> Bool {
+                directory == "/tmp" || directory.hasPrefix("/tmp/") || directory == dataPath || directory.hasPrefix(dataPath + "/")
+            }
+            var directories = exposedDirectories.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
             if let executable = argv.first, executable.hasPrefix("/") {
-                let directory = URL(fileURLWithPath: executable).deletingLastPathComponent().standardizedFileURL.path
-                let dataPath = dataDirectory.standardizedFileURL.path
-                if directory == "/tmp" || directory.hasPrefix("/tmp/") || directory == dataPath || directory.hasPrefix(dataPath + "/") {
-                    program = ["--ro-bind", directory, directory]
-                }
+                directories.insert(URL(fileURLWithPath: executable).deletingLastPathComponent().standardizedFileURL.path, at: 0)
+            }
+            var bound: Set<String> = []
+            for directory in directories where hidden(directory) && bound.insert(directory).inserted {
+                program += ["--ro-bind", directory, directory]
             }
             // The tmpfs mounts come before the binds: they hide the data directory (and with it
             // other sessions), then the session's own directories are bound back on top.

@@ -40,7 +40,12 @@ public struct ControlPlane: Sendable {
         )
         let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger)
         let layout = WorkspaceLayout(dataDirectory: data.root)
+        let agents = try await AgentRegistry.resolve(
+            agentsFile: configuration.agentsFile, environment: configuration.agentLookupEnvironment,
+            runtimeExecutable: configuration.resolvedRuntimeExecutable.path, logger: logger
+        )
         let sandbox = try SandboxWrapper.resolve(configuration.sandbox.rawValue, dataDirectory: data.root)
+            .exposing(agents.binaryDirectories)
         logger.info("sandbox resolved", metadata: ["requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)"])
         let supervisor = RuntimeSupervisor(
             layout: layout, sandbox: sandbox, runtimeExecutable: configuration.resolvedRuntimeExecutable,
@@ -49,7 +54,7 @@ public struct ControlPlane: Sendable {
         let heartbeats = HeartbeatBatcher(store: store, logger: logger)
         let sessions = SessionService(
             store: store, timing: configuration.timing, secretBox: secretBox, clock: clock, scheduler: scheduler,
-            logger: logger, metrics: metrics, knownAgents: [SessionSpec.defaultAgent], layout: layout,
+            logger: logger, metrics: metrics, agents: agents, layout: layout,
             workspaces: GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger), supervisor: supervisor,
             heartbeats: heartbeats, maxRuntimes: configuration.maxRuntimes
         )
@@ -96,14 +101,9 @@ public struct ControlPlane: Sendable {
             .register(on: router)
         let v1 = router.group("v1").add(middleware: BearerAuthentication(authority: authority))
         SessionRoutes(service: sessions).register(on: v1)
-        // The agents sessions may name: the built-in scripted agent, run by the runtime executable.
-        v1.get("agents") { [sessions, configuration] _, _ in
-            JSONResponse.make(["agents": .array(sessions.knownAgents.sorted().map { name in
-                [
-                    "name": .string(name), "kind": .string(name), "binary": .string(configuration.resolvedRuntimeExecutable.path),
-                    "version": .null, "available": true,
-                ]
-            })])
+        // The agents sessions may name, as resolved at start.
+        v1.get("agents") { [sessions] _, _ in
+            JSONResponse.make(sessions.agents.json)
         }
         ExecutionRoutes(service: sessions).register(on: v1)
         RuntimeEndpoint(service: sessions).register(on: router)

@@ -34,6 +34,11 @@ public struct ServerConfiguration: Sendable {
     public var streamBufferEvents = 1024
     /// How long a stream ticket is valid.
     public var streamTicketLifetimeMs: Int64 = 60_000
+    /// Where the real agents are looked for: `PATH` and `CLOUD_AGENT_CLAUDE_BIN`,
+    /// `CLOUD_AGENT_CODEX_BIN`, `CLOUD_AGENT_OPENCODE_BIN`, `CLOUD_AGENT_KILO_BIN`.
+    public var agentLookupEnvironment: [String: String] = ProcessInfo.processInfo.environment.filter { name, _ in
+        name == "PATH" || (name.hasPrefix("CLOUD_AGENT_") && name.hasSuffix("_BIN"))
+    }
 
     public init(
         host: String = "127.0.0.1", port: Int = 8787, dataDirectory: URL = URL(fileURLWithPath: ".cloud-agent"),
@@ -103,6 +108,9 @@ public struct ServerConfiguration: Sendable {
         }
 
         var configuration = ServerConfiguration()
+        configuration.agentLookupEnvironment = environment.filter { name, _ in
+            name == "PATH" || (name.hasPrefix("CLOUD_AGENT_") && name.hasSuffix("_BIN"))
+        }
         if let (text, _) = value("host") { configuration.host = text }
         if let (text, name) = value("port") {
             guard let port = Int(text), (0...65535).contains(port) else { throw Invalid(setting: name, message: "\"\(text)\" is not a port (0–65535)") }

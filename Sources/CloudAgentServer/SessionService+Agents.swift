@@ -7,7 +7,8 @@ extension SessionService {
     func executeCommand(_ execution: Execution, session: SessionRecord) -> ExecuteCommand {
         ExecuteCommand(
             executionId: execution.id.rawValue, agent: session.spec.agent, prompt: execution.prompt,
-            mode: execution.mode, model: execution.model, conversationId: session.agentConversationId
+            mode: execution.mode, model: execution.model, launch: agents.launch(for: session.spec.agent),
+            conversationId: session.agentConversationId
         )
     }
 }

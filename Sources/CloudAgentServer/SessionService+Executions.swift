@@ -31,6 +31,8 @@ extension SessionService {
         if message == nil, current.initiatedAt != nil { throw APIError.invalidState("session \(id) was already initiated; send a message instead") }
         if message != nil, current.initiatedAt == nil { throw APIError.invalidState("session \(id) was not initiated yet; initiate it first") }
         if let active = current.activeExecutionId { throw APIError.executionInProgress(active) }
+        // The agent may have gone since the session was prepared (a server started without it).
+        try agents.requireAvailable(current.spec.agent)
         if current.runtime.state == .stopping { await waitUntilStopped(id) }
         let needsStart = try await store.session(id)?.runtime.state == .stopped
         if needsStart { try await admitRuntime(for: id) }

@@ -18,7 +18,8 @@ public final class SessionService: Sendable {
     let locks = SessionLocks()
     let logger: Logger
     let metrics: ServerMetrics
-    let knownAgents: Set<String>
+    /// The agents sessions may name.
+    let agents: AgentRegistry
     let layout: WorkspaceLayout
     let workspaces: GitWorkspaces
     let supervisor: RuntimeSupervisor
@@ -31,7 +32,7 @@ public final class SessionService: Sendable {
 
     public init(
         store: any SessionStore, timing: Timing, secretBox: SecretBox, clock: any WallClock, scheduler: WakeUpScheduler,
-        logger: Logger, metrics: ServerMetrics, knownAgents: Set<String>, layout: WorkspaceLayout, workspaces: GitWorkspaces,
+        logger: Logger, metrics: ServerMetrics, agents: AgentRegistry, layout: WorkspaceLayout, workspaces: GitWorkspaces,
         supervisor: RuntimeSupervisor, heartbeats: HeartbeatBatcher, maxRuntimes: Int
     ) {
         self.store = store
@@ -41,7 +42,7 @@ public final class SessionService: Sendable {
         self.scheduler = scheduler
         self.logger = logger
         self.metrics = metrics
-        self.knownAgents = knownAgents
+        self.agents = agents
         self.layout = layout
         self.workspaces = workspaces
         self.supervisor = supervisor
@@ -207,9 +208,7 @@ public final class SessionService: Sendable {
         }
         switch input.agent {
         case .set(let agent):
-            guard knownAgents.contains(agent) else {
-                throw APIError.invalid(field: "agent", "\"\(agent)\" is not an available agent (available: \(knownAgents.sorted().joined(separator: ", ")))")
-            }
+            try agents.requireAvailable(agent)
             spec.agent = agent
         case .clear: spec.agent = SessionSpec.defaultAgent
         case .unchanged: break

@@ -23,6 +23,7 @@ public enum Views {
             "agent": .string(spec.agent),
             "mode": JSONValue(spec.mode),
             "model": JSONValue(spec.model),
+            "agentConversationId": JSONValue(session.agentConversationId),
             "repo": spec.repo.map { ["url": .string($0.url), "branch": JSONValue($0.branch)] } ?? .null,
             "workBranch": JSONValue(session.workBranch),
             "envVarNames": .array(spec.envVars.keys.sorted().map(JSONValue.string)),

@@ -79,7 +79,6 @@ struct APIResponse: Sendable {
 
 extension JSONValue {
     subscript(_ key: String) -> JSONValue? { objectValue?[key] }
-    var arrayValue: [JSONValue]? { if case .array(let items) = self { items } else { nil } }
 }
 
 /// A control plane running on a real socket for one test, with its data directory.
@@ -94,12 +93,19 @@ struct TestServer {
     var streamBufferEvents = 1024
     var streamTicketLifetimeMs: Int64 = 60_000
     var callbackRetryBaseMs: Int64 = 2000
+    /// `CLOUD_AGENT_<NAME>_BIN` settings, on top of this process's PATH.
+    var agentBinaries: [String: String] = [:]
+    var agentsFile: String?
     let logs = LogCapture()
 
     init(directory: TemporaryDirectory? = nil, timing: Timing = Timing()) throws {
         self.directory = try directory ?? TemporaryDirectory()
         self.timing = timing
     }
+
+    /// `Tests/Fixtures`, found from this file's path.
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
 
     /// The package's build products (`.build/debug`), found from this file's path.
     static let buildProducts: URL = {
@@ -117,6 +123,8 @@ struct TestServer {
         configuration.streamBufferEvents = streamBufferEvents
         configuration.streamTicketLifetimeMs = streamTicketLifetimeMs
         configuration.callbackRetryBaseMs = callbackRetryBaseMs
+        configuration.agentLookupEnvironment.merge(agentBinaries) { _, new in new }
+        configuration.agentsFile = agentsFile
         return configuration
     }
 

@@ -1,0 +1,151 @@
+import CloudAgentAgents
+import CloudAgentCore
+import CloudAgentProtocol
+import CloudAgentSandbox
+import Foundation
+import Logging
+
+/// One agent sessions may name, as `GET /v1/agents` shows it.
+public struct AgentEntry: Sendable, Equatable {
+    public var name: String
+    public var kind: AgentKind
+    /// Where its executable is (the runtime itself for `scripted`); nil when it was not found.
+    public var binary: String?
+    public var version: String?
+    public var available: Bool
+    /// Why it is not available (for the 400 that names it).
+    public var unavailableReason: String?
+    /// What the runtime is told to run (nil when unavailable).
+    public var launch: AgentLaunch?
+
+    var json: JSONValue {
+        var object: [String: JSONValue] = [
+            "name": .string(name), "kind": .string(kind.rawValue), "binary": JSONValue(binary), "version": JSONValue(version),
+            "available": .bool(available),
+        ]
+        if let unavailableReason { object["reason"] = .string(unavailableReason) }
+        return .object(object)
+    }
+}
+
+/// The agents of this server, resolved once at start: `scripted` (always), the real agents whose
+/// binary is at `CLOUD_AGENT_<NAME>_BIN` or on PATH (their `--version` probed), and the `command`
+/// agents of `CLOUD_AGENT_AGENTS_FILE`.
+public struct AgentRegistry: Sendable {
+    public let entries: [AgentEntry]
+
+    public init(entries: [AgentEntry]) {
+        self.entries = entries.sorted { $0.name < $1.name }
+    }
+
+    /// Only the built-in scripted agent.
+    public static func scriptedOnly(runtimeExecutable: String) -> AgentRegistry {
+        AgentRegistry(entries: [scripted(runtimeExecutable: runtimeExecutable)])
+    }
+
+    static func scripted(runtimeExecutable: String) -> AgentEntry {
+        AgentEntry(
+            name: AgentKind.scripted.rawValue, kind: .scripted, binary: runtimeExecutable, version: "built-in", available: true,
+            launch: AgentLaunch(kind: AgentKind.scripted.rawValue)
+        )
+    }
+
+    public struct AgentsFileError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Resolves every agent. An unreadable or invalid agents file is an error (the server does
+    /// not start); a real agent that is not found is listed as unavailable.
+    public static func resolve(
+        agentsFile: String?, environment: [String: String], runtimeExecutable: String, logger: Logger
+    ) async throws -> AgentRegistry {
+        var entries = [scripted(runtimeExecutable: runtimeExecutable)]
+        let path = environment["PATH"]
+        for kind in AgentKind.realAgents {
+            guard let name = kind.binaryName, let variable = kind.binaryVariable else { continue }
+            let configured = environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+            let binary = ExecutableLookup.find(configured ?? name, path: path)
+            guard let binary else {
+                let reason = configured.map { "\(variable)=\($0) is not an executable file" }
+                    ?? "\(name) was not found on PATH (set \(variable) to its path)"
+                entries.append(AgentEntry(name: kind.rawValue, kind: kind, available: false, unavailableReason: reason))
+                continue
+            }
+            let version = await ProgramProbe.firstLine(of: [binary, "--version"], environment: environment)
+            entries.append(AgentEntry(
+                name: kind.rawValue, kind: kind, binary: binary, version: version, available: true,
+                launch: AgentLaunch(kind: kind.rawValue, binary: binary)
+            ))
+        }
+        if let agentsFile {
+            let data: Data
+            do {
+                data = try Data(contentsOf: URL(fileURLWithPath: agentsFile))
+            } catch {
+                throw AgentsFileError(description: "cannot read the agents file \(agentsFile): \(error.localizedDescription)")
+            }
+            let declarations: [CommandAgentDeclaration]
+            do {
+                declarations = try AgentsFile.parse(data)
+            } catch {
+                throw AgentsFileError(description: "agents file \(agentsFile): \(error)")
+            }
+            for declaration in declarations {
+                guard let binary = ExecutableLookup.find(declaration.executable, path: path) else {
+                    entries.append(AgentEntry(
+                        name: declaration.name, kind: .command, available: false,
+                        unavailableReason: "\(declaration.executable) is not an executable file or on PATH"
+                    ))
+                    continue
+                }
+                var version = declaration.version
+                if version == nil, let arguments = declaration.versionArguments {
+                    version = await ProgramProbe.firstLine(of: [binary] + arguments, environment: environment)
+                }
+                entries.append(AgentEntry(
+                    name: declaration.name, kind: .command, binary: binary, version: version, available: true,
+                    launch: AgentLaunch(kind: AgentKind.command.rawValue, binary: binary, arguments: declaration.arguments, output: declaration.output.rawValue)
+                ))
+            }
+        }
+        let registry = AgentRegistry(entries: entries)
+        for entry in registry.entries {
+            logger.info("agent", metadata: [
+                "agent": .string(entry.name), "available": .stringConvertible(entry.available),
+                "binary": .string(entry.binary ?? "-"), "version": .string(entry.version ?? "-"),
+            ])
+        }
+        return registry
+    }
+
+    public func entry(named name: String) -> AgentEntry? {
+        entries.first { $0.name == name }
+    }
+
+    /// The launch of an available agent.
+    public func launch(for name: String) -> AgentLaunch? {
+        entry(named: name)?.launch
+    }
+
+    /// Throws the 400 naming `name` when it is unknown or unavailable.
+    func requireAvailable(_ name: String) throws {
+        guard let entry = entry(named: name) else {
+            let known = entries.map(\.name).joined(separator: ", ")
+            throw APIError.invalid(field: "agent", "\"\(name)\" is not a known agent (known: \(known))")
+        }
+        guard entry.available else {
+            throw APIError.invalid(field: "agent", "\"\(name)\" is not available on this server: \(entry.unavailableReason ?? "not found")")
+        }
+    }
+
+    /// Directories holding the agents' executables, for the sandbox to expose read-only.
+    public var binaryDirectories: [String] {
+        Array(Set(entries.compactMap { entry in
+            entry.kind == .scripted ? nil : entry.binary.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }
+        })).sorted()
+    }
+
+    var json: JSONValue {
+        ["agents": .array(entries.map(\.json))]
+    }
+}

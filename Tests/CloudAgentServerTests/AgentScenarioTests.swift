@@ -1,0 +1,146 @@
+import CloudAgentCore
+import CloudAgentServer
+import HTTPTypes
+import Foundation
+import Testing
+
+/// Agents other than the built-in one, through the real server and runtime: OpenCode and Kilo
+/// CLI against a fixture program that prints their documented `run --format json` lines
+/// (Tests/Fixtures/agents/opencode-fixture), and `command` agents from an agents file.
+@Suite("Agents: registry, OpenCode and Kilo (fixture), command agents")
+struct AgentScenarioTests {
+    static let fixture = TestServer.fixtures.appendingPathComponent("agents/opencode-fixture").path
+
+    func server(_ directory: TemporaryDirectory? = nil) throws -> TestServer {
+        var server = try TestServer(directory: directory, timing: Timing(heartbeatIntervalMs: 200, staleThresholdMs: 5000, stopGraceMs: 1000))
+        server.agentBinaries = [
+            "CLOUD_AGENT_OPENCODE_BIN": Self.fixture, "CLOUD_AGENT_KILO_BIN": Self.fixture,
+            "CLOUD_AGENT_CLAUDE_BIN": "/nonexistent/claude", "CLOUD_AGENT_CODEX_BIN": "/nonexistent/codex",
+        ]
+        let agentsFile = server.directory.url.appendingPathComponent("agents.json")
+        try Data(#"""
+        {"agents": [
+          {"name": "cat-agent", "command": ["/bin/cat"], "output": "text", "version": "1.0"},
+          {"name": "json-agent", "command": ["/usr/bin/python3", "-c", "import sys, json\nfor line in sys.stdin:\n    print(json.dumps({'type': 'text', 'text': line.strip() + ' ({model})'}))", "--"], "output": "jsonl"},
+          {"name": "missing-agent", "command": ["/nonexistent/agent"]}
+        ]}
+        """#.utf8).write(to: agentsFile)
+        server.agentsFile = agentsFile.path
+        return server
+    }
+
+    @Test("GET /v1/agents: every agent with kind, binary, version and availability; unknown and unavailable agents are 400s naming them")
+    func registry() async throws {
+        try await server().run { api in
+            let agents = try await api.request(.get, "/v1/agents")
+            #expect(agents.status == 200)
+            let list = agents["agents"]?.arrayValue ?? []
+            func agent(_ name: String) -> JSONValue? { list.first { $0["name"]?.stringValue == name } }
+            #expect(list.compactMap { $0["name"]?.stringValue } == ["cat-agent", "claude-code", "codex", "json-agent", "kilo", "missing-agent", "opencode", "scripted"])
+            #expect(agent("scripted")?["available"] == true)
+            #expect(agent("opencode")?["available"] == true)
+            #expect(agent("opencode")?["kind"] == "opencode")
+            #expect(agent("opencode")?["binary"]?.stringValue == URL(fileURLWithPath: Self.fixture).resolvingSymlinksInPath().path)
+            #expect(agent("claude-code")?["available"] == false)
+            #expect(agent("claude-code")?["reason"]?.stringValue?.contains("CLOUD_AGENT_CLAUDE_BIN") == true)
+            #expect(agent("cat-agent")?["kind"] == "command")
+            #expect(agent("cat-agent")?["version"] == "1.0")
+            #expect(agent("missing-agent")?["available"] == false)
+
+            for (name, phrase) in [("nope", "not a known agent"), ("claude-code", "not available"), ("missing-agent", "not available")] {
+                let refused = try await api.request(.post, "/v1/sessions", json: ["prompt": "hi", "agent": .string(name)])
+                #expect(refused.status == 400)
+                #expect(refused["error"]?["field"] == "agent")
+                #expect(refused["error"]?["message"]?.stringValue?.contains(name) == true)
+                #expect(refused["error"]?["message"]?.stringValue?.contains(phrase) == true)
+            }
+            #expect(try await api.request(.get, "/v1/sessions")["sessions"]?.arrayValue?.isEmpty == true)
+        }
+    }
+
+    @Test("OpenCode (fixture): tool and text events normalized, the file written in the workspace, the conversation resumed by the follow-up, across an idle stop")
+    func openCode() async throws {
+        var server = try server()
+        server.timing.idleTimeoutMs = 1500
+        try await server.run { api in
+            let id = try await api.createSession(["prompt": "write note.txt from opencode\nrun cat note.txt\nall done", "agent": "opencode"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed")
+            let events = try await api.events(id).filter { $0.type == "agent" }
+            let summary = events.map { "\($0.data["kind"]?.stringValue ?? "") \($0.data["name"]?.stringValue ?? $0.data["text"]?.stringValue ?? $0.data["message"]?.stringValue ?? "")" }
+            #expect(summary == ["log step started", "tool write", "tool bash", "text all done", "log step finished (stop)"])
+            #expect(events[2].data["output"]?.stringValue == "from opencode\n")
+            #expect(events.allSatisfy { $0.data["raw"]?.stringValue?.hasPrefix("{") == true })
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(try String(contentsOf: workspace.appendingPathComponent("note.txt"), encoding: .utf8) == "from opencode\n")
+            let view = try await api.request(.get, "/v1/sessions/\(id)")
+            let conversation = try #require(view["agentConversationId"]?.stringValue)
+            #expect(conversation.hasPrefix("ses_"))
+            let argv = try await api.events(id).first { $0.type == "output" && $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }
+            #expect(argv?.data["line"]?.stringValue?.contains("--dangerously-skip-permissions") == true)
+
+            // Idle stop, then a follow-up cold-starts and resumes the same conversation.
+            _ = try await api.waitForRuntime(id, state: "stopped", within: 10)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "and again", "mode": "ask"]).status == 202)
+            let second = try await api.waitForExecution(id, status: "completed")
+            let secondId = try #require(second["executionId"]?.stringValue)
+            let texts = try await api.events(id).filter { $0.executionId == secondId && $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            #expect(texts == ["resumed \(conversation) after 1 earlier messages", "and again"])
+            let secondArgv = try await api.events(id).first { $0.executionId == secondId && $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }
+            #expect(secondArgv?.data["line"]?.stringValue?.contains("\"--session\", \"\(conversation)\"") == true)
+            #expect(secondArgv?.data["line"]?.stringValue?.contains("\"--agent\", \"plan\"") == true)
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
+        }
+    }
+
+    @Test("Kilo (fixture): the agent's error line fails the execution with its message although it exits 0; --auto in write mode")
+    func kiloError() async throws {
+        try await server().run { api in
+            let id = try await api.createSession(["prompt": "working\nfail rate limited by the provider", "agent": "kilo"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let failed = try await api.waitForExecution(id, status: "failed")
+            #expect(failed["error"] == "rate limited by the provider")
+            #expect(failed["exitCode"] == 0)
+            let events = try await api.events(id)
+            #expect(events.contains { $0.type == "agent" && $0.data["kind"] == "error" && $0.data["message"] == "rate limited by the provider" })
+            #expect(events.contains { $0.type == "execution.failed" && $0.data["error"] == "rate limited by the provider" })
+            #expect(events.contains { $0.data["line"]?.stringValue?.contains("\"--auto\"") == true })
+        }
+    }
+
+    @Test("Kilo (fixture): interrupt during a slow tool call stops the agent and the tool's process")
+    func kiloInterrupt() async throws {
+        try await server().run { api in
+            // A unique duration marks the tool's process; setsid puts it in a session of its own,
+            // out of the agent's process group, as real agents' tools may be.
+            let seconds = "61.\(Int.random(in: 100_000...999_999))"
+            let pattern = "'[s]leep \(seconds)'"
+            let id = try await api.createSession(["prompt": .string("run setsid sleep \(seconds)"), "agent": "kilo"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "running")
+            try await eventually(within: 10, "the tool's process") { try shell("pgrep -f \(pattern) || true").isEmpty == false }
+            let interrupted = try await api.request(.post, "/v1/sessions/\(id)/interrupt")
+            #expect(interrupted["interrupted"] == true)
+            let ended = try await api.waitForExecution(id, status: "interrupted")
+            #expect(ended["interruptReason"] == "user")
+            try await eventually(within: 10, "the tool's process to be gone") { try shell("pgrep -f \(pattern) || true").isEmpty }
+        }
+    }
+
+    @Test("command agents: text output as output events, jsonl normalized with {model} filled in")
+    func commandAgents() async throws {
+        try await server().run { api in
+            let text = try await api.createSession(["prompt": "line one\nline two", "agent": "cat-agent"])
+            #expect(try await api.request(.post, "/v1/sessions/\(text)/initiate").status == 202)
+            try await api.waitForExecution(text, status: "completed")
+            let lines = try await api.events(text).filter { $0.type == "output" }.compactMap { $0.data["line"]?.stringValue }
+            #expect(lines == ["line one", "line two"])
+
+            let json = try await api.createSession(["prompt": "hello", "agent": "json-agent", "model": "m-7"])
+            #expect(try await api.request(.post, "/v1/sessions/\(json)/initiate").status == 202)
+            try await api.waitForExecution(json, status: "completed")
+            let texts = try await api.events(json).filter { $0.type == "agent" }.compactMap { $0.data["text"]?.stringValue }
+            #expect(texts == ["hello (m-7)"])
+        }
+    }
+}
