@@ -40,13 +40,21 @@ public actor HeartbeatBatcher: Service {
         }
     }
 
+    /// Flushes every interval until a graceful shutdown, then once more. A flush is never torn
+    /// by the shutdown: it runs in a task of its own (the store refuses work from a cancelled
+    /// task with `CancellationError`), so the heartbeats of the last interval are written too.
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(self.flushIntervalMs))
-                await self.flush()
+                guard !Task.isCancelled else { break }
+                await self.flushUncancelled()
             }
         }
-        await flush()
+        await flushUncancelled()
+    }
+
+    private func flushUncancelled() async {
+        await Task { await self.flush() }.value
     }
 }

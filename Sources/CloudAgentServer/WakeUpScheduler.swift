@@ -87,15 +87,21 @@ public actor WakeUpScheduler: Service {
 
     private func fire(_ sessions: [SessionID]) async {
         guard let evaluate else { return }
-        // Sessions are independent: evaluate them concurrently, a bounded number at a time.
+        // Sessions are independent: evaluate them concurrently, a bounded number at a time. An
+        // evaluation runs in a task of its own, so a graceful shutdown lets the ones in flight
+        // finish their transition (the store refuses work from a cancelled task) and starts no
+        // new one; the durable wake-ups are re-armed by the next start.
+        @Sendable func evaluateUncancelled(_ id: SessionID) async -> (SessionID, Date?) {
+            (id, await Task { await evaluate(id) }.value)
+        }
         await withTaskGroup(of: (SessionID, Date?).self) { group in
             var iterator = sessions.makeIterator()
             for _ in 0..<min(32, sessions.count) {
-                if let id = iterator.next() { group.addTask { (id, await evaluate(id)) } }
+                if let id = iterator.next() { group.addTask { await evaluateUncancelled(id) } }
             }
             for await (id, next) in group {
                 if let next, armed[id].map({ next < $0 }) ?? true { arm(id, at: next) }
-                if let id = iterator.next() { group.addTask { (id, await evaluate(id)) } }
+                if !Task.isCancelled, let id = iterator.next() { group.addTask { await evaluateUncancelled(id) } }
             }
         }
     }
