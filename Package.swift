@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "cloud-agent", targets: ["cloud-agent"]),
         .executable(name: "cloud-agent-runtime", targets: ["cloud-agent-runtime"]),
         .executable(name: "cloud-agent-bench", targets: ["cloud-agent-bench"]),
+        .executable(name: "cloud-agent-model-server", targets: ["cloud-agent-model-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -118,6 +119,7 @@ let package = Package(
             name: "CloudAgentCLI",
             dependencies: [
                 "CloudAgentCore",
+                "CloudAgentModelServer",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -160,6 +162,41 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
+        // The scripted model server: the Anthropic Messages and OpenAI Responses APIs answered
+        // from a script, for running real agent CLIs offline (docs/model-server.md).
+        .target(
+            name: "CloudAgentModelServer",
+            dependencies: [
+                "CloudAgentCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "cloud-agent-model-server",
+            dependencies: [
+                "CloudAgentModelServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "CloudAgentModelServerTests",
+            dependencies: [
+                "CloudAgentModelServer",
+                "CloudAgentCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
