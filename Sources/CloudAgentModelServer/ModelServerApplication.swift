@@ -68,15 +68,18 @@ struct ModelController: Sendable {
             return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
         }
         router.get("/healthz") { _, _ in json(.ok, ["status": "ok"]) }
-        // Connectivity probes (Claude Code's `HEAD /api/hello`, …).
-        router.head("**") { request, _ in
-            await model.recordOther(method: "HEAD", path: request.uri.description, reply: "probe")
-            return Response(status: .ok)
-        }
-        for method in [HTTPRequest.Method.get, .post, .put, .delete, .patch] {
-            router.on("**", method: method) { request, _ in
-                await model.recordOther(method: method.rawValue, path: request.uri.description, reply: "not-found")
-                return json(.notFound, ["error": ["type": "not_found_error", "message": .string("no route \(method.rawValue) \(request.uri.path)")]])
+        // The router does not fall back from `/v1/…` to a root wildcard, so each gets its own.
+        for wildcard in ["**", "/v1/**"] {
+            // Connectivity probes (Claude Code's `HEAD /api/hello`, …).
+            router.head(RouterPath(wildcard)) { request, _ in
+                await model.recordOther(method: "HEAD", path: request.uri.description, reply: "probe")
+                return Response(status: .ok)
+            }
+            for method in [HTTPRequest.Method.get, .post, .put, .delete, .patch] {
+                router.on(RouterPath(wildcard), method: method) { request, _ in
+                    await model.recordOther(method: method.rawValue, path: request.uri.description, reply: "not-found")
+                    return json(.notFound, ["error": ["type": "not_found_error", "message": .string("no route \(method.rawValue) \(request.uri.path)")]])
+                }
             }
         }
     }
