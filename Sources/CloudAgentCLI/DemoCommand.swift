@@ -1,5 +1,6 @@
 import ArgumentParser
 import CloudAgentCore
+import CloudAgentModelServer
 import CloudAgentServer
 import Foundation
 import NIOCore
@@ -39,14 +40,60 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "The sandbox: bwrap, none or auto (bwrap when it works).")
     var sandbox: String = "auto"
 
+    @Option(help: ArgumentHelp(
+        "The agent: scripted (built in), or claude-code / codex — the real CLI (CLOUD_AGENT_CLAUDE_BIN / CLOUD_AGENT_CODEX_BIN or on PATH; scripts/install-agents.sh installs both) against an offline scripted model server.",
+        valueName: "agent"
+    ))
+    var agent: String = "scripted"
+
     func validate() throws {
         guard SandboxMode(rawValue: sandbox) != nil else { throw ValidationError("--sandbox must be bwrap, none or auto") }
+        guard DemoAgent(rawValue: agent) != nil else { throw ValidationError("--agent must be scripted, claude-code or codex") }
     }
 
     func run() async throws {
-        let demo = Demo(console: Console.shared, keep: keep, sandbox: SandboxMode(rawValue: sandbox) ?? .auto)
+        let demo = Demo(
+            console: Console.shared, keep: keep, sandbox: SandboxMode(rawValue: sandbox) ?? .auto, agent: DemoAgent(rawValue: agent) ?? .scripted
+        )
         let passed = try await demo.run()
         if !passed { throw ExitCode(ExitStatus.executionFailed) }
+    }
+}
+
+/// The agents the demo can show.
+enum DemoAgent: String, Sendable {
+    case scripted
+    case claudeCode = "claude-code"
+    case codex
+
+    var title: String {
+        switch self {
+        case .scripted: "the built-in scripted agent"
+        case .claudeCode: "Claude Code (the real CLI)"
+        case .codex: "Codex (the real CLI)"
+        }
+    }
+
+    /// What the real agent is asked; its model (the scripted model server) answers with `modelScript`.
+    static let realPrompt = "Look around this repository, run hello.sh, write notes.txt, then take \(Demo.silence) s to think it over."
+
+    /// The model's turns: tool calls the real CLI runs in the workspace, then a long silent one
+    /// (longer than the idle timeout), then the final text.
+    static let modelScript = ModelScript(turns: [
+        ScriptTurn(.shell(command: "ls", description: "List the files"), text: "Let me look around first."),
+        ScriptTurn(.shell(command: "sh hello.sh", description: "Run hello.sh")),
+        ScriptTurn(.shell(command: "echo 'A runtime is never stopped while its agent works.' > notes.txt && cat notes.txt", description: "Write notes.txt")),
+        ScriptTurn(.shell(command: "sleep \(Demo.silence)", description: "Think quietly"), text: "Now I think quietly for \(Demo.silence) s, longer than the idle timeout..."),
+        .text("Done: hello.sh ran and notes.txt is written."),
+    ])
+
+    /// The session's env vars and secrets that point the CLI at the model server at `url`.
+    func settings(modelServer url: String) -> (envVars: JSONValue, secrets: JSONValue) {
+        switch self {
+        case .scripted: ([:], [:])
+        case .claudeCode: (["ANTHROPIC_BASE_URL": .string(url)], ["ANTHROPIC_API_KEY": "sk-ant-offline-demo"])
+        case .codex: (["OPENAI_BASE_URL": .string(url + "/v1")], ["OPENAI_API_KEY": "sk-offline-demo"])
+        }
     }
 }
 
@@ -54,6 +101,7 @@ struct Demo: Sendable {
     let console: Console
     let keep: Bool
     let sandbox: SandboxMode
+    var agent: DemoAgent = .scripted
 
     static let timing = Timing(
         idleTimeoutMs: 3000, heartbeatIntervalMs: 200, staleThresholdMs: 2000, pendingTimeoutMs: 30_000, stopGraceMs: 1000,
@@ -103,9 +151,24 @@ struct Demo: Sendable {
         c.line()
 
         let plane = try await ControlPlane.open(configuration, logger: logger)
+        if agent != .scripted {
+            guard let entry = plane.sessions.agents.entry(named: agent.rawValue), entry.available else {
+                let reason = plane.sessions.agents.entry(named: agent.rawValue)?.unavailableReason ?? "unknown agent"
+                throw CLIFailure(
+                    message: "\(agent.rawValue) is not available: \(reason). Install it with: eval \"$(scripts/install-agents.sh)\"",
+                    exitCode: ExitStatus.executionFailed
+                )
+            }
+        }
         let port = Locked<Int?>(nil)
+        let modelPort = Locked<Int?>(agent == .scripted ? 0 : nil)
         let app = plane.buildApplication { listening in port.withLock { $0 = listening } }
-        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        var services: [any Service] = [app]
+        if agent != .scripted {
+            let model = try ScriptedModel(script: DemoAgent.modelScript)
+            services.append(buildModelServerApplication(model: model, logger: logger) { listening in modelPort.withLock { $0 = listening } })
+        }
+        let group = ServiceGroup(configuration: .init(services: services, logger: logger))
         let serverEnded = Locked(false)
         let interrupted = Locked(false)
         let result: Result<Bool, any Error> = await withTaskGroup(of: Void.self) { tasks in
@@ -117,16 +180,19 @@ struct Demo: Sendable {
             do {
                 let deadline = clock.now + .seconds(30)
                 var listening: Int?
-                while listening == nil, clock.now < deadline, !serverEnded.withLock({ $0 }) {
+                var modelListening: Int?
+                while listening == nil || modelListening == nil, clock.now < deadline, !serverEnded.withLock({ $0 }) {
                     listening = port.withLock { $0 }
-                    if listening == nil { try await Task.sleep(for: .milliseconds(20)) }
+                    modelListening = modelPort.withLock { $0 }
+                    if listening == nil || modelListening == nil { try await Task.sleep(for: .milliseconds(20)) }
                 }
-                guard let listening else {
+                guard let listening, let modelListening else {
                     throw CLIFailure(message: "the demo's server did not start; see \(serverLog.path)", exitCode: ExitStatus.executionFailed)
                 }
                 let api = APIClient(baseURL: "http://127.0.0.1:\(listening)", token: plane.localToken)
                 // Ctrl-C stops the tour and still cleans up; a second one exits at once.
-                let tour = Task { try await self.tour(api: api, root: root, sandboxUsed: plane) }
+                let modelURL = "http://127.0.0.1:\(modelListening)"
+                let tour = Task { try await self.tour(api: api, root: root, sandboxUsed: plane, modelServer: modelURL) }
                 let interrupts = Task.detached {
                     var count = 0
                     for await _ in await UnixSignalsSequence(trapping: .sigint) {
@@ -174,7 +240,7 @@ struct Demo: Sendable {
     }
 
     /// Every step against the running server; true when the promises held.
-    private func tour(api: APIClient, root: URL, sandboxUsed plane: ControlPlane) async throws -> Bool {
+    private func tour(api: APIClient, root: URL, sandboxUsed plane: ControlPlane, modelServer: String) async throws -> Bool {
         let c = console
         let timing = Self.timing
         func step(_ number: String, _ text: String) {
@@ -190,15 +256,27 @@ struct Demo: Sendable {
         step("②", "A git repository with one commit")
         note(c.paint(repo.path + " (README.md, hello.sh)", .dim))
 
-        let body: JSONValue = ["prompt": .string(Self.script), "repo": ["url": .string(repo.path)]]
+        let prompt = agent == .scripted ? Self.script : DemoAgent.realPrompt
+        var body: JSONValue = ["prompt": .string(prompt), "repo": ["url": .string(repo.path)], "agent": .string(agent.rawValue)]
+        if agent != .scripted {
+            let settings = agent.settings(modelServer: modelServer)
+            body = ["prompt": .string(prompt), "repo": ["url": .string(repo.path)], "agent": .string(agent.rawValue), "envVars": settings.envVars, "secrets": settings.secrets]
+        }
         let created = try await api.send(.POST, "/v1/sessions", body: body, timeout: .seconds(120)).json
         guard let session = created["sessionId"]?.stringValue else {
             throw CLIFailure(message: "the server's answer has no sessionId", exitCode: ExitStatus.executionFailed)
         }
-        step("③", "A session with the built-in scripted agent, on its own branch of that repository")
+        step("③", "A session with \(agent.title), on its own branch of that repository")
         note(session + c.paint(" · branch \(created["workBranch"]?.stringValue ?? "?") · runtime \(created["runtime"]?["state"]?.stringValue ?? "?")", .dim))
-        note(c.paint("its prompt, a script:", .dim))
-        for line in Self.script.split(separator: "\n") { note(c.paint("  │ ", .dim) + line) }
+        if agent == .scripted {
+            note(c.paint("its prompt, a script:", .dim))
+            for line in Self.script.split(separator: "\n") { note(c.paint("  │ ", .dim) + line) }
+        } else {
+            let entry = plane.sessions.agents.entry(named: agent.rawValue)
+            note(c.paint("\(entry?.binary ?? "?") · \(entry?.version ?? "version unknown")", .dim))
+            note(c.paint("its model: cloud-agent's scripted model server on \(modelServer) (offline, no key), which asks for tools the CLI runs in the workspace", .dim))
+            note(c.paint("its prompt: ", .dim) + prompt)
+        }
 
         step("④", "Initiate it and stream its events live (what `cloud-agent run` shows)")
         let accepted = try await api.send(.POST, "/v1/sessions/\(APIClient.escape(session))/initiate").json

@@ -19,7 +19,7 @@ public final class SessionService: Sendable {
     let logger: Logger
     let metrics: ServerMetrics
     /// The agents sessions may name.
-    let agents: AgentRegistry
+    public let agents: AgentRegistry
     let layout: WorkspaceLayout
     let workspaces: GitWorkspaces
     let supervisor: RuntimeSupervisor
