@@ -65,7 +65,7 @@ public actor ScriptedModel {
         if let recordURL {
             if !FileManager.default.fileExists(atPath: recordURL.path) {
                 guard FileManager.default.createFile(atPath: recordURL.path, contents: nil) else {
-                    throw ScriptError("cannot create the record file \(recordURL.path)")
+                    throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: recordURL.path])
                 }
             }
             let handle = try FileHandle(forWritingTo: recordURL)

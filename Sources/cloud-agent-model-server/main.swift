@@ -40,7 +40,12 @@ struct ModelServerCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        let model = try ScriptedModel(script: loaded, recordURL: record.map { URL(fileURLWithPath: $0) })
+        let model: ScriptedModel
+        do {
+            model = try ScriptedModel(script: loaded, recordURL: record.map { URL(fileURLWithPath: $0) })
+        } catch {
+            throw ValidationError("cannot open the record file \(record ?? "")")
+        }
         let host = host
         let app = buildModelServerApplication(
             model: model, configuration: .init(host: host, port: port), logger: Logger(label: "cloud-agent-model-server")
