@@ -58,7 +58,10 @@ public enum AgentInvocations {
                 defaultEnvironment: [
                     // bypassPermissions as root is refused unless the CLI is told it is sandboxed (it is).
                     "IS_SANDBOX": "1",
+                    // A service's agent does not update itself or phone home.
                     "DISABLE_AUTOUPDATER": "1",
+                    "DISABLE_TELEMETRY": "1",
+                    "DISABLE_ERROR_REPORTING": "1",
                     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                 ]
             )
