@@ -196,17 +196,16 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func commit(_ change: SessionChange) async throws -> [Event] {
         let sessionJSON = try change.session.map { try Coding.encode($0) }
-        let eventData = try change.events.map { try Coding.encode($0.data) }
+        let eventData = change.events.map { JSONText.encode($0.data) }
         return try await pool.write { db in
             let id = change.sessionId.rawValue
-            guard let lastEventId = try Int64.fetchOne(db, sql: "SELECT last_event_id FROM sessions WHERE id = ?", arguments: [id]) else {
+            // Cached statements: this runs for every ingested batch of runtime events.
+            guard let lastEventId = try Int64.fetchOne(db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [id]) else {
                 throw StoreError.sessionNotFound(change.sessionId)
             }
             if let session = change.session, let sessionJSON {
-                try db.execute(
-                    sql: "UPDATE sessions SET record = ?, runtime_state = ? WHERE id = ?",
-                    arguments: [sessionJSON, session.runtime.state.rawValue, id]
-                )
+                try db.cachedStatement(sql: "UPDATE sessions SET record = ?, runtime_state = ? WHERE id = ?")
+                    .execute(arguments: [sessionJSON, session.runtime.state.rawValue, id])
             }
             for execution in change.executions { try Self.save(execution, in: db) }
             if let new = change.newExecution {
@@ -220,17 +219,17 @@ public final class SQLiteSessionStore: SessionStore {
                 try Self.save(new, in: db)
             }
             var appended: [Event] = []
+            appended.reserveCapacity(change.events.count)
             var next = lastEventId
+            let insert = change.events.isEmpty
+                ? nil : try db.cachedStatement(sql: "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES (?, ?, ?, ?, ?, ?)")
             for (event, data) in zip(change.events, eventData) {
                 next += 1
-                try db.execute(
-                    sql: "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES (?, ?, ?, ?, ?, ?)",
-                    arguments: [id, next, event.executionId?.rawValue, event.type, event.at.millisecondsSince1970, data]
-                )
+                try insert?.execute(arguments: [id, next, event.executionId?.rawValue, event.type, event.at.millisecondsSince1970, data])
                 appended.append(Event(id: next, sessionId: change.sessionId, event))
             }
             if next != lastEventId {
-                try db.execute(sql: "UPDATE sessions SET last_event_id = ? WHERE id = ?", arguments: [next, id])
+                try db.cachedStatement(sql: "UPDATE sessions SET last_event_id = ? WHERE id = ?").execute(arguments: [next, id])
             }
             switch change.wakeUp {
             case .none: break
@@ -248,7 +247,7 @@ public final class SQLiteSessionStore: SessionStore {
     // MARK: Executions
 
     static func save(_ execution: Execution, in db: Database) throws {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
                     completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
@@ -261,16 +260,15 @@ public final class SQLiteSessionStore: SessionStore {
                     interrupt_reason = excluded.interrupt_reason, progress_events = excluded.progress_events,
                     last_event_at = excluded.last_event_at, stuck_reported_at = excluded.stuck_reported_at,
                     end_reported_by_runtime = excluded.end_reported_by_runtime
-                """,
-            arguments: [
+                """
+        ).execute(arguments: [
                 execution.id.rawValue, execution.sessionId.rawValue, execution.status.rawValue, execution.prompt,
                 execution.mode, execution.model, execution.startedAt.millisecondsSince1970,
                 execution.runningAt?.millisecondsSince1970, execution.lastHeartbeat?.millisecondsSince1970,
                 execution.completedAt?.millisecondsSince1970, execution.exitCode, execution.error,
                 execution.interruptReason, execution.progressEvents, execution.lastEventAt?.millisecondsSince1970,
                 execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime,
-            ]
-        )
+            ])
     }
 
     static func execution(from row: Row) -> Execution? {
@@ -484,16 +482,25 @@ public final class SQLiteSessionStore: SessionStore {
 
 /// JSON for stored records: timestamps as milliseconds since 1970, keys sorted (stable bytes).
 enum Coding {
-    static func encode(_ value: some Encodable) throws -> String {
+    // Both are safe to share: configured once, never changed.
+    private static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .millisecondsSince1970
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(value), as: UTF8.self)
+        return encoder
+    }()
+
+    private static let decoder: JSONDecoder = {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return decoder
+    }()
+
+    static func encode(_ value: some Encodable) throws -> String {
+        String(decoding: try encoder.encode(value), as: UTF8.self)
     }
 
     static func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .millisecondsSince1970
-        return try decoder.decode(type, from: Data(text.utf8))
+        try decoder.decode(type, from: Data(text.utf8))
     }
 }

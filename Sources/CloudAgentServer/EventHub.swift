@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSQLite
 import Foundation
 import Synchronization
 
@@ -6,20 +7,41 @@ import Synchronization
 /// subscriber has a bounded buffer; one that falls behind is cut off (told to resume from the
 /// last id it saw) so that a slow reader never slows ingest or other readers.
 public final class EventHub: Sendable {
+    /// A committed event as the stream sends it: its JSON text is written once, by the first
+    /// subscriber that sends it, and shared by the others.
+    public final class LiveEvent: Sendable {
+        public let event: Event
+        private let encoded = Mutex<String?>(nil)
+
+        init(_ event: Event) { self.event = event }
+
+        public var text: String {
+            encoded.withLock { cached in
+                if let cached { return cached }
+                let text = JSONText.encode(event.json)
+                cached = text
+                return text
+            }
+        }
+    }
+
     public final class Subscription: Sendable {
-        public let events: AsyncStream<Event>
-        let continuation: AsyncStream<Event>.Continuation
+        public let events: AsyncStream<LiveEvent>
+        let continuation: AsyncStream<LiveEvent>.Continuation
         private let overflowed = Mutex(false)
         let id = UUID()
 
+        let bufferSize: Int
+
         init(bufferSize: Int) {
+            self.bufferSize = bufferSize
             (events, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingOldest(bufferSize))
         }
 
         /// True when the subscriber fell behind and its stream was ended for it.
         public var didOverflow: Bool { overflowed.withLock { $0 } }
 
-        func offer(_ event: Event) {
+        func offer(_ event: LiveEvent) {
             if case .dropped = continuation.yield(event) {
                 overflowed.withLock { $0 = true }
                 continuation.finish()
@@ -49,8 +71,10 @@ public final class EventHub: Sendable {
     public func publish(_ events: [Event]) {
         guard let session = events.first?.sessionId else { return }
         let targets = subscribers.withLock { Array(($0[session] ?? [:]).values) }
+        guard !targets.isEmpty else { return }
+        let live = events.map(LiveEvent.init)
         for subscription in targets {
-            for event in events { subscription.offer(event) }
+            for event in live { subscription.offer(event) }
         }
     }
 
@@ -58,6 +82,15 @@ public final class EventHub: Sendable {
     public func close(_ session: SessionID) {
         let targets = subscribers.withLock { $0.removeValue(forKey: session).map { Array($0.values) } ?? [] }
         for subscription in targets { subscription.continuation.finish() }
+    }
+
+    /// The most events one commit of a session should publish at once: a quarter of its
+    /// smallest subscriber buffer, so that a burst never cuts off a subscriber that keeps up.
+    public func burstLimit(_ session: SessionID) -> Int {
+        subscribers.withLock { all in
+            guard let smallest = all[session]?.values.map(\.bufferSize).min() else { return Int.max }
+            return max(1, smallest / 4)
+        }
     }
 
     public func subscriberCount(_ session: SessionID) -> Int { subscribers.withLock { $0[session]?.count ?? 0 } }

@@ -19,9 +19,10 @@ public actor HeartbeatBatcher: Service {
         self.flushIntervalMs = flushIntervalMs
     }
 
-    public func record(_ execution: ExecutionID, at date: Date) {
+    /// Records `count` heartbeats of an execution received at `date` (the latest one wins).
+    public func record(_ execution: ExecutionID, at date: Date, count: Int = 1) {
         pending[execution] = max(pending[execution] ?? date, date)
-        accepted += 1
+        accepted += count
     }
 
     /// Heartbeats accepted since start (for metrics and benchmarks).

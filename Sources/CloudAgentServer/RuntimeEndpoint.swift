@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOWebSocket
+import Synchronization
 
 /// `WS /v1/runtime/connect`: where runtimes connect, authenticated by their own secret (not a
 /// user token). One task reads the runtime's frames; another writes the control plane's.
@@ -29,6 +30,11 @@ struct RuntimeEndpoint {
         }
     }
 
+    /// Serves one runtime connection. A reader task decodes frames into a bounded queue; this
+    /// task takes whatever has arrived as one batch and handles it in order: consecutive events
+    /// are ingested together (one transaction, one cumulative ack), consecutive heartbeats are
+    /// recorded together. A runtime sending faster than ingest keeps up is held back by the
+    /// queue's bound (and TCP), and its events are taken in ever larger batches.
     func serve(session: SessionID, instanceId: String, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
         var logger = logger
         logger[metadataKey: "sessionId"] = "\(session)"
@@ -36,6 +42,7 @@ struct RuntimeEndpoint {
         let connection = RuntimeConnection(sessionId: session, instanceId: instanceId, outgoing: continuation)
         defer { connection.close() }
         let log = logger
+        let queue = InboundQueue(limit: Self.queuedFramesLimit)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await frame in frames { try await outbound.write(.text(ProtocolCoding.encode(frame))) }
@@ -44,31 +51,189 @@ struct RuntimeEndpoint {
                 if Task.isCancelled { return }
                 try await outbound.close(.normalClosure, reason: nil)
             }
+            group.addTask {
+                do {
+                    for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
+                        guard case .text(let text) = message else { throw ProtocolError("binary frames are not part of the protocol") }
+                        guard await queue.push(try ProtocolCoding.decodeRuntimeMessage(text)) else { return }
+                    }
+                    queue.finish(throwing: nil)
+                } catch {
+                    queue.finish(throwing: error)
+                }
+            }
+            // However this ends, a reader waiting for room in the queue is let go.
+            defer { queue.close() }
             var greeted = false
             do {
-                for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
-                    guard case .text(let text) = message else { throw ProtocolError("binary frames are not part of the protocol") }
-                    switch try ProtocolCoding.decodeRuntimeMessage(text) {
-                    case .hello(_, _, let active, _) where !greeted:
-                        guard try await service.runtimeHello(connection, activeExecutionId: active) else { break }
-                        greeted = true
-                    case .event(let event) where greeted:
-                        try await service.ingest(event, from: connection)
-                    case .heartbeat(let executionId, _, _) where greeted:
-                        await service.heartbeat(executionId, from: connection)
-                    case .pong:
-                        break
-                    default:
-                        throw ProtocolError("unexpected frame before or after hello")
+                while let batch = try await queue.next(max: Self.batchLimit) {
+                    var events: [RuntimeEvent] = []
+                    var beats: (executionId: String, count: Int)?
+                    func flush() async throws {
+                        if !events.isEmpty {
+                            // In bursts no larger than the session's stream subscribers can take.
+                            let limit = service.hub.burstLimit(session)
+                            var start = 0
+                            while start < events.count {
+                                let end = min(events.count, start + limit)
+                                try await service.ingest(Array(events[start..<end]), from: connection)
+                                start = end
+                            }
+                            events.removeAll(keepingCapacity: true)
+                        }
+                        if let (executionId, count) = beats {
+                            await service.heartbeat(executionId, count: count, from: connection)
+                            beats = nil
+                        }
                     }
+                    for message in batch {
+                        switch message {
+                        case .event(let event) where greeted:
+                            if beats != nil { try await flush() }
+                            events.append(event)
+                        case .heartbeat(let executionId, _, _) where greeted:
+                            if !events.isEmpty || (beats.map { $0.executionId != executionId } ?? false) { try await flush() }
+                            beats = (executionId, (beats?.count ?? 0) + 1)
+                        case .hello(_, _, let active, _) where !greeted:
+                            try await flush()
+                            guard try await service.runtimeHello(connection, activeExecutionId: active) else { break }
+                            greeted = true
+                        case .pong:
+                            break
+                        default:
+                            try await flush()
+                            throw ProtocolError("unexpected frame before or after hello")
+                        }
+                    }
+                    try await flush()
                 }
             } catch let error as ProtocolError {
                 log.warning("runtime protocol error; closing the connection", metadata: ["error": "\(error)"])
             }
             log.info("runtime disconnected")
             continuation.finish()
+            queue.close()
             try await group.waitForAll()
         }
         await service.supervisor.unregister(connection)
+    }
+
+    /// Frames read ahead of ingest, at most (then the reader, and TCP, wait).
+    static let queuedFramesLimit = 4096
+    /// Frames handled as one batch, at most.
+    static let batchLimit = 1024
+}
+
+/// The frames a runtime sent that are not handled yet: one producer (the socket reader), one
+/// consumer (the connection's handler), bounded. The consumer takes everything that has arrived
+/// at once; the producer waits while the queue is full.
+final class InboundQueue: Sendable {
+    private struct State {
+        var items: [RuntimeMessage] = []
+        var head = 0
+        var ended = false
+        var failure: (any Error)?
+        var closed = false
+        var consumer: CheckedContinuation<Void, Never>?
+        var producer: CheckedContinuation<Void, Never>?
+        var count: Int { items.count - head }
+    }
+
+    private let state = Mutex(State())
+    private let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Adds a frame, waiting while the queue is full. False once the consumer is gone.
+    func push(_ message: RuntimeMessage) async -> Bool {
+        while true {
+            let (accepted, wake): (Bool?, CheckedContinuation<Void, Never>?) = state.withLock { state in
+                if state.closed { return (false, nil) }
+                guard state.count < limit else { return (nil, nil) }
+                state.items.append(message)
+                defer { state.consumer = nil }
+                return (true, state.consumer)
+            }
+            wake?.resume()
+            if let accepted { return accepted }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+                    let now = state.withLock { state -> Bool in
+                        if state.closed || state.count < limit { return true }
+                        state.producer = waiter
+                        return false
+                    }
+                    if now { waiter.resume() }
+                }
+            } onCancel: {
+                self.close()
+            }
+        }
+    }
+
+    /// No more frames: the socket ended, or reading failed with `error` (raised by `next` once
+    /// the frames before it are taken).
+    func finish(throwing error: (any Error)?) {
+        let wake = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.ended = true
+            state.failure = error
+            defer { state.consumer = nil }
+            return state.consumer
+        }
+        wake?.resume()
+    }
+
+    /// The consumer is gone: a waiting producer is let go, further frames are refused.
+    func close() {
+        let wake = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.closed = true
+            state.items.removeAll()
+            state.head = 0
+            defer { state.producer = nil }
+            return state.producer
+        }
+        wake?.resume()
+    }
+
+    /// Up to `max` frames, waiting for the first; nil after the last one.
+    func next(max: Int) async throws -> [RuntimeMessage]? {
+        while true {
+            enum Step { case batch([RuntimeMessage], CheckedContinuation<Void, Never>?), end((any Error)?), wait }
+            let step: Step = state.withLock { state in
+                if state.count > 0 {
+                    let end = state.head + min(max, state.count)
+                    let batch = Array(state.items[state.head..<end])
+                    state.head = end
+                    if state.head == state.items.count {
+                        state.items.removeAll(keepingCapacity: true)
+                        state.head = 0
+                    } else if state.head > 4096 {
+                        state.items.removeFirst(state.head)
+                        state.head = 0
+                    }
+                    defer { state.producer = nil }
+                    return .batch(batch, state.producer)
+                }
+                if state.ended || state.closed { return .end(state.closed ? nil : state.failure) }
+                return .wait
+            }
+            switch step {
+            case .batch(let batch, let wake):
+                wake?.resume()
+                return batch
+            case .end(let failure):
+                if let failure { throw failure }
+                return nil
+            case .wait:
+                await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+                    let now = state.withLock { state -> Bool in
+                        if state.count > 0 || state.ended || state.closed { return true }
+                        state.consumer = waiter
+                        return false
+                    }
+                    if now { waiter.resume() }
+                }
+            }
+        }
     }
 }

@@ -291,99 +291,124 @@ extension SessionService {
         return true
     }
 
-    /// Records one event a runtime reported, exactly once: a `seq` at or below the recorded
-    /// one is a resend and only acknowledged again. Events of an execution that is no longer
-    /// active (failed for lack of heartbeats, say) are acknowledged and dropped.
-    func ingest(_ event: RuntimeEvent, from connection: RuntimeConnection) async throws {
+    /// Records the events a runtime reported, in order, each exactly once: a `seq` at or below
+    /// the recorded one is a resend and only acknowledged again; one above the next expected is
+    /// dropped (the runtime resends it). Events of an execution that is no longer active (failed
+    /// for lack of heartbeats, say) are acknowledged and dropped. The events a connection has
+    /// already received are taken as one batch: one transaction (the events, the executions they
+    /// touch, the session with its `ackedSeq`), then one cumulative ack once it is durable. A
+    /// batch ends after an `execution.ended`, so that the completion's follow-ups (auto-commit,
+    /// callback, a re-sent execute) see it committed.
+    func ingest(_ batch: [RuntimeEvent], from connection: RuntimeConnection) async throws {
         let id = connection.sessionId
-        // A state transition (running, ended) re-evaluates the session's deadlines at once.
-        let transitioned: Bool = try await locks.withLock(id) {
-            guard var session = try await self.store.session(id), session.runtime.instanceId == connection.instanceId else { return false }
-            let acked = session.runtime.ackedSeq ?? 0
-            guard event.seq > acked else {
-                connection.send(.ack(seq: acked))
-                return false
-            }
-            guard event.seq == acked + 1 else {
-                self.logger.warning("runtime event out of order; waiting for the resend", metadata: ["sessionId": "\(id)", "seq": "\(event.seq)", "acked": "\(acked)"])
-                return false
-            }
-            session.runtime.ackedSeq = event.seq
-            let now = self.clock.now()
-            var executions: [Execution] = []
-            var events: [NewEvent] = []
-            var ended = false
-            var transitioned = false
-            if let executionId = ExecutionID(rawValue: event.executionId), var execution = try await self.store.execution(executionId),
-               execution.sessionId == id, execution.status.isActive
-            {
-                let data = event.data.mapValues(JSONValue.init)
-                switch event.kind {
-                case RuntimeEvent.Kind.running:
-                    if execution.status == .pending {
-                        try execution.markRunning(at: now)
-                        events.append(NewEvent(executionId: executionId, type: EventType.executionRunning, at: now))
-                        transitioned = true
+        var rest = batch[...]
+        while !rest.isEmpty {
+            let end = rest.firstIndex { $0.kind == RuntimeEvent.Kind.ended }.map { $0 + 1 } ?? rest.endIndex
+            let run = rest[..<end]
+            rest = rest[end...]
+            // A state transition (running, ended) re-evaluates the session's deadlines at once.
+            let transitioned: Bool = try await locks.withLock(id) {
+                guard var session = try await self.store.session(id), session.runtime.instanceId == connection.instanceId else { return false }
+                let acked = session.runtime.ackedSeq ?? 0
+                var last = acked
+                var resent = false
+                let now = self.clock.now()
+                // The executions the batch touches, read once, in the order first touched.
+                var touched: [ExecutionID: Execution?] = [:]
+                var order: [ExecutionID] = []
+                var events: [NewEvent] = []
+                var ended: ExecutionID?
+                var transitioned = false
+                var resend: Execution?
+                for event in run {
+                    guard event.seq > last else {
+                        resent = true
+                        continue
                     }
-                    if let group = event.data["processGroup"]?.intValue { session.runtime.process?.agentProcessGroup = Int32(group) }
-                case RuntimeEvent.Kind.agent, RuntimeEvent.Kind.output:
-                    if execution.status == .pending {
-                        try execution.markRunning(at: now)
-                        transitioned = true
+                    guard event.seq == last + 1 else {
+                        self.logger.warning("runtime event out of order; waiting for the resend", metadata: ["sessionId": "\(id)", "seq": "\(event.seq)", "acked": "\(last)"])
+                        continue
                     }
-                    execution.recordProgress(at: now)
-                    // An event arriving now proves the runtime alive now, as a heartbeat would. After
-                    // a control-plane restart a runtime whose execution ended meanwhile resends its
-                    // backlog and no longer heartbeats; catching up must not count as silence.
-                    try execution.recordHeartbeat(at: now)
-                    events.append(NewEvent(executionId: executionId, type: event.kind == RuntimeEvent.Kind.agent ? EventType.agent : EventType.output, at: event.at, data: data))
-                case RuntimeEvent.Kind.ended:
-                    let outcome = Self.outcome(of: event)
-                    try execution.end(
-                        outcome.status, at: now, exitCode: outcome.exitCode, error: outcome.error,
-                        interruptReason: outcome.interruptReason, reportedByRuntime: true
-                    )
-                    events.append(outcome.event(executionId, now))
-                    session.activeExecutionId = nil
-                    session.updatedAt = now
-                    session.runtime.process?.agentProcessGroup = nil
-                    if let conversation = event.data[RuntimeEvent.conversationIdKey]?.stringValue, !conversation.isEmpty {
-                        session.agentConversationId = conversation
+                    last = event.seq
+                    if let executionId = ExecutionID(rawValue: event.executionId) {
+                        if touched[executionId] == nil { touched[executionId] = .some(try await self.store.execution(executionId)) }
+                        if var execution = touched[executionId] ?? nil, execution.sessionId == id, execution.status.isActive {
+                            let data = event.data.mapValues(JSONValue.init)
+                            switch event.kind {
+                            case RuntimeEvent.Kind.running:
+                                if execution.status == .pending {
+                                    try execution.markRunning(at: now)
+                                    events.append(NewEvent(executionId: executionId, type: EventType.executionRunning, at: now))
+                                    transitioned = true
+                                }
+                                if let group = event.data["processGroup"]?.intValue { session.runtime.process?.agentProcessGroup = Int32(group) }
+                            case RuntimeEvent.Kind.agent, RuntimeEvent.Kind.output:
+                                if execution.status == .pending {
+                                    try execution.markRunning(at: now)
+                                    transitioned = true
+                                }
+                                execution.recordProgress(at: now)
+                                // An event arriving now proves the runtime alive now, as a heartbeat would. After
+                                // a control-plane restart a runtime whose execution ended meanwhile resends its
+                                // backlog and no longer heartbeats; catching up must not count as silence.
+                                try execution.recordHeartbeat(at: now)
+                                events.append(NewEvent(executionId: executionId, type: event.kind == RuntimeEvent.Kind.agent ? EventType.agent : EventType.output, at: event.at, data: data))
+                            case RuntimeEvent.Kind.ended:
+                                let outcome = Self.outcome(of: event)
+                                try execution.end(
+                                    outcome.status, at: now, exitCode: outcome.exitCode, error: outcome.error,
+                                    interruptReason: outcome.interruptReason, reportedByRuntime: true
+                                )
+                                events.append(outcome.event(executionId, now))
+                                session.activeExecutionId = nil
+                                session.updatedAt = now
+                                session.runtime.process?.agentProcessGroup = nil
+                                if let conversation = event.data[RuntimeEvent.conversationIdKey]?.stringValue, !conversation.isEmpty {
+                                    session.agentConversationId = conversation
+                                }
+                                ended = executionId
+                                transitioned = true
+                            default:
+                                self.logger.warning("unknown runtime event kind", metadata: ["sessionId": "\(id)", "kind": "\(event.kind)"])
+                            }
+                            if !order.contains(executionId) { order.append(executionId) }
+                            touched[executionId] = .some(execution)
+                        }
                     }
-                    ended = true
-                    transitioned = true
-                default:
-                    self.logger.warning("unknown runtime event kind", metadata: ["sessionId": "\(id)", "kind": "\(event.kind)"])
+                    // The runtime ended an execution that had already ended here (failed for lack of
+                    // heartbeats while the runtime was frozen, say); an execute sent meanwhile was ignored
+                    // as busy, so the pending execution is sent again now that the runtime is free.
+                    if event.kind == RuntimeEvent.Kind.ended, let activeId = session.activeExecutionId, activeId.rawValue != event.executionId,
+                       let pending = try await self.store.execution(activeId), pending.status == .pending
+                    {
+                        resend = pending
+                    }
                 }
-                executions.append(execution)
-            }
-            // The runtime ended an execution that had already ended here (failed for lack of
-            // heartbeats while the runtime was frozen, say); an execute sent meanwhile was ignored
-            // as busy, so the pending execution is sent again now that the runtime is free.
-            var resend: Execution?
-            if event.kind == RuntimeEvent.Kind.ended, let activeId = session.activeExecutionId, activeId.rawValue != event.executionId,
-               let pending = try await self.store.execution(activeId), pending.status == .pending
-            {
-                resend = pending
-            }
-            try await self.commit(SessionChange(sessionId: id, session: session, executions: executions, events: events))
-            connection.send(.ack(seq: event.seq))
-            if let resend { connection.send(.execute(self.executeCommand(resend, session: session))) }
-            if ended {
-                connection.activeExecution = nil
-                if let execution = executions.first {
-                    await self.autoCommitIfAsked(after: execution, session: session)
-                    await self.enqueueCallback(for: execution, session: session)
-                    self.metrics.executionEnded(execution.status)
-                    self.logger.info("execution ended", metadata: [
-                        "sessionId": "\(id)", "executionId": "\(execution.id)", "status": "\(execution.status.rawValue)",
-                        "exitCode": "\(execution.exitCode.map(String.init) ?? "-")",
-                    ])
+                guard last > acked else {
+                    if resent { connection.send(.ack(seq: acked)) }
+                    return false
                 }
+                session.runtime.ackedSeq = last
+                let executions = order.compactMap { touched[$0] ?? nil }
+                try await self.commit(SessionChange(sessionId: id, session: session, executions: executions, events: events))
+                connection.send(.ack(seq: last))
+                if let resend { connection.send(.execute(self.executeCommand(resend, session: session))) }
+                if let ended {
+                    connection.activeExecution = nil
+                    if let execution = touched[ended] ?? nil {
+                        await self.autoCommitIfAsked(after: execution, session: session)
+                        await self.enqueueCallback(for: execution, session: session)
+                        self.metrics.executionEnded(execution.status)
+                        self.logger.info("execution ended", metadata: [
+                            "sessionId": "\(id)", "executionId": "\(execution.id)", "status": "\(execution.status.rawValue)",
+                            "exitCode": "\(execution.exitCode.map(String.init) ?? "-")",
+                        ])
+                    }
+                }
+                return transitioned
             }
-            return transitioned
+            if transitioned { await scheduler.poke(id) }
         }
-        if transitioned { await scheduler.poke(id) }
     }
 
     struct Outcome {
@@ -413,10 +438,11 @@ extension SessionService {
         }
     }
 
-    /// A heartbeat of the connection's active execution (anything else is ignored).
-    func heartbeat(_ executionId: String, from connection: RuntimeConnection) async {
+    /// `count` heartbeats (received together) of the connection's active execution (anything
+    /// else is ignored).
+    func heartbeat(_ executionId: String, count: Int = 1, from connection: RuntimeConnection) async {
         guard let active = connection.activeExecution, active.rawValue == executionId else { return }
-        await heartbeats.record(active, at: clock.now())
+        await heartbeats.record(active, at: clock.now(), count: count)
     }
 }
 

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSQLite
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -66,9 +67,8 @@ struct StreamEndpoint {
         func matches(_ event: Event) -> Bool {
             (query.executionId == nil || event.executionId == query.executionId) && (query.types?.contains(event.type) ?? true)
         }
-        func send(_ event: Event) async throws {
-            let data = try JSONResponse.encoder.encode(event.json)
-            try await outbound.write(.text(String(decoding: data, as: UTF8.self)))
+        func send(_ text: String) async throws {
+            try await outbound.write(.text(text))
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             // Reading the client's frames answers its pings and notices its close.
@@ -79,13 +79,13 @@ struct StreamEndpoint {
                 var lastId = query.afterId
                 while true {
                     let page = try await service.store.events(of: session, EventQuery(afterId: lastId, limit: 500, executionId: query.executionId, types: query.types))
-                    for event in page { try await send(event) }
+                    for event in page { try await send(JSONText.encode(event.json)) }
                     lastId = page.last?.id ?? lastId
                     if page.count < 500 { break }
                 }
-                for await event in subscription.events where event.id > lastId {
-                    lastId = event.id
-                    if matches(event) { try await send(event) }
+                for await live in subscription.events where live.event.id > lastId {
+                    lastId = live.event.id
+                    if matches(live.event) { try await send(live.text) }
                 }
                 // Cancelled because the reader ended (the client closed, or sent a message over
                 // the limit): the WebSocket handler closes with the right code. Closing here
