@@ -55,6 +55,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     public nonisolated let configuration: RuntimeConfiguration
     private nonisolated let agents: AgentCatalog
     private nonisolated let agentEnvironment: [String: String]
+    /// The session's secrets, masked in every line the agent prints.
+    private nonisolated let secretMask: SecretMask
     private nonisolated let logger: Logger
     private nonisolated let requests: AsyncStream<Request>
     private nonisolated let requestContinuation: AsyncStream<Request>.Continuation
@@ -76,6 +78,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         self.configuration = configuration
         self.agents = agents
         self.agentEnvironment = agentEnvironment
+        self.secretMask = configuration.secretMask(agentEnvironment: agentEnvironment)
         self.logger = logger
         self.heartbeatInterval = configuration.heartbeatInterval
         self.stopGrace = configuration.stopGrace
@@ -335,6 +338,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     private func agentLine(_ executionId: String, stream: AgentStream, line: String) {
         guard var execution = active, execution.executionId == executionId else { return }
         execution.progress += 1
+        let line = secretMask.isEmpty ? line : secretMask.apply(line)
         let items: [AgentOutputItem] = stream == .stdout ? execution.parser.parse(line: line) : [.output]
         active = execution
         for item in items {

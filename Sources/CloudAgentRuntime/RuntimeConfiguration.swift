@@ -1,3 +1,4 @@
+import CloudAgentAgents
 import Foundation
 import Logging
 
@@ -16,6 +17,9 @@ public struct RuntimeConfiguration: Sendable, Equatable {
     public var stopGrace: Duration
     /// Until the welcome says otherwise.
     public var heartbeatInterval: Duration
+    /// The names of the session's secrets among the agent's variables: their values are masked
+    /// in everything the agent prints.
+    public var secretNames: [String] = []
 
     public init(
         controlURL: String,
@@ -70,6 +74,12 @@ public struct RuntimeConfiguration: Sendable, Equatable {
             logLevel: logLevel,
             stopGrace: stopGrace
         )
+        secretNames = (environment["CLOUD_AGENT_SECRET_NAMES"] ?? "").split(separator: ",").map(String.init).filter { !$0.isEmpty }
+    }
+
+    /// What the agent's output is masked with: the values of `secretNames` in its environment.
+    public func secretMask(agentEnvironment: [String: String]) -> SecretMask {
+        SecretMask(values: secretNames.compactMap { agentEnvironment[$0] })
     }
 
     /// The environment an agent runs with: the runtime's own, minus every `CLOUD_AGENT_*`

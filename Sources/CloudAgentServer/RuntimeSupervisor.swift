@@ -90,8 +90,11 @@ public actor RuntimeSupervisor: Service {
     }
 
     /// Launches a runtime for the session, detached from this process, and watches it.
-    /// `environment` is the session's env vars and decrypted secrets.
-    func launch(session: SessionID, instanceId: String, secret: String, environment: [String: String], stopGraceMs: Int64) throws -> RuntimeProcess {
+    /// `environment` is the session's env vars and decrypted secrets; `secretNames` says which
+    /// are secrets (the runtime masks their values in the agent's output).
+    func launch(
+        session: SessionID, instanceId: String, secret: String, environment: [String: String], secretNames: [String] = [], stopGraceMs: Int64
+    ) throws -> RuntimeProcess {
         guard let port else { throw LaunchFailure(description: "the control plane is not listening yet") }
         let workspace = layout.workspace(session)
         let home = layout.home(session)
@@ -107,6 +110,7 @@ public actor RuntimeSupervisor: Service {
         env["CLOUD_AGENT_WORKSPACE"] = workspace.path
         env["CLOUD_AGENT_STOP_GRACE_MS"] = String(stopGraceMs)
         env["CLOUD_AGENT_LOG_LEVEL"] = logLevel.rawValue
+        if !secretNames.isEmpty { env["CLOUD_AGENT_SECRET_NAMES"] = secretNames.sorted().joined(separator: ",") }
         let argv = sandbox.wrap([runtimeExecutable.path], workspace: workspace, home: home)
         let spawned = try ProcessControl.spawnDetached(
             argv: argv, environment: env, workingDirectory: workspace, stdin: secret + "\n", logFile: layout.runtimeLog(session)

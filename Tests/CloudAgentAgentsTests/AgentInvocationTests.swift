@@ -117,3 +117,14 @@ struct AgentsFileTests {
         #expect(ExecutableLookup.find("claude", path: nil, isExecutable: exists) == nil)
     }
 }
+
+@Suite("Secret mask")
+struct SecretMaskTests {
+    @Test("secret values are masked wherever they appear, the longest first; very short values are left alone")
+    func masks() {
+        let mask = SecretMask(values: ["sk-live-123456", "sk-live-123456-extended", "ab", ""])
+        #expect(mask.apply(#"{"type":"text","text":"key=sk-live-123456-extended and sk-live-123456"}"#) == #"{"type":"text","text":"key=*** and ***"}"#)
+        #expect(mask.apply("nothing secret, ab") == "nothing secret, ab")
+        #expect(SecretMask(values: ["ab"]).isEmpty)
+    }
+}
