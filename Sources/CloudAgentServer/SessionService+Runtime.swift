@@ -94,7 +94,8 @@ extension SessionService {
             let instanceId = UUID().uuidString.lowercased()
             let secret = BearerToken.generate(prefix: "rts_")
             let process = try await supervisor.launch(
-                session: id, instanceId: instanceId, secret: secret, environment: request.environment, stopGraceMs: timing.stopGraceMs
+                session: id, instanceId: instanceId, secret: secret, environment: request.environment,
+                secretNames: Array(session.spec.secrets.keys), stopGraceMs: timing.stopGraceMs
             )
             session.runtime.instanceId = instanceId
             session.runtime.secretHash = BearerToken.hash(secret)

@@ -143,4 +143,21 @@ struct AgentScenarioTests {
             #expect(texts == ["hello (m-7)"])
         }
     }
+
+    @Test("a secret the agent prints is masked in its events, in stdout and stderr alike; plain env vars are not")
+    func secretsMaskedInAgentOutput() async throws {
+        try await server().run { api in
+            let secret = "sk-test-\(UUID().uuidString)"
+            let id = try await api.createSession([
+                "prompt": "run echo key=$API_KEY region=$REGION\nrun echo $API_KEY >&2\nsay $API_KEY",
+                "envVars": ["REGION": "eu-west-9"], "secrets": ["API_KEY": .string(secret)],
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed")
+            let everything = try await api.request(.get, "/v1/sessions/\(id)/events?fromId=0&limit=1000").text
+            #expect(!everything.contains(secret))
+            let tools = try await api.events(id).filter { $0.data["kind"] == "tool" }.compactMap { $0.data["output"]?.stringValue }
+            #expect(tools.contains { $0.contains("key=*** region=eu-west-9") }, "\(tools)")
+        }
+    }
 }
