@@ -66,7 +66,7 @@ struct RealAgentScenarioTests {
     }
 
     @Test(
-        "a tool call writes a file in the workspace and a final text follows, as normalized events; a follow-up resumes the same conversation",
+        "a tool call writes a file in the workspace and a final text follows, as normalized events; after an idle stop, a follow-up resumes the same conversation",
         .enabled(if: !available.isEmpty, skipReason), arguments: available
     )
     func toolCallTextAndResume(agent: RealAgent) async throws {
@@ -81,8 +81,11 @@ struct RealAgentScenarioTests {
             """#, in: directory)
         defer { model.stop() }
         let repo = try makeGitRepository(in: directory)
-        // The real sandbox when it works here (bwrap), so that the CLI is shown to run inside it.
-        try await server(for: agent, sandbox: .auto).run { api in
+        // The real sandbox when it works here (bwrap), so that the CLI is shown to run inside it;
+        // a short idle timeout, so that the follow-up comes after an idle stop (a cold start).
+        var server = try server(for: agent, sandbox: .auto)
+        server.timing.idleTimeoutMs = 1500
+        try await server.run { api in
             let id = try await session(api, agent: agent, model: model, prompt: "Write agent-note.txt", repo: repo)
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             let first = try await api.waitForExecution(id, status: "completed", within: 90)
@@ -99,6 +102,8 @@ struct RealAgentScenarioTests {
             #expect(agentEvents.allSatisfy { $0.data["raw"]?.stringValue?.hasPrefix("{") == true })
             let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
 
+            // The runtime goes idle and is stopped; the agent's transcript stays in the session's HOME.
+            _ = try await api.waitForRuntime(id, state: "stopped", within: 15)
             let mainBefore = try model.recorded().filter { $0.main }.count
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "And now?"]).status == 202)
             let second = try await api.waitForExecution(id, status: "completed", within: 90)
