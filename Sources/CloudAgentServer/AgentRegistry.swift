@@ -110,7 +110,7 @@ public struct AgentRegistry: Sendable {
         }
         let registry = AgentRegistry(entries: entries)
         for entry in registry.entries {
-            logger.info("agent", metadata: [
+            logger.info("agent resolved", metadata: [
                 "agent": .string(entry.name), "available": .stringConvertible(entry.available),
                 "binary": .string(entry.binary ?? "-"), "version": .string(entry.version ?? "-"),
             ])

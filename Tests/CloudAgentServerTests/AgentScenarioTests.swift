@@ -1,6 +1,7 @@
 import CloudAgentCore
 import CloudAgentServer
 import HTTPTypes
+import HummingbirdTesting
 import Foundation
 import Testing
 
@@ -158,6 +159,22 @@ struct AgentScenarioTests {
             #expect(!everything.contains(secret))
             let tools = try await api.events(id).filter { $0.data["kind"] == "tool" }.compactMap { $0.data["output"]?.stringValue }
             #expect(tools.contains { $0.contains("key=*** region=eu-west-9") }, "\(tools)")
+        }
+    }
+
+    @Test("cloud-agent agents: one line per agent, available or why not; --json is the API's answer")
+    func agentsCommand() async throws {
+        let server = try server()
+        try await server.run { api in
+            let cli = CLIRunner(port: try #require(api.client.port), directory: server.directory.url)
+            let human = try await cli.run(["agents"])
+            #expect(human.exitStatus == 0, "\(human.diagnostics)")
+            let lines = human.stdout.split(separator: "\n").map(String.init)
+            #expect(lines.count == 8, "\(human.stdout)")
+            #expect(lines.contains { $0.hasPrefix("✓ opencode") && $0.contains("opencode-fixture") })
+            #expect(lines.contains { $0.hasPrefix("✗ claude-code") && $0.contains("CLOUD_AGENT_CLAUDE_BIN") })
+            let json = try await cli.run(["agents"], ["--json"])
+            #expect(jsonLines(json.stdout).first?["agents"]?.arrayValue?.count == 8)
         }
     }
 }
