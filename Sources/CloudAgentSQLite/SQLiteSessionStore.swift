@@ -118,7 +118,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func owner(forTokenHash hash: String) async throws -> Owner? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT owner_user, owner_org FROM api_tokens WHERE hash = ?", arguments: [hash])
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT owner_user, owner_org FROM api_tokens WHERE hash = ?"), arguments: [hash])
                 .map { Owner(user: $0["owner_user"], org: $0["owner_org"]) }
         }
     }
@@ -128,7 +128,7 @@ public final class SQLiteSessionStore: SessionStore {
     public func insertSession(_ session: SessionRecord) async throws {
         let record = try Coding.encode(session)
         try await pool.write { db in
-            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM sessions WHERE id = ?", arguments: [session.id.rawValue]) == nil else {
+            guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [session.id.rawValue]) == nil else {
                 throw StoreError.duplicateSession(session.id)
             }
             try db.execute(
@@ -146,7 +146,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func session(_ id: SessionID) async throws -> SessionRecord? {
         let record = try await pool.read { db in
-            try String.fetchOne(db, sql: "SELECT record FROM sessions WHERE id = ?", arguments: [id.rawValue])
+            try String.fetchOne(db.cachedStatement(sql: "SELECT record FROM sessions WHERE id = ?"), arguments: [id.rawValue])
         }
         return try record.map { try Coding.decode(SessionRecord.self, from: $0) }
     }
@@ -233,12 +233,11 @@ public final class SQLiteSessionStore: SessionStore {
             }
             switch change.wakeUp {
             case .none: break
-            case .some(.none): try db.execute(sql: "DELETE FROM wake_ups WHERE session_id = ?", arguments: [id])
+            case .some(.none): try db.cachedStatement(sql: "DELETE FROM wake_ups WHERE session_id = ?").execute(arguments: [id])
             case .some(.some(let due)):
-                try db.execute(
-                    sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE SET due_at = excluded.due_at",
-                    arguments: [id, due.millisecondsSince1970]
-                )
+                try db.cachedStatement(
+                    sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE SET due_at = excluded.due_at"
+                ).execute(arguments: [id, due.millisecondsSince1970])
             }
             return appended
         }
@@ -296,20 +295,20 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func execution(_ id: ExecutionID) async throws -> Execution? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM executions WHERE id = ?", arguments: [id.rawValue]).flatMap(Self.execution(from:))
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM executions WHERE id = ?"), arguments: [id.rawValue]).flatMap(Self.execution(from:))
         }
     }
 
     public func executions(of session: SessionID) async throws -> [Execution] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id", arguments: [session.rawValue])
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id"), arguments: [session.rawValue])
                 .compactMap(Self.execution(from:))
         }
     }
 
     public func latestExecution(of session: SessionID) async throws -> Execution? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1", arguments: [session.rawValue])
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1"), arguments: [session.rawValue])
                 .flatMap(Self.execution(from:))
         }
     }
@@ -360,14 +359,14 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func lastEventId(of session: SessionID) async throws -> Int64 {
         try await pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT last_event_id FROM sessions WHERE id = ?", arguments: [session.rawValue]) ?? 0
+            try Int64.fetchOne(db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [session.rawValue]) ?? 0
         }
     }
 
     public func oldestEventAt(of session: SessionID) async throws -> Date? {
         // Events are appended in time order, so the lowest id is the oldest.
         try await pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT at FROM events WHERE session_id = ? ORDER BY id LIMIT 1", arguments: [session.rawValue])
+            try Int64.fetchOne(db.cachedStatement(sql: "SELECT at FROM events WHERE session_id = ? ORDER BY id LIMIT 1"), arguments: [session.rawValue])
                 .map { Date(millisecondsSince1970: $0) }
         }
     }
@@ -391,7 +390,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func wakeUp(of session: SessionID) async throws -> Date? {
         try await pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT due_at FROM wake_ups WHERE session_id = ?", arguments: [session.rawValue])
+            try Int64.fetchOne(db.cachedStatement(sql: "SELECT due_at FROM wake_ups WHERE session_id = ?"), arguments: [session.rawValue])
                 .map { Date(millisecondsSince1970: $0) }
         }
     }
@@ -409,7 +408,7 @@ public final class SQLiteSessionStore: SessionStore {
     public func enqueueCallback(_ delivery: CallbackDelivery) async throws -> Bool {
         let headers = try Coding.encode(delivery.headers)
         return try await pool.write { db in
-            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM sessions WHERE id = ?", arguments: [delivery.sessionId.rawValue]) != nil else {
+            guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [delivery.sessionId.rawValue]) != nil else {
                 throw StoreError.sessionNotFound(delivery.sessionId)
             }
             try db.execute(
@@ -453,7 +452,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func nextCallbackDue() async throws -> Date? {
         try await pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT MIN(next_attempt_at) FROM callback_deliveries").map { Date(millisecondsSince1970: $0) }
+            try Int64.fetchOne(db.cachedStatement(sql: "SELECT MIN(next_attempt_at) FROM callback_deliveries")).map { Date(millisecondsSince1970: $0) }
         }
     }
 
