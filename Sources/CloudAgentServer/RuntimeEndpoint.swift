@@ -75,7 +75,7 @@ struct RuntimeEndpoint {
                             let limit = service.hub.burstLimit(session)
                             var start = 0
                             while start < events.count {
-                                let end = min(events.count, start + limit)
+                                let end = events.count - start <= limit ? events.count : start + limit
                                 try await service.ingest(Array(events[start..<end]), from: connection)
                                 start = end
                             }
