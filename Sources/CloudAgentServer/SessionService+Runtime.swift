@@ -155,6 +155,10 @@ extension SessionService {
                 let reason = session.runtime.stopReason ?? reason
                 try await self.recordStopped(&session, reason: reason, executionError: "runtime stopped (\(reason.rule.rawValue))")
             }
+        } catch is CancellationError {
+            // The control plane is shutting down: the runtime stays `stopping`, and the next
+            // start's recovery finishes the stop. Nothing is lost.
+            logger.notice("stop left to the next start: the control plane is shutting down", metadata: ["sessionId": "\(id)"])
         } catch {
             logger.error("recording a stop failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
         }
