@@ -9,8 +9,8 @@ import CloudAgentProtocol
 ///   {changes:[{path, kind}]} → `tool` named `apply_patch`; `mcp_tool_call` {server, tool,
 ///   arguments} → `tool`; `web_search` {query} → `tool`; `todo_list` → `log`; `error` {message} → `error`.
 /// - `{"type":"turn.completed","usage"}` — succeeded; `{"type":"turn.failed","error":{"message"}}` —
-///   failed with that message; `{"type":"error","message"}` — an `error` event, and the outcome
-///   unless a later turn completes.
+///   failed with that message; `{"type":"error","message"}` — an `error` event (a `log` for its
+///   "Reconnecting… n/m" retry notices), and the outcome unless a later turn completes.
 public struct CodexOutputParser: AgentOutputParser {
     public private(set) var conversationId: String?
     private var reported: AgentOutcome?
@@ -48,6 +48,8 @@ public struct CodexOutputParser: AgentOutputParser {
         case "error":
             let message = object["message"]?.stringValue ?? object["error"]?["message"]?.stringValue ?? "error"
             lastError = message
+            // "Reconnecting... 2/5 (…)": Codex retrying its model request, not a failure (yet).
+            if message.hasPrefix("Reconnecting") { return [.agent(AgentEventData.log(message, raw: line))] }
             return [.agent(AgentEventData.error(message, raw: line))]
         case "item.started", "item.updated", "item.completed":
             guard let item = object["item"]?.objectValue else { return [.agent(AgentEventData.log(line, raw: line))] }

@@ -62,6 +62,7 @@ struct RealOutputFixtureTests {
     func codexError() throws {
         let (events, _, parser) = read(CodexOutputParser(), try lines("codex-exec-error.jsonl"))
         #expect(parser.outcome == .failed("stream disconnected before completion: Scripted model failure"))
-        #expect(events.filter { $0["kind"] == .string("error") }.count == 3)
+        #expect(events.filter { $0["kind"] == .string("error") }.count == 2)
+        #expect(kinds(events).contains("log: Reconnecting... 1/1 (stream disconnected before completion: Scripted model failure)"))
     }
 }
