@@ -68,7 +68,7 @@ final class SimulatedRuntime: Sendable {
     private let controls: AsyncStream<ControlMessage>
     private let controlQueue: AsyncStream<ControlMessage>.Continuation
     private let nextSeq = Atomic<Int64>(1)
-    private let acks = Mutex<(acked: Int64, closed: Bool, waiters: [(seq: Int64, continuation: CheckedContinuation<Void, Never>)])>((0, false, []))
+    private let acks = AckWaiters()
     /// Called with how many more events were acknowledged (for global counters).
     private let onAck: @Sendable (Int64) -> Void
 
@@ -120,16 +120,7 @@ final class SimulatedRuntime: Sendable {
     private func received(_ text: String) async throws {
         switch try ProtocolCoding.decodeControlMessage(text) {
         case .ack(let seq):
-            var ready: [CheckedContinuation<Void, Never>] = []
-            let delta: Int64 = acks.withLock { state in
-                guard seq > state.acked else { return 0 }
-                let delta = seq - state.acked
-                state.acked = seq
-                ready = state.waiters.filter { $0.seq <= seq }.map(\.continuation)
-                state.waiters.removeAll { $0.seq <= seq }
-                return delta
-            }
-            for continuation in ready { continuation.resume() }
+            let delta = acks.acknowledge(seq)
             if delta > 0 { onAck(delta) }
         case .ping(let nonce):
             try await send(ProtocolCoding.encode(RuntimeMessage.pong(nonce: nonce)))
@@ -143,12 +134,7 @@ final class SimulatedRuntime: Sendable {
     private func connectionEnded(because reason: String) {
         endReason.withLock { $0 = $0 ?? reason }
         controlQueue.finish()
-        let waiting = acks.withLock { state in
-            state.closed = true
-            defer { state.waiters.removeAll() }
-            return state.waiters.map(\.continuation)
-        }
-        for continuation in waiting { continuation.resume() }
+        acks.close()
     }
 
     private func handshake() async throws {
@@ -195,19 +181,10 @@ final class SimulatedRuntime: Sendable {
     }
 
     /// The highest seq acknowledged so far.
-    var acked: Int64 { acks.withLock { $0.acked } }
+    var acked: Int64 { acks.acked }
 
     /// Waits until `seq` is acknowledged (or the connection ends).
-    func waitForAck(_ seq: Int64) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = acks.withLock { state -> Bool in
-                if state.closed || state.acked >= seq { return true }
-                state.waiters.append((seq, continuation))
-                return false
-            }
-            if now { continuation.resume() }
-        }
-    }
+    func waitForAck(_ seq: Int64) async { await acks.wait(for: seq) }
 
     func waitForAck(_ seq: Int64, timeoutSeconds: Double) async throws {
         try await withDeadline(timeoutSeconds, "the acknowledgement of event \(seq)") { [self] in

@@ -265,7 +265,7 @@ struct RuntimeSink: EventSink {
 final class EchoSink: EventSink {
     private let outbound: WebSocketOutboundWriter
     private let nextSeq = Counter()
-    private let acks = Locked<(acked: Int64, closed: Bool, waiters: [(seq: Int64, continuation: CheckedContinuation<Void, Never>)])>((0, false, []))
+    private let acks = AckWaiters()
 
     private init(outbound: WebSocketOutboundWriter) { self.outbound = outbound }
 
@@ -311,27 +311,11 @@ final class EchoSink: EventSink {
     }
 
     private func acknowledged(_ seq: Int64, onAck: @Sendable (Int64) -> Void) {
-        var ready: [CheckedContinuation<Void, Never>] = []
-        let delta: Int64 = acks.withLock { state in
-            guard seq > state.acked else { return 0 }
-            let delta = seq - state.acked
-            state.acked = seq
-            ready = state.waiters.filter { $0.seq <= seq }.map(\.continuation)
-            state.waiters.removeAll { $0.seq <= seq }
-            return delta
-        }
-        for continuation in ready { continuation.resume() }
+        let delta = acks.acknowledge(seq)
         if delta > 0 { onAck(delta) }
     }
 
-    private func ended() {
-        let waiting = acks.withLock { state in
-            state.closed = true
-            defer { state.waiters.removeAll() }
-            return state.waiters.map(\.continuation)
-        }
-        for continuation in waiting { continuation.resume() }
-    }
+    private func ended() { acks.close() }
 
     func send(t: UInt64, measured: Bool) async throws -> Int64 {
         nextSeq.add(1)
@@ -341,18 +325,9 @@ final class EchoSink: EventSink {
         return seq
     }
 
-    var acked: Int64 { acks.value.acked }
+    var acked: Int64 { acks.acked }
 
-    func waitForAck(_ seq: Int64) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = acks.withLock { state -> Bool in
-                if state.closed || state.acked >= seq { return true }
-                state.waiters.append((seq, continuation))
-                return false
-            }
-            if now { continuation.resume() }
-        }
-    }
+    func waitForAck(_ seq: Int64) async { await acks.wait(for: seq) }
 
     func waitForAck(_ seq: Int64, timeoutSeconds: Double) async throws {
         try await withDeadline(timeoutSeconds, "the echo of frame \(seq)") { [self] in

@@ -285,3 +285,49 @@ final class OnceFlag: Sendable {
     var isSet: Bool { value.load(ordering: .acquiring) }
     func set() { value.store(true, ordering: .releasing) }
 }
+
+/// The acknowledgements of one connection: the highest seq acknowledged, and tasks waiting for
+/// a seq to be acknowledged (or for the connection to end).
+final class AckWaiters: Sendable {
+    private let state = Mutex<(acked: Int64, closed: Bool, waiters: [(seq: Int64, continuation: CheckedContinuation<Void, Never>)])>((0, false, []))
+
+    var acked: Int64 { state.withLock { $0.acked } }
+
+    /// Records a cumulative acknowledgement; returns how many seqs it newly covers.
+    @discardableResult
+    func acknowledge(_ seq: Int64) -> Int64 {
+        var ready: [CheckedContinuation<Void, Never>] = []
+        let delta: Int64 = state.withLock { state in
+            guard seq > state.acked else { return 0 }
+            let delta = seq - state.acked
+            state.acked = seq
+            ready = state.waiters.filter { $0.seq <= seq }.map(\.continuation)
+            state.waiters.removeAll { $0.seq <= seq }
+            return delta
+        }
+        for continuation in ready { continuation.resume() }
+        return delta
+    }
+
+    /// The connection ended: every waiter returns.
+    func close() {
+        let waiting = state.withLock { state in
+            state.closed = true
+            defer { state.waiters.removeAll() }
+            return state.waiters.map(\.continuation)
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+
+    /// Waits until `seq` is acknowledged or the connection ends.
+    func wait(for seq: Int64) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.closed || state.acked >= seq { return true }
+                state.waiters.append((seq, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+}
