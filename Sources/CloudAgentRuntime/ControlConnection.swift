@@ -3,6 +3,7 @@ import HTTPTypes
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 import WSClient
 
 /// The runtime's WebSocket to the control plane, kept open for as long as the runtime lives:
@@ -29,6 +30,15 @@ public struct ControlConnection: Service, CustomStringConvertible {
         var description: String { "no welcome within \(ControlConnection.welcomeTimeout)" }
     }
 
+    /// A connection attempt whose TCP connect and WebSocket upgrade have not succeeded within
+    /// this is abandoned and made again: an upgrade the other side never answers (a control
+    /// plane killed mid-accept, say) must not stall reconnecting past the stale threshold.
+    static let upgradeTimeout = Duration.milliseconds(2500)
+
+    struct NoUpgrade: Error, CustomStringConvertible {
+        var description: String { "the WebSocket upgrade was not answered within \(ControlConnection.upgradeTimeout)" }
+    }
+
     /// ServiceLifecycle logs its services: this must not show the secret.
     public var description: String { "ControlConnection(\(runtime.configuration.controlURL))" }
 
@@ -39,19 +49,16 @@ public struct ControlConnection: Service, CustomStringConvertible {
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             let welcomesBefore = await runtime.welcomeCount
             do {
-                try await WebSocketClient.connect(
-                    url: configuration.controlURL,
-                    configuration: Self.clientConfiguration(sessionId: configuration.sessionId, secret: secret),
-                    logger: logger
-                ) { inbound, outbound, _ in
-                    let link = await runtime.openLink()
-                    do {
-                        try await exchange(on: link, inbound: inbound, outbound: outbound)
-                    } catch {
-                        await runtime.closeLink(link.id)
-                        throw error
+                try await Self.bounded(by: Self.upgradeTimeout) { [runtime, secret, logger] upgraded in
+                    try await WebSocketClient.connect(
+                        url: configuration.controlURL,
+                        configuration: Self.clientConfiguration(sessionId: configuration.sessionId, secret: secret),
+                        logger: logger
+                    ) { inbound, outbound, _ in
+                        // An attempt given up on meanwhile must not take the link from a newer one.
+                        guard upgraded() else { return }
+                        try await self.connected(runtime: runtime, inbound: inbound, outbound: outbound)
                     }
-                    await runtime.closeLink(link.id)
                 }
                 logger.info("the control plane closed the connection")
             } catch {
@@ -61,6 +68,54 @@ public struct ControlConnection: Service, CustomStringConvertible {
             let delay = backoff.nextDelay()
             logger.debug("reconnecting", metadata: ["delay": "\(delay)"])
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+        }
+    }
+
+    /// One upgraded connection: its link to the runtime, for as long as it lasts.
+    private func connected(runtime: AgentRuntime, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+        let link = await runtime.openLink()
+        do {
+            try await exchange(on: link, inbound: inbound, outbound: outbound)
+        } catch {
+            await runtime.closeLink(link.id)
+            throw error
+        }
+        await runtime.closeLink(link.id)
+    }
+
+    /// Runs `attempt` (a connection: TCP, upgrade, then its whole life), but gives up with
+    /// `NoUpgrade` when it has not called `upgraded` within `limit`; `upgraded` answers false
+    /// when the attempt was already given up (it must then close at once). A connect stuck in the
+    /// upgrade may not react to cancellation, so the attempt runs in a task of its own that is
+    /// cancelled and left behind rather than awaited; cancelling the caller cancels it too.
+    static func bounded(
+        by limit: Duration, _ attempt: @escaping @Sendable (_ upgraded: @escaping @Sendable () -> Bool) async throws -> Void
+    ) async throws {
+        let state = AttemptState()
+        @Sendable func finish(_ result: Result<Void, any Error>) { state.finish(result) }
+        let task = Task {
+            do {
+                try await attempt { state.markUpgraded() }
+                finish(.success(()))
+            } catch {
+                finish(.failure(error))
+            }
+        }
+        let watchdog = Task {
+            try await Task.sleep(for: limit)
+            if !state.upgraded {
+                task.cancel()
+                finish(.failure(NoUpgrade()))
+            }
+        }
+        defer { watchdog.cancel() }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                state.wait(continuation)
+            }
+        } onCancel: {
+            task.cancel()
+            watchdog.cancel()
         }
     }
 
@@ -149,4 +204,45 @@ public struct RuntimeSecret: Sendable, CustomStringConvertible, CustomDebugStrin
     public var description: String { "<redacted>" }
     public var debugDescription: String { "<redacted>" }
     public var customMirror: Mirror { Mirror(self, children: [:]) }
+}
+
+/// One bounded connection attempt: whether it upgraded, and its result, delivered once.
+private final class AttemptState: Sendable {
+    private struct State {
+        var upgraded = false
+        var continuation: CheckedContinuation<Void, any Error>?
+        var result: Result<Void, any Error>?
+    }
+
+    private let state = Mutex(State())
+
+    var upgraded: Bool { state.withLock { $0.upgraded } }
+
+    /// The connection upgraded; false when the attempt was already given up.
+    func markUpgraded() -> Bool {
+        state.withLock { state in
+            guard state.result == nil else { return false }
+            state.upgraded = true
+            return true
+        }
+    }
+
+    /// The first result wins; it resumes the waiter, now or when it comes.
+    func finish(_ result: Result<Void, any Error>) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            guard state.result == nil else { return nil }
+            state.result = result
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        continuation?.resume(with: result)
+    }
+
+    func wait(_ continuation: CheckedContinuation<Void, any Error>) {
+        let finished = state.withLock { state -> Result<Void, any Error>? in
+            if state.result == nil { state.continuation = continuation }
+            return state.result
+        }
+        if let finished { continuation.resume(with: finished) }
+    }
 }
