@@ -272,6 +272,7 @@ struct Demo: Sendable {
             note(c.paint("its prompt, a script:", .dim))
             for line in Self.script.split(separator: "\n") { note(c.paint("  │ ", .dim) + line) }
         } else {
+            await plane.sessions.agents.probeVersions(environment: plane.configuration.agentLookupEnvironment, logger: Logger(label: "cloud-agent-demo"))
             let entry = plane.sessions.agents.entry(named: agent.rawValue)
             note(c.paint("\(entry?.binary ?? "?") · \(entry?.version ?? "version unknown")", .dim))
             note(c.paint("its model: cloud-agent's scripted model server on \(modelServer) (offline, no key), which asks for tools the CLI runs in the workspace", .dim))

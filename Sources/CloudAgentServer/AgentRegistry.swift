@@ -4,6 +4,7 @@ import CloudAgentProtocol
 import CloudAgentSandbox
 import Foundation
 import Logging
+import Synchronization
 
 /// One agent sessions may name, as `GET /v1/agents` shows it.
 public struct AgentEntry: Sendable, Equatable {
@@ -17,6 +18,8 @@ public struct AgentEntry: Sendable, Equatable {
     public var unavailableReason: String?
     /// What the runtime is told to run (nil when unavailable).
     public var launch: AgentLaunch?
+    /// How to ask the binary its version, when it is not known yet.
+    var versionProbe: [String]?
 
     var json: JSONValue {
         var object: [String: JSONValue] = [
@@ -32,10 +35,39 @@ public struct AgentEntry: Sendable, Equatable {
 /// binary is at `CLOUD_AGENT_<NAME>_BIN` or on PATH (their `--version` probed), and the `command`
 /// agents of `CLOUD_AGENT_AGENTS_FILE`.
 public struct AgentRegistry: Sendable {
-    public let entries: [AgentEntry]
+    private let resolved: [AgentEntry]
+    /// Versions probed so far, by agent name.
+    private let probed = VersionBook()
 
     public init(entries: [AgentEntry]) {
-        self.entries = entries.sorted { $0.name < $1.name }
+        self.resolved = entries.sorted { $0.name < $1.name }
+    }
+
+    /// The agents, with the versions probed so far.
+    public var entries: [AgentEntry] {
+        let versions = probed.versions
+        return resolved.map { entry in
+            var entry = entry
+            if entry.version == nil { entry.version = versions[entry.name] }
+            return entry
+        }
+    }
+
+    /// Asks each available agent whose version is not known yet for it (`--version`), all at
+    /// once, each bounded to 10 s; the server does not wait for this to start. Idempotent.
+    public func probeVersions(environment: [String: String], logger: Logger) async {
+        await probed.probeOnce {
+            await withTaskGroup(of: (String, String?).self) { group in
+                for entry in resolved where entry.available && entry.version == nil {
+                    guard let binary = entry.binary, let arguments = entry.versionProbe else { continue }
+                    group.addTask { (entry.name, await ProgramProbe.firstLine(of: [binary] + arguments, environment: environment)) }
+                }
+                for await (name, version) in group {
+                    if let version { probed.record(version, for: name) }
+                    logger.info("agent version probed", metadata: ["agent": .string(name), "version": .string(version ?? "-")])
+                }
+            }
+        }
     }
 
     /// Only the built-in scripted agent.
@@ -54,11 +86,12 @@ public struct AgentRegistry: Sendable {
         public var description: String
     }
 
-    /// Resolves every agent. An unreadable or invalid agents file is an error (the server does
-    /// not start); a real agent that is not found is listed as unavailable.
+    /// Resolves every agent (where its binary is; versions come later, from `probeVersions`).
+    /// An unreadable or invalid agents file is an error (the server does not start); a real
+    /// agent that is not found is listed as unavailable.
     public static func resolve(
         agentsFile: String?, environment: [String: String], runtimeExecutable: String, logger: Logger
-    ) async throws -> AgentRegistry {
+    ) throws -> AgentRegistry {
         var entries = [scripted(runtimeExecutable: runtimeExecutable)]
         let path = environment["PATH"]
         for kind in AgentKind.realAgents {
@@ -71,10 +104,9 @@ public struct AgentRegistry: Sendable {
                 entries.append(AgentEntry(name: kind.rawValue, kind: kind, available: false, unavailableReason: reason))
                 continue
             }
-            let version = await ProgramProbe.firstLine(of: [binary, "--version"], environment: environment)
             entries.append(AgentEntry(
-                name: kind.rawValue, kind: kind, binary: binary, version: version, available: true,
-                launch: AgentLaunch(kind: kind.rawValue, binary: binary)
+                name: kind.rawValue, kind: kind, binary: binary, version: nil, available: true,
+                launch: AgentLaunch(kind: kind.rawValue, binary: binary), versionProbe: ["--version"]
             ))
         }
         if let agentsFile {
@@ -98,13 +130,10 @@ public struct AgentRegistry: Sendable {
                     ))
                     continue
                 }
-                var version = declaration.version
-                if version == nil, let arguments = declaration.versionArguments {
-                    version = await ProgramProbe.firstLine(of: [binary] + arguments, environment: environment)
-                }
                 entries.append(AgentEntry(
-                    name: declaration.name, kind: .command, binary: binary, version: version, available: true,
-                    launch: AgentLaunch(kind: AgentKind.command.rawValue, binary: binary, arguments: declaration.arguments, output: declaration.output.rawValue)
+                    name: declaration.name, kind: .command, binary: binary, version: declaration.version, available: true,
+                    launch: AgentLaunch(kind: AgentKind.command.rawValue, binary: binary, arguments: declaration.arguments, output: declaration.output.rawValue),
+                    versionProbe: declaration.versionArguments
                 ))
             }
         }
@@ -112,7 +141,7 @@ public struct AgentRegistry: Sendable {
         for entry in registry.entries {
             logger.info("agent resolved", metadata: [
                 "agent": .string(entry.name), "available": .stringConvertible(entry.available),
-                "binary": .string(entry.binary ?? "-"), "version": .string(entry.version ?? "-"),
+                "binary": .string(entry.binary ?? "-"), "reason": .string(entry.unavailableReason ?? "-"),
             ])
         }
         return registry
@@ -147,5 +176,27 @@ public struct AgentRegistry: Sendable {
 
     var json: JSONValue {
         ["agents": .array(entries.map(\.json))]
+    }
+}
+
+/// The versions `AgentRegistry.probeVersions` found; probed once per registry.
+private final class VersionBook: Sendable {
+    private let state = Mutex<(versions: [String: String], probing: Task<Void, Never>?)>(([:], nil))
+
+    var versions: [String: String] { state.withLock { $0.versions } }
+
+    func record(_ version: String, for name: String) {
+        state.withLock { $0.versions[name] = version }
+    }
+
+    /// Runs `probe` the first time; every call waits for that one run to end.
+    func probeOnce(_ probe: @escaping @Sendable () async -> Void) async {
+        let task = state.withLock { state -> Task<Void, Never> in
+            if let probing = state.probing { return probing }
+            let probing = Task { await probe() }
+            state.probing = probing
+            return probing
+        }
+        await task.value
     }
 }

@@ -40,10 +40,12 @@ public struct ControlPlane: Sendable {
         )
         let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger)
         let layout = WorkspaceLayout(dataDirectory: data.root)
-        let agents = try await AgentRegistry.resolve(
+        let agents = try AgentRegistry.resolve(
             agentsFile: configuration.agentsFile, environment: configuration.agentLookupEnvironment,
             runtimeExecutable: configuration.resolvedRuntimeExecutable.path, logger: logger
         )
+        // Versions are asked for in the background: a slow or hanging `--version` never delays the start.
+        Task { [environment = configuration.agentLookupEnvironment] in await agents.probeVersions(environment: environment, logger: logger) }
         let sandbox = try SandboxWrapper.resolve(configuration.sandbox.rawValue, dataDirectory: data.root)
             .exposing(agents.binaryDirectories)
         logger.info("sandbox resolved", metadata: ["requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)"])

@@ -177,4 +177,27 @@ struct AgentScenarioTests {
             #expect(jsonLines(json.stdout).first?["agents"]?.arrayValue?.count == 8)
         }
     }
+
+    @Test("versions are probed in the background: a --version that hangs does not delay the start; one that answers shows up")
+    func versionProbes() async throws {
+        var server = try TestServer()
+        let agentsFile = server.directory.url.appendingPathComponent("agents.json")
+        try Data(#"""
+        {"agents": [
+          {"name": "hanging-version", "command": ["/bin/sh"], "versionCommand": ["-c", "sleep 30"]},
+          {"name": "quick-version", "command": ["/bin/sh"], "versionCommand": ["-c", "echo quick 9.9"]}
+        ]}
+        """#.utf8).write(to: agentsFile)
+        server.agentsFile = agentsFile.path
+        let started = ContinuousClock.now
+        try await server.run { api in
+            #expect(ContinuousClock.now - started < .seconds(10), "the start waited for a version probe")
+            @Sendable func version(_ name: String) async throws -> JSONValue? {
+                try await api.request(.get, "/v1/agents")["agents"]?.arrayValue?.first { $0["name"]?.stringValue == name }?["version"]
+            }
+            try await eventually(within: 10, "the quick version") { try await version("quick-version") == "quick 9.9" }
+            #expect(try await version("hanging-version") == .null)
+            #expect(try await api.request(.get, "/v1/agents")["agents"]?.arrayValue?.first { $0["name"] == "hanging-version" }?["available"] == true)
+        }
+    }
 }
