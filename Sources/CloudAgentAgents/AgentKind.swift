@@ -140,26 +140,3 @@ public enum AgentsFile {
         return scalars.enumerated().allSatisfy { allowed($1, first: $0 == 0) }
     }
 }
-
-/// Finds a program the way a shell does.
-public enum ExecutableLookup {
-    /// `name` itself when it contains a `/`; else the first `PATH` entry holding an executable of
-    /// that name. Symbolic links are resolved, so that the sandbox can expose the real file.
-    public static func find(
-        _ name: String, path: String?,
-        isExecutable: (String) -> Bool = { FileManager.default.isExecutableFile(atPath: $0) }
-    ) -> String? {
-        if name.contains("/") {
-            return isExecutable(name) ? resolved(name) : nil
-        }
-        for directory in (path ?? "").split(separator: ":", omittingEmptySubsequences: true) {
-            let candidate = directory.hasSuffix("/") ? "\(directory)\(name)" : "\(directory)/\(name)"
-            if isExecutable(candidate) { return resolved(candidate) }
-        }
-        return nil
-    }
-
-    private static func resolved(_ path: String) -> String {
-        URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-    }
-}

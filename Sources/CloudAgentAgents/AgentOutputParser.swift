@@ -130,14 +130,6 @@ enum AgentEventData {
 }
 
 extension ProtocolValue {
-    subscript(key: String) -> ProtocolValue? {
-        if case .object(let object) = self { object[key] } else { nil }
-    }
-
-    var objectValue: [String: ProtocolValue]? { if case .object(let value) = self { value } else { nil } }
-    var arrayValue: [ProtocolValue]? { if case .array(let value) = self { value } else { nil } }
-    var boolValue: Bool? { if case .bool(let value) = self { value } else { nil } }
-
     /// Strings as they are, arrays of strings joined by spaces (a command as argv), else JSON.
     var flattenedText: String {
         switch self {

@@ -156,6 +156,11 @@ public enum ProtocolValue: Codable, Sendable, Equatable {
     }
 
     public var stringValue: String? { if case .string(let value) = self { value } else { nil } }
+    public var boolValue: Bool? { if case .bool(let value) = self { value } else { nil } }
+    public var objectValue: [String: ProtocolValue]? { if case .object(let value) = self { value } else { nil } }
+    public var arrayValue: [ProtocolValue]? { if case .array(let value) = self { value } else { nil } }
+    /// An object's member; nil for a missing key or a value that is not an object.
+    public subscript(key: String) -> ProtocolValue? { objectValue?[key] }
     public var intValue: Int64? {
         if case .number(let value) = self, value.rounded() == value, abs(value) < 9.0e15 { Int64(value) } else { nil }
     }

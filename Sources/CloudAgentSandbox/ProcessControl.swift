@@ -285,11 +285,12 @@ struct ProcStat: Sendable {
     }
 }
 
-/// Finds a program on a PATH, as a shell would.
-enum ExecutableLookup {
-    static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+/// Finds a program on a PATH, as a shell would: `program` itself when it contains a `/`, else
+/// the first executable file of that name in `path` (this process's PATH when nil).
+public enum ExecutableLookup {
+    public static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-    static func find(_ program: String, path: String? = nil) -> String? {
+    public static func find(_ program: String, path: String? = nil) -> String? {
         if program.contains("/") {
             return FileManager.default.isExecutableFile(atPath: program) ? program : nil
         }

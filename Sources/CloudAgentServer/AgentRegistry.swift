@@ -97,7 +97,7 @@ public struct AgentRegistry: Sendable {
         for kind in AgentKind.realAgents {
             guard let name = kind.binaryName, let variable = kind.binaryVariable else { continue }
             let configured = environment[variable].flatMap { $0.isEmpty ? nil : $0 }
-            let binary = ExecutableLookup.find(configured ?? name, path: path)
+            let binary = Self.locate(configured ?? name, path: path)
             guard let binary else {
                 let reason = configured.map { "\(variable)=\($0) is not an executable file" }
                     ?? "\(name) was not found on PATH (set \(variable) to its path)"
@@ -123,7 +123,7 @@ public struct AgentRegistry: Sendable {
                 throw AgentsFileError(description: "agents file \(agentsFile): \(error)")
             }
             for declaration in declarations {
-                guard let binary = ExecutableLookup.find(declaration.executable, path: path) else {
+                guard let binary = Self.locate(declaration.executable, path: path) else {
                     entries.append(AgentEntry(
                         name: declaration.name, kind: .command, available: false,
                         unavailableReason: "\(declaration.executable) is not an executable file or on PATH"
@@ -145,6 +145,12 @@ public struct AgentRegistry: Sendable {
             ])
         }
         return registry
+    }
+
+    /// Where `program` is (as a shell finds it), symbolic links resolved so that the sandbox
+    /// can expose the real file's directory.
+    static func locate(_ program: String, path: String?) -> String? {
+        ExecutableLookup.find(program, path: path).map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path }
     }
 
     public func entry(named name: String) -> AgentEntry? {

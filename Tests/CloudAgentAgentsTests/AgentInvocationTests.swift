@@ -80,7 +80,7 @@ struct AgentInvocationTests {
     }
 }
 
-@Suite("Agents file and lookup")
+@Suite("Agents file")
 struct AgentsFileTests {
     @Test("declarations are read and checked, naming the entry")
     func parse() throws {
@@ -105,16 +105,6 @@ struct AgentsFileTests {
                 "\(error)".contains(expected)
             }
         }
-    }
-
-    @Test("a binary is found on PATH like a shell does; a path is taken as it is")
-    func lookup() {
-        let present: Set<String> = ["/usr/local/bin/claude", "/opt/codex"]
-        let exists = { (path: String) in present.contains(path) }
-        #expect(ExecutableLookup.find("claude", path: "/usr/bin:/usr/local/bin/", isExecutable: exists) == "/usr/local/bin/claude")
-        #expect(ExecutableLookup.find("kilo", path: "/usr/bin:/usr/local/bin", isExecutable: exists) == nil)
-        #expect(ExecutableLookup.find("/opt/codex", path: nil, isExecutable: exists) == "/opt/codex")
-        #expect(ExecutableLookup.find("claude", path: nil, isExecutable: exists) == nil)
     }
 }
 

@@ -193,3 +193,23 @@ struct WaitStatusTests {
         #expect(ProcessControl.exitCode(fromWaitStatus: SIGTERM | 0x80) == 143)  // with a core dump flag
     }
 }
+
+@Suite("Executable lookup")
+struct ExecutableLookupTests {
+    @Test("a program is found on PATH as a shell finds it: the first executable file, directories and plain files skipped; a path is taken as it is")
+    func lookup() throws {
+        let directory = try TemporaryDirectory("lookup")
+        let first = directory.url.appendingPathComponent("first"), second = directory.url.appendingPathComponent("second")
+        for folder in [first, second] { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) }
+        // In `first`: a directory and a non-executable file of that name; in `second`: the program.
+        try FileManager.default.createDirectory(at: first.appendingPathComponent("tool"), withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: first.appendingPathComponent("other").path, contents: Data("x".utf8), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(atPath: second.appendingPathComponent("tool").path, contents: Data("#!/bin/sh\n".utf8), attributes: [.posixPermissions: 0o755])
+        let path = "\(first.path)::\(second.path)"
+        #expect(ExecutableLookup.find("tool", path: path) == second.path + "/tool")
+        #expect(ExecutableLookup.find("other", path: path) == nil)
+        #expect(ExecutableLookup.find("missing", path: path) == nil)
+        #expect(ExecutableLookup.find(second.appendingPathComponent("tool").path, path: "") == second.appendingPathComponent("tool").path)
+        #expect(ExecutableLookup.find(first.appendingPathComponent("other").path, path: "") == nil)
+    }
+}

@@ -35,12 +35,7 @@ final class RawWebSocket: @unchecked Sendable {
     deinit { close(fd) }
 
     private func send(_ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
-            try #require(sent > 0)
-            offset += sent
-        }
+        try #require(sendAll(bytes, to: fd))
     }
 
     private func read(_ count: Int) throws -> [UInt8] {
@@ -106,4 +101,15 @@ func loopbackSocket(port: Int, receiveBufferBytes: Int32? = nil) throws -> Int32
     if connected != 0 { close(fd) }
     try #require(connected == 0, "connect failed")
     return fd
+}
+
+/// Writes all of `bytes` to the socket; false once the peer has closed or reset it (no SIGPIPE).
+func sendAll(_ bytes: [UInt8], to fd: Int32) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+        let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard sent > 0 else { return false }
+        offset += sent
+    }
+    return true
 }

@@ -429,15 +429,7 @@ final class RawHTTPConnection: @unchecked Sendable {
     deinit { close(fd) }
 
     @discardableResult
-    func send(_ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard sent > 0 else { return false }
-            offset += sent
-        }
-        return true
-    }
+    func send(_ bytes: [UInt8]) -> Bool { sendAll(bytes, to: fd) }
 
     /// The status of the answer's first line (0 when there was none).
     func readStatus() -> Int {

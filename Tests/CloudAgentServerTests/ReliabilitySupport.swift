@@ -123,15 +123,7 @@ final class HostileWebSocket: @unchecked Sendable {
 
     /// Sends raw bytes; false once the server has closed or reset the connection (no SIGPIPE).
     @discardableResult
-    func send(_ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard sent > 0 else { return false }
-            offset += sent
-        }
-        return true
-    }
+    func send(_ bytes: [UInt8]) -> Bool { sendAll(bytes, to: fd) }
 
     /// One masked client frame (`fin` false for all but the last fragment of a message).
     @discardableResult
