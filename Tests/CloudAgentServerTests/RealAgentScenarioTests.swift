@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSandbox
 import CloudAgentServer
 import Foundation
 import HTTPTypes
@@ -18,14 +19,9 @@ struct RealAgentScenarioTests {
 
         var testDescription: String { name }
 
+        /// Found as the server finds it: `CLOUD_AGENT_<NAME>_BIN`, else on PATH.
         var binary: String? {
-            let environment = ProcessInfo.processInfo.environment
-            if let configured = environment[variable], FileManager.default.isExecutableFile(atPath: configured) { return configured }
-            for directory in (environment["PATH"] ?? "").split(separator: ":") {
-                let candidate = "\(directory)/\(binaryName)"
-                if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            }
-            return nil
+            ExecutableLookup.find(ProcessInfo.processInfo.environment[variable].flatMap { $0.isEmpty ? nil : $0 } ?? binaryName)
         }
 
         /// The session's env vars and secrets for a model server at `url`.
