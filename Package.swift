@@ -241,6 +241,7 @@ let package = Package(
                 "CloudAgentSQLite",
                 "CloudAgentServer",
                 "CloudAgentCLI",
+                "CloudAgentSandbox",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

@@ -205,7 +205,7 @@ struct Demo: Sendable {
             } catch {
                 result = .failure(error)
             }
-            await Self.killRuntimes(of: plane)
+            await plane.killRuntimes()
             await group.triggerGracefulShutdown()
             await tasks.waitForAll()
             return result
@@ -463,16 +463,6 @@ struct Demo: Sendable {
                 message: "git \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(output.suffix(500))",
                 exitCode: ExitStatus.executionFailed
             )
-        }
-    }
-
-    /// Runtimes outlive their control plane by design; the demo's must not.
-    static func killRuntimes(of plane: ControlPlane) async {
-        let sessions = (try? await plane.store.sessions(withRuntimeIn: [.starting, .running, .stopping])) ?? []
-        for session in sessions {
-            guard let process = session.runtime.process else { continue }
-            kill(-process.pid, SIGKILL)
-            if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
         }
     }
 }

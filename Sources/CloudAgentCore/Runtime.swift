@@ -52,6 +52,8 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
     public var ackedSeq: Int64?
     /// When the runtime last (re)connected.
     public var connectedAt: Date?
+    /// The sandbox the current (or last) launch runs in: `bwrap` or `none`.
+    public var sandbox: String?
 
     public init(state: RuntimeState = .stopped, startedAt: Date? = nil, requestedAt: Date? = nil, stoppedAt: Date? = nil, stopReason: StopReason? = nil) {
         self.state = state
@@ -107,16 +109,15 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
 }
 
 /// The operating-system process of a runtime launch: its pid (also its process group) and its
-/// start time, which tells a live process from a later one that reused the pid.
+/// start time, which tells a live process from a later one that reused the pid. The control
+/// plane signals only this process and the processes it can find below it in the process tree
+/// (never a pid or group a runtime reports).
 public struct RuntimeProcess: Sendable, Equatable, Codable {
     public var pid: Int32
     public var startTime: UInt64
-    /// The process group of the agent the runtime is running, as it reported it.
-    public var agentProcessGroup: Int32?
 
-    public init(pid: Int32, startTime: UInt64, agentProcessGroup: Int32? = nil) {
+    public init(pid: Int32, startTime: UInt64) {
         self.pid = pid
         self.startTime = startTime
-        self.agentProcessGroup = agentProcessGroup
     }
 }

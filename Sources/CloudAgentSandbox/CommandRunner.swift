@@ -33,6 +33,32 @@ enum CommandRunner {
         workingDirectory: URL?,
         timeout: Duration
     ) async -> CommandOutcome {
+        await execute(argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout,
+                      output: .sequence, error: .combinedWithOutput) { $0.standardOutput }
+    }
+
+    /// Like `run`, with the command's standard output written to `standardOutput` (a file of the
+    /// caller's, open for writing) and only its standard error kept in the outcome's tail.
+    static func run(
+        _ argv: [String],
+        environment: [String: String],
+        workingDirectory: URL?,
+        timeout: Duration,
+        standardOutput: FileDescriptor
+    ) async -> CommandOutcome {
+        await execute(argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout,
+                      output: .fileDescriptor(standardOutput, closeAfterSpawningProcess: false), error: .sequence) { $0.standardError }
+    }
+
+    private static func execute<Output: OutputProtocol, Error: ErrorOutputProtocol>(
+        _ argv: [String],
+        environment: [String: String],
+        workingDirectory: URL?,
+        timeout: Duration,
+        output: Output,
+        error: Error,
+        tailOf stream: @escaping @Sendable (Execution<NoInput, Output, Error>) -> SubprocessOutputSequence
+    ) async -> CommandOutcome {
         precondition(!argv.isEmpty, "a command needs an executable")
         let executable: Executable = argv[0].contains("/") ? .path(FilePath(argv[0])) : .name(argv[0])
         var options = PlatformOptions()
@@ -64,8 +90,8 @@ enum CommandRunner {
                     workingDirectory: workingDirectory.map { FilePath($0.path) },
                     platformOptions: options,
                     input: .none,
-                    output: .sequence,
-                    error: .combinedWithOutput
+                    output: output,
+                    error: error
                 ) { execution in
                     let pid = execution.processIdentifier.value
                     let alreadyTimedOut = watch.state.withLock { state -> Bool in
@@ -74,7 +100,7 @@ enum CommandRunner {
                     }
                     if alreadyTimedOut { kill(-pid, SIGKILL) }
                     var tail = OutputTail()
-                    for try await buffer in execution.standardOutput {
+                    for try await buffer in stream(execution) {
                         buffer.withUnsafeBytes { tail.append($0) }
                     }
                     return tail

@@ -1,6 +1,7 @@
 import CloudAgentCore
 import Foundation
 import Logging
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -10,11 +11,18 @@ import Musl
 /// Prepares and restores sessions' workspaces: a git checkout on the session's work branch, a
 /// HOME of its own, and the session's setup commands run in the sandbox.
 ///
+/// Git on the host never works on a repository the agent has written to: it reads
+/// `.git/config`, hooks, attributes and alternates from the repository it works on, and those
+/// are the agent's. Host-side git clones and checks out a fresh workspace before the agent's
+/// first run, and pushes from a mirror the control plane owns (see `autoCommit`); every other
+/// git command on a workspace runs in the sandbox, without the token.
+///
 /// git runs with `GIT_TERMINAL_PROMPT=0`, no askpass, ssh in batch mode, only a few variables of
 /// the control plane's environment (none of its secrets), and a time limit. A repository token
-/// reaches git only through a credential helper given on the command line, which reads it from
-/// `CLOUD_AGENT_GIT_TOKEN` in that git process's environment: it is never in a URL, in
-/// `.git/config`, in a log line or in a `SetupFailure`.
+/// reaches host-side git only through a credential helper given on the command line, which
+/// reads it from `CLOUD_AGENT_GIT_TOKEN` in that git process's environment and answers only for
+/// the protocol and host of the session's repo URL: it is never in a URL, in `.git/config`, in a
+/// log line or in a `SetupFailure`, and never offered to another address.
 public struct GitWorkspaces: Sendable {
     public let layout: WorkspaceLayout
     public let sandbox: SandboxWrapper
@@ -134,7 +142,7 @@ public struct GitWorkspaces: Sendable {
     }
 
     /// restore with the workspace still there: only make sure the work branch is checked out.
-    /// The workspace is the agent's, so git runs in the sandbox, without hooks or fsmonitor.
+    /// The workspace is the agent's, so git runs in the sandbox (without the token).
     private func checkOutExisting(_ request: WorkspaceRequest) async throws(SetupFailure) {
         let work = request.workBranch
         let current = await gitOutput(["symbolic-ref", "--quiet", "--short", "HEAD"], sandboxed: true, request)
@@ -156,7 +164,7 @@ public struct GitWorkspaces: Sendable {
 
     /// A local repository inside the data directory (another session's workspace or HOME) is
     /// never cloned: that would hand one session another's files.
-    private func refuseInsideDataDirectory(_ repo: RepoSource, _ request: WorkspaceRequest) throws(SetupFailure) {
+    func refuseInsideDataDirectory(_ repo: RepoSource, _ request: WorkspaceRequest) throws(SetupFailure) {
         guard let path = Self.localPath(repo.url), let resolved = Self.realPath(path),
               let root = Self.realPath(layout.dataDirectory.path), resolved == root || resolved.hasPrefix(root + "/")
         else { return }
@@ -219,36 +227,70 @@ public struct GitWorkspaces: Sendable {
         return outcome.output.text(redacting: []).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    func runGit(_ arguments: [String], in directory: URL?, sandboxed: Bool, _ request: WorkspaceRequest) async -> CommandOutcome {
-        var argv = ["git", "-c", "core.askPass="]
-        var environment = Self.gitEnvironment()
-        if let token = request.repo?.token, !token.isEmpty {
-            argv += Self.credentialOptions
-            environment["CLOUD_AGENT_GIT_TOKEN"] = token
-        } else {
-            argv += ["-c", "credential.helper="]
-        }
+    /// Runs git. On the host (`sandboxed: false`, only on a fresh clone or the control plane's
+    /// mirror) with the token for the session's repo URL; in the sandbox (on the agent's
+    /// workspace) with neither the token nor any of the control plane's environment, its hooks
+    /// and fsmonitor off (they would run inside the sandbox anyway).
+    func runGit(
+        _ arguments: [String], in directory: URL?, sandboxed: Bool, _ request: WorkspaceRequest, standardOutput: FileDescriptor? = nil
+    ) async -> CommandOutcome {
+        var argv = ["git", "-c", "core.askPass=", "-c", "credential.helper="]
+        var environment: [String: String]
         if sandboxed {
             argv += ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
-            environment["HOME"] = layout.home(request.sessionId).path
-            environment["PATH"] = Self.sessionPath
+            environment = Self.sandboxedGitEnvironment(home: layout.home(request.sessionId))
+        } else {
+            environment = Self.gitEnvironment()
+            if let repo = request.repo, let token = repo.token, !token.isEmpty, let scope = CredentialScope(url: repo.url) {
+                argv += Self.credentialOptions
+                environment["CLOUD_AGENT_GIT_TOKEN"] = token
+                environment["CLOUD_AGENT_GIT_PROTOCOL"] = scope.protocolName
+                environment["CLOUD_AGENT_GIT_HOST"] = scope.host
+            }
         }
         argv += arguments
         if sandboxed {
             argv = sandbox.wrap(argv, workspace: layout.workspace(request.sessionId), home: layout.home(request.sessionId))
         }
-        return await CommandRunner.run(
-            argv, environment: environment, workingDirectory: directory ?? layout.workspacesDirectory,
-            timeout: .milliseconds(gitTimeoutMs)
-        )
+        let workingDirectory = directory ?? layout.workspacesDirectory
+        let timeout = Duration.milliseconds(gitTimeoutMs)
+        if let standardOutput {
+            return await CommandRunner.run(argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout, standardOutput: standardOutput)
+        }
+        return await CommandRunner.run(argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout)
     }
 
-    /// Replaces every configured credential helper by one that answers with the token from the
-    /// git process's own environment (`CLOUD_AGENT_GIT_TOKEN`).
+    /// The credential helper (after the configured ones are reset): it answers with the token
+    /// from the git process's own environment (`CLOUD_AGENT_GIT_TOKEN`), and only when git asks
+    /// for the protocol and host of the session's repo URL (`CLOUD_AGENT_GIT_PROTOCOL`,
+    /// `CLOUD_AGENT_GIT_HOST`): a redirect or a URL rewritten elsewhere gets nothing.
     static let credentialOptions = [
         "-c", "credential.helper=",
-        "-c", #"credential.helper=!f() { echo username=x-access-token; echo "password=$CLOUD_AGENT_GIT_TOKEN"; }; f"#,
+        "-c", #"credential.helper=!f() { test "$1" = get || exit 0; p=; h=; while IFS= read -r l && test -n "$l"; do case "$l" in protocol=*) p="${l#protocol=}";; host=*) h="${l#host=}";; esac; done; test "$p" = "$CLOUD_AGENT_GIT_PROTOCOL" && test "$h" = "$CLOUD_AGENT_GIT_HOST" || exit 0; echo username=x-access-token; echo "password=$CLOUD_AGENT_GIT_TOKEN"; }; f"#,
     ]
+
+    /// The protocol and host (with its port, as git's credential protocol names it) a token is
+    /// offered to; nil for a URL git never asks credentials for (a local path, `file://`).
+    struct CredentialScope: Equatable {
+        var protocolName: String
+        var host: String
+
+        init?(url: String) {
+            guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
+                  scheme == "https" || scheme == "http", let host = components.host, !host.isEmpty
+            else { return nil }
+            protocolName = scheme
+            self.host = components.port.map { "\(host):\($0)" } ?? host
+        }
+    }
+
+    /// The environment of git in the sandbox: nothing of the control plane's.
+    static func sandboxedGitEnvironment(home: URL) -> [String: String] {
+        [
+            "HOME": home.path, "PATH": sessionPath, "LANG": "C.UTF-8", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "",
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+        ]
+    }
 
     /// What of the control plane's environment git may see: enough to find its configuration,
     /// proxies, CA certificates and an ssh agent; nothing else (no control-plane secrets).

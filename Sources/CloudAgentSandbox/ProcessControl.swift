@@ -242,11 +242,13 @@ private enum GlibcExtensions {
 }
 
 /// One process's `/proc/<pid>/stat`.
-struct ProcStat: Sendable {
+struct ProcStat: Sendable, Equatable {
     var pid: Int32
     /// R, S, D, Z, T, …
     var state: Character
+    var parent: Int32 = 0
     var processGroup: Int32
+    var session: Int32 = 0
     var startTime: UInt64
 
     /// Not a zombie, not dead.
@@ -263,10 +265,10 @@ struct ProcStat: Sendable {
         guard let close = text.lastIndex(of: ")") else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
         // fields[0] is field 3 (state), so field N is fields[N - 3].
-        guard fields.count > 19, let state = fields[0].first,
-              let group = Int32(fields[2]), let start = UInt64(fields[19])
+        guard fields.count > 19, let state = fields[0].first, let parent = Int32(fields[1]),
+              let group = Int32(fields[2]), let session = Int32(fields[3]), let start = UInt64(fields[19])
         else { return nil }
-        return ProcStat(pid: pid, state: state, processGroup: group, startTime: start)
+        return ProcStat(pid: pid, state: state, parent: parent, processGroup: group, session: session, startTime: start)
     }
 
     /// Every process visible in `/proc`; nil when `/proc` cannot be read. Processes that end

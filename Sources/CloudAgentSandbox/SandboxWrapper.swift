@@ -19,35 +19,55 @@ public struct SandboxUnavailable: Error, Sendable, CustomStringConvertible {
     public var description: String
 }
 
-/// Wraps a session's command lines (its runtime, its setup commands) in the sandbox.
+/// Wraps a session's command lines (its runtime, its setup commands, git on its workspace) in
+/// the sandbox.
 ///
-/// With bubblewrap, a wrapped process
-/// - sees the whole file system read-only, except its own workspace and HOME (writable);
-/// - sees an empty tmpfs in place of the data directory (no other session's workspace or home,
-///   no database, no keys) and a private `/tmp`;
-/// - has its own PID namespace (it sees only its own processes and cannot signal others), IPC
-///   and UTS namespaces, a minimal `/dev`, and no capabilities (`--cap-drop ALL`: even when the
-///   control plane runs as root, it cannot remount or unmount its way out);
-/// - shares the network with the host: the runtime must reach the control plane on 127.0.0.1
-///   and agents their model APIs. It can therefore reach any local service, and it can read
-///   whatever the control plane's user can read outside the data directory.
+/// With bubblewrap, a wrapped process sees an empty root into which only these are mounted:
+/// - the system's programs, libraries and configuration, read-only (`/usr`, `/bin`, `/sbin`,
+///   `/lib*`, `/opt`, and `/etc` with its secrets — shadow files, ssh host keys, TLS private
+///   keys, sudoers — hidden);
+/// - the agents' binaries and the runtime's own directory, read-only (`exposedDirectories`);
+/// - its own workspace and HOME, read-write, at their host paths;
+/// - a private `/tmp` and `/var/tmp`, a minimal `/dev` and its own `/proc`.
 ///
-/// Its process group is the bwrap process's, so signalling the group reaches the processes
-/// inside, across the PID namespace. There is deliberately no `--die-with-parent`: SIGTERM to
-/// the group ends the outer bwrap at once, and with that option its death would SIGKILL the
-/// whole namespace while the runtime is still reporting its interrupted execution. Without it
-/// the namespace's init (which ignores SIGTERM) waits for the runtime to finish; stop the group,
-/// never the bwrap pid alone.
+/// Nothing else of the host is there: no home directory, no data directory (no database, no
+/// keys, no other session), no `/run`, no `/sys`. The root itself is remounted read-only.
+///
+/// It runs as uid 1000 without capabilities in a user namespace where the kernel allows one
+/// (`userNamespace`); in its own PID namespace (it can signal only its own processes), IPC and
+/// UTS namespaces, and its own session (`--new-session`: no terminal of the control plane's to
+/// push input into). It shares the network with the host: the runtime must reach the control
+/// plane on 127.0.0.1 and agents their model APIs.
+///
+/// `--die-with-parent`: when the outer bwrap process (the one the control plane launched and
+/// can identify) dies, the kernel kills everything inside. The control plane therefore never
+/// sends SIGTERM to that process: it signals the sandbox's program, which it finds as the
+/// outer process's grandchild (see `ProcessTree`), and SIGKILLs the outer process last.
 public struct SandboxWrapper: Sendable {
     public let kind: SandboxKind
     public let dataDirectory: URL
     /// Where bwrap was found on PATH (`bwrap` when it was not, so that starting fails visibly).
     public let bwrapPath: String
-    /// Directories every sandboxed process may read although they lie below a hidden one (the
-    /// agents' binaries, installed under /tmp or the data directory, say).
+    /// Whether the sandbox gets a user namespace (the agent runs as uid 1000, not as the control
+    /// plane's user); false where the kernel refuses one (`resolve` finds out).
+    public private(set) var userNamespace = true
+    /// Directories every sandboxed process may read (the agents' binaries, say).
     public private(set) var exposedDirectories: [String] = []
 
-    /// The same sandbox, with `directories` readable inside it where they would be hidden.
+    /// The uid and gid of a sandboxed process inside its user namespace.
+    public static let sandboxUser = "1000"
+
+    /// The system's directories bound read-only (those that exist; a symlink such as `/bin ->
+    /// usr/bin` is recreated as a symlink).
+    static let systemDirectories = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/etc"]
+
+    /// Files and directories of `/etc` that hold secrets of the host: hidden.
+    static let hiddenSystemPaths = [
+        "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d",
+        "/etc/ssh", "/etc/ssl/private", "/etc/security/opasswd", "/etc/credstore", "/etc/credstore.encrypted",
+    ]
+
+    /// The same sandbox, with `directories` readable inside it.
     public func exposing(_ directories: [String]) -> SandboxWrapper {
         var copy = self
         copy.exposedDirectories = directories
@@ -60,69 +80,137 @@ public struct SandboxWrapper: Sendable {
         self.bwrapPath = ExecutableLookup.find("bwrap") ?? "bwrap"
     }
 
+    /// What `resolve` found, for the start-up log: the sandbox, and a warning when it is weaker
+    /// than asked (`auto` without bubblewrap, a sandbox without a user namespace).
+    public struct Resolution: Sendable {
+        public var sandbox: SandboxWrapper
+        public var warning: String?
+    }
+
     /// `requested` is `bwrap`, `none` or `auto` (bwrap when a probe under bwrap succeeds, else
-    /// none). `bwrap` that is missing or does not work throws `SandboxUnavailable` saying why.
-    /// Creates the data directory (bwrap mounts over it).
+    /// none, with a warning saying what that means and how to fix it). `bwrap` that is missing
+    /// or does not work throws `SandboxUnavailable` saying why. Creates the data directory.
     public static func resolve(_ requested: String, dataDirectory: URL) throws -> SandboxWrapper {
+        try resolveExplained(requested, dataDirectory: dataDirectory).sandbox
+    }
+
+    public static func resolveExplained(_ requested: String, dataDirectory: URL) throws -> Resolution {
         switch requested.lowercased() {
         case "none":
-            return SandboxWrapper(kind: .none, dataDirectory: dataDirectory)
+            return Resolution(sandbox: SandboxWrapper(kind: .none, dataDirectory: dataDirectory))
         case "bwrap":
-            let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: dataDirectory)
-            try wrapper.probe()
-            return wrapper
+            return try probed(dataDirectory: dataDirectory)
         case "auto":
-            let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: dataDirectory)
-            if (try? wrapper.probe()) != nil { return wrapper }
-            return SandboxWrapper(kind: .none, dataDirectory: dataDirectory)
+            do {
+                return try probed(dataDirectory: dataDirectory)
+            } catch {
+                return Resolution(
+                    sandbox: SandboxWrapper(kind: .none, dataDirectory: dataDirectory),
+                    warning: "no sandbox: \(error). Agents will run as plain processes of this user: they can read "
+                        + "and change everything this user can, the data directory and other sessions included. Install "
+                        + "bubblewrap (apt-get install bubblewrap) and restart, or set CLOUD_AGENT_SANDBOX=none to accept this "
+                        + "(CLOUD_AGENT_SANDBOX=bwrap refuses to start without it)"
+                )
+            }
         default:
             throw SandboxUnavailable(description: "unknown sandbox '\(requested)': expected bwrap, none or auto")
         }
     }
 
-    /// `argv` as it must be started to run in the sandbox, in `workspace`, with `home` writable.
-    public func wrap(_ argv: [String], workspace: URL, home: URL) -> [String] {
+    /// bwrap with a user namespace when that works, else without one (with a warning).
+    private static func probed(dataDirectory: URL) throws -> Resolution {
+        let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: dataDirectory)
+        do {
+            try wrapper.probe()
+            return Resolution(sandbox: wrapper)
+        } catch let withNamespace {
+            var fallback = wrapper
+            fallback.userNamespace = false
+            guard (try? fallback.probe()) != nil else { throw withNamespace }
+            return Resolution(
+                sandbox: fallback,
+                warning: "the sandbox has no user namespace (\(withNamespace)): agents run as this user (uid \(getuid())) "
+                    + "without capabilities. Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) for uid \(sandboxUser)"
+            )
+        }
+    }
+
+    /// `argv` as it must be started to run in the sandbox, in `workspace`, with `workspace` and
+    /// `home` writable. `extraBinds` are host directories bound read-write at the same path (a
+    /// directory of the control plane's that one command writes its result to).
+    public func wrap(_ argv: [String], workspace: URL, home: URL, extraBinds: [URL] = []) -> [String] {
         switch kind {
         case .none:
             return argv
         case .bwrap:
             let workspacePath = workspace.standardizedFileURL.path
             let homePath = home.standardizedFileURL.path
-            // The program itself may live below a hidden directory (a build under /tmp): its
-            // directory is bound back, read-only.
-            var program: [String] = []
-            let dataPath = dataDirectory.standardizedFileURL.path
-            func hidden(_ directory: String) -> Bool {
-                directory == "/tmp" || directory.hasPrefix("/tmp/") || directory == dataPath || directory.hasPrefix(dataPath + "/")
-            }
+            var arguments = [bwrapPath]
+            arguments += Self.systemMounts()
+            arguments += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+            // The program's own directory (the runtime beside the control plane, a build under
+            // /tmp) and the agents' binaries, read-only; then the session's own directories.
             var directories = exposedDirectories.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
             if let executable = argv.first, executable.hasPrefix("/") {
                 directories.insert(URL(fileURLWithPath: executable).deletingLastPathComponent().standardizedFileURL.path, at: 0)
             }
             var bound: Set<String> = []
-            for directory in directories where hidden(directory) && bound.insert(directory).inserted {
-                program += ["--ro-bind", directory, directory]
+            for directory in directories where !Self.isSystemPath(directory) && bound.insert(directory).inserted {
+                arguments += ["--ro-bind-try", directory, directory]
             }
-            // The tmpfs mounts come before the binds: they hide the data directory (and with it
-            // other sessions), then the session's own directories are bound back on top.
-            return [
-                bwrapPath,
-                "--ro-bind", "/", "/",
-                "--dev", "/dev",
-                "--proc", "/proc",
-                "--tmpfs", "/tmp",
-                "--tmpfs", dataDirectory.path,
-                "--bind", workspacePath, workspacePath,
-                "--bind", homePath, homePath,
-            ] + program + [
+            arguments += ["--bind", workspacePath, workspacePath, "--bind", homePath, homePath]
+            for extra in extraBinds {
+                let path = extra.standardizedFileURL.path
+                arguments += ["--bind", path, path]
+            }
+            if userNamespace {
+                arguments += ["--unshare-user", "--uid", Self.sandboxUser, "--gid", Self.sandboxUser]
+            }
+            return arguments + [
                 "--unshare-pid",
                 "--unshare-ipc",
                 "--unshare-uts",
+                "--hostname", "sandbox",
                 "--cap-drop", "ALL",
+                "--new-session",
+                "--die-with-parent",
+                "--remount-ro", "/",
                 "--chdir", workspacePath,
                 "--",
             ] + argv
         }
+    }
+
+    /// The read-only system mounts, with `/etc`'s secrets hidden (an empty file or directory
+    /// over each one that exists).
+    static func systemMounts(root: String = "/") -> [String] {
+        let manager = FileManager.default
+        var arguments: [String] = []
+        for directory in systemDirectories {
+            let hostPath = root == "/" ? directory : root + directory
+            if let target = try? manager.destinationOfSymbolicLink(atPath: hostPath) {
+                arguments += ["--symlink", target, directory]
+                continue
+            }
+            var isDirectory: ObjCBool = false
+            guard manager.fileExists(atPath: hostPath, isDirectory: &isDirectory), isDirectory.boolValue else { continue }
+            arguments += ["--ro-bind", hostPath, directory]
+        }
+        // /etc/resolv.conf may point into /run (systemd-resolved): its target is bound back.
+        if let resolved = GitWorkspaces.realPath("/etc/resolv.conf"), !isSystemPath(resolved) {
+            arguments += ["--ro-bind", resolved, resolved]
+        }
+        for path in hiddenSystemPaths {
+            var isDirectory: ObjCBool = false
+            guard manager.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
+            arguments += isDirectory.boolValue ? ["--tmpfs", path] : ["--ro-bind", "/dev/null", path]
+        }
+        return arguments
+    }
+
+    /// Whether `path` lies in one of the system directories already bound.
+    static func isSystemPath(_ path: String) -> Bool {
+        systemDirectories.contains { path == $0 || path.hasPrefix($0 + "/") }
     }
 
     /// Runs `true` the way a session's runtime would be run; throws why it failed.

@@ -2,8 +2,10 @@ import CloudAgentCore
 import Foundation
 
 /// Where a session's files live under the data directory:
-/// `workspaces/<sessionId>` (the git checkout), `homes/<sessionId>` (its HOME) and
-/// `runtimes/<sessionId>.log` (its runtime's stdout and stderr).
+/// `workspaces/<sessionId>` (the git checkout), `homes/<sessionId>` (its HOME),
+/// `runtimes/<sessionId>.log` (its runtime's stdout and stderr) and `mirrors/<sessionId>.git`
+/// (the control plane's own bare repository that auto-commit pushes from; never visible to the
+/// agent).
 public struct WorkspaceLayout: Sendable {
     public let dataDirectory: URL
 
@@ -14,6 +16,7 @@ public struct WorkspaceLayout: Sendable {
     public var workspacesDirectory: URL { dataDirectory.appendingPathComponent("workspaces", isDirectory: true) }
     public var homesDirectory: URL { dataDirectory.appendingPathComponent("homes", isDirectory: true) }
     public var runtimesDirectory: URL { dataDirectory.appendingPathComponent("runtimes", isDirectory: true) }
+    public var mirrorsDirectory: URL { dataDirectory.appendingPathComponent("mirrors", isDirectory: true) }
 
     public func workspace(_ id: SessionID) -> URL {
         workspacesDirectory.appendingPathComponent(id.rawValue, isDirectory: true)
@@ -23,13 +26,19 @@ public struct WorkspaceLayout: Sendable {
         homesDirectory.appendingPathComponent(id.rawValue, isDirectory: true)
     }
 
+    public func mirror(_ id: SessionID) -> URL {
+        mirrorsDirectory.appendingPathComponent(id.rawValue + ".git", isDirectory: true)
+    }
+
     public func runtimeLog(_ id: SessionID) -> URL {
         runtimesDirectory.appendingPathComponent(id.rawValue + ".log", isDirectory: false)
     }
 
-    /// Deletes the session's workspace, home and runtime log (whichever exist).
+    /// Deletes the session's workspace, home, mirror and runtime log (whichever exist). A
+    /// symlink the agent left is removed, never followed.
     public func remove(_ id: SessionID) {
         removeWorkspaceAndHome(id)
+        try? FileManager.default.removeItem(at: mirror(id))
         try? FileManager.default.removeItem(at: runtimeLog(id))
     }
 

@@ -46,9 +46,15 @@ public struct ControlPlane: Sendable {
         )
         // Versions are asked for in the background: a slow or hanging `--version` never delays the start.
         Task { [environment = configuration.agentLookupEnvironment] in await agents.probeVersions(environment: environment, logger: logger) }
-        let sandbox = try SandboxWrapper.resolve(configuration.sandbox.rawValue, dataDirectory: data.root)
-            .exposing(agents.binaryDirectories)
-        logger.info("sandbox resolved", metadata: ["requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)"])
+        let resolution = try SandboxWrapper.resolveExplained(configuration.sandbox.rawValue, dataDirectory: data.root)
+        let sandbox = resolution.sandbox.exposing(agents.binaryDirectories)
+        logger.info("sandbox resolved", metadata: [
+            "requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)",
+            "userNamespace": "\(sandbox.kind == .bwrap && sandbox.userNamespace)",
+        ])
+        if let warning = resolution.warning {
+            logger.warning("\(warning)", metadata: ["sandbox": "\(sandbox.kind.rawValue)"])
+        }
         let supervisor = RuntimeSupervisor(
             layout: layout, sandbox: sandbox, runtimeExecutable: configuration.resolvedRuntimeExecutable,
             logLevel: configuration.logLevel, logger: logger
@@ -71,6 +77,16 @@ public struct ControlPlane: Sendable {
             configuration: configuration, store: store, sessions: sessions, scheduler: scheduler, supervisor: supervisor,
             heartbeats: heartbeats, callbacks: callbacks, metrics: metrics, localToken: localToken, tickets: tickets, logger: logger
         )
+    }
+
+    /// SIGKILL to every runtime this control plane's store knows as live, with everything of its
+    /// launch (runtimes outlive their control plane by design: the demo, benchmarks and tests
+    /// take theirs down).
+    public func killRuntimes() async {
+        for session in (try? await store.sessions(withRuntimeIn: [.starting, .running, .stopping])) ?? [] {
+            guard let process = session.runtime.process else { continue }
+            ProcessControl.killTree(SpawnedProcess(pid: process.pid, startTime: process.startTime))
+        }
     }
 
     /// The router: open routes, then `/v1` behind bearer authentication.

@@ -131,16 +131,22 @@ public actor RuntimeSupervisor: Service {
         ProcessControl.isAlive(SpawnedProcess(pid: process.pid, startTime: process.startTime))
     }
 
-    /// Stops a runtime: asks it to shut down (it reports its agent interrupted), SIGTERM to its
-    /// process group, SIGKILL after the grace; then the agent's group too. True when all is gone.
-    func terminate(session: SessionID, process: RuntimeProcess?, reason: String, graceMs: Int64) async -> Bool {
+    /// Stops a runtime: asks it to shut down (it reports its agent interrupted), SIGTERM to the
+    /// runtime process, SIGKILL to everything of its launch after the grace. Only the launched
+    /// process (pid and start time) and what lies below it in the kernel's process tree are
+    /// signalled, never a pid a runtime reported. Under bubblewrap the runtime is the sandbox's
+    /// program, two levels below the launched `bwrap`, which is SIGKILLed last (and with it,
+    /// everything inside). True when all is gone.
+    func terminate(session: SessionID, process: RuntimeProcess?, sandbox: String?, reason: String, graceMs: Int64) async -> Bool {
         connections[session]?.send(.shutdown(reason: reason))
         watched[session] = nil
         guard let process else { return true }
-        var gone = await ProcessControl.terminateGroup(process.pid, graceMs: graceMs)
-        if let agentGroup = process.agentProcessGroup {
-            gone = await ProcessControl.terminateGroup(agentGroup, graceMs: 0) && gone
-        }
+        let root = SpawnedProcess(pid: process.pid, startTime: process.startTime)
+        let sandboxed = sandbox == SandboxKind.bwrap.rawValue
+        let gone = await ProcessControl.terminate(
+            root, graceful: { tree in sandboxed ? tree.at(depth: 2) : tree.at(depth: 0) }, graceMs: graceMs,
+            reap: { _ = ProcessControl.reapIfExited(root.pid) }
+        )
         connections[session]?.close()
         return gone
     }

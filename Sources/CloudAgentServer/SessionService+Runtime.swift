@@ -100,6 +100,7 @@ extension SessionService {
             session.runtime.instanceId = instanceId
             session.runtime.secretHash = BearerToken.hash(secret)
             session.runtime.process = process
+            session.runtime.sandbox = supervisor.sandbox.kind.rawValue
             try await commit(SessionChange(sessionId: id, session: session, events: events))
             return session
         } catch {
@@ -146,7 +147,8 @@ extension SessionService {
     func finishStopping(_ id: SessionID) async {
         guard let session = try? await store.session(id), session.runtime.state == .stopping, let reason = session.runtime.stopReason else { return }
         let gone = await supervisor.terminate(
-            session: id, process: session.runtime.process, reason: reason.rule.rawValue, graceMs: timing.stopGraceMs
+            session: id, process: session.runtime.process, sandbox: session.runtime.sandbox, reason: reason.rule.rawValue,
+            graceMs: timing.stopGraceMs
         )
         if !gone { logger.error("runtime processes survived SIGKILL", metadata: ["sessionId": "\(id)"]) }
         do {
@@ -346,7 +348,6 @@ extension SessionService {
                                     events.append(NewEvent(executionId: executionId, type: EventType.executionRunning, at: now))
                                     transitioned = true
                                 }
-                                if let group = event.data["processGroup"]?.intValue { session.runtime.process?.agentProcessGroup = Int32(group) }
                             case RuntimeEvent.Kind.agent, RuntimeEvent.Kind.output:
                                 if execution.status == .pending {
                                     try execution.markRunning(at: now)
@@ -367,7 +368,6 @@ extension SessionService {
                                 events.append(outcome.event(executionId, now))
                                 session.activeExecutionId = nil
                                 session.updatedAt = now
-                                session.runtime.process?.agentProcessGroup = nil
                                 if let conversation = event.data[RuntimeEvent.conversationIdKey]?.stringValue, !conversation.isEmpty {
                                     session.agentConversationId = conversation
                                 }

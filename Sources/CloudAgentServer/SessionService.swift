@@ -23,6 +23,8 @@ public final class SessionService: Sendable {
     let layout: WorkspaceLayout
     let workspaces: GitWorkspaces
     let supervisor: RuntimeSupervisor
+    /// The sandbox runtimes are launched in (`bwrap` or `none`).
+    public var sandboxKind: String { supervisor.sandbox.kind.rawValue }
     let heartbeats: HeartbeatBatcher
     let maxRuntimes: Int
     let capacity = Capacity()

@@ -4,7 +4,8 @@ import Foundation
 /// The API's JSON views of sessions and executions (CONTRACT.md). Secrets, the repo token and
 /// callback headers never appear: only names.
 public enum Views {
-    public static func session(_ session: SessionRecord, latest: Execution?, timing: Timing) -> JSONValue {
+    /// `sandbox` is the control plane's sandbox, shown for a session whose runtime never launched.
+    public static func session(_ session: SessionRecord, latest: Execution?, timing: Timing, sandbox: String) -> JSONValue {
         let spec = session.spec
         let idleTimeout = session.idleTimeoutMs(default: timing.idleTimeoutMs)
         let runtime = session.runtime
@@ -32,6 +33,7 @@ public enum Views {
             "autoCommit": .bool(spec.autoCommit),
             "callback": spec.callback.map { ["url": .string($0.url)] } ?? .null,
             "idleTimeoutMs": JSONValue(idleTimeout),
+            "sandbox": .string(runtime.sandbox ?? sandbox),
             "runtime": [
                 "state": .string(runtime.state.rawValue),
                 "startedAt": JSONValue(runtime.startedAt),

@@ -86,11 +86,11 @@ struct ColdStartBench: AsyncParsableCommand {
                 options.note("coldstart: \(index + 1)/\(iterations)")
             }
         } catch {
-            await IdleBench.killRuntimes(of: server.plane)
+            await server.plane.killRuntimes()
             await server.stop()
             throw error
         }
-        await IdleBench.killRuntimes(of: server.plane)
+        await server.plane.killRuntimes()
         await server.stop()
         let params: [String: JSONValue] = [
             "iterations": .number(Double(iterations)), "sandbox": .string(sandbox), "repo": "local path, 11 commits, 42 files",

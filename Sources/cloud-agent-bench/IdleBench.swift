@@ -171,7 +171,7 @@ struct IdleBench: AsyncParsableCommand {
             }
             var idleStopsAfter = 0
             for id in ids where (try? await store.session(id))?.runtime.stopReason?.rule == .idle { idleStopsAfter += 1 }
-            await Self.killRuntimes(of: server.plane)
+            await server.plane.killRuntimes()
             await server.stop()
             return Figure("idle.false_kills", Double(falseKills), unit: "runtimes", params: [
                 "runtimes": .number(Double(count)), "idleTimeoutMs": .number(Double(idleTimeout)), "silenceMs": .number(Double(silenceMs)),
@@ -182,19 +182,9 @@ struct IdleBench: AsyncParsableCommand {
                 "prompt": .string(prompt.replacingOccurrences(of: "\n", with: " / ")),
             ])
         } catch {
-            await Self.killRuntimes(of: server.plane)
+            await server.plane.killRuntimes()
             await server.stop()
             throw error
-        }
-    }
-
-    /// Runtimes outlive their control plane by design: take down what is left.
-    static func killRuntimes(of plane: ControlPlane) async {
-        for session in (try? await plane.store.sessions(withRuntimeIn: [.starting, .running, .stopping])) ?? [] {
-            if let process = session.runtime.process {
-                kill(-process.pid, SIGKILL)
-                if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
-            }
         }
     }
 }

@@ -235,19 +235,36 @@ struct PrepareTests {
         #expect(!fixture.logs.text.contains(token))
     }
 
-    @Test("the token reaches git through the credential helper")
-    func credentialHelperDeliversToken() async throws {
+    @Test("the token reaches git through the credential helper, for the repo URL's protocol and host only", arguments: [
+        ("https", "git.example.com", true), ("https", "evil.example.com", false), ("http", "git.example.com", false),
+        ("https", "git.example.com:8443", false),
+    ])
+    func credentialHelperDeliversToken(scheme: String, host: String, answers: Bool) async throws {
         // git asks its helper for credentials only over http(s); run the helper command line
         // the way git would and read what it answers.
         let fixture = try Fixture()
         let id = SessionID()
         try await fixture.workspaces.prepare(fixture.request(id))
-        let answer = try await sh(
-            #"printf 'protocol=https\nhost=example.invalid\n\n' | git \#(GitWorkspaces.credentialOptions.map { "'\($0)'" }.joined(separator: " ")) credential fill"#,
-            in: fixture.layout.workspace(id), environment: ["CLOUD_AGENT_GIT_TOKEN": "tok-123", "GIT_TERMINAL_PROMPT": "0"]
+        let scope = try #require(GitWorkspaces.CredentialScope(url: "https://git.example.com/team/repo.git"))
+        let answer = try? await sh(
+            #"printf 'protocol=\#(scheme)\nhost=\#(host)\n\n' | git \#(GitWorkspaces.credentialOptions.map { "'\($0)'" }.joined(separator: " ")) credential fill"#,
+            in: fixture.layout.workspace(id), environment: [
+                "CLOUD_AGENT_GIT_TOKEN": "tok-123", "GIT_TERMINAL_PROMPT": "0",
+                "CLOUD_AGENT_GIT_PROTOCOL": scope.protocolName, "CLOUD_AGENT_GIT_HOST": scope.host,
+            ]
         )
-        #expect(answer.contains("username=x-access-token"))
-        #expect(answer.contains("password=tok-123"))
+        #expect((answer?.contains("password=tok-123") ?? false) == answers, "\(answer ?? "git asked for a prompt")")
+    }
+
+    @Test("a token is offered to http(s) URLs only, with their port")
+    func credentialScopes() {
+        let port = GitWorkspaces.CredentialScope(url: "https://git.example.com:8443/r.git")
+        #expect(port?.protocolName == "https")
+        #expect(port?.host == "git.example.com:8443")
+        #expect(GitWorkspaces.CredentialScope(url: "HTTP://Git.example.com/r.git")?.protocolName == "http")
+        #expect(GitWorkspaces.CredentialScope(url: "/srv/repo.git") == nil)
+        #expect(GitWorkspaces.CredentialScope(url: "file:///srv/repo.git") == nil)
+        #expect(GitWorkspaces.CredentialScope(url: "ssh://git@example.com/r.git") == nil)
     }
 }
 

@@ -16,19 +16,26 @@ struct SandboxWrapperTests {
         #expect(wrapper.wrap(argv, workspace: URL(fileURLWithPath: "/data/workspaces/a"), home: URL(fileURLWithPath: "/data/homes/a")) == argv)
     }
 
-    @Test("bwrap: read-only root, the data directory hidden before the session's own directories are bound back, network shared")
+    @Test("bwrap: an empty root with the system read-only, the session's own directories read-write, no data directory, a user namespace, network shared")
     func bwrapCommandLine() throws {
         let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: URL(fileURLWithPath: "/data"))
         let argv = wrapper.wrap(["/bin/sh", "-c", "echo hi"], workspace: URL(fileURLWithPath: "/data/workspaces/a"), home: URL(fileURLWithPath: "/data/homes/a"))
         #expect(argv.first?.hasSuffix("bwrap") == true)
-        #expect(Array(argv.dropFirst()) == [
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/data",
-            "--bind", "/data/workspaces/a", "/data/workspaces/a", "--bind", "/data/homes/a", "/data/homes/a",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL",
-            "--chdir", "/data/workspaces/a", "--", "/bin/sh", "-c", "echo hi",
-        ])
+        let text = argv.joined(separator: " ")
+        #expect(!text.contains("--ro-bind / /"), "the host's root is never bound")
+        #expect(text.contains("--ro-bind /usr /usr"))
+        #expect(text.contains("--ro-bind /etc /etc"))
+        #expect(text.contains("--bind /data/workspaces/a /data/workspaces/a --bind /data/homes/a /data/homes/a"))
+        #expect(!argv.contains("/data"), "the data directory itself is not mounted")
+        #expect(text.contains("--tmpfs /tmp"))
+        #expect(text.contains("--unshare-user --uid 1000 --gid 1000"))
+        #expect(text.contains("--unshare-pid --unshare-ipc --unshare-uts"))
+        #expect(text.contains("--cap-drop ALL --new-session --die-with-parent --remount-ro / --chdir /data/workspaces/a -- /bin/sh -c echo hi"))
         #expect(!argv.contains("--unshare-net"))
         #expect(!argv.contains("--unshare-all"))
+        if FileManager.default.fileExists(atPath: "/etc/shadow") {
+            #expect(text.contains("--ro-bind /dev/null /etc/shadow"))
+        }
     }
 
     @Test("resolve: none, and an unknown name is an error that says what is expected")
@@ -152,7 +159,7 @@ struct BubblewrapTests {
         #expect(bash.succeeded)
     }
 
-    @Test("a detached runtime in the sandbox: its processes are in its group and terminateGroup reaches them all")
+    @Test("a detached runtime in the sandbox: its processes are found below the launched bwrap, and terminate reaches them all")
     func detachedInSandbox() async throws {
         let sessions = try Sessions()
         let log = sessions.layout.runtimeLog(sessions.own)
@@ -164,14 +171,15 @@ struct BubblewrapTests {
             argv: argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
             stdin: "runtime-secret\n", logFile: log
         )
-        // bwrap, its namespace's init, sh and two sleeps.
-        #expect(await eventually { (ProcStat.all() ?? []).filter { $0.processGroup == process.pid && $0.isRunning }.count >= 5 })
+        // bwrap (depth 0), its namespace's init (1), sh (2) and two sleeps (3).
+        #expect(await eventually { ProcessTree.of(process).members.map(\.depth) == [0, 1, 2, 3, 3] })
         #expect(await eventually { contents(log).contains("got runtime-secret") })
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
-        #expect(!ProcessControl.groupHasLiveMembers(process.pid))
+        let members = ProcessTree.of(process).processes
+        #expect(await ProcessControl.terminate(process, graceful: { $0.at(depth: 2) }, graceMs: 5_000, reap: { _ = ProcessControl.reapIfExited(process.pid) }))
+        #expect(!ProcessControl.anyAlive(members))
     }
 
-    @Test("SIGTERM to the group lets a sandboxed runtime finish its shutdown within the grace")
+    @Test("SIGTERM to the sandbox's program lets it finish its shutdown within the grace")
     func gracefulShutdownInSandbox() async throws {
         let sessions = try Sessions()
         let log = sessions.layout.runtimeLog(sessions.own)
@@ -184,8 +192,55 @@ struct BubblewrapTests {
             stdin: nil, logFile: log
         )
         #expect(await eventually { contents(log).contains("ready") })
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 10_000))
+        #expect(await ProcessControl.terminate(process, graceful: { $0.at(depth: 2) }, graceMs: 10_000, reap: { _ = ProcessControl.reapIfExited(process.pid) }))
         #expect(contents(log).contains("finished"))
+    }
+
+    @Test("SIGKILL of the launched bwrap alone takes everything inside down with it (--die-with-parent)")
+    func dieWithTheLaunchedProcess() async throws {
+        let sessions = try Sessions()
+        let argv = sessions.sandbox.wrap(
+            ["/bin/sh", "-c", "sleep 120 & sleep 120"], workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
+        )
+        let process = try ProcessControl.spawnDetached(
+            argv: argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
+            stdin: nil, logFile: sessions.layout.runtimeLog(sessions.own)
+        )
+        #expect(await eventually { ProcessTree.of(process).members.count == 5 })
+        let inside = ProcessTree.of(process).members.filter { $0.depth > 0 }.map(\.process)
+        #expect(ProcessControl.signal(process, SIGKILL))
+        #expect(await eventually { ProcessControl.reapIfExited(process.pid) != nil || !ProcessControl.isAlive(process) })
+        #expect(await eventually { !ProcessControl.anyAlive(inside) })
+    }
+
+    @Test("nothing of the host but the system: no home directory, no /root, no /run, no other /tmp, /etc's secrets empty; uid 1000 without capabilities; a read-only root")
+    func onlyTheSystemIsVisible() async throws {
+        let sessions = try Sessions()
+        // A file of the control plane's user, in its home directory.
+        let hostHome = FileManager.default.homeDirectoryForCurrentUser
+        let secret = hostHome.appendingPathComponent(".cloud-agent-sandbox-test-\(UUID().uuidString)")
+        try Data("host secret".utf8).write(to: secret)
+        defer { try? FileManager.default.removeItem(at: secret) }
+        let outsider = sessions.directory.path("outside.txt")
+        try Data("outside-content".utf8).write(to: outsider)
+        let outcome = await sessions.run(
+            "cat \(secret.path) 2>&1; echo --; ls -A \(hostHome.path) 2>&1; echo --; cat \(outsider.path) 2>&1; echo --; " +
+            "ls -A /home /root /run /srv /mnt /var/lib 2>&1 | grep -v 'No such file' | grep -v ':$' ; echo --; " +
+            "wc -c < /etc/shadow 2>&1; echo --; id -u; grep CapEff /proc/self/status; touch /x 2>&1; echo --; ls /usr/bin/env"
+        )
+        let text = outcome.output.text(redacting: [])
+        let sections = text.components(separatedBy: "--\n")
+        try #require(sections.count == 7, "\(text)")
+        #expect(sections[0].contains("No such file or directory") && !sections[0].contains("host secret"))
+        #expect(sections[1].contains("No such file or directory") || sections[1].isEmpty, "\(sections[1])")
+        #expect(sections[2].contains("No such file or directory") && !sections[2].contains("outside-content"))
+        #expect(sections[3].trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "visible: \(sections[3])")
+        // An empty file or a device the sandbox may not open: either way, nothing of the host's.
+        #expect(sections[4] == "0\n" || sections[4].contains("Permission denied"), "\(sections[4])")
+        if sessions.sandbox.userNamespace { #expect(sections[5].hasPrefix("1000\n")) }
+        #expect(sections[5].contains("CapEff:\t0000000000000000"))
+        #expect(sections[5].contains("Read-only file system"))
+        #expect(sections[6] == "/usr/bin/env\n")
     }
 
     @Test("setup commands run in the sandbox, and restore checks out an existing workspace from inside it")
@@ -252,7 +307,7 @@ struct SandboxWrapperArgumentTests {
         )
         let tmpfs = argv.firstIndex(of: "/tmp")!
         let bind = argv.firstIndex(of: "/tmp/clone/.build/debug")!
-        #expect(argv[bind - 1] == "--ro-bind")
+        #expect(argv[bind - 1] == "--ro-bind-try")
         #expect(bind > tmpfs)
         #expect(argv.last == "/tmp/clone/.build/debug/cloud-agent-runtime")
         let elsewhere = wrapper.wrap(["/usr/bin/true"], workspace: URL(fileURLWithPath: "/srv/data/workspaces/w"), home: URL(fileURLWithPath: "/srv/data/homes/h"))

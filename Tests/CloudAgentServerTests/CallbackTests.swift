@@ -197,9 +197,7 @@ struct CallbackTests {
                 let id = try await api.createSession(["prompt": "sleep 30", "callback": ["url": .string(url)]])
                 #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
                 try await api.waitForExecution(id, status: "running")
-                let process = try #require(try await api.plane.store.session(id)?.runtime.process)
-                kill(-process.pid, SIGKILL)
-                if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
+                try await api.killRuntime(id)
                 let execution = try await api.waitForExecution(id, status: "failed", within: 10)
                 let body = try Self.bodyObject(try await receiver.waitForRequest(1))
                 #expect(body["executionId"] == execution["executionId"])

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSandbox
 import CloudAgentServer
 import Foundation
 import HTTPTypes
@@ -138,20 +139,10 @@ struct TestServer {
                 try await body(TestAPI(client: client, plane: plane))
             }
         } catch {
-            await Self.killRuntimes(of: plane)
+            await plane.killRuntimes()
             throw error
         }
-        if !keepRuntimes { await Self.killRuntimes(of: plane) }
-    }
-
-    static func killRuntimes(of plane: ControlPlane) async {
-        let sessions = (try? await plane.store.sessions(withRuntimeIn: [.starting, .running, .stopping])) ?? []
-        for session in sessions {
-            if let process = session.runtime.process {
-                kill(-process.pid, SIGKILL)
-                if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
-            }
-        }
+        if !keepRuntimes { await plane.killRuntimes() }
     }
 }
 
@@ -174,6 +165,24 @@ struct TestAPI: Sendable {
     func request(_ method: HTTPRequest.Method, _ path: String, token: String? = TestServer.localToken, json: JSONValue) async throws -> APIResponse {
         let data = try JSONEncoder().encode(json)
         return try await request(method, path, token: token, body: String(decoding: data, as: UTF8.self))
+    }
+
+    /// The session's runtime launch as the store records it.
+    func runtimeProcess(_ id: SessionID) async throws -> SpawnedProcess {
+        let process = try #require(try await plane.store.session(id)?.runtime.process, "no runtime process for \(id)")
+        return SpawnedProcess(pid: process.pid, startTime: process.startTime)
+    }
+
+    /// SIGKILL to the session's runtime and everything of its launch (its agent included).
+    func killRuntime(_ id: SessionID) async throws {
+        ProcessControl.killTree(try await runtimeProcess(id))
+    }
+
+    /// The processes below the session's runtime (its agent and what that started), found in
+    /// the kernel's process tree: below depth 0 without a sandbox, below depth 2 under bwrap.
+    func agentProcesses(_ id: SessionID) async throws -> [SpawnedProcess] {
+        let runtimeDepth = try await plane.store.session(id)?.runtime.sandbox == "bwrap" ? 2 : 0
+        return ProcessTree.of(try await runtimeProcess(id)).members.filter { $0.depth > runtimeDepth }.map(\.process)
     }
 
     /// Creates a session and returns its id.

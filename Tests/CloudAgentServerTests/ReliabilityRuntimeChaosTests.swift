@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSandbox
 import CloudAgentServer
 import Foundation
 import HTTPTypes
@@ -91,7 +92,8 @@ extension ReliabilityHarness {
                 #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
                 try await eventually(within: 20, "the agent to tick") { try await api.events(id).count { $0.type == "agent" } >= 5 }
                 let process = try #require(try await api.plane.store.session(id)?.runtime.process)
-                let agentGroup = try #require(process.agentProcessGroup)
+                let agent = try await api.agentProcesses(id)
+                try #require(!agent.isEmpty, "the agent's processes were not found below the runtime")
 
                 #expect(kill(process.pid, SIGSTOP) == 0)
                 let failed: JSONValue
@@ -109,7 +111,7 @@ extension ReliabilityHarness {
 
                 // Thawed, the runtime sends what it held back, obeys the kill and reports its end:
                 // all refused. Wait for the agent to be gone and the runtime's reports to settle.
-                try await eventually(within: 10, "the old agent to be killed") { kill(-agentGroup, 0) == -1 && errno == ESRCH }
+                try await eventually(within: 10, "the old agent to be killed") { !ProcessControl.anyAlive(agent) }
                 var acked = ackedAtFailure
                 var settledSince = ContinuousClock.now
                 let deadline = ContinuousClock.now + .seconds(10)

@@ -126,10 +126,8 @@ struct RuntimeScenarioTests {
             let id = try await api.createSession(["prompt": "sleep 30"])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             try await api.waitForExecution(id, status: "running")
-            let process = try #require(try await api.plane.store.session(id)?.runtime.process)
             let killedAt = Date()
-            kill(-process.pid, SIGKILL)
-            if let group = process.agentProcessGroup { kill(-group, SIGKILL) }
+            try await api.killRuntime(id)
             let execution = try await api.waitForExecution(id, status: "failed", within: 5)
             let failedAt = try #require(execution["completedAt"]?.stringValue.flatMap(Timestamp.parse))
             #expect(failedAt.timeIntervalSince(killedAt) < 1.2 + 1.0)
