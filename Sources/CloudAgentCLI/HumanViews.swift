@@ -30,6 +30,9 @@ struct HumanViews {
             runtimeText += " at \(humanTime(runtime["stoppedAt"]?.dateValue)): " + EventRenderer.stopReasonText(reason, console: c)
         }
         row("runtime", runtimeText)
+        if let sandbox = view["sandbox"]?.stringValue {
+            row("sandbox", sandbox == "none" ? c.paint("none", .yellow) + " (no isolation: the agent runs as the server's user)" : sandbox)
+        }
         let activity = view["activity"] ?? .null
         if let last = activity["lastActivityAt"]?.dateValue {
             var text = "last \(humanTime(last))" + (activity["source"]?.stringValue.map { " (\($0))" } ?? "")

@@ -179,9 +179,10 @@ struct RuntimeScenarioTests {
         try await server.run { api in
             let older = try await api.createSession()
             try await api.waitForRuntime(older, state: "running")
-            let newer = try await api.createSession()
+            // Their executions keep them busy for the rest of the test, however loaded the machine.
+            let newer = try await api.createSession(["prompt": "sleep 30"])
             try await api.waitForRuntime(newer, state: "running")
-            let third = try await api.createSession()
+            let third = try await api.createSession(["prompt": "sleep 30"])
             let evicted = try await api.waitForRuntime(older, state: "stopped", within: 5)
             #expect(evicted["runtime"]?["stopReason"]?["rule"] == "evicted")
             #expect(try await api.request(.get, "/v1/sessions/\(newer)")["runtime"]?["state"] == "running")
