@@ -74,10 +74,11 @@ public struct SandboxWrapper: Sendable {
         return copy
     }
 
-    public init(kind: SandboxKind, dataDirectory: URL) {
+    /// `bwrapPath` is where bubblewrap is (found on PATH when nil).
+    public init(kind: SandboxKind, dataDirectory: URL, bwrapPath: String? = nil) {
         self.kind = kind
         self.dataDirectory = dataDirectory.standardizedFileURL
-        self.bwrapPath = ExecutableLookup.find("bwrap") ?? "bwrap"
+        self.bwrapPath = bwrapPath ?? ExecutableLookup.find("bwrap") ?? "bwrap"
     }
 
     /// What `resolve` found, for the start-up log: the sandbox, and a warning when it is weaker
@@ -94,15 +95,15 @@ public struct SandboxWrapper: Sendable {
         try resolveExplained(requested, dataDirectory: dataDirectory).sandbox
     }
 
-    public static func resolveExplained(_ requested: String, dataDirectory: URL) throws -> Resolution {
+    public static func resolveExplained(_ requested: String, dataDirectory: URL, bwrapPath: String? = nil) throws -> Resolution {
         switch requested.lowercased() {
         case "none":
             return Resolution(sandbox: SandboxWrapper(kind: .none, dataDirectory: dataDirectory))
         case "bwrap":
-            return try probed(dataDirectory: dataDirectory)
+            return try probed(dataDirectory: dataDirectory, bwrapPath: bwrapPath)
         case "auto":
             do {
-                return try probed(dataDirectory: dataDirectory)
+                return try probed(dataDirectory: dataDirectory, bwrapPath: bwrapPath)
             } catch {
                 return Resolution(
                     sandbox: SandboxWrapper(kind: .none, dataDirectory: dataDirectory),
@@ -118,8 +119,8 @@ public struct SandboxWrapper: Sendable {
     }
 
     /// bwrap with a user namespace when that works, else without one (with a warning).
-    private static func probed(dataDirectory: URL) throws -> Resolution {
-        let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: dataDirectory)
+    private static func probed(dataDirectory: URL, bwrapPath: String?) throws -> Resolution {
+        let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: dataDirectory, bwrapPath: bwrapPath)
         do {
             try wrapper.probe()
             return Resolution(sandbox: wrapper)
@@ -216,7 +217,7 @@ public struct SandboxWrapper: Sendable {
     /// Runs `true` the way a session's runtime would be run; throws why it failed.
     func probe() throws {
         guard kind == .bwrap else { return }
-        guard bwrapPath.hasPrefix("/") else {
+        guard bwrapPath.hasPrefix("/"), FileManager.default.isExecutableFile(atPath: bwrapPath) else {
             throw SandboxUnavailable(description: "bwrap not found on PATH (install bubblewrap, or set the sandbox to none)")
         }
         let manager = FileManager.default

@@ -48,6 +48,23 @@ struct SandboxWrapperTests {
         #expect(error?.description.contains("bwrap, none or auto") == true)
     }
 
+    @Test("without bubblewrap: auto falls back to none with a warning saying what that means and how to fix it; bwrap refuses")
+    func noSilentFallback() throws {
+        let directory = try TemporaryDirectory()
+        let missing = directory.path("no-such-bwrap").path
+        let auto = try SandboxWrapper.resolveExplained("auto", dataDirectory: directory.url, bwrapPath: missing)
+        #expect(auto.sandbox.kind == .none)
+        let warning = try #require(auto.warning)
+        #expect(warning.contains("apt-get install bubblewrap"))
+        #expect(warning.contains("other sessions"))
+        #expect(warning.contains("CLOUD_AGENT_SANDBOX"))
+        #expect(throws: SandboxUnavailable.self) { try SandboxWrapper.resolveExplained("bwrap", dataDirectory: directory.url, bwrapPath: missing) }
+        #expect(try SandboxWrapper.resolveExplained("none", dataDirectory: directory.url, bwrapPath: missing).warning == nil)
+        if bwrapWorks {
+            #expect(try SandboxWrapper.resolveExplained("auto", dataDirectory: directory.url).warning == nil)
+        }
+    }
+
     @Test("resolve: auto is bwrap exactly where bwrap works, and bwrap throws where it does not")
     func resolveAutoAndBwrap() throws {
         let directory = try TemporaryDirectory()
