@@ -22,9 +22,9 @@ struct CommandOutcome: Sendable {
 }
 
 /// Runs a short-lived command (git, a setup command) to completion with a time limit, keeping
-/// only the end of its output. The command gets its own process group: at its time limit, and
-/// after it exits, the whole group is killed, so nothing it started in the background outlives
-/// it. swift-subprocess stops reading when the command exits, even if a leftover grandchild
+/// only the end of its output. The command gets its own session: at its time limit, and after it
+/// exits, what is left of its process tree (identified by pid and start time, see `ProcessTree`)
+/// is killed, so nothing it started in the background outlives it. swift-subprocess stops reading when the command exits, even if a leftover grandchild
 /// still holds the pipe open.
 enum CommandRunner {
     static func run(
@@ -75,11 +75,11 @@ enum CommandRunner {
             group.addTask {
                 try? await Task.sleep(for: timeout)
                 guard !Task.isCancelled else { return }
-                let pid = watch.state.withLock { state -> pid_t? in
+                let process = watch.state.withLock { state -> SpawnedProcess? in
                     state.timedOut = true
-                    return state.pid
+                    return state.process
                 }
-                if let pid { kill(-pid, SIGKILL) }
+                if let process { ProcessControl.killTree(process) }
             }
             defer { group.cancelAll() }
             do {
@@ -94,20 +94,22 @@ enum CommandRunner {
                     error: error
                 ) { execution in
                     let pid = execution.processIdentifier.value
+                    // Not reaped before the body ends, so its start time can be read now.
+                    let process = ProcStat.read(pid).map { SpawnedProcess(pid: pid, startTime: $0.startTime) }
                     let alreadyTimedOut = watch.state.withLock { state -> Bool in
-                        state.pid = pid
+                        state.process = process
                         return state.timedOut
                     }
-                    if alreadyTimedOut { kill(-pid, SIGKILL) }
+                    if alreadyTimedOut, let process { ProcessControl.killTree(process) }
                     var tail = OutputTail()
                     for try await buffer in stream(execution) {
                         buffer.withUnsafeBytes { tail.append($0) }
                     }
                     return tail
                 }
-                let (pid, timedOut) = watch.state.withLock { ($0.pid, $0.timedOut) }
-                // Leftover background processes of the command (same group) go with it.
-                if let pid { kill(-pid, SIGKILL) }
+                let (process, timedOut) = watch.state.withLock { ($0.process, $0.timedOut) }
+                // Leftover background processes of the command (its session) go with it.
+                if let process { ProcessControl.killTree(process) }
                 let exitCode: Int32
                 switch result.terminationStatus {
                 case .exited(let code): exitCode = code
@@ -130,7 +132,7 @@ enum CommandRunner {
     /// limit was reached (possibly before the pid was known).
     private final class Watch: Sendable {
         struct State {
-            var pid: pid_t?
+            var process: SpawnedProcess?
             var timedOut = false
         }
         let state = Mutex(State())

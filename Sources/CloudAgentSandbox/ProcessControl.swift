@@ -63,52 +63,6 @@ public enum ProcessControl {
         return status
     }
 
-    /// Sends `signal` to every process of the group (errors, such as an empty group, ignored).
-    public static func signalGroup(_ pgid: Int32, _ signal: Int32) {
-        guard pgid > 1 else { return }
-        kill(-pgid, signal)
-    }
-
-    /// SIGTERM to the group; up to `graceMs` for it to be gone (reaping our own exited children
-    /// meanwhile); then SIGKILL and up to 2 s more. True when no process of the group remains
-    /// (zombies waiting for another parent do not count: they run nothing). For a process
-    /// started before a control-plane restart, check `isAlive` first: a group id is only
-    /// reused once its group is gone.
-    public static func terminateGroup(_ pgid: Int32, graceMs: Int64) async -> Bool {
-        guard pgid > 1 else { return false }
-        signalGroup(pgid, SIGTERM)
-        if await waitUntilGroupGone(pgid, within: .milliseconds(max(0, graceMs))) { return true }
-        signalGroup(pgid, SIGKILL)
-        return await waitUntilGroupGone(pgid, within: .seconds(2))
-    }
-
-    /// Whether any process of group `pgid` still runs (is not a zombie).
-    public static func groupHasLiveMembers(_ pgid: Int32) -> Bool {
-        guard pgid > 1 else { return false }
-        if kill(-pgid, 0) == -1, errno == ESRCH { return false }
-        // When /proc cannot be read, only kill(0) can answer (and it counts zombies too).
-        guard let processes = ProcStat.all() else { return true }
-        return processes.contains { $0.processGroup == pgid && $0.isRunning }
-    }
-
-    private static func waitUntilGroupGone(_ pgid: Int32, within limit: Duration) async -> Bool {
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: limit)
-        while true {
-            reapChildren(ofGroup: pgid)
-            if !groupHasLiveMembers(pgid) { return true }
-            if clock.now >= deadline { return false }
-            // Not cancelled with the caller: a stop must finish even while the control plane
-            // shuts down (and a cancelled sleep would make this loop spin).
-            await Task.detached { try? await Task.sleep(for: .milliseconds(20)) }.value
-        }
-    }
-
-    private static func reapChildren(ofGroup pgid: Int32) {
-        var status: Int32 = 0
-        while waitpid(-pgid, &status, WNOHANG) > 0 {}
-    }
-
     /// A wait status as a shell shows it: the exit code, or 128 + N when killed by signal N.
     public static func exitCode(fromWaitStatus status: Int32) -> Int32 {
         let signal = status & 0x7f

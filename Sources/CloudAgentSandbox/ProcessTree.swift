@@ -30,9 +30,10 @@ public struct ProcessTree: Sendable, Equatable {
     /// The live members of `root`'s tree now: empty when `root` is no longer that process.
     ///
     /// When the launched process is gone, what is left of its session is taken instead: the
-    /// processes whose session id is `root.pid` and which started after it. A session id, like a
-    /// pid, is not reused while any process is in it, so those are the launch's own leftovers (an
-    /// agent whose runtime was killed, say); each is a root of its own (depth 0).
+    /// processes whose session id is `root.pid` and which started after it. The kernel does not
+    /// hand out a pid that is still some process's session id, so while the pid is free those
+    /// are the launch's own leftovers (an agent whose runtime was killed, say), each a root of
+    /// its own (depth 0); once another process has the pid, there is nothing of the launch left.
     public static func of(_ root: SpawnedProcess) -> ProcessTree {
         guard let processes = ProcStat.all() else { return ProcessTree(members: []) }
         return build(root: root, from: processes)
@@ -43,7 +44,10 @@ public struct ProcessTree: Sendable, Equatable {
         var children: [Int32: [ProcStat]] = [:]
         for process in processes where process.isRunning { children[process.parent, default: []].append(process) }
         var roots: [ProcStat]
-        if let stat = processes.first(where: { $0.pid == root.pid }), stat.isRunning, stat.startTime == root.startTime {
+        if let stat = processes.first(where: { $0.pid == root.pid }), stat.isRunning {
+            // Another process has the pid now: the launch's session is long gone (its id would
+            // have kept the pid from being reused).
+            guard stat.startTime == root.startTime else { return ProcessTree(members: []) }
             roots = [stat]
         } else {
             roots = processes.filter { $0.session == root.pid && $0.isRunning && $0.startTime >= root.startTime }
@@ -97,19 +101,21 @@ extension ProcessControl {
 
     /// Stops one launch: SIGTERM to `graceful` (the processes that shut down cleanly on it), up
     /// to `graceMs` for the whole tree to be gone, then SIGKILL to every member still there, the
-    /// launched process last, and up to 2 s more. Members are looked up again at each step
-    /// (processes started meanwhile are included). `reap` is called while waiting (to collect
-    /// our own exited child). True when no member remains.
+    /// launched process last, and up to 2 s more. Members are looked up again while waiting
+    /// (processes started meanwhile are included), and every member seen stays a target until it
+    /// is gone, even once the launched process has died and its tree can no longer be walked.
+    /// `reap` is called while waiting (to collect our own exited child). True when none remains.
     public static func terminate(
-        _ root: SpawnedProcess, graceful: (ProcessTree) -> [SpawnedProcess], graceMs: Int64, reap: @Sendable () -> Void = {}
+        _ root: SpawnedProcess, graceful: (ProcessTree) -> [SpawnedProcess] = { $0.at(depth: 0) }, graceMs: Int64,
+        reap: @Sendable () -> Void = {}
     ) async -> Bool {
         let tree = ProcessTree.of(root)
         guard !tree.isEmpty else { return true }
+        var seen = tree.members
         for process in graceful(tree) { signal(process, SIGTERM) }
-        if await waitUntilGone(root, within: .milliseconds(max(0, graceMs)), reap: reap) { return true }
-        let remaining = ProcessTree.of(root)
-        for member in remaining.members.reversed() { signal(member.process, SIGKILL) }
-        return await waitUntilGone(root, within: .seconds(2), reap: reap)
+        if await waitUntilGone(root, seen: &seen, within: .milliseconds(max(0, graceMs)), reap: reap) { return true }
+        for member in seen.reversed() { signal(member.process, SIGKILL) }
+        return await waitUntilGone(root, seen: &seen, within: .seconds(2), reap: reap)
     }
 
     /// SIGKILL to every member of `root`'s tree (the launched process last). For tests and tools.
@@ -117,12 +123,17 @@ extension ProcessControl {
         for member in ProcessTree.of(root).members.reversed() { signal(member.process, SIGKILL) }
     }
 
-    private static func waitUntilGone(_ root: SpawnedProcess, within limit: Duration, reap: @Sendable () -> Void) async -> Bool {
+    private static func waitUntilGone(
+        _ root: SpawnedProcess, seen: inout [ProcessTree.Member], within limit: Duration, reap: @Sendable () -> Void
+    ) async -> Bool {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: limit)
         while true {
             reap()
-            if ProcessTree.of(root).isEmpty { return true }
+            let current = ProcessTree.of(root).members
+            for member in current where !seen.contains(where: { $0.process == member.process }) { seen.append(member) }
+            seen.removeAll { !isAlive($0.process) }
+            if seen.isEmpty { return true }
             if clock.now >= deadline { return false }
             // Not cancelled with the caller: a stop must finish even while the control plane
             // shuts down (and a cancelled sleep would make this loop spin).

@@ -148,6 +148,9 @@ public struct SandboxWrapper: Sendable {
             let homePath = home.standardizedFileURL.path
             var arguments = [bwrapPath]
             arguments += Self.systemMounts()
+            // A data directory inside a system directory (/opt/cloud-agent, say) is hidden there.
+            let dataPath = dataDirectory.standardizedFileURL.path
+            if Self.isSystemPath(dataPath) { arguments += ["--tmpfs", dataPath] }
             arguments += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
             // The program's own directory (the runtime beside the control plane, a build under
             // /tmp) and the agents' binaries, read-only; then the session's own directories.
@@ -233,9 +236,9 @@ public struct SandboxWrapper: Sendable {
             throw SandboxUnavailable(description: "cannot create \(probeDirectory.path): \(error)")
         }
         let argv = wrap(["/bin/sh", "-c", "true"], workspace: probeDirectory, home: probeDirectory)
-        let pid: pid_t
+        let process: SpawnedProcess
         do {
-            pid = try ProcessControl.spawn(
+            process = try ProcessControl.spawnDetached(
                 argv: argv, environment: ["PATH": ExecutableLookup.defaultPath],
                 workingDirectory: probeDirectory, stdin: nil, logFile: log
             )
@@ -245,13 +248,13 @@ public struct SandboxWrapper: Sendable {
         let deadline = ContinuousClock.now.advanced(by: .seconds(10))
         var exitCode: Int32?
         while exitCode == nil, ContinuousClock.now < deadline {
-            exitCode = ProcessControl.reapIfExited(pid).map(ProcessControl.exitCode(fromWaitStatus:))
+            exitCode = ProcessControl.reapIfExited(process.pid).map(ProcessControl.exitCode(fromWaitStatus:))
             if exitCode == nil { usleep(10_000) }
         }
         if exitCode == nil {
-            ProcessControl.signalGroup(pid, SIGKILL)
+            ProcessControl.killTree(process)
             var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            waitpid(process.pid, &status, 0)
         }
         guard exitCode == 0 else {
             let output = (try? String(contentsOf: log, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""

@@ -6,7 +6,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("Detached processes and process groups")
+@Suite("Detached processes and their process trees")
 struct ProcessControlTests {
     private let environment = ["PATH": "/usr/bin:/bin"]
 
@@ -43,7 +43,7 @@ struct ProcessControlTests {
         #expect(await eventually { contents(log).contains("stderr ") })
         #expect(contents(log) == "earlier\nstdout the-secret\nstderr \(directory.url.path)\n")
         #expect(ProcessControl.isAlive(process))
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+        #expect(await ProcessControl.terminate(process, graceMs: 5_000))
         #expect(!ProcessControl.isAlive(process))
     }
 
@@ -95,13 +95,13 @@ struct ProcessControlTests {
         }
     }
 
-    @Test("terminateGroup takes down the grandchildren too")
+    @Test("terminate takes down the grandchildren too")
     func terminateGrandchildren() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn("sleep 120 & sleep 120", in: directory)
         #expect(await eventually { members(process.pid).count >= 3 })
         let sleepers = members(process.pid).map(\.pid).filter { $0 != process.pid }
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+        #expect(await ProcessControl.terminate(process, graceMs: 5_000))
         #expect(members(process.pid).isEmpty)
         for pid in sleepers {
             #expect(!(ProcStat.read(pid)?.isRunning ?? false))
@@ -115,7 +115,7 @@ struct ProcessControlTests {
         let process = try spawn(#"trap "" TERM; echo ready; for i in $(seq 120); do sleep 1; done"#, in: directory)
         #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
         let started = ContinuousClock.now
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 400))
+        #expect(await ProcessControl.terminate(process, graceMs: 400))
         #expect(ContinuousClock.now - started >= .milliseconds(400))
         #expect(members(process.pid).isEmpty)
         #expect(!ProcessControl.isAlive(process))
@@ -126,16 +126,16 @@ struct ProcessControlTests {
         let directory = try TemporaryDirectory()
         let process = try spawn(#"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; for i in $(seq 1200); do sleep 0.1; done"#, in: directory)
         #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 10_000))
+        #expect(await ProcessControl.terminate(process, graceMs: 10_000))
         #expect(contents(directory.path("logs", "out.log")).hasSuffix("finished\n"))
     }
 
-    @Test("terminateGroup of a group already gone is true at once")
+    @Test("terminate of a process already gone is true at once")
     func terminateGone() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn("exit 0", in: directory)
         #expect(await eventually { ProcessControl.reapIfExited(process.pid) != nil })
-        #expect(await ProcessControl.terminateGroup(process.pid, graceMs: 5_000))
+        #expect(await ProcessControl.terminate(process, graceMs: 5_000))
     }
 
     @Test("isAlive: true while it runs, false for a wrong start time, a zombie, and once reaped")
@@ -161,9 +161,56 @@ struct ProcessControlTests {
         let process = try spawn("exec sleep 120", in: directory)
         #expect(ProcessControl.isAlive(process))
         #expect(ProcessControl.reapIfExited(process.pid) == nil)
-        ProcessControl.signalGroup(process.pid, SIGKILL)
+        #expect(ProcessControl.signal(process, SIGKILL))
         #expect(await eventually { exitCode(process) == 128 + SIGKILL })
         #expect(!ProcessControl.isAlive(process))
+    }
+
+    @Test("signal reaches only the process with the recorded start time: a reused pid is never signalled")
+    func signalChecksTheStartTime() async throws {
+        let directory = try TemporaryDirectory()
+        let process = try spawn("exec sleep 120", in: directory)
+        var impostor = process
+        impostor.startTime += 1
+        #expect(!ProcessControl.signal(impostor, SIGKILL))
+        #expect(ProcessControl.isAlive(process))
+        #expect(await ProcessControl.terminate(impostor, graceMs: 0))
+        #expect(ProcessControl.isAlive(process), "terminate of a process that is not the recorded one signalled it")
+        #expect(await ProcessControl.terminate(process, graceMs: 5_000))
+    }
+
+    @Test("the tree of a launch: the launched process and its descendants by parent links, breadth first; a wrong start time is no tree; leftovers of a dead launch are its session's later processes")
+    func treeFromASnapshot() {
+        func stat(_ pid: Int32, parent: Int32, session: Int32, start: UInt64, state: Character = "S") -> ProcStat {
+            ProcStat(pid: pid, state: state, parent: parent, processGroup: pid, session: session, startTime: start)
+        }
+        let snapshot = [
+            stat(1, parent: 0, session: 1, start: 1),
+            stat(100, parent: 1, session: 100, start: 500),         // the launch
+            stat(101, parent: 100, session: 100, start: 501),
+            stat(102, parent: 101, session: 102, start: 502),       // its own session (bwrap --new-session)
+            stat(103, parent: 102, session: 102, start: 503),
+            stat(104, parent: 102, session: 102, start: 504, state: "Z"),
+            stat(200, parent: 1, session: 200, start: 400),          // unrelated
+            stat(201, parent: 200, session: 200, start: 401),
+        ]
+        let tree = ProcessTree.build(root: SpawnedProcess(pid: 100, startTime: 500), from: snapshot)
+        #expect(tree.members.map(\.process.pid) == [100, 101, 102, 103])
+        #expect(tree.members.map(\.depth) == [0, 1, 2, 3])
+        #expect(tree.at(depth: 2) == [SpawnedProcess(pid: 102, startTime: 502)])
+        #expect(ProcessTree.build(root: SpawnedProcess(pid: 100, startTime: 499), from: snapshot).isEmpty, "a reused pid is another process")
+        #expect(ProcessTree.build(root: SpawnedProcess(pid: 200, startTime: 401), from: snapshot).isEmpty)
+
+        // The launched process died: what is left of its session (reparented to 1), and only
+        // what started after it.
+        let orphaned = [
+            stat(1, parent: 0, session: 1, start: 1),
+            stat(301, parent: 1, session: 300, start: 601),
+            stat(302, parent: 301, session: 300, start: 602),
+            stat(303, parent: 1, session: 300, start: 550),
+        ]
+        let leftovers = ProcessTree.build(root: SpawnedProcess(pid: 300, startTime: 600), from: orphaned)
+        #expect(leftovers.members.map(\.process.pid) == [301, 302])
     }
 
     @Test("a SpawnedProcess survives a JSON round trip")

@@ -38,6 +38,19 @@ struct SandboxWrapperTests {
         }
     }
 
+    @Test("a data directory inside a system directory is hidden there before the session's own directories are bound")
+    func dataDirectoryUnderASystemDirectory() {
+        let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: URL(fileURLWithPath: "/opt/cloud-agent"))
+        let argv = wrapper.wrap(["/bin/true"], workspace: URL(fileURLWithPath: "/opt/cloud-agent/workspaces/a"), home: URL(fileURLWithPath: "/opt/cloud-agent/homes/a"))
+        let hidden = argv.indices.first { argv[$0] == "--tmpfs" && argv[$0 + 1] == "/opt/cloud-agent" }
+        let opt = argv.indices.first { argv[$0] == "--ro-bind" && argv[$0 + 1] == "/opt" }
+        let workspace = argv.indices.first { argv[$0] == "--bind" && argv[$0 + 1] == "/opt/cloud-agent/workspaces/a" }
+        if FileManager.default.fileExists(atPath: "/opt") {
+            #expect(opt != nil)
+            #expect(hidden != nil && workspace != nil && opt! < hidden! && hidden! < workspace!)
+        }
+    }
+
     @Test("resolve: none, and an unknown name is an error that says what is expected")
     func resolveNames() throws {
         let directory = try TemporaryDirectory()
