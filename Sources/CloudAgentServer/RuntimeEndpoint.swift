@@ -55,7 +55,18 @@ struct RuntimeEndpoint {
                 do {
                     for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
                         guard case .text(let text) = message else { throw ProtocolError("binary frames are not part of the protocol") }
-                        guard await queue.push(try HeartbeatFrame.parse(text) ?? ProtocolCoding.decodeRuntimeMessage(text)) else { return }
+                        let decoded: RuntimeMessage
+                        switch HeartbeatFrame.parse(text).map(Result.success) ?? Result(catching: { () throws(ProtocolError) in
+                            try ProtocolCoding.decodeRuntimeMessage(text)
+                        }) {
+                        case .success(let message): decoded = message
+                        case .failure(let error) where error.unknownType != nil:
+                            // A newer runtime's frame: harmless, ignored.
+                            log.debug("frame of an unknown type from the runtime: ignored", metadata: ["type": "\(error.unknownType ?? "")"])
+                            continue
+                        case .failure(let error): throw error
+                        }
+                        guard await queue.push(decoded) else { return }
                     }
                     queue.finish(throwing: nil)
                 } catch {

@@ -279,15 +279,21 @@ extension SessionService {
                 return nil
             }
             try await self.commit(SessionChange(sessionId: id, session: session, events: events))
+            // Registered and welcomed under the lock: a PATCH of the idle timeout (which sends
+            // its settings frame under the same lock) is either in this welcome or finds the
+            // connection, so the runtime never keeps a stale idle timeout.
+            await self.supervisor.register(connection)
+            connection.activeExecution = session.activeExecutionId
+            connection.send(.welcome(
+                ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: self.timing.heartbeatIntervalMs, stopGraceMs: self.timing.stopGraceMs,
+                idleTimeoutMs: session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
+            ))
             return (session, try await self.store.latestExecution(of: id))
         }
         guard let (session, latest) = outcome else {
             connection.send(.shutdown(reason: "this runtime was stopped"))
             return false
         }
-        await supervisor.register(connection)
-        connection.activeExecution = session.activeExecutionId
-        connection.send(.welcome(ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: timing.heartbeatIntervalMs, stopGraceMs: timing.stopGraceMs))
         if let latest, latest.status == .pending { connection.send(.execute(executeCommand(latest, session: session))) }
         if let reported = activeExecutionId, reported != session.activeExecutionId?.rawValue {
             connection.send(.kill(executionId: reported, reason: "execution already ended"))
