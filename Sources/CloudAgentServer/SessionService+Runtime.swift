@@ -95,7 +95,8 @@ extension SessionService {
             let secret = BearerToken.generate(prefix: "rts_")
             let process = try await supervisor.launch(
                 session: id, instanceId: instanceId, secret: secret, environment: request.environment,
-                secretNames: Array(session.spec.secrets.keys), stopGraceMs: timing.stopGraceMs
+                secretNames: Array(session.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
+                idleTimeoutMs: session.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs
             )
             session.runtime.instanceId = instanceId
             session.runtime.secretHash = BearerToken.hash(secret)
@@ -206,14 +207,27 @@ extension SessionService {
         ])
     }
 
-    /// A runtime process died on its own: rule `crashed`, its execution failed naming why.
+    /// A runtime process died on its own: rule `crashed`, its execution failed naming why. One
+    /// found gone past its idle deadline with no execution active stopped itself for idleness
+    /// while it could reach no control plane (the runtime's `OrphanPolicy`): rule `idle`.
     func runtimeExited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
         do {
             try await locks.withLock(id) {
                 guard var session = try await self.store.session(id), session.runtime.process?.pid == process.pid,
                       session.runtime.state == .starting || session.runtime.state == .running
                 else { return }
-                let reason = StopReason(rule: .crashed, at: self.clock.now(), detail: detail)
+                let now = self.clock.now()
+                let idle = IdlePolicy.evaluate(
+                    runtime: session.runtime, latest: try await self.store.latestExecution(of: id),
+                    idleTimeoutMs: session.idleTimeoutMs(default: self.timing.idleTimeoutMs), now: now
+                )
+                let reason: StopReason
+                if case .stop(var idleReason) = idle {
+                    idleReason.detail = (idleReason.detail.map { $0 + "; " } ?? "") + "the runtime stopped itself without a control plane"
+                    reason = idleReason
+                } else {
+                    reason = StopReason(rule: .crashed, at: now, detail: detail)
+                }
                 try await self.recordStopped(&session, reason: reason, executionError: "runtime died: \(detail)")
             }
         } catch {
