@@ -51,6 +51,10 @@ enum UpgradeStatusProbe {
         var description: String { "the connection closed before an answer" }
     }
 
+    /// An answer that takes longer than this closes the connection (the attempt it belongs to
+    /// has given up by then, and must leave no connection behind).
+    static let answerTimeout = TimeAmount.milliseconds(2500)
+
     /// A connection that sends one request and completes with the answer's status.
     private struct StatusChannel: ClientConnectionChannel {
         let head: HTTPRequestHead
@@ -77,6 +81,7 @@ enum UpgradeStatusProbe {
         private let status: EventLoopPromise<Int>
         private var sent = false
         private var answered = false
+        private var timeout: Scheduled<Void>?
 
         init(head: HTTPRequestHead, status: EventLoopPromise<Int>) {
             self.head = head
@@ -84,7 +89,9 @@ enum UpgradeStatusProbe {
         }
 
         func handlerAdded(context: ChannelHandlerContext) {
-            if context.channel.isActive { send(context) }
+            let channel = context.channel
+            timeout = context.eventLoop.scheduleTask(in: UpgradeStatusProbe.answerTimeout) { channel.close(promise: nil) }
+            if channel.isActive { send(context) }
         }
 
         func channelActive(context: ChannelHandlerContext) {
@@ -118,6 +125,7 @@ enum UpgradeStatusProbe {
         private func finish(_ result: Result<Int, any Error>) {
             guard !answered else { return }
             answered = true
+            timeout?.cancel()
             status.completeWith(result)
         }
     }

@@ -15,14 +15,14 @@ struct RuntimeEndpoint {
 
     func register(on router: Router<AppRequestContext>) {
         router.ws(RouterPath(stringLiteral: RuntimeProtocol.path)) { request, _ in
-            guard await service.authenticateRuntime(
+            guard try await service.authenticateRuntime(
                 session: request.headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
                 secret: request.headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
             ) != nil else { throw APIError.unauthorized }
             return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             let headers = context.request.headers
-            guard let session = await service.authenticateRuntime(
+            guard let session = try await service.authenticateRuntime(
                 session: headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
                 secret: headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
             ), let instanceId = session.runtime.instanceId else { return }

@@ -264,10 +264,12 @@ extension SessionService {
 
     // MARK: The runtime connection
 
-    /// Checks a connecting runtime's secret against its session's current launch.
-    func authenticateRuntime(session rawId: String?, secret: String?) async -> SessionRecord? {
+    /// Checks a connecting runtime's secret against its session's current launch. A store that
+    /// fails throws (a 5xx, which the runtime retries): only an unknown session or a wrong secret
+    /// is nil (a 401, which makes the runtime exit).
+    func authenticateRuntime(session rawId: String?, secret: String?) async throws -> SessionRecord? {
         guard let rawId, let id = SessionID(rawValue: rawId), let secret, !secret.isEmpty,
-              let session = try? await store.session(id), let expected = session.runtime.secretHash,
+              let session = try await store.session(id), let expected = session.runtime.secretHash,
               BearerToken.hash(secret) == expected
         else { return nil }
         return session
