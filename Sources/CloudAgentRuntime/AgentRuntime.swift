@@ -69,6 +69,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     private var droppedLines = 0
     private var orphanPolicy: OrphanPolicy
     private var presence: OrphanPolicy.State
+    /// The `seq` of the last `execution.ended` until the control plane acknowledges it.
+    private var unacknowledgedEndSeq: Int64?
     private var link: OpenLink?
     private var linkCount: UInt64 = 0
     /// How many connections the control plane has welcomed.
@@ -224,6 +226,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             open.welcomed = true
             link = open
             presence.disconnectedSince = nil
+            if presence.firstWelcomedAt == nil { presence.firstWelcomedAt = .now }
             welcomeCount += 1
             for entry in outbox.pending { open.frames.yield(entry.frame) }
             logger.info("connected", metadata: [
@@ -405,7 +408,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         execution.stops.finish()
         active = nil
         presence.lastExecutionEndedAt = .now
-        record(executionId, kind: RuntimeEvent.Kind.ended, data: data)
+        unacknowledgedEndSeq = record(executionId, kind: RuntimeEvent.Kind.ended, data: data)
         logger.info("execution ended", metadata: ["status": .string(data["status"]?.stringValue ?? "")])
         if droppedLines > 0 {
             logger.warning("agent output dropped: the outbox was full while the runtime stopped", metadata: ["lines": "\(droppedLines)"])
@@ -414,15 +417,22 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     }
 
     /// Numbers the event, keeps it until acknowledged, and sends it if the link is welcomed.
-    private func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) {
+    @discardableResult
+    private func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
         let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
         if let open = link, open.welcomed { open.frames.yield(entry.frame) }
+        return entry.seq
     }
 
     // MARK: - Backpressure
 
     private func acknowledge(upTo seq: Int64) {
         outbox.acknowledge(upTo: seq)
+        if let endSeq = unacknowledgedEndSeq, seq >= endSeq {
+            // The control plane measures idleness from when it recorded the end: so does the runtime.
+            presence.lastExecutionEndedAt = .now
+            unacknowledgedEndSeq = nil
+        }
         if !outbox.isFull { releaseRoomWaiters() }
     }
 

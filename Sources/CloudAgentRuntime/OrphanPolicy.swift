@@ -5,12 +5,17 @@
 ///     now ≥ disconnectedSince + orphanLimit                              → stop (orphanLimit)
 ///     no active execution, every event acknowledged,
 ///       now ≥ lastActivity + idleTimeout                                 → stop (idle)
-///     lastActivity = max(startedAt, last execution start, last execution end)
+///     lastActivity = max(startedAt, first welcome, last execution start, last execution end)
 ///
 /// - `disconnectedSince` is when the last welcomed connection ended, or the runtime's start if no
 ///   control plane ever welcomed it.
 /// - The idle rule mirrors the control plane's (DESIGN.md, "Idleness of a runtime"), seen from
-///   inside: never idle while an execution is active, and the start is in the max.
+///   inside: never idle while an execution is active, and the start is in the max. The control
+///   plane measures from the times it recorded — its `runtime.startedAt` is this runtime's first
+///   hello, an execution's `completedAt` is when it stored the end — so the runtime counts its
+///   first welcome, and an execution's end from when the control plane acknowledged it (the shell
+///   moves `lastExecutionEndedAt` then). Its idle deadline is thus never before the control
+///   plane's, and a control plane that finds it gone past that deadline can record an idle stop.
 /// - The idle rule also waits for unacknowledged events: a control plane that comes back within
 ///   the orphan limit still gets every event. The orphan limit waits for nothing: it bounds how
 ///   long an unreachable runtime (and its agent) lives, whatever it is doing.
@@ -31,7 +36,10 @@ public struct OrphanPolicy: Sendable, Equatable {
         /// Since when no control plane has been connected (welcomed); nil while one is.
         public var disconnectedSince: Instant?
         public var executionActive = false
+        /// When a control plane first welcomed this runtime.
+        public var firstWelcomedAt: Instant?
         public var lastExecutionStartedAt: Instant?
+        /// When the last execution ended, or, later, when the control plane acknowledged its end.
         public var lastExecutionEndedAt: Instant?
         /// Events the control plane has not acknowledged.
         public var unacknowledgedEvents = 0
@@ -42,9 +50,9 @@ public struct OrphanPolicy: Sendable, Equatable {
             self.disconnectedSince = startedAt
         }
 
-        /// max(startedAt, last execution start, last execution end).
+        /// max(startedAt, first welcome, last execution start, last execution end).
         public var lastActivity: Instant {
-            [lastExecutionStartedAt, lastExecutionEndedAt].compactMap { $0 }.reduce(startedAt, max)
+            [firstWelcomedAt, lastExecutionStartedAt, lastExecutionEndedAt].compactMap { $0 }.reduce(startedAt, max)
         }
     }
 

@@ -42,6 +42,15 @@ struct OrphanPolicyTests {
         #expect(policy.evaluate(state, now: at(500)) == .stop(.idle(idle: .seconds(470), idleTimeout: .seconds(10))))
     }
 
+    @Test func theFirstWelcomeCountsAsActivity_asTheControlPlanesRuntimeStart() {
+        var state = OrphanPolicy.State(startedAt: t0)
+        state.firstWelcomedAt = at(3)
+        state.disconnectedSince = at(4)
+        #expect(state.lastActivity == at(3))
+        #expect(policy.evaluate(state, now: at(12)) == .wait(until: at(13)))
+        #expect(policy.evaluate(state, now: at(13)) == .stop(.idle(idle: .seconds(10), idleTimeout: .seconds(10))))
+    }
+
     @Test func neverIdleWhileAnExecutionIsActive_butTheOrphanLimitHolds() {
         var state = connected
         state.executionActive = true
