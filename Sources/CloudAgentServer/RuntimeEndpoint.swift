@@ -53,20 +53,25 @@ struct RuntimeEndpoint {
             }
             group.addTask {
                 do {
+                    var greeting = true
                     for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
                         guard case .text(let text) = message else { throw ProtocolError("binary frames are not part of the protocol") }
-                        let decoded: RuntimeMessage
-                        switch HeartbeatFrame.parse(text).map(Result.success) ?? Result(catching: { () throws(ProtocolError) in
-                            try ProtocolCoding.decodeRuntimeMessage(text)
-                        }) {
-                        case .success(let message): decoded = message
-                        case .failure(let error) where error.unknownType != nil:
-                            // A newer runtime's frame: harmless, ignored.
-                            log.debug("frame of an unknown type from the runtime: ignored", metadata: ["type": "\(error.unknownType ?? "")"])
-                            continue
-                        case .failure(let error): throw error
+                        // Heartbeats take the fast path; everything else the decoder.
+                        let decoded: Result<RuntimeMessage, ProtocolError> = if let heartbeat = HeartbeatFrame.parse(text) {
+                            .success(heartbeat)
+                        } else {
+                            Result { () throws(ProtocolError) in try ProtocolCoding.decodeRuntimeMessage(text) }
                         }
-                        guard await queue.push(decoded) else { return }
+                        switch decoded {
+                        case .success(let message):
+                            greeting = false
+                            guard await queue.push(message) else { return }
+                        case .failure(let error) where error.unknownType != nil && !greeting:
+                            // A newer runtime's frame: harmless, ignored (the first must be hello).
+                            log.debug("frame of an unknown type from the runtime: ignored", metadata: ["type": "\(error.unknownType ?? "")"])
+                        case .failure(let error):
+                            throw error
+                        }
                     }
                     queue.finish(throwing: nil)
                 } catch {
