@@ -103,7 +103,7 @@ trap cleanup EXIT INT TERM
 
 "$BIN" serve --host 127.0.0.1 --port 0 --data-dir "$DATA" --sandbox none --log-level warning \
   --idle-timeout 1s --max-runtimes 4 --heartbeat-interval 500ms --stale-threshold 5s --pending-timeout 10s \
-  --stop-grace 1s --callback-attempts 1 --callback-retry-base 250ms \
+  --stop-grace 1s --callback-attempts 1 --callback-retry-base 250ms --orphan-limit 30s \
   >"$WORK/serve.out" 2>"$WORK/serve.err" </dev/null &
 SERVER_PID=$!
 

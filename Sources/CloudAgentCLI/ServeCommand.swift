@@ -36,6 +36,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace … critical (CLOUD_AGENT_LOG_LEVEL, default info).") var logLevel: String?
     @Option(name: .customLong("agents-file"), help: "JSON file declaring extra command agents (CLOUD_AGENT_AGENTS_FILE).") var agentsFile: String?
     @Option(name: .customLong("callback-attempts"), help: "Attempts to deliver a completion callback (CLOUD_AGENT_CALLBACK_ATTEMPTS, default 6).") var callbackAttempts: String?
+    @Option(name: .customLong("orphan-limit"), help: "A runtime without a control plane this long stops itself (CLOUD_AGENT_ORPHAN_LIMIT, default 1h).") var orphanLimit: String?
     @Option(name: .customLong("callback-retry-base"), help: "Wait before a callback's first retry, doubling after (CLOUD_AGENT_CALLBACK_RETRY_BASE, default 2s).") var callbackRetryBase: String?
 
     var flags: [String: String] {
@@ -45,6 +46,7 @@ struct ServeCommand: AsyncParsableCommand {
             "pendingTimeout": pendingTimeout, "stopGrace": stopGrace, "stuckAfter": stuckAfter, "maxRuntimes": maxRuntimes,
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
             "agentsFile": agentsFile, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
+            "orphanLimit": orphanLimit,
         ]
         return all.compactMapValues { $0 }
     }

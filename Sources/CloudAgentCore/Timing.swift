@@ -9,6 +9,8 @@ public struct Timing: Sendable, Equatable {
     public var stuckAfterMs: Int64
     public var sessionTTLMs: Int64
     public var eventRetentionMs: Int64
+    /// Handed to each runtime: without a control plane this long, it stops itself.
+    public var orphanLimitMs: Int64
 
     public init(
         idleTimeoutMs: Int64 = 15 * 60_000,
@@ -18,7 +20,8 @@ public struct Timing: Sendable, Equatable {
         stopGraceMs: Int64 = 10_000,
         stuckAfterMs: Int64 = 10 * 60_000,
         sessionTTLMs: Int64 = 90 * 86_400_000,
-        eventRetentionMs: Int64 = 90 * 86_400_000
+        eventRetentionMs: Int64 = 90 * 86_400_000,
+        orphanLimitMs: Int64 = 60 * 60_000
     ) {
         self.idleTimeoutMs = idleTimeoutMs
         self.heartbeatIntervalMs = heartbeatIntervalMs
@@ -28,5 +31,6 @@ public struct Timing: Sendable, Equatable {
         self.stuckAfterMs = stuckAfterMs
         self.sessionTTLMs = sessionTTLMs
         self.eventRetentionMs = eventRetentionMs
+        self.orphanLimitMs = orphanLimitMs
     }
 }

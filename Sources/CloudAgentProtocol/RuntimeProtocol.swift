@@ -60,7 +60,10 @@ public enum RuntimeMessage: Sendable, Equatable {
 /// Control plane → runtime.
 public enum ControlMessage: Sendable, Equatable {
     /// Answer to hello: events up to `ackedSeq` are durable; the timing the runtime must keep.
-    case welcome(ackedSeq: Int64, heartbeatIntervalMs: Int64, stopGraceMs: Int64)
+    /// `idleTimeoutMs` is the session's idle timeout (nil from control planes that predate it).
+    case welcome(ackedSeq: Int64, heartbeatIntervalMs: Int64, stopGraceMs: Int64, idleTimeoutMs: Int64?)
+    /// The session's settings changed (`PATCH idleTimeoutMs`): the runtime keeps the new value.
+    case settings(idleTimeoutMs: Int64)
     /// Events up to `seq` are durable.
     case ack(seq: Int64)
     /// Run one execution's agent. A runtime ignores an execution id it has already run.
@@ -171,7 +174,17 @@ public enum ProtocolValue: Codable, Sendable, Equatable {
 /// Why a frame was refused.
 public struct ProtocolError: Error, Equatable, CustomStringConvertible {
     public var description: String
+    /// Set when the frame is well formed but of a type this side does not know (one a newer peer
+    /// may send): such a frame is ignored, not a reason to drop the connection.
+    public var unknownType: String?
+
     public init(_ description: String) { self.description = description }
+
+    static func unknown(_ type: String, _ direction: String) -> ProtocolError {
+        var error = ProtocolError("unknown \(direction) frame type \(type)")
+        error.unknownType = type
+        return error
+    }
 }
 
 /// Encodes and decodes frames. Timestamps are milliseconds since 1970.
@@ -203,6 +216,7 @@ public enum ProtocolCoding {
         var ackedSeq: Int64?
         var heartbeatIntervalMs: Int64?
         var stopGraceMs: Int64?
+        var idleTimeoutMs: Int64?
         var seq: Int64?
         var execute: ExecuteCommand?
         var reason: String?
@@ -237,11 +251,15 @@ public enum ProtocolCoding {
     public static func encode(_ message: ControlMessage) -> String {
         var frame: Frame
         switch message {
-        case .welcome(let acked, let interval, let grace):
+        case .welcome(let acked, let interval, let grace, let idleTimeout):
             frame = Frame(type: "welcome")
             frame.ackedSeq = acked
             frame.heartbeatIntervalMs = interval
             frame.stopGraceMs = grace
+            frame.idleTimeoutMs = idleTimeout
+        case .settings(let idleTimeout):
+            frame = Frame(type: "settings")
+            frame.idleTimeoutMs = idleTimeout
         case .ack(let seq):
             frame = Frame(type: "ack")
             frame.seq = seq
@@ -291,7 +309,7 @@ public enum ProtocolCoding {
         case "pong":
             return .pong(nonce: frame.nonce ?? 0)
         default:
-            throw ProtocolError("unknown runtime frame type \(frame.type)")
+            throw ProtocolError.unknown(frame.type, "runtime")
         }
     }
 
@@ -302,7 +320,12 @@ public enum ProtocolCoding {
             guard let acked = frame.ackedSeq, let interval = frame.heartbeatIntervalMs, interval > 0 else {
                 throw ProtocolError("welcome needs ackedSeq and heartbeatIntervalMs")
             }
-            return .welcome(ackedSeq: acked, heartbeatIntervalMs: interval, stopGraceMs: frame.stopGraceMs ?? 10_000)
+            // An unusable idle timeout is left out rather than refusing the welcome.
+            let idleTimeout = frame.idleTimeoutMs.flatMap { $0 > 0 ? $0 : nil }
+            return .welcome(ackedSeq: acked, heartbeatIntervalMs: interval, stopGraceMs: frame.stopGraceMs ?? 10_000, idleTimeoutMs: idleTimeout)
+        case "settings":
+            guard let idleTimeout = frame.idleTimeoutMs, idleTimeout > 0 else { throw ProtocolError("settings needs idleTimeoutMs ≥ 1") }
+            return .settings(idleTimeoutMs: idleTimeout)
         case "ack":
             guard let seq = frame.seq else { throw ProtocolError("ack needs seq") }
             return .ack(seq: seq)
@@ -317,7 +340,7 @@ public enum ProtocolCoding {
         case "ping":
             return .ping(nonce: frame.nonce ?? 0)
         default:
-            throw ProtocolError("unknown control frame type \(frame.type)")
+            throw ProtocolError.unknown(frame.type, "control")
         }
     }
 }

@@ -16,9 +16,10 @@ import Darwin
 /// the control plane, and the one active execution.
 ///
 /// As a `Service` it runs the executions it accepts (each is a child task of `run()`) until it
-/// is told to stop — by SIGTERM (graceful shutdown) or by the control plane's `shutdown` — and
-/// then stops the active agent, reports it `interrupted`, waits briefly for the control plane to
-/// acknowledge that, and returns.
+/// is told to stop — by SIGTERM (graceful shutdown), by the control plane's `shutdown`, by the
+/// control plane refusing it, or by itself when it can reach no control plane (`OrphanPolicy`) —
+/// and then stops the active agent, reports it `interrupted`, waits briefly for the control plane
+/// to acknowledge that, and returns.
 public actor AgentRuntime: Service, CustomStringConvertible {
     /// The interrupt reason of an execution stopped because the runtime got SIGTERM.
     public static let sigtermReason = "runtime shutdown: SIGTERM"
@@ -61,7 +62,15 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     private nonisolated let requests: AsyncStream<Request>
     private nonisolated let requestContinuation: AsyncStream<Request>.Continuation
 
-    private var outbox = EventOutbox()
+    private var outbox: EventOutbox
+    /// Readers of the agent's output waiting for room in the outbox (backpressure).
+    private var roomWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Agent output lines dropped because the outbox was full while stopping.
+    private var droppedLines = 0
+    private var orphanPolicy: OrphanPolicy
+    private var presence: OrphanPolicy.State
+    /// The `seq` of the last `execution.ended` until the control plane acknowledges it.
+    private var unacknowledgedEndSeq: Int64?
     private var link: OpenLink?
     private var linkCount: UInt64 = 0
     /// How many connections the control plane has welcomed.
@@ -82,14 +91,35 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         self.logger = logger
         self.heartbeatInterval = configuration.heartbeatInterval
         self.stopGrace = configuration.stopGrace
+        self.outbox = EventOutbox(limitBytes: configuration.outboxLimitBytes)
+        self.orphanPolicy = OrphanPolicy(idleTimeout: configuration.idleTimeout, orphanLimit: configuration.orphanLimit)
+        self.presence = OrphanPolicy.State(startedAt: .now)
         (requests, requestContinuation) = AsyncStream.makeStream(of: Request.self)
     }
+
+    /// How often the runtime looks at `OrphanPolicy` at least: the policy's deadlines come from
+    /// recorded instants, so this bounds only how late a stop can be, not when it is due.
+    static let orphanCheckInterval = Duration.milliseconds(250)
+
+    /// The session's idle timeout as the runtime knows it (from its start, the welcome, settings).
+    public var idleTimeout: Duration { orphanPolicy.idleTimeout }
+
+    /// The bytes of the frames the control plane has not acknowledged (the outbox's fill).
+    public var unacknowledgedBytes: Int { outbox.pendingBytes }
 
     public nonisolated var description: String { "AgentRuntime(\(configuration.runtimeId))" }
 
     // MARK: - Service
 
     public nonisolated func run() async {
+        await withTaskGroup(of: Void.self) { watchers in
+            watchers.addTask { await self.watchForOrphanhood() }
+            await runExecutions()
+            watchers.cancelAll()
+        }
+    }
+
+    private nonisolated func runExecutions() async {
         await withTaskGroup(of: Void.self) { group in
             var reason = Self.sigtermReason
             await withGracefulShutdownHandler {
@@ -121,6 +151,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     /// SIGKILL after min(2 s, grace/2), then up to min(1 s, grace/4) waiting for the ack.
     private func beginStopping(reason: String) -> Duration {
         stopping = true
+        releaseRoomWaiters()
         let killAfter = min(.seconds(2), stopGrace / 2)
         let ackWait = min(.seconds(1), stopGrace / 4)
         if let executionId = active?.executionId {
@@ -144,7 +175,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
 
     /// A new connection: its frames start with hello; events flow once it is welcomed.
     public func openLink() -> Link {
-        link?.frames.finish()
+        if let previous = link { end(previous) }
         linkCount += 1
         let (frames, continuation) = AsyncStream.makeStream(of: String.self)
         link = OpenLink(id: linkCount, frames: continuation)
@@ -159,8 +190,14 @@ public actor AgentRuntime: Service, CustomStringConvertible {
 
     public func closeLink(_ id: UInt64) {
         guard let open = link, open.id == id else { return }
-        open.frames.finish()
+        end(open)
         link = nil
+    }
+
+    /// A link is over; if the control plane had welcomed it, the runtime is on its own from now.
+    private func end(_ open: OpenLink) {
+        open.frames.finish()
+        if open.welcomed { presence.disconnectedSince = .now }
     }
 
     /// The heartbeat interval once the link is welcomed; nil before.
@@ -178,20 +215,29 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     public func receive(_ message: ControlMessage, on linkId: UInt64) {
         guard var open = link, open.id == linkId else { return }
         switch message {
-        case .welcome(let ackedSeq, let heartbeatIntervalMs, let stopGraceMs):
+        case .welcome(let ackedSeq, let heartbeatIntervalMs, let stopGraceMs, let idleTimeoutMs):
             if ackedSeq > outbox.lastSeq {
                 logger.warning("the control plane acknowledges events this runtime never sent", metadata: ["ackedSeq": "\(ackedSeq)", "lastSeq": "\(outbox.lastSeq)"])
             }
-            outbox.acknowledge(upTo: ackedSeq)
+            acknowledge(upTo: ackedSeq)
             heartbeatInterval = .milliseconds(max(heartbeatIntervalMs, 1))
             stopGrace = .milliseconds(max(stopGraceMs, 0))
+            if let idleTimeoutMs { orphanPolicy.idleTimeout = .milliseconds(idleTimeoutMs) }
             open.welcomed = true
             link = open
+            presence.disconnectedSince = nil
+            if presence.firstWelcomedAt == nil { presence.firstWelcomedAt = .now }
             welcomeCount += 1
-            for event in outbox.pending { open.frames.yield(ProtocolCoding.encode(.event(event))) }
-            logger.info("connected", metadata: ["ackedSeq": "\(ackedSeq)", "resent": "\(outbox.pending.count)", "heartbeatIntervalMs": "\(heartbeatIntervalMs)"])
+            for entry in outbox.pending { open.frames.yield(entry.frame) }
+            logger.info("connected", metadata: [
+                "ackedSeq": "\(ackedSeq)", "resent": "\(outbox.pending.count)", "heartbeatIntervalMs": "\(heartbeatIntervalMs)",
+                "idleTimeoutMs": "\(orphanPolicy.idleTimeout.wholeMilliseconds)",
+            ])
+        case .settings(let idleTimeoutMs):
+            orphanPolicy.idleTimeout = .milliseconds(idleTimeoutMs)
+            logger.info("settings changed", metadata: ["idleTimeoutMs": "\(idleTimeoutMs)"])
         case .ack(let seq):
-            outbox.acknowledge(upTo: seq)
+            acknowledge(upTo: seq)
         case .ping(let nonce):
             open.frames.yield(ProtocolCoding.encode(.pong(nonce: nonce)))
         case .execute(let command):
@@ -221,6 +267,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             logger.info("execute of an execution already run: ignored", metadata: metadata)
         } else {
             executed.insert(command.executionId)
+            presence.lastExecutionStartedAt = .now
             let (stopRequests, stops) = AsyncStream.makeStream(of: Duration.self)
             active = ActiveExecution(executionId: command.executionId, stopRequests: stopRequests, stops: stops)
             requestContinuation.yield(.execute(command))
@@ -335,8 +382,15 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         record(executionId, kind: RuntimeEvent.Kind.running, data: ["pid": .number(Double(pid)), "processGroup": .number(Double(pid))])
     }
 
-    private func agentLine(_ executionId: String, stream: AgentStream, line: String) {
+    private func agentLine(_ executionId: String, stream: AgentStream, line: String) async {
+        await waitForRoom()
         guard var execution = active, execution.executionId == executionId else { return }
+        // Full only while stopping (otherwise `waitForRoom` waited): the agent is on its way
+        // out and no control plane takes events; dropping keeps the bound.
+        guard !outbox.isFull else {
+            droppedLines += 1
+            return
+        }
         execution.progress += 1
         let line = secretMask.isEmpty ? line : secretMask.apply(line)
         let items: [AgentOutputItem] = stream == .stdout ? execution.parser.parse(line: line) : [.output]
@@ -353,13 +407,107 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         guard let execution = active, execution.executionId == executionId else { return }
         execution.stops.finish()
         active = nil
-        record(executionId, kind: RuntimeEvent.Kind.ended, data: data)
+        presence.lastExecutionEndedAt = .now
+        unacknowledgedEndSeq = record(executionId, kind: RuntimeEvent.Kind.ended, data: data)
         logger.info("execution ended", metadata: ["status": .string(data["status"]?.stringValue ?? "")])
+        if droppedLines > 0 {
+            logger.warning("agent output dropped: the outbox was full while the runtime stopped", metadata: ["lines": "\(droppedLines)"])
+            droppedLines = 0
+        }
     }
 
     /// Numbers the event, keeps it until acknowledged, and sends it if the link is welcomed.
-    private func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) {
-        let event = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
-        if let open = link, open.welcomed { open.frames.yield(ProtocolCoding.encode(.event(event))) }
+    @discardableResult
+    private func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
+        let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
+        if let open = link, open.welcomed { open.frames.yield(entry.frame) }
+        return entry.seq
+    }
+
+    // MARK: - Backpressure
+
+    private func acknowledge(upTo seq: Int64) {
+        outbox.acknowledge(upTo: seq)
+        if let endSeq = unacknowledgedEndSeq, seq >= endSeq {
+            // The control plane measures idleness from when it recorded the end: so does the runtime.
+            presence.lastExecutionEndedAt = .now
+            unacknowledgedEndSeq = nil
+        }
+        if !outbox.isFull { releaseRoomWaiters() }
+    }
+
+    /// Returns once the outbox has room (or the runtime is stopping). Meanwhile the agent's output
+    /// is not read: its pipe fills and the agent blocks writing, held but not lost.
+    private func waitForRoom() async {
+        while outbox.isFull, !stopping {
+            if roomWaiters.isEmpty {
+                logger.warning("outbox full: holding the agent's output until the control plane acknowledges", metadata: [
+                    "pendingBytes": "\(outbox.pendingBytes)", "limitBytes": "\(outbox.limitBytes)",
+                ])
+            }
+            await withCheckedContinuation { roomWaiters.append($0) }
+        }
+    }
+
+    private func releaseRoomWaiters() {
+        guard !roomWaiters.isEmpty else { return }
+        if !stopping { logger.info("room in the outbox: reading the agent's output again", metadata: ["pendingBytes": "\(outbox.pendingBytes)"]) }
+        let waiters = roomWaiters
+        roomWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: - On its own
+
+    /// The control plane refused this runtime (unknown or deleted session, wrong secret): it
+    /// stops its agent and exits, whatever the orphan policy says.
+    public func refused(status: Int) {
+        logger.error("the control plane refused this runtime: stopping", metadata: ["rule": "refused", "status": "\(status)"])
+        requestContinuation.yield(.shutdown(reason: "runtime shutdown: refused by the control plane (HTTP \(status))"))
+    }
+
+    /// Applies `OrphanPolicy` until the runtime stops (or this task is cancelled).
+    private nonisolated func watchForOrphanhood() async {
+        while !Task.isCancelled {
+            let now = ContinuousClock.now
+            switch await orphanDecision(now: now) {
+            case nil:
+                return
+            case .stop(let stop)?:
+                await stopOnItsOwn(stop)
+                return
+            case .connected?:
+                try? await Task.sleep(for: Self.orphanCheckInterval)
+            case .wait(let deadline)?:
+                try? await Task.sleep(until: min(deadline, now + Self.orphanCheckInterval), clock: .continuous)
+            }
+        }
+    }
+
+    /// The policy's decision now; nil once the runtime is stopping anyway.
+    private func orphanDecision(now: ContinuousClock.Instant) -> OrphanPolicy.Decision? {
+        guard !stopping else { return nil }
+        var state = presence
+        state.executionActive = active != nil
+        state.unacknowledgedEvents = outbox.pending.count
+        return orphanPolicy.evaluate(state, now: now)
+    }
+
+    private func stopOnItsOwn(_ stop: OrphanPolicy.Stop) {
+        guard !stopping else { return }
+        switch stop {
+        case .idle(let idle, let idleTimeout):
+            logger.notice("no control plane and idle: the runtime stops itself", metadata: [
+                "rule": "idle", "idleMs": "\(idle.wholeMilliseconds)", "idleTimeoutMs": "\(idleTimeout.wholeMilliseconds)",
+            ])
+            requestContinuation.yield(.shutdown(reason: "runtime shutdown: idle without a control plane"))
+        case .orphanLimit(let disconnected, let limit):
+            var metadata: Logger.Metadata = [
+                "rule": "orphanLimit", "disconnectedMs": "\(disconnected.wholeMilliseconds)", "orphanLimitMs": "\(limit.wholeMilliseconds)",
+            ]
+            if let executionId = active?.executionId { metadata["executionId"] = .string(executionId) }
+            logger.warning("no control plane within the orphan limit: the runtime stops itself", metadata: metadata)
+            requestContinuation.yield(.shutdown(reason: "runtime shutdown: no control plane for \(disconnected.wholeMilliseconds) ms"))
+        }
     }
 }

@@ -9,7 +9,9 @@ import WSClient
 /// The runtime's WebSocket to the control plane, kept open for as long as the runtime lives:
 /// after a failed connect, a close or an error it reconnects with capped exponential backoff
 /// and jitter. Each connection says hello, waits for the welcome, then carries the runtime's
-/// frames out and the control plane's frames in.
+/// frames out and the control plane's frames in. A failed upgrade whose route answers 401, 403
+/// or 404 (`UpgradeStatusProbe`) is a refusal, not an outage: the runtime is told to stop, and
+/// this service waits for the end.
 public struct ControlConnection: Service, CustomStringConvertible {
     let runtime: AgentRuntime
     let secret: RuntimeSecret
@@ -44,23 +46,42 @@ public struct ControlConnection: Service, CustomStringConvertible {
 
     /// Returns on graceful shutdown (the open connection is closed normally) or cancellation.
     public func run() async {
+        guard let refusal = await reconnect() else { return }
+        await runtime.refused(status: refusal.status)
+        // The runtime stops; its end shuts the service group down, and with it this service.
+        try? await gracefulShutdown()
+    }
+
+    /// Connects, and connects again, until graceful shutdown or cancellation (nil) or a refusal.
+    private func reconnect() async -> ControlPlaneRefusal? {
         var backoff = self.backoff
         let configuration = runtime.configuration
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             let welcomesBefore = await runtime.welcomeCount
             do {
                 try await Self.bounded(by: Self.upgradeTimeout) { [runtime, secret, logger] upgraded in
-                    try await WebSocketClient.connect(
-                        url: configuration.controlURL,
-                        configuration: Self.clientConfiguration(sessionId: configuration.sessionId, secret: secret),
-                        logger: logger
-                    ) { inbound, outbound, _ in
-                        // An attempt given up on meanwhile must not take the link from a newer one.
-                        guard upgraded() else { return }
-                        try await self.connected(runtime: runtime, inbound: inbound, outbound: outbound)
+                    do {
+                        try await WebSocketClient.connect(
+                            url: configuration.controlURL,
+                            configuration: Self.clientConfiguration(sessionId: configuration.sessionId, secret: secret),
+                            logger: logger
+                        ) { inbound, outbound, _ in
+                            // An attempt given up on meanwhile must not take the link from a newer one.
+                            guard upgraded() else { return }
+                            try await self.connected(runtime: runtime, inbound: inbound, outbound: outbound)
+                        }
+                    } catch let error as WebSocketClientError where error == .webSocketUpgradeFailed {
+                        // Any answer but 101: ask the route why (within this attempt's bound).
+                        let status = try await UpgradeStatusProbe.status(
+                            url: configuration.controlURL, headers: Self.authenticationHeaders(sessionId: configuration.sessionId, secret: secret), logger: logger
+                        )
+                        if let status, ControlPlaneRefusal.statuses.contains(status) { throw ControlPlaneRefusal(status: status) }
+                        throw UpgradeDeclined(status: status)
                     }
                 }
                 logger.info("the control plane closed the connection")
+            } catch let refusal as ControlPlaneRefusal {
+                return refusal
             } catch {
                 logger.warning("connection to the control plane failed", metadata: ["error": "\(error)"])
             }
@@ -69,6 +90,7 @@ public struct ControlConnection: Service, CustomStringConvertible {
             logger.debug("reconnecting", metadata: ["delay": "\(delay)"])
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
         }
+        return nil
     }
 
     /// One upgraded connection: its link to the runtime, for as long as it lasts.
@@ -122,13 +144,19 @@ public struct ControlConnection: Service, CustomStringConvertible {
     /// Frames of up to 1 MiB accepted, no compression; a 1 s close handshake at most.
     static func clientConfiguration(sessionId: String, secret: RuntimeSecret) -> WebSocketClientConfiguration {
         var headers = HTTPFields()
-        if let name = HTTPField.Name(RuntimeProtocol.sessionHeader) { headers[name] = sessionId }
-        if let name = HTTPField.Name(RuntimeProtocol.secretHeader) { headers[name] = secret.value }
+        for (name, value) in authenticationHeaders(sessionId: sessionId, secret: secret) {
+            if let name = HTTPField.Name(name) { headers[name] = value }
+        }
         return WebSocketClientConfiguration(
             maxFrameSize: RuntimeProtocol.maxFrameBytes,
             additionalHeaders: headers,
             closeTimeout: .seconds(1)
         )
+    }
+
+    /// The upgrade request's headers that say which session this is and prove it is its runtime.
+    static func authenticationHeaders(sessionId: String, secret: RuntimeSecret) -> [(String, String)] {
+        [(RuntimeProtocol.sessionHeader, sessionId), (RuntimeProtocol.secretHeader, secret.value)]
     }
 
     /// The largest WebSocket frame the runtime sends: a longer message goes out in fragments of
@@ -168,14 +196,15 @@ public struct ControlConnection: Service, CustomStringConvertible {
                         logger.warning("binary frame from the control plane: ignored")
                         continue
                     }
-                    let control: ControlMessage
-                    do {
-                        control = try ProtocolCoding.decodeControlMessage(text)
-                    } catch {
+                    switch Result(catching: { () throws(ProtocolError) in try ProtocolCoding.decodeControlMessage(text) }) {
+                    case .success(let control):
+                        await runtime.receive(control, on: link.id)
+                    case .failure(let error) where error.unknownType != nil:
+                        // A newer control plane's frame: harmless, ignored.
+                        logger.info("frame of an unknown type from the control plane: ignored", metadata: ["type": "\(error.unknownType ?? "")"])
+                    case .failure(let error):
                         logger.warning("unreadable frame from the control plane: ignored", metadata: ["error": "\(error)"])
-                        continue
                     }
-                    await runtime.receive(control, on: link.id)
                 }
             }
             group.addTask {

@@ -20,6 +20,13 @@ public struct RuntimeConfiguration: Sendable, Equatable {
     /// The names of the session's secrets among the agent's variables: their values are masked
     /// in everything the agent prints.
     public var secretNames: [String] = []
+    /// The session's idle timeout, until the welcome or a settings frame says otherwise: without
+    /// a control plane the runtime stops itself once idle this long (`OrphanPolicy`).
+    public var idleTimeout: Duration = .seconds(15 * 60)
+    /// Without a control plane this long, the runtime stops itself, busy or not (`OrphanPolicy`).
+    public var orphanLimit: Duration = .seconds(60 * 60)
+    /// The bound of the outbox of unacknowledged events, in bytes of their frames (`EventOutbox`).
+    public var outboxLimitBytes = EventOutbox.defaultLimitBytes
 
     public init(
         controlURL: String,
@@ -41,7 +48,9 @@ public struct RuntimeConfiguration: Sendable, Equatable {
 
     /// Reads `CLOUD_AGENT_CONTROL_URL`, `SESSION_ID`, `CLOUD_AGENT_RUNTIME_ID` (required),
     /// `CLOUD_AGENT_WORKSPACE` (default: `currentDirectory`), `CLOUD_AGENT_LOG_LEVEL` (default
-    /// info) and `CLOUD_AGENT_STOP_GRACE_MS` (default 10000).
+    /// info), `CLOUD_AGENT_STOP_GRACE_MS` (default 10000), `CLOUD_AGENT_IDLE_TIMEOUT_MS` (default
+    /// 900000), `CLOUD_AGENT_ORPHAN_LIMIT_MS` (default 3600000) and
+    /// `CLOUD_AGENT_OUTBOX_LIMIT_BYTES` (default 64 MiB).
     public init(environment: [String: String], currentDirectory: String) throws(RuntimeConfigurationError) {
         func required(_ name: String) throws(RuntimeConfigurationError) -> String {
             guard let value = environment[name], !value.isEmpty else { throw RuntimeConfigurationError("\(name) is not set") }
@@ -59,13 +68,18 @@ public struct RuntimeConfiguration: Sendable, Equatable {
             }
             logLevel = level
         }
-        var stopGrace = Duration.seconds(10)
-        if let text = environment["CLOUD_AGENT_STOP_GRACE_MS"], !text.isEmpty {
-            guard let milliseconds = Int64(text), milliseconds >= 0 else {
-                throw RuntimeConfigurationError("CLOUD_AGENT_STOP_GRACE_MS must be a whole number of milliseconds")
+        /// A whole number of at least `minimum`, or nil when the variable is not set.
+        func number(_ name: String, minimum: Int64, unit: String) throws(RuntimeConfigurationError) -> Int64? {
+            guard let text = environment[name], !text.isEmpty else { return nil }
+            guard let value = Int64(text), value >= minimum else {
+                throw RuntimeConfigurationError("\(name) must be a whole number of \(unit)\(minimum > 0 ? ", at least \(minimum)" : "")")
             }
-            stopGrace = .milliseconds(milliseconds)
+            return value
         }
+        let stopGrace = try number("CLOUD_AGENT_STOP_GRACE_MS", minimum: 0, unit: "milliseconds").map { Duration.milliseconds($0) } ?? .seconds(10)
+        let idleTimeout = try number("CLOUD_AGENT_IDLE_TIMEOUT_MS", minimum: 1, unit: "milliseconds")
+        let orphanLimit = try number("CLOUD_AGENT_ORPHAN_LIMIT_MS", minimum: 1, unit: "milliseconds")
+        let outboxLimit = try number("CLOUD_AGENT_OUTBOX_LIMIT_BYTES", minimum: 1, unit: "bytes")
         self.init(
             controlURL: controlURL,
             sessionId: try required("SESSION_ID"),
@@ -74,6 +88,9 @@ public struct RuntimeConfiguration: Sendable, Equatable {
             logLevel: logLevel,
             stopGrace: stopGrace
         )
+        if let idleTimeout { self.idleTimeout = .milliseconds(idleTimeout) }
+        if let orphanLimit { self.orphanLimit = .milliseconds(orphanLimit) }
+        if let outboxLimit { outboxLimitBytes = Int(clamping: outboxLimit) }
         secretNames = (environment["CLOUD_AGENT_SECRET_NAMES"] ?? "").split(separator: ",").map(String.init).filter { !$0.isEmpty }
     }
 

@@ -15,14 +15,14 @@ struct RuntimeEndpoint {
 
     func register(on router: Router<AppRequestContext>) {
         router.ws(RouterPath(stringLiteral: RuntimeProtocol.path)) { request, _ in
-            guard await service.authenticateRuntime(
+            guard try await service.authenticateRuntime(
                 session: request.headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
                 secret: request.headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
             ) != nil else { throw APIError.unauthorized }
             return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             let headers = context.request.headers
-            guard let session = await service.authenticateRuntime(
+            guard let session = try await service.authenticateRuntime(
                 session: headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
                 secret: headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
             ), let instanceId = session.runtime.instanceId else { return }
@@ -53,9 +53,25 @@ struct RuntimeEndpoint {
             }
             group.addTask {
                 do {
+                    var greeting = true
                     for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
                         guard case .text(let text) = message else { throw ProtocolError("binary frames are not part of the protocol") }
-                        guard await queue.push(try HeartbeatFrame.parse(text) ?? ProtocolCoding.decodeRuntimeMessage(text)) else { return }
+                        // Heartbeats take the fast path; everything else the decoder.
+                        let decoded: Result<RuntimeMessage, ProtocolError> = if let heartbeat = HeartbeatFrame.parse(text) {
+                            .success(heartbeat)
+                        } else {
+                            Result { () throws(ProtocolError) in try ProtocolCoding.decodeRuntimeMessage(text) }
+                        }
+                        switch decoded {
+                        case .success(let message):
+                            greeting = false
+                            guard await queue.push(message) else { return }
+                        case .failure(let error) where error.unknownType != nil && !greeting:
+                            // A newer runtime's frame: harmless, ignored (the first must be hello).
+                            log.debug("frame of an unknown type from the runtime: ignored", metadata: ["type": "\(error.unknownType ?? "")"])
+                        case .failure(let error):
+                            throw error
+                        }
                     }
                     queue.finish(throwing: nil)
                 } catch {

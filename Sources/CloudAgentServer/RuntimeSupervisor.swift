@@ -91,9 +91,11 @@ public actor RuntimeSupervisor: Service {
 
     /// Launches a runtime for the session, detached from this process, and watches it.
     /// `environment` is the session's env vars and decrypted secrets; `secretNames` says which
-    /// are secrets (the runtime masks their values in the agent's output).
+    /// are secrets (the runtime masks their values in the agent's output). `idleTimeoutMs` and
+    /// `orphanLimitMs` are what the runtime goes by when it can reach no control plane.
     func launch(
-        session: SessionID, instanceId: String, secret: String, environment: [String: String], secretNames: [String] = [], stopGraceMs: Int64
+        session: SessionID, instanceId: String, secret: String, environment: [String: String], secretNames: [String] = [], stopGraceMs: Int64,
+        idleTimeoutMs: Int64, orphanLimitMs: Int64
     ) throws -> RuntimeProcess {
         guard let port else { throw LaunchFailure(description: "the control plane is not listening yet") }
         let workspace = layout.workspace(session)
@@ -109,6 +111,8 @@ public actor RuntimeSupervisor: Service {
         env["CLOUD_AGENT_RUNTIME_ID"] = instanceId
         env["CLOUD_AGENT_WORKSPACE"] = workspace.path
         env["CLOUD_AGENT_STOP_GRACE_MS"] = String(stopGraceMs)
+        env["CLOUD_AGENT_IDLE_TIMEOUT_MS"] = String(idleTimeoutMs)
+        env["CLOUD_AGENT_ORPHAN_LIMIT_MS"] = String(orphanLimitMs)
         env["CLOUD_AGENT_LOG_LEVEL"] = logLevel.rawValue
         if !secretNames.isEmpty { env["CLOUD_AGENT_SECRET_NAMES"] = secretNames.sorted().joined(separator: ",") }
         let argv = sandbox.wrap([runtimeExecutable.path], workspace: workspace, home: home)

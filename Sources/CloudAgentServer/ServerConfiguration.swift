@@ -92,6 +92,7 @@ public struct ServerConfiguration: Sendable {
         "agentsFile": .init(flag: "--agents-file", environment: "CLOUD_AGENT_AGENTS_FILE"),
         "callbackAttempts": .init(flag: "--callback-attempts", environment: "CLOUD_AGENT_CALLBACK_ATTEMPTS"),
         "callbackRetryBase": .init(flag: "--callback-retry-base", environment: "CLOUD_AGENT_CALLBACK_RETRY_BASE"),
+        "orphanLimit": .init(flag: "--orphan-limit", environment: "CLOUD_AGENT_ORPHAN_LIMIT"),
     ]
 
     /// Resolves every setting: `flags` (by the keys of `settings`) win over `environment`.
@@ -132,6 +133,7 @@ public struct ServerConfiguration: Sendable {
         try duration("stuckAfter", into: &configuration.timing.stuckAfterMs)
         try duration("sessionTTL", into: &configuration.timing.sessionTTLMs)
         try duration("eventRetention", into: &configuration.timing.eventRetentionMs)
+        try duration("orphanLimit", into: &configuration.timing.orphanLimitMs)
         if let (text, name) = value("maxRuntimes") {
             guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }
             configuration.maxRuntimes = count

@@ -95,7 +95,8 @@ extension SessionService {
             let secret = BearerToken.generate(prefix: "rts_")
             let process = try await supervisor.launch(
                 session: id, instanceId: instanceId, secret: secret, environment: request.environment,
-                secretNames: Array(session.spec.secrets.keys), stopGraceMs: timing.stopGraceMs
+                secretNames: Array(session.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
+                idleTimeoutMs: session.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs
             )
             session.runtime.instanceId = instanceId
             session.runtime.secretHash = BearerToken.hash(secret)
@@ -208,14 +209,27 @@ extension SessionService {
         ])
     }
 
-    /// A runtime process died on its own: rule `crashed`, its execution failed naming why.
+    /// A runtime process died on its own: rule `crashed`, its execution failed naming why. One
+    /// found gone past its idle deadline with no execution active stopped itself for idleness
+    /// while it could reach no control plane (the runtime's `OrphanPolicy`): rule `idle`.
     func runtimeExited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
         do {
             try await locks.withLock(id) {
                 guard var session = try await self.store.session(id), session.runtime.process?.pid == process.pid,
                       session.runtime.state == .starting || session.runtime.state == .running
                 else { return }
-                let reason = StopReason(rule: .crashed, at: self.clock.now(), detail: detail)
+                let now = self.clock.now()
+                let idle = IdlePolicy.evaluate(
+                    runtime: session.runtime, latest: try await self.store.latestExecution(of: id),
+                    idleTimeoutMs: session.idleTimeoutMs(default: self.timing.idleTimeoutMs), now: now
+                )
+                let reason: StopReason
+                if case .stop(var idleReason) = idle {
+                    idleReason.detail = (idleReason.detail.map { $0 + "; " } ?? "") + "the runtime stopped itself without a control plane"
+                    reason = idleReason
+                } else {
+                    reason = StopReason(rule: .crashed, at: now, detail: detail)
+                }
                 try await self.recordStopped(&session, reason: reason, executionError: "runtime died: \(detail)")
             }
         } catch {
@@ -252,10 +266,12 @@ extension SessionService {
 
     // MARK: The runtime connection
 
-    /// Checks a connecting runtime's secret against its session's current launch.
-    func authenticateRuntime(session rawId: String?, secret: String?) async -> SessionRecord? {
+    /// Checks a connecting runtime's secret against its session's current launch. A store that
+    /// fails throws (a 5xx, which the runtime retries): only an unknown session or a wrong secret
+    /// is nil (a 401, which makes the runtime exit).
+    func authenticateRuntime(session rawId: String?, secret: String?) async throws -> SessionRecord? {
         guard let rawId, let id = SessionID(rawValue: rawId), let secret, !secret.isEmpty,
-              let session = try? await store.session(id), let expected = session.runtime.secretHash,
+              let session = try await store.session(id), let expected = session.runtime.secretHash,
               BearerToken.hash(secret) == expected
         else { return nil }
         return session
@@ -281,15 +297,21 @@ extension SessionService {
                 return nil
             }
             try await self.commit(SessionChange(sessionId: id, session: session, events: events))
+            // Registered and welcomed under the lock: a PATCH of the idle timeout (which sends
+            // its settings frame under the same lock) is either in this welcome or finds the
+            // connection, so the runtime never keeps a stale idle timeout.
+            await self.supervisor.register(connection)
+            connection.activeExecution = session.activeExecutionId
+            connection.send(.welcome(
+                ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: self.timing.heartbeatIntervalMs, stopGraceMs: self.timing.stopGraceMs,
+                idleTimeoutMs: session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
+            ))
             return (session, try await self.store.latestExecution(of: id))
         }
         guard let (session, latest) = outcome else {
             connection.send(.shutdown(reason: "this runtime was stopped"))
             return false
         }
-        await supervisor.register(connection)
-        connection.activeExecution = session.activeExecutionId
-        connection.send(.welcome(ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: timing.heartbeatIntervalMs, stopGraceMs: timing.stopGraceMs))
         if let latest, latest.status == .pending { connection.send(.execute(executeCommand(latest, session: session))) }
         if let reported = activeExecutionId, reported != session.activeExecutionId?.rawValue {
             connection.send(.kill(executionId: reported, reason: "execution already ended"))

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentProtocol
 import CloudAgentSandbox
 import Foundation
 import HTTPTypes
@@ -139,12 +140,19 @@ public final class SessionService: Sendable {
         }
         let updated = try await locks.withLock(id) {
             var session = try await self.session(id, owner: owner)
+            let idleTimeoutBefore = session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
             try self.apply(input, to: &session.spec)
             if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
             session.updatedAt = self.clock.now()
             if newRuntime, session.runtime.state == .stopped { try session.runtime.requestStart(at: session.updatedAt) }
             try await self.commit(SessionChange(sessionId: id, session: session))
             if newRuntime { return try await self.launchRuntime(id, restoreWorkspace: false) ?? session }
+            // The runtime goes by the idle timeout when it can reach no control plane: tell it,
+            // under the lock, so that settings frames go out in the order of the commits.
+            let idleTimeoutMs = session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
+            if idleTimeoutMs != idleTimeoutBefore, let connection = await self.supervisor.connection(for: id) {
+                connection.send(.settings(idleTimeoutMs: idleTimeoutMs))
+            }
             return session
         }
         if newRuntime { await capacity.release(id) }

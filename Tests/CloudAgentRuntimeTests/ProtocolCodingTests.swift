@@ -25,8 +25,9 @@ struct ProtocolCodingTests {
     ]
 
     static let controlMessages: [ControlMessage] = [
-        .welcome(ackedSeq: 0, heartbeatIntervalMs: 30_000, stopGraceMs: 10_000),
-        .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0),
+        .welcome(ackedSeq: 0, heartbeatIntervalMs: 30_000, stopGraceMs: 10_000, idleTimeoutMs: nil),
+        .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: 900_000),
+        .settings(idleTimeoutMs: 60_000),
         .ack(seq: 12),
         .execute(ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi\nsleep 0.5\n")),
         .execute(ExecuteCommand(executionId: "exc_2", agent: "claude-code", prompt: String(repeating: "é", count: 10_000), mode: "plan", model: "opus")),
@@ -62,18 +63,56 @@ struct ProtocolCodingTests {
     }
 
     @Test func framesHaveATypeAndCamelCaseFields() throws {
-        let frame = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500))
+        let frame = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: 2000))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(frame.utf8)) as? [String: Any])
         #expect(object["type"] as? String == "welcome")
         #expect(object["ackedSeq"] as? Int == 3)
         #expect(object["heartbeatIntervalMs"] as? Int == 100)
         #expect(object["stopGraceMs"] as? Int == 500)
+        #expect(object["idleTimeoutMs"] as? Int == 2000)
+        let settings = try #require(try JSONSerialization.jsonObject(with: Data(ProtocolCoding.encode(.settings(idleTimeoutMs: 800)).utf8)) as? [String: Any])
+        #expect(settings.count == 2)
+        #expect(settings["type"] as? String == "settings")
+        #expect(settings["idleTimeoutMs"] as? Int == 800)
+    }
+
+    @Test func aWelcomeFromAnOlderControlPlaneHasNoIdleTimeout() throws {
+        // Older control planes send no idleTimeoutMs; an unusable one is left out, not a refusal.
+        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"stopGraceMs":500}"#)
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil))
+        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":0}"#)
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil))
+        // An older runtime decoding a newer welcome ignores what it does not know: extra fields pass.
+        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":7,"future":true}"#)
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: 7))
+    }
+
+    @Test func aFrameOfAnUnknownTypeIsToldApartFromAMalformedOne() {
+        // Either side ignores a well-formed frame of a type it does not know (a newer peer's).
+        for decode in [{ _ = try ProtocolCoding.decodeControlMessage($0) }, { _ = try ProtocolCoding.decodeRuntimeMessage($0) }] as [(String) throws -> Void] {
+            do {
+                try decode(#"{"type":"somethingNew","value":1}"#)
+                Issue.record("decoded a frame of an unknown type")
+            } catch let error as ProtocolError {
+                #expect(error.unknownType == "somethingNew")
+            } catch {
+                Issue.record("unexpected error \(error)")
+            }
+            do {
+                try decode(#"{"type":"ack","seq":"x"}"#)
+                Issue.record("decoded a malformed frame")
+            } catch let error as ProtocolError {
+                #expect(error.unknownType == nil)
+            } catch {
+                Issue.record("unexpected error \(error)")
+            }
+        }
     }
 
     @Test func malformedFramesAreProtocolErrors() {
         let frames = [
             "", "null", "[]", "{}", #"{"type":"nope"}"#, #"{"type":"welcome"}"#, #"{"type":"welcome","ackedSeq":1,"heartbeatIntervalMs":0}"#,
-            #"{"type":"ack"}"#, #"{"type":"execute"}"#, #"{"type":"kill"}"#, #"{"type":"event","event":{"seq":0}}"#,
+            #"{"type":"ack"}"#, #"{"type":"settings"}"#, #"{"type":"settings","idleTimeoutMs":0}"#, #"{"type":"execute"}"#, #"{"type":"kill"}"#, #"{"type":"event","event":{"seq":0}}"#,
             #"{"type":"hello","runtimeId":"r"}"#, #"{"type":"heartbeat","executionId":"e"}"#, #"{"type":7}"#,
             String(repeating: "x", count: RuntimeProtocol.maxFrameBytes + 1),
         ]

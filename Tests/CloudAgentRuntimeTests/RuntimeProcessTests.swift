@@ -13,66 +13,7 @@ import Darwin
 /// heartbeats, resend after a cut connection, kill, shutdown and SIGTERM.
 @Suite("The runtime process against a fake control plane", .serialized)
 struct RuntimeProcessTests {
-    struct LaunchedRuntime {
-        let process: TestProcess
-        let workspace: URL
-        let runtimeId: String
-        let secret: String
-    }
-
-    static let sessionId = "agent_runtime_test"
-
-    /// Starts the runtime against `plane`; afterwards kills it and every agent group it reported.
-    private func withRuntime(
-        _ plane: FakeControlPlane,
-        stopGraceMs: Int = 5_000,
-        _ body: (LaunchedRuntime) async throws -> Void
-    ) async throws {
-        let workspace = try makeTemporaryDirectory("runtime-workspace")
-        let logs = try makeTemporaryDirectory("runtime-logs")
-        let runtimeId = "rt_\(UUID().uuidString.prefix(8))"
-        let secret = "secret-\(UUID().uuidString)"
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
-        environment.merge([
-            "CLOUD_AGENT_CONTROL_URL": await plane.url,
-            "SESSION_ID": Self.sessionId,
-            "CLOUD_AGENT_RUNTIME_ID": runtimeId,
-            "CLOUD_AGENT_WORKSPACE": workspace.path,
-            "CLOUD_AGENT_LOG_LEVEL": "debug",
-            "CLOUD_AGENT_STOP_GRACE_MS": "\(stopGraceMs)",
-            "SESSION_HOME": workspace.path,
-            "MY_SESSION_VARIABLE": "visible",
-        ]) { $1 }
-        let process = try TestProcess(
-            try runtimeBinary(),
-            arguments: [],
-            environment: environment,
-            directory: logs,
-            stdin: secret + "\n",
-            in: logs
-        )
-        let runtime = LaunchedRuntime(process: process, workspace: workspace, runtimeId: runtimeId, secret: secret)
-        func cleanUp() async {
-            await process.terminate()
-            for event in await plane.orderedEvents where event.kind == RuntimeEvent.Kind.running {
-                if let group = event.data["processGroup"]?.intValue { ProcessGroup.signal(Int32(group), SIGKILL) }
-            }
-            try? FileManager.default.removeItem(at: workspace)
-            try? FileManager.default.removeItem(at: logs)
-        }
-        do {
-            try await body(runtime)
-            // Logs at debug level, and still neither the secret nor the session's variables.
-            let log = process.stderr
-            #expect(!log.contains(secret))
-            #expect(!log.contains("MY_SESSION_VARIABLE"))
-            await cleanUp()
-        } catch {
-            print("runtime stderr:\n\(process.stderr.suffix(8000))")
-            await cleanUp()
-            throw error
-        }
-    }
+    static let sessionId = RuntimeLaunch.sessionId
 
     private func runningEvent(_ plane: FakeControlPlane, _ executionId: String) async -> RuntimeEvent? {
         await plane.events(of: executionId).first { $0.kind == RuntimeEvent.Kind.running }

@@ -45,7 +45,31 @@ struct EventOutboxTests {
         for index in 1...10 { _ = outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at, data: ["text": .string("line \(index)")]) }
         outbox.acknowledge(upTo: 4)
         #expect(outbox.pending.map(\.seq) == Array(5...10))
-        #expect(outbox.pending.map { $0.data["text"]?.stringValue } == (5...10).map { "line \($0)" })
+        let resent = outbox.pending.compactMap { entry -> RuntimeEvent? in
+            if case .event(let event) = try? ProtocolCoding.decodeRuntimeMessage(entry.frame) { event } else { nil }
+        }
+        #expect(resent.map(\.seq) == Array(5...10))
+        #expect(resent.map { $0.data["text"]?.stringValue } == (5...10).map { "line \($0)" })
+    }
+
+    @Test func itCountsTheBytesOfItsFramesAndIsFullAtItsBound() {
+        var outbox = EventOutbox(limitBytes: 1000)
+        #expect(!outbox.isFull && outbox.pendingBytes == 0)
+        var sizes: [Int] = []
+        while !outbox.isFull {
+            let entry = outbox.append(executionId: "exc_1", kind: RuntimeEvent.Kind.output, at: at, data: ["line": .string(String(repeating: "x", count: 100))])
+            sizes.append(entry.frame.utf8.count)
+            #expect(outbox.pendingBytes == sizes.reduce(0, +))
+        }
+        // Full at the bound, and over it by less than one event: appending is never refused, the
+        // runtime stops adding agent output once it is full.
+        #expect(outbox.pendingBytes >= 1000 && outbox.pendingBytes < 1000 + sizes.max()!)
+        outbox.acknowledge(upTo: 2)
+        #expect(outbox.pendingBytes == sizes.dropFirst(2).reduce(0, +))
+        #expect(!outbox.isFull)
+        outbox.acknowledge(upTo: outbox.lastSeq)
+        #expect(outbox.pendingBytes == 0 && outbox.isEmpty)
+        #expect(EventOutbox().limitBytes == 64 << 20)
     }
 
     @Test func anAcknowledgementBeyondTheLastEventEmptiesIt() {
@@ -159,6 +183,16 @@ struct RuntimeConfigurationTests {
         #expect(configured.workspace == "/ws")
         #expect(configured.logLevel == .debug)
         #expect(configured.stopGrace == .milliseconds(2500))
+        #expect(configuration.idleTimeout == .seconds(900))
+        #expect(configuration.orphanLimit == .seconds(3600))
+        #expect(configuration.outboxLimitBytes == 64 << 20)
+        environment["CLOUD_AGENT_IDLE_TIMEOUT_MS"] = "1500"
+        environment["CLOUD_AGENT_ORPHAN_LIMIT_MS"] = "2000"
+        environment["CLOUD_AGENT_OUTBOX_LIMIT_BYTES"] = "4096"
+        let withLimits = try RuntimeConfiguration(environment: environment, currentDirectory: "/work/here")
+        #expect(withLimits.idleTimeout == .milliseconds(1500))
+        #expect(withLimits.orphanLimit == .milliseconds(2000))
+        #expect(withLimits.outboxLimitBytes == 4096)
     }
 
     @Test(arguments: ["CLOUD_AGENT_CONTROL_URL", "SESSION_ID", "CLOUD_AGENT_RUNTIME_ID"])
@@ -169,7 +203,12 @@ struct RuntimeConfigurationTests {
     }
 
     @Test func malformedSettingsAreErrors() {
-        for (name, value) in [("CLOUD_AGENT_CONTROL_URL", "http://x"), ("CLOUD_AGENT_LOG_LEVEL", "loud"), ("CLOUD_AGENT_STOP_GRACE_MS", "10s")] {
+        let malformed = [
+            ("CLOUD_AGENT_CONTROL_URL", "http://x"), ("CLOUD_AGENT_LOG_LEVEL", "loud"), ("CLOUD_AGENT_STOP_GRACE_MS", "10s"),
+            ("CLOUD_AGENT_IDLE_TIMEOUT_MS", "0"), ("CLOUD_AGENT_IDLE_TIMEOUT_MS", "15m"), ("CLOUD_AGENT_ORPHAN_LIMIT_MS", "-5"),
+            ("CLOUD_AGENT_ORPHAN_LIMIT_MS", "1h"), ("CLOUD_AGENT_OUTBOX_LIMIT_BYTES", "0"), ("CLOUD_AGENT_OUTBOX_LIMIT_BYTES", "64MiB"),
+        ]
+        for (name, value) in malformed {
             var environment = base
             environment[name] = value
             #expect(throws: RuntimeConfigurationError.self) { try RuntimeConfiguration(environment: environment, currentDirectory: "/") }
@@ -231,8 +270,11 @@ struct AgentRuntimeLinkTests {
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_1", agent: "nope", prompt: "")), on: first.id)
             await runtime.receive(.ping(nonce: 5), on: first.id)
             #expect(try await read(&frames) { $0 == .pong(nonce: 5) } == [.pong(nonce: 5)])
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000), on: first.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000, idleTimeoutMs: 5000), on: first.id)
             #expect(await runtime.heartbeatInterval(on: first.id) == .milliseconds(250))
+            #expect(await runtime.idleTimeout == .milliseconds(5000))
+            await runtime.receive(.settings(idleTimeoutMs: 1500), on: first.id)
+            #expect(await runtime.idleTimeout == .milliseconds(1500))
             let untilEnded = try await read(&frames) { isEnded($0, "exc_1") }
             guard case .event(let ended) = try #require(untilEnded.last) else { return }
             #expect(ended.seq == 1)
@@ -256,9 +298,11 @@ struct AgentRuntimeLinkTests {
             #expect(rehello == .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 2))
             // Frames for a closed link are ignored.
             await runtime.receive(.ping(nonce: 1), on: first.id)
-            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000), on: relink.id)
+            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000, idleTimeoutMs: nil), on: relink.id)
             let resent = try ProtocolCoding.decodeRuntimeMessage(try #require(await again.next()))
             #expect(resent == .event(secondEnded))
+            // A welcome without an idle timeout (an older control plane's) keeps the one known.
+            #expect(await runtime.idleTimeout == .milliseconds(1500))
 
             // The control plane asks the runtime to shut down: run() returns.
             await runtime.receive(.shutdown(reason: "idle"), on: relink.id)
@@ -269,6 +313,7 @@ struct AgentRuntimeLinkTests {
     /// A runtime whose "scripted" agent is the given shell script instead.
     private func withScriptAgent(
         _ script: String,
+        outboxLimitBytes: Int = EventOutbox.defaultLimitBytes,
         _ body: (AgentRuntime, AgentRuntime.Link, inout AsyncStream<String>.AsyncIterator) async throws -> Void
     ) async throws {
         let directory = try makeTemporaryDirectory("script-agent")
@@ -276,8 +321,10 @@ struct AgentRuntimeLinkTests {
         let path = directory.appendingPathComponent("agent.sh").path
         try Data(("#!/bin/sh\n" + script + "\n").utf8).write(to: URL(fileURLWithPath: path))
         #expect(chmod(path, 0o755) == 0)
+        var configuration = RuntimeConfiguration(controlURL: "ws://127.0.0.1:1/", sessionId: "agent_1", runtimeId: "rt_1", workspace: directory.path)
+        configuration.outboxLimitBytes = outboxLimitBytes
         let runtime = AgentRuntime(
-            configuration: RuntimeConfiguration(controlURL: "ws://127.0.0.1:1/", sessionId: "agent_1", runtimeId: "rt_1", workspace: directory.path),
+            configuration: configuration,
             agents: AgentCatalog(runtimeExecutable: path),
             agentEnvironment: ProcessInfo.processInfo.environment,
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -300,7 +347,7 @@ struct AgentRuntimeLinkTests {
 
     @Test func killEscalatesToSIGKILLWhenTheAgentIgnoresSIGTERM() async throws {
         try await withScriptAgent("trap '' TERM\necho started\nsleep 30") { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300, idleTimeoutMs: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_stubborn", agent: "scripted", prompt: "")), on: link.id)
             let started = try await read(&frames) { message in
                 if case .event(let event) = message { event.data["line"] == .string("started") } else { false }
@@ -323,12 +370,50 @@ struct AgentRuntimeLinkTests {
 
     @Test func anAgentKilledByASignalFailsNamingIt() async throws {
         try await withScriptAgent("echo '{\"type\":\"text\",\"text\":\"bye\"}'\nkill -9 $$") { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_signal", agent: "scripted", prompt: "")), on: link.id)
             let messages = try await read(&frames) { isEnded($0, "exc_signal") }
             let events = messages.compactMap { message -> RuntimeEvent? in if case .event(let event) = message { event } else { nil } }
             #expect(events.map(\.kind) == [RuntimeEvent.Kind.running, RuntimeEvent.Kind.agent, RuntimeEvent.Kind.ended])
             #expect(events.last?.data == ["status": .string("failed"), "signal": .string("SIGKILL"), "error": .string("agent killed by SIGKILL")])
+        }
+    }
+
+    @Test func aFullOutboxHoldsTheAgentUntilAcknowledgementsMakeRoom() async throws {
+        // ~330 KB of output: more than the outbox's bound and the pipe's buffer together.
+        let lines = 3000
+        let marker = try makeTemporaryDirectory("held-agent").appendingPathComponent("finished")
+        defer { try? FileManager.default.removeItem(at: marker.deletingLastPathComponent()) }
+        let script = "seq 1 \(lines) | sed 's/$/ \(String(repeating: "x", count: 100))/'\ntouch '\(marker.path)'"
+        let limit = 16_384
+        try await withScriptAgent(script, outboxLimitBytes: limit) { runtime, link, frames in
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.execute(ExecuteCommand(executionId: "exc_held", agent: "scripted", prompt: "")), on: link.id)
+            try await eventually(within: 30, "the outbox to fill") { await runtime.unacknowledgedBytes >= limit }
+            // Held: for a second nothing more is read (the bound plus at most one event) and the
+            // agent, blocked writing to its full pipe, does not get to its end.
+            let holdEnds = ContinuousClock.now + .seconds(1)
+            while ContinuousClock.now < holdEnds {
+                #expect(await runtime.unacknowledgedBytes < limit + 1024)
+                #expect(!FileManager.default.fileExists(atPath: marker.path))
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            // Acknowledging as the events come makes room: everything arrives, in order, once.
+            var outputs: [String] = []
+            var seqs: [Int64] = []
+            var ended: RuntimeEvent?
+            while ended == nil, let frame = await frames.next() {
+                guard case .event(let event) = try ProtocolCoding.decodeRuntimeMessage(frame) else { continue }
+                seqs.append(event.seq)
+                if let line = event.data["line"]?.stringValue { outputs.append(line) }
+                if event.kind == RuntimeEvent.Kind.ended { ended = event }
+                await runtime.receive(.ack(seq: event.seq), on: link.id)
+            }
+            #expect(ended?.data["status"] == .string("completed"))
+            #expect(seqs == Array(1...Int64(seqs.count)))
+            #expect(outputs == (1...lines).map { "\($0) \(String(repeating: "x", count: 100))" })
+            #expect(FileManager.default.fileExists(atPath: marker.path))
+            #expect(await runtime.unacknowledgedBytes == 0)
         }
     }
 }

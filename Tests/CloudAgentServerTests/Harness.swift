@@ -99,9 +99,16 @@ struct TestServer {
     var agentsFile: String?
     let logs = LogCapture()
 
+    /// The orphan limit of the runtimes test servers launch, unless a test sets its own: a
+    /// runtime left behind by a stopped test server ends itself, and the limit is far above the
+    /// downtime of the tests that restart a control plane and expect its runtimes back.
+    static let orphanLimit = "30s"
+    static let orphanLimitMs: Int64 = 30_000
+
     init(directory: TemporaryDirectory? = nil, timing: Timing = Timing()) throws {
         self.directory = try directory ?? TemporaryDirectory()
         self.timing = timing
+        if timing.orphanLimitMs == Timing().orphanLimitMs { self.timing.orphanLimitMs = Self.orphanLimitMs }
     }
 
     /// `Tests/Fixtures`, found from this file's path.

@@ -45,6 +45,8 @@ final class SpawnedCommand: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
         _ = FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
         var inherited = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
+        // Runtimes left behind by a control plane a test stopped (or killed) end themselves.
+        inherited["CLOUD_AGENT_ORPHAN_LIMIT"] = TestServer.orphanLimit
         inherited.merge(environment) { _, new in new }
         process.executableURL = try cloudAgentBinary()
         process.arguments = arguments
@@ -223,18 +225,18 @@ struct ServeProcessTests {
         #expect(second.exitStatus == 0, "\(second.diagnostics)")
     }
 
-    @Test("a bad flag is a clear start-up error naming the flag")
-    func badFlagStops() async throws {
+    @Test("a bad flag is a clear start-up error naming the flag", arguments: ["--idle-timeout", "--orphan-limit"])
+    func badFlagStops(_ flag: String) async throws {
         let directory = try TemporaryDirectory()
         defer { withExtendedLifetime(directory) {} }  // outlives every spawned process
         let serve = try SpawnedCommand(
-            ["serve", "--idle-timeout", "10", "--data-dir", directory.url.appendingPathComponent("data").path],
+            ["serve", flag, "10", "--data-dir", directory.url.appendingPathComponent("data").path],
             environment: ["CLOUD_AGENT_PORT": "0"], in: directory.url
         )
         defer { serve.forceStop() }
         try #require(try await serve.waitForExit(within: 15), "\(serve.diagnostics)")
         #expect(serve.exitedNormally && serve.exitStatus != 0, "\(serve.diagnostics)")
-        #expect(serve.stderr.contains("--idle-timeout"), "\(serve.diagnostics)")
+        #expect(serve.stderr.contains(flag), "\(serve.diagnostics)")
         #expect(serve.stderr.contains("\"10\""), "the message quotes the bad value: \(serve.diagnostics)")
         #expect(!serve.stdout.contains("listening"), "\(serve.diagnostics)")
     }

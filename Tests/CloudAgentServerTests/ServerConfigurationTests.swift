@@ -41,6 +41,7 @@ struct ValidSetting: Sendable, CustomTestStringConvertible {
         .init(key: "agentsFile", text: "/tmp/agents.json") { $0.agentsFile == "/tmp/agents.json" },
         .init(key: "callbackAttempts", text: "9") { $0.callbackMaxAttempts == 9 },
         .init(key: "callbackRetryBase", text: "500ms") { $0.callbackRetryBaseMs == 500 },
+        .init(key: "orphanLimit", text: "90m") { $0.timing.orphanLimitMs == 5_400_000 },
     ]
 }
 
@@ -75,6 +76,7 @@ struct FlagOverEnvironment: Sendable, CustomTestStringConvertible {
         .init(key: "agentsFile", flagText: "/tmp/flag.json", environmentText: "/tmp/env.json") { $0.agentsFile == "/tmp/flag.json" },
         .init(key: "callbackAttempts", flagText: "3", environmentText: "9") { $0.callbackMaxAttempts == 3 },
         .init(key: "callbackRetryBase", flagText: "10s", environmentText: "500ms") { $0.callbackRetryBaseMs == 10_000 },
+        .init(key: "orphanLimit", flagText: "30s", environmentText: "2h") { $0.timing.orphanLimitMs == 30_000 },
     ]
 }
 
@@ -87,7 +89,7 @@ struct BadSetting: Sendable, CustomTestStringConvertible {
 
     static let durationKeys = [
         "idleTimeout", "heartbeatInterval", "staleThreshold", "pendingTimeout", "stopGrace", "stuckAfter", "sessionTTL",
-        "eventRetention", "callbackRetryBase",
+        "eventRetention", "callbackRetryBase", "orphanLimit",
     ]
 
     /// Refused whether given as a flag or as an environment variable.
@@ -129,6 +131,7 @@ struct ServerConfigurationTests {
         #expect(configuration.agentsFile == nil)
         #expect(configuration.callbackMaxAttempts == 6)
         #expect(configuration.callbackRetryBaseMs == 2000)
+        #expect(configuration.timing.orphanLimitMs == 3_600_000)
     }
 
     @Test("every setting of the table has its flag and its CLOUD_AGENT_* variable")
@@ -139,13 +142,13 @@ struct ServerConfigurationTests {
             "CLOUD_AGENT_IDLE_TIMEOUT", "CLOUD_AGENT_HEARTBEAT_INTERVAL", "CLOUD_AGENT_STALE_THRESHOLD", "CLOUD_AGENT_PENDING_TIMEOUT",
             "CLOUD_AGENT_STOP_GRACE", "CLOUD_AGENT_STUCK_AFTER", "CLOUD_AGENT_MAX_RUNTIMES", "CLOUD_AGENT_SESSION_TTL",
             "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
-            "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE",
+            "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
         ])
         #expect(Set(names.map(\.flag)) == [
             "--host", "--port", "--data-dir", "--database-url", "--api-token", "--idle-timeout", "--heartbeat-interval",
             "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
             "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base",
-            "",  // CLOUD_AGENT_SECRET_KEY is env only
+            "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
         ])
     }
 
