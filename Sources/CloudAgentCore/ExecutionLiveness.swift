@@ -4,7 +4,8 @@ import Foundation
 /// function of the execution, the durations, the control plane's start and `now`.
 ///
 /// - pending: failed when the runtime has not started it by
-///   max(startedAt, controlPlaneStartedAt) + pendingTimeout;
+///   max(startedAt, controlPlaneStartedAt, runtimeLaunchedAt) + pendingTimeout (a cold start's
+///   restore and setup commands, before the launch, never count);
 /// - running: failed when max(lastHeartbeat ?? runningAt, controlPlaneStartedAt) + staleThreshold
 ///   has passed, so control-plane downtime never counts against a runtime;
 /// - running without progress (agent events) for stuckAfter: one `execution.stuck` warning per
@@ -19,10 +20,13 @@ public enum ExecutionLiveness {
         public var nextDeadline: Date?
     }
 
-    public static func evaluate(_ execution: Execution, timing: Timing, controlPlaneStartedAt: Date, now: Date) -> Decision {
+    public static func evaluate(
+        _ execution: Execution, timing: Timing, controlPlaneStartedAt: Date, runtimeLaunchedAt: Date? = nil, now: Date
+    ) -> Decision {
         switch execution.status {
         case .pending:
-            let deadline = max(execution.startedAt, controlPlaneStartedAt).adding(milliseconds: timing.pendingTimeoutMs)
+            let since = max(execution.startedAt, controlPlaneStartedAt, runtimeLaunchedAt ?? execution.startedAt)
+            let deadline = since.adding(milliseconds: timing.pendingTimeoutMs)
             guard now >= deadline else { return Decision(nextDeadline: deadline) }
             return Decision(failure: "runtime never started the execution (pending for \(now.milliseconds(since: execution.startedAt)) ms)")
         case .running:

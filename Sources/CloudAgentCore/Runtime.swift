@@ -38,8 +38,11 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
     public var state: RuntimeState
     /// When the current (or last) runtime connected and became `running`.
     public var startedAt: Date?
-    /// When the current start was requested (the `starting` clock).
+    /// When the current start was requested.
     public var requestedAt: Date?
+    /// When the current start's process was launched (after a cold start's restore): the
+    /// `starting` clock of the pending timeout.
+    public var launchedAt: Date?
     public var stoppedAt: Date?
     public var stopReason: StopReason?
     /// This launch of the runtime: a random id, the hash of its secret, and its process.
@@ -72,6 +75,7 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
         cold = startedAt != nil
         state = .starting
         requestedAt = date
+        launchedAt = nil
         startedAt = nil
         stoppedAt = nil
         stopReason = nil

@@ -42,16 +42,21 @@ public enum SessionRules {
         var actions: [SessionAction] = []
         var deadlines: [Date] = []
 
-        if let execution = snapshot.latestExecution, execution.status.isActive {
-            let liveness = ExecutionLiveness.evaluate(execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, now: now)
+        // A starting runtime not launched yet is being prepared (a cold start restoring its
+        // workspace and running its setup commands): no pending deadline runs until its launch.
+        let preparing = session.runtime.state == .starting && session.runtime.process == nil
+        if let execution = snapshot.latestExecution, execution.status.isActive, !(preparing && execution.status == .pending) {
+            let liveness = ExecutionLiveness.evaluate(
+                execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, runtimeLaunchedAt: session.runtime.launchedAt, now: now
+            )
             if let failure = liveness.failure { actions.append(.failExecution(execution.id, error: failure)) }
             if let stuckFor = liveness.stuckForMs { actions.append(.reportStuck(execution.id, sinceLastProgressMs: stuckFor)) }
             deadlines.append(contentsOf: liveness.nextDeadline.map { [$0] } ?? [])
         }
 
-        // A runtime that never connects within the pending timeout is declared crashed.
-        if session.runtime.state == .starting, let requested = session.runtime.requestedAt {
-            let deadline = max(requested, controlPlaneStartedAt).adding(milliseconds: timing.pendingTimeoutMs)
+        // A runtime that never connects within the pending timeout of its launch is declared crashed.
+        if session.runtime.state == .starting, !preparing, let launched = session.runtime.launchedAt ?? session.runtime.requestedAt {
+            let deadline = max(launched, controlPlaneStartedAt).adding(milliseconds: timing.pendingTimeoutMs)
             if now >= deadline {
                 actions.append(.stopRuntime(StopReason(
                     rule: .crashed, at: now, detail: "runtime did not connect within \(timing.pendingTimeoutMs) ms of its start"

@@ -75,22 +75,20 @@ extension SessionService {
         )
     }
 
-    /// Launches the runtime of a session whose runtime is `starting` (the caller holds the
-    /// session's lock). A cold start first restores the workspace when it is gone; setup
-    /// failures there are events, not aborts. Returns the updated session.
+    /// Launches the runtime of a session whose runtime is `starting` and not launched yet (the
+    /// caller holds the session's lock; spawning is quick). `setupFailures` are those of a cold
+    /// start's restore, done before without the lock: they become events, not aborts. Returns
+    /// the updated session.
     @discardableResult
-    func launchRuntime(_ id: SessionID, restoreWorkspace: Bool) async throws -> SessionRecord? {
+    func launchRuntime(_ id: SessionID, setupFailures: [SetupFailure] = []) async throws -> SessionRecord? {
         guard var session = try await store.session(id), session.runtime.state == .starting, session.runtime.process == nil else { return nil }
-        var events: [NewEvent] = []
+        let events = setupFailures.map { failure in
+            NewEvent(type: "setup.failed", at: clock.now(), data: [
+                "command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail),
+            ])
+        }
         do {
             let request = try workspaceRequest(id: id, spec: session.spec, workBranch: session.workBranch ?? "session/\(id.rawValue)")
-            if restoreWorkspace {
-                for failure in await workspaces.restore(request) {
-                    events.append(NewEvent(type: "setup.failed", at: clock.now(), data: [
-                        "command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail),
-                    ]))
-                }
-            }
             let instanceId = UUID().uuidString.lowercased()
             let secret = BearerToken.generate(prefix: "rts_")
             let process = try await supervisor.launch(
@@ -101,6 +99,7 @@ extension SessionService {
             session.runtime.instanceId = instanceId
             session.runtime.secretHash = BearerToken.hash(secret)
             session.runtime.process = process
+            session.runtime.launchedAt = clock.now()
             session.runtime.sandbox = supervisor.sandbox.kind.rawValue
             try await commit(SessionChange(sessionId: id, session: session, events: events))
             return session
@@ -112,11 +111,27 @@ extension SessionService {
         }
     }
 
-    /// A cold start as a supervisor job: the session's lock is taken inside.
+    /// A cold start as a supervisor job. The slow part — restoring the workspace and running the
+    /// setup commands — runs without the session's lock, so the session's interrupt, PATCH and
+    /// DELETE, and every other session's timers, go on meanwhile; the pending timeout counts from
+    /// the launch that follows. Then, under the lock, the runtime is launched if the session
+    /// still wants it; a session deleted meanwhile gets its restored files removed again.
     func launchInBackground(_ id: SessionID) {
         supervisor.enqueue { [self] in
             do {
-                _ = try await locks.withLock(id) { try await self.launchRuntime(id, restoreWorkspace: true) }
+                if let session = try await store.session(id), session.runtime.state == .starting, session.runtime.process == nil {
+                    let request = try workspaceRequest(id: id, spec: session.spec, workBranch: session.workBranch ?? "session/\(id.rawValue)")
+                    let failures = await workspaces.restore(request)
+                    let deleted: Bool = try await locks.withLock(id) {
+                        guard try await self.store.session(id) != nil else { return true }
+                        try await self.launchRuntime(id, setupFailures: failures)
+                        return false
+                    }
+                    if deleted {
+                        layout.remove(id)
+                        logger.info("cold start abandoned: the session was deleted during its restore", metadata: ["sessionId": "\(id)"])
+                    }
+                }
             } catch {
                 logger.error("cold start failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
             }

@@ -108,7 +108,7 @@ public final class SessionService: Sendable {
         }
         metrics.sessionsCreated.increment()
         logger.info("session prepared", metadata: ["sessionId": "\(id)", "user": "\(owner)", "agent": "\(spec.agent)"])
-        session = try await locks.withLock(id) { try await self.launchRuntime(id, restoreWorkspace: false) } ?? session
+        session = try await locks.withLock(id) { try await self.launchRuntime(id) } ?? session
         await scheduler.poke(id)
         return session
     }
@@ -146,7 +146,7 @@ public final class SessionService: Sendable {
             session.updatedAt = self.clock.now()
             if newRuntime, session.runtime.state == .stopped { try session.runtime.requestStart(at: session.updatedAt) }
             try await self.commit(SessionChange(sessionId: id, session: session))
-            if newRuntime { return try await self.launchRuntime(id, restoreWorkspace: false) ?? session }
+            if newRuntime { return try await self.launchRuntime(id) ?? session }
             // The runtime goes by the idle timeout when it can reach no control plane: tell it,
             // under the lock, so that settings frames go out in the order of the commits.
             let idleTimeoutMs = session.idleTimeoutMs(default: self.timing.idleTimeoutMs)

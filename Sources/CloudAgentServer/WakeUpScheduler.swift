@@ -61,17 +61,59 @@ public actor WakeUpScheduler: Service {
         }
     }
 
+    /// Sessions are independent: each due session is evaluated in a task of its own, and the
+    /// loop goes on at once, so one slow evaluation (a session whose lock is held, a slow store
+    /// write) never delays another's wake-up. At most `concurrencyLimit` run at a time; the rest
+    /// wait in order of their due time. An evaluation runs uncancelled, so a graceful shutdown
+    /// lets the ones in flight finish their transition and starts no new one; the durable
+    /// wake-ups are re-armed by the next start.
     private func loop() async {
-        while !Task.isCancelled {
-            let now = clock.now()
-            let due = popDue(now: now)
-            if !due.isEmpty {
-                await fire(due)
-                continue
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                waiting.append(contentsOf: popDue(now: clock.now()))
+                while evaluating.count < Self.concurrencyLimit, !waiting.isEmpty {
+                    let id = waiting.removeFirst()
+                    // Due again while being evaluated: evaluated once more when that one ends.
+                    guard evaluating.insert(id).inserted else {
+                        dueAgain.insert(id)
+                        continue
+                    }
+                    group.addTask { [self] in
+                        let next = await Task { await self.evaluateNow(id) }.value
+                        await self.finished(id, next: next)
+                    }
+                }
+                // With sessions waiting for a slot, the next `finished` wakes the loop.
+                await sleep(until: waiting.isEmpty ? heap.peek?.dueAt : nil)
             }
-            await sleep(until: heap.peek?.dueAt)
         }
     }
+
+    /// How many evaluations run at once.
+    static let concurrencyLimit = 64
+    private var evaluating: Set<SessionID> = []
+    private var waiting: [SessionID] = []
+    private var dueAgain: Set<SessionID> = []
+
+    private func evaluateNow(_ id: SessionID) async -> Date? {
+        guard let evaluate else { return nil }
+        return await evaluate(id)
+    }
+
+    /// An evaluation ended: arm the next wake-up it computed (unless an earlier one was armed
+    /// meanwhile), or evaluate again at once when the session came due during it.
+    private func finished(_ id: SessionID, next: Date?) {
+        evaluating.remove(id)
+        if dueAgain.remove(id) != nil {
+            arm(id, at: clock.now())
+        } else if let next, armed[id].map({ next < $0 }) ?? true {
+            arm(id, at: next)
+        }
+        sleeper?.cancel()
+    }
+
+    /// Sessions being evaluated now (for tests and metrics).
+    public var evaluatingCount: Int { evaluating.count }
 
     private func popDue(now: Date) -> [SessionID] {
         var due: [SessionID] = []
@@ -83,27 +125,6 @@ public actor WakeUpScheduler: Service {
             due.append(top.sessionId)
         }
         return due
-    }
-
-    private func fire(_ sessions: [SessionID]) async {
-        guard let evaluate else { return }
-        // Sessions are independent: evaluate them concurrently, a bounded number at a time. An
-        // evaluation runs in a task of its own, so a graceful shutdown lets the ones in flight
-        // finish their transition (the store refuses work from a cancelled task) and starts no
-        // new one; the durable wake-ups are re-armed by the next start.
-        @Sendable func evaluateUncancelled(_ id: SessionID) async -> (SessionID, Date?) {
-            (id, await Task { await evaluate(id) }.value)
-        }
-        await withTaskGroup(of: (SessionID, Date?).self) { group in
-            var iterator = sessions.makeIterator()
-            for _ in 0..<min(32, sessions.count) {
-                if let id = iterator.next() { group.addTask { await evaluateUncancelled(id) } }
-            }
-            for await (id, next) in group {
-                if let next, armed[id].map({ next < $0 }) ?? true { arm(id, at: next) }
-                if !Task.isCancelled, let id = iterator.next() { group.addTask { await evaluateUncancelled(id) } }
-            }
-        }
     }
 
     private func sleep(until due: Date?) async {

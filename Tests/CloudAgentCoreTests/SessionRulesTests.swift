@@ -118,11 +118,19 @@ struct SessionRulesTests {
         #expect(evaluation.actions == [.sweepEvents(olderThan: oldest.adding(milliseconds: minutes(5)))])
     }
 
-    @Test("a starting runtime that does not connect within the pending timeout is stopped as crashed")
+    /// A runtime launched (its process started) at `launchedAt`, not connected yet.
+    private func launched(requestedAt: Date, launchedAt: Date) -> RuntimeStatus {
+        var runtime = RuntimeStatus(state: .starting, requestedAt: requestedAt)
+        runtime.process = RuntimeProcess(pid: 4242, startTime: 1)
+        runtime.launchedAt = launchedAt
+        return runtime
+    }
+
+    @Test("a starting runtime that does not connect within the pending timeout of its launch is stopped as crashed")
     func startingRuntimeThatNeverConnects() throws {
         let timing = Timing()
         let requestedAt = Fixture.at(minutes(1))
-        let runtime = RuntimeStatus(state: .starting, requestedAt: requestedAt)
+        let runtime = launched(requestedAt: requestedAt, launchedAt: requestedAt)
         let snapshot = SessionSnapshot(session: Fixture.session(runtime: runtime), latestExecution: nil, oldestEventAt: nil)
         let deadline = requestedAt.adding(milliseconds: timing.pendingTimeoutMs)
 
@@ -147,11 +155,37 @@ struct SessionRulesTests {
         let timing = Timing()
         let requestedAt = Fixture.at(minutes(1))
         let restartedAt = Fixture.at(minutes(10))
-        let runtime = RuntimeStatus(state: .starting, requestedAt: requestedAt)
+        let runtime = launched(requestedAt: requestedAt, launchedAt: requestedAt)
         let snapshot = SessionSnapshot(session: Fixture.session(runtime: runtime), latestExecution: nil, oldestEventAt: nil)
         let evaluation = SessionRules.evaluate(snapshot, timing: timing, controlPlaneStartedAt: restartedAt, now: restartedAt)
         #expect(evaluation.actions.isEmpty)
         #expect(evaluation.nextWakeUp == restartedAt.adding(milliseconds: timing.pendingTimeoutMs))
+    }
+
+    @Test("a cold start being prepared (restore and setup commands, no process yet) has no pending deadline; once launched, both the runtime's and its pending execution's count from the launch")
+    func coldStartDeadlinesCountFromTheLaunch() throws {
+        let timing = Timing()
+        let requestedAt = Fixture.at(minutes(1))
+        let execution = Fixture.execution(acceptedAt: requestedAt)
+        var session = Fixture.session(runtime: RuntimeStatus(state: .starting, requestedAt: requestedAt))
+        session.activeExecutionId = execution.id
+        session.executionCount = 1
+        // Twenty minutes of setup commands: nothing fails and nothing is due (the launch that
+        // ends the preparation evaluates the session again).
+        let preparing = evaluate(SessionSnapshot(session: session, latestExecution: execution, oldestEventAt: nil), now: Fixture.at(minutes(21)))
+        #expect(preparing.actions.isEmpty)
+        #expect(preparing.nextWakeUp == nil)
+
+        let launchedAt = Fixture.at(minutes(21))
+        session.runtime = launched(requestedAt: requestedAt, launchedAt: launchedAt)
+        let snapshot = SessionSnapshot(session: session, latestExecution: execution, oldestEventAt: nil)
+        let deadline = launchedAt.adding(milliseconds: timing.pendingTimeoutMs)
+        let before = evaluate(snapshot, now: deadline.adding(milliseconds: -1))
+        #expect(before.actions.isEmpty)
+        #expect(before.nextWakeUp == deadline)
+        let after = evaluate(snapshot, now: deadline)
+        #expect(after.actions.contains { if case .failExecution(execution.id, _) = $0 { true } else { false } })
+        #expect(after.actions.contains { if case .stopRuntime(let reason) = $0 { reason.rule == .crashed } else { false } })
     }
 
     @Test("a stale running execution is failed, and the runtime stays busy")
