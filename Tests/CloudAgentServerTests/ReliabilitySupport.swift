@@ -57,22 +57,25 @@ enum Reliability {
         }
     }
 
+    /// The processes (other than this one) whose working directory is `directory` or below it.
+    static func processes(under directory: URL) -> [Int32] {
+        let root = directory.resolvingSymlinksInPath().path
+        guard !root.isEmpty, root != "/", let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { entry in
+            guard let pid = Int32(entry), pid != getpid(),
+                  let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"),
+                  cwd == root || cwd.hasPrefix(root + "/") || cwd.hasPrefix(root + " ")
+            else { return nil }
+            return pid
+        }
+    }
+
     /// SIGKILLs every process whose working directory is inside `directory` (other than this
     /// one): the runtimes and agents a test's control plane launched, which are detached from it
     /// by design and would outlive the test. Returns how many were killed.
     @discardableResult
     static func killProcesses(under directory: URL) -> Int {
-        let root = directory.resolvingSymlinksInPath().path
-        guard !root.isEmpty, root != "/", let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return 0 }
-        var killed = 0
-        for entry in entries {
-            guard let pid = Int32(entry), pid != getpid(),
-                  let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"),
-                  cwd == root || cwd.hasPrefix(root + "/")
-            else { continue }
-            if kill(pid, SIGKILL) == 0 { killed += 1 }
-        }
-        return killed
+        processes(under: directory).filter { kill($0, SIGKILL) == 0 }.count
     }
 }
 
