@@ -13,6 +13,9 @@ import Glibc
 /// real wake-up scheduler; the lag is stop time − idle deadline, from the stored stop reasons.
 /// (b) no false kills: real `cloud-agent-runtime` processes whose executions stay silent for
 /// twice the idle timeout; a runtime stopped while its execution was active is a false kill.
+/// (c) the same precision while another session cold-starts slowly: a real session whose
+/// restore runs a long setup command, started just before the simulated runtimes' deadlines
+/// come due; its baseline is (a)'s lag, measured in the same run.
 struct IdleBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "idle", abstract: "Idle-stop precision (simulated runtimes) and false kills (real runtimes)."
@@ -25,11 +28,15 @@ struct IdleBench: AsyncParsableCommand {
     @Option(help: "Real runtimes for the false-kill part (default: 200, quick: 5).") var runtimes: Int?
     @Option(help: "Idle timeout of the false-kill part, ms (default: 5000, quick: 2000).") var killIdleTimeoutMs: Int64?
     @Option(help: "Sandbox of the real runtimes: none, bwrap, auto.") var sandbox: String = "none"
+    @Option(help: "Simulated sessions stopped during the slow cold start (default: 2000, quick: 200).") var coldStartSessions: Int?
+    @Option(help: "Seconds the slow cold start's setup command runs (default: 10, quick: 4).") var coldStartSeconds: Int?
 
     func run() async throws {
         let precision = try await measurePrecision()
         let kills = try await measureFalseKills()
-        options.emit(precision + [kills])
+        let baseline = precision.first { $0.name == "idle.stop_lag_max_ms" }?.value
+        let underColdStart = try await measureUnderSlowColdStart(baselineMaxMs: baseline)
+        options.emit(precision + [kills] + underColdStart)
     }
 
     // MARK: (a) Precision
@@ -55,44 +62,88 @@ struct IdleBench: AsyncParsableCommand {
             }
             guard settled else { throw BenchFailure("not every simulated runtime was stopped within the bound") }
 
-            var lags = Latencies(), decisions = Latencies()
-            var idleStops = 0, otherStops = 0, early = 0, seen = 0
-            var cursor: SessionCursor?
-            for _ in 0..<10_000 {
-                let page = try await server.plane.store.sessions(owner: .local, limit: 200, after: cursor)
-                for session in page {
-                    seen += 1
-                    guard let reason = session.runtime.stopReason, reason.rule == .idle, let last = reason.lastActivityAt,
-                          let timeout = reason.idleTimeoutMs, let stoppedAt = session.runtime.stoppedAt
-                    else {
-                        otherStops += 1
-                        continue
-                    }
-                    idleStops += 1
-                    let deadline = last.adding(milliseconds: timeout)
-                    let lag = stoppedAt.milliseconds(since: deadline), decided = reason.at.milliseconds(since: deadline)
-                    if lag < 0 || decided < 0 { early += 1 }
-                    lags.record(micros: UInt64(max(0, lag)) * 1000)
-                    decisions.record(micros: UInt64(max(0, decided)) * 1000)
-                }
-                guard let last = page.last, page.count == 200 else { break }
-                cursor = SessionCursor(after: last)
-            }
+            let stops = try await IdleStops.collect(from: server.plane.store)
             await server.stop()
             let params: [String: JSONValue] = [
                 "sessions": .number(Double(count)), "connectSpreadSeconds": .number(spread), "idleTimeoutMs": .number(Double(idleTimeout)),
                 "runtimes": "InProcessSimulatedRuntimeFleet (state set running through the store; the real WakeUpScheduler stops them)",
                 "stopTime": "runtime.stoppedAt (the stop recorded, runtime.stopped emitted)",
-                "idleStops": .number(Double(idleStops)), "otherStops": .number(Double(otherStops)), "earlyStops": .number(Double(early)),
-                "sessionsRead": .number(Double(seen)), "lag": .object(lags.summary), "decisionLag": .object(decisions.summary),
-                "resolution": "1 ms (stored timestamps)",
+                "idleStops": .number(Double(stops.idleStops)), "otherStops": .number(Double(stops.otherStops)),
+                "earlyStops": .number(Double(stops.early)), "sessionsRead": .number(Double(stops.seen)), "lag": .object(stops.lags.summary),
+                "decisionLag": .object(stops.decisions.summary), "resolution": "1 ms (stored timestamps)",
             ]
-            guard idleStops > 0 else { throw BenchFailure("no idle stop was recorded") }
+            guard stops.idleStops > 0 else { throw BenchFailure("no idle stop was recorded") }
             return [
-                Figure("idle.stop_lag_p99_ms", lags.percentileMs(99), unit: "ms", params: params),
-                Figure("idle.stop_lag_max_ms", lags.maxMs, unit: "ms", params: params),
+                Figure("idle.stop_lag_p99_ms", stops.lags.percentileMs(99), unit: "ms", params: params),
+                Figure("idle.stop_lag_max_ms", stops.lags.maxMs, unit: "ms", params: params),
             ]
         } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
+    // MARK: (c) Precision during a slow cold start
+
+    func measureUnderSlowColdStart(baselineMaxMs: Double?) async throws -> [Figure] {
+        let count = coldStartSessions ?? (options.quick ? 200 : 2000)
+        let setupSeconds = coldStartSeconds ?? (options.quick ? 4 : 10)
+        let idleTimeout: Int64 = 1000
+        let runtime = try Products.locate("cloud-agent-runtime", note: options.note)
+        let scratch = try ScratchDirectory("idle-cold-start")
+        defer { scratch.remove() }
+        let timing = Timing(idleTimeoutMs: idleTimeout, heartbeatIntervalMs: 1000, staleThresholdMs: 10_000, pendingTimeoutMs: 300_000, stopGraceMs: 2000)
+        let configuration = InProcessServer.configuration(directory: scratch.url, timing: timing, maxRuntimes: count + 8, runtime: runtime)
+        let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
+        let api = BenchAPI(baseURL: server.baseURL, token: InProcessServer.token)
+        options.note("idle (c): \(count) simulated runtimes stopped while another session's restore runs a \(setupSeconds) s setup command")
+        do {
+            // The slow session: its setup command is quick when prepared, slow on every restore.
+            let setup = "if [ -f \"$HOME/.prepared\" ]; then sleep \(setupSeconds); fi; touch \"$HOME/.prepared\""
+            let created = try await api.expect(201, .POST, "/v1/sessions", json: ["prompt": "say first", "setupCommands": [.string(setup)]])
+            guard let slow = created["sessionId"]?.stringValue.flatMap(SessionID.init(rawValue:)) else { throw BenchFailure("no sessionId") }
+            try await api.expect(202, .POST, "/v1/sessions/\(slow)/initiate")
+            let store = server.plane.store
+            guard await waitUntil(30, everyMs: 50, { (try? await store.session(slow))?.runtime.state == .stopped }) else {
+                throw BenchFailure("the slow session's first runtime did not stop")
+            }
+            // Its cold start begins; the simulated runtimes connect over the next second, so that
+            // all their deadlines come due while the restore runs.
+            try await api.expect(202, .POST, "/v1/sessions/\(slow)/messages", json: ["prompt": "say after the cold start"])
+            let coldStartBegan = Date()
+            let fleet = InProcessSimulatedRuntimeFleet(plane: server.plane, idleTimeoutMs: idleTimeout)
+            try await fleet.connect(count, over: 1)
+            let simulatedLive = { @Sendable () async -> Int in
+                ((try? await store.sessions(withRuntimeIn: [.starting, .running, .stopping]))?.filter { $0.id != slow }.count) ?? 1
+            }
+            guard await waitUntil(Double(idleTimeout) / 1000 + 60, everyMs: 50, { await simulatedLive() == 0 }) else {
+                throw BenchFailure("not every simulated runtime was stopped within the bound")
+            }
+            let allStoppedAfter = Date().timeIntervalSince(coldStartBegan)
+            let slowState = try await store.session(slow)?.runtime.state
+            guard await waitUntil(Double(setupSeconds) + 60, everyMs: 100, { (try? await store.session(slow))?.runtime.state == .running }) else {
+                throw BenchFailure("the slow cold start did not end with a running runtime")
+            }
+            let coldStartSeconds = Date().timeIntervalSince(coldStartBegan)
+            let stops = try await IdleStops.collect(from: store, excluding: [slow])
+            await server.plane.killRuntimes()
+            await server.stop()
+            guard stops.idleStops > 0 else { throw BenchFailure("no idle stop was recorded") }
+            let params: [String: JSONValue] = [
+                "sessions": .number(Double(count)), "idleTimeoutMs": .number(Double(idleTimeout)), "setupCommandSeconds": .number(Double(setupSeconds)),
+                "slowColdStartSeconds": .number(Figure.rounded(coldStartSeconds)),
+                "lastSimulatedStopAfterSeconds": .number(Figure.rounded(allStoppedAfter)),
+                "slowSessionStateWhenAllWereStopped": .string(slowState?.rawValue ?? "?"),
+                "idleStops": .number(Double(stops.idleStops)), "otherStops": .number(Double(stops.otherStops)), "earlyStops": .number(Double(stops.early)),
+                "lag": .object(stops.lags.summary), "decisionLag": .object(stops.decisions.summary),
+                "baseline": "idle.stop_lag_max_ms of (a), the same scheduler without a cold start, in this run",
+            ]
+            return [
+                Figure("idle.stop_lag_p99_ms_during_slow_cold_start", stops.lags.percentileMs(99), unit: "ms", params: params),
+                Figure("idle.stop_lag_max_ms_during_slow_cold_start", stops.lags.maxMs, unit: "ms", baseline: baselineMaxMs, params: params),
+            ]
+        } catch {
+            await server.plane.killRuntimes()
             await server.stop()
             throw error
         }
@@ -186,6 +237,39 @@ struct IdleBench: AsyncParsableCommand {
             await server.stop()
             throw error
         }
+    }
+}
+
+/// The idle stops a benchmark's store recorded: lag = `runtime.stoppedAt` − idle deadline, and
+/// the decision's lag (the stop reason's `at`).
+struct IdleStops {
+    var lags = Latencies(), decisions = Latencies()
+    var idleStops = 0, otherStops = 0, early = 0, seen = 0
+
+    static func collect(from store: any SessionStore, excluding excluded: Set<SessionID> = []) async throws -> IdleStops {
+        var stops = IdleStops()
+        var cursor: SessionCursor?
+        for _ in 0..<10_000 {
+            let page = try await store.sessions(owner: .local, limit: 200, after: cursor)
+            for session in page where !excluded.contains(session.id) {
+                stops.seen += 1
+                guard let reason = session.runtime.stopReason, reason.rule == .idle, let last = reason.lastActivityAt,
+                      let timeout = reason.idleTimeoutMs, let stoppedAt = session.runtime.stoppedAt
+                else {
+                    stops.otherStops += 1
+                    continue
+                }
+                stops.idleStops += 1
+                let deadline = last.adding(milliseconds: timeout)
+                let lag = stoppedAt.milliseconds(since: deadline), decided = reason.at.milliseconds(since: deadline)
+                if lag < 0 || decided < 0 { stops.early += 1 }
+                stops.lags.record(micros: UInt64(max(0, lag)) * 1000)
+                stops.decisions.record(micros: UInt64(max(0, decided)) * 1000)
+            }
+            guard let last = page.last, page.count == 200 else { break }
+            cursor = SessionCursor(after: last)
+        }
+        return stops
     }
 }
 
