@@ -25,7 +25,7 @@ struct SessionRoutes {
 
     @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {
         let session = try await service.session(try Self.sessionID(context), owner: try context.requireOwner())
-        return JSONResponse.make(Views.session(session, latest: try await service.latestExecution(of: session.id), timing: service.timing, sandbox: service.sandboxKind))
+        return JSONResponse.make(Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -44,7 +44,7 @@ struct SessionRoutes {
         let sessions = try await service.list(owner: owner, limit: limit, after: cursor)
         var views: [JSONValue] = []
         for session in sessions {
-            views.append(Views.session(session, latest: try await service.latestExecution(of: session.id), timing: service.timing, sandbox: service.sandboxKind))
+            views.append(Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
         }
         let next = sessions.count == limit ? sessions.last.map { JSONValue.string(SessionCursor(after: $0).token) } ?? .null : .null
         return JSONResponse.make(["sessions": .array(views), "nextCursor": next])
@@ -58,7 +58,7 @@ struct SessionRoutes {
         let input: SessionInput
         do { input = try SessionInput.parsePatch(try await JSONResponse.body(of: request)) } catch let error as ValidationError { throw APIError.from(error) }
         let session = try await service.patch(id, owner: owner, input: input)
-        return JSONResponse.make(Views.session(session, latest: try await service.latestExecution(of: id), timing: service.timing, sandbox: service.sandboxKind))
+        return JSONResponse.make(Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
     }
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -18,7 +18,7 @@ extension SessionService {
                     guard let session = try await self.store.session(id) else { return nil }
                     let snapshot = SessionSnapshot(
                         session: session,
-                        latestExecution: try await self.store.latestExecution(of: id),
+                        latestExecution: try await self.currentExecution(of: session),
                         oldestEventAt: try await self.store.oldestEventAt(of: id)
                     )
                     let now = self.clock.now()

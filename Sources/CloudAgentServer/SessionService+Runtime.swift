@@ -37,7 +37,7 @@ extension SessionService {
             }
             var candidates: [(session: SessionRecord, lastActivity: Date)] = []
             for session in live where session.runtime.state == .running && session.activeExecutionId == nil {
-                let latest = try await self.store.latestExecution(of: session.id)
+                let latest = try await self.currentExecution(of: session)
                 let activity = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: latest)
                 candidates.append((session, activity?.at ?? session.createdAt))
             }
@@ -235,7 +235,7 @@ extension SessionService {
                 else { return }
                 let now = self.clock.now()
                 let idle = IdlePolicy.evaluate(
-                    runtime: session.runtime, latest: try await self.store.latestExecution(of: id),
+                    runtime: session.runtime, latest: try await self.currentExecution(of: session),
                     idleTimeoutMs: session.idleTimeoutMs(default: self.timing.idleTimeoutMs), now: now
                 )
                 let reason: StopReason
@@ -321,7 +321,7 @@ extension SessionService {
                 ackedSeq: session.runtime.ackedSeq ?? 0, heartbeatIntervalMs: self.timing.heartbeatIntervalMs, stopGraceMs: self.timing.stopGraceMs,
                 idleTimeoutMs: session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
             ))
-            return (session, try await self.store.latestExecution(of: id))
+            return (session, try await self.currentExecution(of: session))
         }
         guard let (session, latest) = outcome else {
             connection.send(.shutdown(reason: "this runtime was stopped"))

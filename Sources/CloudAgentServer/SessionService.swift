@@ -206,9 +206,11 @@ public final class SessionService: Sendable {
         await scheduler.arm(id, at: nil)
     }
 
-    /// The latest execution of a session, for its view.
-    public func latestExecution(of id: SessionID) async throws -> Execution? {
-        try await store.latestExecution(of: id)
+    /// The execution the rules and the view go by: the session's active one while there is one
+    /// (never decided by id order), else its latest.
+    public func currentExecution(of session: SessionRecord) async throws -> Execution? {
+        if let active = session.activeExecutionId, let execution = try await store.execution(active) { return execution }
+        return try await store.latestExecution(of: session.id)
     }
 
     func apply(_ input: SessionInput, to spec: inout SessionSpec) throws {
