@@ -75,6 +75,7 @@ public actor InMemorySessionStore: SessionStore {
         lastEventIds[change.sessionId] = last
         eventsBySession[change.sessionId, default: []].append(contentsOf: appended)
         if let wakeUp = change.wakeUp { wakeUpsBySession[change.sessionId] = wakeUp }
+        for delivery in change.callbacks { _ = try enqueueCallback(delivery) }
         return appended
     }
 

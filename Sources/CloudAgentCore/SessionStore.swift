@@ -88,10 +88,14 @@ public struct SessionChange: Sendable {
     public var events: [NewEvent]
     /// The session's next wake-up: `.some(nil)` clears it, nil leaves it.
     public var wakeUp: Date??
+    /// Completion callbacks to deliver (the outbox), written with the change that ended their
+    /// executions, so that a crash after the commit cannot lose one; at most one per execution
+    /// (a second is ignored).
+    public var callbacks: [CallbackDelivery]
 
     public init(
         sessionId: SessionID, session: SessionRecord? = nil, newExecution: Execution? = nil, executions: [Execution] = [],
-        events: [NewEvent] = [], wakeUp: Date?? = nil
+        events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = []
     ) {
         self.sessionId = sessionId
         self.session = session
@@ -99,6 +103,7 @@ public struct SessionChange: Sendable {
         self.executions = executions
         self.events = events
         self.wakeUp = wakeUp
+        self.callbacks = callbacks
     }
 }
 

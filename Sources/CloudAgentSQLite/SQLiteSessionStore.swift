@@ -197,6 +197,7 @@ public final class SQLiteSessionStore: SessionStore {
     public func commit(_ change: SessionChange) async throws -> [Event] {
         let sessionJSON = try change.session.map { try Coding.encode($0) }
         let eventData = change.events.map { JSONText.encode($0.data) }
+        let callbackHeaders = try change.callbacks.map { try Coding.encode($0.headers) }
         return try await pool.write { db in
             let id = change.sessionId.rawValue
             // Cached statements: this runs for every ingested batch of runtime events.
@@ -239,6 +240,7 @@ public final class SQLiteSessionStore: SessionStore {
                     sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE SET due_at = excluded.due_at"
                 ).execute(arguments: [id, due.millisecondsSince1970])
             }
+            for (delivery, headers) in zip(change.callbacks, callbackHeaders) { _ = try Self.insert(delivery, headers: headers, in: db) }
             return appended
         }
     }
@@ -411,21 +413,23 @@ public final class SQLiteSessionStore: SessionStore {
             guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [delivery.sessionId.rawValue]) != nil else {
                 throw StoreError.sessionNotFound(delivery.sessionId)
             }
-            try db.execute(
-                sql: """
-                    INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
-                        created_at, last_error)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT(execution_id) DO NOTHING
-                    """,
-                arguments: [
-                    delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.url,
-                    headers, delivery.body, delivery.attempts, delivery.nextAttemptAt.millisecondsSince1970,
-                    delivery.createdAt.millisecondsSince1970, delivery.lastError,
-                ]
-            )
-            return db.changesCount > 0
+            return try Self.insert(delivery, headers: headers, in: db)
         }
+    }
+
+    /// One delivery into the outbox; false when its execution has one already.
+    static func insert(_ delivery: CallbackDelivery, headers: String, in db: Database) throws -> Bool {
+        try db.cachedStatement(sql: """
+            INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
+                created_at, last_error)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT(execution_id) DO NOTHING
+            """).execute(arguments: [
+                delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.url,
+                headers, delivery.body, delivery.attempts, delivery.nextAttemptAt.millisecondsSince1970,
+                delivery.createdAt.millisecondsSince1970, delivery.lastError,
+            ])
+        return db.changesCount > 0
     }
 
     public func dueCallbacks(before date: Date, limit: Int) async throws -> [CallbackDelivery] {

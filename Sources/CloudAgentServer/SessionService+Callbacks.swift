@@ -3,24 +3,39 @@ import Foundation
 import Logging
 
 extension SessionService {
-    /// Puts the completion callback of an execution that just ended into the store's outbox
-    /// (once per execution) and wakes the dispatcher. Nothing when the session has no callback.
-    /// Called after the commit that ended the execution; a failure is logged, never thrown, so
-    /// that it cannot undo the end of the execution.
-    func enqueueCallback(for execution: Execution, session: SessionRecord) async {
-        guard let callback = session.spec.callback, !execution.status.isActive else { return }
+    /// The completion callback of an execution that ends in this change, for the change's
+    /// outbox rows (`SessionChange.callbacks`): written in the same transaction as the end, so
+    /// that no crash can lose it. Empty when the session has no callback.
+    func callbacks(for execution: Execution, session: SessionRecord) throws -> [CallbackDelivery] {
+        guard let callback = session.spec.callback, !execution.status.isActive else { return [] }
         let now = clock.now()
+        return [CallbackDelivery(
+            sessionId: session.id, executionId: execution.id, url: callback.url, headers: callback.headers,
+            body: try Self.callbackBody(for: execution, session: session), nextAttemptAt: now, createdAt: now
+        )]
+    }
+
+    /// Puts the completion callback of an execution that ended into the outbox on its own, after
+    /// the commit that ended it: only for a session that auto-commits, whose callback follows
+    /// the commit and push. A failure is logged, never thrown.
+    func enqueueCallback(for execution: Execution, session: SessionRecord) async {
         do {
-            let delivery = CallbackDelivery(
-                sessionId: session.id, executionId: execution.id, url: callback.url, headers: callback.headers,
-                body: try Self.callbackBody(for: execution, session: session), nextAttemptAt: now, createdAt: now
-            )
-            if try await store.enqueueCallback(delivery) { callbackWakeUps.signal() }
+            for delivery in try callbacks(for: execution, session: session) where try await store.enqueueCallback(delivery) {
+                callbackWakeUps.signal()
+            }
         } catch {
             logger.error("enqueuing a callback failed", metadata: [
                 "sessionId": "\(session.id)", "executionId": "\(execution.id)", "error": "\(String(reflecting: error))",
             ])
         }
+    }
+
+    /// Commits a change, then wakes the callback dispatcher when the change carried deliveries.
+    @discardableResult
+    func commitSignallingCallbacks(_ change: SessionChange) async throws -> [Event] {
+        let events = try await commit(change)
+        if !change.callbacks.isEmpty { callbackWakeUps.signal() }
+        return events
     }
 
     /// The callback's JSON body: `{sessionId, executionId, status, exitCode, error, interruptReason,

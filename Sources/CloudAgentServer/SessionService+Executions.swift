@@ -111,11 +111,11 @@ extension SessionService {
             try execution.end(.interrupted, at: now, interruptReason: "user", reportedByRuntime: false)
             updated.activeExecutionId = nil
             updated.updatedAt = now
-            try await self.commit(SessionChange(
+            try await self.commitSignallingCallbacks(SessionChange(
                 sessionId: id, session: updated, executions: [execution],
-                events: [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])]
+                events: [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])],
+                callbacks: try self.callbacks(for: execution, session: updated)
             ))
-            await self.enqueueCallback(for: execution, session: updated)
             self.metrics.executionEnded(.interrupted)
             return activeId
         }

@@ -54,11 +54,11 @@ extension SessionService {
             await supervisor.connection(for: id)?.send(.kill(executionId: executionId.rawValue, reason: error))
             session.activeExecutionId = nil
             session.updatedAt = now
-            try await commit(SessionChange(
+            try await commitSignallingCallbacks(SessionChange(
                 sessionId: id, session: session, executions: [execution],
-                events: [NewEvent(executionId: executionId, type: EventType.executionFailed, at: now, data: ["error": .string(error)])]
+                events: [NewEvent(executionId: executionId, type: EventType.executionFailed, at: now, data: ["error": .string(error)])],
+                callbacks: try callbacks(for: execution, session: session)
             ))
-            await enqueueCallback(for: execution, session: session)
             metrics.executionEnded(.failed)
             logger.warning("execution failed by the liveness rule", metadata: ["sessionId": "\(id)", "executionId": "\(executionId)", "error": "\(error)"])
         case .reportStuck(let executionId, let silenceMs):

@@ -214,8 +214,10 @@ extension SessionService {
         session.runtime.secretHash = nil
         session.updatedAt = now
         events.append(NewEvent(type: EventType.runtimeStopped, at: now, data: Self.stopEventData(reason)))
-        try await commit(SessionChange(sessionId: session.id, session: session, executions: executions, events: events))
-        if let execution = executions.first { await enqueueCallback(for: execution, session: session) }
+        let callbacks = try executions.flatMap { try self.callbacks(for: $0, session: session) }
+        try await commitSignallingCallbacks(SessionChange(
+            sessionId: session.id, session: session, executions: executions, events: events, callbacks: callbacks
+        ))
         await supervisor.unwatch(session: session.id)
         metrics.runtimeStopped(reason.rule)
         logger.info("runtime stopped", metadata: [
@@ -432,14 +434,23 @@ extension SessionService {
                 }
                 session.runtime.ackedSeq = last
                 let executions = order.compactMap { touched[$0] ?? nil }
-                try await self.commit(SessionChange(sessionId: id, session: session, executions: executions, events: events))
+                // The callback of an execution ended here goes into the same transaction — unless
+                // the session auto-commits: then it follows the commit and push, so that its
+                // receiver finds the work on the branch.
+                let callbacks = session.spec.autoCommit
+                    ? [] : try executions.filter { $0.id == ended }.flatMap { try self.callbacks(for: $0, session: session) }
+                try await self.commitSignallingCallbacks(SessionChange(
+                    sessionId: id, session: session, executions: executions, events: events, callbacks: callbacks
+                ))
                 connection.send(.ack(seq: last))
                 if let resend { connection.send(.execute(self.executeCommand(resend, session: session))) }
                 if let ended {
                     connection.activeExecution = nil
                     if let execution = touched[ended] ?? nil {
-                        await self.autoCommitIfAsked(after: execution, session: session)
-                        await self.enqueueCallback(for: execution, session: session)
+                        if session.spec.autoCommit {
+                            await self.autoCommitIfAsked(after: execution, session: session)
+                            await self.enqueueCallback(for: execution, session: session)
+                        }
                         self.metrics.executionEnded(execution.status)
                         self.logger.info("execution ended", metadata: [
                             "sessionId": "\(id)", "executionId": "\(execution.id)", "status": "\(execution.status.rawValue)",
