@@ -17,9 +17,10 @@ public actor InMemorySessionStore: SessionStore {
     public func saveToken(hash: String, owner: Owner, createdAt: Date) { tokens[hash] = owner }
     public func owner(forTokenHash hash: String) -> Owner? { tokens[hash] }
 
-    public func insertSession(_ session: SessionRecord) throws {
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?) throws {
         guard sessionsById[session.id] == nil else { throw StoreError.duplicateSession(session.id) }
         sessionsById[session.id] = session
+        if let wakeUp { wakeUpsBySession[session.id] = wakeUp }
     }
 
     public func session(_ id: SessionID) -> SessionRecord? { sessionsById[id] }

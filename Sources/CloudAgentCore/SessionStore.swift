@@ -115,7 +115,8 @@ public protocol SessionStore: Sendable {
     func owner(forTokenHash hash: String) async throws -> Owner?
 
     // Sessions.
-    func insertSession(_ session: SessionRecord) async throws
+    /// A new session, with its first wake-up (if any) in the same transaction.
+    func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws
     func session(_ id: SessionID) async throws -> SessionRecord?
     /// An owner's sessions, newest first, after the cursor.
     func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord]
@@ -167,4 +168,11 @@ public protocol SessionStore: Sendable {
     /// A delivery was given up: it leaves the outbox. False when it was not there.
     @discardableResult
     func markCallbackFailed(_ id: UUID) async throws -> Bool
+}
+
+extension SessionStore {
+    /// A new session without a wake-up.
+    public func insertSession(_ session: SessionRecord) async throws {
+        try await insertSession(session, wakeUp: nil)
+    }
 }

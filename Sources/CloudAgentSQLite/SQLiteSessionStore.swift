@@ -125,7 +125,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     // MARK: Sessions
 
-    public func insertSession(_ session: SessionRecord) async throws {
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws {
         let record = try Coding.encode(session)
         try await pool.write { db in
             guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [session.id.rawValue]) == nil else {
@@ -141,6 +141,9 @@ public final class SQLiteSessionStore: SessionStore {
                     session.runtime.state.rawValue, record,
                 ]
             )
+            if let wakeUp {
+                try db.execute(sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?)", arguments: [session.id.rawValue, wakeUp.millisecondsSince1970])
+            }
         }
     }
 

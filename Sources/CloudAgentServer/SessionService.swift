@@ -101,7 +101,8 @@ public final class SessionService: Sendable {
         var session = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
         try session.runtime.requestStart(at: now)
         do {
-            try await store.insertSession(session)
+            // Due at once: a crash before the first evaluation loses no timer.
+            try await store.insertSession(session, wakeUp: now)
         } catch {
             layout.remove(id)
             throw error

@@ -4,6 +4,18 @@ import Testing
 
 @Suite("Store: wake-ups")
 struct WakeUpStoreTests {
+    @Test("a new session's first wake-up is written with it", arguments: StoreBackend.allCases)
+    func insertedWithItsWakeUp(backend: StoreBackend) async throws {
+        try await withStore(backend) { store in
+            let session = SessionRecord(id: SessionID(), owner: .local, createdAt: Fixture.date(0), spec: SessionSpec(prompt: "p"))
+            try await store.insertSession(session, wakeUp: Fixture.date(0))
+            #expect(try await store.wakeUps() == [WakeUp(sessionId: session.id, dueAt: Fixture.date(0))])
+            // A duplicate is refused and changes no wake-up.
+            await #expect(throws: StoreError.self) { try await store.insertSession(session, wakeUp: Fixture.date(5)) }
+            #expect(try await store.wakeUp(of: session.id) == Fixture.date(0))
+        }
+    }
+
     @Test(arguments: StoreBackend.allCases)
     func commitSetsKeepsAndClearsTheWakeUp(backend: StoreBackend) async throws {
         try await withStore(backend) { store in
