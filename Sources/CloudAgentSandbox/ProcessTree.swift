@@ -100,8 +100,8 @@ extension ProcessControl {
     }
 
     /// Stops one launch: SIGTERM to `graceful` (the processes that shut down cleanly on it), up
-    /// to `graceMs` for the whole tree to be gone, then SIGKILL to every member still there, the
-    /// launched process last, and up to 2 s more. Members are looked up again while waiting
+    /// to `graceMs` for the whole tree to be gone, then SIGKILL to every member still there, from
+    /// the top (the launched process first), and up to 2 s more. Members are looked up again while waiting
     /// (processes started meanwhile are included), and every member seen stays a target until it
     /// is gone, even once the launched process has died and its tree can no longer be walked.
     /// `reap` is called while waiting (to collect our own exited child). True when none remains.
@@ -114,13 +114,14 @@ extension ProcessControl {
         var seen = tree.members
         for process in graceful(tree) { signal(process, SIGTERM) }
         if await waitUntilGone(root, seen: &seen, within: .milliseconds(max(0, graceMs)), reap: reap) { return true }
-        for member in seen.reversed() { signal(member.process, SIGKILL) }
+        for member in seen { signal(member.process, SIGKILL) }
         return await waitUntilGone(root, seen: &seen, within: .seconds(2), reap: reap)
     }
 
-    /// SIGKILL to every member of `root`'s tree (the launched process last). For tests and tools.
+    /// SIGKILL to every member of `root`'s tree, from the top (the launched process first: a
+    /// runtime must not see its agent die and report it). For tests and tools.
     public static func killTree(_ root: SpawnedProcess) {
-        for member in ProcessTree.of(root).members.reversed() { signal(member.process, SIGKILL) }
+        for member in ProcessTree.of(root).members { signal(member.process, SIGKILL) }
     }
 
     private static func waitUntilGone(
