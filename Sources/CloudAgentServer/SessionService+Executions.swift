@@ -87,9 +87,8 @@ extension SessionService {
     }
 
     private func waitUntilStopped(_ id: SessionID) async {
-        let deadline = ContinuousClock.now + .milliseconds(timing.stopGraceMs + 3000)
-        while ContinuousClock.now < deadline, (try? await store.session(id))?.runtime.state == .stopping {
-            try? await Task.sleep(for: .milliseconds(25))
+        _ = await changes.wait(for: id, within: .milliseconds(timing.stopGraceMs + 3000)) {
+            (try? await self.store.session(id))?.runtime.state != .stopping
         }
     }
 
@@ -121,9 +120,8 @@ extension SessionService {
         }
         guard let target else { return nil }
         logger.info("execution interrupt requested", metadata: ["sessionId": "\(id)", "executionId": "\(target)"])
-        let deadline = ContinuousClock.now + .milliseconds(timing.stopGraceMs + 3000)
-        while ContinuousClock.now < deadline, (try? await store.execution(target))?.status.isActive ?? false {
-            try? await Task.sleep(for: .milliseconds(20))
+        _ = await changes.wait(for: id, within: .milliseconds(timing.stopGraceMs + 3000)) {
+            !((try? await self.store.execution(target))?.status.isActive ?? false)
         }
         await scheduler.poke(id)
         return target

@@ -30,6 +30,8 @@ public final class SessionService: Sendable {
     let maxRuntimes: Int
     let capacity = Capacity()
     public let hub = EventHub()
+    /// Wakes those waiting for a session to change (interrupt, a start after a stop).
+    let changes = SessionChanges()
     let callbackWakeUps = WakeSignal()
     private let startedListeningAt: Mutex<Date>
 
@@ -66,6 +68,7 @@ public final class SessionService: Sendable {
     func commit(_ change: SessionChange) async throws -> [Event] {
         let events = try await store.commit(change)
         hub.publish(events)
+        changes.changed(change.sessionId)
         return events
     }
 
