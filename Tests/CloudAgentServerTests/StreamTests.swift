@@ -152,7 +152,9 @@ struct StreamTests {
     @Test("a stuck subscriber is closed with the resume code while a fast one keeps up")
     func slowSubscriber() async throws {
         var server = try TestServer(timing: Self.timing)
-        server.streamBufferEvents = 8
+        // Small, so that the stuck one is cut off soon; not so small that a fast reader on a loaded
+        // 2-core machine falls 8 events behind for a moment and is cut off too.
+        server.streamBufferEvents = 64
         try await server.run { api in
             // ~6 KB events (a tool's output, twice: output and raw), 3 MB in all: more than the
             // kernel buffers of a closed TCP window hold.
