@@ -100,7 +100,7 @@ extension SessionService {
             session.runtime.secretHash = BearerToken.hash(secret)
             session.runtime.process = process
             session.runtime.launchedAt = clock.now()
-            session.runtime.sandbox = supervisor.sandbox.kind.rawValue
+            session.runtime.sandbox = sandboxKind
             try await commit(SessionChange(sessionId: id, session: session, events: events))
             return session
         } catch {
