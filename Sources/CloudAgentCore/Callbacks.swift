@@ -106,3 +106,34 @@ extension EventType {
     /// A completion callback was given up: `{executionId, url, status (null without an answer), error, attempts}`.
     public static let callbackFailed = "callback.failed"
 }
+
+extension CallbackDelivery {
+    /// The completion callback of an execution that has ended, for the outbox: written in the
+    /// same transaction as the end, so that no crash can lose it. Nil when the session has no
+    /// callback or the execution is still active.
+    public static func completion(of execution: Execution, session: SessionRecord, now: Date) -> CallbackDelivery? {
+        guard let callback = session.spec.callback, !execution.status.isActive else { return nil }
+        return CallbackDelivery(
+            sessionId: session.id, executionId: execution.id, url: callback.url, headers: callback.headers,
+            body: body(of: execution, session: session), nextAttemptAt: now, createdAt: now
+        )
+    }
+
+    /// The callback's JSON body: `{sessionId, executionId, status, exitCode, error, interruptReason,
+    /// workBranch, completedAt}`, absent values as explicit nulls, keys sorted.
+    public static func body(of execution: Execution, session: SessionRecord) -> String {
+        let body: JSONValue = [
+            "sessionId": .string(session.id.rawValue),
+            "executionId": .string(execution.id.rawValue),
+            "status": .string(execution.status.rawValue),
+            "exitCode": JSONValue(execution.exitCode.map(Int64.init)),
+            "error": JSONValue(execution.error),
+            "interruptReason": JSONValue(execution.interruptReason),
+            "workBranch": JSONValue(session.workBranch),
+            "completedAt": JSONValue(execution.completedAt),
+        ]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(body)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+}

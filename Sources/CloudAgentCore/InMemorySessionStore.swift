@@ -11,6 +11,8 @@ public actor InMemorySessionStore: SessionStore {
     private var wakeUpsBySession: [SessionID: Date] = [:]
     private var settings: [String: String] = [:]
     private var callbacksById: [UUID: CallbackDelivery] = [:]
+    private var commandsBySession: [SessionID: [QueuedCommand]] = [:]
+    private var lastCommandId: Int64 = 0
 
     public init() {}
 
@@ -47,11 +49,18 @@ public actor InMemorySessionStore: SessionStore {
         lastEventIds[id] = nil
         wakeUpsBySession[id] = nil
         callbacksById = callbacksById.filter { $0.value.sessionId != id }
+        commandsBySession[id] = nil
         return true
     }
 
     public func commit(_ change: SessionChange) throws -> [Event] {
         guard sessionsById[change.sessionId] != nil else { throw StoreError.sessionNotFound(change.sessionId) }
+        if change.deletesSession {
+            let last = lastEventIds[change.sessionId] ?? 0
+            let numbered = change.events.enumerated().map { Event(id: last + Int64($0.offset) + 1, sessionId: change.sessionId, $0.element) }
+            _ = deleteSession(change.sessionId)
+            return numbered
+        }
         if let new = change.newExecution {
             let saved = change.executions.reduce(into: executionsById) { $0[$1.id] = $1 }
             if let active = saved.values.first(where: { $0.sessionId == change.sessionId && $0.status.isActive && $0.id != new.id }) {
@@ -77,7 +86,43 @@ public actor InMemorySessionStore: SessionStore {
         eventsBySession[change.sessionId, default: []].append(contentsOf: appended)
         if let wakeUp = change.wakeUp { wakeUpsBySession[change.sessionId] = wakeUp }
         for delivery in change.callbacks { _ = try enqueueCallback(delivery) }
+        if let cutoff = change.deleteEventsBefore { _ = deleteEvents(of: change.sessionId, olderThan: cutoff) }
+        var queue = commandsBySession[change.sessionId] ?? []
+        for drop in change.dropCommands {
+            queue.removeAll { row in
+                switch drop {
+                case .all: true
+                case .settings: row.command.kind == "settings"
+                case .execution(let id, let kinds): row.command.executionId == id && kinds.contains(row.command.kind)
+                }
+            }
+        }
+        for command in change.commands where !queue.contains(where: { $0.command.executionId != nil && $0.command == command }) {
+            lastCommandId += 1
+            queue.append(QueuedCommand(id: lastCommandId, sessionId: change.sessionId, command: command))
+        }
+        commandsBySession[change.sessionId] = queue.isEmpty ? nil : queue
         return appended
+    }
+
+    public func update<Output: Sendable>(
+        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+    ) throws -> Committed<Output> {
+        let state = sessionsById[id].map { session in
+            SessionState(
+                session: session,
+                execution: session.activeExecutionId.flatMap { executionsById[$0] } ?? latestExecution(of: id),
+                oldestEventAt: forRules ? oldestEventAt(of: id) : nil,
+                wakeUp: forRules ? wakeUpsBySession[id] : nil
+            )
+        }
+        let decision = try decide(state)
+        let events = try decision.change.map(commit) ?? []
+        return Committed(output: decision.output, effects: decision.effects, events: events, change: decision.change)
+    }
+
+    public func commands(of session: SessionID, after id: Int64) -> [QueuedCommand] {
+        (commandsBySession[session] ?? []).filter { $0.id > id }
     }
 
     public func execution(_ id: ExecutionID) -> Execution? { executionsById[id] }

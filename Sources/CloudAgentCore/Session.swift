@@ -99,6 +99,12 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     /// OpenCode's and Kilo's `sessionID`), reported by the runtime when an execution ends;
     /// every follow-up resumes it. Cleared when the session's agent changes.
     public var agentConversationId: String?
+    /// Set while a PATCH that needs a new runtime (repo, setup, environment, agent) is being
+    /// carried out: initiate answers 409 meanwhile, and a second such PATCH too.
+    public var changingSince: Date?
+    /// The execution whose auto-commit has not been recorded yet: the next execution is not sent
+    /// to the runtime before it, and the runtime is not idle meanwhile.
+    public var autoCommitPending: ExecutionID?
 
     public init(
         id: SessionID, owner: Owner, createdAt: Date, spec: SessionSpec, workBranch: String? = nil,

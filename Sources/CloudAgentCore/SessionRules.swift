@@ -44,8 +44,12 @@ public enum SessionRules {
 
         // A starting runtime not launched yet is being prepared (a cold start restoring its
         // workspace and running its setup commands): no pending deadline runs until its launch.
+        // Nor while the runtime is stopping (an execution accepted then starts it again once the
+        // stop is recorded), or while the last execution's auto-commit has not been recorded (the
+        // next one goes to the runtime after it).
         let preparing = session.runtime.state == .starting && session.runtime.process == nil
-        if let execution = snapshot.latestExecution, execution.status.isActive, !(preparing && execution.status == .pending) {
+        let held = preparing || session.runtime.state == .stopping || session.autoCommitPending != nil
+        if let execution = snapshot.latestExecution, execution.status.isActive, !(held && execution.status == .pending) {
             let liveness = ExecutionLiveness.evaluate(
                 execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, runtimeLaunchedAt: session.runtime.launchedAt, now: now
             )
@@ -67,7 +71,10 @@ public enum SessionRules {
         }
 
         let idleTimeout = session.idleTimeoutMs(default: timing.idleTimeoutMs)
-        let idle = IdlePolicy.evaluate(runtime: session.runtime, latest: snapshot.latestExecution, idleTimeoutMs: idleTimeout, now: now)
+        // An auto-commit in progress is work in the workspace: the runtime is not idle meanwhile
+        // (its end is the last activity's successor; the recording wakes the rules again).
+        let idle = session.autoCommitPending.map { IdlePolicy.Decision.busy($0) }
+            ?? IdlePolicy.evaluate(runtime: session.runtime, latest: snapshot.latestExecution, idleTimeoutMs: idleTimeout, now: now)
         switch idle {
         case .stop(let reason): actions.append(.stopRuntime(reason))
         case .idleAt(let deadline, _): deadlines.append(deadline)

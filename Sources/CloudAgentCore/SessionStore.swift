@@ -92,10 +92,21 @@ public struct SessionChange: Sendable {
     /// executions, so that a crash after the commit cannot lose one; at most one per execution
     /// (a second is ignored).
     public var callbacks: [CallbackDelivery]
+    /// Runtime commands to add to the runtime outbox. A row equal to one already there (the
+    /// same kind for the same execution) is not added twice.
+    public var commands: [OutboxCommand]
+    /// Outbox rows made moot by this change (removed before `commands` are added).
+    public var dropCommands: [CommandDrop]
+    /// Delete the session's events recorded before this time (retention).
+    public var deleteEventsBefore: Date?
+    /// Delete the session with everything it owns. The change's `events` are numbered and
+    /// returned (for live subscribers) but not kept; the rest of the change is moot.
+    public var deletesSession: Bool
 
     public init(
         sessionId: SessionID, session: SessionRecord? = nil, newExecution: Execution? = nil, executions: [Execution] = [],
-        events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = []
+        events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [], commands: [OutboxCommand] = [],
+        dropCommands: [CommandDrop] = [], deleteEventsBefore: Date? = nil, deletesSession: Bool = false
     ) {
         self.sessionId = sessionId
         self.session = session
@@ -104,7 +115,14 @@ public struct SessionChange: Sendable {
         self.events = events
         self.wakeUp = wakeUp
         self.callbacks = callbacks
+        self.commands = commands
+        self.dropCommands = dropCommands
+        self.deleteEventsBefore = deleteEventsBefore
+        self.deletesSession = deletesSession
     }
+
+    /// A change that deletes the session.
+    public static func delete(_ id: SessionID) -> SessionChange { SessionChange(sessionId: id, deletesSession: true) }
 }
 
 /// The control plane's durable state. Every backend (memory, SQLite, PostgreSQL) passes the
@@ -127,6 +145,17 @@ public protocol SessionStore: Sendable {
     /// Applies a change atomically and returns the appended events with their ids.
     @discardableResult
     func commit(_ change: SessionChange) async throws -> [Event]
+    /// One session change as one transaction: reads the session's state (nil when there is no
+    /// such session), calls `decide` — a pure function, which may throw to write nothing — and
+    /// writes its change, all under the store's write lock for the session (SQLite: one
+    /// `BEGIN IMMEDIATE` transaction; PostgreSQL: `SELECT … FOR UPDATE` in one transaction), so
+    /// that no other change to the session lands between the read and the write.
+    /// `forRules` also reads what only the rules need: `oldestEventAt` and `wakeUp`.
+    func update<Output: Sendable>(
+        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+    ) async throws -> Committed<Output>
+    /// The runtime outbox's rows of a session after `id`, in order.
+    func commands(of session: SessionID, after id: Int64) async throws -> [QueuedCommand]
 
     // Executions.
     func execution(_ id: ExecutionID) async throws -> Execution?
@@ -171,6 +200,12 @@ public protocol SessionStore: Sendable {
 }
 
 extension SessionStore {
+    public func update<Output: Sendable>(
+        _ id: SessionID, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+    ) async throws -> Committed<Output> {
+        try await update(id, forRules: false, decide)
+    }
+
     /// A new session without a wake-up.
     public func insertSession(_ session: SessionRecord) async throws {
         try await insertSession(session, wakeUp: nil)

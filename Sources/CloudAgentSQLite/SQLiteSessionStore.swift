@@ -102,6 +102,20 @@ public final class SQLiteSessionStore: SessionStore {
                 CREATE INDEX callback_deliveries_by_session ON callback_deliveries(session_id);
                 """)
         }
+        migrator.registerMigration("003_runtime_outbox") { db in
+            try db.execute(sql: """
+                CREATE TABLE runtime_commands (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                    kind TEXT NOT NULL,
+                    execution_id TEXT,
+                    command TEXT NOT NULL
+                );
+                CREATE INDEX runtime_commands_by_session ON runtime_commands(session_id, id);
+                CREATE UNIQUE INDEX runtime_commands_once_per_execution ON runtime_commands(session_id, kind, execution_id)
+                    WHERE execution_id IS NOT NULL;
+                """)
+        }
         return migrator
     }
 
@@ -198,53 +212,153 @@ public final class SQLiteSessionStore: SessionStore {
     }
 
     public func commit(_ change: SessionChange) async throws -> [Event] {
-        let sessionJSON = try change.session.map { try Coding.encode($0) }
-        let eventData = change.events.map { JSONText.encode($0.data) }
-        let callbackHeaders = try change.callbacks.map { try Coding.encode($0.headers) }
+        let encoded = try Encoded(change)
         return try await pool.write { db in
-            let id = change.sessionId.rawValue
-            // Cached statements: this runs for every ingested batch of runtime events.
-            guard let lastEventId = try Int64.fetchOne(db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [id]) else {
+            guard let lastEventId = try Int64.fetchOne(
+                db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [change.sessionId.rawValue]
+            ) else {
                 throw StoreError.sessionNotFound(change.sessionId)
             }
-            if let session = change.session, let sessionJSON {
-                try db.cachedStatement(sql: "UPDATE sessions SET record = ?, runtime_state = ? WHERE id = ?")
-                    .execute(arguments: [sessionJSON, session.runtime.state.rawValue, id])
-            }
-            for execution in change.executions { try Self.save(execution, in: db) }
-            if let new = change.newExecution {
-                if let active = try String.fetchOne(
-                    db,
-                    sql: "SELECT id FROM executions WHERE session_id = ? AND status IN ('pending', 'running') AND id != ?",
-                    arguments: [id, new.id.rawValue]
-                ), let activeId = ExecutionID(rawValue: active) {
-                    throw StoreError.executionInProgress(activeId)
+            return try Self.apply(change, encoded, lastEventId: lastEventId, in: db)
+        }
+    }
+
+    /// GRDB runs `write` as one `BEGIN IMMEDIATE` transaction on the pool's one writer: the
+    /// read below and the write of the decision are one atomic step.
+    public func update<Output: Sendable>(
+        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+    ) async throws -> Committed<Output> {
+        try await pool.write { db in
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT record, last_event_id FROM sessions WHERE id = ?"), arguments: [id.rawValue]
+            )
+            var state: SessionState?
+            if let row {
+                let session = try Coding.decode(SessionRecord.self, from: row["record"] as String)
+                var execution: Execution?
+                if let active = session.activeExecutionId {
+                    execution = try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM executions WHERE id = ?"), arguments: [active.rawValue])
+                        .flatMap(Self.execution(from:))
                 }
-                try Self.save(new, in: db)
+                if execution == nil {
+                    execution = try Row.fetchOne(
+                        db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1"), arguments: [id.rawValue]
+                    ).flatMap(Self.execution(from:))
+                }
+                let oldest = forRules
+                    ? try Int64.fetchOne(
+                        db.cachedStatement(sql: "SELECT at FROM events WHERE session_id = ? ORDER BY id LIMIT 1"), arguments: [id.rawValue]
+                    ).map { Date(millisecondsSince1970: $0) }
+                    : nil
+                let wakeUp = forRules
+                    ? try Int64.fetchOne(db.cachedStatement(sql: "SELECT due_at FROM wake_ups WHERE session_id = ?"), arguments: [id.rawValue])
+                        .map { Date(millisecondsSince1970: $0) }
+                    : nil
+                state = SessionState(session: session, execution: execution, oldestEventAt: oldest, wakeUp: wakeUp)
             }
-            var appended: [Event] = []
-            appended.reserveCapacity(change.events.count)
-            var next = lastEventId
-            let insert = change.events.isEmpty
-                ? nil : try db.cachedStatement(sql: "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES (?, ?, ?, ?, ?, ?)")
-            for (event, data) in zip(change.events, eventData) {
-                next += 1
-                try insert?.execute(arguments: [id, next, event.executionId?.rawValue, event.type, event.at.millisecondsSince1970, data])
-                appended.append(Event(id: next, sessionId: change.sessionId, event))
+            let decision = try decide(state)
+            guard let change = decision.change else {
+                return Committed(output: decision.output, effects: decision.effects, events: [], change: nil)
             }
-            if next != lastEventId {
-                try db.cachedStatement(sql: "UPDATE sessions SET last_event_id = ? WHERE id = ?").execute(arguments: [next, id])
+            guard let lastEventId = row?["last_event_id"] as Int64? else { throw StoreError.sessionNotFound(change.sessionId) }
+            let events = try Self.apply(change, try Encoded(change), lastEventId: lastEventId, in: db)
+            return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
+        }
+    }
+
+    /// A change's JSON, encoded before the write lock is taken.
+    struct Encoded {
+        var session: String?
+        var eventData: [String]
+        var callbackHeaders: [String]
+        var commands: [String]
+
+        init(_ change: SessionChange) throws {
+            session = try change.session.map { try Coding.encode($0) }
+            eventData = change.events.map { JSONText.encode($0.data) }
+            callbackHeaders = try change.callbacks.map { try Coding.encode($0.headers) }
+            commands = try change.commands.map { try Coding.encode($0) }
+        }
+    }
+
+    static func apply(_ change: SessionChange, _ encoded: Encoded, lastEventId: Int64, in db: Database) throws -> [Event] {
+        let id = change.sessionId.rawValue
+        if change.deletesSession {
+            try db.execute(sql: "DELETE FROM sessions WHERE id = ?", arguments: [id])
+            return change.events.enumerated().map { Event(id: lastEventId + Int64($0.offset) + 1, sessionId: change.sessionId, $0.element) }
+        }
+        // Cached statements: this runs for every ingested batch of runtime events.
+        if let session = change.session, let sessionJSON = encoded.session {
+            try db.cachedStatement(sql: "UPDATE sessions SET record = ?, runtime_state = ? WHERE id = ?")
+                .execute(arguments: [sessionJSON, session.runtime.state.rawValue, id])
+        }
+        for execution in change.executions { try Self.save(execution, in: db) }
+        if let new = change.newExecution {
+            if let active = try String.fetchOne(
+                db,
+                sql: "SELECT id FROM executions WHERE session_id = ? AND status IN ('pending', 'running') AND id != ?",
+                arguments: [id, new.id.rawValue]
+            ), let activeId = ExecutionID(rawValue: active) {
+                throw StoreError.executionInProgress(activeId)
             }
-            switch change.wakeUp {
-            case .none: break
-            case .some(.none): try db.cachedStatement(sql: "DELETE FROM wake_ups WHERE session_id = ?").execute(arguments: [id])
-            case .some(.some(let due)):
-                try db.cachedStatement(
-                    sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE SET due_at = excluded.due_at"
-                ).execute(arguments: [id, due.millisecondsSince1970])
+            try Self.save(new, in: db)
+        }
+        var appended: [Event] = []
+        appended.reserveCapacity(change.events.count)
+        var next = lastEventId
+        let insert = change.events.isEmpty
+            ? nil : try db.cachedStatement(sql: "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES (?, ?, ?, ?, ?, ?)")
+        for (event, data) in zip(change.events, encoded.eventData) {
+            next += 1
+            try insert?.execute(arguments: [id, next, event.executionId?.rawValue, event.type, event.at.millisecondsSince1970, data])
+            appended.append(Event(id: next, sessionId: change.sessionId, event))
+        }
+        if next != lastEventId {
+            try db.cachedStatement(sql: "UPDATE sessions SET last_event_id = ? WHERE id = ?").execute(arguments: [next, id])
+        }
+        switch change.wakeUp {
+        case .none: break
+        case .some(.none): try db.cachedStatement(sql: "DELETE FROM wake_ups WHERE session_id = ?").execute(arguments: [id])
+        case .some(.some(let due)):
+            try db.cachedStatement(
+                sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?) ON CONFLICT(session_id) DO UPDATE SET due_at = excluded.due_at"
+            ).execute(arguments: [id, due.millisecondsSince1970])
+        }
+        for (delivery, headers) in zip(change.callbacks, encoded.callbackHeaders) { _ = try Self.insert(delivery, headers: headers, in: db) }
+        if let cutoff = change.deleteEventsBefore {
+            try db.execute(sql: "DELETE FROM events WHERE session_id = ? AND at < ?", arguments: [id, cutoff.millisecondsSince1970])
+        }
+        for drop in change.dropCommands {
+            switch drop {
+            case .all:
+                try db.execute(sql: "DELETE FROM runtime_commands WHERE session_id = ?", arguments: [id])
+            case .settings:
+                try db.execute(sql: "DELETE FROM runtime_commands WHERE session_id = ? AND kind = 'settings'", arguments: [id])
+            case .execution(let executionId, let kinds):
+                for kind in kinds.sorted() {
+                    try db.execute(
+                        sql: "DELETE FROM runtime_commands WHERE session_id = ? AND execution_id = ? AND kind = ?",
+                        arguments: [id, executionId.rawValue, kind]
+                    )
+                }
             }
-            for (delivery, headers) in zip(change.callbacks, callbackHeaders) { _ = try Self.insert(delivery, headers: headers, in: db) }
-            return appended
+        }
+        for (command, json) in zip(change.commands, encoded.commands) {
+            try db.cachedStatement(
+                sql: "INSERT OR IGNORE INTO runtime_commands (session_id, kind, execution_id, command) VALUES (?, ?, ?, ?)"
+            ).execute(arguments: [id, command.kind, command.executionId?.rawValue, json])
+        }
+        return appended
+    }
+
+    public func commands(of session: SessionID, after id: Int64) async throws -> [QueuedCommand] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT id, command FROM runtime_commands WHERE session_id = ? AND id > ? ORDER BY id"),
+                arguments: [session.rawValue, id]
+            ).map { row in
+                QueuedCommand(id: row["id"], sessionId: session, command: try Coding.decode(OutboxCommand.self, from: row["command"] as String))
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSandbox
 import Foundation
 import Hummingbird
 import Logging
@@ -42,6 +43,25 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible {
         .contentTooLarge, code: "PAYLOAD_TOO_LARGE", "the request body is larger than \(Limits.requestBodyBytes) bytes"
     )
     public static let internalError = APIError(.internalServerError, code: "INTERNAL", "internal error; see the server log")
+
+    /// A domain error as the API answers it.
+    public init(_ error: SessionError) {
+        switch error {
+        case .notFound(let id): self = .notFound("session \(id)")
+        case .invalidState(let message): self = .invalidState(message)
+        case .executionInProgress(let id): self = .executionInProgress(id)
+        case .runtimeUnavailable(let message):
+            self.init(.serviceUnavailable, code: "RUNTIME_UNAVAILABLE", message, details: ["retryable": .bool(true)])
+        }
+    }
+
+    /// A session's setup command failed (422 `SETUP_FAILED`).
+    public init(_ failure: SetupFailure) {
+        self.init(
+            .unprocessableContent, code: "SETUP_FAILED", "setup failed: \(failure.command) exited with \(failure.exitCode)",
+            details: ["command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail)]
+        )
+    }
 
     public var body: JSONValue {
         var error = details
@@ -99,6 +119,10 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as APIError {
             return try error.response(from: request, context: context)
+        } catch let error as SessionError {
+            return try APIError(error).response(from: request, context: context)
+        } catch let failure as SetupFailure {
+            return try APIError(failure).response(from: request, context: context)
         } catch let error as any HTTPResponseError {
             let apiError: APIError = switch error.status {
             case .notFound: .notFound("route \(request.method) \(request.uri.path)")

@@ -15,6 +15,10 @@ public struct ControlPlane: Sendable {
     public let configuration: ServerConfiguration
     public let store: any SessionStore
     public let sessions: SessionService
+    public let ledger: SessionLedger
+    public let gateway: RuntimeGateway
+    public let lifecycle: RuntimeLifecycle
+    public let rules: RuleRunner
     public let scheduler: WakeUpScheduler
     public let supervisor: RuntimeSupervisor
     public let heartbeats: HeartbeatBatcher
@@ -60,21 +64,35 @@ public struct ControlPlane: Sendable {
             logLevel: configuration.logLevel, logger: logger
         )
         let heartbeats = HeartbeatBatcher(store: store, logger: logger)
+        let workspaces = GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger)
+        let host = LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout)
+        // The parts, each with one responsibility: the ledger commits decisions; the effect
+        // runner carries out what they decide, through the runtime gateway (connections and
+        // frames), the lifecycle (launch, stop, capacity) and the auto-commit runner; the rule
+        // runner fires wake-ups; the API commands are the session service.
+        let ledger = SessionLedger(store: store, timing: configuration.timing, clock: clock, logger: logger, metrics: metrics)
+        let callbackWakeUps = WakeSignal()
+        let effects = EffectRunner(scheduler: scheduler, callbackWakeUps: callbackWakeUps)
+        let gateway = RuntimeGateway(ledger: ledger, agents: agents, heartbeats: heartbeats, effects: effects, logger: logger)
+        let lifecycle = RuntimeLifecycle(
+            ledger: ledger, host: host, maxRuntimes: configuration.maxRuntimes, secretBox: secretBox, gateway: gateway, effects: effects, logger: logger
+        )
+        let autoCommit = AutoCommitRunner(ledger: ledger, workspaces: workspaces, secretBox: secretBox, effects: effects, logger: logger)
+        effects.bind(.init(lifecycle: lifecycle, gateway: gateway, autoCommit: autoCommit))
+        let rules = RuleRunner(ledger: ledger, effects: effects, metrics: metrics, logger: logger)
         let sessions = SessionService(
-            store: store, timing: configuration.timing, secretBox: secretBox, clock: clock, scheduler: scheduler,
-            logger: logger, metrics: metrics, agents: agents, layout: layout,
-            workspaces: GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger), supervisor: supervisor,
-            heartbeats: heartbeats, maxRuntimes: configuration.maxRuntimes
+            ledger: ledger, secretBox: secretBox, lifecycle: lifecycle, effects: effects, agents: agents, logger: logger, metrics: metrics
         )
         let callbacks = CallbackDispatcher(
-            sessions: sessions,
+            ledger: ledger, secretBox: secretBox, wakeUps: callbackWakeUps,
             policy: CallbackRetryPolicy(maxAttempts: configuration.callbackMaxAttempts, baseDelayMs: configuration.callbackRetryBaseMs),
             logger: logger
         )
-        await scheduler.setEvaluator { [sessions] id in await sessions.evaluate(id) }
-        await supervisor.setExitHandler { [sessions] id, process, detail in await sessions.runtimeExited(id, process: process, detail: detail) }
+        await scheduler.setEvaluator { [rules] id in await rules.evaluate(id) }
+        await supervisor.setExitHandler { [lifecycle] id, process, detail in await lifecycle.exited(id, process: process, detail: detail) }
         return ControlPlane(
-            configuration: configuration, store: store, sessions: sessions, scheduler: scheduler, supervisor: supervisor,
+            configuration: configuration, store: store, sessions: sessions, ledger: ledger, gateway: gateway, lifecycle: lifecycle,
+            rules: rules, scheduler: scheduler, supervisor: supervisor,
             heartbeats: heartbeats, callbacks: callbacks, metrics: metrics, localToken: localToken, tickets: tickets, logger: logger
         )
     }
@@ -124,7 +142,7 @@ public struct ControlPlane: Sendable {
             JSONResponse.make(sessions.agents.json)
         }
         ExecutionRoutes(service: sessions).register(on: v1)
-        RuntimeEndpoint(service: sessions).register(on: router)
+        RuntimeEndpoint(gateway: gateway).register(on: router)
         return router
     }
 
@@ -138,11 +156,11 @@ public struct ControlPlane: Sendable {
             server: .http1WebSocketUpgrade(webSocketRouter: router),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloud-agent"),
             services: [scheduler, supervisor, heartbeats, callbacks],
-            onServerRunning: { [supervisor, sessions] channel in
+            onServerRunning: { [supervisor, ledger, lifecycle] channel in
                 let port = channel.localAddress?.port ?? 0
-                sessions.markListening()
+                ledger.markListening()
                 await supervisor.setPort(port)
-                await sessions.recoverRuntimes()
+                await lifecycle.recover()
                 await onServerRunning(port)
             },
             logger: logger

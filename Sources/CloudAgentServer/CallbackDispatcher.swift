@@ -19,19 +19,23 @@ public final class CallbackDispatcher: Service, Sendable {
     /// Headers that frame the request: the client sets them, a callback's own are dropped.
     static let framingHeaders: Set<String> = ["host", "content-length", "transfer-encoding", "connection"]
 
-    private let sessions: SessionService
+    private let ledger: SessionLedger
+    private let secretBox: SecretBox
+    private let wakeUps: WakeSignal
     private let policy: CallbackRetryPolicy
     private let requestTimeoutMs: Int64
     private let logger: Logger
 
-    public init(sessions: SessionService, policy: CallbackRetryPolicy, requestTimeoutMs: Int64 = 30_000, logger: Logger) {
-        self.sessions = sessions
+    init(ledger: SessionLedger, secretBox: SecretBox, wakeUps: WakeSignal, policy: CallbackRetryPolicy, requestTimeoutMs: Int64 = 30_000, logger: Logger) {
+        self.ledger = ledger
+        self.secretBox = secretBox
+        self.wakeUps = wakeUps
         self.policy = policy
         self.requestTimeoutMs = requestTimeoutMs
         self.logger = logger
     }
 
-    private var store: any SessionStore { sessions.store }
+    private var store: any SessionStore { ledger.store }
 
     public func run() async throws {
         // Redirects are not followed: a signed body and its headers go only where they were sent.
@@ -56,12 +60,12 @@ public final class CallbackDispatcher: Service, Sendable {
                     key = try await store.settingSavingIfAbsent(CallbackSignature.settingKey, value: CallbackSignature.generateKey())
                     signingKey = key
                 }
-                let due = try await store.dueCallbacks(before: sessions.clock.now(), limit: Self.batchSize)
+                let due = try await store.dueCallbacks(before: ledger.clock.now(), limit: Self.batchSize)
                 if due.isEmpty {
                     // A minute at most: a delivery enqueued by another node is found on the next look.
                     let next = try await store.nextCallbackDue()
-                    let delayMs = next.map { max(1, $0.milliseconds(since: sessions.clock.now())) } ?? 60_000
-                    await sessions.callbackWakeUps.wait(upToMilliseconds: min(delayMs, 60_000))
+                    let delayMs = next.map { max(1, $0.milliseconds(since: ledger.clock.now())) } ?? 60_000
+                    await wakeUps.wait(upToMilliseconds: min(delayMs, 60_000))
                     continue
                 }
                 await withTaskGroup(of: Void.self) { group in
@@ -71,7 +75,7 @@ public final class CallbackDispatcher: Service, Sendable {
                 }
             } catch {
                 logger.error("reading the callback outbox failed; retrying in 1 s", metadata: ["error": "\(String(reflecting: error))"])
-                await sessions.callbackWakeUps.wait(upToMilliseconds: 1000)
+                await wakeUps.wait(upToMilliseconds: 1000)
             }
         }
     }
@@ -97,7 +101,7 @@ public final class CallbackDispatcher: Service, Sendable {
         let number = delivery.attempts + 1
         let answer: Answer
         do {
-            let request = try makeRequest(delivery, signingKey: signingKey, at: sessions.clock.now())
+            let request = try makeRequest(delivery, signingKey: signingKey, at: ledger.clock.now())
             let response = try await client.execute(request, timeout: .milliseconds(requestTimeoutMs))
             answer = .status(Int(response.status.code))
             // The answer's body is not needed, but reading it lets the connection be reused.
@@ -112,7 +116,7 @@ public final class CallbackDispatcher: Service, Sendable {
         let decision: CallbackRetryPolicy.Decision = if case .unsendable = answer {
             .giveUp
         } else {
-            policy.decide(attempt: number, status: answer.status, now: sessions.clock.now())
+            policy.decide(attempt: number, status: answer.status, now: ledger.clock.now())
         }
         let metadata: Logger.Metadata = [
             "sessionId": "\(delivery.sessionId)", "executionId": "\(delivery.executionId)", "attempts": "\(number)",
@@ -152,7 +156,7 @@ public final class CallbackDispatcher: Service, Sendable {
         var request = HTTPClientRequest(url: delivery.url)
         request.method = .POST
         for (name, sealed) in delivery.headers.sorted(by: { $0.key < $1.key }) where !Self.framingHeaders.contains(name.lowercased()) {
-            request.headers.add(name: name, value: try sessions.secretBox.open(sealed))
+            request.headers.add(name: name, value: try secretBox.open(sealed))
         }
         if !request.headers.contains(name: "User-Agent") { request.headers.add(name: "User-Agent", value: "cloud-agent") }
         let timestamp = Int64(now.timeIntervalSince1970.rounded(.down))
@@ -165,13 +169,13 @@ public final class CallbackDispatcher: Service, Sendable {
         return request
     }
 
-    /// Appends an event to the delivery's session (under its lock, so live subscribers see
-    /// events in id order). A session deleted meanwhile has nothing to record.
+    /// Appends an event to the delivery's session (appending reads nothing: no decision is
+    /// needed). A session deleted meanwhile has nothing to record.
     private func record(_ delivery: CallbackDelivery, type: String, data: [String: JSONValue]) async {
         let id = delivery.sessionId
-        let event = NewEvent(executionId: delivery.executionId, type: type, at: sessions.clock.now(), data: data)
+        let event = NewEvent(executionId: delivery.executionId, type: type, at: ledger.clock.now(), data: data)
         do {
-            _ = try await sessions.locks.withLock(id) { try await self.sessions.commit(SessionChange(sessionId: id, events: [event])) }
+            try await ledger.commit(SessionChange(sessionId: id, events: [event]))
         } catch StoreError.sessionNotFound {
             return
         } catch {

@@ -11,18 +11,18 @@ import Synchronization
 /// `WS /v1/runtime/connect`: where runtimes connect, authenticated by their own secret (not a
 /// user token). One task reads the runtime's frames; another writes the control plane's.
 struct RuntimeEndpoint {
-    let service: SessionService
+    let gateway: RuntimeGateway
 
     func register(on router: Router<AppRequestContext>) {
         router.ws(RouterPath(stringLiteral: RuntimeProtocol.path)) { request, _ in
-            guard try await service.authenticateRuntime(
+            guard try await gateway.authenticate(
                 session: request.headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
                 secret: request.headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
             ) != nil else { throw APIError.unauthorized }
             return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             let headers = context.request.headers
-            guard let session = try await service.authenticateRuntime(
+            guard let session = try await gateway.authenticate(
                 session: headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
                 secret: headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
             ), let instanceId = session.runtime.instanceId else { return }
@@ -88,17 +88,17 @@ struct RuntimeEndpoint {
                     func flush() async throws {
                         if !events.isEmpty {
                             // In bursts no larger than the session's stream subscribers can take.
-                            let limit = service.hub.burstLimit(session)
+                            let limit = gateway.ledger.hub.burstLimit(session)
                             var start = 0
                             while start < events.count {
                                 let end = events.count - start <= limit ? events.count : start + limit
-                                try await service.ingest(Array(events[start..<end]), from: connection)
+                                try await gateway.ingest(Array(events[start..<end]), from: connection)
                                 start = end
                             }
                             events.removeAll(keepingCapacity: true)
                         }
                         if let (executionId, count) = beats {
-                            await service.heartbeat(executionId, count: count, from: connection)
+                            await gateway.heartbeat(executionId, count: count, from: connection)
                             beats = nil
                         }
                     }
@@ -112,7 +112,7 @@ struct RuntimeEndpoint {
                             beats = (executionId, (beats?.count ?? 0) + 1)
                         case .hello(_, _, let active, _) where !greeted:
                             try await flush()
-                            guard try await service.runtimeHello(connection, activeExecutionId: active) else { break }
+                            guard try await gateway.hello(connection, activeExecutionId: active) else { break }
                             greeted = true
                         case .pong:
                             break
@@ -131,7 +131,7 @@ struct RuntimeEndpoint {
             queue.close()
             try await group.waitForAll()
         }
-        await service.supervisor.unregister(connection)
+        gateway.unregister(connection)
     }
 
     /// Frames read ahead of ingest, at most (then the reader, and TCP, wait).

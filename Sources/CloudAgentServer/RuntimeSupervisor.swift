@@ -6,32 +6,8 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// One connected runtime: the session it serves, the launch it belongs to, and the queue of
-/// frames to send it (drained by the WebSocket handler, so that writes never interleave).
-public final class RuntimeConnection: Sendable {
-    public let sessionId: SessionID
-    public let instanceId: String
-    private let outgoing: AsyncStream<ControlMessage>.Continuation
-    /// The execution the runtime may heartbeat: set when it is sent, cleared when it ends.
-    private let active = Mutex<ExecutionID?>(nil)
-
-    init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
-        self.sessionId = sessionId
-        self.instanceId = instanceId
-        self.outgoing = outgoing
-    }
-
-    public func send(_ message: ControlMessage) { outgoing.yield(message) }
-    public func close() { outgoing.finish() }
-
-    var activeExecution: ExecutionID? {
-        get { active.withLock { $0 } }
-        set { active.withLock { $0 = newValue } }
-    }
-}
-
-/// The runtimes' processes and connections: launching a runtime in its sandbox, the live
-/// connections, signalling process groups, and noticing a runtime that dies on its own.
+/// The runtimes' processes: launching a runtime in its sandbox, signalling what it launched,
+/// and noticing a runtime that dies on its own.
 /// Long work (cold starts, stops) runs as jobs inside this service's `run`, never as loose tasks.
 public actor RuntimeSupervisor: Service {
     public typealias Job = @Sendable () async -> Void
@@ -43,7 +19,6 @@ public actor RuntimeSupervisor: Service {
     let logLevel: Logger.Level
     let logger: Logger
     private var port: Int?
-    private var connections: [SessionID: RuntimeConnection] = [:]
     /// Runtime processes to watch: launched by this control plane (our children) or adopted
     /// from before a restart.
     private var watched: [SessionID: (process: RuntimeProcess, ownChild: Bool)] = [:]
@@ -67,21 +42,6 @@ public actor RuntimeSupervisor: Service {
 
     /// Runs `job` inside the supervisor's task group.
     public nonisolated func enqueue(_ job: @escaping Job) { jobQueue.yield(job) }
-
-    // MARK: Connections
-
-    /// Registers a runtime's connection, closing any earlier one of the same session.
-    func register(_ connection: RuntimeConnection) {
-        connections[connection.sessionId]?.close()
-        connections[connection.sessionId] = connection
-    }
-
-    func unregister(_ connection: RuntimeConnection) {
-        if connections[connection.sessionId] === connection { connections[connection.sessionId] = nil }
-        connection.close()
-    }
-
-    public func connection(for session: SessionID) -> RuntimeConnection? { connections[session] }
 
     // MARK: Processes
 
@@ -135,24 +95,20 @@ public actor RuntimeSupervisor: Service {
         ProcessControl.isAlive(SpawnedProcess(pid: process.pid, startTime: process.startTime))
     }
 
-    /// Stops a runtime: asks it to shut down (it reports its agent interrupted), SIGTERM to the
-    /// runtime process, SIGKILL to everything of its launch after the grace. Only the launched
-    /// process (pid and start time) and what lies below it in the kernel's process tree are
-    /// signalled, never a pid a runtime reported. Under bubblewrap the runtime is the sandbox's
-    /// program, two levels below the launched `bwrap`, which is SIGKILLed last (and with it,
-    /// everything inside). True when all is gone.
-    func terminate(session: SessionID, process: RuntimeProcess?, sandbox: String?, reason: String, graceMs: Int64) async -> Bool {
-        connections[session]?.send(.shutdown(reason: reason))
+    /// Stops a runtime: SIGTERM to the runtime process (the control plane has asked it to shut
+    /// down first, so it reports its agent interrupted), SIGKILL to everything of its launch
+    /// after the grace. Only the launched process (pid and start time) and what lies below it in
+    /// the kernel's process tree are signalled, never a pid a runtime reported. Under bubblewrap
+    /// the runtime is the sandbox's program, two levels below the launched `bwrap`, which is
+    /// SIGKILLed last (and with it, everything inside). True when all is gone.
+    func terminate(session: SessionID, process: RuntimeProcess, sandbox: String?, graceMs: Int64) async -> Bool {
         watched[session] = nil
-        guard let process else { return true }
         let root = SpawnedProcess(pid: process.pid, startTime: process.startTime)
         let sandboxed = sandbox == SandboxKind.bwrap.rawValue
-        let gone = await ProcessControl.terminate(
+        return await ProcessControl.terminate(
             root, graceful: { tree in sandboxed ? tree.at(depth: 2) : tree.at(depth: 0) }, graceMs: graceMs,
             reap: { _ = ProcessControl.reapIfExited(root.pid) }
         )
-        connections[session]?.close()
-        return gone
     }
 
     // MARK: Service

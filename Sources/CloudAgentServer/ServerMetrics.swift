@@ -16,7 +16,7 @@ public struct ServerMetrics: Sendable {
         sessionsDeleted = registry.makeCounter(descriptor: Self.name("sessions_deleted", "Sessions deleted through the API"))
         sessionsExpired = registry.makeCounter(descriptor: Self.name("sessions_expired", "Sessions deleted by the TTL"))
         wakeUpsFired = registry.makeCounter(descriptor: Self.name("wakeups_fired", "Session wake-ups evaluated"))
-        eventsSwept = registry.makeCounter(descriptor: Self.name("events_swept", "Events deleted by retention"))
+        eventsSwept = registry.makeCounter(descriptor: Self.name("event_sweeps", "Retention sweeps of a session's old events"))
     }
 
     static func name(_ metric: String, _ help: String) -> MetricNameDescriptor {

@@ -25,105 +25,54 @@ extension SessionService {
     }
 
     /// Starts an execution: the prepared prompt (`initiate`) or a follow-up (`messages`).
-    /// Answers at once; a stopped runtime is cold-started first (in the background).
+    /// Answers at once: a stopped runtime is cold-started in the background, and one that is
+    /// stopping is started again once its stop is recorded.
     public func startExecution(_ id: SessionID, owner: Owner, message: MessageInput?) async throws -> Execution {
         let current = try await session(id, owner: owner)
-        if message == nil, current.initiatedAt != nil { throw APIError.invalidState("session \(id) was already initiated; send a message instead") }
-        if message != nil, current.initiatedAt == nil { throw APIError.invalidState("session \(id) was not initiated yet; initiate it first") }
-        if let active = current.activeExecutionId { throw APIError.executionInProgress(active) }
         // The agent may have gone since the session was prepared (a server started without it).
         try agents.requireAvailable(current.spec.agent)
-        if current.runtime.state == .stopping { await waitUntilStopped(id) }
-        let needsStart = try await store.session(id)?.runtime.state == .stopped
-        if needsStart { try await admitRuntime(for: id) }
-
-        let started: (Execution, RuntimeState)
+        // A runtime start will be needed: admitted (or refused with 503) before anything changes.
+        let needsStart = current.runtime.state == .stopped || current.runtime.state == .stopping
+        if needsStart, current.activeExecutionId == nil { try await lifecycle.admit(id) }
+        let request = SessionReducer.NewExecution(
+            id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil
+        )
+        let committed: Committed<Execution>
         do {
-            started = try await locks.withLock(id) {
-                var session = try await self.session(id, owner: owner)
-                if let active = session.activeExecutionId { throw APIError.executionInProgress(active) }
-                let now = self.clock.now()
-                let prompt = message?.prompt ?? session.spec.prompt
-                let execution = Execution(
-                    id: ExecutionID(at: now), sessionId: id, prompt: prompt, mode: message?.mode ?? session.spec.mode,
-                    model: message?.model ?? session.spec.model, acceptedAt: now
-                )
-                var events: [NewEvent] = []
-                let stateBefore = session.runtime.state
-                if stateBefore == .stopped {
-                    try session.runtime.requestStart(at: now)
-                } else if stateBefore == .stopping {
-                    throw APIError(.serviceUnavailable, code: "RUNTIME_UNAVAILABLE", "the session's runtime is still stopping; retry", details: ["retryable": .bool(true)])
-                }
-                if session.initiatedAt == nil { session.initiatedAt = now }
-                session.activeExecutionId = execution.id
-                session.executionCount += 1
-                session.updatedAt = now
-                events.append(NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: [
-                    "prompt": .string(String(prompt.prefix(2000))), "followUp": .bool(message != nil),
-                ]))
-                do {
-                    try await self.commit(SessionChange(sessionId: id, session: session, newExecution: execution, events: events))
-                } catch StoreError.executionInProgress(let active) {
-                    throw APIError.executionInProgress(active)
-                }
-                return (execution, stateBefore)
+            committed = try await ledger.update(id) { state, context in
+                try SessionReducer.startExecution(state, owner: owner, request, context: context)
             }
         } catch {
-            if needsStart { await capacity.release(id) }
+            if needsStart { await lifecycle.withdraw(id) }
+            if case StoreError.executionInProgress(let active) = error { throw SessionError.executionInProgress(active) }
             throw error
         }
-        let (execution, stateBefore) = started
-        logger.info("execution accepted", metadata: ["sessionId": "\(id)", "executionId": "\(execution.id)", "runtime": "\(stateBefore.rawValue)"])
-        if stateBefore == .stopped {
-            launchInBackground(id)
-        } else if let connection = await supervisor.connection(for: id) {
-            connection.activeExecution = execution.id
-            connection.send(.execute(executeCommand(execution, session: current)))
-        }
-        if needsStart == false { await capacity.release(id) }
-        await scheduler.poke(id)
-        return execution
+        let launches = committed.effects.contains { if case .launch = $0 { true } else { false } }
+        let restarts = committed.change?.session?.runtime.state == .stopping
+        if needsStart, !launches, !restarts { await lifecycle.withdraw(id) }
+        await effects.run(committed.effects, for: id)
+        await effects.reschedule(id)
+        return committed.output
     }
 
-    private func waitUntilStopped(_ id: SessionID) async {
-        _ = await changes.wait(for: id, within: .milliseconds(timing.stopGraceMs + 3000)) {
-            (try? await self.store.session(id))?.runtime.state != .stopping
-        }
-    }
-
-    /// Interrupts the active execution (idempotent): the runtime SIGTERMs its agent's process
-    /// group, SIGKILL after the grace. Waits (bounded) until it has ended.
+    /// Interrupts the active execution (idempotent). A running one is killed by its runtime:
+    /// SIGTERM to the agent's processes, SIGKILL after the grace; the request waits (bounded)
+    /// until its end is recorded — an event, not a poll. A pending one ends at once.
     public func interrupt(_ id: SessionID, owner: Owner) async throws -> ExecutionID? {
-        let target: ExecutionID? = try await locks.withLock(id) {
-            let session = try await self.session(id, owner: owner)
-            guard let activeId = session.activeExecutionId, var execution = try await self.store.execution(activeId), execution.status.isActive else {
-                return nil
+        let committed = try await ledger.update(id) { state, context in try SessionReducer.interrupt(state, owner: owner, context: context) }
+        await effects.run(committed.effects, for: id)
+        let target: ExecutionID
+        switch committed.output {
+        case .none: return nil
+        case .ended(let ended): target = ended
+        case .asked(let asked):
+            target = asked
+            logger.info("execution interrupt requested", metadata: ["sessionId": "\(id)", "executionId": "\(asked)"])
+            _ = await ledger.changes.wait(for: id, within: .milliseconds(timing.stopGraceMs + 3000)) {
+                !((try? await self.store.execution(asked))?.status.isActive ?? false)
             }
-            if let connection = await self.supervisor.connection(for: id), execution.status == .running || connection.activeExecution == activeId {
-                connection.send(.kill(executionId: activeId.rawValue, reason: "user"))
-                return activeId
-            }
-            // Nothing runs it yet (or its runtime is away): it ends here.
-            var updated = session
-            let now = self.clock.now()
-            try execution.end(.interrupted, at: now, interruptReason: "user", reportedByRuntime: false)
-            updated.activeExecutionId = nil
-            updated.updatedAt = now
-            try await self.commitSignallingCallbacks(SessionChange(
-                sessionId: id, session: updated, executions: [execution],
-                events: [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])],
-                callbacks: try self.callbacks(for: execution, session: updated)
-            ))
-            self.metrics.executionEnded(.interrupted)
-            return activeId
         }
-        guard let target else { return nil }
-        logger.info("execution interrupt requested", metadata: ["sessionId": "\(id)", "executionId": "\(target)"])
-        _ = await changes.wait(for: id, within: .milliseconds(timing.stopGraceMs + 3000)) {
-            !((try? await self.store.execution(target))?.status.isActive ?? false)
-        }
-        await scheduler.poke(id)
+        await effects.reschedule(id)
         return target
     }
 

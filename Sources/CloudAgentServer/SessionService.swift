@@ -7,119 +7,83 @@ import Logging
 import Prometheus
 import Synchronization
 
-/// The sessions' operations behind the API and the wake-ups: validation results in, state
-/// transitions out. Every write to a session happens under that session's lock and ends with a
-/// poke of the scheduler, so the session's next wake-up always reflects its state.
+/// The API's commands on sessions. Each is one `SessionReducer` decision in one transaction
+/// (`SessionLedger`), its effects run after the commit. Only a command's own slow work (cloning
+/// a new session's repository, a PATCH re-preparing a workspace, a DELETE waiting for the
+/// processes to go) happens in its request, and never under a lock: other sessions' requests
+/// and timers, and this session's interrupt, PATCH of the idle timeout and GET, go on meanwhile.
 public final class SessionService: Sendable {
-    public let store: any SessionStore
-    public let timing: Timing
+    let ledger: SessionLedger
     let secretBox: SecretBox
-    let clock: any WallClock
-    let scheduler: WakeUpScheduler
-    let locks = SessionLocks()
+    let lifecycle: RuntimeLifecycle
+    let effects: EffectRunner
     let logger: Logger
     let metrics: ServerMetrics
     /// The agents sessions may name.
     public let agents: AgentRegistry
-    let layout: WorkspaceLayout
-    let workspaces: GitWorkspaces
-    let supervisor: RuntimeSupervisor
-    /// The sandbox runtimes are launched in (`bwrap` or `none`).
-    public var sandboxKind: String { supervisor.sandbox.kind.rawValue }
-    let heartbeats: HeartbeatBatcher
-    let maxRuntimes: Int
-    let capacity = Capacity()
-    public let hub = EventHub()
-    /// Wakes those waiting for a session to change (interrupt, a start after a stop).
-    let changes = SessionChanges()
-    let callbackWakeUps = WakeSignal()
-    private let startedListeningAt: Mutex<Date>
 
-    public init(
-        store: any SessionStore, timing: Timing, secretBox: SecretBox, clock: any WallClock, scheduler: WakeUpScheduler,
-        logger: Logger, metrics: ServerMetrics, agents: AgentRegistry, layout: WorkspaceLayout, workspaces: GitWorkspaces,
-        supervisor: RuntimeSupervisor, heartbeats: HeartbeatBatcher, maxRuntimes: Int
+    init(
+        ledger: SessionLedger, secretBox: SecretBox, lifecycle: RuntimeLifecycle, effects: EffectRunner, agents: AgentRegistry,
+        logger: Logger, metrics: ServerMetrics
     ) {
-        self.store = store
-        self.timing = timing
+        self.ledger = ledger
         self.secretBox = secretBox
-        self.clock = clock
-        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.effects = effects
+        self.agents = agents
         self.logger = logger
         self.metrics = metrics
-        self.agents = agents
-        self.layout = layout
-        self.workspaces = workspaces
-        self.supervisor = supervisor
-        self.heartbeats = heartbeats
-        self.maxRuntimes = maxRuntimes
-        self.startedListeningAt = Mutex(clock.now())
     }
 
-    /// When this control plane started serving: downtime before it never counts against a
-    /// runtime (runtimes can only reconnect once it listens).
-    public var controlPlaneStartedAt: Date { startedListeningAt.withLock { $0 } }
-
-    /// Called once the server listens.
-    func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
-
-    /// Commits a change and offers its events to live subscribers.
-    @discardableResult
-    func commit(_ change: SessionChange) async throws -> [Event] {
-        let events = try await store.commit(change)
-        hub.publish(events)
-        changes.changed(change.sessionId)
-        return events
-    }
+    public var store: any SessionStore { ledger.store }
+    public var timing: Timing { ledger.timing }
+    public var hub: EventHub { ledger.hub }
+    var clock: any WallClock { ledger.clock }
+    /// The sandbox runtimes are launched in (`bwrap` or `none`).
+    public var sandboxKind: String { lifecycle.host.sandboxKind }
 
     // MARK: API operations
 
-    /// Prepares a session from a validated create body.
+    /// Prepares a session from a validated create body: capacity first (a full house answers
+    /// 503 before any clone), then the workspace, then the record with its first wake-up; the
+    /// runtime launches in the background.
     public func create(owner: Owner, input: SessionInput) async throws -> SessionRecord {
         guard case .set(let prompt) = input.prompt else { throw APIError.invalid(field: "prompt", "is required") }
         var spec = SessionSpec(prompt: prompt)
         try apply(input, to: &spec)
         let id = SessionID()
         let workBranch = spec.repo?.branch ?? "session/\(id.rawValue)"
-        // Capacity first: a full house answers 503 before any clone.
-        try await admitRuntime(for: id)
+        try await lifecycle.admit(id)
+        let now: Date
+        let session: SessionRecord
         do {
-            let session = try await prepareAndLaunch(id: id, owner: owner, spec: spec, workBranch: workBranch)
-            await capacity.release(id)
-            return session
-        } catch {
-            await capacity.release(id)
-            throw error
-        }
-    }
-
-    private func prepareAndLaunch(id: SessionID, owner: Owner, spec: SessionSpec, workBranch: String) async throws -> SessionRecord {
-        do {
-            try await workspaces.prepare(workspaceRequest(id: id, spec: spec, workBranch: workBranch))
-        } catch let failure as SetupFailure {
-            logger.info("session setup failed", metadata: ["sessionId": "\(id)", "command": "\(failure.command)", "exitCode": "\(failure.exitCode)"])
-            throw Self.setupFailed(failure)
-        }
-        let now = clock.now()
-        var session = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
-        try session.runtime.requestStart(at: now)
-        do {
+            do {
+                try await lifecycle.host.prepareWorkspace(lifecycle.workspaceRequest(id: id, spec: spec, workBranch: workBranch))
+            } catch let failure as SetupFailure {
+                logger.info("session setup failed", metadata: ["sessionId": "\(id)", "command": "\(failure.command)", "exitCode": "\(failure.exitCode)"])
+                throw failure
+            }
+            now = clock.now()
+            var record = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
+            try record.runtime.requestStart(at: now)
             // Due at once: a crash before the first evaluation loses no timer.
-            try await store.insertSession(session, wakeUp: now)
+            try await store.insertSession(record, wakeUp: now)
+            session = record
         } catch {
-            layout.remove(id)
+            await lifecycle.withdraw(id)
+            lifecycle.host.removeWorkspace(id)
             throw error
         }
         metrics.sessionsCreated.increment()
         logger.info("session prepared", metadata: ["sessionId": "\(id)", "user": "\(owner)", "agent": "\(spec.agent)"])
-        session = try await locks.withLock(id) { try await self.launchRuntime(id) } ?? session
-        await scheduler.poke(id)
+        lifecycle.launchInBackground(id, requestedAt: now, restore: false)
+        await effects.reschedule(id)
         return session
     }
 
     /// The session if it exists and belongs to `owner`; another owner's session is not found.
     public func session(_ id: SessionID, owner: Owner) async throws -> SessionRecord {
-        guard let session = try await store.session(id), session.owner == owner else { throw APIError.notFound("session \(id)") }
+        guard let session = try await store.session(id), session.owner == owner else { throw SessionError.notFound(id) }
         return session
     }
 
@@ -128,86 +92,82 @@ public final class SessionService: Sendable {
     }
 
     /// Changes a session. Before initiate any field; after it only `idleTimeoutMs`, which moves
-    /// the idle deadline at once.
+    /// the idle deadline at once (and reaches the runtime as a `settings` command). A new repo,
+    /// setup commands, environment, secrets or agent needs a new runtime: see `restartingPatch`.
     public func patch(_ id: SessionID, owner: Owner, input: SessionInput) async throws -> SessionRecord {
-        let current = try await session(id, owner: owner)
-        if current.initiatedAt != nil, !input.changesOnlyIdleTimeout {
-            throw APIError.invalidState("session \(id) was initiated: only idleTimeoutMs may change now")
-        }
-        var spec = current.spec
+        // Validate the input against the current spec first: a bad field changes nothing.
+        var spec = try await session(id, owner: owner).spec
         try apply(input, to: &spec)
-        // What the runtime was started with (its environment, its workspace) needs a new start.
         let newWorkspace = input.repo != .unchanged || input.setupCommands != .unchanged
         let newRuntime = newWorkspace || input.envVars != .unchanged || input.secrets != .unchanged || input.agent != .unchanged
+        let updated: SessionRecord
         if newRuntime {
-            try await reprepare(id, spec: spec, newWorkspace: newWorkspace)
-        }
-        let updated = try await locks.withLock(id) {
-            var session = try await self.session(id, owner: owner)
-            let idleTimeoutBefore = session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
-            try self.apply(input, to: &session.spec)
-            if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
-            session.updatedAt = self.clock.now()
-            if newRuntime, session.runtime.state == .stopped { try session.runtime.requestStart(at: session.updatedAt) }
-            try await self.commit(SessionChange(sessionId: id, session: session))
-            if newRuntime { return try await self.launchRuntime(id) ?? session }
-            // The runtime goes by the idle timeout when it can reach no control plane: tell it,
-            // under the lock, so that settings frames go out in the order of the commits.
-            let idleTimeoutMs = session.idleTimeoutMs(default: self.timing.idleTimeoutMs)
-            if idleTimeoutMs != idleTimeoutBefore, let connection = await self.supervisor.connection(for: id) {
-                connection.send(.settings(idleTimeoutMs: idleTimeoutMs))
+            updated = try await restartingPatch(id, owner: owner, input: input, newWorkspace: newWorkspace)
+        } else {
+            let onlyIdleTimeout = input.changesOnlyIdleTimeout
+            let committed = try await ledger.update(id) { state, context in
+                try SessionReducer.edit(state, owner: owner, onlyIdleTimeout: onlyIdleTimeout, context: context) { session in
+                    try self.apply(input, to: &session.spec)
+                }
             }
-            return session
+            await effects.run(committed.effects, for: id)
+            updated = committed.output
         }
-        if newRuntime { await capacity.release(id) }
         logger.info("session changed", metadata: [
             "sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))", "restarted": "\(newRuntime)",
         ])
-        await scheduler.poke(id)
+        await effects.reschedule(id)
         return updated
     }
 
-    /// Before a prepared session's repo, setup commands or environment change: its runtime is
-    /// stopped (rule `operator`), and for a new repo or setup commands its workspace is prepared
-    /// anew (a failure is 422 and leaves the session as it was; its workspace is then restored
-    /// from the old settings at the next start). Holds a runtime slot for the new start.
-    private func reprepare(_ id: SessionID, spec: SessionSpec, newWorkspace: Bool) async throws {
-        await stopRuntime(id, reason: StopReason(rule: .operator, at: clock.now(), detail: "session changed before initiate"))
-        try await admitRuntime(for: id)
-        guard newWorkspace else { return }
-        layout.remove(id)
+    /// A change before initiate that needs a new runtime, in two transactions around the slow
+    /// part. First the session is marked as changing (an initiate meanwhile is a 409, and so is
+    /// this PATCH if the initiate came first) and its runtime stopped (rule `operator`); then,
+    /// for a new repo or setup commands, its workspace is prepared anew — a failure is 422 and
+    /// leaves the session as it was (its workspace is restored from the old settings at the
+    /// next start); then the new fields land and the runtime starts again.
+    private func restartingPatch(_ id: SessionID, owner: Owner, input: SessionInput, newWorkspace: Bool) async throws -> SessionRecord {
+        try await lifecycle.admit(id)
+        let begun: Committed<Void>
         do {
-            try await workspaces.prepare(workspaceRequest(id: id, spec: spec, workBranch: spec.repo?.branch ?? "session/\(id.rawValue)"))
-        } catch let failure as SetupFailure {
-            await capacity.release(id)
-            _ = try? await locks.withLock(id) {
-                if var session = try await self.store.session(id), session.runtime.state == .stopped {
-                    try session.runtime.requestStart(at: self.clock.now())
-                    try await self.commit(SessionChange(sessionId: id, session: session))
+            begun = try await ledger.update(id) { state, context in try SessionReducer.beginChange(state, owner: owner, context: context) }
+        } catch {
+            await lifecycle.withdraw(id)
+            throw error
+        }
+        await effects.run(begun.effects, for: id, awaiting: true)
+        var restore = true
+        if newWorkspace {
+            var spec = try await session(id, owner: owner).spec
+            try apply(input, to: &spec)
+            lifecycle.host.removeWorkspace(id)
+            do {
+                try await lifecycle.host.prepareWorkspace(lifecycle.workspaceRequest(id: id, spec: spec, workBranch: spec.repo?.branch))
+                restore = false
+            } catch let failure as SetupFailure {
+                let kept = try await ledger.update(id) { state, context in
+                    try SessionReducer.finishChange(state, owner: owner, restore: true, context: context, nil)
                 }
+                await effects.run(kept.effects, for: id)
+                throw failure
             }
-            launchInBackground(id)
-            throw Self.setupFailed(failure)
         }
+        let finished = try await ledger.update(id) { [restore] state, context in
+            try SessionReducer.finishChange(state, owner: owner, restore: restore, context: context) { session in
+                try self.apply(input, to: &session.spec)
+                if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
+            }
+        }
+        await effects.run(finished.effects, for: id)
+        return finished.output
     }
 
-    static func setupFailed(_ failure: SetupFailure) -> APIError {
-        APIError(
-            .unprocessableContent, code: "SETUP_FAILED", "setup failed: \(failure.command) exited with \(failure.exitCode)",
-            details: ["command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail)]
-        )
-    }
-
-    /// Deletes a session: its runtime is stopped (rule `deleted`), its workspace and data removed.
+    /// Deletes a session: the record goes at once, then its runtime is taken down (rule
+    /// `deleted`; the request waits for that) and its files removed.
     public func delete(_ id: SessionID, owner: Owner) async throws {
-        _ = try await session(id, owner: owner)
-        await stopRuntime(id, reason: StopReason(rule: .deleted, at: clock.now(), detail: "session deleted"))
-        try await locks.withLock(id) {
-            let session = try await self.session(id, owner: owner)
-            try await self.remove(session, rule: .deleted)
-        }
+        let committed = try await ledger.update(id) { state, context in try SessionReducer.delete(state, owner: owner, context: context) }
         metrics.sessionsDeleted.increment()
-        await scheduler.arm(id, at: nil)
+        await effects.run(committed.effects, for: id, awaiting: true)
     }
 
     /// The execution the rules and the view go by: the session's active one while there is one
@@ -273,14 +233,5 @@ public final class SessionService: Sendable {
         case .clear: field = nil
         case .unchanged: break
         }
-    }
-
-    /// Removes a session and everything it owns. The caller holds the session's lock.
-    func remove(_ session: SessionRecord, rule: StopRule) async throws {
-        await supervisor.connection(for: session.id)?.close()
-        layout.remove(session.id)
-        _ = try await store.deleteSession(session.id)
-        hub.close(session.id)
-        logger.info("session removed", metadata: ["sessionId": "\(session.id)", "rule": "\(rule.rawValue)"])
     }
 }

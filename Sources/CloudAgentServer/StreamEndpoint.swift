@@ -84,6 +84,15 @@ struct StreamEndpoint {
                     if page.count < 500 { break }
                 }
                 for await live in subscription.events where live.event.id > lastId {
+                    // Commits of one session publish in the order they finish, not always in id
+                    // order: an event past a gap has the gap read from the store first (every
+                    // event is committed before it is published), so none is skipped or repeated.
+                    if live.event.id > lastId + 1 {
+                        let gap = try await service.store.events(of: session, EventQuery(
+                            afterId: lastId, limit: Int(min(live.event.id - lastId - 1, 10_000)), executionId: query.executionId, types: query.types
+                        ))
+                        for event in gap where event.id < live.event.id { try await send(JSONText.encode(event.json)) }
+                    }
                     lastId = live.event.id
                     if matches(live.event) { try await send(live.text) }
                 }

@@ -1,9 +1,5 @@
 import CloudAgentCore
 
-/// Serializes the writes to each session: one at a time per session, any number across sessions.
-/// (One node owns a session's writes; PostgreSQL's row locks take this role across nodes.)
-public typealias SessionLocks = KeyedLocks<SessionID>
-
 /// One async mutex per key, made on demand.
 public actor KeyedLocks<Key: Hashable & Sendable> {
     private var waiters: [Key: [CheckedContinuation<Void, Never>]] = [:]

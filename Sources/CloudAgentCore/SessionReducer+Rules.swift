@@ -1,0 +1,78 @@
+import Foundation
+
+extension SessionReducer {
+    /// A wake-up: the session's rules (`SessionRules`) evaluated at now, and everything they
+    /// decide applied in one change, with the session's next wake-up. Idempotent: evaluating
+    /// the result again decides nothing. Output: the next wake-up (nil for none, or when the
+    /// session is gone).
+    public static func evaluate(_ state: SessionState?, context: SessionContext) -> Decision<Outcome<Date?>> {
+        guard var state else { return Decision(output: Outcome(output: nil, notes: [])) }
+        let id = state.session.id
+        let now = context.now
+        var change = SessionChange(sessionId: id)
+        var effects: [SessionEffect] = []
+        var notes: [DecisionNote] = []
+        var changed = false
+        let before = state.execution
+        // Each action is a transition done once; a few rounds settle any chain of them.
+        for _ in 0..<4 {
+            let evaluation = SessionRules.evaluate(
+                SessionSnapshot(session: state.session, latestExecution: state.execution, oldestEventAt: state.oldestEventAt),
+                timing: context.timing, controlPlaneStartedAt: context.controlPlaneStartedAt, now: now
+            )
+            if evaluation.actions.isEmpty {
+                if changed || state.wakeUp != evaluation.nextWakeUp { change.wakeUp = .some(evaluation.nextWakeUp) }
+                let committed = changed || change.wakeUp != nil
+                return Decision(change: committed ? change : nil, effects: effects, output: Outcome(output: evaluation.nextWakeUp, notes: notes))
+            }
+            for action in evaluation.actions {
+                switch action {
+                case .failExecution(let executionId, let error):
+                    guard var execution = state.execution, execution.id == executionId else { continue }
+                    try? execution.end(.failed, at: now, error: error, reportedByRuntime: false)
+                    state.execution = execution
+                    state.session.activeExecutionId = nil
+                    state.session.updatedAt = now
+                    change.events.append(NewEvent(executionId: executionId, type: EventType.executionFailed, at: now, data: ["error": .string(error)]))
+                    change.commands.append(.kill(executionId, reason: error))
+                    change.dropCommands.append(.execution(executionId, kinds: ["execute"]))
+                    if let delivery = CallbackDelivery.completion(of: execution, session: state.session, now: now) {
+                        change.callbacks.append(delivery)
+                        effects.append(.deliverCallbacks)
+                    }
+                    effects.append(.deliverCommands)
+                    notes.append(.executionEnded(executionId, .failed, detail: error))
+                case .reportStuck(let executionId, let silenceMs):
+                    guard var execution = state.execution, execution.id == executionId else { continue }
+                    execution.stuckReportedAt = now
+                    state.execution = execution
+                    change.events.append(NewEvent(
+                        executionId: executionId, type: EventType.executionStuck, at: now, data: ["sinceLastProgressMs": JSONValue(silenceMs)]
+                    ))
+                    notes.append(.executionStuck(executionId, sinceLastProgressMs: silenceMs))
+                case .stopRuntime(let reason):
+                    guard state.session.runtime.state == .starting || state.session.runtime.state == .running else { continue }
+                    try? state.session.runtime.beginStopping(reason)
+                    state.session.updatedAt = now
+                    effects.append(.terminate(state.session.runtime.process, sandbox: state.session.runtime.sandbox, rule: reason.rule))
+                    notes.append(.stopDecided(reason))
+                case .expire(let untouchedMs):
+                    return Decision(
+                        change: .delete(id), effects: [.removed(.ttl)],
+                        output: Outcome(output: nil, notes: [.sessionExpired(untouchedMs: untouchedMs)])
+                    )
+                case .sweepEvents(let cutoff):
+                    change.deleteEventsBefore = cutoff
+                    // The oldest event left is not known here: the next evaluation reads it.
+                    state.oldestEventAt = nil
+                    notes.append(.eventsSwept(before: cutoff))
+                }
+            }
+            change.session = state.session
+            if state.execution != before { change.executions = state.execution.map { [$0] } ?? [] }
+            changed = true
+        }
+        change.wakeUp = .some(now.adding(milliseconds: 1000))
+        return Decision(change: change, effects: effects, output: Outcome(output: now.adding(milliseconds: 1000), notes: notes))
+    }
+}

@@ -1,0 +1,435 @@
+import Foundation
+
+/// What every decision is made against: the time, the durations, and when this control plane
+/// started serving (downtime before it never counts against a runtime).
+public struct SessionContext: Sendable, Equatable {
+    public var now: Date
+    public var timing: Timing
+    public var controlPlaneStartedAt: Date
+
+    public init(now: Date, timing: Timing, controlPlaneStartedAt: Date) {
+        self.now = now
+        self.timing = timing
+        self.controlPlaneStartedAt = controlPlaneStartedAt
+    }
+}
+
+/// A decision worth a log line (and a metric): the shell writes one line per note.
+public enum DecisionNote: Sendable, Equatable {
+    case executionAccepted(ExecutionID, runtime: RuntimeState)
+    case executionEnded(ExecutionID, ExecutionStatus, detail: String?)
+    case executionStuck(ExecutionID, sinceLastProgressMs: Int64)
+    case stopDecided(StopReason)
+    case runtimeStopped(StopReason)
+    case runtimeLaunched(RuntimeProcess)
+    case runtimeConnected(cold: Bool)
+    case runtimeReconnected
+    case sessionExpired(untouchedMs: Int64)
+    case eventsSwept(before: Date)
+    case eventOutOfOrder(seq: Int64, acked: Int64)
+    case unknownEventKind(String)
+}
+
+/// Every change to a session, as pure functions `(state, input, context) → decision`: the
+/// change to commit in one transaction (record, executions, events, wake-up, outbox rows) and
+/// the effects to run after it. The store calls them inside `SessionStore.update`; the shell
+/// only runs the effects. Nothing here reads a clock, a file or a socket.
+///
+/// The API's commands are in this file; the runtime's frames in `SessionReducer+Runtime.swift`,
+/// the rules in `SessionReducer+Rules.swift`.
+public enum SessionReducer {
+    /// A decision with notes for the log.
+    public struct Outcome<Output: Sendable>: Sendable {
+        public var output: Output
+        public var notes: [DecisionNote]
+    }
+
+    // MARK: API commands
+
+    /// An execution to start: the prepared prompt (initiate, `followUp` false) or a follow-up.
+    public struct NewExecution: Sendable, Equatable {
+        public var id: ExecutionID
+        public var prompt: String?
+        public var mode: String?
+        public var model: String?
+        public var followUp: Bool
+
+        public init(id: ExecutionID, prompt: String? = nil, mode: String? = nil, model: String? = nil, followUp: Bool) {
+            self.id = id
+            self.prompt = prompt
+            self.mode = mode
+            self.model = model
+            self.followUp = followUp
+        }
+    }
+
+    /// Accepts an execution. A stopped runtime is started (cold) at once; a stopping one is
+    /// started again once its stop is recorded (`stopped`): the caller never waits for a stop.
+    public static func startExecution(
+        _ state: SessionState?, owner: Owner, _ request: NewExecution, context: SessionContext
+    ) throws(SessionError) -> Decision<Outcome<Execution>> {
+        var session = try owned(state, by: owner)
+        let id = session.id
+        if !request.followUp, session.initiatedAt != nil { throw .invalidState("session \(id) was already initiated; send a message instead") }
+        if request.followUp, session.initiatedAt == nil { throw .invalidState("session \(id) was not initiated yet; initiate it first") }
+        if let active = session.activeExecutionId { throw .executionInProgress(active) }
+        if isChanging(session, context) { throw .invalidState("session \(id) is being changed; retry once the change is done") }
+        let now = context.now
+        let prompt = request.prompt ?? session.spec.prompt
+        let execution = Execution(
+            id: request.id, sessionId: id, prompt: prompt, mode: request.mode ?? session.spec.mode,
+            model: request.model ?? session.spec.model, acceptedAt: now
+        )
+        let runtimeBefore = session.runtime.state
+        var effects: [SessionEffect] = [.deliverCommands]
+        if runtimeBefore == .stopped {
+            try? session.runtime.requestStart(at: now)
+            effects.append(.launch(requestedAt: now, restore: true))
+        }
+        if session.initiatedAt == nil { session.initiatedAt = now }
+        session.activeExecutionId = execution.id
+        session.executionCount += 1
+        session.updatedAt = now
+        let change = SessionChange(
+            sessionId: id, session: session, newExecution: execution,
+            events: [NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: [
+                "prompt": .string(String(prompt.prefix(2000))), "followUp": .bool(request.followUp),
+            ])],
+            commands: [.execute(execution.id)]
+        )
+        return Decision(change: change, effects: effects, output: Outcome(output: execution, notes: [.executionAccepted(execution.id, runtime: runtimeBefore)]))
+    }
+
+    /// What an interrupt did.
+    public enum Interrupt: Sendable, Equatable {
+        /// Nothing was active.
+        case none
+        /// The runtime was told to kill the execution; it reports the end.
+        case asked(ExecutionID)
+        /// It had not started running: it ended here.
+        case ended(ExecutionID)
+    }
+
+    /// Interrupts the active execution (idempotent). A running one is killed by its runtime
+    /// (which reports it interrupted); a pending one ends here at once, and its runtime is told
+    /// to kill it in case it had just started it.
+    public static func interrupt(_ state: SessionState?, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Interrupt>> {
+        var session = try owned(state, by: owner)
+        guard let activeId = session.activeExecutionId, var execution = state?.execution, execution.id == activeId, execution.status.isActive else {
+            return Decision(output: Outcome(output: .none, notes: []))
+        }
+        let kill = OutboxCommand.kill(activeId, reason: "user")
+        if execution.status == .running {
+            return Decision(
+                change: SessionChange(sessionId: session.id, commands: [kill]), effects: [.deliverCommands],
+                output: Outcome(output: .asked(activeId), notes: [])
+            )
+        }
+        let now = context.now
+        try? execution.end(.interrupted, at: now, interruptReason: "user", reportedByRuntime: false)
+        session.activeExecutionId = nil
+        session.updatedAt = now
+        let change = SessionChange(
+            sessionId: session.id, session: session, executions: [execution],
+            events: [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])],
+            callbacks: CallbackDelivery.completion(of: execution, session: session, now: now).map { [$0] } ?? [],
+            commands: [kill], dropCommands: [.execution(activeId, kinds: ["execute"])]
+        )
+        return Decision(
+            change: change, effects: [.deliverCommands, .deliverCallbacks],
+            output: Outcome(output: .ended(activeId), notes: [.executionEnded(activeId, .interrupted, detail: "user")])
+        )
+    }
+
+    /// A change of a session's fields that its running runtime can take as it is (the idle
+    /// timeout at any time; the prompt, mode, model, callback and auto-commit before initiate).
+    /// A new idle timeout reaches the runtime as a `settings` command.
+    public static func edit(
+        _ state: SessionState?, owner: Owner, onlyIdleTimeout: Bool, context: SessionContext,
+        _ apply: @Sendable (inout SessionRecord) throws -> Void
+    ) throws -> Decision<SessionRecord> {
+        var session = try owned(state, by: owner)
+        if session.initiatedAt != nil, !onlyIdleTimeout {
+            throw SessionError.invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now")
+        }
+        let before = session.idleTimeoutMs(default: context.timing.idleTimeoutMs)
+        try apply(&session)
+        session.updatedAt = context.now
+        let after = session.idleTimeoutMs(default: context.timing.idleTimeoutMs)
+        var change = SessionChange(sessionId: session.id, session: session)
+        var effects: [SessionEffect] = []
+        if after != before, session.runtime.state == .running {
+            change.dropCommands = [.settings]
+            change.commands = [.settings(idleTimeoutMs: after)]
+            effects.append(.deliverCommands)
+        }
+        return Decision(change: change, effects: effects, output: session)
+    }
+
+    /// Phase one of a change that needs a new runtime (repo, setup commands, environment,
+    /// secrets, agent; before initiate only): the session is marked as changing (an initiate
+    /// meanwhile is a 409) and its runtime stopped (rule `operator`).
+    public static func beginChange(_ state: SessionState?, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Void>> {
+        var session = try owned(state, by: owner)
+        if session.initiatedAt != nil { throw .invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now") }
+        if isChanging(session, context) { throw .invalidState("session \(session.id) is being changed; retry once the change is done") }
+        session.changingSince = context.now
+        session.updatedAt = context.now
+        var effects: [SessionEffect] = []
+        var notes: [DecisionNote] = []
+        if session.runtime.state == .starting || session.runtime.state == .running {
+            let reason = StopReason(rule: .operator, at: context.now, detail: "session changed before initiate")
+            try? session.runtime.beginStopping(reason)
+            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .operator))
+            notes.append(.stopDecided(reason))
+        }
+        return Decision(change: SessionChange(sessionId: session.id, session: session), effects: effects, output: Outcome(output: (), notes: notes))
+    }
+
+    /// Phase two: the new fields land (or, with `apply` nil after a failed preparation, the old
+    /// ones stay) and the runtime starts again; its workspace is restored first when `restore`.
+    public static func finishChange(
+        _ state: SessionState?, owner: Owner, restore: Bool, context: SessionContext, _ apply: (@Sendable (inout SessionRecord) throws -> Void)?
+    ) throws -> Decision<SessionRecord> {
+        var session = try owned(state, by: owner)
+        if let apply { try apply(&session) }
+        session.changingSince = nil
+        session.updatedAt = context.now
+        var effects: [SessionEffect] = []
+        if session.runtime.state == .stopped {
+            try? session.runtime.requestStart(at: context.now)
+            effects.append(.launch(requestedAt: context.now, restore: restore))
+        }
+        return Decision(change: SessionChange(sessionId: session.id, session: session), effects: effects, output: session)
+    }
+
+    /// Deletes a session: the record goes in this transaction; its processes are taken down and
+    /// its files removed after it. A runtime not stopped yet is recorded stopped (rule
+    /// `deleted`): the change's events — `runtime.stopped`, and the active execution's
+    /// interruption — are the session's last, sent to live subscribers though not kept.
+    public static func delete(_ state: SessionState?, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Void>> {
+        let session = try owned(state, by: owner)
+        var change = SessionChange.delete(session.id)
+        var effects: [SessionEffect] = []
+        var notes: [DecisionNote] = []
+        if let state, session.runtime.state != .stopped {
+            let reason = StopReason(rule: .deleted, at: context.now, detail: "session deleted")
+            let stop = recordStopped(state, reason: reason, executionError: "session deleted", context: context)
+            change.events = stop.change?.events ?? []
+            notes = stop.output.notes
+            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .deleted))
+        }
+        effects.append(.removed(.deleted))
+        return Decision(change: change, effects: effects, output: Outcome(output: (), notes: notes))
+    }
+
+    // MARK: The runtime's lifecycle
+
+    /// A runtime launch as it is recorded.
+    public struct Launch: Sendable, Equatable {
+        public var instanceId: String
+        public var secretHash: String
+        public var process: RuntimeProcess
+        public var sandbox: String
+
+        public init(instanceId: String, secretHash: String, process: RuntimeProcess, sandbox: String) {
+            self.instanceId = instanceId
+            self.secretHash = secretHash
+            self.process = process
+            self.sandbox = sandbox
+        }
+    }
+
+    /// A runtime was spawned for the start requested at `requestedAt`. Recorded when the session
+    /// still wants that start; otherwise (deleted, stopped, or started anew meanwhile) the
+    /// process is discarded, and a deleted session's restored files removed again.
+    /// `setupFailures` are the cold start's restore failures, as `setup.failed` events.
+    public static func launched(
+        _ state: SessionState?, requestedAt: Date, _ launch: Launch, setupFailures: [NewEvent], context: SessionContext
+    ) -> Decision<Outcome<Bool>> {
+        guard let state else {
+            return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox), .removed(.deleted)], output: Outcome(output: false, notes: []))
+        }
+        var session = state.session
+        guard session.runtime.state == .starting, session.runtime.process == nil, session.runtime.requestedAt == requestedAt else {
+            return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox)], output: Outcome(output: false, notes: []))
+        }
+        session.runtime.instanceId = launch.instanceId
+        session.runtime.secretHash = launch.secretHash
+        session.runtime.process = launch.process
+        session.runtime.launchedAt = context.now
+        session.runtime.sandbox = launch.sandbox
+        return Decision(
+            change: SessionChange(sessionId: session.id, session: session, events: setupFailures),
+            output: Outcome(output: true, notes: [.runtimeLaunched(launch.process)])
+        )
+    }
+
+    /// The start requested at `requestedAt` could not be carried out (the spawn failed): the
+    /// runtime is recorded stopped (rule `crashed`) and its execution failed, naming why. Nil
+    /// state (deleted meanwhile) has its restored files removed again.
+    public static func launchFailed(
+        _ state: SessionState?, requestedAt: Date, error: String, setupFailures: [NewEvent], context: SessionContext
+    ) -> Decision<Outcome<Void>> {
+        guard let state else { return Decision(effects: [.removed(.deleted)], output: Outcome(output: (), notes: [])) }
+        guard state.session.runtime.state == .starting, state.session.runtime.process == nil, state.session.runtime.requestedAt == requestedAt else {
+            return Decision(output: Outcome(output: (), notes: []))
+        }
+        let reason = StopReason(rule: .crashed, at: context.now, detail: "runtime could not start: \(error)")
+        return recordStopped(state, reason: reason, executionError: "runtime could not start: \(error)", extraEvents: setupFailures, context: context)
+    }
+
+    /// Phase one of a stop: the reason is recorded and the runtime is `stopping`; the effect takes
+    /// its processes down and `stopped` records the end. False when no stop was decided (a stop
+    /// is decided once).
+    public static func beginStopping(_ state: SessionState?, reason: StopReason) -> Decision<Outcome<Bool>> {
+        guard var session = state?.session, session.runtime.state == .starting || session.runtime.state == .running else {
+            return Decision(output: Outcome(output: false, notes: []))
+        }
+        try? session.runtime.beginStopping(reason)
+        session.updatedAt = reason.at
+        return Decision(
+            change: SessionChange(sessionId: session.id, session: session),
+            effects: [.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: reason.rule)],
+            output: Outcome(output: true, notes: [.stopDecided(reason)])
+        )
+    }
+
+    /// Eviction: stops this runtime (rule `evicted`) so that `requester` gets its slot — only
+    /// when, in this transaction, it is running with no accepted execution and no pending
+    /// auto-commit. A message accepted since the victim was picked saves it. The reason records
+    /// its last activity and idle time.
+    public static func evict(_ state: SessionState?, for requester: SessionID, context: SessionContext) -> Decision<Outcome<Bool>> {
+        guard let state, state.session.runtime.state == .running, state.session.activeExecutionId == nil,
+              state.session.autoCommitPending == nil, state.execution?.status.isActive != true
+        else { return Decision(output: Outcome(output: false, notes: [])) }
+        let session = state.session
+        let last = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: state.execution)?.at ?? session.createdAt
+        let reason = StopReason(
+            rule: .evicted, at: context.now, lastActivityAt: last, idleMs: context.now.milliseconds(since: last),
+            idleTimeoutMs: session.idleTimeoutMs(default: context.timing.idleTimeoutMs),
+            detail: "capacity: a runtime slot was needed for \(requester)"
+        )
+        return beginStopping(state, reason: reason)
+    }
+
+    /// Phase two: the processes are gone; the stop is recorded once. An execution accepted
+    /// after the stop was decided survives it and starts the runtime again.
+    public static func stopped(_ state: SessionState?, context: SessionContext) -> Decision<Outcome<Void>> {
+        guard let state, state.session.runtime.state == .stopping else { return Decision(output: Outcome(output: (), notes: [])) }
+        let reason = state.session.runtime.stopReason ?? StopReason(rule: .operator, at: context.now)
+        return recordStopped(state, reason: reason, executionError: "runtime stopped (\(reason.rule.rawValue))", context: context)
+    }
+
+    /// The runtime process `process` died on its own: rule `crashed`, its execution failed naming
+    /// why. Found gone past its idle deadline with no execution active, it stopped itself for
+    /// idleness while it could reach no control plane (the runtime's `OrphanPolicy`): rule `idle`.
+    public static func exited(_ state: SessionState?, process: RuntimeProcess, detail: String, context: SessionContext) -> Decision<Outcome<Void>> {
+        guard let state, state.session.runtime.process?.pid == process.pid,
+              state.session.runtime.state == .starting || state.session.runtime.state == .running
+        else { return Decision(output: Outcome(output: (), notes: [])) }
+        let session = state.session
+        let idle = IdlePolicy.evaluate(
+            runtime: session.runtime, latest: state.execution,
+            idleTimeoutMs: session.idleTimeoutMs(default: context.timing.idleTimeoutMs), now: context.now
+        )
+        var reason = StopReason(rule: .crashed, at: context.now, detail: detail)
+        if case .stop(var idleReason) = idle, session.autoCommitPending == nil {
+            idleReason.detail = (idleReason.detail.map { $0 + "; " } ?? "") + "the runtime stopped itself without a control plane"
+            reason = idleReason
+        }
+        return recordStopped(state, reason: reason, executionError: "runtime died: \(detail)", context: context)
+    }
+
+    /// Records the runtime stopped with `reason`: the execution active when the stop was decided
+    /// ends (interrupted for a deliberate stop, failed for a crash), `runtime.stopped` is
+    /// emitted and the outbox emptied. A pending execution accepted after the stop was decided
+    /// keeps its place and starts the runtime again.
+    static func recordStopped(
+        _ state: SessionState, reason: StopReason, executionError: String, extraEvents: [NewEvent] = [], context: SessionContext
+    ) -> Decision<Outcome<Void>> {
+        let now = context.now
+        var session = state.session
+        var events = extraEvents
+        var executions: [Execution] = []
+        var callbacks: [CallbackDelivery] = []
+        var notes: [DecisionNote] = []
+        var survivor: Execution?
+        if let activeId = session.activeExecutionId, var execution = state.execution, execution.id == activeId, execution.status.isActive {
+            if session.runtime.state == .stopping, execution.status == .pending, execution.startedAt > (session.runtime.stopReason?.at ?? now) {
+                survivor = execution
+            } else {
+                if reason.rule == .crashed {
+                    try? execution.end(.failed, at: now, error: executionError, reportedByRuntime: false)
+                    events.append(NewEvent(executionId: activeId, type: EventType.executionFailed, at: now, data: ["error": .string(executionError)]))
+                    notes.append(.executionEnded(activeId, .failed, detail: executionError))
+                } else {
+                    let why = "runtime shutdown: \(reason.rule.rawValue)"
+                    try? execution.end(.interrupted, at: now, interruptReason: why, reportedByRuntime: false)
+                    events.append(NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": .string(why)]))
+                    notes.append(.executionEnded(activeId, .interrupted, detail: why))
+                }
+                executions.append(execution)
+                session.activeExecutionId = nil
+                if let delivery = CallbackDelivery.completion(of: execution, session: session, now: now) { callbacks.append(delivery) }
+            }
+        }
+        if session.runtime.state != .stopping { try? session.runtime.beginStopping(reason) }
+        try? session.runtime.markStopped(at: now, reason: reason)
+        session.runtime.process = nil
+        session.runtime.secretHash = nil
+        session.updatedAt = now
+        events.append(NewEvent(type: EventType.runtimeStopped, at: now, data: stopEventData(reason)))
+        notes.append(.runtimeStopped(reason))
+        var effects: [SessionEffect] = [.released]
+        var commands: [OutboxCommand] = []
+        if let survivor {
+            try? session.runtime.requestStart(at: now)
+            effects.append(.launch(requestedAt: now, restore: true))
+            commands.append(.execute(survivor.id))
+        }
+        if !callbacks.isEmpty { effects.append(.deliverCallbacks) }
+        let change = SessionChange(
+            sessionId: session.id, session: session, executions: executions, events: events, callbacks: callbacks,
+            commands: commands, dropCommands: [.all]
+        )
+        return Decision(change: change, effects: effects, output: Outcome(output: (), notes: notes))
+    }
+
+    /// The auto-commit after `execution` is done and reported by `event`: it is recorded, the
+    /// execution's callback follows it (so that its receiver finds the work on the branch), and
+    /// an execution accepted meanwhile may now go to the runtime.
+    public static func autoCommitted(_ state: SessionState?, execution: Execution, event: NewEvent, context: SessionContext) -> Decision<Void> {
+        guard var session = state?.session else { return Decision() }
+        var change = SessionChange(sessionId: session.id, events: [event])
+        if session.autoCommitPending == execution.id {
+            session.autoCommitPending = nil
+            change.session = session
+        }
+        change.callbacks = CallbackDelivery.completion(of: execution, session: session, now: context.now).map { [$0] } ?? []
+        return Decision(change: change, effects: [.deliverCommands, .deliverCallbacks])
+    }
+
+    // MARK: Helpers
+
+    /// Whether a change that needs a new runtime is being carried out. A mark older than this
+    /// control plane's start is one a crash interrupted: nothing carries it out any more.
+    static func isChanging(_ session: SessionRecord, _ context: SessionContext) -> Bool {
+        session.changingSince.map { $0 >= context.controlPlaneStartedAt } ?? false
+    }
+
+    /// The session when it exists and belongs to `owner`: another owner's session is not found.
+    static func owned(_ state: SessionState?, by owner: Owner) throws(SessionError) -> SessionRecord {
+        guard let session = state?.session else { throw .notFound(SessionID()) }
+        guard session.owner == owner else { throw .notFound(session.id) }
+        return session
+    }
+
+    /// `runtime.stopped`'s data.
+    public static func stopEventData(_ reason: StopReason) -> [String: JSONValue] {
+        [
+            "rule": .string(reason.rule.rawValue), "lastActivityAt": JSONValue(reason.lastActivityAt),
+            "idleMs": JSONValue(reason.idleMs), "idleTimeoutMs": JSONValue(reason.idleTimeoutMs), "detail": JSONValue(reason.detail),
+        ]
+    }
+}

@@ -1,0 +1,227 @@
+import CloudAgentCore
+import CloudAgentProtocol
+import Foundation
+import Logging
+import Synchronization
+
+/// One connected runtime: the session it serves, the launch it belongs to, and the queue of
+/// frames to send it (drained by the WebSocket handler, so that writes never interleave).
+public final class RuntimeConnection: Sendable {
+    public let sessionId: SessionID
+    public let instanceId: String
+    private let outgoing: AsyncStream<ControlMessage>.Continuation
+    /// The execution the runtime may heartbeat: set when it is sent, cleared when it ends.
+    private let active = Mutex<ExecutionID?>(nil)
+    /// The highest runtime-outbox row sent on this connection.
+    let deliveredThrough = Mutex<Int64>(0)
+
+    init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
+        self.sessionId = sessionId
+        self.instanceId = instanceId
+        self.outgoing = outgoing
+    }
+
+    public func send(_ message: ControlMessage) { outgoing.yield(message) }
+    public func close() { outgoing.finish() }
+
+    var activeExecution: ExecutionID? {
+        get { active.withLock { $0 } }
+        set { active.withLock { $0 = newValue } }
+    }
+}
+
+
+/// The runtimes' side of the control plane: their connections, and what happens when a frame
+/// arrives. Each frame is one `SessionReducer` decision in one transaction (`hello`, `ingest`);
+/// heartbeats are batched into one column. The runtime outbox is delivered from here: a
+/// connection is sent each row once, in order, after the commit that wrote it.
+public final class RuntimeGateway: Sendable {
+    let ledger: SessionLedger
+    let agents: AgentRegistry
+    let heartbeats: HeartbeatBatcher
+    let logger: Logger
+    let effects: EffectRunner
+    private let connections = Mutex<[SessionID: RuntimeConnection]>([:])
+    /// One delivery at a time per session, so that rows go out in order. Held only while rows
+    /// are read and queued on the connection, never across slow work.
+    private let deliveries = KeyedLocks<SessionID>()
+
+    init(ledger: SessionLedger, agents: AgentRegistry, heartbeats: HeartbeatBatcher, effects: EffectRunner, logger: Logger) {
+        self.ledger = ledger
+        self.agents = agents
+        self.heartbeats = heartbeats
+        self.effects = effects
+        self.logger = logger
+    }
+
+    // MARK: Connections
+
+    public func connection(for session: SessionID) -> RuntimeConnection? { connections.withLock { $0[session] } }
+
+    /// Registers a runtime's connection, closing any earlier one of the same session.
+    func register(_ connection: RuntimeConnection) {
+        let earlier = connections.withLock { connections -> RuntimeConnection? in
+            defer { connections[connection.sessionId] = connection }
+            return connections[connection.sessionId]
+        }
+        if let earlier, earlier !== connection { earlier.close() }
+    }
+
+    func unregister(_ connection: RuntimeConnection) {
+        connections.withLock { if $0[connection.sessionId] === connection { $0[connection.sessionId] = nil } }
+        connection.close()
+    }
+
+    /// Asks a session's runtime to shut down (the first step of a stop).
+    func askToShutDown(_ session: SessionID, reason: String) {
+        connection(for: session)?.send(.shutdown(reason: reason))
+    }
+
+    /// Closes and forgets a session's connection (its runtime is stopped, or the session gone).
+    func close(_ session: SessionID) {
+        connections.withLock { $0.removeValue(forKey: session) }?.close()
+    }
+
+    // MARK: Frames
+
+    /// Checks a connecting runtime's secret against its session's current launch. A store that
+    /// fails throws (a 5xx, which the runtime retries): only an unknown session or a wrong secret
+    /// is nil (a 401, which makes the runtime exit).
+    func authenticate(session rawId: String?, secret: String?) async throws -> SessionRecord? {
+        guard let rawId, let id = SessionID(rawValue: rawId), let secret, !secret.isEmpty,
+              let session = try await ledger.store.session(id), let expected = session.runtime.secretHash,
+              BearerToken.hash(secret) == expected
+        else { return nil }
+        return session
+    }
+
+    /// A runtime said hello (`SessionReducer.hello`): it is welcomed and registered, then sent
+    /// the outbox. False when the runtime must go away (told to shut down).
+    func hello(_ connection: RuntimeConnection, activeExecutionId: String?) async throws -> Bool {
+        let id = connection.sessionId
+        let instanceId = connection.instanceId
+        let committed = try await ledger.update(id) { state, context in
+            SessionReducer.hello(state, instanceId: instanceId, reportedActive: activeExecutionId, context: context)
+        }
+        guard let welcome = committed.output else {
+            connection.send(.shutdown(reason: "this runtime was stopped"))
+            return false
+        }
+        register(connection)
+        connection.activeExecution = welcome.activeExecutionId
+        connection.send(.welcome(
+            ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
+            idleTimeoutMs: welcome.idleTimeoutMs
+        ))
+        if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
+        await effects.run(committed.effects, for: id)
+        await effects.reschedule(id)
+        return true
+    }
+
+    /// Records a batch of the runtime's events (`SessionReducer.ingest`), then acknowledges
+    /// them once durable. A batch ends after an `execution.ended`, so that the completion's
+    /// effects (auto-commit, callback, the next execute) see it committed.
+    func ingest(_ batch: [RuntimeEvent], from connection: RuntimeConnection) async throws {
+        let id = connection.sessionId
+        let instanceId = connection.instanceId
+        var rest = batch[...]
+        while !rest.isEmpty {
+            let end = rest.firstIndex { $0.kind == RuntimeEvent.Kind.ended }.map { $0 + 1 } ?? rest.endIndex
+            let run = rest[..<end].map(Self.reported)
+            rest = rest[end...]
+            let committed = try await ledger.update(id) { state, context in
+                SessionReducer.ingest(state, instanceId: instanceId, events: run, context: context)
+            }
+            let ingested = committed.output
+            if let ack = ingested.ack { connection.send(.ack(seq: ack)) }
+            if ingested.ended != nil { connection.activeExecution = nil }
+            await effects.run(committed.effects, for: id)
+            // A state transition (running, ended) moves the session's deadlines.
+            if ingested.transitioned { await effects.reschedule(id) }
+        }
+    }
+
+    static func reported(_ event: RuntimeEvent) -> ReportedEvent {
+        let kind: ReportedEvent.Kind = switch event.kind {
+        case RuntimeEvent.Kind.running: .running
+        case RuntimeEvent.Kind.agent: .agent
+        case RuntimeEvent.Kind.output: .output
+        case RuntimeEvent.Kind.ended: .ended
+        default: .unknown(event.kind)
+        }
+        return ReportedEvent(seq: event.seq, executionId: event.executionId, kind: kind, at: event.at, data: event.data.mapValues(JSONValue.init))
+    }
+
+    /// `count` heartbeats (received together) of the connection's active execution (anything
+    /// else is ignored). A heartbeat changes one column of its execution and nothing else: no
+    /// decision is made when it arrives. The rules read it when the session's wake-up fires.
+    func heartbeat(_ executionId: String, count: Int = 1, from connection: RuntimeConnection) async {
+        guard let active = connection.activeExecution, active.rawValue == executionId else { return }
+        await heartbeats.record(active, at: ledger.clock.now(), count: count)
+    }
+
+    // MARK: The runtime outbox
+
+    /// Sends a session's runtime-outbox rows that its connection has not been sent yet, in
+    /// order. Only a `running` runtime of the current launch is sent anything; an `execute` is
+    /// held back while the session's last auto-commit is pending, and dropped here when its
+    /// execution is no longer pending. Rows stay in the outbox until a change makes them moot,
+    /// so a runtime that reconnects is sent them again (it ignores a repeat).
+    func deliverCommands(_ id: SessionID) async {
+        guard connection(for: id) != nil else { return }
+        do {
+            try await deliveries.withLock(id) {
+                guard let connection = self.connection(for: id) else { return }
+                let after = connection.deliveredThrough.withLock { $0 }
+                let rows = try await self.ledger.store.commands(of: id, after: after)
+                guard !rows.isEmpty, let session = try await self.ledger.store.session(id),
+                      session.runtime.state == .running, session.runtime.instanceId == connection.instanceId
+                else { return }
+                var through = after
+                rows: for row in rows {
+                    switch row.command {
+                    case .execute(let executionId):
+                        // Held back (with what follows) until the auto-commit is recorded.
+                        if session.autoCommitPending != nil { break rows }
+                        if let execution = try await self.ledger.store.execution(executionId), execution.status == .pending {
+                            connection.activeExecution = executionId
+                            connection.send(.execute(self.executeCommand(execution, session: session)))
+                        }
+                    case .kill(let executionId, let reason):
+                        connection.send(.kill(executionId: executionId.rawValue, reason: reason))
+                    case .settings(let idleTimeoutMs):
+                        connection.send(.settings(idleTimeoutMs: idleTimeoutMs))
+                    }
+                    through = row.id
+                }
+                connection.deliveredThrough.withLock { $0 = max($0, through) }
+            }
+        } catch {
+            logger.error("delivering runtime commands failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        }
+    }
+
+    /// What the runtime needs to run `execution`: the prompt, the agent as the registry resolved
+    /// it, and the agent's own conversation to resume.
+    func executeCommand(_ execution: Execution, session: SessionRecord) -> ExecuteCommand {
+        ExecuteCommand(
+            executionId: execution.id.rawValue, agent: session.spec.agent, prompt: execution.prompt,
+            mode: execution.mode, model: execution.model, launch: agents.launch(for: session.spec.agent),
+            conversationId: session.agentConversationId
+        )
+    }
+}
+
+extension JSONValue {
+    init(_ value: ProtocolValue) {
+        switch value {
+        case .null: self = .null
+        case .bool(let flag): self = .bool(flag)
+        case .number(let number): self = .number(number)
+        case .string(let text): self = .string(text)
+        case .array(let items): self = .array(items.map(JSONValue.init))
+        case .object(let object): self = .object(object.mapValues(JSONValue.init))
+        }
+    }
+}

@@ -1,0 +1,267 @@
+import CloudAgentCore
+import CloudAgentSandbox
+import Foundation
+import Logging
+
+/// Runtimes coming and going on this host: capacity, launching (with a cold start's restore),
+/// stopping, deaths, and recovery after a control-plane start. Every step that takes time runs
+/// outside any lock; what it finds is decided and recorded by a `SessionReducer` function in
+/// one transaction, so a session deleted or stopped meanwhile is noticed there and the step's
+/// work undone (a process discarded, files removed).
+public final class RuntimeLifecycle: Sendable {
+    let ledger: SessionLedger
+    let host: any RuntimeHost
+    let slots: RuntimeSlots
+    let secretBox: SecretBox
+    let gateway: RuntimeGateway
+    let effects: EffectRunner
+    let logger: Logger
+
+    init(
+        ledger: SessionLedger, host: any RuntimeHost, maxRuntimes: Int, secretBox: SecretBox, gateway: RuntimeGateway,
+        effects: EffectRunner, logger: Logger
+    ) {
+        self.ledger = ledger
+        self.host = host
+        self.slots = RuntimeSlots(limit: maxRuntimes)
+        self.secretBox = secretBox
+        self.gateway = gateway
+        self.effects = effects
+        self.logger = logger
+    }
+
+    var timing: Timing { ledger.timing }
+
+    func workspaceRequest(id: SessionID, spec: SessionSpec, workBranch: String?) throws -> WorkspaceRequest {
+        try WorkspaceRequest(session: id, spec: spec, workBranch: workBranch, opening: secretBox)
+    }
+
+    // MARK: Capacity
+
+    /// Admits one more runtime start for `id` (see `RuntimeSlots`). When every slot is held by a
+    /// runtime that is not stopping, the running runtime with no accepted execution and the
+    /// oldest last activity is evicted — decided in its own transaction, so a message accepted
+    /// meanwhile saves it — and the start waits for its slot in its launch, not here. When every
+    /// runtime is busy: `runtimeUnavailable` (503).
+    func admit(_ id: SessionID) async throws(SessionError) {
+        for _ in 0..<4 {
+            guard case .full(let candidates) = await slots.admit(id) else { return }
+            var scored: [(id: SessionID, lastActivity: Date)] = []
+            for candidate in candidates where candidate != id {
+                guard let session = try? await ledger.store.session(candidate), session.runtime.state == .running,
+                      session.activeExecutionId == nil, session.autoCommitPending == nil
+                else { continue }
+                let latest = try? await ledger.store.latestExecution(of: candidate)
+                let activity = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: latest)
+                scored.append((candidate, activity?.at ?? session.createdAt))
+            }
+            var evicted = false
+            for victim in scored.sorted(by: { $0.lastActivity < $1.lastActivity }) {
+                guard let committed = try? await ledger.update(victim.id, { state, context in
+                    SessionReducer.evict(state, for: id, context: context)
+                }), committed.output else { continue }
+                await effects.run(committed.effects, for: victim.id)
+                evicted = true
+                break
+            }
+            if !evicted { break }
+        }
+        logger.warning("no runtime slot free", metadata: ["sessionId": "\(id)", "maxRuntimes": "\(slots.limit)"])
+        throw .runtimeUnavailable("all \(slots.limit) runtimes are busy; retry later")
+    }
+
+    /// An admitted start that will not happen.
+    func withdraw(_ id: SessionID) async { await slots.withdraw(id) }
+
+    // MARK: Launching
+
+    /// The start requested at `requestedAt`, as a background job.
+    func launchInBackground(_ id: SessionID, requestedAt: Date, restore: Bool) {
+        host.enqueue { [self] in await launch(id, requestedAt: requestedAt, restore: restore) }
+    }
+
+    /// Whether a session still wants the start requested at `requestedAt`.
+    private static func wants(_ session: SessionRecord?, _ requestedAt: Date) -> Bool {
+        guard let runtime = session?.runtime else { return false }
+        return runtime.state == .starting && runtime.process == nil && runtime.requestedAt == requestedAt
+    }
+
+    /// A start: the workspace restored (a cold start: the slow part, with no lock held, so the
+    /// session's interrupt, PATCH and DELETE and every other session's timers go on meanwhile;
+    /// the pending timeout counts from the launch), a slot taken, the process spawned, and the
+    /// launch recorded if the session still wants it (`SessionReducer.launched`).
+    func launch(_ id: SessionID, requestedAt: Date, restore: Bool) async {
+        defer { Task { await self.effects.reschedule(id) } }
+        let session: SessionRecord?
+        do { session = try await ledger.store.session(id) } catch {
+            logger.error("cold start failed: the store did not answer", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+            await slots.withdraw(id)
+            return
+        }
+        guard let session, Self.wants(session, requestedAt) else {
+            await slots.withdraw(id)
+            if session == nil { host.removeWorkspace(id) }
+            return
+        }
+        var failures: [NewEvent] = []
+        do {
+            let request = try workspaceRequest(id: id, spec: session.spec, workBranch: session.workBranch)
+            if restore {
+                failures = await host.restoreWorkspace(request).map { failure in
+                    NewEvent(type: "setup.failed", at: ledger.clock.now(), data: [
+                        "command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail),
+                    ])
+                }
+            }
+            await slots.acquire(id)
+            let current = try await ledger.store.session(id)
+            guard let current, Self.wants(current, requestedAt) else {
+                await slots.launchEnded(id, kept: false)
+                if current == nil {
+                    host.removeWorkspace(id)
+                    logger.info("cold start abandoned: the session was deleted during its restore", metadata: ["sessionId": "\(id)"])
+                }
+                return
+            }
+            let instanceId = UUID().uuidString.lowercased()
+            let secret = BearerToken.generate(prefix: "rts_")
+            let process: RuntimeProcess
+            do {
+                process = try await host.launch(RuntimeLaunchRequest(
+                    session: id, instanceId: instanceId, secret: secret, environment: request.environment,
+                    secretNames: Array(current.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
+                    idleTimeoutMs: current.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs
+                ))
+            } catch {
+                await slots.launchEnded(id, kept: false)
+                await launchFailed(id, requestedAt: requestedAt, error: "\(error)", setupFailures: failures)
+                return
+            }
+            let launch = SessionReducer.Launch(instanceId: instanceId, secretHash: BearerToken.hash(secret), process: process, sandbox: host.sandboxKind)
+            let recorded = failures
+            do {
+                let committed = try await ledger.update(id) { state, context in
+                    SessionReducer.launched(state, requestedAt: requestedAt, launch, setupFailures: recorded, context: context)
+                }
+                await slots.launchEnded(id, kept: committed.output)
+                await effects.run(committed.effects, for: id)
+            } catch {
+                await slots.launchEnded(id, kept: false)
+                await discard(id, process: process, sandbox: host.sandboxKind)
+                throw error
+            }
+        } catch {
+            logger.error("cold start failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+            await launchFailed(id, requestedAt: requestedAt, error: "\(error)", setupFailures: failures)
+        }
+    }
+
+    private func launchFailed(_ id: SessionID, requestedAt: Date, error: String, setupFailures: [NewEvent]) async {
+        logger.error("runtime launch failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
+        do {
+            let committed = try await ledger.update(id) { state, context in
+                SessionReducer.launchFailed(state, requestedAt: requestedAt, error: error, setupFailures: setupFailures, context: context)
+            }
+            await effects.run(committed.effects, for: id)
+        } catch {
+            logger.error("recording a failed launch failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        }
+    }
+
+    /// Kills a process whose launch nothing wants any more.
+    func discard(_ id: SessionID, process: RuntimeProcess, sandbox: String?) async {
+        logger.info("runtime launch discarded: its session no longer wants it", metadata: ["sessionId": "\(id)", "pid": "\(process.pid)"])
+        _ = await host.terminate(session: id, process: process, sandbox: sandbox, graceMs: 0)
+    }
+
+    // MARK: Stopping
+
+    /// A stop was decided: the runtime's slot will be free.
+    func markStopping(_ id: SessionID) async { await slots.markStopping(id) }
+
+    /// Phase two of a stop: the runtime is asked to shut down, its processes are taken down
+    /// (this may take the stop grace: no lock is held), then the stop is recorded once
+    /// (`SessionReducer.stopped`).
+    func finishStopping(_ id: SessionID, process: RuntimeProcess?, sandbox: String?, rule: StopRule) async {
+        gateway.askToShutDown(id, reason: rule.rawValue)
+        if let process {
+            let gone = await host.terminate(session: id, process: process, sandbox: sandbox, graceMs: timing.stopGraceMs)
+            if !gone { logger.error("runtime processes survived SIGKILL", metadata: ["sessionId": "\(id)"]) }
+        }
+        gateway.close(id)
+        do {
+            let committed = try await ledger.update(id) { state, context in SessionReducer.stopped(state, context: context) }
+            await effects.run(committed.effects, for: id)
+        } catch is CancellationError {
+            // The control plane is shutting down: the runtime stays `stopping`, and the next
+            // start's recovery finishes the stop. Nothing is lost.
+            logger.notice("stop left to the next start: the control plane is shutting down", metadata: ["sessionId": "\(id)"])
+        } catch {
+            logger.error("recording a stop failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        }
+        await effects.reschedule(id)
+    }
+
+    /// The runtime is recorded stopped: its connection and watch go, its slot is free.
+    func released(_ id: SessionID) async {
+        gateway.close(id)
+        await host.unwatch(session: id)
+        await slots.release(id)
+    }
+
+    /// The session is gone: its connection, streams, files and slot.
+    func removed(_ id: SessionID, rule: StopRule) async {
+        gateway.close(id)
+        await host.unwatch(session: id)
+        host.removeWorkspace(id)
+        ledger.hub.close(id)
+        await slots.release(id)
+        logger.info("session removed", metadata: ["sessionId": "\(id)", "rule": "\(rule.rawValue)"])
+    }
+
+    /// A runtime process died on its own (`SessionReducer.exited`).
+    func exited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
+        do {
+            let committed = try await ledger.update(id) { state, context in
+                SessionReducer.exited(state, process: process, detail: detail, context: context)
+            }
+            await effects.run(committed.effects, for: id)
+        } catch {
+            logger.error("recording a crash failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        }
+        await effects.reschedule(id)
+    }
+
+    // MARK: Start-up
+
+    /// After a control-plane start: the runtimes that outlived the last one hold their slots
+    /// and are watched, the dead ones are declared crashed, interrupted stops, launches,
+    /// auto-commits and changes are finished. Runtimes reconnect on their own.
+    func recover() async {
+        guard let sessions = try? await ledger.store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
+        for session in sessions {
+            let id = session.id
+            let runtime = session.runtime
+            switch (runtime.state, runtime.process) {
+            case (.stopping, let process):
+                await slots.hold(id, stopping: true)
+                host.enqueue { [self] in await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator) }
+            case (.starting, nil):
+                if let requestedAt = runtime.requestedAt { launchInBackground(id, requestedAt: requestedAt, restore: true) }
+            case (_, let process?):
+                await slots.hold(id, stopping: false)
+                if host.isAlive(process) {
+                    await host.adopt(session: id, process: process)
+                } else {
+                    host.enqueue { [self] in await exited(id, process: process, detail: "runtime process \(process.pid) is gone (found at control-plane start)") }
+                }
+            default:
+                break
+            }
+            if let pending = session.autoCommitPending {
+                await effects.run([.autoCommit(pending)], for: id)
+            }
+        }
+        logger.info("runtimes recovered", metadata: ["count": "\(sessions.count)"])
+    }
+}

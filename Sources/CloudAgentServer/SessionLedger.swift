@@ -1,0 +1,140 @@
+import CloudAgentCore
+import Foundation
+import Logging
+import Prometheus
+import Synchronization
+
+/// Where every change to a session is made: one store transaction per decision (read, decide
+/// with a pure `SessionReducer` function, write), then — after the commit — its events go to
+/// live subscribers, the session's waiters are woken, and each decision note becomes one log
+/// line and its metric. No lock is held by anyone: the store's transaction is the only
+/// serialization, and it never spans slow work.
+public final class SessionLedger: Sendable {
+    public let store: any SessionStore
+    public let timing: Timing
+    let clock: any WallClock
+    let logger: Logger
+    let metrics: ServerMetrics
+    public let hub: EventHub
+    /// Wakes those waiting for a session to change (an interrupt waiting for the end, a test).
+    let changes = SessionChanges()
+    private let startedListeningAt: Mutex<Date>
+
+    init(store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub()) {
+        self.store = store
+        self.timing = timing
+        self.clock = clock
+        self.logger = logger
+        self.metrics = metrics
+        self.hub = hub
+        self.startedListeningAt = Mutex(clock.now())
+    }
+
+    /// When this control plane started serving: downtime before it never counts against a
+    /// runtime (runtimes can only reconnect once it listens).
+    public var controlPlaneStartedAt: Date { startedListeningAt.withLock { $0 } }
+
+    /// Called once the server listens.
+    func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
+
+    /// The context of a decision made now.
+    func context() -> SessionContext {
+        SessionContext(now: clock.now(), timing: timing, controlPlaneStartedAt: controlPlaneStartedAt)
+    }
+
+    /// Decides and commits one change of session `id` in one transaction; then publishes its
+    /// events and wakes its waiters. The caller runs the returned effects.
+    func update<Output: Sendable>(
+        _ id: SessionID, forRules: Bool = false,
+        _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<Output>
+    ) async throws -> Committed<Output> {
+        let context = context()
+        let committed: Committed<Output>
+        do {
+            committed = try await store.update(id, forRules: forRules) { state in try decide(state, context) }
+        } catch SessionError.notFound {
+            throw SessionError.notFound(id)
+        }
+        if committed.change != nil {
+            hub.publish(committed.events)
+            changes.changed(id)
+        }
+        return committed
+    }
+
+    /// The same for reducers that return notes: each becomes one log line (and its metric).
+    func update<Output: Sendable>(
+        _ id: SessionID, forRules: Bool = false,
+        _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<SessionReducer.Outcome<Output>>
+    ) async throws -> Committed<Output> {
+        let committed = try await update(id, forRules: forRules, decide) as Committed<SessionReducer.Outcome<Output>>
+        for note in committed.output.notes { record(note, session: id) }
+        return Committed(output: committed.output.output, effects: committed.effects, events: committed.events, change: committed.change)
+    }
+
+    /// Commits a change decided without reading the session (appending events, say).
+    @discardableResult
+    func commit(_ change: SessionChange) async throws -> [Event] {
+        let events = try await store.commit(change)
+        hub.publish(events)
+        changes.changed(change.sessionId)
+        return events
+    }
+
+    /// One log line, and the metric, of a decision.
+    func record(_ note: DecisionNote, session id: SessionID) {
+        var metadata: Logger.Metadata = ["sessionId": "\(id)"]
+        switch note {
+        case .executionAccepted(let execution, let runtime):
+            metadata["executionId"] = "\(execution)"
+            metadata["runtime"] = "\(runtime.rawValue)"
+            logger.info("execution accepted", metadata: metadata)
+        case .executionEnded(let execution, let status, let detail):
+            metrics.executionEnded(status)
+            metadata["executionId"] = "\(execution)"
+            metadata["status"] = "\(status.rawValue)"
+            if let detail { metadata["detail"] = "\(detail)" }
+            if status == .failed { logger.warning("execution ended", metadata: metadata) } else { logger.info("execution ended", metadata: metadata) }
+        case .executionStuck(let execution, let silence):
+            metadata["executionId"] = "\(execution)"
+            metadata["sinceLastProgressMs"] = "\(silence)"
+            logger.warning("execution without progress", metadata: metadata)
+        case .stopDecided(let reason):
+            logger.info("runtime stop decided", metadata: metadata.merging(Self.metadata(reason)) { $1 })
+        case .runtimeStopped(let reason):
+            metrics.runtimeStopped(reason.rule)
+            logger.info("runtime stopped", metadata: metadata.merging(Self.metadata(reason)) { $1 })
+        case .runtimeLaunched(let process):
+            metadata["pid"] = "\(process.pid)"
+            logger.debug("runtime launch recorded", metadata: metadata)
+        case .runtimeConnected(let cold):
+            metadata["cold"] = "\(cold)"
+            logger.info("runtime connected", metadata: metadata)
+        case .runtimeReconnected:
+            logger.info("runtime reconnected", metadata: metadata)
+        case .sessionExpired(let untouched):
+            metrics.sessionsExpired.increment()
+            metadata["rule"] = "ttl"
+            metadata["untouchedMs"] = "\(untouched)"
+            logger.info("session expired", metadata: metadata)
+        case .eventsSwept(let before):
+            metrics.eventsSwept.increment()
+            metadata["before"] = "\(Timestamp.format(before))"
+            logger.debug("events swept", metadata: metadata)
+        case .eventOutOfOrder(let seq, let acked):
+            metadata["seq"] = "\(seq)"
+            metadata["acked"] = "\(acked)"
+            logger.warning("runtime event out of order; waiting for the resend", metadata: metadata)
+        case .unknownEventKind(let kind):
+            metadata["kind"] = "\(kind)"
+            logger.warning("unknown runtime event kind", metadata: metadata)
+        }
+    }
+
+    static func metadata(_ reason: StopReason) -> Logger.Metadata {
+        [
+            "rule": "\(reason.rule.rawValue)", "idleMs": "\(reason.idleMs.map(String.init) ?? "-")",
+            "idleTimeoutMs": "\(reason.idleTimeoutMs.map(String.init) ?? "-")", "detail": "\(reason.detail ?? "")",
+        ]
+    }
+}
