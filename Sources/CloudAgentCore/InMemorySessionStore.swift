@@ -13,6 +13,7 @@ public actor InMemorySessionStore: SessionStore {
     private var callbacksById: [UUID: CallbackDelivery] = [:]
     private var commandsBySession: [SessionID: [QueuedCommand]] = [:]
     private var lastCommandId: Int64 = 0
+    private var updateHook: (@Sendable (SessionID) async -> Void)?
 
     public init() {}
 
@@ -105,9 +106,14 @@ public actor InMemorySessionStore: SessionStore {
         return appended
     }
 
+    /// Lets a test choose interleavings: `hook` runs before each `update` reads the session (the
+    /// read, the decision and the write that follow are one step of this actor).
+    public func setUpdateHook(_ hook: (@Sendable (SessionID) async -> Void)?) { updateHook = hook }
+
     public func update<Output: Sendable>(
         _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
-    ) throws -> Committed<Output> {
+    ) async throws -> Committed<Output> {
+        if let updateHook { await updateHook(id) }
         let state = sessionsById[id].map { session in
             SessionState(
                 session: session,

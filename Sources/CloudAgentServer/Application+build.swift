@@ -65,26 +65,14 @@ public struct ControlPlane: Sendable {
         )
         let heartbeats = HeartbeatBatcher(store: store, logger: logger)
         let workspaces = GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger)
-        let host = LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout)
-        // The parts, each with one responsibility: the ledger commits decisions; the effect
-        // runner carries out what they decide, through the runtime gateway (connections and
-        // frames), the lifecycle (launch, stop, capacity) and the auto-commit runner; the rule
-        // runner fires wake-ups; the API commands are the session service.
-        let ledger = SessionLedger(store: store, timing: configuration.timing, clock: clock, logger: logger, metrics: metrics)
-        let callbackWakeUps = WakeSignal()
-        let effects = EffectRunner(scheduler: scheduler, callbackWakeUps: callbackWakeUps)
-        let gateway = RuntimeGateway(ledger: ledger, agents: agents, heartbeats: heartbeats, effects: effects, logger: logger)
-        let lifecycle = RuntimeLifecycle(
-            ledger: ledger, host: host, maxRuntimes: configuration.maxRuntimes, secretBox: secretBox, gateway: gateway, effects: effects, logger: logger
+        let engine = SessionEngine(
+            store: store, host: LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout), timing: configuration.timing,
+            clock: clock, secretBox: secretBox, agents: agents, heartbeats: heartbeats, scheduler: scheduler,
+            maxRuntimes: configuration.maxRuntimes, metrics: metrics, logger: logger
         )
-        let autoCommit = AutoCommitRunner(ledger: ledger, workspaces: workspaces, secretBox: secretBox, effects: effects, logger: logger)
-        effects.bind(.init(lifecycle: lifecycle, gateway: gateway, autoCommit: autoCommit))
-        let rules = RuleRunner(ledger: ledger, effects: effects, metrics: metrics, logger: logger)
-        let sessions = SessionService(
-            ledger: ledger, secretBox: secretBox, lifecycle: lifecycle, effects: effects, agents: agents, logger: logger, metrics: metrics
-        )
+        let (ledger, gateway, lifecycle, rules, sessions) = (engine.ledger, engine.gateway, engine.lifecycle, engine.rules, engine.sessions)
         let callbacks = CallbackDispatcher(
-            ledger: ledger, secretBox: secretBox, wakeUps: callbackWakeUps,
+            ledger: ledger, secretBox: secretBox, wakeUps: engine.callbackWakeUps,
             policy: CallbackRetryPolicy(maxAttempts: configuration.callbackMaxAttempts, baseDelayMs: configuration.callbackRetryBaseMs),
             logger: logger
         )

@@ -11,15 +11,15 @@ import Synchronization
 /// `autoCommitPending` says so); committing again when there is nothing new commits nothing.
 final class AutoCommitRunner: Sendable {
     let ledger: SessionLedger
-    let workspaces: GitWorkspaces
+    let host: any RuntimeHost
     let secretBox: SecretBox
     let effects: EffectRunner
     let logger: Logger
     private let running = Mutex<Set<SessionID>>([])
 
-    init(ledger: SessionLedger, workspaces: GitWorkspaces, secretBox: SecretBox, effects: EffectRunner, logger: Logger) {
+    init(ledger: SessionLedger, host: any RuntimeHost, secretBox: SecretBox, effects: EffectRunner, logger: Logger) {
         self.ledger = ledger
-        self.workspaces = workspaces
+        self.host = host
         self.effects = effects
         self.logger = logger
         self.secretBox = secretBox
@@ -51,7 +51,7 @@ final class AutoCommitRunner: Sendable {
         let event: NewEvent
         do {
             let request = try WorkspaceRequest(session: session.id, spec: session.spec, workBranch: branch, opening: secretBox)
-            switch await workspaces.autoCommit(request, executionId: execution.id.rawValue, summary: execution.prompt) {
+            switch await host.autoCommit(request, executionId: execution.id, summary: execution.prompt) {
             case .nothingToCommit:
                 event = NewEvent(executionId: execution.id, type: "git.nothing_to_commit", at: now, data: ["branch": .string(branch)])
             case .committed(let sha, let pushed, nil):

@@ -31,6 +31,8 @@ public protocol RuntimeHost: Sendable {
     func restoreWorkspace(_ request: WorkspaceRequest) async -> [SetupFailure]
     /// Removes a session's files (workspace, home, mirror, logs).
     func removeWorkspace(_ session: SessionID)
+    /// Commits the workspace's changes on the work branch, and pushes them (auto-commit).
+    func autoCommit(_ request: WorkspaceRequest, executionId: ExecutionID, summary: String) async -> AutoCommitOutcome
     /// Spawns a runtime process, detached, and watches it (a death is reported to the exit handler).
     func launch(_ request: RuntimeLaunchRequest) async throws -> RuntimeProcess
     /// Takes a runtime's processes down: SIGTERM, SIGKILL after the grace. True when all is gone.
@@ -63,6 +65,9 @@ public struct LocalRuntimeHost: RuntimeHost {
     public func prepareWorkspace(_ request: WorkspaceRequest) async throws { try await workspaces.prepare(request) }
     public func restoreWorkspace(_ request: WorkspaceRequest) async -> [SetupFailure] { await workspaces.restore(request) }
     public func removeWorkspace(_ session: SessionID) { layout.remove(session) }
+    public func autoCommit(_ request: WorkspaceRequest, executionId: ExecutionID, summary: String) async -> AutoCommitOutcome {
+        await workspaces.autoCommit(request, executionId: executionId.rawValue, summary: summary)
+    }
 
     public func launch(_ request: RuntimeLaunchRequest) async throws -> RuntimeProcess {
         try await supervisor.launch(
