@@ -100,7 +100,8 @@ struct InterleavingTests {
         #expect(victim.runtime.state == .stopping)
         #expect(victim.runtime.stopReason?.rule == .evicted)
         await h.host.terminateGate.arrival(1)
-        // A's processes are still there: B has not launched.
+        // A's processes are still there: B's launch waits for the slot.
+        try await eventually(within: 10, "B's launch to wait for a slot") { await h.engine.lifecycle.slots.waitingCount == 1 }
         #expect(try await h.session(b)?.runtime.process == nil)
         #expect(h.host.liveProcesses == [a])
         h.host.terminateGate.open()
@@ -130,6 +131,8 @@ struct InterleavingTests {
         await #expect(throws: SessionError.runtimeUnavailable("all 2 runtimes are busy; retry later")) {
             _ = try await h.sessions.create(owner: h.owner, input: try SessionInput.parseCreate(["prompt": "e"]))
         }
+        // C's and D's launches wait for slots while A's and B's processes are there.
+        try await eventually(within: 10, "C's and D's launches to wait for a slot") { await h.engine.lifecycle.slots.waitingCount == 2 }
         #expect(Set(h.host.liveProcesses) == [a, b])
         #expect(try await h.session(c)?.runtime.process == nil)
         #expect(try await h.session(d)?.runtime.process == nil)
