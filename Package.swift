@@ -95,7 +95,6 @@ let package = Package(
             name: "CloudAgentServer",
             dependencies: [
                 "CloudAgentCore",
-                "CloudAgentSQLite",
                 "CloudAgentSandbox",
                 "CloudAgentProtocol",
                 "CloudAgentAgents",

@@ -66,7 +66,7 @@ struct ServeCommand: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "cloud-agent")
-        let controlPlane = try await ControlPlane.open(configuration, metrics: ServerMetrics(registry: registry), logger: logger)
+        let controlPlane = try await ControlPlane.open(configuration, store: try StoreFactory.open(configuration), metrics: ServerMetrics(registry: registry), logger: logger)
         let tokenSource = configuration.apiToken != nil ? "from CLOUD_AGENT_API_TOKEN / --api-token" : "saved in \(configuration.dataDirectory.appendingPathComponent("api-token").path)"
         let app = controlPlane.buildApplication { port in
             // Written unbuffered: scripts and tests read the port from a pipe.

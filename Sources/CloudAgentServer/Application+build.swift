@@ -1,5 +1,4 @@
 import CloudAgentCore
-import CloudAgentSQLite
 import CloudAgentSandbox
 import Foundation
 import HTTPTypes
@@ -29,13 +28,14 @@ public struct ControlPlane: Sendable {
     public let tickets: StreamTickets
     public let logger: Logger
 
-    /// Opens the data directory (creating the secret key and token files on first use) and the store.
+    /// Opens the data directory (creating the secret key and token files on first use) and
+    /// builds the control plane on `store` (the caller chooses the store: `StoreFactory` in the
+    /// CLI).
     public static func open(
-        _ configuration: ServerConfiguration, clock: any WallClock = SystemWallClock(), metrics: ServerMetrics = ServerMetrics(),
-        logger: Logger
+        _ configuration: ServerConfiguration, store: any SessionStore, clock: any WallClock = SystemWallClock(),
+        metrics: ServerMetrics = ServerMetrics(), logger: Logger
     ) async throws -> ControlPlane {
         let data = try DataDirectory(configuration.dataDirectory)
-        let store = try StoreFactory.open(configuration)
         let secretBox = try SecretBox(base64Key: configuration.secretKey ?? data.secretKey())
         let localToken = try configuration.apiToken ?? data.apiToken()
         let tickets = StreamTickets(
@@ -153,21 +153,6 @@ public struct ControlPlane: Sendable {
             },
             logger: logger
         )
-    }
-}
-
-/// Opens the store the configuration names.
-public enum StoreFactory {
-    public struct Unsupported: Error, CustomStringConvertible {
-        public var description: String
-    }
-
-    public static func open(_ configuration: ServerConfiguration) throws -> any SessionStore {
-        guard let path = configuration.sqlitePath else {
-            throw Unsupported(description: "PostgreSQL (\(configuration.databaseURL ?? "")) is not supported by this build yet; use sqlite:PATH")
-        }
-        try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
-        return try SQLiteSessionStore(path: path)
     }
 }
 

@@ -1,5 +1,4 @@
 import CloudAgentCore
-import CloudAgentSQLite
 import Foundation
 import Synchronization
 

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSQLite
 import CloudAgentServer
 import Foundation
 import Histogram
@@ -213,9 +214,16 @@ struct InProcessServer: Sendable {
         return logger
     }
 
+    /// The bench's servers run on SQLite: the configuration's database file.
+    static func sqliteStore(_ configuration: ServerConfiguration) throws -> any SessionStore {
+        let path = configuration.sqlitePath ?? configuration.dataDirectory.appendingPathComponent("cloud-agent.sqlite").path
+        try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
+        return try SQLiteSessionStore(path: path)
+    }
+
     static func start(_ configuration: ServerConfiguration, logLevel: String) async throws -> InProcessServer {
         let logger = logger(logLevel)
-        let plane = try await ControlPlane.open(configuration, logger: logger)
+        let plane = try await ControlPlane.open(configuration, store: try sqliteStore(configuration), logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let app = plane.buildApplication { port in
             continuation.yield(port)

@@ -1,4 +1,3 @@
-import CloudAgentCore
 
 /// A direct JSON writer for `JSONValue`: the same text as a `JSONEncoder` with sorted keys and
 /// unescaped slashes (integral numbers without a fraction), several times faster than going
