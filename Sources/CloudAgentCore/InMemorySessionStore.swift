@@ -98,7 +98,9 @@ public actor InMemorySessionStore: SessionStore {
                 }
             }
         }
-        for command in change.commands where !queue.contains(where: { $0.command.executionId != nil && $0.command == command }) {
+        for command in change.commands where command.executionId == nil || !queue.contains(where: {
+            $0.command.kind == command.kind && $0.command.executionId == command.executionId
+        }) {
             lastCommandId += 1
             queue.append(QueuedCommand(id: lastCommandId, sessionId: change.sessionId, command: command))
         }
