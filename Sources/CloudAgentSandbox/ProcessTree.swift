@@ -124,6 +124,9 @@ extension ProcessControl {
         for member in ProcessTree.of(root).members { signal(member.process, SIGKILL) }
     }
 
+    /// Waits until every member seen is gone: each exit is an event (`waitForAnExit`); the tree
+    /// is walked again after each, and at least every 250 ms, to include processes started
+    /// meanwhile.
     private static func waitUntilGone(
         _ root: SpawnedProcess, seen: inout [ProcessTree.Member], within limit: Duration, reap: @Sendable () -> Void
     ) async -> Bool {
@@ -137,14 +140,16 @@ extension ProcessControl {
             if seen.isEmpty { return true }
             if clock.now >= deadline { return false }
             // Not cancelled with the caller: a stop must finish even while the control plane
-            // shuts down (and a cancelled sleep would make this loop spin).
-            await Task.detached { try? await Task.sleep(for: .milliseconds(20)) }.value
+            // shuts down.
+            let waiting = seen.map(\.process)
+            let until = min(deadline, clock.now.advanced(by: .milliseconds(250)))
+            _ = await Task.detached { await waitForAnExit(of: waiting, until: until) }.value
         }
     }
 }
 
 /// `pidfd_open` and `pidfd_send_signal` (glibc 2.36+), looked up at run time.
-private enum PidFD {
+enum PidFD {
     typealias Open = @convention(c) (pid_t, UInt32) -> Int32
     typealias SendSignal = @convention(c) (Int32, Int32, UnsafeMutableRawPointer?, UInt32) -> Int32
 

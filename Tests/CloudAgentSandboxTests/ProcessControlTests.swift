@@ -109,6 +109,25 @@ struct ProcessControlTests {
         #expect(!ProcessControl.isAlive(process))
     }
 
+    @Test("an exit is an event: the wait returns when the process exits, false at the deadline, at once for one gone")
+    func exitIsAnEvent() async throws {
+        let directory = try TemporaryDirectory()
+        let short = try spawn("sleep 0.3", in: directory)
+        let long = try spawn("sleep 120", in: directory, log: "long.log")
+        defer { ProcessControl.killTree(long) }
+        let started = ContinuousClock.now
+        #expect(await ProcessControl.waitForAnExit(of: [long, short], until: started + .seconds(20)))
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .milliseconds(250) && waited < .seconds(5), "returned after \(waited)")
+        #expect(!ProcessControl.isAlive(short))
+        #expect(await ProcessControl.waitForAnExit(of: [short], until: ContinuousClock.now + .seconds(20)))
+        let deadline = ContinuousClock.now + .milliseconds(300)
+        #expect(!(await ProcessControl.waitForAnExit(of: [long], until: deadline)))
+        #expect(ContinuousClock.now >= deadline)
+        #expect(ProcessControl.isAlive(long))
+        _ = exitCode(short)
+    }
+
     @Test("a group that ignores SIGTERM is killed once the grace has passed")
     func sigkillAfterGrace() async throws {
         let directory = try TemporaryDirectory()
