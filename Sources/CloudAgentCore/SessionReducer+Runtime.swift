@@ -71,7 +71,8 @@ extension SessionReducer {
         )
         return Decision(
             change: SessionChange(sessionId: session.id, session: session, events: events, commands: commands, dropCommands: [.settings]),
-            effects: [.deliverCommands], output: Outcome(output: welcome, notes: notes)
+            effects: [.deliverCommands] + (session.autoCommitPending.map { [.autoCommit($0)] } ?? []),
+            output: Outcome(output: welcome, notes: notes)
         )
     }
 

@@ -82,6 +82,9 @@ public enum SessionReducer {
         )
         let runtimeBefore = session.runtime.state
         var effects: [SessionEffect] = [.deliverCommands]
+        // The execute waits for the last execution's auto-commit: make sure one is under way
+        // (after a control-plane crash, nothing else would start it again).
+        if let pending = session.autoCommitPending { effects.append(.autoCommit(pending)) }
         if runtimeBefore == .stopped {
             try? session.runtime.requestStart(at: now)
             effects.append(.launch(requestedAt: now, restore: true))

@@ -131,6 +131,7 @@ public struct Committed<Output: Sendable>: Sendable {
 /// Why a command about a session was refused. The HTTP layer maps each to its status.
 public enum SessionError: Error, Equatable, CustomStringConvertible {
     case notFound(SessionID)
+    case executionNotFound(ExecutionID)
     /// The session is not in a state that allows this (409 `INVALID_STATE`).
     case invalidState(String)
     /// Another execution is active (409 `EXECUTION_IN_PROGRESS`).
@@ -141,6 +142,7 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notFound(let id): "session \(id) not found"
+        case .executionNotFound(let id): "execution \(id) not found"
         case .invalidState(let message), .runtimeUnavailable(let message): message
         case .executionInProgress(let id): "execution \(id) is still active"
         }

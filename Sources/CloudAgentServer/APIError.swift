@@ -48,6 +48,7 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible {
     public init(_ error: SessionError) {
         switch error {
         case .notFound(let id): self = .notFound("session \(id)")
+        case .executionNotFound(let id): self = .notFound("execution \(id)")
         case .invalidState(let message): self = .invalidState(message)
         case .executionInProgress(let id): self = .executionInProgress(id)
         case .runtimeUnavailable(let message):
@@ -121,6 +122,8 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try error.response(from: request, context: context)
         } catch let error as SessionError {
             return try APIError(error).response(from: request, context: context)
+        } catch let error as ValidationError {
+            return try APIError.from(error).response(from: request, context: context)
         } catch let failure as SetupFailure {
             return try APIError(failure).response(from: request, context: context)
         } catch let error as any HTTPResponseError {

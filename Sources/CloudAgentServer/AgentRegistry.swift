@@ -166,10 +166,10 @@ public struct AgentRegistry: Sendable {
     func requireAvailable(_ name: String) throws {
         guard let entry = entry(named: name) else {
             let known = entries.map(\.name).joined(separator: ", ")
-            throw APIError.invalid(field: "agent", "\"\(name)\" is not a known agent (known: \(known))")
+            throw ValidationError(field: "agent", "\"\(name)\" is not a known agent (known: \(known))")
         }
         guard entry.available else {
-            throw APIError.invalid(field: "agent", "\"\(name)\" is not available on this server: \(entry.unavailableReason ?? "not found")")
+            throw ValidationError(field: "agent", "\"\(name)\" is not available on this server: \(entry.unavailableReason ?? "not found")")
         }
     }
 

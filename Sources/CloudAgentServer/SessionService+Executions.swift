@@ -84,7 +84,7 @@ extension SessionService {
     public func execution(_ executionId: ExecutionID, of id: SessionID, owner: Owner) async throws -> Execution {
         _ = try await session(id, owner: owner)
         guard let execution = try await store.execution(executionId), execution.sessionId == id else {
-            throw APIError.notFound("execution \(executionId)")
+            throw SessionError.executionNotFound(executionId)
         }
         return execution
     }

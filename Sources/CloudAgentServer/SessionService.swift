@@ -48,7 +48,7 @@ public final class SessionService: Sendable {
     /// 503 before any clone), then the workspace, then the record with its first wake-up; the
     /// runtime launches in the background.
     public func create(owner: Owner, input: SessionInput) async throws -> SessionRecord {
-        guard case .set(let prompt) = input.prompt else { throw APIError.invalid(field: "prompt", "is required") }
+        guard case .set(let prompt) = input.prompt else { throw ValidationError(field: "prompt", "is required") }
         var spec = SessionSpec(prompt: prompt)
         try apply(input, to: &spec)
         let id = SessionID()
@@ -207,7 +207,7 @@ public final class SessionService: Sendable {
         case .unchanged: break
         }
         if let both = spec.envVars.keys.sorted().first(where: { spec.secrets[$0] != nil }) {
-            throw APIError.invalid(field: "secrets.\(both)", "is also in envVars: a name may be one or the other")
+            throw ValidationError(field: "secrets.\(both)", "is also in envVars: a name may be one or the other")
         }
         switch input.setupCommands {
         case .set(let commands): spec.setupCommands = commands

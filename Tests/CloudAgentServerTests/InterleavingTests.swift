@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentProtocol
 import Foundation
 import Synchronization
 import Testing
@@ -220,6 +221,33 @@ struct InterleavingTests {
         #expect(try await h.session(id)?.runtime.stopReason?.rule == .crashed)
         #expect(try await h.store.execution(execution.id)?.status == .failed)
         #expect(h.host.liveProcesses.isEmpty)
+    }
+
+    @Test("an auto-commit a crash left pending is redone; the next execution goes to the runtime only after it")
+    func pendingAutoCommitIsRedone() async throws {
+        let h = try EngineHarness()
+        let id = try await h.create(["prompt": "say hi", "autoCommit": true])
+        let (connection, frames) = try await h.connect(id)
+        let first = try await h.sessions.startExecution(id, owner: h.owner, message: nil)
+        // The end was committed, then the control plane died before its auto-commit ran.
+        var session = try #require(try await h.session(id))
+        var ended = try #require(try await h.store.execution(first.id))
+        try ended.markRunning(at: h.clock.now())
+        try ended.end(.completed, at: h.clock.now(), exitCode: 0, reportedByRuntime: true)
+        session.activeExecutionId = nil
+        session.autoCommitPending = first.id
+        try await h.store.commit(SessionChange(sessionId: id, session: session, executions: [ended], dropCommands: [.all]))
+        let second = try await h.sessions.startExecution(id, owner: h.owner, message: Self.message("next"))
+        await h.host.settle()
+        #expect(try await h.session(id)?.autoCommitPending == nil)
+        let events = try await h.store.events(of: id, EventQuery(limit: 1000))
+        let gitEvent = try #require(events.firstIndex { $0.type == "git.nothing_to_commit" && $0.executionId == first.id })
+        let secondStarted = try #require(events.firstIndex { $0.type == EventType.executionStarted && $0.executionId == second.id })
+        #expect(secondStarted < gitEvent, "the message was accepted before the auto-commit was redone")
+        connection.close()
+        var executes: [String] = []
+        for await frame in frames { if case .execute(let command) = frame { executes.append(command.executionId) } }
+        #expect(executes == [first.id.rawValue, second.id.rawValue])
     }
 
     @Test("the rules go by the session's active execution, not by id order")
