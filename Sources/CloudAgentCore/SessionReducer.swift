@@ -228,37 +228,51 @@ public enum SessionReducer {
 
     // MARK: The runtime's lifecycle
 
-    /// A runtime launch as it is recorded.
+    /// A spawned runtime as it is recorded.
     public struct Launch: Sendable, Equatable {
         public var instanceId: String
-        public var secretHash: String
         public var process: RuntimeProcess
         public var sandbox: String
 
-        public init(instanceId: String, secretHash: String, process: RuntimeProcess, sandbox: String) {
+        public init(instanceId: String, process: RuntimeProcess, sandbox: String) {
             self.instanceId = instanceId
-            self.secretHash = secretHash
             self.process = process
             self.sandbox = sandbox
         }
     }
 
-    /// A runtime was spawned for the start requested at `requestedAt`. Recorded when the session
-    /// still wants that start; otherwise (deleted, stopped, or started anew meanwhile) the
-    /// process is discarded, and a deleted session's restored files removed again.
-    /// `setupFailures` are the cold start's restore failures, as `setup.failed` events.
+    /// About to spawn a runtime for the start requested at `requestedAt`: its launch's id and
+    /// secret are recorded first, so that a runtime connecting at once (before its process is
+    /// recorded) is known. False when the session no longer wants that start (deleted, stopped,
+    /// or started anew): nothing is spawned. A launch a crash interrupted is replaced.
+    public static func launching(
+        _ state: SessionState?, requestedAt: Date, instanceId: String, secretHash: String
+    ) -> Decision<Outcome<Bool>> {
+        guard var session = state?.session, session.runtime.state == .starting, session.runtime.process == nil,
+              session.runtime.requestedAt == requestedAt
+        else { return Decision(output: Outcome(output: false, notes: [])) }
+        session.runtime.instanceId = instanceId
+        session.runtime.secretHash = secretHash
+        return Decision(change: SessionChange(sessionId: session.id, session: session), output: Outcome(output: true, notes: []))
+    }
+
+    /// The runtime of launch `launch.instanceId` was spawned: its process is recorded (it may
+    /// have connected already) and the pending timeout counts from now. When the session no
+    /// longer has that launch (deleted, stopped, or started anew meanwhile) the process is
+    /// discarded, and a deleted session's restored files removed again. `setupFailures` are the
+    /// cold start's restore failures, as `setup.failed` events.
     public static func launched(
-        _ state: SessionState?, requestedAt: Date, _ launch: Launch, setupFailures: [NewEvent], context: SessionContext
+        _ state: SessionState?, _ launch: Launch, setupFailures: [NewEvent], context: SessionContext
     ) -> Decision<Outcome<Bool>> {
         guard let state else {
             return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox), .removed(.deleted)], output: Outcome(output: false, notes: []))
         }
         var session = state.session
-        guard session.runtime.state == .starting, session.runtime.process == nil, session.runtime.requestedAt == requestedAt else {
+        guard session.runtime.state == .starting || session.runtime.state == .running, session.runtime.process == nil,
+              session.runtime.instanceId == launch.instanceId
+        else {
             return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox)], output: Outcome(output: false, notes: []))
         }
-        session.runtime.instanceId = launch.instanceId
-        session.runtime.secretHash = launch.secretHash
         session.runtime.process = launch.process
         session.runtime.launchedAt = context.now
         session.runtime.sandbox = launch.sandbox
@@ -268,16 +282,18 @@ public enum SessionReducer {
         )
     }
 
-    /// The start requested at `requestedAt` could not be carried out (the spawn failed): the
-    /// runtime is recorded stopped (rule `crashed`) and its execution failed, naming why. Nil
-    /// state (deleted meanwhile) has its restored files removed again.
+    /// The start requested at `requestedAt` could not be carried out (the workspace or the spawn
+    /// failed): the runtime is recorded stopped (rule `crashed`) and its execution failed, naming
+    /// why — when the session is still in that start (and, given an `instanceId`, in that
+    /// launch). Nil state (deleted meanwhile) has its restored files removed again.
     public static func launchFailed(
-        _ state: SessionState?, requestedAt: Date, error: String, setupFailures: [NewEvent], context: SessionContext
+        _ state: SessionState?, requestedAt: Date, instanceId: String?, error: String, setupFailures: [NewEvent], context: SessionContext
     ) -> Decision<Outcome<Void>> {
         guard let state else { return Decision(effects: [.removed(.deleted)], output: Outcome(output: (), notes: [])) }
-        guard state.session.runtime.state == .starting, state.session.runtime.process == nil, state.session.runtime.requestedAt == requestedAt else {
-            return Decision(output: Outcome(output: (), notes: []))
-        }
+        let runtime = state.session.runtime
+        guard runtime.state == .starting, runtime.process == nil, runtime.requestedAt == requestedAt,
+              instanceId == nil || runtime.instanceId == instanceId
+        else { return Decision(output: Outcome(output: (), notes: [])) }
         let reason = StopReason(rule: .crashed, at: context.now, detail: "runtime could not start: \(error)")
         return recordStopped(state, reason: reason, executionError: "runtime could not start: \(error)", extraEvents: setupFailures, context: context)
     }

@@ -91,7 +91,11 @@ public final class RuntimeLifecycle: Sendable {
     /// the pending timeout counts from the launch), a slot taken, the process spawned, and the
     /// launch recorded if the session still wants it (`SessionReducer.launched`).
     func launch(_ id: SessionID, requestedAt: Date, restore: Bool) async {
-        defer { Task { await self.effects.reschedule(id) } }
+        await launchSteps(id, requestedAt: requestedAt, restore: restore)
+        await effects.reschedule(id)
+    }
+
+    private func launchSteps(_ id: SessionID, requestedAt: Date, restore: Bool) async {
         let session: SessionRecord?
         do { session = try await ledger.store.session(id) } catch {
             logger.error("cold start failed: the store did not answer", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
@@ -114,17 +118,21 @@ public final class RuntimeLifecycle: Sendable {
                 }
             }
             await slots.acquire(id)
-            let current = try await ledger.store.session(id)
-            guard let current, Self.wants(current, requestedAt) else {
+            // The launch's id and secret are recorded before the spawn: the runtime may connect
+            // before its process is recorded.
+            let instanceId = UUID().uuidString.lowercased()
+            let secret = BearerToken.generate(prefix: "rts_")
+            let claimed = try await ledger.update(id) { state, _ in
+                SessionReducer.launching(state, requestedAt: requestedAt, instanceId: instanceId, secretHash: BearerToken.hash(secret))
+            }
+            guard claimed.output, let current = claimed.change?.session else {
                 await slots.launchEnded(id, kept: false)
-                if current == nil {
+                if try await ledger.store.session(id) == nil {
                     host.removeWorkspace(id)
                     logger.info("cold start abandoned: the session was deleted during its restore", metadata: ["sessionId": "\(id)"])
                 }
                 return
             }
-            let instanceId = UUID().uuidString.lowercased()
-            let secret = BearerToken.generate(prefix: "rts_")
             let process: RuntimeProcess
             do {
                 process = try await host.launch(RuntimeLaunchRequest(
@@ -134,33 +142,43 @@ public final class RuntimeLifecycle: Sendable {
                 ))
             } catch {
                 await slots.launchEnded(id, kept: false)
-                await launchFailed(id, requestedAt: requestedAt, error: "\(error)", setupFailures: failures)
+                await launchFailed(id, requestedAt: requestedAt, instanceId: instanceId, error: "\(error)", setupFailures: failures)
                 return
             }
-            let launch = SessionReducer.Launch(instanceId: instanceId, secretHash: BearerToken.hash(secret), process: process, sandbox: host.sandboxKind)
+            let launch = SessionReducer.Launch(instanceId: instanceId, process: process, sandbox: host.sandboxKind)
             let recorded = failures
+            let kept: Bool
             do {
                 let committed = try await ledger.update(id) { state, context in
-                    SessionReducer.launched(state, requestedAt: requestedAt, launch, setupFailures: recorded, context: context)
+                    SessionReducer.launched(state, launch, setupFailures: recorded, context: context)
                 }
-                await slots.launchEnded(id, kept: committed.output)
+                kept = committed.output
+                await slots.launchEnded(id, kept: kept)
                 await effects.run(committed.effects, for: id)
             } catch {
                 await slots.launchEnded(id, kept: false)
                 await discard(id, process: process, sandbox: host.sandboxKind)
                 throw error
             }
+            // A runtime that died before its process was recorded went unnoticed by the exit
+            // handler (it matched no recorded process): it is noticed here.
+            if kept, !host.isAlive(process) {
+                await exited(id, process: process, detail: "runtime process \(process.pid) exited right after its launch")
+            }
         } catch {
             logger.error("cold start failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
-            await launchFailed(id, requestedAt: requestedAt, error: "\(error)", setupFailures: failures)
+            await slots.launchEnded(id, kept: false)
+            await launchFailed(id, requestedAt: requestedAt, instanceId: nil, error: "\(error)", setupFailures: failures)
         }
     }
 
-    private func launchFailed(_ id: SessionID, requestedAt: Date, error: String, setupFailures: [NewEvent]) async {
+    private func launchFailed(_ id: SessionID, requestedAt: Date, instanceId: String?, error: String, setupFailures: [NewEvent]) async {
         logger.error("runtime launch failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
         do {
             let committed = try await ledger.update(id) { state, context in
-                SessionReducer.launchFailed(state, requestedAt: requestedAt, error: error, setupFailures: setupFailures, context: context)
+                SessionReducer.launchFailed(
+                    state, requestedAt: requestedAt, instanceId: instanceId, error: error, setupFailures: setupFailures, context: context
+                )
             }
             await effects.run(committed.effects, for: id)
         } catch {

@@ -199,18 +199,28 @@ struct SessionReducerTests {
         #expect(SessionReducer.hello(state, instanceId: "instance-2", reportedActive: nil, context: Self.context(at: seconds(2))).output.output == nil)
     }
 
-    @Test("a launch is recorded only while the session still wants it; otherwise the process is discarded")
+    @Test("a launch's id and secret are recorded before the spawn; its process is recorded only while the session has that launch")
     func launched() throws {
         var state = Self.running()
         state.session.runtime = RuntimeStatus(state: .starting, requestedAt: Fixture.t0)
-        let launch = SessionReducer.Launch(instanceId: "i", secretHash: "h", process: RuntimeProcess(pid: 7, startTime: 1), sandbox: "none")
-        let recorded = SessionReducer.launched(state, requestedAt: Fixture.t0, launch, setupFailures: [], context: Self.context(at: seconds(30)))
+        let claimed = SessionReducer.launching(state, requestedAt: Fixture.t0, instanceId: "i", secretHash: "h")
+        #expect(claimed.output.output)
+        #expect(claimed.change?.session?.runtime.secretHash == "h")
+        #expect(!SessionReducer.launching(state, requestedAt: Fixture.at(-1), instanceId: "i", secretHash: "h").output.output)
+        state = Self.applying(claimed, to: state)
+        // The runtime may connect before its process is recorded.
+        let welcomed = Self.applying(SessionReducer.hello(state, instanceId: "i", reportedActive: nil, context: Self.context(at: seconds(29))), to: state)
+        #expect(welcomed.session.runtime.state == .running)
+        let launch = SessionReducer.Launch(instanceId: "i", process: RuntimeProcess(pid: 7, startTime: 1), sandbox: "none")
+        let recorded = SessionReducer.launched(welcomed, launch, setupFailures: [], context: Self.context(at: seconds(30)))
         #expect(recorded.output.output)
+        #expect(recorded.change?.session?.runtime.process == launch.process)
         #expect(recorded.change?.session?.runtime.launchedAt == Fixture.at(seconds(30)))
-        let superseded = SessionReducer.launched(state, requestedAt: Fixture.at(-1), launch, setupFailures: [], context: Self.context(at: seconds(30)))
+        let other = SessionReducer.Launch(instanceId: "j", process: RuntimeProcess(pid: 8, startTime: 1), sandbox: "none")
+        let superseded = SessionReducer.launched(state, other, setupFailures: [], context: Self.context(at: seconds(30)))
         #expect(!superseded.output.output)
-        #expect(superseded.effects == [.discardLaunch(launch.process, sandbox: "none")])
-        let deleted = SessionReducer.launched(nil, requestedAt: Fixture.t0, launch, setupFailures: [], context: Self.context(at: seconds(30)))
+        #expect(superseded.effects == [.discardLaunch(other.process, sandbox: "none")])
+        let deleted = SessionReducer.launched(nil, launch, setupFailures: [], context: Self.context(at: seconds(30)))
         #expect(deleted.effects == [.discardLaunch(launch.process, sandbox: "none"), .removed(.deleted)])
     }
 

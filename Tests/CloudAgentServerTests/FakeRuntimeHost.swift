@@ -184,7 +184,9 @@ final class FakeRuntimeHost: RuntimeHost {
 /// The session logic on the in-memory store with a fake host and a manual clock: no processes,
 /// no sleeps, no scheduler loop (the test fires the rules), interleavings chosen by the test.
 struct EngineHarness {
-    let store = InMemorySessionStore()
+    let memory = InMemorySessionStore()
+    /// The store as the engine sees it.
+    var store: any SessionStore { memory }
     let host = FakeRuntimeHost()
     let clock = ManualClock()
     let engine: SessionEngine
@@ -195,9 +197,9 @@ struct EngineHarness {
         self.timing = timing
         let logger = Logger(label: "engine-test")
         engine = SessionEngine(
-            store: store, host: host, timing: timing, clock: clock, secretBox: try SecretBox(base64Key: SecretBox.generateBase64Key()),
+            store: memory, host: host, timing: timing, clock: clock, secretBox: try SecretBox(base64Key: SecretBox.generateBase64Key()),
             agents: try AgentRegistry.resolve(agentsFile: nil, environment: [:], runtimeExecutable: "/nonexistent/cloud-agent-runtime", logger: logger),
-            heartbeats: HeartbeatBatcher(store: store, logger: logger), scheduler: WakeUpScheduler(store: store, clock: clock, logger: logger),
+            heartbeats: HeartbeatBatcher(store: memory, logger: logger), scheduler: WakeUpScheduler(store: memory, clock: clock, logger: logger),
             maxRuntimes: maxRuntimes, metrics: ServerMetrics(), logger: logger
         )
     }

@@ -78,7 +78,7 @@ struct InterleavingTests {
         let (a, _) = try await h.running()
         // B's admission picks A; A's eviction transaction waits while A accepts an execution.
         let gate = Gate(open: false)
-        await Self.hold(h.store, a, count: 1, at: gate)
+        await Self.hold(h.memory, a, count: 1, at: gate)
         let creating = Task { try await h.sessions.create(owner: h.owner, input: try SessionInput.parseCreate(["prompt": "b"])) }
         await gate.arrival(1)
         let execution = try await h.sessions.startExecution(a, owner: h.owner, message: nil)
@@ -179,7 +179,7 @@ struct InterleavingTests {
         let first = try await h.sessions.startExecution(id, owner: h.owner, message: nil)
         try await h.complete(first.id, on: connection)
         let gate = Gate(open: false)
-        await Self.hold(h.store, id, count: 2, at: gate)
+        await Self.hold(h.memory, id, count: 2, at: gate)
         let one = Task { try await h.sessions.startExecution(id, owner: h.owner, message: Self.message("one")) }
         let two = Task { try await h.sessions.startExecution(id, owner: h.owner, message: Self.message("two")) }
         await gate.arrival(2)

@@ -38,7 +38,7 @@ struct UpdateStoreTests {
             #expect(try await store.session(session.id)?.executionCount == 7)
 
             // Without `forRules`, what only the rules need is not read.
-            try await store.update(session.id) { state in
+            _ = try await store.update(session.id) { state in
                 #expect(state?.oldestEventAt == nil && state?.wakeUp == nil)
                 return Decision(output: ())
             }
@@ -55,7 +55,7 @@ struct UpdateStoreTests {
         try await withStore(backend) { store in
             let session = try await store.insertFixtureSession()
             await #expect(throws: Refused.self) {
-                try await store.update(session.id) { state in
+                _ = try await store.update(session.id) { state in
                     _ = state
                     throw Refused()
                 } as Committed<Void>
@@ -73,7 +73,7 @@ struct UpdateStoreTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<20 {
                     group.addTask {
-                        try await store.update(session.id) { state in
+                        _ = try await store.update(session.id) { state in
                             var record = try #require(state?.session)
                             record.executionCount += 1
                             return Decision(change: SessionChange(sessionId: record.id, session: record))
