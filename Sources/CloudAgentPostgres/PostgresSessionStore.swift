@@ -137,6 +137,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         try await !query("DELETE FROM sessions WHERE id = \(id.rawValue) RETURNING 1").isEmpty
     }
 
+    @discardableResult
     public func commit(_ change: SessionChange) async throws -> [Event] {
         let encoded = try Encoded(change)
         return try await mappingConstraintViolations(of: change.sessionId) {
@@ -398,6 +399,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         try await executions("WHERE session_id = \(session.rawValue) ORDER BY id DESC LIMIT 1").first
     }
 
+    @discardableResult
     public func recordHeartbeats(_ heartbeats: [Heartbeat]) async throws -> Int {
         guard !heartbeats.isEmpty else { return 0 }
         return try await transaction { connection in
@@ -453,6 +455,7 @@ public final class PostgresSessionStore: SessionStore, Service {
             .map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
     }
 
+    @discardableResult
     public func deleteEvents(of session: SessionID, olderThan date: Date) async throws -> Int {
         try await query(
             """
