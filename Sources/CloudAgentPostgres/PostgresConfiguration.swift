@@ -43,6 +43,7 @@ public struct PostgresConfiguration: Sendable, Equatable {
         guard let host = components.host, !host.isEmpty else { throw invalid("has no host") }
         guard let user = components.user, !user.isEmpty else { throw invalid("has no user name") }
         if let port = components.port, !(1...65_535).contains(port) { throw invalid("has a port out of range (1–65535)") }
+        // `path`, `user` and `password` are percent-decoded already.
         let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
         guard !path.isEmpty else { throw invalid("has no database name (postgres://user:pass@host:port/DATABASE)") }
         guard !path.contains("/") else { throw invalid("has a path of more than one part; it must be /DATABASE") }
@@ -60,7 +61,7 @@ public struct PostgresConfiguration: Sendable, Equatable {
         }
         self.init(
             host: host, port: components.port ?? 5432, username: user, password: components.password,
-            database: path.removingPercentEncoding ?? path, tls: tls
+            database: path, tls: tls
         )
     }
 

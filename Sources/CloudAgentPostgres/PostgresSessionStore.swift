@@ -404,7 +404,9 @@ public final class PostgresSessionStore: SessionStore, Service {
         guard !heartbeats.isEmpty else { return 0 }
         return try await transaction { connection in
             var changed = 0
-            for beat in heartbeats {
+            // In one order (by execution), so that two batches naming the same executions cannot
+            // deadlock on their rows; the latest heartbeat wins whatever the order.
+            for beat in heartbeats.sorted(by: { $0.executionId < $1.executionId }) {
                 let at = beat.at.millisecondsSince1970
                 changed += try await connection.rows(
                     """

@@ -20,6 +20,7 @@ struct PostgresStoreTests {
         let configuration = try PostgresConfiguration(url: "postgresql://agent@localhost/agents")
         #expect(configuration == PostgresConfiguration(host: "localhost", port: 5432, username: "agent", password: nil, database: "agents"))
         #expect(try PostgresConfiguration(url: "postgres://a:b@h/d?sslmode=disable").tls == .disable)
+        #expect(try PostgresConfiguration(url: "postgres://a@h/agents%20one").database == "agents one")
     }
 
     @Test(arguments: [
