@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Domain types, the idle and liveness rules, validation, the store protocol. No I/O.
@@ -87,6 +88,17 @@ let package = Package(
             dependencies: [
                 "CloudAgentCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: strict
+        ),
+        // The PostgreSQL (postgres-nio) implementation of SessionStore, for several nodes on one database.
+        .target(
+            name: "CloudAgentPostgres",
+            dependencies: [
+                "CloudAgentCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
@@ -231,7 +243,13 @@ let package = Package(
         ),
         .testTarget(
             name: "CloudAgentStoreTests",
-            dependencies: ["CloudAgentCore", "CloudAgentSQLite"],
+            dependencies: [
+                "CloudAgentCore",
+                "CloudAgentSQLite",
+                "CloudAgentPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

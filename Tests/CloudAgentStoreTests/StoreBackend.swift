@@ -1,49 +1,77 @@
 import CloudAgentCore
+import CloudAgentPostgres
 import CloudAgentSQLite
 import Foundation
+import Logging
 
 /// The `SessionStore` implementations the conformance suite runs against.
 ///
 /// Every conformance test is `@Test(arguments: StoreBackend.allCases)`: a backend added later
-/// (e.g. `.postgres`, backed by postgres-nio) only needs a new case here and a branch in `make()`,
-/// and then runs the whole suite unchanged.
+/// only needs a new case here and a branch in `withStore(_:)`, and then runs the whole suite
+/// unchanged.
 enum StoreBackend: CaseIterable, CustomStringConvertible, Sendable {
     case memory
     case sqlite
-
-    /// Removes whatever the store left on disk. Call it once the test is done with the store.
-    typealias Cleanup = @Sendable () -> Void
+    /// A database of its own in the test process's throwaway cluster (PostgresTestCluster).
+    case postgres
 
     var description: String {
         switch self {
         case .memory: "memory"
         case .sqlite: "sqlite"
+        case .postgres: "postgres"
         }
     }
 
-    /// A fresh, empty store, and how to clean up after it.
-    func make() async throws -> (store: any SessionStore, cleanup: Cleanup) {
+    /// Runs `body` with a fresh, empty store, and removes what the store left afterwards, also
+    /// when `body` throws.
+    func withStore(_ body: (any SessionStore) async throws -> Void) async throws {
         switch self {
         case .memory:
-            return (InMemorySessionStore(), {})
+            try await body(InMemorySessionStore())
         case .sqlite:
             let directory = try TemporaryDirectory()
-            do {
-                let store = try SQLiteSessionStore(path: directory.path(for: "store.sqlite"))
-                return (store, { directory.remove() })
-            } catch {
-                directory.remove()
-                throw error
+            defer { directory.remove() }
+            try await body(try SQLiteSessionStore(path: directory.path(for: "store.sqlite")))
+        case .postgres:
+            try await withPostgresTestDatabase { configuration in
+                try await withRunningPostgresStore(configuration, body)
             }
         }
     }
 }
 
-/// Creates a store, runs `body` with it and cleans up afterwards, also when `body` throws.
+/// A PostgreSQL store on `configuration`, migrated, its connection pool running for as long as
+/// `body` runs.
+func withRunningPostgresStore(
+    _ configuration: PostgresConfiguration, _ body: (PostgresSessionStore) async throws -> Void
+) async throws {
+    // Quiet: the pool's connection chatter and the migrations' lines would drown the test output.
+    let store = try PostgresSessionStore(configuration: configuration, logger: Logger(label: "cloud-agent.tests.postgres", factory: { _ in SwiftLogNoOpLogHandler() }))
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await store.run() }
+        try await store.migrate()
+        try await body(store)
+        group.cancelAll()
+    }
+}
+
+/// A new database in the test cluster for as long as `body` runs; dropped afterwards, also when
+/// `body` throws.
+func withPostgresTestDatabase(_ body: (PostgresConfiguration) async throws -> Void) async throws {
+    let configuration = try await PostgresTestCluster.shared.createDatabase()
+    do {
+        try await body(configuration)
+    } catch {
+        try? await PostgresTestCluster.shared.dropDatabase(configuration.database)
+        throw error
+    }
+    try await PostgresTestCluster.shared.dropDatabase(configuration.database)
+}
+
+/// Runs `body` with a fresh store of `backend` (see `StoreBackend.withStore(_:)`).
 func withStore(_ backend: StoreBackend, _ body: (any SessionStore) async throws -> Void) async throws {
-    let (store, cleanup) = try await backend.make()
-    defer { cleanup() }
-    try await body(store)
+    try await backend.withStore(body)
 }
 
 /// A fresh directory under the system's temporary directory.

@@ -1,0 +1,651 @@
+import CloudAgentCore
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// The `SessionStore` for several nodes on one PostgreSQL database.
+///
+/// It keeps the SQLite store's tables and rules (PostgresMigrations): a session is a JSON record
+/// plus the columns queries need, executions are rows, events an append-only table keyed by
+/// (session, id), wake-ups a table indexed by due time, and two outboxes (callbacks, runtime
+/// commands). Every write to a session first locks its row (`SELECT … FOR UPDATE`), so that the
+/// changes of one session are serialized across nodes as SQLite's single writer serializes them
+/// in one process.
+///
+/// It is also the `Service` that runs its connection pool: queries wait until `run()` is
+/// running, so put the store in the process's `ServiceGroup` (or run it in a task) and call
+/// `migrate()` before serving.
+public final class PostgresSessionStore: SessionStore, Service {
+    private let client: PostgresClient
+    private let logger: Logger
+
+    public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "cloud-agent.postgres")) throws {
+        client = PostgresClient(configuration: try configuration.clientConfiguration(), backgroundLogger: logger)
+        self.logger = logger
+    }
+
+    /// Runs the connection pool until the task is cancelled or the group shuts down gracefully.
+    public func run() async {
+        await client.run()
+    }
+
+    /// Applies the migrations not applied yet, each once, in order, in one transaction that holds
+    /// an advisory lock: nodes that start at once wait for each other instead of racing.
+    public func migrate() async throws {
+        try await transaction { connection in
+            try await connection.run("SELECT pg_advisory_xact_lock(\(PostgresMigrations.advisoryLockKey))", logger)
+            try await connection.run(
+                """
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )
+                """,
+                logger
+            )
+            let applied = Set(try await connection.rows("SELECT version FROM schema_migrations", logger).map { try $0.decode(Int.self) })
+            for migration in PostgresMigrations.all where !applied.contains(migration.version) {
+                for statement in migration.statements {
+                    try await connection.run(PostgresQuery(unsafeSQL: statement), logger)
+                }
+                try await connection.run("INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))", logger)
+                logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+            }
+        }
+    }
+
+    // MARK: Tokens
+
+    public func saveToken(hash: String, owner: Owner, createdAt: Date) async throws {
+        try await query(
+            """
+            INSERT INTO api_tokens (hash, owner_user, owner_org, created_at) VALUES (\(hash), \(owner.user), \(owner.org), \(createdAt.millisecondsSince1970))
+            ON CONFLICT (hash) DO UPDATE SET owner_user = excluded.owner_user, owner_org = excluded.owner_org, created_at = excluded.created_at
+            """
+        )
+    }
+
+    public func owner(forTokenHash hash: String) async throws -> Owner? {
+        try await query("SELECT owner_user, owner_org FROM api_tokens WHERE hash = \(hash)").first.map { row in
+            let (user, org) = try row.decode((String, String?).self)
+            return Owner(user: user, org: org)
+        }
+    }
+
+    // MARK: Sessions
+
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws {
+        let record = try RecordCoding.encode(session)
+        try await transaction { connection in
+            let inserted = try await connection.rows(
+                """
+                INSERT INTO sessions (id, owner_user, owner_org, created_at, runtime_state, record)
+                VALUES (\(session.id.rawValue), \(session.owner.user), \(session.owner.org ?? ""), \(session.createdAt.millisecondsSince1970),
+                    \(session.runtime.state.rawValue), \(record))
+                ON CONFLICT (id) DO NOTHING
+                RETURNING 1
+                """,
+                logger
+            )
+            guard !inserted.isEmpty else { throw StoreError.duplicateSession(session.id) }
+            if let wakeUp {
+                try await connection.run(
+                    "INSERT INTO wake_ups (session_id, due_at) VALUES (\(session.id.rawValue), \(wakeUp.millisecondsSince1970))", logger
+                )
+            }
+        }
+    }
+
+    public func session(_ id: SessionID) async throws -> SessionRecord? {
+        try await query("SELECT record FROM sessions WHERE id = \(id.rawValue)").first.map { row in
+            try RecordCoding.decode(SessionRecord.self, from: try row.decode(String.self))
+        }
+    }
+
+    public func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord] {
+        let rows = if let cursor {
+            try await query(
+                """
+                SELECT record FROM sessions
+                WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
+                    AND (created_at, id) < (\(cursor.createdAt.millisecondsSince1970), \(cursor.id.rawValue))
+                ORDER BY created_at DESC, id DESC LIMIT \(limit)
+                """
+            )
+        } else {
+            try await query(
+                """
+                SELECT record FROM sessions WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
+                ORDER BY created_at DESC, id DESC LIMIT \(limit)
+                """
+            )
+        }
+        return try rows.map { try RecordCoding.decode(SessionRecord.self, from: try $0.decode(String.self)) }
+    }
+
+    public func sessions(withRuntimeIn states: Set<RuntimeState>) async throws -> [SessionRecord] {
+        guard !states.isEmpty else { return [] }
+        let names = states.map(\.rawValue).sorted()
+        return try await query("SELECT record FROM sessions WHERE runtime_state = ANY(\(names)) ORDER BY id").map {
+            try RecordCoding.decode(SessionRecord.self, from: try $0.decode(String.self))
+        }
+    }
+
+    public func deleteSession(_ id: SessionID) async throws -> Bool {
+        try await !query("DELETE FROM sessions WHERE id = \(id.rawValue) RETURNING 1").isEmpty
+    }
+
+    @discardableResult
+    public func commit(_ change: SessionChange) async throws -> [Event] {
+        let encoded = try Encoded(change)
+        return try await mappingConstraintViolations(of: change.sessionId) {
+            try await transaction { connection in
+                guard let lastEventId = try await connection.rows(
+                    "SELECT last_event_id FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE", logger
+                ).first?.decode(Int64.self) else {
+                    throw StoreError.sessionNotFound(change.sessionId)
+                }
+                return try await apply(change, encoded, lastEventId: lastEventId, on: connection)
+            }
+        }
+    }
+
+    /// One transaction: the session's row locked (`FOR UPDATE`) and read with its execution, the
+    /// decision made, its change applied, committed. A decision that throws rolls back, so it
+    /// writes nothing; another node's change to the session waits for the lock.
+    public func update<Output: Sendable>(
+        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+    ) async throws -> Committed<Output> {
+        try await mappingConstraintViolations(of: id) {
+            try await transaction { connection in
+                let row = try await connection.rows("SELECT record, last_event_id FROM sessions WHERE id = \(id.rawValue) FOR UPDATE", logger).first
+                var state: SessionState?
+                var lastEventId: Int64?
+                if let row {
+                    let (record, last) = try row.decode((String, Int64).self)
+                    lastEventId = last
+                    let session = try RecordCoding.decode(SessionRecord.self, from: record)
+                    var execution: Execution?
+                    if let active = session.activeExecutionId {
+                        execution = try await executions("WHERE id = \(active.rawValue)", on: connection).first
+                    }
+                    if execution == nil {
+                        execution = try await executions("WHERE session_id = \(id.rawValue) ORDER BY id DESC LIMIT 1", on: connection).first
+                    }
+                    var oldestEventAt: Date?
+                    var wakeUp: Date?
+                    if forRules {
+                        oldestEventAt = try await connection.rows(
+                            "SELECT at FROM events WHERE session_id = \(id.rawValue) ORDER BY id LIMIT 1", logger
+                        ).first.map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
+                        wakeUp = try await connection.rows("SELECT due_at FROM wake_ups WHERE session_id = \(id.rawValue)", logger)
+                            .first.map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
+                    }
+                    state = SessionState(session: session, execution: execution, oldestEventAt: oldestEventAt, wakeUp: wakeUp)
+                }
+                let decision = try decide(state)
+                guard let change = decision.change else {
+                    return Committed(output: decision.output, effects: decision.effects, events: [], change: nil)
+                }
+                guard let lastEventId else { throw StoreError.sessionNotFound(change.sessionId) }
+                let events = try await apply(change, try Encoded(change), lastEventId: lastEventId, on: connection)
+                return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
+            }
+        }
+    }
+
+    /// A change's JSON, encoded before the transaction starts where it can be.
+    struct Encoded: Sendable {
+        var session: String?
+        var eventData: [String]
+        var callbackHeaders: [String]
+        var commands: [String]
+
+        init(_ change: SessionChange) throws {
+            session = try change.session.map { try RecordCoding.encode($0) }
+            eventData = change.events.map { JSONText.encode($0.data) }
+            callbackHeaders = try change.callbacks.map { try RecordCoding.encode($0.headers) }
+            commands = try change.commands.map { try RecordCoding.encode($0) }
+        }
+    }
+
+    /// Events per INSERT statement: six parameters each, well under the protocol's 65,535.
+    private static let eventsPerInsert = 1_000
+
+    /// Writes a change inside the caller's transaction, which holds the session's row lock.
+    private func apply(_ change: SessionChange, _ encoded: Encoded, lastEventId: Int64, on connection: PostgresConnection) async throws -> [Event] {
+        let id = change.sessionId.rawValue
+        if change.deletesSession {
+            try await connection.run("DELETE FROM sessions WHERE id = \(id)", logger)
+            return change.events.enumerated().map { Event(id: lastEventId + Int64($0.offset) + 1, sessionId: change.sessionId, $0.element) }
+        }
+        if let session = change.session, let record = encoded.session {
+            try await connection.run("UPDATE sessions SET record = \(record), runtime_state = \(session.runtime.state.rawValue) WHERE id = \(id)", logger)
+        }
+        for execution in change.executions { try await save(execution, on: connection) }
+        if let new = change.newExecution {
+            if let active = try await connection.rows(
+                "SELECT id FROM executions WHERE session_id = \(id) AND status IN ('pending', 'running') AND id <> \(new.id.rawValue) LIMIT 1", logger
+            ).first, let activeId = ExecutionID(rawValue: try active.decode(String.self)) {
+                throw StoreError.executionInProgress(activeId)
+            }
+            try await save(new, on: connection)
+        }
+        var appended: [Event] = []
+        if !change.events.isEmpty {
+            let count = Int64(change.events.count)
+            guard let last = try await connection.rows(
+                "UPDATE sessions SET last_event_id = last_event_id + \(count) WHERE id = \(id) RETURNING last_event_id", logger
+            ).first?.decode(Int64.self) else {
+                throw StoreError.sessionNotFound(change.sessionId)
+            }
+            appended = change.events.enumerated().map { Event(id: last - count + Int64($0.offset) + 1, sessionId: change.sessionId, $0.element) }
+            let rows = Array(zip(appended, encoded.eventData))
+            for start in stride(from: 0, to: rows.count, by: Self.eventsPerInsert) {
+                try await insertEvents(rows[start..<min(start + Self.eventsPerInsert, rows.count)], of: id, on: connection)
+            }
+        }
+        switch change.wakeUp {
+        case .none: break
+        case .some(.none): try await connection.run("DELETE FROM wake_ups WHERE session_id = \(id)", logger)
+        case .some(.some(let due)):
+            try await connection.run(
+                """
+                INSERT INTO wake_ups (session_id, due_at) VALUES (\(id), \(due.millisecondsSince1970))
+                ON CONFLICT (session_id) DO UPDATE SET due_at = excluded.due_at
+                """,
+                logger
+            )
+        }
+        for (delivery, headers) in zip(change.callbacks, encoded.callbackHeaders) {
+            _ = try await insert(delivery, headers: headers, on: connection)
+        }
+        if let cutoff = change.deleteEventsBefore {
+            try await connection.run("DELETE FROM events WHERE session_id = \(id) AND at < \(cutoff.millisecondsSince1970)", logger)
+        }
+        for drop in change.dropCommands {
+            switch drop {
+            case .all:
+                try await connection.run("DELETE FROM runtime_commands WHERE session_id = \(id)", logger)
+            case .settings:
+                try await connection.run("DELETE FROM runtime_commands WHERE session_id = \(id) AND kind = 'settings'", logger)
+            case .execution(let executionId, let kinds):
+                try await connection.run(
+                    """
+                    DELETE FROM runtime_commands
+                    WHERE session_id = \(id) AND execution_id = \(executionId.rawValue) AND kind = ANY(\(kinds.sorted()))
+                    """,
+                    logger
+                )
+            }
+        }
+        // A row equal to one already there (same kind, same execution) is not added twice; a
+        // `settings` row has no execution and is always added.
+        for (command, json) in zip(change.commands, encoded.commands) {
+            try await connection.run(
+                """
+                INSERT INTO runtime_commands (session_id, kind, execution_id, command)
+                VALUES (\(id), \(command.kind), \(command.executionId?.rawValue), \(json))
+                ON CONFLICT DO NOTHING
+                """,
+                logger
+            )
+        }
+        return appended
+    }
+
+    /// One multi-row INSERT of numbered events.
+    private func insertEvents(_ rows: ArraySlice<(Event, String)>, of session: String, on connection: PostgresConnection) async throws {
+        var sql = "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES "
+        var binds = PostgresBindings(capacity: 1 + rows.count * 5)
+        binds.append(session)
+        for (index, (event, data)) in rows.enumerated() {
+            let first = 2 + index * 5
+            if index > 0 { sql += ", " }
+            sql += "($1, $\(first)::bigint, $\(first + 1)::text, $\(first + 2)::text, $\(first + 3)::bigint, $\(first + 4)::text)"
+            binds.append(event.id)
+            binds.append(event.executionId?.rawValue)
+            binds.append(event.type)
+            binds.append(event.at.millisecondsSince1970)
+            binds.append(data)
+        }
+        try await connection.run(PostgresQuery(unsafeSQL: sql, binds: binds), logger)
+    }
+
+    public func commands(of session: SessionID, after id: Int64) async throws -> [QueuedCommand] {
+        try await query("SELECT id, command FROM runtime_commands WHERE session_id = \(session.rawValue) AND id > \(id) ORDER BY id").map { row in
+            let (id, command) = try row.decode((Int64, String).self)
+            return QueuedCommand(id: id, sessionId: session, command: try RecordCoding.decode(OutboxCommand.self, from: command))
+        }
+    }
+
+    // MARK: Executions
+
+    private func save(_ execution: Execution, on connection: PostgresConnection) async throws {
+        try await connection.run(
+            """
+            INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
+                completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
+                end_reported_by_runtime)
+            VALUES (\(execution.id.rawValue), \(execution.sessionId.rawValue), \(execution.status.rawValue), \(execution.prompt),
+                \(execution.mode), \(execution.model), \(execution.startedAt.millisecondsSince1970),
+                \(execution.runningAt?.millisecondsSince1970), \(execution.lastHeartbeat?.millisecondsSince1970),
+                \(execution.completedAt?.millisecondsSince1970), \(execution.exitCode), \(execution.error),
+                \(execution.interruptReason), \(execution.progressEvents), \(execution.lastEventAt?.millisecondsSince1970),
+                \(execution.stuckReportedAt?.millisecondsSince1970), \(execution.endReportedByRuntime))
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, running_at = excluded.running_at,
+                last_heartbeat = GREATEST(executions.last_heartbeat, excluded.last_heartbeat),
+                completed_at = excluded.completed_at, exit_code = excluded.exit_code, error = excluded.error,
+                interrupt_reason = excluded.interrupt_reason, progress_events = excluded.progress_events,
+                last_event_at = excluded.last_event_at, stuck_reported_at = excluded.stuck_reported_at,
+                end_reported_by_runtime = excluded.end_reported_by_runtime
+            """,
+            logger
+        )
+    }
+
+    private static let executionColumns = """
+        id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat, completed_at, exit_code, error,
+        interrupt_reason, progress_events, last_event_at, stuck_reported_at, end_reported_by_runtime
+        """
+
+    /// Executions selected by a condition (`WHERE …`, ordering, limit), on a connection or the pool.
+    private func executions(_ condition: PostgresQuery, on connection: PostgresConnection? = nil) async throws -> [Execution] {
+        let query = PostgresQuery(unsafeSQL: "SELECT \(Self.executionColumns) FROM executions \(condition.sql)", binds: condition.binds)
+        let rows = if let connection { try await connection.rows(query, logger) } else { try await self.query(query) }
+        return try rows.compactMap(Self.execution(from:))
+    }
+
+    static func execution(from row: PostgresRow) throws -> Execution? {
+        let (
+            id, sessionId, status, prompt, mode, model, startedAt, runningAt, lastHeartbeat, completedAt, exitCode, error,
+            interruptReason, progressEvents, lastEventAt, stuckReportedAt, endReportedByRuntime
+        ) = try row.decode(
+            (String, String, String, String, String?, String?, Int64, Int64?, Int64?, Int64?, Int?, String?, String?, Int, Int64?, Int64?, Bool)
+                .self
+        )
+        guard let executionId = ExecutionID(rawValue: id), let sessionId = SessionID(rawValue: sessionId),
+              let status = ExecutionStatus(rawValue: status)
+        else { return nil }
+        func date(_ millis: Int64?) -> Date? { millis.map { Date(millisecondsSince1970: $0) } }
+        var execution = Execution(
+            id: executionId, sessionId: sessionId, prompt: prompt, mode: mode, model: model, acceptedAt: Date(millisecondsSince1970: startedAt)
+        )
+        execution.status = status
+        execution.runningAt = date(runningAt)
+        execution.lastHeartbeat = date(lastHeartbeat)
+        execution.completedAt = date(completedAt)
+        execution.exitCode = exitCode
+        execution.error = error
+        execution.interruptReason = interruptReason
+        execution.progressEvents = progressEvents
+        execution.lastEventAt = date(lastEventAt)
+        execution.stuckReportedAt = date(stuckReportedAt)
+        execution.endReportedByRuntime = endReportedByRuntime
+        return execution
+    }
+
+    public func execution(_ id: ExecutionID) async throws -> Execution? {
+        try await executions("WHERE id = \(id.rawValue)").first
+    }
+
+    public func executions(of session: SessionID) async throws -> [Execution] {
+        try await executions("WHERE session_id = \(session.rawValue) ORDER BY id")
+    }
+
+    public func latestExecution(of session: SessionID) async throws -> Execution? {
+        try await executions("WHERE session_id = \(session.rawValue) ORDER BY id DESC LIMIT 1").first
+    }
+
+    @discardableResult
+    public func recordHeartbeats(_ heartbeats: [Heartbeat]) async throws -> Int {
+        guard !heartbeats.isEmpty else { return 0 }
+        return try await transaction { connection in
+            var changed = 0
+            // In one order (by execution), so that two batches naming the same executions cannot
+            // deadlock on their rows; the latest heartbeat wins whatever the order.
+            for beat in heartbeats.sorted(by: { $0.executionId < $1.executionId }) {
+                let at = beat.at.millisecondsSince1970
+                changed += try await connection.rows(
+                    """
+                    UPDATE executions SET last_heartbeat = \(at)
+                    WHERE id = \(beat.executionId.rawValue) AND status = 'running' AND COALESCE(last_heartbeat, 0) < \(at)
+                    RETURNING 1
+                    """,
+                    logger
+                ).count
+            }
+            return changed
+        }
+    }
+
+    // MARK: Events
+
+    public func events(of session: SessionID, _ query: EventQuery) async throws -> [Event] {
+        var sql = "SELECT id, execution_id, type, at, data FROM events WHERE session_id = $1 AND id > $2"
+        var binds = PostgresBindings(capacity: 5)
+        binds.append(session.rawValue)
+        binds.append(query.afterId)
+        if let executionId = query.executionId {
+            binds.append(executionId.rawValue)
+            sql += " AND execution_id = $\(binds.count)"
+        }
+        if let types = query.types {
+            binds.append(types.sorted())
+            sql += " AND type = ANY($\(binds.count))"
+        }
+        binds.append(query.limit)
+        sql += " ORDER BY id LIMIT $\(binds.count)"
+        return try await self.query(PostgresQuery(unsafeSQL: sql, binds: binds)).map { row in
+            let (id, executionId, type, at, data) = try row.decode((Int64, String?, String, Int64, String).self)
+            return Event(
+                id: id, sessionId: session, executionId: executionId.flatMap(ExecutionID.init(rawValue:)), type: type,
+                at: Date(millisecondsSince1970: at), data: try RecordCoding.decode([String: JSONValue].self, from: data)
+            )
+        }
+    }
+
+    public func lastEventId(of session: SessionID) async throws -> Int64 {
+        try await query("SELECT last_event_id FROM sessions WHERE id = \(session.rawValue)").first?.decode(Int64.self) ?? 0
+    }
+
+    public func oldestEventAt(of session: SessionID) async throws -> Date? {
+        // Events are appended in time order, so the lowest id is the oldest.
+        try await query("SELECT at FROM events WHERE session_id = \(session.rawValue) ORDER BY id LIMIT 1").first
+            .map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
+    }
+
+    @discardableResult
+    public func deleteEvents(of session: SessionID, olderThan date: Date) async throws -> Int {
+        try await query(
+            """
+            WITH deleted AS (DELETE FROM events WHERE session_id = \(session.rawValue) AND at < \(date.millisecondsSince1970) RETURNING 1)
+            SELECT count(*) FROM deleted
+            """
+        ).first?.decode(Int.self) ?? 0
+    }
+
+    // MARK: Wake-ups and settings
+
+    public func wakeUps() async throws -> [WakeUp] {
+        try await query("SELECT session_id, due_at FROM wake_ups ORDER BY due_at, session_id").compactMap { row in
+            let (session, due) = try row.decode((String, Int64).self)
+            return SessionID(rawValue: session).map { WakeUp(sessionId: $0, dueAt: Date(millisecondsSince1970: due)) }
+        }
+    }
+
+    public func wakeUp(of session: SessionID) async throws -> Date? {
+        try await query("SELECT due_at FROM wake_ups WHERE session_id = \(session.rawValue)").first
+            .map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
+    }
+
+    public func settingSavingIfAbsent(_ key: String, value: String) async throws -> String {
+        // Two statements, each with its own snapshot: when another node inserted the key first,
+        // the second statement sees its value.
+        try await query("INSERT INTO settings (key, value) VALUES (\(key), \(value)) ON CONFLICT (key) DO NOTHING")
+        return try await query("SELECT value FROM settings WHERE key = \(key)").first?.decode(String.self) ?? value
+    }
+
+    // MARK: Callbacks
+
+    @discardableResult
+    public func enqueueCallback(_ delivery: CallbackDelivery) async throws -> Bool {
+        let headers = try RecordCoding.encode(delivery.headers)
+        return try await transaction { connection in
+            // The key-share lock keeps the session from being deleted until this commits.
+            guard try await !connection.rows("SELECT 1 FROM sessions WHERE id = \(delivery.sessionId.rawValue) FOR KEY SHARE", logger).isEmpty else {
+                throw StoreError.sessionNotFound(delivery.sessionId)
+            }
+            return try await insert(delivery, headers: headers, on: connection)
+        }
+    }
+
+    /// One delivery into the outbox; false when its execution has one already.
+    private func insert(_ delivery: CallbackDelivery, headers: String, on connection: PostgresConnection) async throws -> Bool {
+        try await !connection.rows(
+            """
+            INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
+                created_at, last_error)
+            VALUES (\(delivery.id.uuidString.lowercased()), \(delivery.sessionId.rawValue), \(delivery.executionId.rawValue), \(delivery.url),
+                \(headers), \(delivery.body), \(delivery.attempts), \(delivery.nextAttemptAt.millisecondsSince1970),
+                \(delivery.createdAt.millisecondsSince1970), \(delivery.lastError))
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+            """,
+            logger
+        ).isEmpty
+    }
+
+    public func dueCallbacks(before date: Date, limit: Int) async throws -> [CallbackDelivery] {
+        try await query(
+            """
+            SELECT id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error
+            FROM callback_deliveries WHERE next_attempt_at <= \(date.millisecondsSince1970)
+            ORDER BY next_attempt_at, created_at, id LIMIT \(limit)
+            """
+        ).compactMap { row in
+            let (id, sessionId, executionId, url, headers, body, attempts, nextAttemptAt, createdAt, lastError) =
+                try row.decode((String, String, String, String, String, String, Int, Int64, Int64, String?).self)
+            guard let id = UUID(uuidString: id), let sessionId = SessionID(rawValue: sessionId),
+                  let executionId = ExecutionID(rawValue: executionId)
+            else { return nil }
+            return CallbackDelivery(
+                id: id, sessionId: sessionId, executionId: executionId, url: url,
+                headers: try RecordCoding.decode([String: SealedValue].self, from: headers), body: body, attempts: attempts,
+                nextAttemptAt: Date(millisecondsSince1970: nextAttemptAt), createdAt: Date(millisecondsSince1970: createdAt), lastError: lastError
+            )
+        }
+    }
+
+    public func nextCallbackDue() async throws -> Date? {
+        try await query("SELECT MIN(next_attempt_at) FROM callback_deliveries").first?.decode(Int64?.self)
+            .map { Date(millisecondsSince1970: $0) }
+    }
+
+    @discardableResult
+    public func markCallbackDelivered(_ id: UUID) async throws -> Bool { try await deleteCallback(id) }
+
+    public func rescheduleCallback(_ id: UUID, nextAttemptAt: Date, lastError: String) async throws {
+        try await query(
+            """
+            UPDATE callback_deliveries SET attempts = attempts + 1, next_attempt_at = \(nextAttemptAt.millisecondsSince1970), last_error = \(lastError)
+            WHERE id = \(id.uuidString.lowercased())
+            """
+        )
+    }
+
+    @discardableResult
+    public func markCallbackFailed(_ id: UUID) async throws -> Bool { try await deleteCallback(id) }
+
+    private func deleteCallback(_ id: UUID) async throws -> Bool {
+        try await !query("DELETE FROM callback_deliveries WHERE id = \(id.uuidString.lowercased()) RETURNING 1").isEmpty
+    }
+
+    // MARK: Queries and transactions
+
+    /// One statement on a pooled connection, its rows read to the end (which returns the connection).
+    @discardableResult
+    private func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        try await client.query(query, logger: logger).collect()
+    }
+
+    /// Runs `body` between BEGIN and COMMIT on one connection; rolls back and rethrows what it
+    /// threw (not wrapped, so that domain errors reach the caller as they are).
+    private func transaction<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
+        try await client.withConnection { connection in
+            try await connection.run("BEGIN", logger)
+            let result: Result
+            do {
+                result = try await body(connection)
+            } catch {
+                do {
+                    try await connection.run("ROLLBACK", logger)
+                } catch let rollbackError {
+                    // The connection is most likely broken; the pool drops a closed connection.
+                    logger.warning("rollback failed", metadata: ["error": "\(String(reflecting: rollbackError))"])
+                }
+                throw error
+            }
+            try await connection.run("COMMIT", logger)
+            return result
+        }
+    }
+
+    /// Maps the unique and foreign-key violations a write to a session can meet to the domain's
+    /// errors, as the SQLite store reports them: a second active execution (the partial unique
+    /// index) is `executionInProgress` with the active one's id, a missing session
+    /// `sessionNotFound`.
+    private func mappingConstraintViolations<Result>(of session: SessionID, _ body: () async throws -> Result) async throws -> Result {
+        do {
+            return try await body()
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505"
+            && error.serverInfo?[.constraintName] == "executions_one_active_per_session"
+        {
+            let active = try await executions("WHERE session_id = \(session.rawValue) AND status IN ('pending', 'running') LIMIT 1").first
+            guard let active else { throw error }
+            throw StoreError.executionInProgress(active.id)
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23503" {
+            throw StoreError.sessionNotFound(session)
+        }
+    }
+}
+
+extension PostgresConnection {
+    /// One statement, its rows read to the end.
+    func rows(_ query: PostgresQuery, _ logger: Logger) async throws -> [PostgresRow] {
+        try await self.query(query, logger: logger).collect()
+    }
+
+    /// One statement whose rows, if any, are not needed.
+    func run(_ query: PostgresQuery, _ logger: Logger) async throws {
+        _ = try await self.query(query, logger: logger).collect()
+    }
+}
+
+/// JSON for stored records, as the SQLite store writes it: timestamps as milliseconds since
+/// 1970, keys sorted (stable bytes), so that either store reads the other's records.
+enum RecordCoding {
+    // Both are safe to share: configured once, never changed.
+    private static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .millisecondsSince1970
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }()
+
+    private static let decoder: JSONDecoder = {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return decoder
+    }()
+
+    static func encode(_ value: some Encodable) throws -> String {
+        String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
+        try decoder.decode(type, from: Data(text.utf8))
+    }
+}
