@@ -132,6 +132,7 @@ let package = Package(
             dependencies: [
                 "CloudAgentCore",
                 "CloudAgentModelServer",
+                "CloudAgentPostgres",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

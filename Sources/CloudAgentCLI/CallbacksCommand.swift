@@ -23,8 +23,9 @@ struct CallbacksCommand: AsyncParsableCommand {
         @OptionGroup var location: StoreLocationOptions
 
         func run() async throws {
-            let store = try location.openStore()
-            print(try await store.settingSavingIfAbsent(CallbackSignature.settingKey, value: CallbackSignature.generateKey()))
+            print(try await location.withStore { store in
+                try await store.settingSavingIfAbsent(CallbackSignature.settingKey, value: CallbackSignature.generateKey())
+            })
         }
     }
 }

@@ -150,7 +150,7 @@ struct Demo: Sendable {
         c.line(c.paint("cloud-agent demo", .bold) + " — the product, offline, in under a minute")
         c.line()
 
-        let plane = try await ControlPlane.open(configuration, store: try StoreFactory.open(configuration), logger: logger)
+        let plane = try await ControlPlane.open(configuration, store: try StoreFactory.openSQLite(configuration), logger: logger)
         if agent != .scripted {
             guard let entry = plane.sessions.agents.entry(named: agent.rawValue), entry.available else {
                 let reason = plane.sessions.agents.entry(named: agent.rawValue)?.unavailableReason ?? "unknown agent"

@@ -66,20 +66,22 @@ struct ServeCommand: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "cloud-agent")
-        let controlPlane = try await ControlPlane.open(configuration, store: try StoreFactory.open(configuration), metrics: ServerMetrics(registry: registry), logger: logger)
-        let tokenSource = configuration.apiToken != nil ? "from CLOUD_AGENT_API_TOKEN / --api-token" : "saved in \(configuration.dataDirectory.appendingPathComponent("api-token").path)"
-        let app = controlPlane.buildApplication { port in
-            // Written unbuffered: scripts and tests read the port from a pipe.
-            let banner = """
-                cloud-agent listening on http://\(configuration.host):\(port)
-                API token for user local (\(tokenSource)): \(controlPlane.localToken)
+        try await StoreFactory.withStore(configuration, logger: logger) { store in
+            let controlPlane = try await ControlPlane.open(configuration, store: store, metrics: ServerMetrics(registry: registry), logger: logger)
+            let tokenSource = configuration.apiToken != nil ? "from CLOUD_AGENT_API_TOKEN / --api-token" : "saved in \(configuration.dataDirectory.appendingPathComponent("api-token").path)"
+            let app = controlPlane.buildApplication { port in
+                // Written unbuffered: scripts and tests read the port from a pipe.
+                let banner = """
+                    cloud-agent listening on http://\(configuration.host):\(port)
+                    API token for user local (\(tokenSource)): \(controlPlane.localToken)
 
-                """
-            FileHandle.standardOutput.write(Data(banner.utf8))
+                    """
+                FileHandle.standardOutput.write(Data(banner.utf8))
+            }
+            let group = ServiceGroup(
+                configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            )
+            try await group.run()
         }
-        let group = ServiceGroup(
-            configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        )
-        try await group.run()
     }
 }

@@ -1,19 +1,108 @@
 import CloudAgentCore
+import CloudAgentPostgres
 import CloudAgentSQLite
 import CloudAgentServer
 import Foundation
+import Logging
+import Synchronization
 
-/// Opens the store the configuration names.
+/// Opens the store the configuration names: SQLite (the default, in the data directory) or
+/// PostgreSQL (`postgres://…`). The composition of a command's store lives here, in the CLI;
+/// the server takes whatever store it is given.
 public enum StoreFactory {
-    public struct Unsupported: Error, CustomStringConvertible {
+    /// A store that could not be opened: the message names the setting.
+    public struct Unavailable: Error, CustomStringConvertible {
         public var description: String
     }
 
-    public static func open(_ configuration: ServerConfiguration) throws -> any SessionStore {
+    /// How long a PostgreSQL database has to answer at start (migrations included).
+    public static let connectTimeout: Duration = .seconds(15)
+
+    /// Runs `body` with the store open. For PostgreSQL its connection pool runs meanwhile, and its
+    /// migrations are applied first (several nodes starting at once wait for each other); a bad
+    /// URL or a database that does not answer within `connectTimeout` is an error naming
+    /// `CLOUD_AGENT_DATABASE_URL`, never its password.
+    public static func withStore<Result: Sendable>(
+        _ configuration: ServerConfiguration, logger: Logger, connectTimeout: Duration = StoreFactory.connectTimeout,
+        _ body: @Sendable (any SessionStore) async throws -> Result
+    ) async throws -> Result {
+        guard let url = configuration.databaseURL, url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") else {
+            return try await body(try openSQLite(configuration))
+        }
+        let postgres: PostgresConfiguration
+        do { postgres = try PostgresConfiguration(url: url) } catch { throw Unavailable(description: "\(error)") }
+        let store = try PostgresSessionStore(configuration: postgres, logger: logger)
+        return try await withThrowingTaskGroup(of: Result?.self) { group in
+            group.addTask {
+                await store.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            try await migrate(store, at: postgres, within: connectTimeout)
+            return try await body(store)
+        }
+    }
+
+    /// The migrations, bounded by `connectTimeout`.
+    private static func migrate(_ store: PostgresSessionStore, at postgres: PostgresConfiguration, within connectTimeout: Duration) async throws {
+        // Whichever comes first: the migrations' outcome or the timeout. A database that never
+        // answers leaves its attempt behind, which the failing start ends with the process.
+        let waiter = FirstOutcome()
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, any Error>?, Never>) in
+            waiter.start(continuation)
+            Task {
+                do {
+                    try await store.migrate()
+                    waiter.finish(.success(()))
+                } catch {
+                    waiter.finish(.failure(error))
+                }
+            }
+            Task {
+                try? await Task.sleep(for: connectTimeout)
+                waiter.finish(nil)
+            }
+        }
+        let place = "PostgreSQL at \(postgres.host):\(postgres.port), database \(postgres.database)"
+        switch outcome {
+        case .success?: return
+        case .failure(let error)?:
+            throw Unavailable(description: "CLOUD_AGENT_DATABASE_URL: \(place) could not be used: \(Self.describe(error))")
+        case nil:
+            throw Unavailable(description: "CLOUD_AGENT_DATABASE_URL: \(place) did not answer within \(connectTimeout)")
+        }
+    }
+
+    /// A database error in one line, without the connection's secrets (postgres-nio's errors
+    /// carry no password; its descriptions can be long).
+    static func describe(_ error: any Error) -> String {
+        String(String(describing: error).prefix(300))
+    }
+
+    /// The SQLite store in the configured file.
+    public static func openSQLite(_ configuration: ServerConfiguration) throws -> any SessionStore {
         guard let path = configuration.sqlitePath else {
-            throw Unsupported(description: "PostgreSQL (\(configuration.databaseURL ?? "")) is not supported by this build yet; use sqlite:PATH")
+            throw Unavailable(description: "CLOUD_AGENT_DATABASE_URL: expected sqlite:PATH or postgres://user:pass@host:port/db")
         }
         try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
         return try SQLiteSessionStore(path: path)
+    }
+}
+
+/// Whichever comes first: the migrations' outcome or the timeout. A database that never answers
+/// leaves its attempt behind, which the failing start ends with the process.
+private final class FirstOutcome: Sendable {
+    private let pending = Mutex<CheckedContinuation<Result<Void, any Error>?, Never>?>(nil)
+
+    func start(_ continuation: CheckedContinuation<Result<Void, any Error>?, Never>) {
+        pending.withLock { $0 = continuation }
+    }
+
+    func finish(_ result: Result<Void, any Error>?) {
+        let continuation = pending.withLock { pending -> CheckedContinuation<Result<Void, any Error>?, Never>? in
+            defer { pending = nil }
+            return pending
+        }
+        continuation?.resume(returning: result)
     }
 }

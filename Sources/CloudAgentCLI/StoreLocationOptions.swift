@@ -2,6 +2,7 @@ import ArgumentParser
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
+import Logging
 
 /// `--data-dir` / `--database-url` of the commands that work on the store directly
 /// (`tokens create`, `callbacks key`), with the same environment fallbacks as `serve`.
@@ -9,8 +10,9 @@ struct StoreLocationOptions: ParsableArguments {
     @Option(name: .customLong("data-dir"), help: "The service's data directory (CLOUD_AGENT_DATA_DIR, default ./.cloud-agent).") var dataDir: String?
     @Option(name: .customLong("database-url"), help: "sqlite:PATH or postgres://… (CLOUD_AGENT_DATABASE_URL).") var databaseURL: String?
 
-    /// Opens the store the options (or the environment) name.
-    func openStore() throws -> any SessionStore {
+    /// Runs `body` with the store the options (or the environment) name: SQLite, or PostgreSQL
+    /// with its pool running and its migrations applied.
+    func withStore<Result: Sendable>(_ body: @Sendable (any SessionStore) async throws -> Result) async throws -> Result {
         var flags: [String: String] = [:]
         flags["dataDir"] = dataDir
         flags["databaseURL"] = databaseURL
@@ -21,6 +23,8 @@ struct StoreLocationOptions: ParsableArguments {
             throw ValidationError(error.description)
         }
         _ = try DataDirectory(configuration.dataDirectory)
-        return try StoreFactory.open(configuration)
+        var logger = Logger(label: "cloud-agent")
+        logger.logLevel = .warning
+        return try await StoreFactory.withStore(configuration, logger: logger, body)
     }
 }

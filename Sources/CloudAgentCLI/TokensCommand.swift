@@ -26,10 +26,11 @@ struct TokensCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let store = try location.openStore()
             let token = BearerToken.generate()
             let owner = Owner(user: user, org: org)
-            try await store.saveToken(hash: BearerToken.hash(token), owner: owner, createdAt: SystemWallClock().now())
+            try await location.withStore { store in
+                try await store.saveToken(hash: BearerToken.hash(token), owner: owner, createdAt: SystemWallClock().now())
+            }
             print("Created a token for \(owner). It is shown only now; keep it secret:")
             print(token)
         }

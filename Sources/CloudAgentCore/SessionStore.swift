@@ -6,12 +6,15 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case executionInProgress(ExecutionID)
     case sessionNotFound(SessionID)
     case duplicateSession(SessionID)
+    /// The database did not answer in time (it is down or unreachable); retry later.
+    case unavailable(String)
 
     public var description: String {
         switch self {
         case .executionInProgress(let id): "execution \(id) is still active"
         case .sessionNotFound(let id): "session \(id) not found"
         case .duplicateSession(let id): "session \(id) already exists"
+        case .unavailable(let why): "the database is unavailable: \(why)"
         }
     }
 }

@@ -34,7 +34,7 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// an advisory lock: nodes that start at once wait for each other instead of racing.
     public func migrate() async throws {
         try await transaction { connection in
-            try await connection.run("SELECT pg_advisory_xact_lock(\(PostgresMigrations.advisoryLockKey))", logger)
+            try await connection.run("SELECT pg_advisory_xact_lock(\(PostgresMigrations.advisoryLockKey))", self.logger)
             try await connection.run(
                 """
                 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -43,15 +43,15 @@ public final class PostgresSessionStore: SessionStore, Service {
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
                 )
                 """,
-                logger
+                self.logger
             )
-            let applied = Set(try await connection.rows("SELECT version FROM schema_migrations", logger).map { try $0.decode(Int.self) })
+            let applied = Set(try await connection.rows("SELECT version FROM schema_migrations", self.logger).map { try $0.decode(Int.self) })
             for migration in PostgresMigrations.all where !applied.contains(migration.version) {
                 for statement in migration.statements {
-                    try await connection.run(PostgresQuery(unsafeSQL: statement), logger)
+                    try await connection.run(PostgresQuery(unsafeSQL: statement), self.logger)
                 }
-                try await connection.run("INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))", logger)
-                logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+                try await connection.run("INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))", self.logger)
+                self.logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
             }
         }
     }
@@ -87,12 +87,12 @@ public final class PostgresSessionStore: SessionStore, Service {
                 ON CONFLICT (id) DO NOTHING
                 RETURNING 1
                 """,
-                logger
+                self.logger
             )
             guard !inserted.isEmpty else { throw StoreError.duplicateSession(session.id) }
             if let wakeUp {
                 try await connection.run(
-                    "INSERT INTO wake_ups (session_id, due_at) VALUES (\(session.id.rawValue), \(wakeUp.millisecondsSince1970))", logger
+                    "INSERT INTO wake_ups (session_id, due_at) VALUES (\(session.id.rawValue), \(wakeUp.millisecondsSince1970))", self.logger
                 )
             }
         }
@@ -143,11 +143,11 @@ public final class PostgresSessionStore: SessionStore, Service {
         return try await mappingConstraintViolations(of: change.sessionId) {
             try await transaction { connection in
                 guard let lastEventId = try await connection.rows(
-                    "SELECT last_event_id FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE", logger
+                    "SELECT last_event_id FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE", self.logger
                 ).first?.decode(Int64.self) else {
                     throw StoreError.sessionNotFound(change.sessionId)
                 }
-                return try await apply(change, encoded, lastEventId: lastEventId, on: connection)
+                return try await self.apply(change, encoded, lastEventId: lastEventId, on: connection)
             }
         }
     }
@@ -158,9 +158,10 @@ public final class PostgresSessionStore: SessionStore, Service {
     public func update<Output: Sendable>(
         _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
-        try await mappingConstraintViolations(of: id) {
+        // The decision runs inside the bounded transaction's task, which ends before this returns.
+        try await withoutActuallyEscaping(decide) { decide in try await mappingConstraintViolations(of: id) {
             try await transaction { connection in
-                let row = try await connection.rows("SELECT record, last_event_id FROM sessions WHERE id = \(id.rawValue) FOR UPDATE", logger).first
+                let row = try await connection.rows("SELECT record, last_event_id FROM sessions WHERE id = \(id.rawValue) FOR UPDATE", self.logger).first
                 var state: SessionState?
                 var lastEventId: Int64?
                 if let row {
@@ -169,18 +170,18 @@ public final class PostgresSessionStore: SessionStore, Service {
                     let session = try RecordCoding.decode(SessionRecord.self, from: record)
                     var execution: Execution?
                     if let active = session.activeExecutionId {
-                        execution = try await executions("WHERE id = \(active.rawValue)", on: connection).first
+                        execution = try await self.executions("WHERE id = \(active.rawValue)", on: connection).first
                     }
                     if execution == nil {
-                        execution = try await executions("WHERE session_id = \(id.rawValue) ORDER BY id DESC LIMIT 1", on: connection).first
+                        execution = try await self.executions("WHERE session_id = \(id.rawValue) ORDER BY id DESC LIMIT 1", on: connection).first
                     }
                     var oldestEventAt: Date?
                     var wakeUp: Date?
                     if forRules {
                         oldestEventAt = try await connection.rows(
-                            "SELECT at FROM events WHERE session_id = \(id.rawValue) ORDER BY id LIMIT 1", logger
+                            "SELECT at FROM events WHERE session_id = \(id.rawValue) ORDER BY id LIMIT 1", self.logger
                         ).first.map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
-                        wakeUp = try await connection.rows("SELECT due_at FROM wake_ups WHERE session_id = \(id.rawValue)", logger)
+                        wakeUp = try await connection.rows("SELECT due_at FROM wake_ups WHERE session_id = \(id.rawValue)", self.logger)
                             .first.map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
                     }
                     state = SessionState(session: session, execution: execution, oldestEventAt: oldestEventAt, wakeUp: wakeUp)
@@ -190,10 +191,10 @@ public final class PostgresSessionStore: SessionStore, Service {
                     return Committed(output: decision.output, effects: decision.effects, events: [], change: nil)
                 }
                 guard let lastEventId else { throw StoreError.sessionNotFound(change.sessionId) }
-                let events = try await apply(change, try Encoded(change), lastEventId: lastEventId, on: connection)
+                let events = try await self.apply(change, try Encoded(change), lastEventId: lastEventId, on: connection)
                 return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
             }
-        }
+        } }
     }
 
     /// A change's JSON, encoded before the transaction starts where it can be.
@@ -414,7 +415,7 @@ public final class PostgresSessionStore: SessionStore, Service {
                     WHERE id = \(beat.executionId.rawValue) AND status = 'running' AND COALESCE(last_heartbeat, 0) < \(at)
                     RETURNING 1
                     """,
-                    logger
+                    self.logger
                 ).count
             }
             return changed
@@ -495,10 +496,10 @@ public final class PostgresSessionStore: SessionStore, Service {
         let headers = try RecordCoding.encode(delivery.headers)
         return try await transaction { connection in
             // The key-share lock keeps the session from being deleted until this commits.
-            guard try await !connection.rows("SELECT 1 FROM sessions WHERE id = \(delivery.sessionId.rawValue) FOR KEY SHARE", logger).isEmpty else {
+            guard try await !connection.rows("SELECT 1 FROM sessions WHERE id = \(delivery.sessionId.rawValue) FOR KEY SHARE", self.logger).isEmpty else {
                 throw StoreError.sessionNotFound(delivery.sessionId)
             }
-            return try await insert(delivery, headers: headers, on: connection)
+            return try await self.insert(delivery, headers: headers, on: connection)
         }
     }
 
@@ -568,12 +569,37 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// One statement on a pooled connection, its rows read to the end (which returns the connection).
     @discardableResult
     private func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await client.query(query, logger: logger).collect()
+        try await bounded { try await self.client.query(query, logger: self.logger).collect() }
+    }
+
+    /// How long an operation may wait for the database (a connection included) before it fails
+    /// with `StoreError.unavailable`: a database that is down makes requests fail fast (503)
+    /// instead of hanging, and nothing is lost once it is back.
+    public static let operationTimeout: Duration = .seconds(5)
+
+    /// Runs `body`, cancelled (and `StoreError.unavailable` thrown) after `operationTimeout`.
+    private func bounded<Result: Sendable>(_ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
+        try await withThrowingTaskGroup(of: Result?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: Self.operationTimeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let result = first else {
+                throw StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
+            }
+            return result
+        }
     }
 
     /// Runs `body` between BEGIN and COMMIT on one connection; rolls back and rethrows what it
     /// threw (not wrapped, so that domain errors reach the caller as they are).
-    private func transaction<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
+    private func transaction<Result: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> Result) async throws -> Result {
+        try await bounded { try await self.transactionUnbounded(body) }
+    }
+
+    private func transactionUnbounded<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
         try await client.withConnection { connection in
             try await connection.run("BEGIN", logger)
             let result: Result

@@ -120,6 +120,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as APIError {
             return try error.response(from: request, context: context)
+        } catch StoreError.unavailable(let why) {
+            context.logger.warning("the database is unavailable", metadata: ["error": "\(why)", "path": "\(request.uri.path)"])
+            return try APIError(
+                .serviceUnavailable, code: "STORE_UNAVAILABLE", "the database is unavailable; retry", details: ["retryable": .bool(true)]
+            ).response(from: request, context: context)
         } catch let error as SessionError {
             return try APIError(error).response(from: request, context: context)
         } catch let error as ValidationError {

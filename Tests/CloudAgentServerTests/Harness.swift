@@ -141,7 +141,7 @@ struct TestServer {
     /// `keepRuntimes`, every runtime it launched is killed afterwards (runtimes outlive their
     /// control plane by design).
     func run(keepRuntimes: Bool = false, _ body: @Sendable (TestAPI) async throws -> Void) async throws {
-        let plane = try await ControlPlane.open(configuration, store: try StoreFactory.open(configuration), logger: logs.logger)
+        let plane = try await ControlPlane.open(configuration, store: try StoreFactory.openSQLite(configuration), logger: logs.logger)
         do {
             try await plane.buildApplication().test(.live) { client in
                 try await body(TestAPI(client: client, plane: plane))

@@ -1,6 +1,7 @@
 import CloudAgentCore
 import CloudAgentPostgres
 import Foundation
+import Logging
 import Testing
 
 /// What only the PostgreSQL backend promises: `CLOUD_AGENT_DATABASE_URL` read strictly, and one
@@ -40,6 +41,27 @@ struct PostgresStoreTests {
         } throws: { error in
             let description = String(describing: error)
             return description.hasPrefix("CLOUD_AGENT_DATABASE_URL ") && description.contains(problem) && !description.contains("hunter2")
+        }
+    }
+
+    @Test func aDatabaseThatDoesNotAnswerMakesOperationsFailFastAsUnavailable() async throws {
+        // Nothing listens on port 1: the pool never gets a connection.
+        let store = try PostgresSessionStore(configuration: PostgresConfiguration(
+            host: "127.0.0.1", port: 1, username: "nobody", password: "s3cret", database: "none"
+        ), logger: {
+            var quiet = Logger(label: "test")
+            quiet.logLevel = .critical
+            return quiet
+        }())
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await store.run() }
+            let started = ContinuousClock.now
+            await #expect(throws: StoreError.unavailable("PostgreSQL did not answer within \(PostgresSessionStore.operationTimeout)")) {
+                _ = try await store.session(SessionID())
+            }
+            let waited = ContinuousClock.now - started
+            #expect(waited >= PostgresSessionStore.operationTimeout && waited < PostgresSessionStore.operationTimeout + .seconds(5))
+            group.cancelAll()
         }
     }
 
