@@ -53,7 +53,7 @@ struct PostgresStoreTests {
             quiet.logLevel = .critical
             return quiet
         }())
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask { await store.run() }
             let started = ContinuousClock.now
             await #expect(throws: StoreError.unavailable("PostgreSQL did not answer within \(PostgresSessionStore.operationTimeout)")) {
