@@ -649,29 +649,3 @@ extension PostgresConnection {
         _ = try await self.query(query, logger: logger).collect()
     }
 }
-
-/// JSON for stored records, as the SQLite store writes it: timestamps as milliseconds since
-/// 1970, keys sorted (stable bytes), so that either store reads the other's records.
-enum RecordCoding {
-    // Both are safe to share: configured once, never changed.
-    private static let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .millisecondsSince1970
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return encoder
-    }()
-
-    private static let decoder: JSONDecoder = {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .millisecondsSince1970
-        return decoder
-    }()
-
-    static func encode(_ value: some Encodable) throws -> String {
-        String(decoding: try encoder.encode(value), as: UTF8.self)
-    }
-
-    static func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
-        try decoder.decode(type, from: Data(text.utf8))
-    }
-}

@@ -140,7 +140,7 @@ public final class SQLiteSessionStore: SessionStore {
     // MARK: Sessions
 
     public func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws {
-        let record = try Coding.encode(session)
+        let record = try RecordCoding.encode(session)
         try await pool.write { db in
             guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [session.id.rawValue]) == nil else {
                 throw StoreError.duplicateSession(session.id)
@@ -165,7 +165,7 @@ public final class SQLiteSessionStore: SessionStore {
         let record = try await pool.read { db in
             try String.fetchOne(db.cachedStatement(sql: "SELECT record FROM sessions WHERE id = ?"), arguments: [id.rawValue])
         }
-        return try record.map { try Coding.decode(SessionRecord.self, from: $0) }
+        return try record.map { try RecordCoding.decode(SessionRecord.self, from: $0) }
     }
 
     public func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord] {
@@ -188,7 +188,7 @@ public final class SQLiteSessionStore: SessionStore {
                 arguments: [owner.user, owner.org ?? "", limit]
             )
         }
-        return try records.map { try Coding.decode(SessionRecord.self, from: $0) }
+        return try records.map { try RecordCoding.decode(SessionRecord.self, from: $0) }
     }
 
     public func sessions(withRuntimeIn states: Set<RuntimeState>) async throws -> [SessionRecord] {
@@ -201,7 +201,7 @@ public final class SQLiteSessionStore: SessionStore {
                 arguments: StatementArguments(names)
             )
         }
-        return try records.map { try Coding.decode(SessionRecord.self, from: $0) }
+        return try records.map { try RecordCoding.decode(SessionRecord.self, from: $0) }
     }
 
     public func deleteSession(_ id: SessionID) async throws -> Bool {
@@ -234,7 +234,7 @@ public final class SQLiteSessionStore: SessionStore {
             )
             var state: SessionState?
             if let row {
-                let session = try Coding.decode(SessionRecord.self, from: row["record"] as String)
+                let session = try RecordCoding.decode(SessionRecord.self, from: row["record"] as String)
                 var execution: Execution?
                 if let active = session.activeExecutionId {
                     execution = try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM executions WHERE id = ?"), arguments: [active.rawValue])
@@ -274,10 +274,10 @@ public final class SQLiteSessionStore: SessionStore {
         var commands: [String]
 
         init(_ change: SessionChange) throws {
-            session = try change.session.map { try Coding.encode($0) }
+            session = try change.session.map { try RecordCoding.encode($0) }
             eventData = change.events.map { JSONText.encode($0.data) }
-            callbackHeaders = try change.callbacks.map { try Coding.encode($0.headers) }
-            commands = try change.commands.map { try Coding.encode($0) }
+            callbackHeaders = try change.callbacks.map { try RecordCoding.encode($0.headers) }
+            commands = try change.commands.map { try RecordCoding.encode($0) }
         }
     }
 
@@ -357,7 +357,7 @@ public final class SQLiteSessionStore: SessionStore {
                 db.cachedStatement(sql: "SELECT id, command FROM runtime_commands WHERE session_id = ? AND id > ? ORDER BY id"),
                 arguments: [session.rawValue, id]
             ).map { row in
-                QueuedCommand(id: row["id"], sessionId: session, command: try Coding.decode(OutboxCommand.self, from: row["command"] as String))
+                QueuedCommand(id: row["id"], sessionId: session, command: try RecordCoding.decode(OutboxCommand.self, from: row["command"] as String))
             }
         }
     }
@@ -470,7 +470,7 @@ public final class SQLiteSessionStore: SessionStore {
                     id: row["id"], sessionId: session,
                     executionId: (row["execution_id"] as String?).flatMap(ExecutionID.init(rawValue:)),
                     type: row["type"], at: Date(millisecondsSince1970: row["at"]),
-                    data: try Coding.decode([String: JSONValue].self, from: row["data"])
+                    data: try RecordCoding.decode([String: JSONValue].self, from: row["data"])
                 )
             }
         }
@@ -525,7 +525,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     @discardableResult
     public func enqueueCallback(_ delivery: CallbackDelivery) async throws -> Bool {
-        let headers = try Coding.encode(delivery.headers)
+        let headers = try RecordCoding.encode(delivery.headers)
         return try await pool.write { db in
             guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [delivery.sessionId.rawValue]) != nil else {
                 throw StoreError.sessionNotFound(delivery.sessionId)
@@ -565,7 +565,7 @@ public final class SQLiteSessionStore: SessionStore {
         else { return nil }
         return CallbackDelivery(
             id: id, sessionId: sessionId, executionId: executionId, url: row["url"],
-            headers: try Coding.decode([String: SealedValue].self, from: row["headers"]), body: row["body"],
+            headers: try RecordCoding.decode([String: SealedValue].self, from: row["headers"]), body: row["body"],
             attempts: row["attempts"], nextAttemptAt: Date(millisecondsSince1970: row["next_attempt_at"]),
             createdAt: Date(millisecondsSince1970: row["created_at"]), lastError: row["last_error"]
         )
@@ -597,30 +597,5 @@ public final class SQLiteSessionStore: SessionStore {
             try db.execute(sql: "DELETE FROM callback_deliveries WHERE id = ?", arguments: [id.uuidString.lowercased()])
             return db.changesCount > 0
         }
-    }
-}
-
-/// JSON for stored records: timestamps as milliseconds since 1970, keys sorted (stable bytes).
-enum Coding {
-    // Both are safe to share: configured once, never changed.
-    private static let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .millisecondsSince1970
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return encoder
-    }()
-
-    private static let decoder: JSONDecoder = {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .millisecondsSince1970
-        return decoder
-    }()
-
-    static func encode(_ value: some Encodable) throws -> String {
-        String(decoding: try encoder.encode(value), as: UTF8.self)
-    }
-
-    static func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
-        try decoder.decode(type, from: Data(text.utf8))
     }
 }
