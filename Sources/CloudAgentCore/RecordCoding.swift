@@ -26,3 +26,19 @@ public enum RecordCoding {
         try decoder.decode(type, from: Data(text.utf8))
     }
 }
+
+/// A change's stored text (the record, event data, callback headers, outbox commands), encoded
+/// once, where it can be before the store takes its write lock.
+public struct EncodedChange: Sendable {
+    public var session: String?
+    public var eventData: [String]
+    public var callbackHeaders: [String]
+    public var commands: [String]
+
+    public init(_ change: SessionChange) throws {
+        session = try change.session.map { try RecordCoding.encode($0) }
+        eventData = change.events.map { JSONText.encode($0.data) }
+        callbackHeaders = try change.callbacks.map { try RecordCoding.encode($0.headers) }
+        commands = try change.commands.map { try RecordCoding.encode($0) }
+    }
+}

@@ -139,7 +139,7 @@ public final class PostgresSessionStore: SessionStore, Service {
 
     @discardableResult
     public func commit(_ change: SessionChange) async throws -> [Event] {
-        let encoded = try Encoded(change)
+        let encoded = try EncodedChange(change)
         return try await mappingConstraintViolations(of: change.sessionId) {
             try await transaction { connection in
                 guard let lastEventId = try await connection.rows(
@@ -191,32 +191,17 @@ public final class PostgresSessionStore: SessionStore, Service {
                     return Committed(output: decision.output, effects: decision.effects, events: [], change: nil)
                 }
                 guard let lastEventId else { throw StoreError.sessionNotFound(change.sessionId) }
-                let events = try await self.apply(change, try Encoded(change), lastEventId: lastEventId, on: connection)
+                let events = try await self.apply(change, try EncodedChange(change), lastEventId: lastEventId, on: connection)
                 return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
             }
         } }
-    }
-
-    /// A change's JSON, encoded before the transaction starts where it can be.
-    struct Encoded: Sendable {
-        var session: String?
-        var eventData: [String]
-        var callbackHeaders: [String]
-        var commands: [String]
-
-        init(_ change: SessionChange) throws {
-            session = try change.session.map { try RecordCoding.encode($0) }
-            eventData = change.events.map { JSONText.encode($0.data) }
-            callbackHeaders = try change.callbacks.map { try RecordCoding.encode($0.headers) }
-            commands = try change.commands.map { try RecordCoding.encode($0) }
-        }
     }
 
     /// Events per INSERT statement: six parameters each, well under the protocol's 65,535.
     private static let eventsPerInsert = 1_000
 
     /// Writes a change inside the caller's transaction, which holds the session's row lock.
-    private func apply(_ change: SessionChange, _ encoded: Encoded, lastEventId: Int64, on connection: PostgresConnection) async throws -> [Event] {
+    private func apply(_ change: SessionChange, _ encoded: EncodedChange, lastEventId: Int64, on connection: PostgresConnection) async throws -> [Event] {
         let id = change.sessionId.rawValue
         if change.deletesSession {
             try await connection.run("DELETE FROM sessions WHERE id = \(id)", logger)

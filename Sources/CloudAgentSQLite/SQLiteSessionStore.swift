@@ -212,7 +212,7 @@ public final class SQLiteSessionStore: SessionStore {
     }
 
     public func commit(_ change: SessionChange) async throws -> [Event] {
-        let encoded = try Encoded(change)
+        let encoded = try EncodedChange(change)
         return try await pool.write { db in
             guard let lastEventId = try Int64.fetchOne(
                 db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [change.sessionId.rawValue]
@@ -261,27 +261,12 @@ public final class SQLiteSessionStore: SessionStore {
                 return Committed(output: decision.output, effects: decision.effects, events: [], change: nil)
             }
             guard let lastEventId = row?["last_event_id"] as Int64? else { throw StoreError.sessionNotFound(change.sessionId) }
-            let events = try Self.apply(change, try Encoded(change), lastEventId: lastEventId, in: db)
+            let events = try Self.apply(change, try EncodedChange(change), lastEventId: lastEventId, in: db)
             return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
         }
     }
 
-    /// A change's JSON, encoded before the write lock is taken.
-    struct Encoded {
-        var session: String?
-        var eventData: [String]
-        var callbackHeaders: [String]
-        var commands: [String]
-
-        init(_ change: SessionChange) throws {
-            session = try change.session.map { try RecordCoding.encode($0) }
-            eventData = change.events.map { JSONText.encode($0.data) }
-            callbackHeaders = try change.callbacks.map { try RecordCoding.encode($0.headers) }
-            commands = try change.commands.map { try RecordCoding.encode($0) }
-        }
-    }
-
-    static func apply(_ change: SessionChange, _ encoded: Encoded, lastEventId: Int64, in db: Database) throws -> [Event] {
+    static func apply(_ change: SessionChange, _ encoded: EncodedChange, lastEventId: Int64, in db: Database) throws -> [Event] {
         let id = change.sessionId.rawValue
         if change.deletesSession {
             try db.execute(sql: "DELETE FROM sessions WHERE id = ?", arguments: [id])

@@ -36,15 +36,6 @@ extension ProcessControl {
         }
         return await ExitWait(descriptors: descriptors, timeout: remaining).result()
     }
-
-    /// Returns when `process` has exited (true) or at `deadline` (false).
-    public static func waitForExit(_ process: SpawnedProcess, until deadline: ContinuousClock.Instant) async -> Bool {
-        while isAlive(process) {
-            if ContinuousClock.now >= deadline { return false }
-            _ = await waitForAnExit(of: [process], until: deadline)
-        }
-        return true
-    }
 }
 
 /// One wait for the first of some pidfds to become readable, or a timeout: dispatch sources on a

@@ -106,7 +106,6 @@ actor RuntimeSlots {
 
     /// Slots held now (runtimes launching, running or stopping).
     var heldCount: Int { holders.count }
-    var stoppingCount: Int { stopping.count }
     /// Launches waiting for a slot.
     var waitingCount: Int { waiters.count }
 }
