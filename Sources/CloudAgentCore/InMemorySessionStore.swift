@@ -179,6 +179,10 @@ public actor InMemorySessionStore: SessionStore {
 
     public func wakeUp(of session: SessionID) -> Date? { wakeUpsBySession[session] }
 
+    public func claimWakeUps(dueBefore horizon: Date, now: Date, node: String, leaseMs: Int64, limit: Int) -> [WakeUp] {
+        Array(wakeUps().prefix { $0.dueAt < horizon }.prefix(limit))
+    }
+
     public func settingSavingIfAbsent(_ key: String, value: String) -> String {
         if let existing = settings[key] { return existing }
         settings[key] = value

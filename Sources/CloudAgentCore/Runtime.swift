@@ -57,6 +57,11 @@ public struct RuntimeStatus: Sendable, Equatable, Codable {
     public var connectedAt: Date?
     /// The sandbox the current (or last) launch runs in: `bwrap` or `none`.
     public var sandbox: String?
+    /// The node whose host the current (or last) launch runs on (several nodes on one
+    /// database); nil for a launch of a single node. Only this node signals its processes.
+    public var hostNode: String?
+    /// The node the runtime last said hello to.
+    public var connectedNode: String?
 
     public init(state: RuntimeState = .stopped, startedAt: Date? = nil, requestedAt: Date? = nil, stoppedAt: Date? = nil, stopReason: StopReason? = nil) {
         self.state = state

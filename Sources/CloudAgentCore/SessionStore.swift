@@ -178,6 +178,12 @@ public protocol SessionStore: Sendable {
 
     // Wake-ups.
     func wakeUps() async throws -> [WakeUp]
+    /// The wake-ups due before `horizon`, earliest first, at most `limit`: the window a node
+    /// arms (never all of them at once). On a store shared by several nodes they are claimed for
+    /// `node` until `now + leaseMs` (`FOR UPDATE SKIP LOCKED`), skipping rows that another
+    /// node's unexpired claim holds, so that a dead node's claims pass to the others once their
+    /// lease runs out; a single-node store claims nothing.
+    func claimWakeUps(dueBefore horizon: Date, now: Date, node: String, leaseMs: Int64, limit: Int) async throws -> [WakeUp]
     func wakeUp(of session: SessionID) async throws -> Date?
 
     // Server settings (e.g. signing keys): returns the stored value, saving `value` if there was none.

@@ -462,6 +462,15 @@ public final class PostgresSessionStore: SessionStore, Service {
         }
     }
 
+    public func claimWakeUps(dueBefore horizon: Date, now: Date, node: String, leaseMs: Int64, limit: Int) async throws -> [WakeUp] {
+        // Not yet claimed: every node arms the window (the rules' transaction fires each once).
+        try await query("SELECT session_id, due_at FROM wake_ups WHERE due_at < \(horizon.millisecondsSince1970) ORDER BY due_at LIMIT \(limit)")
+            .compactMap { row in
+                let (session, due) = try row.decode((String, Int64).self)
+                return SessionID(rawValue: session).map { WakeUp(sessionId: $0, dueAt: Date(millisecondsSince1970: due)) }
+            }
+    }
+
     public func wakeUp(of session: SessionID) async throws -> Date? {
         try await query("SELECT due_at FROM wake_ups WHERE session_id = \(session.rawValue)").first
             .map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }

@@ -492,6 +492,17 @@ public final class SQLiteSessionStore: SessionStore {
         }
     }
 
+    public func claimWakeUps(dueBefore horizon: Date, now: Date, node: String, leaseMs: Int64, limit: Int) async throws -> [WakeUp] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT session_id, due_at FROM wake_ups WHERE due_at < ? ORDER BY due_at LIMIT ?"),
+                arguments: [horizon.millisecondsSince1970, limit]
+            ).compactMap { row in
+                SessionID(rawValue: row["session_id"]).map { WakeUp(sessionId: $0, dueAt: Date(millisecondsSince1970: row["due_at"])) }
+            }
+        }
+    }
+
     public func wakeUp(of session: SessionID) async throws -> Date? {
         try await pool.read { db in
             try Int64.fetchOne(db.cachedStatement(sql: "SELECT due_at FROM wake_ups WHERE session_id = ?"), arguments: [session.rawValue])
