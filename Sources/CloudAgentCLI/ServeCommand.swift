@@ -39,6 +39,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("orphan-limit"), help: "A runtime without a control plane this long stops itself (CLOUD_AGENT_ORPHAN_LIMIT, default 1h).") var orphanLimit: String?
     @Option(name: .customLong("callback-retry-base"), help: "Wait before a callback's first retry, doubling after (CLOUD_AGENT_CALLBACK_RETRY_BASE, default 2s).") var callbackRetryBase: String?
 
+    @Option(name: .customLong("advertise-url"), help: "Where runtimes and other nodes reach this node, several nodes on one PostgreSQL (CLOUD_AGENT_ADVERTISE_URL, default http://HOST:PORT).") var advertiseURL: String?
+    @Option(name: .customLong("node-heartbeat"), help: "How often a node renews its registration (CLOUD_AGENT_NODE_HEARTBEAT, default 1s).") var nodeHeartbeat: String?
+    @Option(name: .customLong("node-lease"), help: "A node not renewed this long is lost and its sessions taken over (CLOUD_AGENT_NODE_LEASE, default 5s).") var nodeLease: String?
+    @Option(name: .customLong("wake-up-window"), help: "How far ahead wake-ups are kept in memory (CLOUD_AGENT_WAKE_UP_WINDOW, default 10s).") var wakeUpWindow: String?
+
     var flags: [String: String] {
         let all: [String: String?] = [
             "host": host, "port": port, "dataDir": dataDir, "databaseURL": databaseURL, "apiToken": apiToken,
@@ -46,7 +51,8 @@ struct ServeCommand: AsyncParsableCommand {
             "pendingTimeout": pendingTimeout, "stopGrace": stopGrace, "stuckAfter": stuckAfter, "maxRuntimes": maxRuntimes,
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
             "agentsFile": agentsFile, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
-            "orphanLimit": orphanLimit,
+            "orphanLimit": orphanLimit, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
+            "wakeUpWindow": wakeUpWindow,
         ]
         return all.compactMapValues { $0 }
     }
@@ -66,8 +72,10 @@ struct ServeCommand: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "cloud-agent")
-        try await StoreFactory.withStore(configuration, logger: logger) { store in
-            let controlPlane = try await ControlPlane.open(configuration, store: store, metrics: ServerMetrics(registry: registry), logger: logger)
+        try await StoreFactory.withNode(configuration, logger: logger) { store, membership in
+            let controlPlane = try await ControlPlane.open(
+                configuration, store: store, membership: membership, metrics: ServerMetrics(registry: registry), logger: logger
+            )
             let tokenSource = configuration.apiToken != nil ? "from CLOUD_AGENT_API_TOKEN / --api-token" : "saved in \(configuration.dataDirectory.appendingPathComponent("api-token").path)"
             let app = controlPlane.buildApplication { port in
                 // Written unbuffered: scripts and tests read the port from a pipe.

@@ -26,12 +26,31 @@ public enum StoreFactory {
         _ configuration: ServerConfiguration, logger: Logger, connectTimeout: Duration = StoreFactory.connectTimeout,
         _ body: @Sendable (any SessionStore) async throws -> Result
     ) async throws -> Result {
+        try await open(configuration, nodeId: nil, logger: logger, connectTimeout: connectTimeout) { store, _ in try await body(store) }
+    }
+
+    /// The same for a node that serves: on PostgreSQL its store tells the other nodes of its
+    /// changes, and `membership` registers it among them (its id is kept in its data directory);
+    /// on SQLite it is a single node.
+    public static func withNode<Result: Sendable>(
+        _ configuration: ServerConfiguration, logger: Logger, connectTimeout: Duration = StoreFactory.connectTimeout,
+        _ body: @Sendable (any SessionStore, any ClusterMembership) async throws -> Result
+    ) async throws -> Result {
+        let nodeId = try DataDirectory(configuration.dataDirectory).nodeId()
+        return try await open(configuration, nodeId: nodeId, logger: logger, connectTimeout: connectTimeout, body)
+    }
+
+    private static func open<Result: Sendable>(
+        _ configuration: ServerConfiguration, nodeId: String?, logger: Logger, connectTimeout: Duration,
+        _ body: @Sendable (any SessionStore, any ClusterMembership) async throws -> Result
+    ) async throws -> Result {
         guard let url = configuration.databaseURL, url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") else {
-            return try await body(try openSQLite(configuration))
+            return try await body(try openSQLite(configuration), SingleNode(nodeId: nodeId ?? "local"))
         }
         let postgres: PostgresConfiguration
         do { postgres = try PostgresConfiguration(url: url) } catch { throw Unavailable(description: "\(error)") }
         let store = try PostgresSessionStore(configuration: postgres, logger: logger)
+        let membership: any ClusterMembership = SingleNode(nodeId: nodeId ?? "local")
         return try await withThrowingTaskGroup(of: Result?.self) { group in
             group.addTask {
                 await store.run()
@@ -39,7 +58,7 @@ public enum StoreFactory {
             }
             defer { group.cancelAll() }
             try await migrate(store, at: postgres, within: connectTimeout)
-            return try await body(store)
+            return try await body(store, membership)
         }
     }
 

@@ -5,8 +5,16 @@ extension SessionReducer {
     /// decide applied in one change, with the session's next wake-up. Idempotent: evaluating
     /// the result again decides nothing. Output: the next wake-up (nil for none, or when the
     /// session is gone).
-    public static func evaluate(_ state: SessionState?, context: SessionContext) -> Decision<Outcome<Date?>> {
+    ///
+    /// `timer` is a stored wake-up firing (not a re-evaluation after a change): it goes ahead
+    /// only while the stored wake-up is due. Several nodes may arm the same wake-up; the first
+    /// to evaluate moves it, and the others find it not due here, in the session's transaction,
+    /// and decide nothing, so every timer fires once.
+    public static func evaluate(_ state: SessionState?, context: SessionContext, timer: Bool = false) -> Decision<Outcome<Date?>> {
         guard var state else { return Decision(output: Outcome(output: nil, notes: [])) }
+        if timer, (state.wakeUp.map { $0 > context.now } ?? true) {
+            return Decision(output: Outcome(output: state.wakeUp, notes: []))
+        }
         let id = state.session.id
         let now = context.now
         var change = SessionChange(sessionId: id)
@@ -18,7 +26,7 @@ extension SessionReducer {
         for _ in 0..<4 {
             let evaluation = SessionRules.evaluate(
                 SessionSnapshot(session: state.session, latestExecution: state.execution, oldestEventAt: state.oldestEventAt),
-                timing: context.timing, controlPlaneStartedAt: context.controlPlaneStartedAt, now: now
+                timing: context.timing, controlPlaneStartedAt: context.heardSince(state.session), now: now
             )
             if evaluation.actions.isEmpty {
                 if changed || state.wakeUp != evaluation.nextWakeUp { change.wakeUp = .some(evaluation.nextWakeUp) }
@@ -54,7 +62,7 @@ extension SessionReducer {
                     guard state.session.runtime.state == .starting || state.session.runtime.state == .running else { continue }
                     try? state.session.runtime.beginStopping(reason)
                     state.session.updatedAt = now
-                    effects.append(.terminate(state.session.runtime.process, sandbox: state.session.runtime.sandbox, rule: reason.rule))
+                    effects.append(.terminate(state.session.runtime.process, sandbox: state.session.runtime.sandbox, rule: reason.rule, host: state.session.runtime.hostNode))
                     notes.append(.stopDecided(reason))
                 case .expire(let untouchedMs):
                     return Decision(

@@ -60,6 +60,7 @@ extension SessionReducer {
         case .stopping, .stopped:
             return Decision(output: Outcome(output: nil, notes: []))
         }
+        session.runtime.connectedNode = context.nodeId
         var commands: [OutboxCommand] = []
         if let pending = state?.execution, pending.id == session.activeExecutionId, pending.status == .pending {
             commands.append(.execute(pending.id))

@@ -1,16 +1,32 @@
 import Foundation
 
-/// What every decision is made against: the time, the durations, and when this control plane
-/// started serving (downtime before it never counts against a runtime).
+/// What every decision is made against: the time, the durations, and since when the control
+/// plane could hear runtimes (downtime before it never counts against a runtime).
 public struct SessionContext: Sendable, Equatable {
     public var now: Date
     public var timing: Timing
+    /// Since when some node has been serving without a break (one node: when it started).
     public var controlPlaneStartedAt: Date
+    /// The node deciding (several nodes on one database), recorded as a launch's host and a
+    /// hello's connected node; nil for a single node.
+    public var nodeId: String?
+    /// Nodes whose registration lapsed, with when they were last heard of: a runtime that was
+    /// connected to one is judged from then, when another node could first have heard it.
+    public var lostNodes: [String: Date]
 
-    public init(now: Date, timing: Timing, controlPlaneStartedAt: Date) {
+    public init(now: Date, timing: Timing, controlPlaneStartedAt: Date, nodeId: String? = nil, lostNodes: [String: Date] = [:]) {
         self.now = now
         self.timing = timing
         self.controlPlaneStartedAt = controlPlaneStartedAt
+        self.nodeId = nodeId
+        self.lostNodes = lostNodes
+    }
+
+    /// Since when the control plane could have heard this session's runtime: downtime before
+    /// it never counts. A runtime whose node died could be heard by another from that death on.
+    public func heardSince(_ session: SessionRecord) -> Date {
+        guard let node = session.runtime.connectedNode, let lost = lostNodes[node] else { return controlPlaneStartedAt }
+        return max(controlPlaneStartedAt, lost)
     }
 }
 
@@ -183,7 +199,7 @@ public enum SessionReducer {
         if session.runtime.state == .starting || session.runtime.state == .running {
             let reason = StopReason(rule: .operator, at: context.now, detail: "session changed before initiate")
             try? session.runtime.beginStopping(reason)
-            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .operator))
+            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .operator, host: session.runtime.hostNode))
             notes.append(.stopDecided(reason))
         }
         return Decision(change: SessionChange(sessionId: session.id, session: session), effects: effects, output: Outcome(output: (), notes: notes))
@@ -220,7 +236,7 @@ public enum SessionReducer {
             let stop = recordStopped(state, reason: reason, executionError: "session deleted", context: context)
             change.events = stop.change?.events ?? []
             notes = stop.output.notes
-            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .deleted))
+            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .deleted, host: session.runtime.hostNode))
         }
         effects.append(.removed(.deleted))
         return Decision(change: change, effects: effects, output: Outcome(output: (), notes: notes))
@@ -246,13 +262,14 @@ public enum SessionReducer {
     /// recorded) is known. False when the session no longer wants that start (deleted, stopped,
     /// or started anew): nothing is spawned. A launch a crash interrupted is replaced.
     public static func launching(
-        _ state: SessionState?, requestedAt: Date, instanceId: String, secretHash: String
+        _ state: SessionState?, requestedAt: Date, instanceId: String, secretHash: String, hostNode: String? = nil
     ) -> Decision<Outcome<Bool>> {
         guard var session = state?.session, session.runtime.state == .starting, session.runtime.process == nil,
               session.runtime.requestedAt == requestedAt
         else { return Decision(output: Outcome(output: false, notes: [])) }
         session.runtime.instanceId = instanceId
         session.runtime.secretHash = secretHash
+        session.runtime.hostNode = hostNode
         return Decision(change: SessionChange(sessionId: session.id, session: session), output: Outcome(output: true, notes: []))
     }
 
@@ -309,7 +326,7 @@ public enum SessionReducer {
         session.updatedAt = reason.at
         return Decision(
             change: SessionChange(sessionId: session.id, session: session),
-            effects: [.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: reason.rule)],
+            effects: [.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: reason.rule, host: session.runtime.hostNode)],
             output: Outcome(output: true, notes: [.stopDecided(reason)])
         )
     }

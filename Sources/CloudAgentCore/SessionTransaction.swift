@@ -76,7 +76,8 @@ public enum SessionEffect: Sendable, Equatable {
     /// slot, spawn, then record the launch if the session still wants it.
     case launch(requestedAt: Date, restore: Bool)
     /// Take a stopping runtime's processes down, then record it stopped.
-    case terminate(RuntimeProcess?, sandbox: String?, rule: StopRule)
+    /// `host` is the node whose host runs the process (nil: a single node's).
+    case terminate(RuntimeProcess?, sandbox: String?, rule: StopRule, host: String? = nil)
     /// Kill a process whose launch nothing wants any more (its session was deleted or stopped
     /// while it was being spawned).
     case discardLaunch(RuntimeProcess, sandbox: String?)

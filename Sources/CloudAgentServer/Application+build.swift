@@ -26,15 +26,17 @@ public struct ControlPlane: Sendable {
     /// The bearer token of user `local`.
     public let localToken: String
     public let tickets: StreamTickets
+    public let coordinator: NodeCoordinator
     public let logger: Logger
 
     /// Opens the data directory (creating the secret key and token files on first use) and
     /// builds the control plane on `store` (the caller chooses the store: `StoreFactory` in the
     /// CLI).
     public static func open(
-        _ configuration: ServerConfiguration, store: any SessionStore, clock: any WallClock = SystemWallClock(),
-        metrics: ServerMetrics = ServerMetrics(), logger: Logger
+        _ configuration: ServerConfiguration, store: any SessionStore, membership: any ClusterMembership = SingleNode(),
+        clock: any WallClock = SystemWallClock(), metrics: ServerMetrics = ServerMetrics(), logger: Logger
     ) async throws -> ControlPlane {
+        let cluster = ClusterView(nodeId: membership.nodeId, isShared: membership.isShared, leaseMs: configuration.nodeLeaseMs)
         let data = try DataDirectory(configuration.dataDirectory)
         let secretBox = try SecretBox(base64Key: configuration.secretKey ?? data.secretKey())
         let localToken = try configuration.apiToken ?? data.apiToken()
@@ -42,7 +44,10 @@ public struct ControlPlane: Sendable {
             key: try await store.settingSavingIfAbsent("stream-ticket-key", value: BearerToken.generate(prefix: "")),
             lifetimeMs: configuration.streamTicketLifetimeMs
         )
-        let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger)
+        let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger, window: .init(
+            aheadMs: configuration.wakeUpWindowMs, refillMs: max(1, min(configuration.nodeHeartbeatMs, configuration.wakeUpWindowMs / 4)),
+            leaseMs: configuration.nodeLeaseMs, node: membership.nodeId
+        ))
         let layout = WorkspaceLayout(dataDirectory: data.root)
         let agents = try AgentRegistry.resolve(
             agentsFile: configuration.agentsFile, environment: configuration.agentLookupEnvironment,
@@ -68,7 +73,7 @@ public struct ControlPlane: Sendable {
         let engine = SessionEngine(
             store: store, host: LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout), timing: configuration.timing,
             clock: clock, secretBox: secretBox, agents: agents, heartbeats: heartbeats, scheduler: scheduler,
-            maxRuntimes: configuration.maxRuntimes, metrics: metrics, logger: logger
+            maxRuntimes: configuration.maxRuntimes, cluster: cluster, metrics: metrics, logger: logger
         )
         let (ledger, gateway, lifecycle, rules, sessions) = (engine.ledger, engine.gateway, engine.lifecycle, engine.rules, engine.sessions)
         let callbacks = CallbackDispatcher(
@@ -76,12 +81,17 @@ public struct ControlPlane: Sendable {
             policy: CallbackRetryPolicy(maxAttempts: configuration.callbackMaxAttempts, baseDelayMs: configuration.callbackRetryBaseMs),
             logger: logger
         )
-        await scheduler.setEvaluator { [rules] id in await rules.evaluate(id) }
+        let coordinator = NodeCoordinator(
+            membership: membership, view: cluster, ledger: ledger, gateway: gateway, lifecycle: lifecycle,
+            heartbeatMs: configuration.nodeHeartbeatMs, logger: logger
+        )
+        await scheduler.setEvaluator { [rules] id, timer in await rules.evaluate(id, timer: timer) }
         await supervisor.setExitHandler { [lifecycle] id, process, detail in await lifecycle.exited(id, process: process, detail: detail) }
         return ControlPlane(
             configuration: configuration, store: store, sessions: sessions, ledger: ledger, gateway: gateway, lifecycle: lifecycle,
             rules: rules, scheduler: scheduler, supervisor: supervisor,
-            heartbeats: heartbeats, callbacks: callbacks, metrics: metrics, localToken: localToken, tickets: tickets, logger: logger
+            heartbeats: heartbeats, callbacks: callbacks, metrics: metrics, localToken: localToken, tickets: tickets, coordinator: coordinator,
+            logger: logger
         )
     }
 
@@ -143,11 +153,14 @@ public struct ControlPlane: Sendable {
             router: router,
             server: .http1WebSocketUpgrade(webSocketRouter: router),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloud-agent"),
-            services: [scheduler, supervisor, heartbeats, callbacks],
-            onServerRunning: { [supervisor, ledger, lifecycle] channel in
+            services: [scheduler, supervisor, heartbeats, callbacks, coordinator],
+            onServerRunning: { [supervisor, ledger, lifecycle, coordinator, configuration] channel in
                 let port = channel.localAddress?.port ?? 0
                 ledger.markListening()
                 await supervisor.setPort(port)
+                // Registered among the nodes (several on one database) before recovering, so
+                // that recovery and the first decisions know which nodes are alive.
+                await coordinator.listening(advertiseURL: configuration.advertiseURL ?? "http://\(configuration.host):\(port)")
                 await lifecycle.recover()
                 await onServerRunning(port)
             },
@@ -167,6 +180,9 @@ public struct DataDirectory: Sendable {
 
     /// The secret key, generated once into `secret.key`.
     public func secretKey() throws -> String { try readOrCreate("secret.key") { SecretBox.generateBase64Key() } }
+
+    /// This node's id among several on one database, generated once into `node-id`.
+    public func nodeId() throws -> String { try readOrCreate("node-id") { "node_" + UUID().uuidString.lowercased().prefix(8) } }
 
     /// The API token of user `local`, generated once into `api-token`.
     public func apiToken() throws -> String { try readOrCreate("api-token") { BearerToken.generate() } }

@@ -32,6 +32,9 @@ final class AutoCommitRunner: Sendable {
             guard let session = try await ledger.store.session(id), session.autoCommitPending == executionId,
                   let execution = try await ledger.store.execution(executionId)
             else { return }
+            // The workspace is on the runtime's host: another live host commits it (it hears of
+            // the change); a lost host's workspace is gone, and the outcome says so.
+            if case .elsewhere = ledger.cluster.placement(ofHost: session.runtime.hostNode, now: ledger.clock.now()) { return }
             let event = await commit(after: execution, session: session)
             let committed = try await ledger.update(id) { state, context in
                 SessionReducer.autoCommitted(state, execution: execution, event: event, context: context)

@@ -38,12 +38,14 @@ final class EffectRunner: Sendable {
             switch effect {
             case .launch(let requestedAt, let restore):
                 parts.lifecycle.launchInBackground(id, requestedAt: requestedAt, restore: restore)
-            case .terminate(let process, let sandbox, let rule):
+            case .terminate(let process, let sandbox, let rule, let host):
                 await parts.lifecycle.markStopping(id)
                 if awaiting {
-                    await parts.lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule)
+                    await parts.lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule, host: host)
                 } else {
-                    parts.lifecycle.host.enqueue { await parts.lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule) }
+                    parts.lifecycle.host.enqueue {
+                        await parts.lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule, host: host)
+                    }
                 }
             case .discardLaunch(let process, let sandbox):
                 await parts.lifecycle.discard(id, process: process, sandbox: sandbox)

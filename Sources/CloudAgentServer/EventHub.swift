@@ -49,6 +49,8 @@ public final class EventHub: Sendable {
     }
 
     private let subscribers = Mutex<[SessionID: [UUID: Subscription]]>([:])
+    /// The highest event id published per session with subscribers (for a resync).
+    private let highest = Mutex<[SessionID: Int64]>([:])
 
     public init() {}
 
@@ -63,7 +65,10 @@ public final class EventHub: Sendable {
     private func remove(_ session: SessionID, _ id: UUID) {
         subscribers.withLock { all in
             all[session]?[id] = nil
-            if all[session]?.isEmpty == true { all[session] = nil }
+            if all[session]?.isEmpty == true {
+                all[session] = nil
+                highest.withLock { $0[session] = nil }
+            }
         }
     }
 
@@ -71,6 +76,7 @@ public final class EventHub: Sendable {
         guard let session = events.first?.sessionId else { return }
         let targets = subscribers.withLock { Array(($0[session] ?? [:]).values) }
         guard !targets.isEmpty else { return }
+        if let last = events.map(\.id).max() { highest.withLock { $0[session] = max($0[session] ?? 0, last) } }
         let live = events.map(LiveEvent.init)
         for subscription in targets {
             for event in live { subscription.offer(event) }
@@ -91,6 +97,12 @@ public final class EventHub: Sendable {
             return max(1, smallest / 4)
         }
     }
+
+    /// The sessions that have subscribers here.
+    public var subscribedSessions: [SessionID] { subscribers.withLock { Array($0.keys) } }
+
+    /// The highest event id published to a session's subscribers (nil when none yet).
+    public func highestPublished(_ session: SessionID) -> Int64? { highest.withLock { $0[session] } }
 
     public func subscriberCount(_ session: SessionID) -> Int { subscribers.withLock { $0[session]?.count ?? 0 } }
 }

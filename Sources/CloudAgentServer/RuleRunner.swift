@@ -21,11 +21,14 @@ public final class RuleRunner: Sendable {
     }
 
     /// Evaluates a session's rules at now, carries out what they decide and returns its next
-    /// wake-up. Idempotent: evaluating again changes nothing.
-    public func evaluate(_ id: SessionID) async -> Date? {
+    /// wake-up. Idempotent: evaluating again changes nothing. A `timer` (a stored wake-up
+    /// firing) goes ahead only while the stored wake-up is due (another node may have fired it).
+    public func evaluate(_ id: SessionID, timer: Bool = false) async -> Date? {
         metrics.wakeUpsFired.increment()
         do {
-            let committed = try await ledger.update(id, forRules: true) { state, context in SessionReducer.evaluate(state, context: context) }
+            let committed = try await ledger.update(id, forRules: true) { state, context in
+                SessionReducer.evaluate(state, context: context, timer: timer)
+            }
             await effects.run(committed.effects, for: id)
             return committed.output
         } catch {

@@ -14,6 +14,8 @@ public final class RuntimeConnection: Sendable {
     private let active = Mutex<ExecutionID?>(nil)
     /// The highest runtime-outbox row sent on this connection.
     let deliveredThrough = Mutex<Int64>(0)
+    /// Whether it was asked to shut down (sent once).
+    let askedToShutDown = Mutex(false)
 
     init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
         self.sessionId = sessionId
@@ -74,12 +76,60 @@ public final class RuntimeGateway: Sendable {
 
     /// Asks a session's runtime to shut down (the first step of a stop).
     func askToShutDown(_ session: SessionID, reason: String) {
-        connection(for: session)?.send(.shutdown(reason: reason))
+        guard let connection = connection(for: session) else { return }
+        connection.askedToShutDown.withLock { $0 = true }
+        connection.send(.shutdown(reason: reason))
     }
 
     /// Closes and forgets a session's connection (its runtime is stopped, or the session gone).
     func close(_ session: SessionID) {
         connections.withLock { $0.removeValue(forKey: session) }?.close()
+    }
+
+    /// Tells a session's runtime why, then closes its connection.
+    func close(_ session: SessionID, telling reason: String) {
+        guard let connection = connections.withLock({ $0.removeValue(forKey: session) }) else { return }
+        connection.send(.shutdown(reason: reason))
+        connection.close()
+    }
+
+    /// The sessions whose runtime is connected here.
+    var connectedSessions: [SessionID] { connections.withLock { Array($0.keys) } }
+
+    /// Waits until the session's runtime has no connection here, at most `limit`.
+    func waitUntilDisconnected(_ session: SessionID, within limit: Duration) async {
+        let deadline = ContinuousClock.now + limit
+        while connection(for: session) != nil, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Brings a runtime connected here in line with its session as another node left it: a
+    /// stopped, replaced or deleted runtime is told to go and disconnected; a stopping one is
+    /// asked to shut down (once); a running one is sent its new outbox rows.
+    func reconcile(_ id: SessionID) async {
+        guard let connection = connection(for: id) else { return }
+        let session: SessionRecord?
+        do { session = try await ledger.store.session(id) } catch {
+            logger.warning("reading a session for its runtime failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+            return
+        }
+        guard let session, session.runtime.instanceId == connection.instanceId, session.runtime.state != .stopped else {
+            close(id, telling: "this runtime was stopped")
+            return
+        }
+        switch session.runtime.state {
+        case .stopping:
+            let first = connection.askedToShutDown.withLock { asked in
+                defer { asked = true }
+                return !asked
+            }
+            if first { connection.send(.shutdown(reason: session.runtime.stopReason?.rule.rawValue ?? "stopping")) }
+        case .running:
+            await deliverCommands(id)
+        case .starting, .stopped:
+            break
+        }
     }
 
     // MARK: Frames

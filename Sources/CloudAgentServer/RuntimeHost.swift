@@ -16,6 +16,8 @@ public struct RuntimeLaunchRequest: Sendable {
     /// What the runtime goes by when it can reach no control plane.
     public var idleTimeoutMs: Int64
     public var orphanLimitMs: Int64
+    /// Every live node's runtime route (several nodes), where the runtime may reconnect.
+    public var controlURLs: [String] = []
 }
 
 /// The machine runtimes run on: their workspaces and their processes. The lifecycle drives
@@ -43,6 +45,8 @@ public protocol RuntimeHost: Sendable {
     func adopt(session: SessionID, process: RuntimeProcess) async
     /// Stops watching a session's runtime.
     func unwatch(session: SessionID) async
+    /// The runtime process watched for a session (launched or adopted here), if any.
+    func watchedProcess(session: SessionID) async -> RuntimeProcess?
     /// Runs `job` in the background, inside the server's service group.
     func enqueue(_ job: @escaping @Sendable () async -> Void)
 }
@@ -73,7 +77,7 @@ public struct LocalRuntimeHost: RuntimeHost {
         try await supervisor.launch(
             session: request.session, instanceId: request.instanceId, secret: request.secret, environment: request.environment,
             secretNames: request.secretNames, stopGraceMs: request.stopGraceMs, idleTimeoutMs: request.idleTimeoutMs,
-            orphanLimitMs: request.orphanLimitMs
+            orphanLimitMs: request.orphanLimitMs, controlURLs: request.controlURLs
         )
     }
 
@@ -84,6 +88,7 @@ public struct LocalRuntimeHost: RuntimeHost {
     public func isAlive(_ process: RuntimeProcess) -> Bool { supervisor.isAlive(process) }
     public func adopt(session: SessionID, process: RuntimeProcess) async { await supervisor.adopt(session: session, process: process) }
     public func unwatch(session: SessionID) async { await supervisor.unwatch(session: session) }
+    public func watchedProcess(session: SessionID) async -> RuntimeProcess? { await supervisor.watchedProcess(session: session) }
     public func enqueue(_ job: @escaping @Sendable () async -> Void) { supervisor.enqueue(job) }
 }
 

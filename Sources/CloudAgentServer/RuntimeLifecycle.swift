@@ -2,6 +2,7 @@ import CloudAgentCore
 import CloudAgentSandbox
 import Foundation
 import Logging
+import Synchronization
 
 /// Runtimes coming and going on this host: capacity, launching (with a cold start's restore),
 /// stopping, deaths, and recovery after a control-plane start. Every step that takes time runs
@@ -16,6 +17,9 @@ public final class RuntimeLifecycle: Sendable {
     let gateway: RuntimeGateway
     let effects: EffectRunner
     let logger: Logger
+    /// Launches and stops under way here: a notice repeating one while it runs is ignored.
+    private let launches = Mutex<Set<SessionID>>([])
+    private let stops = Mutex<Set<SessionID>>([])
 
     init(
         ledger: SessionLedger, host: any RuntimeHost, maxRuntimes: Int, secretBox: SecretBox, gateway: RuntimeGateway,
@@ -96,6 +100,8 @@ public final class RuntimeLifecycle: Sendable {
     }
 
     private func launchSteps(_ id: SessionID, requestedAt: Date, restore: Bool) async {
+        guard launches.withLock({ $0.insert(id).inserted }) else { return }
+        defer { _ = launches.withLock { $0.remove(id) } }
         let session: SessionRecord?
         do { session = try await ledger.store.session(id) } catch {
             logger.error("cold start failed: the store did not answer", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
@@ -105,6 +111,13 @@ public final class RuntimeLifecycle: Sendable {
         guard let session, Self.wants(session, requestedAt) else {
             await slots.withdraw(id)
             if session == nil { host.removeWorkspace(id) }
+            return
+        }
+        // A runtime whose last host is another live node starts there, with its workspace:
+        // that node launches it when it hears of the change.
+        if case .elsewhere(let node) = ledger.cluster.placement(ofHost: session.runtime.hostNode, now: ledger.clock.now()) {
+            await slots.withdraw(id)
+            logger.debug("start left to the runtime's host node", metadata: ["sessionId": "\(id)", "hostNode": "\(node)"])
             return
         }
         var failures: [NewEvent] = []
@@ -122,8 +135,9 @@ public final class RuntimeLifecycle: Sendable {
             // before its process is recorded.
             let instanceId = UUID().uuidString.lowercased()
             let secret = BearerToken.generate(prefix: "rts_")
+            let hostNode = ledger.cluster.recordedNodeId
             let claimed = try await ledger.update(id) { state, _ in
-                SessionReducer.launching(state, requestedAt: requestedAt, instanceId: instanceId, secretHash: BearerToken.hash(secret))
+                SessionReducer.launching(state, requestedAt: requestedAt, instanceId: instanceId, secretHash: BearerToken.hash(secret), hostNode: hostNode)
             }
             guard claimed.output, let current = claimed.change?.session else {
                 await slots.launchEnded(id, kept: false)
@@ -138,7 +152,8 @@ public final class RuntimeLifecycle: Sendable {
                 process = try await host.launch(RuntimeLaunchRequest(
                     session: id, instanceId: instanceId, secret: secret, environment: request.environment,
                     secretNames: Array(current.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
-                    idleTimeoutMs: current.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs
+                    idleTimeoutMs: current.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs,
+                    controlURLs: ledger.cluster.controlURLs(now: ledger.clock.now())
                 ))
             } catch {
                 await slots.launchEnded(id, kept: false)
@@ -199,12 +214,28 @@ public final class RuntimeLifecycle: Sendable {
 
     /// Phase two of a stop: the runtime is asked to shut down, its processes are taken down
     /// (this may take the stop grace: no lock is held), then the stop is recorded once
-    /// (`SessionReducer.stopped`).
-    func finishStopping(_ id: SessionID, process: RuntimeProcess?, sandbox: String?, rule: StopRule) async {
-        gateway.askToShutDown(id, reason: rule.rawValue)
-        if let process {
-            let gone = await host.terminate(session: id, process: process, sandbox: sandbox, graceMs: timing.stopGraceMs)
-            if !gone { logger.error("runtime processes survived SIGKILL", metadata: ["sessionId": "\(id)"]) }
+    /// (`SessionReducer.stopped`). Only the runtime's host node signals its processes: a
+    /// runtime hosted by another live node is stopped by that node (it hears of the change); one
+    /// whose host node is lost is asked to stop through its connection.
+    func finishStopping(_ id: SessionID, process: RuntimeProcess?, sandbox: String?, rule: StopRule, host hostNode: String?) async {
+        guard stops.withLock({ $0.insert(id).inserted }) else { return }
+        defer { _ = stops.withLock { $0.remove(id) } }
+        switch ledger.cluster.placement(ofHost: hostNode, now: ledger.clock.now()) {
+        case .here:
+            gateway.askToShutDown(id, reason: rule.rawValue)
+            if let process {
+                let gone = await host.terminate(session: id, process: process, sandbox: sandbox, graceMs: timing.stopGraceMs)
+                if !gone { logger.error("runtime processes survived SIGKILL", metadata: ["sessionId": "\(id)"]) }
+            }
+        case .elsewhere(let node):
+            logger.debug("stop left to the runtime's host node", metadata: ["sessionId": "\(id)", "hostNode": "\(node)"])
+            return
+        case .lost(let node):
+            logger.info("stopping a runtime whose host node is lost, through its connection", metadata: [
+                "sessionId": "\(id)", "hostNode": "\(node)", "rule": "\(rule.rawValue)",
+            ])
+            gateway.askToShutDown(id, reason: rule.rawValue)
+            await gateway.waitUntilDisconnected(id, within: .milliseconds(timing.stopGraceMs))
         }
         gateway.close(id)
         do {
@@ -218,6 +249,25 @@ public final class RuntimeLifecycle: Sendable {
             logger.error("recording a stop failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
         }
         await effects.reschedule(id)
+    }
+
+    /// Does what another node's change asks of a runtime hosted here (or of a lost node's, when
+    /// taking its sessions over): finish a stop, launch a start, settle an auto-commit.
+    func reconcile(_ id: SessionID, takingOverFrom lost: String?) async {
+        guard let session = try? await ledger.store.session(id) else { return }
+        let runtime = session.runtime
+        switch (runtime.state, runtime.process) {
+        case (.stopping, let process):
+            if lost == nil { await slots.markStopping(id) }
+            host.enqueue { [self] in
+                await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode)
+            }
+        case (.starting, nil):
+            if let requestedAt = runtime.requestedAt { launchInBackground(id, requestedAt: requestedAt, restore: true) }
+        default:
+            break
+        }
+        if let pending = session.autoCommitPending { await effects.run([.autoCommit(pending)], for: id) }
     }
 
     /// The runtime is recorded stopped: its connection and watch go, its slot is free.
@@ -235,6 +285,15 @@ public final class RuntimeLifecycle: Sendable {
         ledger.hub.close(id)
         await slots.release(id)
         logger.info("session removed", metadata: ["sessionId": "\(id)", "rule": "\(rule.rawValue)"])
+    }
+
+    /// Another node deleted a session whose runtime runs here: its processes are taken down
+    /// (only this node may signal them), then its files and slot go.
+    func removedByAnotherNode(_ id: SessionID) async {
+        if let process = await host.watchedProcess(session: id) {
+            _ = await host.terminate(session: id, process: process, sandbox: host.sandboxKind, graceMs: timing.stopGraceMs)
+        }
+        await removed(id, rule: .deleted)
     }
 
     /// A runtime process died on its own (`SessionReducer.exited`).
@@ -256,14 +315,18 @@ public final class RuntimeLifecycle: Sendable {
     /// and are watched, the dead ones are declared crashed, interrupted stops, launches,
     /// auto-commits and changes are finished. Runtimes reconnect on their own.
     func recover() async {
-        guard let sessions = try? await ledger.store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
+        guard let all = try? await ledger.store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
+        // With several nodes, each recovers the runtimes of its own host.
+        let sessions = ledger.cluster.isShared ? all.filter { $0.runtime.hostNode == ledger.cluster.nodeId } : all
         for session in sessions {
             let id = session.id
             let runtime = session.runtime
             switch (runtime.state, runtime.process) {
             case (.stopping, let process):
                 await slots.hold(id, stopping: true)
-                host.enqueue { [self] in await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator) }
+                host.enqueue { [self] in
+                    await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode)
+                }
             case (.starting, nil):
                 if let requestedAt = runtime.requestedAt { launchInBackground(id, requestedAt: requestedAt, restore: true) }
             case (_, let process?):

@@ -55,7 +55,7 @@ public actor RuntimeSupervisor: Service {
     /// `orphanLimitMs` are what the runtime goes by when it can reach no control plane.
     func launch(
         session: SessionID, instanceId: String, secret: String, environment: [String: String], secretNames: [String] = [], stopGraceMs: Int64,
-        idleTimeoutMs: Int64, orphanLimitMs: Int64
+        idleTimeoutMs: Int64, orphanLimitMs: Int64, controlURLs: [String] = []
     ) throws -> RuntimeProcess {
         guard let port else { throw LaunchFailure(description: "the control plane is not listening yet") }
         let workspace = layout.workspace(session)
@@ -68,6 +68,8 @@ public actor RuntimeSupervisor: Service {
         env["HOME"] = home.path
         env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         env["CLOUD_AGENT_CONTROL_URL"] = "ws://127.0.0.1:\(port)\(RuntimeProtocol.path)"
+        // Every live node, where the runtime reconnects when this one goes away.
+        if !controlURLs.isEmpty { env["CLOUD_AGENT_CONTROL_URLS"] = controlURLs.joined(separator: ",") }
         env["CLOUD_AGENT_RUNTIME_ID"] = instanceId
         env["CLOUD_AGENT_WORKSPACE"] = workspace.path
         env["CLOUD_AGENT_STOP_GRACE_MS"] = String(stopGraceMs)
@@ -89,6 +91,8 @@ public actor RuntimeSupervisor: Service {
     func adopt(session: SessionID, process: RuntimeProcess) { watched[session] = (process, false) }
 
     func unwatch(session: SessionID) { watched[session] = nil }
+
+    func watchedProcess(session: SessionID) -> RuntimeProcess? { watched[session]?.process }
 
     /// Whether a runtime process is still there.
     nonisolated func isAlive(_ process: RuntimeProcess) -> Bool {

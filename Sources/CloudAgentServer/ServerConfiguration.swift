@@ -34,6 +34,14 @@ public struct ServerConfiguration: Sendable {
     public var streamBufferEvents = 1024
     /// How long a stream ticket is valid.
     public var streamTicketLifetimeMs: Int64 = 60_000
+    /// Where runtimes and other nodes reach this node (several nodes on one PostgreSQL
+    /// database); nil means `http://HOST:PORT`.
+    public var advertiseURL: String?
+    /// How often a node renews its registration, and how long one not renewed stays alive.
+    public var nodeHeartbeatMs: Int64 = 1_000
+    public var nodeLeaseMs: Int64 = 5_000
+    /// How far ahead wake-ups are armed in memory (the rest stay in the store).
+    public var wakeUpWindowMs: Int64 = 10_000
     /// Where the real agents are looked for: `PATH` and `CLOUD_AGENT_CLAUDE_BIN`,
     /// `CLOUD_AGENT_CODEX_BIN`, `CLOUD_AGENT_OPENCODE_BIN`, `CLOUD_AGENT_KILO_BIN`.
     public var agentLookupEnvironment: [String: String] = ProcessInfo.processInfo.environment.filter { name, _ in
@@ -93,6 +101,10 @@ public struct ServerConfiguration: Sendable {
         "callbackAttempts": .init(flag: "--callback-attempts", environment: "CLOUD_AGENT_CALLBACK_ATTEMPTS"),
         "callbackRetryBase": .init(flag: "--callback-retry-base", environment: "CLOUD_AGENT_CALLBACK_RETRY_BASE"),
         "orphanLimit": .init(flag: "--orphan-limit", environment: "CLOUD_AGENT_ORPHAN_LIMIT"),
+        "advertiseURL": .init(flag: "--advertise-url", environment: "CLOUD_AGENT_ADVERTISE_URL"),
+        "nodeHeartbeat": .init(flag: "--node-heartbeat", environment: "CLOUD_AGENT_NODE_HEARTBEAT"),
+        "nodeLease": .init(flag: "--node-lease", environment: "CLOUD_AGENT_NODE_LEASE"),
+        "wakeUpWindow": .init(flag: "--wake-up-window", environment: "CLOUD_AGENT_WAKE_UP_WINDOW"),
     ]
 
     /// Resolves every setting: `flags` (by the keys of `settings`) win over `environment`.
@@ -158,6 +170,19 @@ public struct ServerConfiguration: Sendable {
             configuration.callbackMaxAttempts = count
         }
         try duration("callbackRetryBase", into: &configuration.callbackRetryBaseMs)
+        if let (text, name) = value("advertiseURL") {
+            guard ClusterView.runtimeURL(advertised: text) != nil, URL(string: text)?.host != nil else {
+                throw Invalid(setting: name, message: "expected http://HOST:PORT or https://HOST:PORT")
+            }
+            configuration.advertiseURL = text
+        }
+        try duration("nodeHeartbeat", into: &configuration.nodeHeartbeatMs)
+        try duration("nodeLease", into: &configuration.nodeLeaseMs)
+        try duration("wakeUpWindow", into: &configuration.wakeUpWindowMs)
+        if configuration.nodeLeaseMs <= configuration.nodeHeartbeatMs {
+            let culprit = value("nodeLease")?.name ?? value("nodeHeartbeat")?.name ?? settings["nodeLease"]!.environment
+            throw Invalid(setting: culprit, message: "the node lease must be longer than the node heartbeat")
+        }
         if configuration.timing.staleThresholdMs <= configuration.timing.heartbeatIntervalMs {
             // Blame the setting the user gave: the threshold if they set it, else the interval.
             let culprit = value("staleThreshold")?.name ?? value("heartbeatInterval")?.name ?? settings["staleThreshold"]!.environment

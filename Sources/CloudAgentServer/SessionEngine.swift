@@ -23,9 +23,9 @@ public struct SessionEngine: Sendable {
     public init(
         store: any SessionStore, host: any RuntimeHost, timing: Timing, clock: any WallClock, secretBox: SecretBox,
         agents: AgentRegistry, heartbeats: HeartbeatBatcher, scheduler: WakeUpScheduler, maxRuntimes: Int,
-        metrics: ServerMetrics, logger: Logger
+        cluster: ClusterView = .single, metrics: ServerMetrics, logger: Logger
     ) {
-        ledger = SessionLedger(store: store, timing: timing, clock: clock, logger: logger, metrics: metrics)
+        ledger = SessionLedger(store: store, timing: timing, clock: clock, logger: logger, metrics: metrics, cluster: cluster)
         callbackWakeUps = WakeSignal()
         effects = EffectRunner(scheduler: scheduler, callbackWakeUps: callbackWakeUps)
         gateway = RuntimeGateway(ledger: ledger, agents: agents, heartbeats: heartbeats, effects: effects, logger: logger)

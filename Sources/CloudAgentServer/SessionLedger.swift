@@ -16,12 +16,18 @@ public final class SessionLedger: Sendable {
     let logger: Logger
     let metrics: ServerMetrics
     public let hub: EventHub
+    /// The nodes sharing the store (a single node knows only itself).
+    public let cluster: ClusterView
     /// Wakes those waiting for a session to change (an interrupt waiting for the end, a test).
     let changes = SessionChanges()
     private let startedListeningAt: Mutex<Date>
 
-    init(store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub()) {
+    init(
+        store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub(),
+        cluster: ClusterView = .single
+    ) {
         self.store = store
+        self.cluster = cluster
         self.timing = timing
         self.clock = clock
         self.logger = logger
@@ -37,9 +43,14 @@ public final class SessionLedger: Sendable {
     /// Called once the server listens.
     func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
 
-    /// The context of a decision made now.
+    /// The context of a decision made now. With several nodes, downtime counts from when the
+    /// cluster last had no node serving, and a runtime whose node was lost from that loss.
     func context() -> SessionContext {
-        SessionContext(now: clock.now(), timing: timing, controlPlaneStartedAt: controlPlaneStartedAt)
+        let now = clock.now()
+        return SessionContext(
+            now: now, timing: timing, controlPlaneStartedAt: cluster.availableSince(now: now, fallback: controlPlaneStartedAt),
+            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now)
+        )
     }
 
     /// Decides and commits one change of session `id` in one transaction; then publishes its

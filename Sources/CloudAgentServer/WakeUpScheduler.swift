@@ -4,37 +4,72 @@ import Logging
 import ServiceLifecycle
 
 /// Fires each session's durable next wake-up. The store holds one wake-up per session; this
-/// service re-arms all of them from the store at start-up, keeps them in an in-memory heap and
-/// sleeps until the earliest. A due session is evaluated (idempotently) by `evaluate`, which
-/// persists and returns the session's next wake-up; arming an earlier time wakes the loop at once.
+/// service arms the ones due within a window (`window`), refilled from the store every
+/// `refillInterval` (never all of them: a million dormant sessions cost nothing here), keeps
+/// them in an in-memory heap and sleeps until the earliest. On a store shared by several nodes
+/// the refill claims the rows it arms (a dead node's claims pass to the others once their lease
+/// runs out). A due session is evaluated (idempotently) by `evaluate`, which persists and
+/// returns the session's next wake-up; arming an earlier time wakes the loop at once.
+///
+/// A wake-up fires as a *timer* (the evaluation goes ahead only while the stored wake-up is
+/// due, so that one armed on several nodes fires once); a `poke` (after a change) evaluates
+/// the session anyway.
 public actor WakeUpScheduler: Service {
-    public typealias Evaluate = @Sendable (SessionID) async -> Date?
+    /// Evaluates a session; `timer` is true for a stored wake-up firing, false for a poke.
+    public typealias Evaluate = @Sendable (SessionID, _ timer: Bool) async -> Date?
+
+    /// How far ahead wake-ups are armed, and how often the window is refilled from the store.
+    public struct Window: Sendable {
+        public var aheadMs: Int64
+        public var refillMs: Int64
+        /// How long a refill's claim lasts (several nodes).
+        public var leaseMs: Int64
+        public var node: String
+
+        public init(aheadMs: Int64 = 10_000, refillMs: Int64 = 1_000, leaseMs: Int64 = 5_000, node: String = "local") {
+            self.aheadMs = aheadMs
+            self.refillMs = refillMs
+            self.leaseMs = leaseMs
+            self.node = node
+        }
+    }
 
     private let store: any SessionStore
     private let clock: any WallClock
     private let logger: Logger
+    private let window: Window
     private var evaluate: Evaluate?
     private var heap = WakeUpHeap()
     private var armed: [SessionID: Date] = [:]
+    /// Sessions armed by a poke (evaluated whether their stored wake-up is due or not).
+    private var poked: Set<SessionID> = []
     private var sleeper: Task<Void, Never>?
     private var sleepingUntil: Date?
 
-    public init(store: any SessionStore, clock: any WallClock, logger: Logger) {
+    public init(store: any SessionStore, clock: any WallClock, logger: Logger, window: Window = Window()) {
         self.store = store
         self.clock = clock
         self.logger = logger
+        self.window = window
     }
 
     /// Sets the evaluation (set once, before `run`).
     public func setEvaluator(_ evaluate: @escaping Evaluate) { self.evaluate = evaluate }
 
+    /// Sets an evaluation that treats timers and pokes alike.
+    public func setEvaluator(_ evaluate: @escaping @Sendable (SessionID) async -> Date?) {
+        self.evaluate = { id, _ in await evaluate(id) }
+    }
+
     /// Arms (or disarms, with nil) a session's wake-up in memory. The durable copy is written by
-    /// the evaluation that computed it.
+    /// the evaluation that computed it. One due beyond the window is left to a later refill.
     public func arm(_ session: SessionID, at due: Date?) {
-        guard let due else {
+        guard let due, due.milliseconds(since: clock.now()) <= window.aheadMs else {
             armed[session] = nil
+            poked.remove(session)
             return
         }
+        if armed[session] == due { return }
         armed[session] = due
         heap.push(WakeUp(sessionId: session, dueAt: due))
         // Re-arming leaves stale entries behind; rebuild when they outnumber the live ones.
@@ -46,19 +81,49 @@ public actor WakeUpScheduler: Service {
     }
 
     /// Evaluates a session as soon as possible (after any change to it).
-    public func poke(_ session: SessionID) { arm(session, at: clock.now()) }
+    public func poke(_ session: SessionID) {
+        poked.insert(session)
+        arm(session, at: clock.now())
+    }
 
     /// How many sessions have a wake-up armed.
     public var armedCount: Int { armed.count }
 
     public func run() async throws {
-        let wakeUps = try await store.wakeUps()
-        for wakeUp in wakeUps { arm(wakeUp.sessionId, at: wakeUp.dueAt) }
-        logger.info("wake-ups re-armed from the store", metadata: ["count": "\(wakeUps.count)"])
-        // Graceful shutdown cancels the loop; returning (not throwing) ends the service cleanly.
+        // Graceful shutdown cancels the loops; returning (not throwing) ends the service cleanly.
         await cancelWhenGracefulShutdown {
-            await self.loop()
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.refillLoop() }
+                group.addTask { await self.loop() }
+            }
         }
+    }
+
+    /// Arms the wake-ups due within the window, every `refillMs` (claiming them on a shared store).
+    private func refillLoop() async {
+        var first = true
+        while !Task.isCancelled {
+            do {
+                let count = try await refill()
+                if first { logger.info("wake-ups armed from the store", metadata: ["count": "\(count)", "windowMs": "\(window.aheadMs)"]) }
+                first = false
+            } catch {
+                logger.warning("loading wake-ups failed; retrying", metadata: ["error": "\(String(reflecting: error))"])
+            }
+            try? await Task.sleep(for: .milliseconds(window.refillMs))
+        }
+    }
+
+    /// One refill: the window's wake-ups (at most 10,000 at a time, earliest first). Returns how many came back.
+    @discardableResult
+    public func refill() async throws -> Int {
+        let now = clock.now()
+        let horizon = now.adding(milliseconds: window.aheadMs)
+        let wakeUps = try await store.claimWakeUps(dueBefore: horizon, now: now, node: window.node, leaseMs: window.leaseMs, limit: 10_000)
+        for wakeUp in wakeUps where !evaluating.contains(wakeUp.sessionId) && armed[wakeUp.sessionId].map({ wakeUp.dueAt < $0 }) ?? true {
+            arm(wakeUp.sessionId, at: wakeUp.dueAt)
+        }
+        return wakeUps.count
     }
 
     /// Sessions are independent: each due session is evaluated in a task of its own, and the
@@ -78,8 +143,9 @@ public actor WakeUpScheduler: Service {
                         dueAgain.insert(id)
                         continue
                     }
+                    let timer = poked.remove(id) == nil
                     group.addTask { [self] in
-                        let next = await Task { await self.evaluateNow(id) }.value
+                        let next = await Task { await self.evaluateNow(id, timer: timer) }.value
                         await self.finished(id, next: next)
                     }
                 }
@@ -95,9 +161,9 @@ public actor WakeUpScheduler: Service {
     private var waiting: [SessionID] = []
     private var dueAgain: Set<SessionID> = []
 
-    private func evaluateNow(_ id: SessionID) async -> Date? {
+    private func evaluateNow(_ id: SessionID, timer: Bool) async -> Date? {
         guard let evaluate else { return nil }
-        return await evaluate(id)
+        return await evaluate(id, timer)
     }
 
     /// An evaluation ended: arm the next wake-up it computed (unless an earlier one was armed
@@ -105,7 +171,7 @@ public actor WakeUpScheduler: Service {
     private func finished(_ id: SessionID, next: Date?) {
         evaluating.remove(id)
         if dueAgain.remove(id) != nil {
-            arm(id, at: clock.now())
+            poke(id)
         } else if let next, armed[id].map({ next < $0 }) ?? true {
             arm(id, at: next)
         }

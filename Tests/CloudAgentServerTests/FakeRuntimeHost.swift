@@ -150,6 +150,7 @@ final class FakeRuntimeHost: RuntimeHost {
     func isAlive(_ process: RuntimeProcess) -> Bool { state.withLock { $0.live[process.pid] != nil } }
     func adopt(session: SessionID, process: RuntimeProcess) async {}
     func unwatch(session: SessionID) async {}
+    func watchedProcess(session: SessionID) async -> RuntimeProcess? { nil }
 
     func enqueue(_ job: @escaping @Sendable () async -> Void) {
         state.withLock { $0.jobs += 1 }

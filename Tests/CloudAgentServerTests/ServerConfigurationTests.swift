@@ -132,6 +132,27 @@ struct ServerConfigurationTests {
         #expect(configuration.callbackMaxAttempts == 6)
         #expect(configuration.callbackRetryBaseMs == 2000)
         #expect(configuration.timing.orphanLimitMs == 3_600_000)
+        #expect(configuration.advertiseURL == nil)
+        #expect(configuration.nodeHeartbeatMs == 1000)
+        #expect(configuration.nodeLeaseMs == 5000)
+        #expect(configuration.wakeUpWindowMs == 10_000)
+    }
+
+    @Test("the settings of several nodes: an advertised URL, a node lease longer than its heartbeat")
+    func nodeSettings() throws {
+        let configuration = try ServerConfiguration.resolve(flags: ["advertiseURL": "http://10.0.0.7:8787"], environment: [
+            "CLOUD_AGENT_NODE_HEARTBEAT": "200ms", "CLOUD_AGENT_NODE_LEASE": "1s", "CLOUD_AGENT_WAKE_UP_WINDOW": "30s",
+        ])
+        #expect(configuration.advertiseURL == "http://10.0.0.7:8787")
+        #expect(configuration.nodeHeartbeatMs == 200)
+        #expect(configuration.nodeLeaseMs == 1000)
+        #expect(configuration.wakeUpWindowMs == 30_000)
+        #expect(throws: ServerConfiguration.Invalid(setting: "CLOUD_AGENT_ADVERTISE_URL", message: "expected http://HOST:PORT or https://HOST:PORT")) {
+            try ServerConfiguration.resolve(flags: [:], environment: ["CLOUD_AGENT_ADVERTISE_URL": "ws://nowhere"])
+        }
+        #expect(throws: ServerConfiguration.Invalid(setting: "--node-lease", message: "the node lease must be longer than the node heartbeat")) {
+            try ServerConfiguration.resolve(flags: ["nodeLease": "1s"], environment: ["CLOUD_AGENT_NODE_HEARTBEAT": "2s"])
+        }
     }
 
     @Test("every setting of the table has its flag and its CLOUD_AGENT_* variable")
@@ -143,12 +164,14 @@ struct ServerConfigurationTests {
             "CLOUD_AGENT_STOP_GRACE", "CLOUD_AGENT_STUCK_AFTER", "CLOUD_AGENT_MAX_RUNTIMES", "CLOUD_AGENT_SESSION_TTL",
             "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
             "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
+            "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
         ])
         #expect(Set(names.map(\.flag)) == [
             "--host", "--port", "--data-dir", "--database-url", "--api-token", "--idle-timeout", "--heartbeat-interval",
             "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
             "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base",
             "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
+            "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window",
         ])
     }
 
