@@ -147,12 +147,14 @@ struct ServerConfigurationTests {
         #expect(configuration.nodeHeartbeatMs == 200)
         #expect(configuration.nodeLeaseMs == 1000)
         #expect(configuration.wakeUpWindowMs == 30_000)
-        #expect(throws: ServerConfiguration.Invalid(setting: "CLOUD_AGENT_ADVERTISE_URL", message: "expected http://HOST:PORT or https://HOST:PORT")) {
+        let badURL = #expect(throws: ServerConfiguration.Invalid.self) {
             try ServerConfiguration.resolve(flags: [:], environment: ["CLOUD_AGENT_ADVERTISE_URL": "ws://nowhere"])
         }
-        #expect(throws: ServerConfiguration.Invalid(setting: "--node-lease", message: "the node lease must be longer than the node heartbeat")) {
+        #expect(badURL?.setting == "CLOUD_AGENT_ADVERTISE_URL")
+        let shortLease = #expect(throws: ServerConfiguration.Invalid.self) {
             try ServerConfiguration.resolve(flags: ["nodeLease": "1s"], environment: ["CLOUD_AGENT_NODE_HEARTBEAT": "2s"])
         }
+        #expect(shortLease?.setting == "--node-lease")
     }
 
     @Test("every setting of the table has its flag and its CLOUD_AGENT_* variable")
