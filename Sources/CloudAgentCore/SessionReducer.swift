@@ -214,6 +214,8 @@ public enum SessionReducer {
         if let apply { try apply(&session) }
         session.changingSince = nil
         session.updatedAt = context.now
+        // A workspace made anew was made on the deciding node's host: the runtime starts there.
+        if !restore { session.runtime.hostNode = context.nodeId }
         var effects: [SessionEffect] = []
         if session.runtime.state == .stopped {
             try? session.runtime.requestStart(at: context.now)

@@ -136,6 +136,12 @@ public final class SessionService: Sendable {
             throw error
         }
         await effects.run(begun.effects, for: id, awaiting: true)
+        if ledger.cluster.isShared {
+            // A runtime hosted by another node is stopped by that node: wait for the record.
+            _ = await ledger.changes.wait(for: id, within: .milliseconds(ledger.timing.stopGraceMs + 5000)) {
+                (try? await self.ledger.store.session(id))?.runtime.state != .stopping
+            }
+        }
         var restore = true
         if newWorkspace {
             var spec = try await session(id, owner: owner).spec
