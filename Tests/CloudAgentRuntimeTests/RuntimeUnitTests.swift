@@ -270,7 +270,7 @@ struct AgentRuntimeLinkTests {
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_1", agent: "nope", prompt: "")), on: first.id)
             await runtime.receive(.ping(nonce: 5), on: first.id)
             #expect(try await read(&frames) { $0 == .pong(nonce: 5) } == [.pong(nonce: 5)])
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000, idleTimeoutMs: 5000), on: first.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000, idleTimeoutMs: 5000, controlUrls: nil), on: first.id)
             #expect(await runtime.heartbeatInterval(on: first.id) == .milliseconds(250))
             #expect(await runtime.idleTimeout == .milliseconds(5000))
             await runtime.receive(.settings(idleTimeoutMs: 1500), on: first.id)
@@ -298,7 +298,7 @@ struct AgentRuntimeLinkTests {
             #expect(rehello == .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 2))
             // Frames for a closed link are ignored.
             await runtime.receive(.ping(nonce: 1), on: first.id)
-            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000, idleTimeoutMs: nil), on: relink.id)
+            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000, idleTimeoutMs: nil, controlUrls: nil), on: relink.id)
             let resent = try ProtocolCoding.decodeRuntimeMessage(try #require(await again.next()))
             #expect(resent == .event(secondEnded))
             // A welcome without an idle timeout (an older control plane's) keeps the one known.
@@ -347,7 +347,7 @@ struct AgentRuntimeLinkTests {
 
     @Test func killEscalatesToSIGKILLWhenTheAgentIgnoresSIGTERM() async throws {
         try await withScriptAgent("trap '' TERM\necho started\nsleep 30") { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300, idleTimeoutMs: nil, controlUrls: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_stubborn", agent: "scripted", prompt: "")), on: link.id)
             let started = try await read(&frames) { message in
                 if case .event(let event) = message { event.data["line"] == .string("started") } else { false }
@@ -370,7 +370,7 @@ struct AgentRuntimeLinkTests {
 
     @Test func anAgentKilledByASignalFailsNamingIt() async throws {
         try await withScriptAgent("echo '{\"type\":\"text\",\"text\":\"bye\"}'\nkill -9 $$") { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil, controlUrls: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_signal", agent: "scripted", prompt: "")), on: link.id)
             let messages = try await read(&frames) { isEnded($0, "exc_signal") }
             let events = messages.compactMap { message -> RuntimeEvent? in if case .event(let event) = message { event } else { nil } }
@@ -387,7 +387,7 @@ struct AgentRuntimeLinkTests {
         let script = "seq 1 \(lines) | sed 's/$/ \(String(repeating: "x", count: 100))/'\ntouch '\(marker.path)'"
         let limit = 16_384
         try await withScriptAgent(script, outboxLimitBytes: limit) { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil, controlUrls: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_held", agent: "scripted", prompt: "")), on: link.id)
             try await eventually(within: 30, "the outbox to fill") { await runtime.unacknowledgedBytes >= limit }
             // Held: for a second nothing more is read (the bound plus at most one event) and the
