@@ -417,3 +417,96 @@ struct AgentRuntimeLinkTests {
         }
     }
 }
+
+@Suite("Control-plane endpoints")
+struct ControlEndpointsTests {
+    let a = "ws://10.0.0.1:8787/v1/runtime/connect"
+    let b = "ws://10.0.0.2:8787/v1/runtime/connect"
+    let c = "wss://node-3.example/v1/runtime/connect"
+
+    /// How an attempt ended.
+    enum Attempt {
+        /// Failed (or got no welcome).
+        case failed
+        /// Welcomed, then dropped within `ControlEndpoints.heldAfter`.
+        case dropped
+        /// Welcomed and held a while, then ended.
+        case held
+    }
+
+    /// Ends one attempt per entry; returns, for each, the endpoint tried and whether the runtime
+    /// waits before the next one.
+    func run(_ endpoints: inout ControlEndpoints, _ attempts: [Attempt]) -> [(tried: String, waits: Bool)] {
+        attempts.map { attempt in
+            let tried = endpoints.current
+            let waits = switch attempt {
+            case .failed: endpoints.attemptEnded(welcomed: false, lasted: .milliseconds(5))
+            case .dropped: endpoints.attemptEnded(welcomed: true, lasted: .milliseconds(50))
+            case .held: endpoints.attemptEnded(welcomed: true, lasted: ControlEndpoints.heldAfter)
+            }
+            return (tried, waits)
+        }
+    }
+
+    @Test func startsAtTheFirstAndKeepsEachOnce() {
+        let endpoints = ControlEndpoints([a, b, a, c, b])
+        #expect(endpoints.urls == [a, b, c])
+        #expect(endpoints.current == a)
+    }
+
+    @Test func failedAttemptsGoRoundRobinAndWaitOnlyOnceEveryEndpointFailedInARow() {
+        var endpoints = ControlEndpoints([a, b, c])
+        let attempts = run(&endpoints, Array(repeating: .failed, count: 7))
+        #expect(attempts.map(\.tried) == [a, b, c, a, b, c, a])
+        #expect(attempts.map(\.waits) == [false, false, true, false, false, true, false])
+    }
+
+    @Test func aHeldConnectionThatEndsIsReplacedByTheNextEndpointAtOnce() {
+        var endpoints = ControlEndpoints([a, b, c])
+        // a fails, b is held then dies: c at once. The failures count again from the held
+        // connection: c, a and b fail before the wait.
+        let attempts = run(&endpoints, [.failed, .held, .failed, .failed, .failed, .failed])
+        #expect(attempts.map(\.tried) == [a, b, c, a, b, c])
+        #expect(attempts.map(\.waits) == [false, false, false, false, true, false])
+    }
+
+    @Test func aConnectionWelcomedAndDroppedAtOnceCountsAsAFailure() {
+        // Nodes that welcome and drop runtimes at once must not draw them into a loop without a wait.
+        var endpoints = ControlEndpoints([a, b])
+        #expect(run(&endpoints, [.dropped, .dropped, .held]).map(\.waits) == [false, true, false])
+    }
+
+    @Test func withOneEndpointEveryAttemptIsFollowedByTheWaitAsBefore() {
+        var endpoints = ControlEndpoints([a])
+        let attempts = run(&endpoints, [.failed, .held, .dropped])
+        #expect(attempts.map(\.tried) == [a, a, a])
+        #expect(attempts.map(\.waits) == [true, true, true])
+    }
+
+    @Test func aWelcomeReplacesTheListAndTheCurrentEndpointStays() {
+        var endpoints = ControlEndpoints([a])
+        let changed = endpoints.replace(with: [b, "http://not-a-runtime-route", a, "", b])
+        #expect(changed)
+        #expect(endpoints.urls == [b, a])
+        #expect(endpoints.current == a)
+        #expect(run(&endpoints, [.held, .failed, .failed]).map(\.tried) == [a, b, a])
+        // The same list again changes nothing.
+        let changedAgain = endpoints.replace(with: [b, a])
+        #expect(!changedAgain)
+    }
+
+    @Test func afterACurrentEndpointLeftTheListTheFirstIsNext() {
+        var endpoints = ControlEndpoints([a, b])
+        let changed = endpoints.replace(with: [c, b])
+        #expect(changed)
+        #expect(run(&endpoints, [.held, .failed, .failed, .failed]).map(\.tried) == [a, c, b, c])
+    }
+
+    @Test(arguments: [[], ["http://x", "tcp://y", ""]])
+    func anEmptyOrWhollyInvalidListIsIgnored(_ named: [String]) {
+        var endpoints = ControlEndpoints([a, b])
+        let changed = endpoints.replace(with: named)
+        #expect(!changed)
+        #expect(endpoints == ControlEndpoints([a, b]))
+    }
+}
