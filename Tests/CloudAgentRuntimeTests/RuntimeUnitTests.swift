@@ -215,6 +215,23 @@ struct RuntimeConfigurationTests {
         }
     }
 
+    @Test func controlURLsNameEveryNodeAfterTheFirst() throws {
+        #expect(try RuntimeConfiguration(environment: base, currentDirectory: "/").controlURLs == ["ws://127.0.0.1:8787/v1/runtime/connect"])
+        var environment = base
+        environment["CLOUD_AGENT_CONTROL_URLS"] = "ws://10.0.0.2:8787/v1/runtime/connect, ws://127.0.0.1:8787/v1/runtime/connect,,wss://node-3/v1/runtime/connect"
+        let configuration = try RuntimeConfiguration(environment: environment, currentDirectory: "/")
+        #expect(configuration.controlURL == "ws://127.0.0.1:8787/v1/runtime/connect")
+        #expect(configuration.controlURLs == [
+            "ws://127.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect", "wss://node-3/v1/runtime/connect",
+        ])
+        for bad in ["http://10.0.0.2:8787/v1/runtime/connect", "ws://10.0.0.2/x,10.0.0.3:8787"] {
+            environment["CLOUD_AGENT_CONTROL_URLS"] = bad
+            #expect(throws: RuntimeConfigurationError("CLOUD_AGENT_CONTROL_URLS must be comma-separated ws:// or wss:// URLs")) {
+                try RuntimeConfiguration(environment: environment, currentDirectory: "/")
+            }
+        }
+    }
+
     @Test func agentsSeeNoneOfTheRuntimesOwnVariables() {
         let environment = base.merging(["HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t", "CLOUD_AGENT_WORKSPACE": "/ws"]) { $1 }
         #expect(RuntimeConfiguration.agentEnvironment(from: environment) == [
