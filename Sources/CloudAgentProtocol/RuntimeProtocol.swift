@@ -61,7 +61,10 @@ public enum RuntimeMessage: Sendable, Equatable {
 public enum ControlMessage: Sendable, Equatable {
     /// Answer to hello: events up to `ackedSeq` are durable; the timing the runtime must keep.
     /// `idleTimeoutMs` is the session's idle timeout (nil from control planes that predate it).
-    case welcome(ackedSeq: Int64, heartbeatIntervalMs: Int64, stopGraceMs: Int64, idleTimeoutMs: Int64?)
+    /// `controlUrls` are the runtime routes of every control-plane node (they share one database,
+    /// so any of them serves this runtime): the runtime reconnects to them when its node goes
+    /// away. Nil (left out of the frame) from a control plane that does not name its nodes.
+    case welcome(ackedSeq: Int64, heartbeatIntervalMs: Int64, stopGraceMs: Int64, idleTimeoutMs: Int64?, controlUrls: [String]?)
     /// The session's settings changed (`PATCH idleTimeoutMs`): the runtime keeps the new value.
     case settings(idleTimeoutMs: Int64)
     /// Events up to `seq` are durable.
@@ -217,6 +220,7 @@ public enum ProtocolCoding {
         var heartbeatIntervalMs: Int64?
         var stopGraceMs: Int64?
         var idleTimeoutMs: Int64?
+        var controlUrls: [String]?
         var seq: Int64?
         var execute: ExecuteCommand?
         var reason: String?
@@ -251,12 +255,13 @@ public enum ProtocolCoding {
     public static func encode(_ message: ControlMessage) -> String {
         var frame: Frame
         switch message {
-        case .welcome(let acked, let interval, let grace, let idleTimeout):
+        case .welcome(let acked, let interval, let grace, let idleTimeout, let controlUrls):
             frame = Frame(type: "welcome")
             frame.ackedSeq = acked
             frame.heartbeatIntervalMs = interval
             frame.stopGraceMs = grace
             frame.idleTimeoutMs = idleTimeout
+            frame.controlUrls = controlUrls
         case .settings(let idleTimeout):
             frame = Frame(type: "settings")
             frame.idleTimeoutMs = idleTimeout
@@ -322,7 +327,10 @@ public enum ProtocolCoding {
             }
             // An unusable idle timeout is left out rather than refusing the welcome.
             let idleTimeout = frame.idleTimeoutMs.flatMap { $0 > 0 ? $0 : nil }
-            return .welcome(ackedSeq: acked, heartbeatIntervalMs: interval, stopGraceMs: frame.stopGraceMs ?? 10_000, idleTimeoutMs: idleTimeout)
+            return .welcome(
+                ackedSeq: acked, heartbeatIntervalMs: interval, stopGraceMs: frame.stopGraceMs ?? 10_000, idleTimeoutMs: idleTimeout,
+                controlUrls: frame.controlUrls
+            )
         case "settings":
             guard let idleTimeout = frame.idleTimeoutMs, idleTimeout > 0 else { throw ProtocolError("settings needs idleTimeoutMs ≥ 1") }
             return .settings(idleTimeoutMs: idleTimeout)

@@ -215,7 +215,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     public func receive(_ message: ControlMessage, on linkId: UInt64) {
         guard var open = link, open.id == linkId else { return }
         switch message {
-        case .welcome(let ackedSeq, let heartbeatIntervalMs, let stopGraceMs, let idleTimeoutMs):
+        case .welcome(let ackedSeq, let heartbeatIntervalMs, let stopGraceMs, let idleTimeoutMs, _):
+            // Its controlUrls are the connection's business (`ControlConnection`).
             if ackedSeq > outbox.lastSeq {
                 logger.warning("the control plane acknowledges events this runtime never sent", metadata: ["ackedSeq": "\(ackedSeq)", "lastSeq": "\(outbox.lastSeq)"])
             }

@@ -6,23 +6,29 @@ import ServiceLifecycle
 import Synchronization
 import WSClient
 
-/// The runtime's WebSocket to the control plane, kept open for as long as the runtime lives:
-/// after a failed connect, a close or an error it reconnects with capped exponential backoff
-/// and jitter. Each connection says hello, waits for the welcome, then carries the runtime's
-/// frames out and the control plane's frames in. A failed upgrade whose route answers 401, 403
-/// or 404 (`UpgradeStatusProbe`) is a refusal, not an outage: the runtime is told to stop, and
-/// this service waits for the end.
+/// The runtime's WebSocket to the control plane, kept open for as long as the runtime lives.
+/// The control plane may be several nodes (`ControlEndpoints`): each attempt goes to the current
+/// endpoint, and after a failed connect, a close or an error the next attempt goes to the next
+/// one — at once, unless every endpoint failed in a row, when it waits with capped exponential
+/// backoff and jitter. Each connection says hello, waits for the welcome (which may name the
+/// nodes anew), then carries the runtime's frames out and the control plane's frames in. A failed
+/// upgrade whose route answers 401, 403 or 404 (`UpgradeStatusProbe`) is a refusal, not an
+/// outage: the nodes share one database, so one node's refusal is the cluster's; the runtime is
+/// told to stop, and this service waits for the end.
 public struct ControlConnection: Service, CustomStringConvertible {
     let runtime: AgentRuntime
     let secret: RuntimeSecret
     let logger: Logger
     var backoff: ReconnectBackoff
+    /// Shared by the reconnect loop and the connections' readers (a welcome may name the nodes).
+    private let endpoints: SharedEndpoints
 
     public init(runtime: AgentRuntime, secret: RuntimeSecret, logger: Logger, backoff: ReconnectBackoff = ReconnectBackoff()) {
         self.runtime = runtime
         self.secret = secret
         self.logger = logger
         self.backoff = backoff
+        endpoints = SharedEndpoints(ControlEndpoints(runtime.configuration.controlURLs))
     }
 
     /// A connection whose hello gets no welcome within this is dropped and made again.
@@ -42,7 +48,7 @@ public struct ControlConnection: Service, CustomStringConvertible {
     }
 
     /// ServiceLifecycle logs its services: this must not show the secret.
-    public var description: String { "ControlConnection(\(runtime.configuration.controlURL))" }
+    public var description: String { "ControlConnection(\(runtime.configuration.controlURLs.joined(separator: ", ")))" }
 
     /// Returns on graceful shutdown (the open connection is closed normally) or cancellation.
     public func run() async {
@@ -57,12 +63,15 @@ public struct ControlConnection: Service, CustomStringConvertible {
         var backoff = self.backoff
         let configuration = runtime.configuration
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            let endpoint = endpoints.update { $0.current }
             let welcomesBefore = await runtime.welcomeCount
+            let started = ContinuousClock.now
+            logger.debug("connecting to the control plane", metadata: ["endpoint": .string(endpoint)])
             do {
                 try await Self.bounded(by: Self.upgradeTimeout) { [runtime, secret, logger] upgraded in
                     do {
                         try await WebSocketClient.connect(
-                            url: configuration.controlURL,
+                            url: endpoint,
                             configuration: Self.clientConfiguration(sessionId: configuration.sessionId, secret: secret),
                             logger: logger
                         ) { inbound, outbound, _ in
@@ -73,24 +82,42 @@ public struct ControlConnection: Service, CustomStringConvertible {
                     } catch let error as WebSocketClientError where error == .webSocketUpgradeFailed {
                         // Any answer but 101: ask the route why (within this attempt's bound).
                         let status = try await UpgradeStatusProbe.status(
-                            url: configuration.controlURL, headers: Self.authenticationHeaders(sessionId: configuration.sessionId, secret: secret), logger: logger
+                            url: endpoint, headers: Self.authenticationHeaders(sessionId: configuration.sessionId, secret: secret), logger: logger
                         )
                         if let status, ControlPlaneRefusal.statuses.contains(status) { throw ControlPlaneRefusal(status: status) }
                         throw UpgradeDeclined(status: status)
                     }
                 }
-                logger.info("the control plane closed the connection")
+                logger.info("the control plane closed the connection", metadata: ["endpoint": .string(endpoint)])
             } catch let refusal as ControlPlaneRefusal {
+                logger.warning("refusal from the control plane", metadata: ["endpoint": .string(endpoint), "status": "\(refusal.status)"])
                 return refusal
             } catch {
-                logger.warning("connection to the control plane failed", metadata: ["error": "\(error)"])
+                logger.warning("connection to the control plane failed", metadata: ["endpoint": .string(endpoint), "error": "\(error)"])
             }
-            if await runtime.welcomeCount != welcomesBefore { backoff.reset() }
+            let welcomed = await runtime.welcomeCount != welcomesBefore
+            if welcomed { backoff.reset() }
+            let lasted = ContinuousClock.now - started
+            let (wait, next) = endpoints.update { endpoints in (endpoints.attemptEnded(welcomed: welcomed, lasted: lasted), endpoints.current) }
+            guard wait else {
+                logger.debug("reconnecting at once to the next endpoint", metadata: ["endpoint": .string(next)])
+                continue
+            }
             let delay = backoff.nextDelay()
-            logger.debug("reconnecting", metadata: ["delay": "\(delay)"])
+            logger.debug("reconnecting", metadata: ["delay": "\(delay)", "endpoint": .string(next)])
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
         }
         return nil
+    }
+
+    /// A welcome named the control plane's nodes: later attempts go to them (the valid ones).
+    private func adopt(_ named: [String]) {
+        let invalid = named.filter { !ControlEndpoints.isValid($0) }
+        if !invalid.isEmpty {
+            logger.warning("the welcome names control-plane endpoints that are not ws:// or wss:// URLs: ignored", metadata: ["invalid": "\(invalid)"])
+        }
+        guard let urls = endpoints.update({ $0.replace(with: named) ? $0.urls : nil }) else { return }
+        logger.info("the control plane named its nodes", metadata: ["endpoints": "\(urls)"])
     }
 
     /// One upgraded connection: its link to the runtime, for as long as it lasts.
@@ -198,6 +225,7 @@ public struct ControlConnection: Service, CustomStringConvertible {
                     }
                     switch Result(catching: { () throws(ProtocolError) in try ProtocolCoding.decodeControlMessage(text) }) {
                     case .success(let control):
+                        if case .welcome(_, _, _, _, let named?) = control { adopt(named) }
                         await runtime.receive(control, on: link.id)
                     case .failure(let error) where error.unknownType != nil:
                         // A newer control plane's frame: harmless, ignored.
@@ -233,6 +261,17 @@ public struct RuntimeSecret: Sendable, CustomStringConvertible, CustomDebugStrin
     public var description: String { "<redacted>" }
     public var debugDescription: String { "<redacted>" }
     public var customMirror: Mirror { Mirror(self, children: [:]) }
+}
+
+/// The endpoints behind a lock: the reconnect loop and the connections' readers share them.
+private final class SharedEndpoints: Sendable {
+    private let state: Mutex<ControlEndpoints>
+
+    init(_ endpoints: ControlEndpoints) { state = Mutex(endpoints) }
+
+    func update<T: Sendable>(_ body: (inout ControlEndpoints) -> T) -> T {
+        state.withLock { body(&$0) }
+    }
 }
 
 /// One bounded connection attempt: whether it upgraded, and its result, delivered once.

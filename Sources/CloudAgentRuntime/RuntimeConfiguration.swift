@@ -5,8 +5,12 @@ import Logging
 /// The runtime's settings, read from the environment the control plane starts it with. The
 /// runtime's secret is not here: it arrives on standard input, never in the environment.
 public struct RuntimeConfiguration: Sendable, Equatable {
-    /// The control plane's runtime route, e.g. `ws://127.0.0.1:8787/v1/runtime/connect`.
+    /// The control plane's runtime route, e.g. `ws://127.0.0.1:8787/v1/runtime/connect`: the
+    /// node that started the runtime, tried first.
     public var controlURL: String
+    /// The runtime routes of the control plane's other nodes (they share one database, so any of
+    /// them serves the runtime), tried after `controlURL` (`ControlEndpoints`).
+    public var otherControlURLs: [String] = []
     public var sessionId: String
     /// The id of this runtime process, chosen by the control plane.
     public var runtimeId: String
@@ -46,7 +50,12 @@ public struct RuntimeConfiguration: Sendable, Equatable {
         self.heartbeatInterval = heartbeatInterval
     }
 
+    /// Every endpoint the runtime may connect to: `controlURL` first, then `otherControlURLs`,
+    /// each once.
+    public var controlURLs: [String] { ControlEndpoints.unique([controlURL] + otherControlURLs) }
+
     /// Reads `CLOUD_AGENT_CONTROL_URL`, `SESSION_ID`, `CLOUD_AGENT_RUNTIME_ID` (required),
+    /// `CLOUD_AGENT_CONTROL_URLS` (comma-separated, every node's route; default none),
     /// `CLOUD_AGENT_WORKSPACE` (default: `currentDirectory`), `CLOUD_AGENT_LOG_LEVEL` (default
     /// info), `CLOUD_AGENT_STOP_GRACE_MS` (default 10000), `CLOUD_AGENT_IDLE_TIMEOUT_MS` (default
     /// 900000), `CLOUD_AGENT_ORPHAN_LIMIT_MS` (default 3600000) and
@@ -57,8 +66,13 @@ public struct RuntimeConfiguration: Sendable, Equatable {
             return value
         }
         let controlURL = try required("CLOUD_AGENT_CONTROL_URL")
-        guard controlURL.hasPrefix("ws://") || controlURL.hasPrefix("wss://") else {
+        guard ControlEndpoints.isValid(controlURL) else {
             throw RuntimeConfigurationError("CLOUD_AGENT_CONTROL_URL must be a ws:// or wss:// URL")
+        }
+        let otherControlURLs = (environment["CLOUD_AGENT_CONTROL_URLS"] ?? "").split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard otherControlURLs.allSatisfy(ControlEndpoints.isValid) else {
+            throw RuntimeConfigurationError("CLOUD_AGENT_CONTROL_URLS must be comma-separated ws:// or wss:// URLs")
         }
         let workspace = environment["CLOUD_AGENT_WORKSPACE"].flatMap { $0.isEmpty ? nil : $0 } ?? currentDirectory
         var logLevel = Logger.Level.info
@@ -88,6 +102,7 @@ public struct RuntimeConfiguration: Sendable, Equatable {
             logLevel: logLevel,
             stopGrace: stopGrace
         )
+        self.otherControlURLs = otherControlURLs
         if let idleTimeout { self.idleTimeout = .milliseconds(idleTimeout) }
         if let orphanLimit { self.orphanLimit = .milliseconds(orphanLimit) }
         if let outboxLimit { outboxLimitBytes = Int(clamping: outboxLimit) }

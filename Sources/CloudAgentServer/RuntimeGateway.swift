@@ -159,10 +159,7 @@ public final class RuntimeGateway: Sendable {
         }
         register(connection)
         connection.activeExecution = welcome.activeExecutionId
-        connection.send(.welcome(
-            ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
-            idleTimeoutMs: welcome.idleTimeoutMs
-        ))
+        connection.send(.welcome(ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs, idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: nil))
         if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
         await effects.run(committed.effects, for: id)
         await effects.reschedule(id)

@@ -25,8 +25,12 @@ struct ProtocolCodingTests {
     ]
 
     static let controlMessages: [ControlMessage] = [
-        .welcome(ackedSeq: 0, heartbeatIntervalMs: 30_000, stopGraceMs: 10_000, idleTimeoutMs: nil),
-        .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: 900_000),
+        .welcome(ackedSeq: 0, heartbeatIntervalMs: 30_000, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil),
+        .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: 900_000, controlUrls: nil),
+        .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: nil, controlUrls: [
+            "ws://10.0.0.1:8787/v1/runtime/connect", "wss://node-2.example/v1/runtime/connect",
+        ]),
+        .welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: nil, controlUrls: []),
         .settings(idleTimeoutMs: 60_000),
         .ack(seq: 12),
         .execute(ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi\nsleep 0.5\n")),
@@ -63,13 +67,14 @@ struct ProtocolCodingTests {
     }
 
     @Test func framesHaveATypeAndCamelCaseFields() throws {
-        let frame = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: 2000))
+        let frame = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: 2000, controlUrls: nil))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(frame.utf8)) as? [String: Any])
         #expect(object["type"] as? String == "welcome")
         #expect(object["ackedSeq"] as? Int == 3)
         #expect(object["heartbeatIntervalMs"] as? Int == 100)
         #expect(object["stopGraceMs"] as? Int == 500)
         #expect(object["idleTimeoutMs"] as? Int == 2000)
+        #expect(object.count == 5, "no controlUrls when there are none: \(object.keys.sorted())")
         let settings = try #require(try JSONSerialization.jsonObject(with: Data(ProtocolCoding.encode(.settings(idleTimeoutMs: 800)).utf8)) as? [String: Any])
         #expect(settings.count == 2)
         #expect(settings["type"] as? String == "settings")
@@ -79,12 +84,29 @@ struct ProtocolCodingTests {
     @Test func aWelcomeFromAnOlderControlPlaneHasNoIdleTimeout() throws {
         // Older control planes send no idleTimeoutMs; an unusable one is left out, not a refusal.
         #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"stopGraceMs":500}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil))
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil, controlUrls: nil))
         #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":0}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil))
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil))
         // An older runtime decoding a newer welcome ignores what it does not know: extra fields pass.
         #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":7,"future":true}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: 7))
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: 7, controlUrls: nil))
+    }
+
+    @Test func aWelcomeNamesTheControlPlanesNodesInControlUrls() throws {
+        let urls = ["ws://10.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect"]
+        let frame = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil, controlUrls: urls))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(frame.utf8)) as? [String: Any])
+        #expect(object["controlUrls"] as? [String] == urls)
+        // Slashes unescaped: the frame reads as it is logged.
+        #expect(frame.contains(#""controlUrls":["ws://10.0.0.1:8787/v1/runtime/connect","#))
+        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"controlUrls":["ws://a/x"]}"#)
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: ["ws://a/x"]))
+        // Without the field (an older or single-node control plane) it is nil, not a refusal.
+        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100}"#)
+            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil))
+        // Left out of the frame when nil.
+        let withoutUrls = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil, controlUrls: nil))
+        #expect(!withoutUrls.contains("controlUrls"))
     }
 
     @Test func aFrameOfAnUnknownTypeIsToldApartFromAMalformedOne() {

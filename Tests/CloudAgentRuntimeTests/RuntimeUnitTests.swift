@@ -215,6 +215,23 @@ struct RuntimeConfigurationTests {
         }
     }
 
+    @Test func controlURLsNameEveryNodeAfterTheFirst() throws {
+        #expect(try RuntimeConfiguration(environment: base, currentDirectory: "/").controlURLs == ["ws://127.0.0.1:8787/v1/runtime/connect"])
+        var environment = base
+        environment["CLOUD_AGENT_CONTROL_URLS"] = "ws://10.0.0.2:8787/v1/runtime/connect, ws://127.0.0.1:8787/v1/runtime/connect,,wss://node-3/v1/runtime/connect"
+        let configuration = try RuntimeConfiguration(environment: environment, currentDirectory: "/")
+        #expect(configuration.controlURL == "ws://127.0.0.1:8787/v1/runtime/connect")
+        #expect(configuration.controlURLs == [
+            "ws://127.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect", "wss://node-3/v1/runtime/connect",
+        ])
+        for bad in ["http://10.0.0.2:8787/v1/runtime/connect", "ws://10.0.0.2/x,10.0.0.3:8787"] {
+            environment["CLOUD_AGENT_CONTROL_URLS"] = bad
+            #expect(throws: RuntimeConfigurationError("CLOUD_AGENT_CONTROL_URLS must be comma-separated ws:// or wss:// URLs")) {
+                try RuntimeConfiguration(environment: environment, currentDirectory: "/")
+            }
+        }
+    }
+
     @Test func agentsSeeNoneOfTheRuntimesOwnVariables() {
         let environment = base.merging(["HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t", "CLOUD_AGENT_WORKSPACE": "/ws"]) { $1 }
         #expect(RuntimeConfiguration.agentEnvironment(from: environment) == [
@@ -270,7 +287,7 @@ struct AgentRuntimeLinkTests {
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_1", agent: "nope", prompt: "")), on: first.id)
             await runtime.receive(.ping(nonce: 5), on: first.id)
             #expect(try await read(&frames) { $0 == .pong(nonce: 5) } == [.pong(nonce: 5)])
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000, idleTimeoutMs: 5000), on: first.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 250, stopGraceMs: 1000, idleTimeoutMs: 5000, controlUrls: nil), on: first.id)
             #expect(await runtime.heartbeatInterval(on: first.id) == .milliseconds(250))
             #expect(await runtime.idleTimeout == .milliseconds(5000))
             await runtime.receive(.settings(idleTimeoutMs: 1500), on: first.id)
@@ -298,7 +315,7 @@ struct AgentRuntimeLinkTests {
             #expect(rehello == .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 2))
             // Frames for a closed link are ignored.
             await runtime.receive(.ping(nonce: 1), on: first.id)
-            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000, idleTimeoutMs: nil), on: relink.id)
+            await runtime.receive(.welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 1000, idleTimeoutMs: nil, controlUrls: nil), on: relink.id)
             let resent = try ProtocolCoding.decodeRuntimeMessage(try #require(await again.next()))
             #expect(resent == .event(secondEnded))
             // A welcome without an idle timeout (an older control plane's) keeps the one known.
@@ -347,7 +364,7 @@ struct AgentRuntimeLinkTests {
 
     @Test func killEscalatesToSIGKILLWhenTheAgentIgnoresSIGTERM() async throws {
         try await withScriptAgent("trap '' TERM\necho started\nsleep 30") { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 300, idleTimeoutMs: nil, controlUrls: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_stubborn", agent: "scripted", prompt: "")), on: link.id)
             let started = try await read(&frames) { message in
                 if case .event(let event) = message { event.data["line"] == .string("started") } else { false }
@@ -370,7 +387,7 @@ struct AgentRuntimeLinkTests {
 
     @Test func anAgentKilledByASignalFailsNamingIt() async throws {
         try await withScriptAgent("echo '{\"type\":\"text\",\"text\":\"bye\"}'\nkill -9 $$") { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil, controlUrls: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_signal", agent: "scripted", prompt: "")), on: link.id)
             let messages = try await read(&frames) { isEnded($0, "exc_signal") }
             let events = messages.compactMap { message -> RuntimeEvent? in if case .event(let event) = message { event } else { nil } }
@@ -387,7 +404,7 @@ struct AgentRuntimeLinkTests {
         let script = "seq 1 \(lines) | sed 's/$/ \(String(repeating: "x", count: 100))/'\ntouch '\(marker.path)'"
         let limit = 16_384
         try await withScriptAgent(script, outboxLimitBytes: limit) { runtime, link, frames in
-            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil), on: link.id)
+            await runtime.receive(.welcome(ackedSeq: 0, heartbeatIntervalMs: 60_000, stopGraceMs: 1_000, idleTimeoutMs: nil, controlUrls: nil), on: link.id)
             await runtime.receive(.execute(ExecuteCommand(executionId: "exc_held", agent: "scripted", prompt: "")), on: link.id)
             try await eventually(within: 30, "the outbox to fill") { await runtime.unacknowledgedBytes >= limit }
             // Held: for a second nothing more is read (the bound plus at most one event) and the
@@ -415,5 +432,98 @@ struct AgentRuntimeLinkTests {
             #expect(FileManager.default.fileExists(atPath: marker.path))
             #expect(await runtime.unacknowledgedBytes == 0)
         }
+    }
+}
+
+@Suite("Control-plane endpoints")
+struct ControlEndpointsTests {
+    let a = "ws://10.0.0.1:8787/v1/runtime/connect"
+    let b = "ws://10.0.0.2:8787/v1/runtime/connect"
+    let c = "wss://node-3.example/v1/runtime/connect"
+
+    /// How an attempt ended.
+    enum Attempt {
+        /// Failed (or got no welcome).
+        case failed
+        /// Welcomed, then dropped within `ControlEndpoints.heldAfter`.
+        case dropped
+        /// Welcomed and held a while, then ended.
+        case held
+    }
+
+    /// Ends one attempt per entry; returns, for each, the endpoint tried and whether the runtime
+    /// waits before the next one.
+    func run(_ endpoints: inout ControlEndpoints, _ attempts: [Attempt]) -> [(tried: String, waits: Bool)] {
+        attempts.map { attempt in
+            let tried = endpoints.current
+            let waits = switch attempt {
+            case .failed: endpoints.attemptEnded(welcomed: false, lasted: .milliseconds(5))
+            case .dropped: endpoints.attemptEnded(welcomed: true, lasted: .milliseconds(50))
+            case .held: endpoints.attemptEnded(welcomed: true, lasted: ControlEndpoints.heldAfter)
+            }
+            return (tried, waits)
+        }
+    }
+
+    @Test func startsAtTheFirstAndKeepsEachOnce() {
+        let endpoints = ControlEndpoints([a, b, a, c, b])
+        #expect(endpoints.urls == [a, b, c])
+        #expect(endpoints.current == a)
+    }
+
+    @Test func failedAttemptsGoRoundRobinAndWaitOnlyOnceEveryEndpointFailedInARow() {
+        var endpoints = ControlEndpoints([a, b, c])
+        let attempts = run(&endpoints, Array(repeating: .failed, count: 7))
+        #expect(attempts.map(\.tried) == [a, b, c, a, b, c, a])
+        #expect(attempts.map(\.waits) == [false, false, true, false, false, true, false])
+    }
+
+    @Test func aHeldConnectionThatEndsIsReplacedByTheNextEndpointAtOnce() {
+        var endpoints = ControlEndpoints([a, b, c])
+        // a fails, b is held then dies: c at once. The failures count again from the held
+        // connection: c, a and b fail before the wait.
+        let attempts = run(&endpoints, [.failed, .held, .failed, .failed, .failed, .failed])
+        #expect(attempts.map(\.tried) == [a, b, c, a, b, c])
+        #expect(attempts.map(\.waits) == [false, false, false, false, true, false])
+    }
+
+    @Test func aConnectionWelcomedAndDroppedAtOnceCountsAsAFailure() {
+        // Nodes that welcome and drop runtimes at once must not draw them into a loop without a wait.
+        var endpoints = ControlEndpoints([a, b])
+        #expect(run(&endpoints, [.dropped, .dropped, .held]).map(\.waits) == [false, true, false])
+    }
+
+    @Test func withOneEndpointEveryAttemptIsFollowedByTheWaitAsBefore() {
+        var endpoints = ControlEndpoints([a])
+        let attempts = run(&endpoints, [.failed, .held, .dropped])
+        #expect(attempts.map(\.tried) == [a, a, a])
+        #expect(attempts.map(\.waits) == [true, true, true])
+    }
+
+    @Test func aWelcomeReplacesTheListAndTheCurrentEndpointStays() {
+        var endpoints = ControlEndpoints([a])
+        let changed = endpoints.replace(with: [b, "http://not-a-runtime-route", a, "", b])
+        #expect(changed)
+        #expect(endpoints.urls == [b, a])
+        #expect(endpoints.current == a)
+        #expect(run(&endpoints, [.held, .failed, .failed]).map(\.tried) == [a, b, a])
+        // The same list again changes nothing.
+        let changedAgain = endpoints.replace(with: [b, a])
+        #expect(!changedAgain)
+    }
+
+    @Test func afterACurrentEndpointLeftTheListTheFirstIsNext() {
+        var endpoints = ControlEndpoints([a, b])
+        let changed = endpoints.replace(with: [c, b])
+        #expect(changed)
+        #expect(run(&endpoints, [.held, .failed, .failed, .failed]).map(\.tried) == [a, c, b, c])
+    }
+
+    @Test(arguments: [[], ["http://x", "tcp://y", ""]])
+    func anEmptyOrWhollyInvalidListIsIgnored(_ named: [String]) {
+        var endpoints = ControlEndpoints([a, b])
+        let changed = endpoints.replace(with: named)
+        #expect(!changed)
+        #expect(endpoints == ControlEndpoints([a, b]))
     }
 }

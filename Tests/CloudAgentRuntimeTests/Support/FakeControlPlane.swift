@@ -31,6 +31,8 @@ actor FakeControlPlane {
     var stopGraceMs: Int64
     /// The welcome's idleTimeoutMs (nil: left out, as older control planes do).
     var idleTimeoutMs: Int64?
+    /// The welcome's controlUrls (nil: left out, as a control plane that names no nodes does).
+    var controlUrls: [String]?
     /// When set, upgrades are refused (a bare 400, as hummingbird-websocket answers a refused
     /// handshake) and the route without the handshake answers this status: a refusal or an outage.
     private(set) var refusing: HTTPResponse.Status?
@@ -72,6 +74,8 @@ actor FakeControlPlane {
 
     func setRefusing(_ status: HTTPResponse.Status?) { refusing = status }
 
+    func setControlUrls(_ urls: [String]?) { controlUrls = urls }
+
     func send(_ message: ControlMessage) {
         current?.outgoing.yield(ProtocolCoding.encode(message))
     }
@@ -111,7 +115,8 @@ actor FakeControlPlane {
         switch message {
         case .hello:
             outgoing?.yield(ProtocolCoding.encode(.welcome(
-                ackedSeq: durableSeq, heartbeatIntervalMs: heartbeatIntervalMs, stopGraceMs: stopGraceMs, idleTimeoutMs: idleTimeoutMs
+                ackedSeq: durableSeq, heartbeatIntervalMs: heartbeatIntervalMs, stopGraceMs: stopGraceMs, idleTimeoutMs: idleTimeoutMs,
+                controlUrls: controlUrls
             )))
         case .event(let event):
             if events[event.seq] == nil {

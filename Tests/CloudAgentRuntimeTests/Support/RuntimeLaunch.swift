@@ -26,8 +26,12 @@ enum RuntimeLaunch {
 
 /// Starts the runtime against `plane` (whose URL is read now, so a server started again on the
 /// same port is found again); afterwards kills it and every agent group it reported.
+/// `controlURL` replaces the plane's URL as `CLOUD_AGENT_CONTROL_URL`; `otherControlURLs` are
+/// `CLOUD_AGENT_CONTROL_URLS` (the other nodes).
 func withRuntime(
     _ plane: FakeControlPlane,
+    controlURL: String? = nil,
+    otherControlURLs: [String] = [],
     stopGraceMs: Int = 5_000,
     idleTimeoutMs: Int? = nil,
     orphanLimitMs: Int = RuntimeLaunch.orphanLimitMs,
@@ -38,9 +42,10 @@ func withRuntime(
     let logs = try makeTemporaryDirectory("runtime-logs")
     let runtimeId = "rt_\(UUID().uuidString.prefix(8))"
     let secret = "secret-\(UUID().uuidString)"
+    let planeURL = await plane.url
     var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
     environment.merge([
-        "CLOUD_AGENT_CONTROL_URL": await plane.url,
+        "CLOUD_AGENT_CONTROL_URL": controlURL ?? planeURL,
         "SESSION_ID": RuntimeLaunch.sessionId,
         "CLOUD_AGENT_RUNTIME_ID": runtimeId,
         "CLOUD_AGENT_WORKSPACE": workspace.path,
@@ -50,6 +55,7 @@ func withRuntime(
         "SESSION_HOME": workspace.path,
         "MY_SESSION_VARIABLE": "visible",
     ]) { $1 }
+    if !otherControlURLs.isEmpty { environment["CLOUD_AGENT_CONTROL_URLS"] = otherControlURLs.joined(separator: ",") }
     if let idleTimeoutMs { environment["CLOUD_AGENT_IDLE_TIMEOUT_MS"] = "\(idleTimeoutMs)" }
     if let outboxLimitBytes { environment["CLOUD_AGENT_OUTBOX_LIMIT_BYTES"] = "\(outboxLimitBytes)" }
     let process = try TestProcess(
