@@ -159,7 +159,12 @@ public final class RuntimeGateway: Sendable {
         }
         register(connection)
         connection.activeExecution = welcome.activeExecutionId
-        connection.send(.welcome(ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs, idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: nil))
+        // Every live node's route (several nodes), where the runtime reconnects when this one dies.
+        let controlURLs = ledger.cluster.controlURLs(now: ledger.clock.now())
+        connection.send(.welcome(
+            ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
+            idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: controlURLs.isEmpty ? nil : controlURLs
+        ))
         if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
         await effects.run(committed.effects, for: id)
         await effects.reschedule(id)
