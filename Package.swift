@@ -157,7 +157,9 @@ let package = Package(
         .executableTarget(
             name: "cloud-agent-bench",
             dependencies: [
+                "CloudAgentCLI",
                 "CloudAgentCore",
+                "CloudAgentPostgres",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
                 "CloudAgentProtocol",
@@ -167,6 +169,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

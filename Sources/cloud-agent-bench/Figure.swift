@@ -51,9 +51,14 @@ struct Figure: Sendable, Codable, Equatable {
 
     // MARK: Goals (the compass)
 
+    /// The figure's name without its store suffix (`.postgres`): the goals are the same on both stores.
+    var baseName: String {
+        name.hasSuffix(StoreOptions.postgresSuffix) ? String(name.dropLast(StoreOptions.postgresSuffix.count)) : name
+    }
+
     /// The goal of a figure, in words, and whether a measurement meets it.
     static func goal(of figure: Figure) -> (text: String, met: Bool?) {
-        switch figure.name {
+        switch figure.baseName {
         case "heartbeats.per_second":
             return ("≥ 20,000/s and ≥ 50% of baseline", figure.value >= 20_000 && (figure.ratio ?? 0) >= 0.5)
         case "stream.latency_p99_ms": return ("≤ 5 ms", figure.value <= 5)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CloudAgentCore
+import CloudAgentPostgres
 import CloudAgentSQLite
 import CloudAgentServer
 import Foundation
@@ -7,6 +8,7 @@ import GRDB
 import Logging
 import NIOCore
 import NIOPosix
+import PostgresNIO
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -14,18 +16,25 @@ import Glibc
 
 /// `heartbeats`: many simulated runtimes (in a child process, so that this process's CPU time is
 /// the server's alone) heartbeat their running executions as fast as their WebSockets take them,
-/// against a real control plane on SQLite in this process. Baseline: raw GRDB batched
-/// single-column UPDATEs of `executions.last_heartbeat`, on the same schema, in the same run.
+/// against a real control plane in this process (SQLite, or PostgreSQL with `--postgres`).
+/// Baseline: the raw database's batched single-column UPDATEs of `executions.last_heartbeat`
+/// (GRDB, or postgres-nio), on the same schema, in the same run.
 struct HeartbeatsBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "heartbeats", abstract: "Accepted heartbeats per second and CPU per heartbeat, against raw GRDB UPDATEs."
+        commandName: "heartbeats", abstract: "Accepted heartbeats per second and CPU per heartbeat, against raw UPDATEs (GRDB or postgres-nio)."
     )
 
     @OptionGroup var options: BenchOptions
+    @OptionGroup var store: StoreOptions
     @Option(help: "Simulated runtimes (default: 1000, quick: 50).") var runtimes: Int?
     @Option(help: "Measured seconds (default: 10, quick: 3).") var seconds: Double?
 
     func run() async throws {
+        let figures = try await store.withDatabases(note: options.note) { databases in try await measure(databases) }
+        options.emit(figures)
+    }
+
+    private func measure(_ databases: BenchDatabases) async throws -> [Figure] {
         let runtimes = self.runtimes ?? (options.quick ? 50 : 1000)
         let seconds = self.seconds ?? (options.quick ? 3 : 10)
         let warmup = options.quick ? 0.5 : 1.0
@@ -33,7 +42,8 @@ struct HeartbeatsBench: AsyncParsableCommand {
         defer { scratch.remove() }
 
         // The control plane.
-        let server = try await InProcessServer.start(InProcessServer.configuration(directory: scratch.url), logLevel: options.logLevel)
+        let configuration = InProcessServer.configuration(directory: scratch.url, database: try await databases.fresh())
+        let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
         let product: (perSecond: Double, cpuPerBeat: Double, accepted: Int, clients: ClientReport, written: Int)
         do {
             options.note("heartbeats: \(runtimes) simulated runtimes, \(seconds) s measured after \(warmup) s warm-up")
@@ -68,7 +78,9 @@ struct HeartbeatsBench: AsyncParsableCommand {
             guard accepted > 0 else { throw BenchFailure("no heartbeat was accepted") }
             // Proof that they were written: running executions with a recorded heartbeat.
             try await Task.sleep(for: .milliseconds(100))
-            let written = try await countHeartbeatRows(path: InProcessServer.configuration(directory: scratch.url).sqlitePath!)
+            let raw = try RawDatabase.open(configuration)
+            defer { raw.close() }
+            let written = try await raw.count("SELECT COUNT(*) FROM executions WHERE status = 'running' AND last_heartbeat IS NOT NULL")
             for error in clients.errors { options.note("client error: \(error)") }
             product = (Double(accepted) / elapsed, (cpu1 - cpu0) / Double(accepted), accepted, clients, written)
         } catch {
@@ -77,52 +89,57 @@ struct HeartbeatsBench: AsyncParsableCommand {
         }
         await server.stop()
 
-        // The baseline: raw GRDB on the same schema.
-        options.note("heartbeats: baseline, raw GRDB batched UPDATEs of \(runtimes) rows for \(seconds) s")
-        let baseline = try await Self.rawGRDBBaseline(rows: runtimes, seconds: seconds, directory: scratch.url)
+        // The baseline: the raw database on the same schema.
+        let baselineDatabase = try await databases.fresh()
+        let baseline: (perSecond: Double, cpuPerUpdate: Double, updates: Int)
+        let baselineText: String
+        if case .postgres(let postgres) = baselineDatabase {
+            options.note("heartbeats: baseline, raw postgres-nio batched UPDATEs of \(runtimes) rows for \(seconds) s")
+            baseline = try await Self.rawPostgresBaseline(rows: runtimes, seconds: seconds, database: postgres, directory: scratch.url)
+            baselineText = "postgres-nio: one transaction per batch of \(runtimes) single-column UPDATEs on one connection, back to back"
+        } else {
+            options.note("heartbeats: baseline, raw GRDB batched UPDATEs of \(runtimes) rows for \(seconds) s")
+            baseline = try await Self.rawGRDBBaseline(rows: runtimes, seconds: seconds, directory: scratch.url)
+            baselineText = "GRDB: one transaction per batch of \(runtimes) single-column UPDATEs, back to back"
+        }
 
-        let params: [String: JSONValue] = [
+        var params: [String: JSONValue] = [
             "runtimes": .number(Double(runtimes)), "seconds": .number(seconds), "acceptedHeartbeats": .number(Double(product.accepted)),
             "executionsWithHeartbeatWritten": .number(Double(product.written)), "clientHeartbeatsSent": .number(Double(product.clients.sent)),
             "clientsConnected": .number(Double(product.clients.connected)),
             "clientCpuUsPerHeartbeat": .number(Figure.rounded(product.clients.cpuMicros / Double(max(1, product.clients.sent)))),
-            "clients": "separate process, WebSockets on loopback", "store": "SQLite (WAL) in a temp dir",
-            "baseline": .string("GRDB: one transaction per batch of \(runtimes) single-column UPDATEs, back to back"),
-            "baselineUpdates": .number(Double(baseline.updates)),
+            "clients": "separate process, WebSockets on loopback", "store": .string(databases.storeDescription),
+            "baseline": .string(baselineText), "baselineUpdates": .number(Double(baseline.updates)),
         ]
-        options.emit([
-            Figure("heartbeats.per_second", product.perSecond, unit: "heartbeats/s", baseline: baseline.perSecond, params: params),
-            Figure("heartbeats.cpu_us_per_heartbeat", product.cpuPerBeat, unit: "µs CPU (server process)", baseline: baseline.cpuPerUpdate, params: params),
-        ])
+        if store.onPostgres { params["cpu"] = "this process only (the PostgreSQL server's processes are not counted, for the product or the baseline)" }
+        return [
+            Figure(store.name("heartbeats.per_second"), product.perSecond, unit: "heartbeats/s", baseline: baseline.perSecond, params: params),
+            Figure(store.name("heartbeats.cpu_us_per_heartbeat"), product.cpuPerBeat, unit: "µs CPU (server process)", baseline: baseline.cpuPerUpdate, params: params),
+        ]
     }
 
-    private func countHeartbeatRows(path: String) async throws -> Int {
-        let queue = try DatabaseQueue(path: path)
-        return try await queue.read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM executions WHERE status = 'running' AND last_heartbeat IS NOT NULL") ?? 0
+    /// `rows` running executions, inserted through `store` so that the schema and rows are the
+    /// product's; returns their ids.
+    private static func runningExecutions(_ rows: Int, in store: any SessionStore) async throws -> [String] {
+        var ids: [String] = []
+        let seats = try await SimulatedRuntimeSeat.insert(rows, into: store)
+        for seat in seats {
+            guard let id = ExecutionID(rawValue: seat.executionId), var execution = try await store.execution(id) else { continue }
+            try execution.markRunning(at: Date())
+            _ = try await store.commit(SessionChange(sessionId: seat.id, executions: [execution]))
+            ids.append(seat.executionId)
         }
+        return ids
     }
 
-    /// `rows` running executions (inserted through the store, so the schema is the product's),
-    /// then batches of single-column UPDATEs for `seconds`: updates per second and CPU per update.
+    /// `rows` running executions, then batches of single-column UPDATEs for `seconds`: updates per second and CPU per update.
     static func rawGRDBBaseline(rows: Int, seconds: Double, directory: URL) async throws -> (perSecond: Double, cpuPerUpdate: Double, updates: Int) {
         let path = directory.appendingPathComponent("baseline.sqlite").path
-        var ids: [String] = []
-        do {
-            let store = try SQLiteSessionStore(path: path)
-            let seats = try await SimulatedRuntimeSeat.insert(rows, into: store)
-            for seat in seats {
-                guard var execution = try await store.execution(ExecutionID(rawValue: seat.executionId)!) else { continue }
-                try execution.markRunning(at: Date())
-                _ = try await store.commit(SessionChange(sessionId: seat.id, executions: [execution]))
-                ids.append(seat.executionId)
-            }
-        }
+        let batch = try await runningExecutions(rows, in: try SQLiteSessionStore(path: path))
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
         configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
         let pool = try DatabasePool(path: path, configuration: configuration)
-        let batch = ids
         let cpu0 = Measure.cpuMicros(), start = ContinuousClock.now
         var updates = 0
         for _ in 0..<10_000_000 {
@@ -136,6 +153,43 @@ struct HeartbeatsBench: AsyncParsableCommand {
         }
         let elapsed = Measure.seconds(since: start), cpu = Measure.cpuMicros() - cpu0
         return (Double(updates) / elapsed, cpu / Double(max(1, updates)), updates)
+    }
+
+    /// The same on PostgreSQL: the rows written through the product's store (its migrations
+    /// applied), then `BEGIN`, one `UPDATE` per row, `COMMIT`, back to back on one connection of
+    /// a postgres-nio pool, as `recordHeartbeats` writes a batch.
+    static func rawPostgresBaseline(
+        rows: Int, seconds: Double, database: PostgresConfiguration, directory: URL
+    ) async throws -> (perSecond: Double, cpuPerUpdate: Double, updates: Int) {
+        let configuration = InProcessServer.configuration(directory: directory.appendingPathComponent("baseline"), database: .postgres(database))
+        let opened = try await OpenedStore.open(configuration, logger: InProcessServer.logger("error"))
+        let batch: [String]
+        do {
+            batch = try await runningExecutions(rows, in: opened.store)
+        } catch {
+            await opened.close()
+            throw error
+        }
+        await opened.close()
+        let logger = PostgresServer.logger
+        return try await withPostgresClient(database) { client in
+            try await client.withConnection { connection in
+                let cpu0 = Measure.cpuMicros(), start = ContinuousClock.now
+                var updates = 0
+                for _ in 0..<10_000_000 {
+                    if Measure.seconds(since: start) >= seconds { break }
+                    let at = Date().millisecondsSince1970
+                    _ = try await connection.query("BEGIN", logger: logger).collect()
+                    for id in batch {
+                        _ = try await connection.query("UPDATE executions SET last_heartbeat = \(at) WHERE id = \(id)", logger: logger).collect()
+                    }
+                    _ = try await connection.query("COMMIT", logger: logger).collect()
+                    updates += batch.count
+                }
+                let elapsed = Measure.seconds(since: start), cpu = Measure.cpuMicros() - cpu0
+                return (Double(updates) / elapsed, cpu / Double(max(1, updates)), updates)
+            }
+        }
     }
 }
 

@@ -1,5 +1,4 @@
 import CloudAgentCore
-import CloudAgentSQLite
 import CloudAgentServer
 import Foundation
 import Histogram
@@ -184,23 +183,26 @@ func shell(_ command: String, in directory: URL) throws {
 // MARK: The control plane in this process
 
 /// A real control plane (`ControlPlane.open` + `buildApplication`) listening on 127.0.0.1 on a
-/// free port, on SQLite in a scratch directory, run by a ServiceGroup in this process.
+/// free port, on the store its configuration names (SQLite in a scratch directory, or
+/// PostgreSQL), opened as `serve` opens it, run by a ServiceGroup in this process.
 struct InProcessServer: Sendable {
     static let token = "bench-local-token-0123456789abcdef"
 
     let plane: ControlPlane
     let port: Int
     let running: RunningService
+    let opened: OpenedStore
 
     var baseURL: String { "http://127.0.0.1:\(port)" }
     var webSocketBase: String { "ws://127.0.0.1:\(port)" }
 
     static func configuration(
-        directory: URL, timing: Timing = Timing(), maxRuntimes: Int = 32, sandbox: SandboxMode = .none, runtime: URL? = nil
+        directory: URL, database: BenchDatabase = .sqlite, timing: Timing = Timing(), maxRuntimes: Int = 32, sandbox: SandboxMode = .none,
+        runtime: URL? = nil
     ) -> ServerConfiguration {
         var configuration = ServerConfiguration(
-            host: "127.0.0.1", port: 0, dataDirectory: directory.appendingPathComponent("data"), apiToken: token, timing: timing,
-            maxRuntimes: maxRuntimes, sandbox: sandbox, logLevel: .warning
+            host: "127.0.0.1", port: 0, dataDirectory: directory.appendingPathComponent("data"), databaseURL: database.url, apiToken: token,
+            timing: timing, maxRuntimes: maxRuntimes, sandbox: sandbox, logLevel: .warning
         )
         // Never the `cloud-agent-runtime` beside the bench by accident: benchmarks that launch
         // real runtimes pass it; the others point at a path that does not exist.
@@ -214,26 +216,28 @@ struct InProcessServer: Sendable {
         return logger
     }
 
-    /// The bench's servers run on SQLite: the configuration's database file.
-    static func sqliteStore(_ configuration: ServerConfiguration) throws -> any SessionStore {
-        let path = configuration.sqlitePath ?? configuration.dataDirectory.appendingPathComponent("cloud-agent.sqlite").path
-        try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
-        return try SQLiteSessionStore(path: path)
-    }
-
     static func start(_ configuration: ServerConfiguration, logLevel: String) async throws -> InProcessServer {
         let logger = logger(logLevel)
-        let plane = try await ControlPlane.open(configuration, store: try sqliteStore(configuration), logger: logger)
-        let (ports, continuation) = AsyncStream<Int>.makeStream()
-        let app = plane.buildApplication { port in
-            continuation.yield(port)
-            continuation.finish()
+        let opened = try await OpenedStore.open(configuration, logger: logger)
+        do {
+            let plane = try await ControlPlane.open(configuration, store: opened.store, logger: logger)
+            let (ports, continuation) = AsyncStream<Int>.makeStream()
+            let app = plane.buildApplication { port in
+                continuation.yield(port)
+                continuation.finish()
+            }
+            let running = try await RunningService.start(app, ports: ports, logger: logger)
+            return InProcessServer(plane: plane, port: running.port, running: running, opened: opened)
+        } catch {
+            await opened.close()
+            throw error
         }
-        let running = try await RunningService.start(app, ports: ports, logger: logger)
-        return InProcessServer(plane: plane, port: running.port, running: running)
     }
 
-    func stop() async { await running.stop() }
+    func stop() async {
+        await running.stop()
+        await opened.close()
+    }
 }
 
 /// A service (an HTTP application) run by a ServiceGroup in this process until `stop()`.

@@ -1,0 +1,215 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A PostgreSQL cluster of the bench's own (`--postgres`): `initdb` in a temporary directory,
+/// the server on a free loopback port, stopped and removed when the bench exits. Never the
+/// system's cluster. As the store tests' `PostgresTestCluster` does it: as root, the server runs
+/// as the `postgres` OS user (`runuser`), and it runs under a small shell whose standard input is
+/// a pipe only this process holds, so that the server stops even when the bench is killed.
+///
+/// Settings: `synchronous_commit=off` (a commit does not wait for its WAL flush: durable against
+/// a crash of the process, like SQLite's WAL with `synchronous=NORMAL` the SQLite figures use);
+/// fsync and full-page writes stay on.
+final class ThrowawayPostgres: Sendable {
+    static let superuser = "postgres"
+
+    let directory: String
+    let dataDirectory: String
+    let port: Int
+    private let binaries: String
+    private let runAsPostgres: Bool
+    /// The shell that runs the server.
+    private let serverPid: pid_t
+    /// This process's end of the server's lifeline.
+    private let lifeline: Int32
+    private let stopped = Atomic<Bool>(false)
+
+    /// The clusters to stop at exit.
+    private static let running = Mutex<[ThrowawayPostgres]>([])
+
+    private init(directory: String, dataDirectory: String, port: Int, binaries: String, runAsPostgres: Bool, serverPid: pid_t, lifeline: Int32) {
+        self.directory = directory
+        self.dataDirectory = dataDirectory
+        self.port = port
+        self.binaries = binaries
+        self.runAsPostgres = runAsPostgres
+        self.serverPid = serverPid
+        self.lifeline = lifeline
+    }
+
+    /// initdb, then the server; returns once it accepts connections.
+    static func start(ready: @Sendable (Int) async -> Bool) async throws -> ThrowawayPostgres {
+        let binaries = try findBinaries()
+        let runAsPostgres = getuid() == 0
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloud-agent-bench-pg-\(UUID().uuidString.prefix(8))").path
+        let data = directory + "/data"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        do {
+            if runAsPostgres {
+                guard let user = getpwnam(superuser) else {
+                    throw BenchFailure("PostgreSQL cannot run as root and there is no `postgres` OS user to run it as")
+                }
+                guard chown(directory, user.pointee.pw_uid, user.pointee.pw_gid) == 0 else {
+                    throw BenchFailure("could not give \(directory) to the postgres user (errno \(errno))")
+                }
+            }
+            let initdb = [binaries + "/initdb", "-D", data, "-U", superuser, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+            let status = try await exitStatus(of: spawn(asPostgres: runAsPostgres, initdb, input: nil, output: directory + "/initdb.log", in: directory))
+            guard status == 0 else { throw BenchFailure("initdb failed (status \(status)):\n\(tail(of: directory + "/initdb.log"))") }
+            // A port picked free can be taken before the server binds it: try a few.
+            for _ in 0..<3 {
+                let cluster = try spawnServer(binaries: binaries, directory: directory, data: data, port: try freeLoopbackPort(), runAsPostgres: runAsPostgres)
+                running.withLock { $0.append(cluster) }
+                _ = registerExitHandler
+                if await cluster.waitUntilReady(ready) { return cluster }
+                cluster.stop(removing: false)
+            }
+            throw BenchFailure("the throwaway PostgreSQL server did not start:\n\(tail(of: directory + "/server.log"))")
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+    }
+
+    /// `pg_ctl stop -m fast`, the lifeline closed, the shell reaped, the directory removed. Once.
+    func stop(removing: Bool = true) {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let pgCtl = [binaries + "/pg_ctl", "stop", "-D", dataDirectory, "-m", "fast", "-w", "-t", "30"]
+        if let pid = try? Self.spawn(asPostgres: runAsPostgres, pgCtl, input: nil, output: directory + "/pg_ctl.log", in: directory) {
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+        }
+        close(lifeline)
+        var status: Int32 = 0
+        _ = waitpid(serverPid, &status, 0)
+        if removing { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Every cluster still running is stopped when the process exits.
+    private static let registerExitHandler: Void = {
+        atexit {
+            for cluster in ThrowawayPostgres.running.withLock({ $0 }) { cluster.stop() }
+        }
+    }()
+
+    /// Until `ready` says the server answers (true), or its shell exited (false); at most 60 s.
+    private func waitUntilReady(_ ready: @Sendable (Int) async -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if await ready(port) { return true }
+            var status: Int32 = 0
+            if waitpid(serverPid, &status, WNOHANG) == serverPid { return false }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
+    // MARK: Processes
+
+    /// The directory with `initdb`, `pg_ctl` and `postgres`: on PATH, else the newest
+    /// `/usr/lib/postgresql/*/bin`.
+    private static func findBinaries() throws -> String {
+        let fileManager = FileManager.default
+        func complete(_ directory: String) -> Bool {
+            ["initdb", "pg_ctl", "postgres"].allSatisfy { fileManager.isExecutableFile(atPath: directory + "/" + $0) }
+        }
+        var candidates = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        let versions = (try? fileManager.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
+        candidates += versions.compactMap(Int.init).sorted(by: >).map { "/usr/lib/postgresql/\($0)/bin" }
+        guard let found = candidates.first(where: complete) else {
+            throw BenchFailure("--postgres needs PostgreSQL installed: no initdb, pg_ctl and postgres on PATH or in /usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)")
+        }
+        return found
+    }
+
+    private static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw BenchFailure("socket() failed (errno \(errno))") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw BenchFailure("could not find a free loopback port (errno \(errno))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Starts the server under its lifeline shell; returns at once.
+    private static func spawnServer(binaries: String, directory: String, data: String, port: Int, runAsPostgres: Bool) throws -> ThrowawayPostgres {
+        // `cat` returns when this process closes its end of the pipe or dies; the server is then
+        // stopped at once (SIGQUIT: immediate shutdown).
+        let script = """
+            "$0" -D "$1" -p "$2" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$3" \
+                -c synchronous_commit=off -c max_connections=200 &
+            server=$!
+            cat >/dev/null
+            kill -QUIT "$server" 2>/dev/null
+            wait "$server"
+            """
+        var ends: [Int32] = [0, 0]
+        // Close-on-exec: no other child (serve, runtimes) may hold the lifeline open.
+        guard pipe(&ends) == 0, fcntl(ends[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(ends[1], F_SETFD, FD_CLOEXEC) == 0 else {
+            throw BenchFailure("pipe failed (errno \(errno))")
+        }
+        defer { close(ends[0]) }
+        let arguments = ["/bin/sh", "-c", script, binaries + "/postgres", data, String(port), directory]
+        let pid: pid_t
+        do {
+            pid = try spawn(asPostgres: runAsPostgres, arguments, input: ends[0], output: directory + "/server.log", in: directory)
+        } catch {
+            close(ends[1])
+            throw error
+        }
+        return ThrowawayPostgres(
+            directory: directory, dataDirectory: data, port: port, binaries: binaries, runAsPostgres: runAsPostgres, serverPid: pid, lifeline: ends[1]
+        )
+    }
+
+    /// Waits for a process on a thread of its own; its exit status (128 + signal when killed).
+    private static func exitStatus(of pid: pid_t) async -> Int32 {
+        await withCheckedContinuation { continuation in
+            Thread {
+                var status: Int32 = 0
+                _ = waitpid(pid, &status, 0)
+                continuation.resume(returning: status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+            }.start()
+        }
+    }
+
+    /// posix_spawn, as the postgres user through `runuser` when asked; standard input from `input`
+    /// (else /dev/null), output appended to `output`, in `directory` (which the postgres user may
+    /// enter, unlike this process's working directory).
+    private static func spawn(asPostgres: Bool, _ arguments: [String], input: Int32?, output: String, in directory: String) throws -> pid_t {
+        let argv = (asPostgres ? ["runuser", "-u", superuser, "--"] : []) + ["/bin/sh", "-c", #"cd "$0" && exec "$@""#, directory] + arguments
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let input {
+            posix_spawn_file_actions_adddup2(&actions, input, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o666)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var cArguments = argv.map { strdup($0) }
+        var cEnvironment = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") }
+        defer { (cArguments + cEnvironment).forEach { free($0) } }
+        cArguments.append(nil)
+        cEnvironment.append(nil)
+        var pid: pid_t = 0
+        let result = posix_spawnp(&pid, argv[0], &actions, nil, &cArguments, &cEnvironment)
+        guard result == 0 else { throw BenchFailure("could not start \(argv[0]) (\(String(cString: strerror(result))))") }
+        return pid
+    }
+
+    private static func tail(of path: String) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? "(no \(path))"
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(20).joined(separator: "\n")
+    }
+}
