@@ -73,6 +73,12 @@ struct BenchDatabases: Sendable {
         return .postgres(try await server.createDatabase())
     }
 
+    /// A figure's parameters, naming the store when it is PostgreSQL (SQLite figures keep theirs as they were).
+    func tagged(_ params: [String: JSONValue]) -> [String: JSONValue] {
+        guard server != nil else { return params }
+        return params.merging(["store": .string(storeDescription)]) { _, new in new }
+    }
+
     /// The store, for a figure's parameters.
     var storeDescription: String {
         guard let server else { return "SQLite (WAL) in a temp dir" }

@@ -25,12 +25,12 @@ struct HeartbeatsBench: AsyncParsableCommand {
     )
 
     @OptionGroup var options: BenchOptions
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var backend: StoreOptions
     @Option(help: "Simulated runtimes (default: 1000, quick: 50).") var runtimes: Int?
     @Option(help: "Measured seconds (default: 10, quick: 3).") var seconds: Double?
 
     func run() async throws {
-        let figures = try await store.withDatabases(note: options.note) { databases in try await measure(databases) }
+        let figures = try await backend.withDatabases(note: options.note) { databases in try await measure(databases) }
         options.emit(figures)
     }
 
@@ -111,10 +111,10 @@ struct HeartbeatsBench: AsyncParsableCommand {
             "clients": "separate process, WebSockets on loopback", "store": .string(databases.storeDescription),
             "baseline": .string(baselineText), "baselineUpdates": .number(Double(baseline.updates)),
         ]
-        if store.onPostgres { params["cpu"] = "this process only (the PostgreSQL server's processes are not counted, for the product or the baseline)" }
+        if backend.onPostgres { params["cpu"] = "this process only (the PostgreSQL server's processes are not counted, for the product or the baseline)" }
         return [
-            Figure(store.name("heartbeats.per_second"), product.perSecond, unit: "heartbeats/s", baseline: baseline.perSecond, params: params),
-            Figure(store.name("heartbeats.cpu_us_per_heartbeat"), product.cpuPerBeat, unit: "µs CPU (server process)", baseline: baseline.cpuPerUpdate, params: params),
+            Figure(backend.name("heartbeats.per_second"), product.perSecond, unit: "heartbeats/s", baseline: baseline.perSecond, params: params),
+            Figure(backend.name("heartbeats.cpu_us_per_heartbeat"), product.cpuPerBeat, unit: "µs CPU (server process)", baseline: baseline.cpuPerUpdate, params: params),
         ]
     }
 

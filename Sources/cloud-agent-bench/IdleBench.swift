@@ -2,7 +2,6 @@ import ArgumentParser
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
-import GRDB
 import NIOHTTP1
 #if canImport(Glibc)
 import Glibc
@@ -22,6 +21,7 @@ struct IdleBench: AsyncParsableCommand {
     )
 
     @OptionGroup var options: BenchOptions
+    @OptionGroup var backend: StoreOptions
     @Option(help: "Sessions for the precision part (default: 10000, quick: 300).") var sessions: Int?
     @Option(help: "Seconds over which their runtimes connect (default: 20, quick: 3).") var spread: Double?
     @Option(help: "Idle timeout of the precision part, ms (default: 5000, quick: 1000).") var idleTimeoutMs: Int64?
@@ -32,39 +32,41 @@ struct IdleBench: AsyncParsableCommand {
     @Option(help: "Seconds the slow cold start's setup command runs (default: 10, quick: 4).") var coldStartSeconds: Int?
 
     func run() async throws {
-        let precision = try await measurePrecision()
-        let kills = try await measureFalseKills()
-        let baseline = precision.first { $0.name == "idle.stop_lag_max_ms" }?.value
-        let underColdStart = try await measureUnderSlowColdStart(baselineMaxMs: baseline)
-        options.emit(precision + [kills] + underColdStart)
+        let figures = try await backend.withDatabases(note: options.note) { databases in
+            let precision = try await measurePrecision(databases)
+            let kills = try await measureFalseKills(databases)
+            let baseline = precision.first { $0.name == backend.name("idle.stop_lag_max_ms") }?.value
+            let underColdStart = try await measureUnderSlowColdStart(databases, baselineMaxMs: baseline)
+            return precision + [kills] + underColdStart
+        }
+        options.emit(figures)
     }
 
     // MARK: (a) Precision
 
-    func measurePrecision() async throws -> [Figure] {
+    func measurePrecision(_ databases: BenchDatabases) async throws -> [Figure] {
         let count = sessions ?? (options.quick ? 300 : 10_000)
         let spread = self.spread ?? (options.quick ? 3 : 20)
         let idleTimeout = idleTimeoutMs ?? (options.quick ? 1000 : 5000)
         let scratch = try ScratchDirectory("idle-precision")
         defer { scratch.remove() }
-        let configuration = InProcessServer.configuration(directory: scratch.url)
+        let configuration = InProcessServer.configuration(directory: scratch.url, database: try await databases.fresh())
         let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
         options.note("idle (a): \(count) simulated runtimes connecting over \(spread) s, idle timeout \(idleTimeout) ms")
         do {
             let fleet = InProcessSimulatedRuntimeFleet(plane: server.plane, idleTimeoutMs: idleTimeout)
             try await fleet.connect(count, over: spread)
-            let database = try DatabaseQueue(path: configuration.sqlitePath!)
+            let database = try RawDatabase.open(configuration)
+            defer { database.close() }
             let settled = await waitUntil(Double(idleTimeout) / 1000 + 120, everyMs: 200) {
-                let live = (try? await database.read { db in
-                    try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sessions WHERE runtime_state IN ('starting', 'running', 'stopping')")
-                }) ?? nil
+                let live = try? await database.count("SELECT COUNT(*) FROM sessions WHERE runtime_state IN ('starting', 'running', 'stopping')")
                 return live == 0
             }
             guard settled else { throw BenchFailure("not every simulated runtime was stopped within the bound") }
 
             let stops = try await IdleStops.collect(from: server.plane.store)
             await server.stop()
-            let params: [String: JSONValue] = [
+            var params: [String: JSONValue] = [
                 "sessions": .number(Double(count)), "connectSpreadSeconds": .number(spread), "idleTimeoutMs": .number(Double(idleTimeout)),
                 "runtimes": "InProcessSimulatedRuntimeFleet (state set running through the store; the real WakeUpScheduler stops them)",
                 "stopTime": "runtime.stoppedAt (the stop recorded, runtime.stopped emitted)",
@@ -72,10 +74,11 @@ struct IdleBench: AsyncParsableCommand {
                 "earlyStops": .number(Double(stops.early)), "sessionsRead": .number(Double(stops.seen)), "lag": .object(stops.lags.summary),
                 "decisionLag": .object(stops.decisions.summary), "resolution": "1 ms (stored timestamps)",
             ]
+            params = databases.tagged(params)
             guard stops.idleStops > 0 else { throw BenchFailure("no idle stop was recorded") }
             return [
-                Figure("idle.stop_lag_p99_ms", stops.lags.percentileMs(99), unit: "ms", params: params),
-                Figure("idle.stop_lag_max_ms", stops.lags.maxMs, unit: "ms", params: params),
+                Figure(backend.name("idle.stop_lag_p99_ms"), stops.lags.percentileMs(99), unit: "ms", params: params),
+                Figure(backend.name("idle.stop_lag_max_ms"), stops.lags.maxMs, unit: "ms", params: params),
             ]
         } catch {
             await server.stop()
@@ -85,7 +88,7 @@ struct IdleBench: AsyncParsableCommand {
 
     // MARK: (c) Precision during a slow cold start
 
-    func measureUnderSlowColdStart(baselineMaxMs: Double?) async throws -> [Figure] {
+    func measureUnderSlowColdStart(_ databases: BenchDatabases, baselineMaxMs: Double?) async throws -> [Figure] {
         let count = coldStartSessions ?? (options.quick ? 200 : 2000)
         let setupSeconds = coldStartSeconds ?? (options.quick ? 4 : 10)
         let idleTimeout: Int64 = 1000
@@ -93,7 +96,9 @@ struct IdleBench: AsyncParsableCommand {
         let scratch = try ScratchDirectory("idle-cold-start")
         defer { scratch.remove() }
         let timing = Timing(idleTimeoutMs: idleTimeout, heartbeatIntervalMs: 1000, staleThresholdMs: 10_000, pendingTimeoutMs: 300_000, stopGraceMs: 2000)
-        let configuration = InProcessServer.configuration(directory: scratch.url, timing: timing, maxRuntimes: count + 8, runtime: runtime)
+        let configuration = InProcessServer.configuration(
+            directory: scratch.url, database: try await databases.fresh(), timing: timing, maxRuntimes: count + 8, runtime: runtime
+        )
         let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
         let api = BenchAPI(baseURL: server.baseURL, token: InProcessServer.token)
         options.note("idle (c): \(count) simulated runtimes stopped while another session's restore runs a \(setupSeconds) s setup command")
@@ -129,7 +134,7 @@ struct IdleBench: AsyncParsableCommand {
             await server.plane.killRuntimes()
             await server.stop()
             guard stops.idleStops > 0 else { throw BenchFailure("no idle stop was recorded") }
-            let params: [String: JSONValue] = [
+            var params: [String: JSONValue] = [
                 "sessions": .number(Double(count)), "idleTimeoutMs": .number(Double(idleTimeout)), "setupCommandSeconds": .number(Double(setupSeconds)),
                 "slowColdStartSeconds": .number(Figure.rounded(coldStartSeconds)),
                 "lastSimulatedStopAfterSeconds": .number(Figure.rounded(allStoppedAfter)),
@@ -138,9 +143,10 @@ struct IdleBench: AsyncParsableCommand {
                 "lag": .object(stops.lags.summary), "decisionLag": .object(stops.decisions.summary),
                 "baseline": "idle.stop_lag_max_ms of (a), the same scheduler without a cold start, in this run",
             ]
+            params = databases.tagged(params)
             return [
-                Figure("idle.stop_lag_p99_ms_during_slow_cold_start", stops.lags.percentileMs(99), unit: "ms", params: params),
-                Figure("idle.stop_lag_max_ms_during_slow_cold_start", stops.lags.maxMs, unit: "ms", baseline: baselineMaxMs, params: params),
+                Figure(backend.name("idle.stop_lag_p99_ms_during_slow_cold_start"), stops.lags.percentileMs(99), unit: "ms", params: params),
+                Figure(backend.name("idle.stop_lag_max_ms_during_slow_cold_start"), stops.lags.maxMs, unit: "ms", baseline: baselineMaxMs, params: params),
             ]
         } catch {
             await server.plane.killRuntimes()
@@ -151,7 +157,7 @@ struct IdleBench: AsyncParsableCommand {
 
     // MARK: (b) False kills
 
-    func measureFalseKills() async throws -> Figure {
+    func measureFalseKills(_ databases: BenchDatabases) async throws -> Figure {
         let count = runtimes ?? (options.quick ? 5 : 200)
         let idleTimeout = killIdleTimeoutMs ?? (options.quick ? 2000 : 5000)
         let silenceMs = 2 * idleTimeout
@@ -161,7 +167,7 @@ struct IdleBench: AsyncParsableCommand {
         defer { scratch.remove() }
         let timing = Timing(idleTimeoutMs: idleTimeout, heartbeatIntervalMs: 1000, staleThresholdMs: 10_000, pendingTimeoutMs: 300_000, stopGraceMs: 2000)
         let configuration = InProcessServer.configuration(
-            directory: scratch.url, timing: timing, maxRuntimes: count + 8, sandbox: sandboxMode, runtime: runtime
+            directory: scratch.url, database: try await databases.fresh(), timing: timing, maxRuntimes: count + 8, sandbox: sandboxMode, runtime: runtime
         )
         let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
         let api = BenchAPI(baseURL: server.baseURL, token: InProcessServer.token)
@@ -224,14 +230,15 @@ struct IdleBench: AsyncParsableCommand {
             for id in ids where (try? await store.session(id))?.runtime.stopReason?.rule == .idle { idleStopsAfter += 1 }
             await server.plane.killRuntimes()
             await server.stop()
-            return Figure("idle.false_kills", Double(falseKills), unit: "runtimes", params: [
+            let params: [String: JSONValue] = [
                 "runtimes": .number(Double(count)), "idleTimeoutMs": .number(Double(idleTimeout)), "silenceMs": .number(Double(silenceMs)),
                 "heartbeatIntervalMs": .number(Double(timing.heartbeatIntervalMs)), "staleThresholdMs": .number(Double(timing.staleThresholdMs)),
                 "completed": .number(Double(completed)), "staleFailures": .number(Double(staleFailures)), "otherOutcomes": .number(Double(otherOutcomes)),
                 "minObservedSilenceMs": .number(Double(minSilenceMs == .max ? 0 : minSilenceMs)),
                 "idleStoppedAfterCompletion": .number(Double(idleStopsAfter)), "sandbox": .string(sandbox),
                 "prompt": .string(prompt.replacingOccurrences(of: "\n", with: " / ")),
-            ])
+            ]
+            return Figure(backend.name("idle.false_kills"), Double(falseKills), unit: "runtimes", params: databases.tagged(params))
         } catch {
             await server.plane.killRuntimes()
             await server.stop()

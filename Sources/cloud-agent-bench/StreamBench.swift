@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOWebSocket
+import PostgresNIO
 import ServiceLifecycle
 import WSClient
 
@@ -16,13 +17,15 @@ import WSClient
 /// was due to be sent (so a sender held back by the server is not hidden) to its arrival at a
 /// subscriber. Then each runtime sends as fast as acknowledgements allow (a window of unacked
 /// events): the peak ingest rate. Baseline: a raw hummingbird-websocket echo server driven the
-/// same way by the same number of connections (latency = round trip, peak = echoes per second).
+/// same way by the same number of connections (latency = round trip, peak = echoes per second);
+/// on PostgreSQL the echo first INSERTs each frame into the database (one transaction each).
 struct StreamBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stream", abstract: "Ingest → subscriber latency at a set rate and peak events/s, against a raw WebSocket echo."
     )
 
     @OptionGroup var options: BenchOptions
+    @OptionGroup var backend: StoreOptions
     @Option(help: "Simulated runtimes (default: 10, quick: 2).") var runtimes: Int?
     @Option(help: "Stream subscribers per session (default: 4, quick: 2).") var subscribers: Int?
     @Option(help: "Events per second in all, for the latency phase (default: 5000, quick: 500).") var rate: Double?
@@ -31,11 +34,20 @@ struct StreamBench: AsyncParsableCommand {
     @Option(help: "Unacknowledged events a runtime may have in flight in the peak phase.") var window: Int = 64
 
     func run() async throws {
-        let plan = Plan(
+        let figures = try await backend.withDatabases(note: options.note) { databases in try await measure(databases) }
+        options.emit(figures)
+    }
+
+    var plan: Plan {
+        Plan(
             connections: runtimes ?? (options.quick ? 2 : 10), rate: rate ?? (options.quick ? 500 : 5000),
             warmup: options.quick ? 0.5 : 1, seconds: seconds ?? (options.quick ? 3 : 10), peakSeconds: peakSeconds ?? (options.quick ? 2 : 5),
             window: window
         )
+    }
+
+    private func measure(_ databases: BenchDatabases) async throws -> [Figure] {
+        let plan = self.plan
         let subscribers = self.subscribers ?? (options.quick ? 2 : 4)
         let scratch = try ScratchDirectory("stream")
         defer { scratch.remove() }
@@ -43,9 +55,17 @@ struct StreamBench: AsyncParsableCommand {
         options.note("stream: \(plan.connections) runtimes × \(subscribers) subscribers, \(plan.rate) events/s for \(plan.seconds) s, then peak for \(plan.peakSeconds) s")
         let product: Outcome, echo: Outcome
         do {
-            product = try await measureProduct(plan: plan, subscribers: subscribers, directory: scratch.url, clients: clients)
-            options.note("stream: baseline, raw WebSocket echo with \(plan.connections) connections")
-            echo = try await measureEcho(plan: plan, clients: clients)
+            product = try await measureProduct(plan: plan, subscribers: subscribers, directory: scratch.url, database: try await databases.fresh(), clients: clients)
+            if case .postgres(let postgres) = try await databases.fresh() {
+                options.note("stream: baseline, raw WebSocket echo committing each frame to PostgreSQL, \(plan.connections) connections")
+                echo = try await withPostgresClient(postgres) { client in
+                    _ = try await client.query("CREATE TABLE echo_events (id BIGSERIAL PRIMARY KEY, data TEXT NOT NULL)", logger: PostgresServer.logger).collect()
+                    return try await measureEcho(plan: plan, clients: clients, persist: client)
+                }
+            } else {
+                options.note("stream: baseline, raw WebSocket echo with \(plan.connections) connections")
+                echo = try await measureEcho(plan: plan, clients: clients, persist: nil)
+            }
         } catch {
             try? await clients.shutdownGracefully()
             throw error
@@ -60,16 +80,19 @@ struct StreamBench: AsyncParsableCommand {
             "undeliveredAfter300s": .number(Double(product.undelivered)),
             "latency": .object(product.latencies.summary), "baselineLatency": .object(echo.latencies.summary),
             "latencyFrom": "when the event was due to be sent (coordinated-omission safe)",
-            "baseline": "raw hummingbird-websocket echo, same connections and frames, round trip",
+            "baseline": backend.onPostgres
+                ? "raw hummingbird-websocket echo that first INSERTs each frame into PostgreSQL (its own transaction, postgres-nio pool), same connections and frames, round trip"
+                : "raw hummingbird-websocket echo, same connections and frames, round trip",
             "streamBufferEvents": .number(Double(Self.streamBuffer)),
         ]
+        params = databases.tagged(params)
         let latency = params
         params["peakDeliveredToSubscribersPerSecond"] = .number(product.peakDelivered.rounded())
-        options.emit([
-            Figure("stream.latency_p50_ms", product.latencies.percentileMs(50), unit: "ms", baseline: echo.latencies.percentileMs(50), params: latency),
-            Figure("stream.latency_p99_ms", product.latencies.percentileMs(99), unit: "ms", baseline: echo.latencies.percentileMs(99), params: latency),
-            Figure("stream.peak_events_per_second", product.peak, unit: "events/s (acknowledged)", baseline: echo.peak, params: params),
-        ])
+        return [
+            Figure(backend.name("stream.latency_p50_ms"), product.latencies.percentileMs(50), unit: "ms", baseline: echo.latencies.percentileMs(50), params: latency),
+            Figure(backend.name("stream.latency_p99_ms"), product.latencies.percentileMs(99), unit: "ms", baseline: echo.latencies.percentileMs(99), params: latency),
+            Figure(backend.name("stream.peak_events_per_second"), product.peak, unit: "events/s (acknowledged)", baseline: echo.peak, params: params),
+        ]
     }
 
     static let streamBuffer = 16_384
@@ -95,8 +118,8 @@ struct StreamBench: AsyncParsableCommand {
 
     // MARK: The product
 
-    func measureProduct(plan: Plan, subscribers: Int, directory: URL, clients: any EventLoopGroup) async throws -> Outcome {
-        var configuration = InProcessServer.configuration(directory: directory)
+    func measureProduct(plan: Plan, subscribers: Int, directory: URL, database: BenchDatabase, clients: any EventLoopGroup) async throws -> Outcome {
+        var configuration = InProcessServer.configuration(directory: directory, database: database)
         configuration.streamBufferEvents = Self.streamBuffer
         let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
         let logger = InProcessServer.logger(options.logLevel)
@@ -181,12 +204,18 @@ struct StreamBench: AsyncParsableCommand {
 
     // MARK: The baseline
 
-    func measureEcho(plan: Plan, clients: any EventLoopGroup) async throws -> Outcome {
+    /// The echo server; with `persist`, each frame is first INSERTed into `echo_events` (the raw
+    /// PostgreSQL equivalent of storing an event before acknowledging it, one transaction per frame).
+    func measureEcho(plan: Plan, clients: any EventLoopGroup, persist: PostgresClient?) async throws -> Outcome {
         let logger = InProcessServer.logger(options.logLevel)
         let router = Router(context: BasicWebSocketRequestContext.self)
         router.ws("echo") { inbound, outbound, _ in
             for try await message in inbound.messages(maxSize: 1 << 20) {
-                if case .text(let text) = message { try await outbound.write(.text(text)) }
+                guard case .text(let text) = message else { continue }
+                if let persist {
+                    _ = try await persist.query("INSERT INTO echo_events (data) VALUES (\(text))", logger: PostgresServer.logger).collect()
+                }
+                try await outbound.write(.text(text))
             }
         }
         let (ports, continuation) = AsyncStream<Int>.makeStream()
