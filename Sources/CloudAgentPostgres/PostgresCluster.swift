@@ -170,9 +170,16 @@ public final class PostgresCluster: ClusterMembership {
         connectionConfiguration.options.additionalStartupParameters.append(("application_name", Self.listenerName(of: nodeId)))
         let connection = try await PostgresConnection.connect(configuration: connectionConfiguration, id: connectionId, logger: logger)
         do {
-            try await connection.listen(on: PostgresSessionStore.changesChannel) { sequence in
-                await listening()
-                try await self.consume(sequence, on: connection, notices)
+            // Cancellation closes the connection at once: a query waiting on a connection that
+            // died silently would otherwise hold the node's shutdown.
+            try await withTaskCancellationHandler {
+                try await connection.listen(on: PostgresSessionStore.changesChannel) { sequence in
+                    await listening()
+                    try await self.consume(sequence, on: connection, notices)
+                }
+            } onCancel: {
+                // The non-async close: it starts closing and returns at once.
+                _ = connection.close() as EventLoopFuture<Void>
             }
         } catch {
             try? await connection.close()

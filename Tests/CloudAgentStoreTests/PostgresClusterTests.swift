@@ -240,6 +240,9 @@ struct PostgresClusterTests {
                         // A node retired on purpose leaves the registry.
                         try await clusterA.deregister()
                         #expect(try await clusterB.nodes().map(\.id) == ["b"])
+                        // A running node whose row is removed writes it again at its next beat.
+                        try await clusterB.deregister()
+                        try await waitUntil("B registered again") { try await clusterB.nodes().map(\.advertiseURL) == ["http://10.0.0.2:8080"] }
                     }
                 }
             }
