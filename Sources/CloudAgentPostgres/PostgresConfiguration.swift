@@ -74,6 +74,16 @@ public struct PostgresConfiguration: Sendable, Equatable {
         }
         return PostgresClient.Configuration(host: host, port: port, username: username, password: password, database: database, tls: mode)
     }
+
+    /// The configuration of a single connection outside the pool (the cluster's listening
+    /// connection), with the same TLS rules.
+    public func connectionConfiguration() throws -> PostgresConnection.Configuration {
+        let mode: PostgresConnection.Configuration.TLS = switch tls {
+        case .disable: .disable
+        case .require: .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        }
+        return PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: mode)
+    }
 }
 
 /// A `CLOUD_AGENT_DATABASE_URL` that cannot be used. It names the setting and what is wrong,

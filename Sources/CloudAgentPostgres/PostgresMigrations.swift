@@ -1,7 +1,8 @@
 import PostgresNIO
 
 /// The PostgreSQL schema, in numbered migrations: the same tables, columns and rules as the
-/// SQLite store's migrations 001–003. Times are BIGINT milliseconds since 1970; the session
+/// SQLite store's migrations 001–003, then what only several nodes need (4: the node registry
+/// and the claims on wake-ups and callback deliveries). Times are BIGINT milliseconds since 1970; the session
 /// record, event data and outbox commands are JSON text, kept byte for byte. Ids are compared
 /// with the "C" collation, so that lists sort as the SQLite store and the API's cursors do
 /// (byte order), whatever the database's default collation is.
@@ -126,6 +127,23 @@ enum PostgresMigrations {
             CREATE UNIQUE INDEX runtime_commands_once_per_execution ON runtime_commands (session_id, kind, execution_id)
                 WHERE execution_id IS NOT NULL
             """,
+        ]),
+        Migration(version: 4, name: "cluster", statements: [
+            // The registry of the nodes sharing the database (PostgresCluster): each renews its
+            // heartbeat; `taken_over` makes the takeover of a lost node's sessions happen once.
+            """
+            CREATE TABLE nodes (
+                id TEXT COLLATE "C" PRIMARY KEY,
+                advertise_url TEXT NOT NULL,
+                started_at BIGINT NOT NULL,
+                heartbeat_at BIGINT NOT NULL,
+                taken_over BOOLEAN NOT NULL DEFAULT FALSE
+            )
+            """,
+            // Leases: a wake-up or a callback delivery claimed by a node until `claim_until`, so
+            // that two nodes do not both arm or deliver it, and a dead node's claims lapse.
+            "ALTER TABLE wake_ups ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until BIGINT",
+            "ALTER TABLE callback_deliveries ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until BIGINT",
         ]),
     ]
 }

@@ -16,14 +16,39 @@ import ServiceLifecycle
 /// It is also the `Service` that runs its connection pool: queries wait until `run()` is
 /// running, so put the store in the process's `ServiceGroup` (or run it in a task) and call
 /// `migrate()` before serving.
+///
+/// A store given a `nodeId` is one node of several: each change it commits also notifies the
+/// others (`changesChannel`, heard by `PostgresCluster`), the wake-ups it writes are claimed for
+/// it, and the callback deliveries it hands out are claimed so that no other node sends them
+/// while the claim lives. Without one it behaves as the only node.
 public final class PostgresSessionStore: SessionStore, Service {
+    /// The PostgreSQL notification channel of change notices (`ChangeNotice.payload`).
+    public static let changesChannel = "cloud_agent_changes"
+
     private let client: PostgresClient
     private let logger: Logger
+    /// This node's id, nil for a store that is the only node (no notices, no claims of its own).
+    private let nodeId: String?
+    /// How long a wake-up this node writes stays claimed for it: the writer arms it itself,
+    /// and another node takes it over only once the claim has lapsed.
+    private let wakeUpLeaseMs: Int64
+    /// How long a callback delivery handed out by `dueCallbacks` stays this node's: longer than
+    /// an attempt takes, so that no other node sends it meanwhile.
+    private let callbackLeaseMs: Int64
 
-    public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "cloud-agent.postgres")) throws {
+    public init(
+        configuration: PostgresConfiguration, logger: Logger = Logger(label: "cloud-agent.postgres"), nodeId: String? = nil,
+        wakeUpLeaseMs: Int64 = 5_000, callbackLeaseMs: Int64 = 60_000
+    ) throws {
         client = PostgresClient(configuration: try configuration.clientConfiguration(), backgroundLogger: logger)
         self.logger = logger
+        self.nodeId = nodeId
+        self.wakeUpLeaseMs = wakeUpLeaseMs
+        self.callbackLeaseMs = callbackLeaseMs
     }
+
+    /// The node claims are made for: this node, or "" for the only one.
+    private var claimant: String { nodeId ?? "" }
 
     /// Runs the connection pool until the task is cancelled or the group shuts down gracefully.
     public func run() async {
@@ -91,10 +116,19 @@ public final class PostgresSessionStore: SessionStore, Service {
             )
             guard !inserted.isEmpty else { throw StoreError.duplicateSession(session.id) }
             if let wakeUp {
+                let claim = self.writerClaim()
                 try await connection.run(
-                    "INSERT INTO wake_ups (session_id, due_at) VALUES (\(session.id.rawValue), \(wakeUp.millisecondsSince1970))", self.logger
+                    """
+                    INSERT INTO wake_ups (session_id, due_at, claimed_by, claim_until)
+                    VALUES (\(session.id.rawValue), \(wakeUp.millisecondsSince1970), \(claim.node), \(claim.until))
+                    """,
+                    self.logger
                 )
             }
+            try await self.announce(
+                ChangeNotice(node: self.claimant, sessionId: session.id.rawValue, host: session.runtime.hostNode, runtime: session.runtime.state.rawValue),
+                on: connection
+            )
         }
     }
 
@@ -134,7 +168,19 @@ public final class PostgresSessionStore: SessionStore, Service {
     }
 
     public func deleteSession(_ id: SessionID) async throws -> Bool {
-        try await !query("DELETE FROM sessions WHERE id = \(id.rawValue) RETURNING 1").isEmpty
+        guard nodeId != nil else { return try await !query("DELETE FROM sessions WHERE id = \(id.rawValue) RETURNING 1").isEmpty }
+        return try await transaction { connection in
+            guard let row = try await connection.rows("DELETE FROM sessions WHERE id = \(id.rawValue) RETURNING record", self.logger).first else {
+                return false
+            }
+            // The deleted record names the host that must stop the session's runtime; a record
+            // that no longer reads still gets its notice, without a host.
+            let previous = try? RecordCoding.decode(SessionRecord.self, from: try row.decode(String.self))
+            try await self.announce(
+                ChangeNotice(node: self.claimant, sessionId: id.rawValue, host: previous?.runtime.hostNode, runtime: "deleted"), on: connection
+            )
+            return true
+        }
     }
 
     @discardableResult
@@ -142,12 +188,22 @@ public final class PostgresSessionStore: SessionStore, Service {
         let encoded = try EncodedChange(change)
         return try await mappingConstraintViolations(of: change.sessionId) {
             try await transaction { connection in
-                guard let lastEventId = try await connection.rows(
-                    "SELECT last_event_id FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE", self.logger
-                ).first?.decode(Int64.self) else {
+                // A deletion's notice names the deleted record's host: read it only then.
+                let readsPrevious = change.deletesSession && self.nodeId != nil
+                guard let row = try await connection.rows(
+                    """
+                    SELECT last_event_id, CASE WHEN \(readsPrevious) THEN record END
+                    FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE
+                    """,
+                    self.logger
+                ).first else {
                     throw StoreError.sessionNotFound(change.sessionId)
                 }
-                return try await self.apply(change, encoded, lastEventId: lastEventId, on: connection)
+                let (lastEventId, previousRecord) = try row.decode((Int64, String?).self)
+                let events = try await self.apply(change, encoded, lastEventId: lastEventId, on: connection)
+                let previous = previousRecord.flatMap { try? RecordCoding.decode(SessionRecord.self, from: $0) }
+                try await self.announce(change, events: events, previous: previous, on: connection)
+                return events
             }
         }
     }
@@ -192,6 +248,7 @@ public final class PostgresSessionStore: SessionStore, Service {
                 }
                 guard let lastEventId else { throw StoreError.sessionNotFound(change.sessionId) }
                 let events = try await self.apply(change, try EncodedChange(change), lastEventId: lastEventId, on: connection)
+                try await self.announce(change, events: events, previous: state?.session, on: connection)
                 return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
             }
         } }
@@ -237,10 +294,13 @@ public final class PostgresSessionStore: SessionStore, Service {
         case .none: break
         case .some(.none): try await connection.run("DELETE FROM wake_ups WHERE session_id = \(id)", logger)
         case .some(.some(let due)):
+            let claim = writerClaim()
             try await connection.run(
                 """
-                INSERT INTO wake_ups (session_id, due_at) VALUES (\(id), \(due.millisecondsSince1970))
-                ON CONFLICT (session_id) DO UPDATE SET due_at = excluded.due_at
+                INSERT INTO wake_ups (session_id, due_at, claimed_by, claim_until)
+                VALUES (\(id), \(due.millisecondsSince1970), \(claim.node), \(claim.until))
+                ON CONFLICT (session_id) DO UPDATE SET
+                    due_at = excluded.due_at, claimed_by = excluded.claimed_by, claim_until = excluded.claim_until
                 """,
                 logger
             )
@@ -280,6 +340,25 @@ public final class PostgresSessionStore: SessionStore, Service {
             )
         }
         return appended
+    }
+
+    /// The claim a wake-up written by this node gets: its writer arms it (it knows the session
+    /// best, and another node would only race it), until the lease lapses; none for the only node.
+    private func writerClaim() -> (node: String?, until: Int64?) {
+        guard let nodeId else { return (nil, nil) }
+        return (nodeId, Date().adding(milliseconds: wakeUpLeaseMs).millisecondsSince1970)
+    }
+
+    /// Tells the other nodes of a change, inside the caller's transaction: PostgreSQL delivers
+    /// the notification once the transaction commits, and drops it when it rolls back.
+    private func announce(_ change: SessionChange, events: [Event], previous: SessionRecord?, on connection: PostgresConnection) async throws {
+        guard let nodeId else { return }
+        try await announce(ChangeNotice(node: nodeId, change: change, events: events, record: change.session, previous: previous), on: connection)
+    }
+
+    private func announce(_ notice: ChangeNotice, on connection: PostgresConnection) async throws {
+        guard nodeId != nil else { return }
+        try await connection.run("SELECT pg_notify(\(Self.changesChannel), \(notice.payload))", logger)
     }
 
     /// One multi-row INSERT of numbered events.
@@ -462,13 +541,28 @@ public final class PostgresSessionStore: SessionStore, Service {
         }
     }
 
+    /// One statement: the due rows that are free (never claimed, their claim lapsed, or `node`'s
+    /// own, which it renews) are locked, skipping rows another node is claiming at this moment
+    /// (`SKIP LOCKED`), and claimed for `node` until `now + leaseMs`.
     public func claimWakeUps(dueBefore horizon: Date, now: Date, node: String, leaseMs: Int64, limit: Int) async throws -> [WakeUp] {
-        // Not yet claimed: every node arms the window (the rules' transaction fires each once).
-        try await query("SELECT session_id, due_at FROM wake_ups WHERE due_at < \(horizon.millisecondsSince1970) ORDER BY due_at LIMIT \(limit)")
-            .compactMap { row in
-                let (session, due) = try row.decode((String, Int64).self)
-                return SessionID(rawValue: session).map { WakeUp(sessionId: $0, dueAt: Date(millisecondsSince1970: due)) }
-            }
+        let nowMs = now.millisecondsSince1970
+        let claimed = try await query(
+            """
+            UPDATE wake_ups SET claimed_by = \(node), claim_until = \(nowMs + leaseMs)
+            WHERE session_id IN (
+                SELECT session_id FROM wake_ups
+                WHERE due_at < \(horizon.millisecondsSince1970) AND (claim_until IS NULL OR claim_until < \(nowMs) OR claimed_by = \(node))
+                ORDER BY due_at LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING session_id, due_at
+            """
+        ).compactMap { row in
+            let (session, due) = try row.decode((String, Int64).self)
+            return SessionID(rawValue: session).map { WakeUp(sessionId: $0, dueAt: Date(millisecondsSince1970: due)) }
+        }
+        // RETURNING follows no order.
+        return claimed.sorted { ($0.dueAt, $0.sessionId.rawValue) < ($1.dueAt, $1.sessionId.rawValue) }
     }
 
     public func wakeUp(of session: SessionID) async throws -> Date? {
@@ -513,14 +607,26 @@ public final class PostgresSessionStore: SessionStore, Service {
         ).isEmpty
     }
 
+    /// The due deliveries are claimed for this node until `callbackLeaseMs` from now, in one
+    /// statement, skipping the rows another node's unexpired claim holds or that another node is
+    /// claiming at this moment (`SKIP LOCKED`): two nodes never send the same delivery while its
+    /// claim lives, and a dead node's deliveries pass to the others once it lapses. This node's
+    /// own claims come back (it asks again only once it is done with an attempt).
     public func dueCallbacks(before date: Date, limit: Int) async throws -> [CallbackDelivery] {
-        try await query(
+        let now = Date().millisecondsSince1970
+        let due = try await query(
             """
-            SELECT id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error
-            FROM callback_deliveries WHERE next_attempt_at <= \(date.millisecondsSince1970)
-            ORDER BY next_attempt_at, created_at, id LIMIT \(limit)
+            UPDATE callback_deliveries SET claimed_by = \(claimant), claim_until = \(now + callbackLeaseMs)
+            WHERE id IN (
+                SELECT id FROM callback_deliveries
+                WHERE next_attempt_at <= \(date.millisecondsSince1970)
+                    AND (claimed_by IS NULL OR claim_until IS NULL OR claim_until < \(now) OR claimed_by = \(claimant))
+                ORDER BY next_attempt_at, created_at, id LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error
             """
-        ).compactMap { row in
+        ).compactMap { row -> CallbackDelivery? in
             let (id, sessionId, executionId, url, headers, body, attempts, nextAttemptAt, createdAt, lastError) =
                 try row.decode((String, String, String, String, String, String, Int, Int64, Int64, String?).self)
             guard let id = UUID(uuidString: id), let sessionId = SessionID(rawValue: sessionId),
@@ -532,11 +638,23 @@ public final class PostgresSessionStore: SessionStore, Service {
                 nextAttemptAt: Date(millisecondsSince1970: nextAttemptAt), createdAt: Date(millisecondsSince1970: createdAt), lastError: lastError
             )
         }
+        // RETURNING follows no order: the outbox's order (the ids are lowercase UUIDs in the table).
+        return due.sorted {
+            ($0.nextAttemptAt, $0.createdAt, $0.id.uuidString.lowercased()) < ($1.nextAttemptAt, $1.createdAt, $1.id.uuidString.lowercased())
+        }
     }
 
+    /// When this node could next deliver something: a delivery another node holds under an
+    /// unexpired claim counts from the claim's end, not from its own due time.
     public func nextCallbackDue() async throws -> Date? {
-        try await query("SELECT MIN(next_attempt_at) FROM callback_deliveries").first?.decode(Int64?.self)
-            .map { Date(millisecondsSince1970: $0) }
+        let now = Date().millisecondsSince1970
+        return try await query(
+            """
+            SELECT MIN(CASE WHEN claimed_by IS NOT NULL AND claimed_by <> \(claimant) AND claim_until >= \(now)
+                THEN GREATEST(next_attempt_at, claim_until) ELSE next_attempt_at END)
+            FROM callback_deliveries
+            """
+        ).first?.decode(Int64?.self).map { Date(millisecondsSince1970: $0) }
     }
 
     @discardableResult
@@ -545,7 +663,8 @@ public final class PostgresSessionStore: SessionStore, Service {
     public func rescheduleCallback(_ id: UUID, nextAttemptAt: Date, lastError: String) async throws {
         try await query(
             """
-            UPDATE callback_deliveries SET attempts = attempts + 1, next_attempt_at = \(nextAttemptAt.millisecondsSince1970), last_error = \(lastError)
+            UPDATE callback_deliveries SET attempts = attempts + 1, next_attempt_at = \(nextAttemptAt.millisecondsSince1970), last_error = \(lastError),
+                claimed_by = NULL, claim_until = NULL
             WHERE id = \(id.uuidString.lowercased())
             """
         )
@@ -561,8 +680,9 @@ public final class PostgresSessionStore: SessionStore, Service {
     // MARK: Queries and transactions
 
     /// One statement on a pooled connection, its rows read to the end (which returns the connection).
+    /// Internal for `PostgresCluster`, which keeps its registry through the store's pool.
     @discardableResult
-    private func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
+    func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
         try await bounded { try await self.client.query(query, logger: self.logger).collect() }
     }
 

@@ -80,6 +80,8 @@ struct ConcurrencyScenarioTests {
             // A's agent ignores SIGTERM: its runtime takes the whole stop grace to go.
             let a = try await api.createSession(["prompt": "run trap '' TERM; sleep 30"])
             #expect(try await api.request(.post, "/v1/sessions/\(a)/initiate").status == 202)
+            // The launch is recorded in the background: its process first, then the agent under it.
+            try await eventually(within: 10, "A's runtime launch to be recorded") { try await api.plane.store.session(a)?.runtime.process != nil }
             try await eventually(within: 10, "A's agent to run") { try await !api.agentProcesses(a).isEmpty }
             // Watch which sessions have runtime processes, for as long as the test runs.
             let most = Mutex(0)
