@@ -2,13 +2,18 @@
 # Regenerates BENCHMARKS.md: builds the release products, runs every benchmark of
 # cloud-agent-bench once (each measures its raw baseline in the same run), and writes the
 # figures with the machine, the date and how to re-run. The "Notes" section of an existing
-# BENCHMARKS.md (everything after the line `<!-- notes -->`) is kept.
+# BENCHMARKS.md (everything after the line `<!-- notes -->`) is kept. Then the same benchmarks
+# on PostgreSQL (`--postgres`: each starts a throwaway cluster of its own and stops it), and the
+# figures of several nodes on one PostgreSQL database (`cluster`).
 #
 #   scripts/benchmarks.sh            # the full configuration of issue 5
 #   scripts/benchmarks.sh --quick    # the small CI configuration
 #
 # Environment: BENCH_SCRATCH_PATH (default .build) is SwiftPM's --scratch-path;
-# BENCH_ONLY="stream idle" runs only those benchmarks.
+# BENCH_ONLY="stream idle" runs only those benchmarks on SQLite (BENCH_ONLY="" none);
+# BENCH_POSTGRES_ONLY="scale cluster" only those on PostgreSQL (BENCH_POSTGRES_ONLY="" none);
+# BENCH_DATABASE_URL=postgres://… uses that server instead of throwaway clusters (the user needs
+# CREATEDB: each measurement creates a database of its own and drops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +21,9 @@ mode="full"
 args=()
 if [ "${1:-}" = "--quick" ]; then mode="quick"; args+=(--quick); fi
 scratch="${BENCH_SCRATCH_PATH:-.build}"
-benchmarks=(${BENCH_ONLY:-heartbeats stream idle scale coldstart})
+benchmarks=(${BENCH_ONLY-heartbeats stream idle scale coldstart})
+postgres_benchmarks=(${BENCH_POSTGRES_ONLY-heartbeats stream idle scale cluster})
+if [ -n "${BENCH_DATABASE_URL:-}" ]; then postgres=(--database-url "$BENCH_DATABASE_URL"); else postgres=(--postgres); fi
 
 echo "building release products (scratch path $scratch)…" >&2
 for product in cloud-agent cloud-agent-runtime cloud-agent-bench; do
@@ -28,20 +35,26 @@ results="$(mktemp -d)"
 trap 'rm -rf "$results"' EXIT
 failed=()
 timings=()
-for benchmark in "${benchmarks[@]}"; do
-  echo "== $benchmark ($mode)" >&2
-  start=$(date +%s)
-  if "$bin/cloud-agent-bench" "$benchmark" "${args[@]}" --json > "$results/$benchmark.jsonl"; then
-    timings+=("$benchmark $(( $(date +%s) - start )) s")
-  else
-    failed+=("$benchmark")
-    timings+=("$benchmark FAILED after $(( $(date +%s) - start )) s")
-  fi
-  cat "$results/$benchmark.jsonl" >&2
-done
-
 files=()
-for benchmark in "${benchmarks[@]}"; do files+=("$results/$benchmark.jsonl"); done
+# run NAME FILE ARGS…: one benchmark, its figures into FILE.
+run() {
+  local name="$1" file="$2"
+  shift 2
+  echo "== $name ($mode)" >&2
+  local start=$(date +%s)
+  if "$bin/cloud-agent-bench" "$@" "${args[@]}" --json > "$file"; then
+    timings+=("$name $(( $(date +%s) - start )) s")
+  else
+    failed+=("$name")
+    timings+=("$name FAILED after $(( $(date +%s) - start )) s")
+  fi
+  files+=("$file")
+  cat "$file" >&2
+}
+for benchmark in "${benchmarks[@]}"; do run "$benchmark" "$results/$benchmark.jsonl" "$benchmark"; done
+for benchmark in "${postgres_benchmarks[@]}"; do
+  run "$benchmark (PostgreSQL)" "$results/$benchmark.postgres.jsonl" "$benchmark" "${postgres[@]}"
+done
 table="$("$bin/cloud-agent-bench" report "${files[@]}")"
 
 notes=""
@@ -61,7 +74,7 @@ memory="$(free -h | awk '/^Mem:/ {print $2}')"
   echo
   echo "Machine: $(nproc) CPUs ($cpu), $memory memory, $(uname -sr), $(swift --version 2>/dev/null | head -1)."
   echo "Run times: $(printf '%s; ' "${timings[@]}" | sed 's/; $//')."
-  if [ ${#failed[@]} -gt 0 ]; then echo; echo "**Failed to run:** ${failed[*]}."; fi
+  if [ ${#failed[@]} -gt 0 ]; then echo; echo "**Failed to run:** $(printf '%s, ' "${failed[@]}" | sed 's/, $//')."; fi
   echo
   echo "$table"
   echo
@@ -94,6 +107,16 @@ memory="$(free -h | awk '/^Mem:/ {print $2}')"
   echo "- \`coldstart\`: a real control plane launching real runtimes (sandbox \`auto\`): \`POST /v1/sessions\` with a local"
   echo "  git repository until the runtime is connected; then, once the runtime was stopped by the idle rule, \`POST"
   echo "  …/messages\` until \`execution.running\` (the agent process started)."
+  echo "- On PostgreSQL (figures named \`….postgres\`, \`--postgres\`): the same benchmarks, each on a throwaway"
+  echo "  PostgreSQL cluster the bench starts itself (initdb in a temp dir, loopback, \`synchronous_commit=off\` as"
+  echo "  SQLite runs with \`synchronous=NORMAL\`), a fresh database per measurement, opened as \`serve\` opens it"
+  echo "  (\`StoreFactory\`). Baselines are raw PostgreSQL: heartbeats against postgres-nio batched UPDATEs (one"
+  echo "  transaction per batch, one connection), stream against the echo server INSERTing each frame before echoing"
+  echo "  it. \`scale\` on PostgreSQL writes its dormant sessions by COPY straight into the store's tables."
+  echo "- \`cluster\` (PostgreSQL only): two nodes on one database. Stream: simulated runtimes connected to node A,"
+  echo "  subscribers on node B (events cross by the database's change notices). Failover: real runtimes hosted by"
+  echo "  node A, node A killed with SIGKILL: until every runtime said hello to node B, and the lag of idle stops"
+  echo "  (by node B) whose deadlines fall just after the kill."
   echo
   echo "## Re-running"
   echo
@@ -102,6 +125,8 @@ memory="$(free -h | awk '/^Mem:/ {print $2}')"
   echo "scripts/benchmarks.sh --quick    # small configuration"
   echo "for p in cloud-agent cloud-agent-runtime cloud-agent-bench; do swift build -c release --product \$p; done"
   echo ".build/release/cloud-agent-bench heartbeats [--quick] [--json]   # one benchmark; --help lists its options"
+  echo ".build/release/cloud-agent-bench scale --postgres [--quick]       # on a throwaway PostgreSQL cluster"
+  echo ".build/release/cloud-agent-bench scale --database-url postgres://user:pass@host/db   # on a server of yours (CREATEDB)"
   echo '```'
   echo
   echo "<!-- notes -->"

@@ -70,6 +70,7 @@ struct Figure: Sendable, Codable, Equatable {
         case "idle.stop_lag_max_ms_during_slow_cold_start": return ("≤ 1,000 ms", figure.value <= 1000)
         case "scale.start_seconds": return ("≤ 2 s", figure.value <= 2)
         case "scale.rss_mb": return ("≤ 150 MB", figure.value <= 150)
+        case "scale.get_ms": return ("≤ 5 ms", figure.value <= 5)
         case "coldstart.prepare_ms": return ("≤ 300 ms", figure.value <= 300)
         case "coldstart.message_ms": return ("≤ 300 ms", figure.value <= 300)
         default: return ("—", nil)
@@ -148,12 +149,31 @@ struct Figure: Sendable, Codable, Equatable {
         return groups
     }
 
-    /// A Markdown table (BENCHMARKS.md).
+    /// Each SQLite figure with its PostgreSQL twin (`<name>.postgres`), in the SQLite figures' order.
+    static func sideBySide(_ figures: [Figure]) -> [(sqlite: Figure, postgres: Figure)] {
+        let postgres = Dictionary(figures.filter { $0.name != $0.baseName }.map { ($0.baseName, $0) }) { _, last in last }
+        return figures.filter { $0.name == $0.baseName }.compactMap { figure in postgres[figure.name].map { (figure, $0) } }
+    }
+
+    /// A Markdown table (BENCHMARKS.md), then SQLite and PostgreSQL side by side.
     static func markdown(_ figures: [Figure]) -> String {
         var out = ["| figure | value | unit | baseline (same run) | ratio | goal | met |", "|---|---:|---|---:|---:|---|---|"]
         for figure in figures {
             let goal = goal(of: figure)
             out.append("| `\(figure.name)` | \(format(figure.value)) | \(figure.unit) | \(format(figure.baseline)) | \(format(figure.ratio)) | \(goal.text) | \(goal.met.map { $0 ? "yes" : "**no**" } ?? "—") |")
+        }
+        let pairs = sideBySide(figures)
+        if !pairs.isEmpty {
+            out.append("")
+            out.append("SQLite and PostgreSQL side by side (the same figures above, each against its own store's baseline):")
+            out.append("")
+            out.append("| figure | SQLite | ratio | PostgreSQL | ratio | unit | goal | met (SQLite / PostgreSQL) |")
+            out.append("|---|---:|---:|---:|---:|---|---|---|")
+            for (sqlite, postgres) in pairs {
+                let goal = goal(of: sqlite)
+                func met(_ figure: Figure) -> String { Figure.goal(of: figure).met.map { $0 ? "yes" : "**no**" } ?? "—" }
+                out.append("| `\(sqlite.name)` | \(format(sqlite.value)) | \(format(sqlite.ratio)) | \(format(postgres.value)) | \(format(postgres.ratio)) | \(sqlite.unit) | \(goal.text) | \(met(sqlite)) / \(met(postgres)) |")
+            }
         }
         out.append("")
         out.append("Parameters of each figure (as measured):")
