@@ -2,16 +2,20 @@
 # CI proof that the benchmarks work (issue 5): runs every cloud-agent-bench subcommand once with
 # `--quick --json` against the debug build. Not a timed test: the figures are printed, never
 # compared with the goals (CI machines are noisy). Fails when a subcommand fails, times out, or
-# prints no figure line (one JSON object with the issue's fields per figure).
+# prints no figure line (one JSON object with the issue's fields per figure). Then the PostgreSQL
+# variants (`--postgres`: each starts a throwaway cluster of its own; about a minute and a half
+# more on 2 cores), and `cluster` (two nodes on one database).
 #
 #   scripts/ci-bench.sh                 # every subcommand
 #   BENCH_ONLY="idle stream" scripts/ci-bench.sh
+#   BENCH_POSTGRES_ONLY="" scripts/ci-bench.sh    # no PostgreSQL variant
 #
 # Environment: CI_BENCH_TIMEOUT (seconds per subcommand, default 240).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-benchmarks=(${BENCH_ONLY:-heartbeats stream idle scale coldstart})
+benchmarks=(${BENCH_ONLY-heartbeats stream idle scale coldstart})
+postgres_benchmarks=(${BENCH_POSTGRES_ONLY-heartbeats stream idle scale cluster})
 limit="${CI_BENCH_TIMEOUT:-240}"
 
 # The debug products (already built by `swift test`; this is a no-op then).
@@ -24,14 +28,20 @@ logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 failed=()
 total_start=$(date +%s)
-for benchmark in "${benchmarks[@]}"; do
+# NAME, then the subcommand and its options.
+runs=()
+for benchmark in "${benchmarks[@]}"; do runs+=("$benchmark|$benchmark"); done
+for benchmark in "${postgres_benchmarks[@]}"; do runs+=("$benchmark.postgres|$benchmark --postgres"); done
+for run in "${runs[@]}"; do
+  benchmark="${run%%|*}"
+  read -r -a command <<<"${run#*|}"
   start=$(date +%s)
   status=0
-  timeout --kill-after=10 "$limit" "$bin/cloud-agent-bench" "$benchmark" --quick --json \
+  timeout --kill-after=10 "$limit" "$bin/cloud-agent-bench" "${command[@]}" --quick --json \
     >"$logs/$benchmark.out" 2>"$logs/$benchmark.err" || status=$?
   elapsed=$(( $(date +%s) - start ))
   # A figure line: one JSON object naming the figure, a numeric value, the issue's other fields.
-  pattern='^\{"name":"[a-z_]+\.[a-z0-9_]+","value":-?[0-9][0-9.eE+-]*,"unit":"[^"]*","baseline":[^,]+,"ratio":[^,]+,"params":\{.*\}\}$'
+  pattern='^\{"name":"[a-z_]+(\.[a-z0-9_]+)+","value":-?[0-9][0-9.eE+-]*,"unit":"[^"]*","baseline":[^,]+,"ratio":[^,]+,"params":\{.*\}\}$'
   figures=$(grep -cE "$pattern" "$logs/$benchmark.out" || true)
   nonnumeric=$(( $(grep -c '^{' "$logs/$benchmark.out" || true) - figures ))
   if [ "$status" -ne 0 ] || [ "$figures" -eq 0 ] || [ "$nonnumeric" -ne 0 ]; then
@@ -47,5 +57,5 @@ for benchmark in "${benchmarks[@]}"; do
     cat "$logs/$benchmark.out"
   fi
 done
-echo "ci-bench: ${#benchmarks[@]} subcommands in $(( $(date +%s) - total_start )) s; failed: ${failed[*]:-none}"
+echo "ci-bench: ${#runs[@]} subcommands in $(( $(date +%s) - total_start )) s; failed: ${failed[*]:-none}"
 [ ${#failed[@]} -eq 0 ]

@@ -10,8 +10,8 @@ struct Bench: AsyncParsableCommand {
         commandName: "cloud-agent-bench",
         abstract: "Benchmarks of cloud-agent against raw baselines (see BENCHMARKS.md).",
         subcommands: [
-            HeartbeatsBench.self, StreamBench.self, IdleBench.self, ScaleBench.self, ColdStartBench.self,
-            ReportCommand.self, HeartbeatClientsCommand.self,
+            HeartbeatsBench.self, StreamBench.self, IdleBench.self, ScaleBench.self, ColdStartBench.self, ClusterBench.self,
+            ReportCommand.self, HeartbeatClientsCommand.self, ClusterNodeCommand.self,
         ]
     )
 }

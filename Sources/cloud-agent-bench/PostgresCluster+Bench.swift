@@ -142,15 +142,15 @@ final class ThrowawayPostgres: Sendable {
 
     /// Starts the server under its lifeline shell; returns at once.
     private static func spawnServer(binaries: String, directory: String, data: String, port: Int, runAsPostgres: Bool) throws -> ThrowawayPostgres {
-        // `cat` returns when this process closes its end of the pipe or dies; the server is then
-        // stopped at once (SIGQUIT: immediate shutdown).
+        // `cat` returns when this process closes its end of the pipe or dies. A server still
+        // running then (the bench died without stopping it) is stopped at once (SIGQUIT:
+        // immediate shutdown) and its directory removed; `stop()` stops it before.
         let script = """
             "$0" -D "$1" -p "$2" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$3" \
                 -c synchronous_commit=off -c max_connections=200 &
             server=$!
             cat >/dev/null
-            kill -QUIT "$server" 2>/dev/null
-            wait "$server"
+            if kill -QUIT "$server" 2>/dev/null; then wait "$server"; rm -rf "$3"; else wait "$server"; fi
             """
         var ends: [Int32] = [0, 0]
         // Close-on-exec: no other child (serve, runtimes) may hold the lifeline open.

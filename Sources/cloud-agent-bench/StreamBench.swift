@@ -122,14 +122,37 @@ struct StreamBench: AsyncParsableCommand {
         var configuration = InProcessServer.configuration(directory: directory, database: database)
         configuration.streamBufferEvents = Self.streamBuffer
         let server = try await InProcessServer.start(configuration, logLevel: options.logLevel)
-        let logger = InProcessServer.logger(options.logLevel)
+        let node = Node(plane: server.plane, webSocketBase: server.webSocketBase)
+        do {
+            let outcome = try await Self.measure(
+                plan: plan, subscribers: subscribers, ingest: node, subscribe: node, clients: clients, logger: InProcessServer.logger(options.logLevel)
+            )
+            await server.stop()
+            return outcome
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
+    /// A control plane a benchmark talks to.
+    struct Node: Sendable {
+        var plane: ControlPlane
+        var webSocketBase: String
+    }
+
+    /// The two phases with the runtimes connected to `ingest` and the subscribers to `subscribe`
+    /// (the same node, or two nodes on one database).
+    static func measure(
+        plan: Plan, subscribers: Int, ingest: Node, subscribe: Node, clients: any EventLoopGroup, logger: Logger
+    ) async throws -> Outcome {
         let driver = Driver(plan: plan)
         let delivered = Counter()
         var undelivered = 0
         var readers: [(StreamSubscriber, Task<Int?, any Error>, Locked<Latencies>)] = []
         var runners: [Task<Void, any Error>] = []
         do {
-            let seats = try await SimulatedRuntimeSeat.insert(plan.connections, into: server.plane.store)
+            let seats = try await SimulatedRuntimeSeat.insert(plan.connections, into: ingest.plane.store)
             // Subscribers first, so that they see every event live.
             for seat in seats {
                 for _ in 0..<subscribers {
@@ -138,7 +161,7 @@ struct StreamBench: AsyncParsableCommand {
                     let epoch = driver.epoch
                     let task = Task {
                         try await subscriber.run(
-                            url: server.webSocketBase + "/v1/sessions/\(seat.sessionId)/stream", token: InProcessServer.token,
+                            url: subscribe.webSocketBase + "/v1/sessions/\(seat.sessionId)/stream", token: InProcessServer.token,
                             eventLoopGroup: clients, logger: logger
                         ) { text, arrived in
                             guard let frame = try? JSONDecoder().decode(StreamFrame.self, from: Data(text.utf8)), let sentAt = frame.data?.t else { return }
@@ -153,7 +176,7 @@ struct StreamBench: AsyncParsableCommand {
                     readers.append((subscriber, task, latencies))
                 }
             }
-            let hub = server.plane.sessions.hub
+            let hub = subscribe.plane.sessions.hub
             guard await waitUntil(30, { seats.allSatisfy { hub.subscriberCount($0.id) >= subscribers } }) else {
                 throw BenchFailure("the stream subscribers did not all connect")
             }
@@ -161,7 +184,7 @@ struct StreamBench: AsyncParsableCommand {
                 runners.append(Task {
                     try await driver.guarding {
                         try await SimulatedRuntime.connect(
-                            url: server.webSocketBase + "/v1/runtime/connect", seat: seat, eventLoopGroup: clients, logger: logger,
+                            url: ingest.webSocketBase + "/v1/runtime/connect", seat: seat, eventLoopGroup: clients, logger: logger,
                             onAck: { driver.acked.add(Int($0)) }
                         ) { runtime in try await driver.drive(RuntimeSink(runtime: runtime)) }
                     }
@@ -180,7 +203,6 @@ struct StreamBench: AsyncParsableCommand {
             for (_, task, _) in readers {
                 if (try? await task.value) == 4001 { overflows += 1 }
             }
-            await server.stop()
             return Outcome(latencies: all, peak: peak.acked, peakDelivered: peak.other, sent: sent, overflows: overflows, undelivered: undelivered)
         } catch {
             for runner in runners { runner.cancel() }
@@ -188,7 +210,6 @@ struct StreamBench: AsyncParsableCommand {
                 await subscriber.close()
                 task.cancel()
             }
-            await server.stop()
             throw error
         }
     }

@@ -8,6 +8,11 @@ import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+// `timespec` and `timeval` come through NIO's C shim too; in a whole-module (release) build its
+// header can be the one their fields are attributed to (MemberImportVisibility).
+#if canImport(CNIOLinux)
+import CNIOLinux
+#endif
 
 /// A benchmark that could not run to its end.
 struct BenchFailure: Error, CustomStringConvertible {
