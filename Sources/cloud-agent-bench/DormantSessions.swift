@@ -127,7 +127,7 @@ enum DormantSessions {
 
     /// A batch's rows in COPY's text format: tab-separated, `\N` for NULL, one line per row.
     struct Rows {
-        var sessions = "", executions = "", events = "", wakeUps = ""
+        var sessions = ByteBuffer(), executions = ByteBuffer(), events = ByteBuffer(), wakeUps = ByteBuffer()
 
         static let executionColumns = [
             "id", "session_id", "status", "prompt", "mode", "model", "started_at", "running_at", "last_heartbeat", "completed_at",
@@ -158,34 +158,42 @@ enum DormantSessions {
             }
         }
 
-        private static func line(_ out: inout String, _ fields: [String?]) {
+        private static func isSpecial(_ byte: UInt8) -> Bool {
+            byte == UInt8(ascii: "\\") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r")
+        }
+
+        /// One row; a field with none of COPY's special bytes (backslash, tab, newline, return)
+        /// is copied as it is, the others byte by byte with those escaped.
+        private static func line(_ out: inout ByteBuffer, _ fields: [String?]) {
             for (index, field) in fields.enumerated() {
-                if index > 0 { out += "\t" }
+                if index > 0 { out.writeInteger(UInt8(ascii: "\t")) }
                 guard let field else {
-                    out += "\\N"
+                    out.writeStaticString("\\N")
                     continue
                 }
-                for character in field.unicodeScalars {
-                    switch character {
-                    case "\\": out += "\\\\"
-                    case "\t": out += "\\t"
-                    case "\n": out += "\\n"
-                    case "\r": out += "\\r"
-                    default: out.unicodeScalars.append(character)
+                guard field.utf8.contains(where: isSpecial) else {
+                    out.writeString(field)
+                    continue
+                }
+                for byte in field.utf8 {
+                    switch byte {
+                    case UInt8(ascii: "\\"): out.writeStaticString("\\\\")
+                    case UInt8(ascii: "\t"): out.writeStaticString("\\t")
+                    case UInt8(ascii: "\n"): out.writeStaticString("\\n")
+                    case UInt8(ascii: "\r"): out.writeStaticString("\\r")
+                    default: out.writeInteger(byte)
                     }
                 }
             }
-            out += "\n"
+            out.writeInteger(UInt8(ascii: "\n"))
         }
     }
 }
 
 extension PostgresConnection {
     /// COPY … FROM STDIN of rows already in text format.
-    fileprivate func copy(_ text: String, into table: String, _ columns: [String], _ logger: Logger) async throws {
-        guard !text.isEmpty else { return }
-        try await copyFrom(table: table, columns: columns, logger: logger) { writer in
-            try await writer.write(ByteBuffer(string: text))
-        }
+    fileprivate func copy(_ rows: ByteBuffer, into table: String, _ columns: [String], _ logger: Logger) async throws {
+        guard rows.readableBytes > 0 else { return }
+        try await copyFrom(table: table, columns: columns, logger: logger) { writer in try await writer.write(rows) }
     }
 }
