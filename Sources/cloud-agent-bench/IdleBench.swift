@@ -126,10 +126,21 @@ struct IdleBench: AsyncParsableCommand {
             }
             let allStoppedAfter = Date().timeIntervalSince(coldStartBegan)
             let slowState = try await store.session(slow)?.runtime.state
-            guard await waitUntil(Double(setupSeconds) + 60, everyMs: 100, { (try? await store.session(slow))?.runtime.state == .running }) else {
-                throw BenchFailure("the slow cold start did not end with a running runtime")
+            // The cold start ended when its runtime started (it may have run its message and
+            // been stopped as idle since: on PostgreSQL the simulated stops can outlast it).
+            let startedAfterColdStart = { @Sendable () async -> Date? in
+                guard let started = try? await store.session(slow)?.runtime.startedAt, started >= coldStartBegan.truncatedToMilliseconds else { return nil }
+                return started
             }
-            let coldStartSeconds = Date().timeIntervalSince(coldStartBegan)
+            guard await waitUntil(Double(setupSeconds) + 60, everyMs: 100, { await startedAfterColdStart() != nil }),
+                  let slowStarted = await startedAfterColdStart()
+            else {
+                let runtime = try? await store.session(slow)?.runtime
+                let events = (try? await store.events(of: slow, EventQuery(afterId: 0, limit: 1000))) ?? []
+                let last = events.suffix(6).map { "\($0.type) \(JSONText.encode($0.data).prefix(300))" }.joined(separator: "; ")
+                throw BenchFailure("the slow cold start did not end with a running runtime: state \(runtime?.state.rawValue ?? "?"), last events: \(last)")
+            }
+            let coldStartSeconds = slowStarted.timeIntervalSince(coldStartBegan)
             let stops = try await IdleStops.collect(from: store, excluding: [slow])
             await server.plane.killRuntimes()
             await server.stop()
