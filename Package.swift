@@ -242,10 +242,22 @@ let package = Package(
             dependencies: ["CloudAgentSandbox", "CloudAgentCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
+        // What several test targets share: a throwaway PostgreSQL cluster.
+        .target(
+            name: "CloudAgentTestSupport",
+            dependencies: [
+                "CloudAgentPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/CloudAgentTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "CloudAgentStoreTests",
             dependencies: [
                 "CloudAgentCore",
+                "CloudAgentTestSupport",
                 "CloudAgentSQLite",
                 "CloudAgentPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -257,6 +269,8 @@ let package = Package(
             name: "CloudAgentServerTests",
             dependencies: [
                 "CloudAgentCore",
+                "CloudAgentTestSupport",
+                "CloudAgentPostgres",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
                 "CloudAgentCLI",
