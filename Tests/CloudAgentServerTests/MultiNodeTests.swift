@@ -22,6 +22,7 @@ struct MultiNodeTests {
     /// A cluster of nodes on one fresh database, in one temp directory.
     final class Cluster: @unchecked Sendable {
         let directory: URL
+        let database: PostgresConfiguration
         let databaseURL: String
         let secretKey = SecretBox.generateBase64Key()
         private(set) var nodes: [String: (command: SpawnedCommand, port: Int)] = [:]
@@ -29,7 +30,7 @@ struct MultiNodeTests {
         init() async throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("multi-node-\(UUID().uuidString.prefix(8))")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let database = try await PostgresTestCluster.shared.createDatabase()
+            database = try await PostgresTestCluster.shared.createDatabase()
             databaseURL = "postgres://\(database.username)@\(database.host):\(database.port)/\(database.database)?sslmode=disable"
         }
 
@@ -65,6 +66,24 @@ struct MultiNodeTests {
         }
 
         func port(_ name: String) throws -> Int { try #require(nodes[name]?.port) }
+
+        /// A node's id, as it keeps it in its data directory.
+        func nodeId(_ name: String) throws -> String {
+            try String(contentsOf: directory.appendingPathComponent("\(name)/node-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        /// Runs `body` with the shared database's store open (to read what the API does not show).
+        func withStore<T: Sendable>(_ body: @Sendable (PostgresSessionStore) async throws -> T) async throws -> T {
+            let store = try PostgresSessionStore(configuration: database, logger: Logger(label: "multi-node-test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask {
+                    await store.run()
+                    return nil
+                }
+                defer { group.cancelAll() }
+                return try await body(store)
+            }
+        }
 
         /// Runtimes (and agents) still running: processes in the directory other than the nodes.
         var runtimesLeft: [Int32] {
@@ -156,7 +175,21 @@ struct MultiNodeTests {
 
         // Mid-execution, node a dies.
         try await eventually(within: 30, "a few ticks streamed from node b") { stream.count("agent") >= 5 }
+        let killedAt = Date()
         try await cluster.kill("a")
+        // The runtime says hello to node b (the record names the node it connected to).
+        let b_id = try cluster.nodeId("b")
+        let sessionId = try #require(SessionID(rawValue: id))
+        let reconnectedAt: Date? = try await cluster.withStore { store in
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                if let runtime = try await store.session(sessionId)?.runtime, runtime.connectedNode == b_id, let at = runtime.connectedAt { return at }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            return nil
+        }
+        let reconnectMs = try #require(reconnectedAt, "the runtime never said hello to node b").milliseconds(since: killedAt)
+        #expect(reconnectMs < 3000, "the runtime reconnected \(reconnectMs) ms after its node's kill -9")
 
         try await eventually(within: 60, "the execution to complete through node b") {
             try await Self.view(b, id)["latestExecution"]?["status"] == "completed"
@@ -164,6 +197,7 @@ struct MultiNodeTests {
         try await eventually(within: 30, "the idle stop") { try await Self.view(b, id)["runtime"]?["state"] == "stopped" }
         let stopped = try await Self.view(b, id)
         Self.expectTimelyIdleStop(stopped)
+        Reliability.report("multi-node", "kill -9 of the runtime's node: reconnected to another in \(reconnectMs) ms; idle stop decided \((stopped["runtime"]?["stopReason"]?["idleMs"]?.intValue ?? 0) - Self.idleTimeoutMs) ms past its deadline")
 
         // Every event reached the subscriber on node b once, in order, without a gap.
         let stored = try await Self.events(b, id)
@@ -197,38 +231,82 @@ struct MultiNodeTests {
         try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
     }
 
-    @Test("three nodes: sessions created on one and driven from another are each idle-stopped once, on time")
+    @Test("three nodes: sessions created on one and driven from another are each idle-stopped once, on time, and each completion is called back once")
     func threeNodesStopEachOnce() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
         let names = ["a", "b", "c"]
         for name in names { try await cluster.start(name) }
-        var ids: [String] = []
-        for index in 0..<9 {
-            let creator = try cluster.client(names[index % 3])
-            let driver = try cluster.client(names[(index + 1) % 3])
-            let created = try await creator.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": .string("say hello \(index)")])
-            try #require(created.status == 201, "create: \(created.text)")
-            let id = try #require(created["sessionId"]?.stringValue)
-            let initiated = try await driver.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
-            try #require(initiated.status == 202, "initiate: \(initiated.text)")
-            ids.append(id)
-        }
-        let sessions = ids
-        let a = try cluster.client("a")
-        try await eventually(within: 60, "every runtime to be idle-stopped") {
-            var all = true
-            for id in sessions where try await Self.view(a, id)["runtime"]?["state"] != "stopped" { all = false }
-            return all
-        }
-        for (index, id) in sessions.enumerated() {
-            let view = try await Self.view(try cluster.client(names[(index + 2) % 3]), id)
-            #expect(view["latestExecution"]?["status"] == "completed")
-            Self.expectTimelyIdleStop(view)
-            let events = try await Self.events(a, id)
-            #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "session \(id): \(events.map { $0["type"] ?? .null })")
-            #expect(events.contains { "\($0)".contains("hello \(index)") })
+        let receiver = CallbackReceiver()
+        try await receiver.serve { url in
+            var ids: [String] = []
+            for index in 0..<15 {
+                let creator = try cluster.client(names[index % 3])
+                let driver = try cluster.client(names[(index + 1) % 3])
+                let created = try await creator.request("POST", "/v1/sessions", token: Self.token, json: [
+                    "prompt": .string("say hello \(index)"), "callback": ["url": .string(url)],
+                ])
+                try #require(created.status == 201, "create: \(created.text)")
+                let id = try #require(created["sessionId"]?.stringValue)
+                let initiated = try await driver.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
+                try #require(initiated.status == 202, "initiate: \(initiated.text)")
+                ids.append(id)
+            }
+            let sessions = ids
+            let a = try cluster.client("a")
+            try await eventually(within: 60, "every runtime to be idle-stopped") {
+                var all = true
+                for id in sessions where try await Self.view(a, id)["runtime"]?["state"] != "stopped" { all = false }
+                return all
+            }
+            for (index, id) in sessions.enumerated() {
+                let view = try await Self.view(try cluster.client(names[(index + 2) % 3]), id)
+                #expect(view["latestExecution"]?["status"] == "completed")
+                Self.expectTimelyIdleStop(view)
+                let events = try await Self.events(a, id)
+                #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "session \(id): \(events.map { $0["type"] ?? .null })")
+                #expect(events.contains { "\($0)".contains("hello \(index)") })
+            }
+            // Every completion called back, none twice, whichever node's dispatcher found it.
+            _ = try await receiver.waitForRequest(sessions.count, within: 30)
+            let called = try receiver.received.map { try CallbackTests.bodyObject($0)["sessionId"]?.stringValue ?? "" }
+            #expect(called.sorted() == sessions.sorted(), "callbacks: \(called.count) for \(sessions.count) executions")
         }
         try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+
+    @Test("driven from a node that neither hosts the runtime nor holds its connection: interrupt, then delete, whose processes the host takes down")
+    func interruptAndDeleteFromAnotherNode() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a")
+        try await cluster.start("b")
+        let a = try cluster.client("a")
+        let b = try cluster.client("b")
+        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "tick 300 0.1"])
+        try #require(created.status == 201, "create: \(created.text)")
+        let id = try #require(created["sessionId"]?.stringValue)
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
+        let initiated = try await b.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
+        try #require(initiated.status == 202, "initiate: \(initiated.text)")
+        try await eventually(within: 30, "ticks recorded") { try await Self.events(b, id).filter { $0["type"] == "agent" }.count >= 3 }
+
+        // The interrupt reaches the runtime through node a (which holds its connection).
+        let interrupted = try await b.request("POST", "/v1/sessions/\(id)/interrupt", token: Self.token)
+        #expect(interrupted.status == 200, "interrupt: \(interrupted.text)")
+        #expect(interrupted["interrupted"] == true)
+        try await eventually(within: 30, "the execution to end interrupted") {
+            try await Self.view(a, id)["latestExecution"]?["status"] == "interrupted"
+        }
+        #expect(try await Self.view(b, id)["runtime"]?["state"] == "running", "an interrupt keeps the runtime")
+
+        // Deleted through node b: node a, the host, takes the runtime's processes down.
+        #expect(!cluster.runtimesLeft.isEmpty, "the runtime was gone already: the case was not tried")
+        let deleted = try await b.request("DELETE", "/v1/sessions/\(id)", token: Self.token)
+        #expect(deleted.status == 204, "delete: \(deleted.text)")
+        #expect(try await a.request("GET", "/v1/sessions/\(id)", token: Self.token).status == 404)
+        try await eventually(within: 15, "the host to take the runtime down") { cluster.runtimesLeft.isEmpty }
+        let workspace = cluster.directory.appendingPathComponent("a/workspaces/\(id)")
+        try await eventually(within: 10, "the host to remove the workspace") { !FileManager.default.fileExists(atPath: workspace.path) }
     }
 }
