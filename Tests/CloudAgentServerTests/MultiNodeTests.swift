@@ -309,4 +309,27 @@ struct MultiNodeTests {
         let workspace = cluster.directory.appendingPathComponent("a/workspaces/\(id)")
         try await eventually(within: 10, "the host to remove the workspace") { !FileManager.default.fileExists(atPath: workspace.path) }
     }
+
+    @Test("a node lost with its whole host: its claimed timers fire on another node once the lease lapses, and its runtime is recorded stopped once")
+    func lostHostTimersFireElsewhere() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a")
+        try await cluster.start("b")
+        let a = try cluster.client("a")
+        let b = try cluster.client("b")
+        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "say hello", "idleTimeoutMs": 3000])
+        try #require(created.status == 201, "create: \(created.text)")
+        let id = try #require(created["sessionId"]?.stringValue)
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(a, id)["runtime"]?["state"] == "running" }
+        try #require(try await a.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+        try await eventually(within: 30, "the execution to complete") { try await Self.view(a, id)["latestExecution"]?["status"] == "completed" }
+        // Node a wrote (and claimed) the idle deadline; then it dies with its runtimes.
+        try await cluster.kill("a")
+        for pid in cluster.runtimesLeft { Glibc.kill(pid, SIGKILL) }
+        try await eventually(within: 20, "node b to stop the runtime") { try await Self.view(b, id)["runtime"]?["state"] == "stopped" }
+        Self.expectTimelyIdleStop(try await Self.view(b, id))
+        let events = try await Self.events(b, id)
+        #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1)
+    }
 }
