@@ -131,6 +131,16 @@ struct MultiNodeTests {
         func stop() { task.withLock { $0?.cancel() } }
     }
 
+    /// Nodes a and b, and a session created on node a (so its runtime runs on a's host).
+    static func sessionOnNodeA(_ cluster: Cluster, _ body: JSONValue) async throws -> (a: HTTPClient, b: HTTPClient, id: String) {
+        try await cluster.start("a")
+        try await cluster.start("b")
+        let a = try cluster.client("a")
+        let created = try await a.request("POST", "/v1/sessions", token: token, json: body)
+        try #require(created.status == 201, "create: \(created.text)")
+        return (a, try cluster.client("b"), try #require(created["sessionId"]?.stringValue))
+    }
+
     static func view(_ client: HTTPClient, _ id: String) async throws -> JSONValue {
         let response = try await client.request("GET", "/v1/sessions/\(id)", token: token)
         try #require(response.status == 200, "GET \(id): \(response.text)")
@@ -156,17 +166,8 @@ struct MultiNodeTests {
     func killedNodeLosesNothing() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
-        try await cluster.start("a")
-        try await cluster.start("b")
-        let a = try cluster.client("a")
-        let b = try cluster.client("b")
-
         // Created on node a (its runtime runs on a's host), driven and streamed from node b.
-        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: [
-            "prompt": "tick 30 0.1", "secrets": ["OPENED": "sealed-on-a"],
-        ])
-        try #require(created.status == 201, "create: \(created.text)")
-        let id = try #require(created["sessionId"]?.stringValue)
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "tick 30 0.1", "secrets": ["OPENED": "sealed-on-a"]])
         let stream = StreamRecorder(port: try cluster.port("b"), session: id)
         defer { stream.stop() }
         try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
@@ -279,13 +280,7 @@ struct MultiNodeTests {
     func interruptAndDeleteFromAnotherNode() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
-        try await cluster.start("a")
-        try await cluster.start("b")
-        let a = try cluster.client("a")
-        let b = try cluster.client("b")
-        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "tick 300 0.1"])
-        try #require(created.status == 201, "create: \(created.text)")
-        let id = try #require(created["sessionId"]?.stringValue)
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "tick 300 0.1"])
         try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
         let initiated = try await b.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
         try #require(initiated.status == 202, "initiate: \(initiated.text)")
@@ -314,13 +309,7 @@ struct MultiNodeTests {
     func lostHostTimersFireElsewhere() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
-        try await cluster.start("a")
-        try await cluster.start("b")
-        let a = try cluster.client("a")
-        let b = try cluster.client("b")
-        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "say hello", "idleTimeoutMs": 3000])
-        try #require(created.status == 201, "create: \(created.text)")
-        let id = try #require(created["sessionId"]?.stringValue)
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "say hello", "idleTimeoutMs": 3000])
         try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(a, id)["runtime"]?["state"] == "running" }
         try #require(try await a.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
         try await eventually(within: 30, "the execution to complete") { try await Self.view(a, id)["latestExecution"]?["status"] == "completed" }
