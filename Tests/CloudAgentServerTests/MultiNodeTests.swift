@@ -321,4 +321,31 @@ struct MultiNodeTests {
         let events = try await Self.events(b, id)
         #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1)
     }
+
+    @Test("capacity counts per host: a node with one runtime slot refuses a second busy start, while another node hosts its own")
+    func capacityCountsPerHost() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a", extra: ["CLOUD_AGENT_MAX_RUNTIMES": "1"])
+        try await cluster.start("b", extra: ["CLOUD_AGENT_MAX_RUNTIMES": "1"])
+        let a = try cluster.client("a")
+        let b = try cluster.client("b")
+        var busy: [String] = []
+        for client in [a, b] {
+            let created = try await client.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "tick 300 0.1"])
+            try #require(created.status == 201, "create: \(created.text)")
+            let id = try #require(created["sessionId"]?.stringValue)
+            try await eventually(within: 30, "the runtime to start") { try await Self.view(client, id)["runtime"]?["state"] == "running" }
+            try #require(try await client.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+            try await eventually(within: 30, "the agent to work") { try await Self.view(client, id)["latestExecution"]?["status"] == "running" }
+            busy.append(id)
+        }
+        // Each host runs one busy runtime: a third start on either is refused, not queued on the other.
+        let third = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "say hello"])
+        #expect(third.status == 503, "a third runtime on a full host: \(third.text)")
+        #expect(third["error"]?["code"] == "RUNTIME_UNAVAILABLE")
+        for id in busy { #expect(try await Self.view(a, id)["latestExecution"]?["status"] == "running") }
+        for id in busy { _ = try await b.request("DELETE", "/v1/sessions/\(id)", token: Self.token) }
+        try await eventually(within: 15, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
 }
