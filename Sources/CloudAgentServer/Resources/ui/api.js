@@ -4,6 +4,14 @@ const KEY = "cloud-agent.token";
 
 export const token = () => sessionStorage.getItem(KEY);
 export const signIn = (value) => sessionStorage.setItem(KEY, value);
+
+// Whether the server accepts `value` (200 on a one-session list), without keeping it.
+export async function tokenAccepted(value) {
+  const response = await fetch("/v1/sessions?limit=1", { headers: { Authorization: `Bearer ${value}` } });
+  if (response.status === 401) return false;
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return true;
+}
 export const signOut = () => sessionStorage.removeItem(KEY);
 
 // Server clock minus local clock, from the `Date` header of each answer. The header has

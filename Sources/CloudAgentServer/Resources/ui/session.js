@@ -100,6 +100,7 @@ export function renderSession(main, id) {
 
   async function remove() {
     if (!window.confirm(`Delete session ${id}? Its runtime is stopped and its workspace and events are removed.`)) return;
+    stop(); // no re-read or reconnect races the deletion
     await api("DELETE", `/v1/sessions/${id}`);
     location.hash = "#/";
   }

@@ -1,6 +1,6 @@
 // Sign-in: the bearer token printed by `cloud-agent serve`, kept in sessionStorage once the
 // server accepts it.
-import { api, signIn, signOut } from "./api.js";
+import { signIn, tokenAccepted } from "./api.js";
 import { el } from "./dom.js";
 
 export function renderSignIn(main, done) {
@@ -16,15 +16,17 @@ export function renderSignIn(main, done) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.textContent = "";
-    signIn(input.value.trim());
     try {
-      await api("GET", "/v1/sessions?limit=1");
-      done();
+      if (await tokenAccepted(input.value.trim())) {
+        signIn(input.value.trim());
+        done();
+        return;
+      }
+      error.textContent = "That token is not valid.";
     } catch (failure) {
-      signOut();
-      error.textContent = failure.status === 401 ? "That token is not valid." : `Could not sign in: ${failure.message}`;
-      input.focus();
+      error.textContent = `Could not sign in: ${failure.message}`;
     }
+    input.focus();
   });
   main.append(form);
   input.focus();
