@@ -130,7 +130,7 @@ def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     # Live: the page is open while the later ticks arrive.
     assert "tick 5/5" not in region.inner_text()
     expect(region).to_contain_text("tick 5/5")
-    expect(region).to_contain_text("⏺ run: echo done-running → exit 0")
+    expect(region).to_contain_text("● run: echo done-running → exit 0")
     expect(region).to_contain_text("✓ execution completed")
     expect(p.get_by_role("list", name="Executions")).to_contain_text("completed")
     # The countdown, counting down each second, then the stop reason with its inputs.
@@ -145,7 +145,7 @@ def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     expect(region).to_contain_text("◇ runtime stopped: rule idle")
     # A follow-up cold-starts the runtime.
     p.get_by_role("textbox", name="Message").fill("say back again")
-    p.get_by_role("button", name="Send").click()
+    p.get_by_role("textbox", name="Message").press("Control+Enter")  # sends, as "Send" does
     expect(region).to_contain_text("cold start: workspace restored", timeout=60_000)
     expect(region).to_contain_text("back again")
     expect(p.get_by_role("list", name="Executions").get_by_text("completed")).to_have_count(2, timeout=30_000)
@@ -174,6 +174,23 @@ def test_busy_send_interrupt_and_delete(browser, ctx):
     p.get_by_role("button", name="Delete").click()
     expect(p.get_by_role("heading", name="Sessions")).to_be_visible()
     expect(p.get_by_role("link", name=session)).to_have_count(0)
+
+
+def test_form_errors_next_to_their_field(browser, ctx):
+    p = ctx.sign_in()
+    p.get_by_role("button", name="New session").click()
+    p.get_by_role("textbox", name="Prompt").fill("say never")
+    p.get_by_role("textbox", name="Idle timeout").fill("soon")
+    p.get_by_role("button", name="Start").click()
+    expect(p.get_by_role("textbox", name="Idle timeout")).to_have_accessible_description(re.compile("duration like"))
+    p.get_by_role("textbox", name="Idle timeout").fill("1m")
+    p.get_by_role("textbox", name="Repository").fill("https://example.invalid/repo;rm -rf")
+    ctx.expect_http_error(400)
+    p.get_by_role("button", name="Start").click()
+    repository = p.get_by_role("textbox", name="Repository")
+    expect(repository).to_have_accessible_description(re.compile("repo"))
+    expect(repository).to_be_focused()
+    expect(p).to_have_url(re.compile("#/new"))
 
 
 def test_html_prompt_is_text(browser, ctx):

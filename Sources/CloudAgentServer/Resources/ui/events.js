@@ -22,12 +22,12 @@ function toolLine(data) {
   const outcome = data.exitCode != null ? `exit ${data.exitCode}` : data.status || "done";
   const failed = data.exitCode != null ? data.exitCode !== 0 : data.status === "error";
   const output = asText(data.output).trim();
-  const line = el("div", { class: "line" }, "⏺ ", el("strong", { text: data.name || "tool" }), `: ${input} → `,
+  const line = el("div", { class: "line" }, "● ", el("strong", { text: data.name || "tool" }), `: ${input} → `,
     el("span", { class: failed ? "bad" : "good", text: outcome }));
   if (!output) return line;
   const lines = output.split("\n").filter(Boolean);
   return el("details", {}, el("summary", {}, [...line.childNodes],
-    el("span", { class: "dim", text: `  ⎿ ${oneLine(lines[0] || "", 80)}${lines.length > 1 ? ` (+${lines.length - 1} lines)` : ""}` })),
+    el("span", { class: "dim", text: `  └ ${oneLine(lines[0] || "", 80)}${lines.length > 1 ? ` (+${lines.length - 1} lines)` : ""}` })),
   el("pre", { text: output }));
 }
 

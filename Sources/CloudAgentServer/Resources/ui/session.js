@@ -16,7 +16,9 @@ export function renderSession(main, id) {
   const log = el("ol", { class: "events", role: "log", "aria-live": "polite", "aria-label": "Event log" });
   const streamStatus = el("span", { class: "hint" });
   const notice = el("p", { class: "notice", role: "status" });
-  const message = el("textarea", { id: "message", rows: 3 });
+  const message = el("textarea", { id: "message", rows: 3, "aria-keyshortcuts": "Control+Enter",
+    // Ctrl+Enter (⌘+Enter) sends; Enter alone makes a new line.
+    onkeydown: (event) => { if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) event.target.form.requestSubmit(); } });
   const idle = el("input", { id: "idle-timeout", type: "text" });
   const idleError = el("span", { class: "error", "aria-live": "polite" });
 
