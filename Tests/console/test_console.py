@@ -155,6 +155,36 @@ def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     expect(p.get_by_text("Idle timeout is now 10m.")).to_be_visible()
 
 
+def test_stream_resumes_after_a_4001_close(browser, ctx):
+    """The first stream is cut with 4001 after 3 events (as the server cuts a slow subscriber):
+    the page reconnects from id 3 and shows every event once, in order."""
+    p = ctx.sign_in()
+    urls = []
+
+    def route(ws):
+        server = ws.connect_to_server()
+        urls.append(ws.url)
+        first, seen = len(urls) == 1, []
+
+        def forward(message):
+            if first and len(seen) >= 3:
+                return
+            seen.append(message)
+            ws.send(message)
+            if first and len(seen) == 3:
+                ws.close(code=4001, reason="too slow: resume from fromId=3")
+                server.close()
+        server.on_message(forward)
+
+    p.route_web_socket(re.compile(r"/stream\?"), route)
+    ctx.start("tick 8 0.3")
+    expect(events(p)).to_contain_text("tick 8/8")
+    expect(events(p)).to_contain_text("✓ execution completed")
+    assert len(urls) >= 2 and "fromId=3" in urls[1], urls
+    ids = [int(i) for i in events(p).locator("li").evaluate_all("items => items.map(i => i.dataset.id)")]
+    assert ids == list(range(1, len(ids) + 1)), ids
+
+
 def test_busy_send_interrupt_and_delete(browser, ctx):
     p = ctx.sign_in()
     session = ctx.start("tick 100 0.2")

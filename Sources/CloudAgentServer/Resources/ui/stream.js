@@ -1,6 +1,6 @@
 // A session's live events over the WebSocket: a stream ticket (headers cannot be set on a
 // browser WebSocket), replay of ids > fromId, then live. On any drop (a 4001 close, a network
-// error, a server restart) it reconnects with a fresh ticket from the last id it saw, so no
+// error, a server restart) it reconnects (4004, the session deleted, ends it) with a fresh ticket from the last id it saw, so no
 // event is missed or shown twice.
 import { api } from "./api.js";
 
@@ -30,7 +30,11 @@ export function openStream(sessionId, onEvent, onStatus) {
       lastId = event.id;
       onEvent(event);
     };
-    socket.onclose = () => { socket = null; if (!closed) later(); };
+    socket.onclose = (close) => {
+      socket = null;
+      if (close.code === 4004) { onStatus("gone"); return; } // the session was deleted
+      if (!closed) later();
+    };
   }
 
   function later() {
