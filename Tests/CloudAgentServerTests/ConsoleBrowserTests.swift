@@ -34,7 +34,7 @@ struct ConsoleBrowserTests {
         let data = directory.url.appendingPathComponent("data")
         let serve = try SpawnedCommand(["serve"], environment: [
             "CLOUD_AGENT_PORT": "0", "CLOUD_AGENT_DATA_DIR": data.path, "CLOUD_AGENT_SANDBOX": "none",
-            "CLOUD_AGENT_IDLE_TIMEOUT": "4s", "CLOUD_AGENT_STOP_GRACE": "1s",
+            "CLOUD_AGENT_IDLE_TIMEOUT": "4s", "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "1s",
         ], in: directory.url)
         defer { serve.forceStop() }
         let server = try await RunningServer.awaitBanner(serve)

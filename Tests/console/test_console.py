@@ -131,6 +131,8 @@ def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     assert "tick 5/5" not in region.inner_text()
     expect(region).to_contain_text("tick 5/5")
     expect(region).to_contain_text("● run: echo done-running → exit 0")
+    region.get_by_text("run", exact=True).click()  # the tool's output, expanded
+    expect(region.locator("details[open] pre")).to_have_text("done-running")
     expect(region).to_contain_text("✓ execution completed")
     expect(p.get_by_role("list", name="Executions")).to_contain_text("completed")
     # The countdown, counting down each second, then the stop reason with its inputs.
@@ -209,6 +211,15 @@ def test_busy_send_interrupt_and_delete(browser, ctx):
 def test_form_errors_next_to_their_field(browser, ctx):
     p = ctx.sign_in()
     p.get_by_role("button", name="New session").click()
+    # Every agent is offered; one the server cannot run is disabled, saying why.
+    agents = p.request.get(BASE + "/v1/agents", headers={"Authorization": f"Bearer {TOKEN}"}).json()["agents"]
+    for agent in agents:
+        option = p.get_by_role("combobox", name="Agent").locator(f'option[value="{agent["name"]}"]')
+        if agent["available"]:
+            expect(option).to_be_enabled()
+        else:
+            expect(option).to_be_disabled()
+            expect(option).to_contain_text("unavailable")
     p.get_by_role("textbox", name="Prompt").fill("say never")
     p.get_by_role("textbox", name="Idle timeout").fill("soon")
     p.get_by_role("button", name="Start").click()
@@ -221,6 +232,14 @@ def test_form_errors_next_to_their_field(browser, ctx):
     expect(repository).to_have_accessible_description(re.compile("repo"))
     expect(repository).to_be_focused()
     expect(p).to_have_url(re.compile("#/new"))
+
+
+def test_heartbeat_age_while_the_agent_is_silent(browser, ctx):
+    p = ctx.sign_in()
+    ctx.start("sleep 6\nsay woke up")
+    expect(p.get_by_text(re.compile(r"last heartbeat \d+s ago"))).to_be_visible(timeout=10_000)
+    expect(events(p)).to_contain_text("woke up")
+    expect(p.get_by_text(re.compile(r"last heartbeat"))).to_be_hidden()
 
 
 def test_html_prompt_is_text(browser, ctx):

@@ -131,7 +131,9 @@ export function renderSession(main, id) {
   let ticks = 0;
   const timer = setInterval(() => {
     ticks += 1;
-    if (ticks % 5 === 0 || (view && deadlinePassed(view))) refresh(); else draw();
+    // Re-read every 2 s while an execution runs (its heartbeats), else every 5 s.
+    const every = view && view.activeExecutionId ? 2 : 5;
+    if (ticks % every === 0 || (view && deadlinePassed(view))) refresh(); else draw();
   }, 1000);
   function stop() { clearInterval(timer); clearTimeout(pending); closeStream(); }
   return stop;
