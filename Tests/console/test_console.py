@@ -124,7 +124,7 @@ def test_sign_in_by_keyboard_and_sign_out(browser, ctx):
 
 def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     p = ctx.sign_in()
-    ctx.start("tick 5 0.5\nrun echo done-running", idle="5s", shot="console-new.png")
+    ctx.start("tick 5 0.5\nrun echo done-running", idle="8s", shot="console-new.png")
     region = events(p)
     expect(region).to_contain_text("tick 1/5")
     # Live: the page is open while the later ticks arrive.
