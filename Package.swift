@@ -123,7 +123,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            resources: [.copy("Resources/openapi.yaml")],
+            resources: [.copy("Resources/openapi.yaml"), .copy("Resources/ui")],
             swiftSettings: strict
         ),
         // ArgumentParser commands: serve, tokens.
@@ -246,10 +246,22 @@ let package = Package(
             dependencies: ["CloudAgentSandbox", "CloudAgentCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
+        // What several test targets share: a throwaway PostgreSQL cluster.
+        .target(
+            name: "CloudAgentTestSupport",
+            dependencies: [
+                "CloudAgentPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/CloudAgentTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "CloudAgentStoreTests",
             dependencies: [
                 "CloudAgentCore",
+                "CloudAgentTestSupport",
                 "CloudAgentSQLite",
                 "CloudAgentPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -261,6 +273,8 @@ let package = Package(
             name: "CloudAgentServerTests",
             dependencies: [
                 "CloudAgentCore",
+                "CloudAgentTestSupport",
+                "CloudAgentPostgres",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
                 "CloudAgentCLI",

@@ -102,6 +102,9 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     /// Set while a PATCH that needs a new runtime (repo, setup, environment, agent) is being
     /// carried out: initiate answers 409 meanwhile, and a second such PATCH too.
     public var changingSince: Date?
+    /// The node carrying that change out (several nodes): a change whose node was lost, or
+    /// restarted since, is one nothing carries out any more.
+    public var changingNode: String?
     /// The execution whose auto-commit has not been recorded yet: the next execution is not sent
     /// to the runtime before it, and the runtime is not idle meanwhile.
     public var autoCommitPending: ExecutionID?

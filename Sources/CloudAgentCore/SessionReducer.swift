@@ -13,13 +13,18 @@ public struct SessionContext: Sendable, Equatable {
     /// Nodes whose registration lapsed, with when they were last heard of: a runtime that was
     /// connected to one is judged from then, when another node could first have heard it.
     public var lostNodes: [String: Date]
+    /// When each registered node last started (several nodes).
+    public var nodeStarts: [String: Date]
 
-    public init(now: Date, timing: Timing, controlPlaneStartedAt: Date, nodeId: String? = nil, lostNodes: [String: Date] = [:]) {
+    public init(
+        now: Date, timing: Timing, controlPlaneStartedAt: Date, nodeId: String? = nil, lostNodes: [String: Date] = [:], nodeStarts: [String: Date] = [:]
+    ) {
         self.now = now
         self.timing = timing
         self.controlPlaneStartedAt = controlPlaneStartedAt
         self.nodeId = nodeId
         self.lostNodes = lostNodes
+        self.nodeStarts = nodeStarts
     }
 
     /// Since when the control plane could have heard this session's runtime: downtime before
@@ -193,6 +198,7 @@ public enum SessionReducer {
         if session.initiatedAt != nil { throw .invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now") }
         if isChanging(session, context) { throw .invalidState("session \(session.id) is being changed; retry once the change is done") }
         session.changingSince = context.now
+        session.changingNode = context.nodeId
         session.updatedAt = context.now
         var effects: [SessionEffect] = []
         var notes: [DecisionNote] = []
@@ -213,6 +219,7 @@ public enum SessionReducer {
         var session = try owned(state, by: owner)
         if let apply { try apply(&session) }
         session.changingSince = nil
+        session.changingNode = nil
         session.updatedAt = context.now
         // A workspace made anew was made on the deciding node's host: the runtime starts there.
         if !restore { session.runtime.hostNode = context.nodeId }
@@ -450,10 +457,14 @@ public enum SessionReducer {
 
     // MARK: Helpers
 
-    /// Whether a change that needs a new runtime is being carried out. A mark older than this
-    /// control plane's start is one a crash interrupted: nothing carries it out any more.
+    /// Whether a change that needs a new runtime is being carried out. A mark older than the
+    /// start of the node that made it (this control plane's, for a single node), or made by a
+    /// node since lost, is one a crash interrupted: nothing carries it out any more.
     static func isChanging(_ session: SessionRecord, _ context: SessionContext) -> Bool {
-        session.changingSince.map { $0 >= context.controlPlaneStartedAt } ?? false
+        guard let since = session.changingSince else { return false }
+        guard let node = session.changingNode else { return since >= context.controlPlaneStartedAt }
+        if context.lostNodes[node] != nil { return false }
+        return context.nodeStarts[node].map { since >= $0 } ?? true
     }
 
     /// The session when it exists and belongs to `owner`: another owner's session is not found.

@@ -130,6 +130,8 @@ public struct ControlPlane: Sendable {
             }
             return Response(status: .ok, headers: [.contentType: "application/yaml"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
         }
+        // The web console's page and static files (open: they hold no data).
+        ConsoleRoutes().register(on: router)
         let authority = TokenAuthority(store: store, localToken: localToken)
         StreamEndpoint(service: sessions, authority: authority, tickets: tickets, bufferSize: configuration.streamBufferEvents)
             .register(on: router)

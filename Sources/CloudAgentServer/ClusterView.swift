@@ -57,6 +57,12 @@ public final class ClusterView: Sendable {
         return ClusterAvailability.since(nodes, now: now, leaseMs: leaseMs, fallback: fallback)
     }
 
+    /// When each registered node last started.
+    var nodeStarts: [String: Date] {
+        guard isShared else { return [:] }
+        return Dictionary(nodes.map { ($0.id, $0.startedAt) }) { first, _ in first }
+    }
+
     /// Lost nodes with when they were last heard of.
     func lostNodes(now: Date) -> [String: Date] {
         guard isShared else { return [:] }

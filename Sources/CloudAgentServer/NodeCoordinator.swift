@@ -1,6 +1,7 @@
 import CloudAgentCore
 import Foundation
 import Logging
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 
@@ -129,12 +130,14 @@ public final class NodeCoordinator: Service, Sendable {
             count += 1
             await lifecycle.reconcile(session.id, takingOverFrom: lost)
         }
+        ledger.metrics.takeovers.increment()
         logger.info("sessions of a lost node taken over", metadata: ["nodeId": "\(lost)", "count": "\(count)"])
     }
 
     // MARK: Notices
 
     func handle(_ notice: ClusterNotice) async {
+        ledger.metrics.clusterNotices.increment()
         switch notice {
         case .changed(let change):
             guard let id = SessionID(rawValue: change.sessionId) else { return }

@@ -74,6 +74,13 @@ public final class RuntimeLifecycle: Sendable {
         throw .runtimeUnavailable("all \(slots.limit) runtimes are busy; retry later")
     }
 
+    /// Whether a start of a runtime last hosted by `hostNode` launches on this host (else on
+    /// that node's, which is alive: it admits the start by its own capacity).
+    func startsHere(hostNode: String?) -> Bool {
+        if case .elsewhere = ledger.cluster.placement(ofHost: hostNode, now: ledger.clock.now()) { return false }
+        return true
+    }
+
     /// An admitted start that will not happen.
     func withdraw(_ id: SessionID) async { await slots.withdraw(id) }
 
@@ -263,7 +270,16 @@ public final class RuntimeLifecycle: Sendable {
                 await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode)
             }
         case (.starting, nil):
-            if let requestedAt = runtime.requestedAt { launchInBackground(id, requestedAt: requestedAt, restore: true) }
+            guard let requestedAt = runtime.requestedAt else { break }
+            // Another node accepted the start: it is admitted here, by this host's capacity (an
+            // idle runtime evicted if need be); with every runtime busy the start fails, naming why.
+            do {
+                try await admit(id)
+            } catch {
+                await launchFailed(id, requestedAt: requestedAt, instanceId: nil, error: "\(error)", setupFailures: [])
+                break
+            }
+            launchInBackground(id, requestedAt: requestedAt, restore: true)
         default:
             break
         }

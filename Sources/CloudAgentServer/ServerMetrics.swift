@@ -9,6 +9,9 @@ public struct ServerMetrics: Sendable {
     let sessionsExpired: Counter
     let wakeUpsFired: Counter
     let eventsSwept: Counter
+    /// Several nodes: other nodes' change notices heard, and lost nodes' sessions taken over.
+    let clusterNotices: Counter
+    let takeovers: Counter
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -17,6 +20,8 @@ public struct ServerMetrics: Sendable {
         sessionsExpired = registry.makeCounter(descriptor: Self.name("sessions_expired", "Sessions deleted by the TTL"))
         wakeUpsFired = registry.makeCounter(descriptor: Self.name("wakeups_fired", "Session wake-ups evaluated"))
         eventsSwept = registry.makeCounter(descriptor: Self.name("event_sweeps", "Retention sweeps of a session's old events"))
+        clusterNotices = registry.makeCounter(descriptor: Self.name("cluster_notices", "Change notices heard from other nodes"))
+        takeovers = registry.makeCounter(descriptor: Self.name("node_takeovers", "Lost nodes whose sessions this node took over"))
     }
 
     static func name(_ metric: String, _ help: String) -> MetricNameDescriptor {

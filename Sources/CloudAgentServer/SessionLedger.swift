@@ -49,7 +49,7 @@ public final class SessionLedger: Sendable {
         let now = clock.now()
         return SessionContext(
             now: now, timing: timing, controlPlaneStartedAt: cluster.availableSince(now: now, fallback: controlPlaneStartedAt),
-            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now)
+            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now), nodeStarts: cluster.nodeStarts
         )
     }
 

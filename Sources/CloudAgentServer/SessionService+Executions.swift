@@ -31,8 +31,10 @@ extension SessionService {
         let current = try await session(id, owner: owner)
         // The agent may have gone since the session was prepared (a server started without it).
         try agents.requireAvailable(current.spec.agent)
-        // A runtime start will be needed: admitted (or refused with 503) before anything changes.
-        let needsStart = current.runtime.state == .stopped || current.runtime.state == .stopping
+        // A runtime start will be needed: admitted (or refused with 503) before anything changes,
+        // by this host's capacity, unless another live node hosts the runtime (it starts there).
+        let needsStart = (current.runtime.state == .stopped || current.runtime.state == .stopping)
+            && lifecycle.startsHere(hostNode: current.runtime.hostNode)
         if needsStart, current.activeExecutionId == nil { try await lifecycle.admit(id) }
         let request = SessionReducer.NewExecution(
             id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil

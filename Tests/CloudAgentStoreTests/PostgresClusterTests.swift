@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentTestSupport
 import CloudAgentPostgres
 import Foundation
 import Logging

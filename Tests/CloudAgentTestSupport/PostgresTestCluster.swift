@@ -8,7 +8,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// A throwaway PostgreSQL cluster for the store tests: `initdb` in a fresh temporary directory,
+/// A throwaway PostgreSQL cluster for the tests (the store's, and the server's with several nodes): `initdb` in a fresh temporary directory,
 /// one `postgres` on a free loopback port (trust auth, no fsync), one database per test. It is
 /// started once per test process, when the first test asks for a database, and stopped
 /// (`pg_ctl stop -m immediate`) and removed when the process exits. The system's cluster is never
@@ -20,8 +20,8 @@ import Glibc
 /// The server runs under a small shell that stops it when its standard input — a pipe whose
 /// other end only this process holds — closes: at exit, and also when the test process
 /// crashes, so that no server outlives the tests.
-actor PostgresTestCluster {
-    static let shared = PostgresTestCluster()
+public actor PostgresTestCluster {
+    public static let shared = PostgresTestCluster()
 
     /// A running cluster.
     struct Running: Sendable {
@@ -38,8 +38,8 @@ actor PostgresTestCluster {
 
     /// Why the cluster could not be had. PostgreSQL missing is a failure, not a skip: CI
     /// installs it, so a missing server means a broken setup.
-    struct Unavailable: Error, CustomStringConvertible {
-        var description: String
+    public struct Unavailable: Error, CustomStringConvertible {
+        public var description: String
     }
 
     static let superuser = "postgres"
@@ -50,7 +50,7 @@ actor PostgresTestCluster {
     private var startup: Task<Running, any Error>?
 
     /// A new, empty database in the shared cluster, and the configuration to reach it.
-    func createDatabase() async throws -> PostgresConfiguration {
+    public func createDatabase() async throws -> PostgresConfiguration {
         let running = try await start()
         let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         try await Self.withAdminConnection(port: running.port) { connection in
@@ -60,7 +60,7 @@ actor PostgresTestCluster {
     }
 
     /// Drops a test's database (closing whatever connections are left to it).
-    func dropDatabase(_ name: String) async throws {
+    public func dropDatabase(_ name: String) async throws {
         let running = try await start()
         try await Self.withAdminConnection(port: running.port) { connection in
             _ = try await connection.query("DROP DATABASE IF EXISTS \(unescaped: name) WITH (FORCE)", logger: Self.logger).collect()

@@ -1,0 +1,140 @@
+// One session: its runtime (countdown or stop reason), its executions, its live events, and
+// the controls to follow up, interrupt, change the idle timeout and delete it.
+import { api, serverNow } from "./api.js";
+import { el, formatDuration, parseDuration, timeOf } from "./dom.js";
+import { renderEvent, stopReasonText } from "./events.js";
+import { deadlinePassed, runtimeText } from "./runtime-state.js";
+import { openStream } from "./stream.js";
+
+export function renderSession(main, id) {
+  let view = null;
+  let executions = [];
+  const state = el("p", { id: "runtime-state", class: "state" });
+  const reason = el("dl", { class: "reason", hidden: true });
+  const heartbeat = el("p", { class: "hint" });
+  const execList = el("ul", { class: "executions", "aria-label": "Executions" });
+  const log = el("ol", { class: "events", role: "log", "aria-live": "polite", "aria-label": "Event log" });
+  const streamStatus = el("span", { class: "hint" });
+  const notice = el("p", { class: "notice", role: "status" });
+  const message = el("textarea", { id: "message", rows: 3, "aria-keyshortcuts": "Control+Enter",
+    // Ctrl+Enter (⌘+Enter) sends; Enter alone makes a new line.
+    onkeydown: (event) => { if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) event.target.form.requestSubmit(); } });
+  const idle = el("input", { id: "idle-timeout", type: "text" });
+  const idleError = el("span", { class: "error", "aria-live": "polite" });
+
+  const act = (label, handler, cls) => el("button", { type: "button", class: cls, text: label, onclick: async () => {
+    notice.textContent = "";
+    try { await handler(); } catch (failure) { notice.textContent = failure.message; }
+  } });
+
+  main.append(
+    el("h1", { class: "mono", text: id }),
+    el("section", { "aria-labelledby": "runtime-h", class: "card" },
+      el("h2", { id: "runtime-h", text: "Runtime" }), state, reason, heartbeat,
+      el("form", { class: "inline", onsubmit: changeIdle },
+        el("label", { for: "idle-timeout", text: "Idle timeout" }), idle, el("button", { type: "submit", text: "Change" }), idleError)),
+    // Input requests (Allow/Deny/Answer) and queued messages will appear here once the API has them.
+    el("section", { id: "input-requests", "aria-label": "Input requests", hidden: true }),
+    el("section", { "aria-labelledby": "send-h", class: "card" },
+      el("h2", { id: "send-h", text: "Follow up" }),
+      el("form", { onsubmit: send },
+        el("label", { for: "message", text: "Message" }), message,
+        el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", text: "Send" }),
+          act("Interrupt", interrupt), act("Delete", remove, "danger"))),
+      notice),
+    el("section", { "aria-labelledby": "exec-h", class: "card" }, el("h2", { id: "exec-h", text: "Executions" }), execList),
+    el("section", { "aria-labelledby": "events-h", class: "card" },
+      el("h2", { id: "events-h", text: "Events" }), streamStatus, log));
+
+  async function refresh() {
+    try {
+      view = await api("GET", `/v1/sessions/${id}`);
+      executions = ((await api("GET", `/v1/sessions/${id}/executions`)) || {}).executions || [];
+      if (document.activeElement !== idle) idle.value = formatDuration(view.idleTimeoutMs);
+      draw();
+    } catch (failure) {
+      if (failure.status === 404) { state.textContent = "This session does not exist (or was deleted)."; stop(); }
+    }
+  }
+
+  // The parts of the page that follow the clock: the countdown and the heartbeat's age.
+  function draw() {
+    if (!view) return;
+    state.textContent = runtimeText(view);
+    const stop = view.runtime.state === "stopped" && view.runtime.stopReason;
+    reason.hidden = !stop;
+    if (stop) {
+      const r = view.runtime.stopReason;
+      reason.replaceChildren(...[["Stop reason", stopReasonText(r)], ["Rule", r.rule], ["Last activity", timeOf(r.lastActivityAt)],
+        ["Idle", r.idleMs != null ? `${r.idleMs} ms` : "—"], ["Timeout", formatDuration(r.idleTimeoutMs) || "—"], ["Stopped at", timeOf(r.at)]]
+        .flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]));
+    }
+    const active = executions.find((e) => e.executionId === view.activeExecutionId);
+    heartbeat.textContent = active && active.lastHeartbeat
+      ? `Agent alive: last heartbeat ${Math.max(0, Math.round((serverNow() - Date.parse(active.lastHeartbeat)) / 1000))}s ago` : "";
+    execList.replaceChildren(...executions.map((e) => el("li", {},
+      el("span", { class: "mono", text: e.executionId }), " ",
+      el("strong", { class: `outcome ${e.status}`, text: e.status }),
+      e.interruptReason ? ` (reason: ${e.interruptReason})` : "", e.error ? ` — ${e.error}` : "",
+      el("div", { class: "hint", text: (e.prompt || "").split("\n")[0] }))));
+  }
+
+  async function send(event) {
+    event.preventDefault();
+    notice.textContent = "";
+    if (!message.value.trim()) { notice.textContent = "Write a message first."; message.focus(); return; }
+    try {
+      await api("POST", `/v1/sessions/${id}/messages`, { prompt: message.value });
+      message.value = "";
+      notice.textContent = "Sent.";
+      refresh();
+    } catch (failure) {
+      notice.textContent = failure.code === "EXECUTION_IN_PROGRESS"
+        ? "The agent is still working on the previous message: wait for it to finish, or interrupt it." : `Not sent: ${failure.message}`;
+    }
+  }
+
+  async function interrupt() {
+    const answer = await api("POST", `/v1/sessions/${id}/interrupt`);
+    notice.textContent = answer.interrupted ? "Interrupting…" : "Nothing is running.";
+    refresh();
+  }
+
+  async function remove() {
+    if (!window.confirm(`Delete session ${id}? Its runtime is stopped and its workspace and events are removed.`)) return;
+    stop(); // no re-read or reconnect races the deletion
+    await api("DELETE", `/v1/sessions/${id}`);
+    location.hash = "#/";
+  }
+
+  async function changeIdle(event) {
+    event.preventDefault();
+    idleError.textContent = "";
+    const ms = parseDuration(idle.value);
+    if (ms === null) { idleError.textContent = "Write a duration like 30s, 15m or 2h."; return; }
+    try {
+      view = await api("PATCH", `/v1/sessions/${id}`, { idleTimeoutMs: ms });
+      idle.value = formatDuration(view.idleTimeoutMs);
+      notice.textContent = `Idle timeout is now ${idle.value}.`;
+      draw();
+    } catch (failure) { idleError.textContent = failure.message; }
+  }
+
+  // Each event is appended as text; a change of runtime or execution re-reads the view soon.
+  let pending = null;
+  const closeStream = openStream(id, (event) => {
+    log.append(renderEvent(event));
+    if (event.type !== "agent" && event.type !== "output" && !pending) pending = setTimeout(() => { pending = null; refresh(); }, 200);
+  }, (status) => { streamStatus.textContent = status === "live" ? "(live)" : status === "gone" ? "" : "(reconnecting…)"; });
+
+  refresh();
+  let ticks = 0;
+  const timer = setInterval(() => {
+    ticks += 1;
+    // Re-read every 2 s while an execution runs (its heartbeats), else every 5 s.
+    const every = view && view.activeExecutionId ? 2 : 5;
+    if (ticks % every === 0 || (view && deadlinePassed(view))) refresh(); else draw();
+  }, 1000);
+  function stop() { clearInterval(timer); clearTimeout(pending); closeStream(); }
+  return stop;
+}

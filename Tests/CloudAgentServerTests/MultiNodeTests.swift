@@ -1,0 +1,351 @@
+import CloudAgentCore
+import CloudAgentPostgres
+import CloudAgentTestSupport
+import Foundation
+import HTTPTypes
+import Logging
+import Synchronization
+import Testing
+import WSClient
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Several `cloud-agent serve` processes on one real PostgreSQL database (a throwaway cluster
+/// the tests start): any node answers for any session, every timer fires once, every event
+/// reaches every subscriber once, and a node killed -9 loses nothing.
+@Suite(.serialized)
+struct MultiNodeTests {
+    static let token = "multi-node-token"
+    static let idleTimeoutMs: Int64 = 2000
+
+    /// A cluster of nodes on one fresh database, in one temp directory.
+    final class Cluster: @unchecked Sendable {
+        let directory: URL
+        let database: PostgresConfiguration
+        let databaseURL: String
+        let secretKey = SecretBox.generateBase64Key()
+        private(set) var nodes: [String: (command: SpawnedCommand, port: Int)] = [:]
+
+        init() async throws {
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("multi-node-\(UUID().uuidString.prefix(8))")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            database = try await PostgresTestCluster.shared.createDatabase()
+            databaseURL = "postgres://\(database.username)@\(database.host):\(database.port)/\(database.database)?sslmode=disable"
+        }
+
+        /// Starts (or restarts, on its old port and data dir) node `name`.
+        @discardableResult
+        func start(_ name: String, extra: [String: String] = [:]) async throws -> Int {
+            let port = try nodes[name]?.port ?? freeLoopbackPort()
+            var environment = [
+                "CLOUD_AGENT_PORT": String(port), "CLOUD_AGENT_DATA_DIR": directory.appendingPathComponent(name).path,
+                "CLOUD_AGENT_DATABASE_URL": databaseURL, "CLOUD_AGENT_API_TOKEN": MultiNodeTests.token, "CLOUD_AGENT_SECRET_KEY": secretKey,
+                "CLOUD_AGENT_SANDBOX": "none", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "200ms", "CLOUD_AGENT_STALE_THRESHOLD": "3s",
+                "CLOUD_AGENT_IDLE_TIMEOUT": "\(MultiNodeTests.idleTimeoutMs)ms", "CLOUD_AGENT_PENDING_TIMEOUT": "30s",
+                "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_NODE_HEARTBEAT": "200ms", "CLOUD_AGENT_NODE_LEASE": "1s",
+                "CLOUD_AGENT_LOG_LEVEL": "info",
+            ]
+            environment.merge(extra) { _, new in new }
+            let command = try SpawnedCommand(["serve"], environment: environment, in: directory)
+            nodes[name] = (command, port)
+            let running = try await RunningServer.awaitBanner(command)
+            try #require(running.port == port)
+            return port
+        }
+
+        func kill(_ name: String) async throws {
+            let node = try #require(nodes[name])
+            node.command.signal(SIGKILL)
+            try #require(try await node.command.waitForExit(within: 10))
+        }
+
+        func client(_ name: String) throws -> HTTPClient {
+            let port = try #require(nodes[name]?.port)
+            return HTTPClient(baseURL: URL(string: "http://127.0.0.1:\(port)")!)
+        }
+
+        func port(_ name: String) throws -> Int { try #require(nodes[name]?.port) }
+
+        /// A node's id, as it keeps it in its data directory.
+        func nodeId(_ name: String) throws -> String {
+            try String(contentsOf: directory.appendingPathComponent("\(name)/node-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        /// Runs `body` with the shared database's store open (to read what the API does not show).
+        func withStore<T: Sendable>(_ body: @Sendable (PostgresSessionStore) async throws -> T) async throws -> T {
+            let store = try PostgresSessionStore(configuration: database, logger: Logger(label: "multi-node-test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask {
+                    await store.run()
+                    return nil
+                }
+                defer { group.cancelAll() }
+                return try await body(store)
+            }
+        }
+
+        /// Runtimes (and agents) still running: processes in the directory other than the nodes.
+        var runtimesLeft: [Int32] {
+            let servers = Set(nodes.values.filter { $0.command.isRunning }.map { $0.command.pid })
+            return Reliability.processes(under: directory).filter { !servers.contains($0) }
+        }
+
+        /// Stops every node and every runtime, keeping the logs of a failure.
+        func tearDown() {
+            for node in nodes.values { node.command.forceStop() }
+            _ = Reliability.killProcesses(under: directory)
+            Reliability.keepLogs(of: "multi-node", from: directory)
+        }
+
+        var diagnostics: String {
+            nodes.sorted { $0.key < $1.key }.map { "--- node \($0.key)\n\($0.value.command.stderr.suffix(6000))" }.joined(separator: "\n")
+        }
+    }
+
+    /// Every text frame of a session's stream on one node, from the first event.
+    final class StreamRecorder: Sendable {
+        private let frames = Mutex<[JSONValue]>([])
+        private let task: Mutex<Task<Void, Never>?> = Mutex(nil)
+
+        init(port: Int, session: String) {
+            let started = Task { [self] in
+                var configuration = WebSocketClientConfiguration()
+                configuration.additionalHeaders = [.authorization: "Bearer \(MultiNodeTests.token)"]
+                _ = try? await WebSocketClient.connect(
+                    url: "ws://127.0.0.1:\(port)/v1/sessions/\(session)/stream?fromId=0", configuration: configuration,
+                    logger: Logger(label: "multi-node-stream")
+                ) { inbound, _, _ in
+                    for try await message in inbound.messages(maxSize: 1 << 20) {
+                        guard case .text(let text) = message, let event = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)) else { continue }
+                        self.frames.withLock { $0.append(event) }
+                    }
+                }
+            }
+            task.withLock { $0 = started }
+        }
+
+        var events: [JSONValue] { frames.withLock { $0 } }
+        var ids: [Int64] { events.compactMap { $0["id"]?.intValue } }
+        func count(_ type: String) -> Int { events.filter { $0["type"]?.stringValue == type }.count }
+        func stop() { task.withLock { $0?.cancel() } }
+    }
+
+    /// Nodes a and b, and a session created on node a (so its runtime runs on a's host).
+    static func sessionOnNodeA(_ cluster: Cluster, _ body: JSONValue) async throws -> (a: HTTPClient, b: HTTPClient, id: String) {
+        try await cluster.start("a")
+        try await cluster.start("b")
+        let a = try cluster.client("a")
+        let created = try await a.request("POST", "/v1/sessions", token: token, json: body)
+        try #require(created.status == 201, "create: \(created.text)")
+        return (a, try cluster.client("b"), try #require(created["sessionId"]?.stringValue))
+    }
+
+    static func view(_ client: HTTPClient, _ id: String) async throws -> JSONValue {
+        let response = try await client.request("GET", "/v1/sessions/\(id)", token: token)
+        try #require(response.status == 200, "GET \(id): \(response.text)")
+        return response.json
+    }
+
+    static func events(_ client: HTTPClient, _ id: String) async throws -> [JSONValue] {
+        let response = try await client.request("GET", "/v1/sessions/\(id)/events?limit=1000", token: token)
+        try #require(response.status == 200, "events: \(response.text)")
+        return response["events"]?.arrayValue ?? []
+    }
+
+    /// The idle stop was decided within 1 s of its deadline: idle for the timeout, not much more.
+    static func expectTimelyIdleStop(_ view: JSONValue, sourceLocation: SourceLocation = #_sourceLocation) {
+        let reason = view["runtime"]?["stopReason"]
+        #expect(reason?["rule"] == "idle", "stop reason: \(reason ?? .null)", sourceLocation: sourceLocation)
+        let idle = reason?["idleMs"]?.intValue ?? -1
+        let timeout = reason?["idleTimeoutMs"]?.intValue ?? -1
+        #expect(idle >= timeout && idle - timeout <= 1000, "idle \(idle) ms against a timeout of \(timeout) ms", sourceLocation: sourceLocation)
+    }
+
+    @Test("a node killed -9 mid-execution: the runtime moves to another node, the execution completes, every event is streamed once, the idle stop lands on time and is recorded once")
+    func killedNodeLosesNothing() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        // Created on node a (its runtime runs on a's host), driven and streamed from node b.
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "tick 30 0.1", "secrets": ["OPENED": "sealed-on-a"]])
+        let stream = StreamRecorder(port: try cluster.port("b"), session: id)
+        defer { stream.stop() }
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
+        let initiated = try await b.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
+        try #require(initiated.status == 202, "initiate on b: \(initiated.text)")
+
+        // Mid-execution, node a dies.
+        try await eventually(within: 30, "a few ticks streamed from node b") { stream.count("agent") >= 5 }
+        let killedAt = Date()
+        try await cluster.kill("a")
+        // The runtime says hello to node b (the record names the node it connected to).
+        let b_id = try cluster.nodeId("b")
+        let sessionId = try #require(SessionID(rawValue: id))
+        let reconnectedAt: Date? = try await cluster.withStore { store in
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                if let runtime = try await store.session(sessionId)?.runtime, runtime.connectedNode == b_id, let at = runtime.connectedAt { return at }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            return nil
+        }
+        let reconnectMs = try #require(reconnectedAt, "the runtime never said hello to node b").milliseconds(since: killedAt)
+        #expect(reconnectMs < 3000, "the runtime reconnected \(reconnectMs) ms after its node's kill -9")
+
+        try await eventually(within: 60, "the execution to complete through node b") {
+            try await Self.view(b, id)["latestExecution"]?["status"] == "completed"
+        }
+        try await eventually(within: 30, "the idle stop") { try await Self.view(b, id)["runtime"]?["state"] == "stopped" }
+        let stopped = try await Self.view(b, id)
+        Self.expectTimelyIdleStop(stopped)
+        Reliability.report("multi-node", "kill -9 of the runtime's node: reconnected to another in \(reconnectMs) ms; idle stop decided \((stopped["runtime"]?["stopReason"]?["idleMs"]?.intValue ?? 0) - Self.idleTimeoutMs) ms past its deadline")
+
+        // Every event reached the subscriber on node b once, in order, without a gap.
+        let stored = try await Self.events(b, id)
+        try await eventually(within: 10, "the stream to catch up") { stream.ids.last == stored.last?["id"]?.intValue }
+        let ids = stream.ids
+        #expect(ids == Array(1...Int64(ids.count)), "stream ids: \(ids)\n\(cluster.diagnostics)")
+        #expect(stream.count("agent") == 30, "ticks streamed: \(stream.count("agent"))")
+        #expect(stream.count(EventType.runtimeStopped) == 1)
+        #expect(stored.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1)
+
+        // Node a stays dead: a follow-up cold-starts the session on node b (its host is lost),
+        // and the secret sealed on node a opens there.
+        let followUp = try await b.request("POST", "/v1/sessions/\(id)/messages", token: Self.token, json: [
+            "prompt": "run test \"$OPENED\" = sealed-on-a && echo secret-opened",
+        ])
+        try #require(followUp.status == 202, "follow-up on b: \(followUp.text)")
+        try await eventually(within: 60, "the follow-up to complete on node b") {
+            let view = try await Self.view(b, id)
+            return view["latestExecution"]?["executionId"] == followUp["executionId"] && view["latestExecution"]?["status"] == "completed"
+        }
+        let afterFollowUp = try await Self.events(b, id)
+        #expect(afterFollowUp.contains { $0["type"] == "agent" && "\($0)".contains("secret-opened") }, "\(afterFollowUp.suffix(6))")
+        try await eventually(within: 30, "the second idle stop") { try await Self.view(b, id)["runtime"]?["state"] == "stopped" }
+        Self.expectTimelyIdleStop(try await Self.view(b, id))
+
+        // Node a comes back: nothing is stopped or recorded again.
+        try await cluster.start("a")
+        let final = try await Self.events(a, id)
+        #expect(final.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 2, "\(cluster.diagnostics)")
+        #expect(try await Self.view(a, id)["runtime"]?["state"] == "stopped")
+        try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+
+    @Test("three nodes: sessions created on one and driven from another are each idle-stopped once, on time, and each completion is called back once")
+    func threeNodesStopEachOnce() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        let names = ["a", "b", "c"]
+        for name in names { try await cluster.start(name) }
+        let receiver = CallbackReceiver()
+        try await receiver.serve { url in
+            var ids: [String] = []
+            for index in 0..<15 {
+                let creator = try cluster.client(names[index % 3])
+                let driver = try cluster.client(names[(index + 1) % 3])
+                let created = try await creator.request("POST", "/v1/sessions", token: Self.token, json: [
+                    "prompt": .string("say hello \(index)"), "callback": ["url": .string(url)],
+                ])
+                try #require(created.status == 201, "create: \(created.text)")
+                let id = try #require(created["sessionId"]?.stringValue)
+                let initiated = try await driver.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
+                try #require(initiated.status == 202, "initiate: \(initiated.text)")
+                ids.append(id)
+            }
+            let sessions = ids
+            let a = try cluster.client("a")
+            try await eventually(within: 60, "every runtime to be idle-stopped") {
+                var all = true
+                for id in sessions where try await Self.view(a, id)["runtime"]?["state"] != "stopped" { all = false }
+                return all
+            }
+            for (index, id) in sessions.enumerated() {
+                let view = try await Self.view(try cluster.client(names[(index + 2) % 3]), id)
+                #expect(view["latestExecution"]?["status"] == "completed")
+                Self.expectTimelyIdleStop(view)
+                let events = try await Self.events(a, id)
+                #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "session \(id): \(events.map { $0["type"] ?? .null })")
+                #expect(events.contains { "\($0)".contains("hello \(index)") })
+            }
+            // Every completion called back, none twice, whichever node's dispatcher found it.
+            _ = try await receiver.waitForRequest(sessions.count, within: 30)
+            let called = try receiver.received.map { try CallbackTests.bodyObject($0)["sessionId"]?.stringValue ?? "" }
+            #expect(called.sorted() == sessions.sorted(), "callbacks: \(called.count) for \(sessions.count) executions")
+        }
+        try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+
+    @Test("driven from a node that neither hosts the runtime nor holds its connection: interrupt, then delete, whose processes the host takes down")
+    func interruptAndDeleteFromAnotherNode() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "tick 300 0.1"])
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
+        let initiated = try await b.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
+        try #require(initiated.status == 202, "initiate: \(initiated.text)")
+        try await eventually(within: 30, "ticks recorded") { try await Self.events(b, id).filter { $0["type"] == "agent" }.count >= 3 }
+
+        // The interrupt reaches the runtime through node a (which holds its connection).
+        let interrupted = try await b.request("POST", "/v1/sessions/\(id)/interrupt", token: Self.token)
+        #expect(interrupted.status == 200, "interrupt: \(interrupted.text)")
+        #expect(interrupted["interrupted"] == true)
+        try await eventually(within: 30, "the execution to end interrupted") {
+            try await Self.view(a, id)["latestExecution"]?["status"] == "interrupted"
+        }
+        #expect(try await Self.view(b, id)["runtime"]?["state"] == "running", "an interrupt keeps the runtime")
+
+        // Deleted through node b: node a, the host, takes the runtime's processes down.
+        #expect(!cluster.runtimesLeft.isEmpty, "the runtime was gone already: the case was not tried")
+        let deleted = try await b.request("DELETE", "/v1/sessions/\(id)", token: Self.token)
+        #expect(deleted.status == 204, "delete: \(deleted.text)")
+        #expect(try await a.request("GET", "/v1/sessions/\(id)", token: Self.token).status == 404)
+        try await eventually(within: 15, "the host to take the runtime down") { cluster.runtimesLeft.isEmpty }
+        let workspace = cluster.directory.appendingPathComponent("a/workspaces/\(id)")
+        try await eventually(within: 10, "the host to remove the workspace") { !FileManager.default.fileExists(atPath: workspace.path) }
+    }
+
+    @Test("a node lost with its whole host: its claimed timers fire on another node once the lease lapses, and its runtime is recorded stopped once")
+    func lostHostTimersFireElsewhere() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "say hello", "idleTimeoutMs": 3000])
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(a, id)["runtime"]?["state"] == "running" }
+        try #require(try await a.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+        try await eventually(within: 30, "the execution to complete") { try await Self.view(a, id)["latestExecution"]?["status"] == "completed" }
+        // Node a wrote (and claimed) the idle deadline; then it dies with its runtimes.
+        try await cluster.kill("a")
+        for pid in cluster.runtimesLeft { Glibc.kill(pid, SIGKILL) }
+        try await eventually(within: 20, "node b to stop the runtime") { try await Self.view(b, id)["runtime"]?["state"] == "stopped" }
+        Self.expectTimelyIdleStop(try await Self.view(b, id))
+        let events = try await Self.events(b, id)
+        #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1)
+    }
+
+    @Test("capacity counts per host: a node with one runtime slot refuses a second busy start, while another node hosts its own")
+    func capacityCountsPerHost() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a", extra: ["CLOUD_AGENT_MAX_RUNTIMES": "1"])
+        try await cluster.start("b", extra: ["CLOUD_AGENT_MAX_RUNTIMES": "1"])
+        let a = try cluster.client("a")
+        let b = try cluster.client("b")
+        var busy: [String] = []
+        for client in [a, b] {
+            let created = try await client.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "tick 300 0.1"])
+            try #require(created.status == 201, "create: \(created.text)")
+            let id = try #require(created["sessionId"]?.stringValue)
+            try await eventually(within: 30, "the runtime to start") { try await Self.view(client, id)["runtime"]?["state"] == "running" }
+            try #require(try await client.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+            try await eventually(within: 30, "the agent to work") { try await Self.view(client, id)["latestExecution"]?["status"] == "running" }
+            busy.append(id)
+        }
+        // Each host runs one busy runtime: a third start on either is refused, not queued on the other.
+        let third = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "say hello"])
+        #expect(third.status == 503, "a third runtime on a full host: \(third.text)")
+        #expect(third["error"]?["code"] == "RUNTIME_UNAVAILABLE")
+        for id in busy { #expect(try await Self.view(a, id)["latestExecution"]?["status"] == "running") }
+        for id in busy { _ = try await b.request("DELETE", "/v1/sessions/\(id)", token: Self.token) }
+        try await eventually(within: 15, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+}
