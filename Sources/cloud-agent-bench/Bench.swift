@@ -11,7 +11,7 @@ struct Bench: AsyncParsableCommand {
         abstract: "Benchmarks of cloud-agent against raw baselines (see BENCHMARKS.md).",
         subcommands: [
             HeartbeatsBench.self, StreamBench.self, IdleBench.self, ScaleBench.self, ColdStartBench.self, ClusterBench.self,
-            ReportCommand.self, HeartbeatClientsCommand.self, ClusterNodeCommand.self,
+            ReportCommand.self, HeartbeatClientsCommand.self,
         ]
     )
 }

@@ -13,8 +13,8 @@ import Glibc
 /// (a) The stream across nodes: simulated runtimes connected to node A, stream subscribers on
 /// node B, so that every event reaches B by the database's change notices; as `stream` measures
 /// it, with the same run on one node (runtimes and subscribers on A, B idle) as the baseline.
-/// (b) Failover: two node processes with short cluster settings; real runtimes launched and
-/// hosted by A, then A is killed (SIGKILL). Figures: until every runtime said hello to B (its
+/// (b) Failover: two `cloud-agent serve` processes with short cluster settings; real runtimes
+/// launched and hosted by A, then A is killed (SIGKILL). Figures: until every runtime said hello to B (its
 /// session record's `runtime.connectedNode`/`connectedAt`), and the lag of the idle stops whose
 /// deadlines fall just after the kill (stopped through B).
 struct ClusterBench: AsyncParsableCommand {
@@ -131,7 +131,9 @@ struct ClusterBench: AsyncParsableCommand {
     func measureFailover(_ databases: BenchDatabases) async throws -> [Figure] {
         let count = failoverRuntimes ?? (options.quick ? 5 : 40)
         let idleTimeoutMs = failoverIdleTimeoutMs ?? (options.quick ? 6000 : 12_000)
-        let runtime = try Products.locate("cloud-agent-runtime", note: options.note)
+        let serve = try Products.locate("cloud-agent", note: options.note)
+        // serve launches the runtime beside it.
+        _ = try Products.locate("cloud-agent-runtime", note: options.note)
         let database = try await databases.fresh()
         guard let url = database.url else { throw BenchFailure("the failover needs PostgreSQL") }
         let scratch = try ScratchDirectory("cluster-failover")
@@ -142,10 +144,10 @@ struct ClusterBench: AsyncParsableCommand {
             "CLOUD_AGENT_IDLE_TIMEOUT": "\(idleTimeoutMs)ms", "CLOUD_AGENT_STOP_GRACE": "2s", "CLOUD_AGENT_MAX_RUNTIMES": "\(count + 8)",
             "CLOUD_AGENT_LOG_LEVEL": options.logLevel == "error" ? "info" : options.logLevel,
         ]
-        options.note("cluster (b): two node processes (heartbeat \(Self.nodeHeartbeat), lease \(Self.nodeLease)), \(count) real runtimes on node A")
+        options.note("cluster (b): two serve processes (heartbeat \(Self.nodeHeartbeat), lease \(Self.nodeLease)), \(count) real runtimes on node A")
         func start(_ name: String) async throws -> ClusterNode.Child {
             try await ClusterNode.Child.start(
-                name: name, environment: environment, runtime: runtime, dataDirectory: scratch.url.appendingPathComponent(name), logDirectory: scratch.url
+                name: name, serve: serve, environment: environment, dataDirectory: scratch.url.appendingPathComponent(name), logDirectory: scratch.url
             )
         }
         let readerConfiguration = InProcessServer.configuration(directory: scratch.url.appendingPathComponent("reader"), database: database)
@@ -255,7 +257,7 @@ struct ClusterBench: AsyncParsableCommand {
         guard stops.idleStops == count else { throw BenchFailure("\(stops.idleStops) idle stops of \(count) runtimes (\(stops.otherStops) others)") }
 
         let params: [String: JSONValue] = [
-            "nodes": "2 processes (_cluster-node: serve's composition with PostgresCluster), one database",
+            "nodes": "2 cloud-agent serve processes, one database",
             "runtimes": .number(Double(count)), "runtime": "real cloud-agent-runtime processes launched by node A (sandbox none), prompt `say ready`",
             "nodeHeartbeat": .string(Self.nodeHeartbeat), "nodeLease": .string(Self.nodeLease), "idleTimeoutMs": .number(Double(idleTimeoutMs)),
             "kill": .string("SIGKILL of node A, \(Self.killLeadMs) ms before the earliest idle deadline"),

@@ -1,94 +1,68 @@
-import ArgumentParser
+import CloudAgentCLI
 import CloudAgentCore
-import CloudAgentPostgres
 import CloudAgentServer
 import Foundation
 import Logging
-import ServiceLifecycle
-import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A node of several on one PostgreSQL database, composed as a serving node is: a store that
-/// knows its node id (its changes notify the other nodes, the wake-ups it writes are claimed
-/// for it), `PostgresCluster` as its membership (registry, heartbeats, LISTEN), and the control
-/// plane on them. `serve` does not compose this yet (`StoreFactory.withNode` gives every node a
-/// `SingleNode`), so the bench does: in this process (`cluster`'s stream part) or as a child
-/// process (`_cluster-node`), which the failover part kills.
+/// A node of several on one PostgreSQL database: in this process (`cluster`'s stream part), its
+/// store and membership opened by the CLI's `StoreFactory.withNode` as `serve` opens them; or a
+/// `cloud-agent serve` child process (the failover part kills one).
 enum ClusterNode {
-    /// The control plane and the task running its store's connection pool (cancel it after the
-    /// control plane stopped).
-    static func compose(_ configuration: ServerConfiguration, logger: Logger) async throws -> (plane: ControlPlane, pool: Task<Void, Never>) {
-        guard let url = configuration.databaseURL else { throw BenchFailure("a cluster node needs a postgres:// database URL") }
-        let postgres = try PostgresConfiguration(url: url)
-        let nodeId = try DataDirectory(configuration.dataDirectory).nodeId()
-        let store = try PostgresSessionStore(configuration: postgres, logger: logger, nodeId: nodeId, wakeUpLeaseMs: configuration.nodeLeaseMs)
-        let pool = Task { await store.run() }
-        do {
-            try await store.migrate()
-            let membership = PostgresCluster(store: store, configuration: postgres, nodeId: nodeId, heartbeatMs: configuration.nodeHeartbeatMs, logger: logger)
-            return (try await ControlPlane.open(configuration, store: store, membership: membership, logger: logger), pool)
-        } catch {
-            pool.cancel()
-            throw error
-        }
-    }
-
     /// A node in this process, listening on a free port.
     struct InProcess: Sendable {
         let plane: ControlPlane
         let running: RunningService
-        let pool: Task<Void, Never>
+        let opened: OpenedNode
 
         var webSocketBase: String { "ws://127.0.0.1:\(running.port)" }
 
         static func start(_ configuration: ServerConfiguration, logLevel: String) async throws -> InProcess {
             let logger = InProcessServer.logger(logLevel)
-            let (plane, pool) = try await compose(configuration, logger: logger)
+            let opened = try await OpenedNode.open(configuration, logger: logger)
             do {
+                let plane = try await ControlPlane.open(configuration, store: opened.store, membership: opened.membership, logger: logger)
                 let (ports, continuation) = AsyncStream<Int>.makeStream()
                 let app = plane.buildApplication { port in
                     continuation.yield(port)
                     continuation.finish()
                 }
-                return InProcess(plane: plane, running: try await RunningService.start(app, ports: ports, logger: logger), pool: pool)
+                return InProcess(plane: plane, running: try await RunningService.start(app, ports: ports, logger: logger), opened: opened)
             } catch {
-                pool.cancel()
+                await opened.close()
                 throw error
             }
         }
 
         func stop() async {
             await running.stop()
-            pool.cancel()
+            await opened.close()
         }
     }
 
-    /// A node as a child process (`_cluster-node`), configured by `CLOUD_AGENT_*` variables as
-    /// `serve` is.
+    /// A `cloud-agent serve` child process, configured by `CLOUD_AGENT_*` variables.
     final class Child: Sendable {
         let process: Process
-        let log: URL
         let port: Int
         let nodeId: String
 
         var baseURL: String { "http://127.0.0.1:\(port)" }
 
-        private init(process: Process, log: URL, port: Int, nodeId: String) {
+        private init(process: Process, port: Int, nodeId: String) {
             self.process = process
-            self.log = log
             self.port = port
             self.nodeId = nodeId
         }
 
-        /// Starts a node and waits until `/readyz` answers.
-        static func start(name: String, environment: [String: String], runtime: URL, dataDirectory: URL, logDirectory: URL) async throws -> Child {
+        /// Starts `serve` and waits until `/readyz` answers.
+        static func start(name: String, serve: URL, environment: [String: String], dataDirectory: URL, logDirectory: URL) async throws -> Child {
             let log = logDirectory.appendingPathComponent("\(name).log")
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             let process = Process()
-            process.executableURL = Products.ownExecutable
-            process.arguments = ["_cluster-node", "--runtime", runtime.path]
+            process.executableURL = serve
+            process.arguments = ["serve"]
             process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
                 .merging(environment) { $1 }
                 .merging(["CLOUD_AGENT_DATA_DIR": dataDirectory.path, "CLOUD_AGENT_HOST": "127.0.0.1", "CLOUD_AGENT_PORT": "0"]) { $1 }
@@ -104,7 +78,7 @@ enum ClusterNode {
                 {
                     let nodeId = try String(contentsOf: dataDirectory.appendingPathComponent("node-id"), encoding: .utf8)
                         .trimmingCharacters(in: .whitespacesAndNewlines)
-                    return Child(process: process, log: log, port: port, nodeId: nodeId)
+                    return Child(process: process, port: port, nodeId: nodeId)
                 }
                 try await Task.sleep(for: .milliseconds(10))
             }
@@ -128,35 +102,39 @@ enum ClusterNode {
     }
 }
 
-/// `_cluster-node` (internal): one node of `cluster`'s failover part, configured by the
-/// environment as `serve` is (`CLOUD_AGENT_*`), announcing its port as `serve` does.
-struct ClusterNodeCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "_cluster-node", shouldDisplay: false)
+/// A node's store and membership opened by `StoreFactory.withNode` (its id kept in the data
+/// directory; on PostgreSQL a store that knows it and `PostgresCluster`), held open until
+/// `close()`, as `OpenedStore` holds a store.
+final class OpenedNode: Sendable {
+    let store: any SessionStore
+    let membership: any ClusterMembership
+    private let release: Gate
+    private let task: Task<Void, any Error>
 
-    @Option var runtime: String
+    private init(store: any SessionStore, membership: any ClusterMembership, release: Gate, task: Task<Void, any Error>) {
+        self.store = store
+        self.membership = membership
+        self.release = release
+        self.task = task
+    }
 
-    func run() async throws {
-        var configuration: ServerConfiguration
-        do {
-            configuration = try ServerConfiguration.resolve(flags: [:], environment: ProcessInfo.processInfo.environment)
-        } catch {
-            throw ValidationError(error.description)
+    static func open(_ configuration: ServerConfiguration, logger: Logger) async throws -> OpenedNode {
+        let release = Gate()
+        let (opened, continuation) = AsyncStream<(any SessionStore, any ClusterMembership)>.makeStream()
+        let task = Task {
+            defer { continuation.finish() }
+            try await StoreFactory.withNode(configuration, logger: logger) { store, membership in
+                continuation.yield((store, membership))
+                await release.wait()
+            }
         }
-        configuration.runtimeExecutable = URL(fileURLWithPath: runtime)
-        let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "cloud-agent")
-        let (plane, pool) = try await ClusterNode.compose(configuration, logger: logger)
-        let host = configuration.host
-        let app = plane.buildApplication { port in
-            FileHandle.standardOutput.write(Data("cloud-agent listening on http://\(host):\(port)\n".utf8))
-        }
-        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
-        pool.cancel()
+        for await (store, membership) in opened { return OpenedNode(store: store, membership: membership, release: release, task: task) }
+        try await task.value
+        throw BenchFailure("the node's store closed before it was handed out")
+    }
+
+    func close() async {
+        release.open()
+        _ = try? await task.value
     }
 }
