@@ -77,12 +77,10 @@ public enum AgentInvocations {
             if let conversation { arguments.append(conversation) }
             arguments.append("-")
             return AgentInvocation(executable: binary, arguments: arguments, standardInput: command.prompt)
-        case .opencode, .kilo:
-            var arguments = ["run", "--format", "json", "--agent", readOnly ? "plan" : "build"]
-            if let model { arguments += ["--model", model] }
-            if let conversation { arguments += ["--session", conversation] }
-            if !readOnly { arguments.append(kind == .kilo ? "--auto" : "--dangerously-skip-permissions") }
-            return AgentInvocation(executable: binary, arguments: arguments, standardInput: command.prompt)
+        case .opencode, .kilo, .acp:
+            // Over ACP (`opencode acp`, `kilo acp`, an agents file's command): one process for the
+            // runtime's life; the prompt, mode, model and conversation go over the protocol.
+            return AgentInvocation(executable: binary, arguments: launch.arguments ?? (kind == .acp ? [] : ["acp"]))
         case .command:
             let values: [String: String?] = [
                 "prompt": command.prompt, "model": model, "mode": command.mode, "conversationId": conversation,

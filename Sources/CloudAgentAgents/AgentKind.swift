@@ -9,12 +9,14 @@ public enum AgentKind: String, Sendable, CaseIterable, Codable {
     case claudeCode = "claude-code"
     /// OpenAI's Codex CLI (`codex exec --json`).
     case codex
-    /// OpenCode (`opencode run --format json`).
+    /// OpenCode, over ACP (`opencode acp`).
     case opencode
-    /// Kilo CLI (`kilo run --format json`, OpenCode's format).
+    /// Kilo CLI, over ACP (`kilo acp`).
     case kilo
     /// Any program declared in the agents file.
     case command
+    /// Any Agent Client Protocol agent declared in the agents file (`"protocol": "acp"`).
+    case acp
 
     /// The real agents, found on PATH under `binaryName` or at `CLOUD_AGENT_<X>_BIN`.
     public static let realAgents: [AgentKind] = [.claudeCode, .codex, .opencode, .kilo]
@@ -26,7 +28,7 @@ public enum AgentKind: String, Sendable, CaseIterable, Codable {
         case .codex: "codex"
         case .opencode: "opencode"
         case .kilo: "kilo"
-        case .scripted, .command: nil
+        case .scripted, .command, .acp: nil
         }
     }
 
@@ -48,7 +50,7 @@ public enum AgentMode {
     }
 }
 
-/// One `command` agent of the agents file.
+/// One agent of the agents file: a `command` agent, or an ACP agent.
 public struct CommandAgentDeclaration: Sendable, Equatable {
     public enum Output: String, Sendable, Codable {
         /// JSON objects, one per line, normalized like the scripted agent's (`{"type":"text"|"tool"|"log"|"error", …}`).
@@ -66,14 +68,23 @@ public struct CommandAgentDeclaration: Sendable, Equatable {
     /// What `GET /v1/agents` shows as the version (the file may say; else probed with `versionArguments`).
     public var version: String?
     public var versionArguments: [String]?
+    /// `acp` for an Agent Client Protocol agent (its `output` is then irrelevant); nil otherwise.
+    public var `protocol`: String?
+    /// An ACP agent's answer timeout as written (`30s`, `500ms`), parsed by the registry.
+    public var timeout: String?
+
+    /// The kind `GET /v1/agents` shows: `acp` or `command`.
+    public var kind: AgentKind { self.protocol == AgentLaunch.acp ? .acp : .command }
 }
 
-/// `CLOUD_AGENT_AGENTS_FILE`: JSON declaring extra `command` agents.
+/// `CLOUD_AGENT_AGENTS_FILE`: JSON declaring extra agents: `command` agents (a process per
+/// execution, its output read as text or JSON lines) and ACP agents (`"protocol": "acp"`).
 ///
 /// ```json
 /// {"agents": [
 ///   {"name": "aider", "command": ["aider", "--yes", "--message", "{prompt}"], "output": "text"},
-///   {"name": "my-bot", "command": ["/opt/bot/run", "--json"], "output": "jsonl", "version": "1.2"}
+///   {"name": "my-bot", "command": ["/opt/bot/run", "--json"], "output": "jsonl", "version": "1.2"},
+///   {"name": "claude-acp", "command": ["claude-code-acp"], "protocol": "acp", "timeout": "90s"}
 /// ]}
 /// ```
 public enum AgentsFile {
@@ -88,6 +99,8 @@ public enum AgentsFile {
         var output: String?
         var version: String?
         var versionCommand: [String]?
+        var `protocol`: String?
+        var timeout: String?
     }
 
     private struct File: Decodable {
@@ -95,7 +108,9 @@ public enum AgentsFile {
     }
 
     /// The declarations, checked: names unique, not a built-in's, `[a-z0-9][a-z0-9._-]{0,63}`;
-    /// a non-empty command; `output` `jsonl` or `text` (default `text`).
+    /// a non-empty command; `output` `jsonl` or `text` (default `text`); `protocol` absent or
+    /// `acp` (then `output` must be absent, and placeholders are not allowed: an ACP agent gets its
+    /// prompts over the protocol); `timeout` only with `acp`.
     public static func parse(_ data: Data) throws(Invalid) -> [CommandAgentDeclaration] {
         let file: File
         do {
@@ -119,9 +134,22 @@ public enum AgentsFile {
             case "text": output = .text
             default: throw Invalid("\(field).output must be \"jsonl\" or \"text\"")
             }
+            let arguments = Array(entry.command.dropFirst())
+            switch entry.protocol {
+            case nil:
+                guard entry.timeout == nil else { throw Invalid("\(field).timeout is only for \"protocol\": \"acp\" agents") }
+            case AgentLaunch.acp?:
+                guard entry.output == nil else { throw Invalid("\(field).output does not apply to an ACP agent (it speaks JSON-RPC)") }
+                let placeholders = ["{prompt}", "{model}", "{mode}", "{conversationId}"]
+                if let placeholder = placeholders.first(where: { placeholder in arguments.contains { $0.contains(placeholder) } }) {
+                    throw Invalid("\(field).command: an ACP agent gets its prompts over the protocol, not in \"\(placeholder)\"")
+                }
+            case let other?:
+                throw Invalid("\(field).protocol \"\(other)\" is not known (only \"acp\")")
+            }
             declarations.append(CommandAgentDeclaration(
-                name: entry.name, executable: executable, arguments: Array(entry.command.dropFirst()), output: output,
-                version: entry.version, versionArguments: entry.versionCommand
+                name: entry.name, executable: executable, arguments: arguments, output: output,
+                version: entry.version, versionArguments: entry.versionCommand, protocol: entry.protocol, timeout: entry.timeout
             ))
         }
         return declarations

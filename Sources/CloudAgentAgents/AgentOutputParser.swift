@@ -33,7 +33,8 @@ public enum AgentOutputParsers {
         case .scripted: NormalizedJSONLinesParser()
         case .claudeCode: ClaudeCodeOutputParser()
         case .codex: CodexOutputParser()
-        case .opencode, .kilo: OpenCodeOutputParser()
+        // ACP agents speak JSON-RPC, read by the runtime's ACP client, not line by line.
+        case .opencode, .kilo, .acp: PlainTextParser()
         case .command: launch?.output == CommandAgentDeclaration.Output.jsonl.rawValue ? NormalizedJSONLinesParser() : PlainTextParser()
         }
     }
@@ -131,7 +132,7 @@ enum AgentEventData {
 
 extension ProtocolValue {
     /// Strings as they are, arrays of strings joined by spaces (a command as argv), else JSON.
-    var flattenedText: String {
+    public var flattenedText: String {
         switch self {
         case .string(let value): value
         case .array(let items) where items.allSatisfy({ $0.stringValue != nil }): items.compactMap(\.stringValue).joined(separator: " ")
@@ -139,7 +140,7 @@ extension ProtocolValue {
         }
     }
 
-    var compactJSON: String {
+    public var compactJSON: String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? ""

@@ -108,7 +108,7 @@ public struct ExecuteCommand: Codable, Sendable, Equatable {
 /// An agent as the control plane's registry resolved it: which adapter runs it and where its
 /// binary is.
 public struct AgentLaunch: Codable, Sendable, Equatable {
-    /// `scripted`, `claude-code`, `codex`, `opencode`, `kilo` or `command`.
+    /// `scripted`, `claude-code`, `codex`, `opencode`, `kilo`, `command` or `acp`.
     public var kind: String
     /// The agent's executable (absolute path); nil for `scripted` (the runtime itself).
     public var binary: String?
@@ -119,13 +119,32 @@ public struct AgentLaunch: Codable, Sendable, Equatable {
     /// A `command` agent's output: `jsonl` (JSON objects, normalized like the scripted agent's) or
     /// `text` (each line an `output` event).
     public var output: String?
+    /// `acp`: the runtime drives the agent as an Agent Client Protocol client over its stdio (one
+    /// process for the runtime's life, a prompt per execution); nil: one process per execution,
+    /// its output read in the format `kind` names.
+    public var `protocol`: String?
+    /// How long an ACP agent may take to answer `initialize`, `session/new` and the like (not a
+    /// prompt); nil: `AgentLaunch.defaultACPTimeoutMs`.
+    public var timeoutMs: Int64?
 
-    public init(kind: String, binary: String? = nil, arguments: [String]? = nil, output: String? = nil) {
+    /// The `protocol` of ACP agents.
+    public static let acp = "acp"
+    /// One minute: a Python agent that loads a large SDK, or checks its model list, takes seconds.
+    public static let defaultACPTimeoutMs: Int64 = 60_000
+
+    public init(
+        kind: String, binary: String? = nil, arguments: [String]? = nil, output: String? = nil, protocol: String? = nil, timeoutMs: Int64? = nil
+    ) {
         self.kind = kind
         self.binary = binary
         self.arguments = arguments
         self.output = output
+        self.protocol = `protocol`
+        self.timeoutMs = timeoutMs
     }
+
+    /// Whether the runtime drives this agent over ACP.
+    public var isACP: Bool { self.protocol == Self.acp }
 }
 
 /// A JSON value inside protocol frames (kept apart from the core so that the runtime links
@@ -350,5 +369,14 @@ public enum ProtocolCoding {
         default:
             throw ProtocolError.unknown(frame.type, "control")
         }
+    }
+}
+
+extension ProtocolValue: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(arrayLiteral elements: ProtocolValue...) { self = .array(elements) }
+    public init(dictionaryLiteral elements: (String, ProtocolValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
     }
 }

@@ -118,8 +118,24 @@ public enum ProcessTree {
     }
 }
 
-/// Runs one agent: a child process in its own process group, in the workspace, with its input
-/// (the prompt, for most agents) on its stdin (then closed), its stdout and stderr read line by line.
+/// What the agent's standard output is cut into.
+enum StdoutFraming: Sendable {
+    /// Lines, a longer one cut at `LineSplitter`'s bound (headless agents: each line is an event).
+    case lines
+    /// JSON-RPC messages, one per line: a line over the bound is dropped whole, never cut (ACP).
+    case messages(maxBytes: Int)
+}
+
+/// One piece of the agent's output.
+enum AgentOutputLine: Sendable, Equatable {
+    case line(String)
+    /// A stdout line this long was dropped (`StdoutFraming.messages`).
+    case overlong(Int)
+}
+
+/// Runs one agent: a child process in its own process group, in the workspace, with `input`
+/// written to its stdin (the prompt, for most agents, then closed; an ACP agent's messages for as
+/// long as the runtime lives), its stdout and stderr read line by line.
 ///
 /// A stop request (a grace period) sends SIGTERM to the agent's group, then SIGKILL once the
 /// grace has passed. When the agent itself has exited, whatever is left of its group (a
@@ -128,12 +144,22 @@ struct AgentProcess {
     var invocation: AgentInvocation
     var workingDirectory: String
     var environment: [String: String]
+    var framing: StdoutFraming = .lines
+
+    /// The invocation's standard input, written once and closed.
+    static func input(_ text: String) -> AsyncStream<String> {
+        AsyncStream { continuation in
+            if !text.isEmpty { continuation.yield(text) }
+            continuation.finish()
+        }
+    }
 
     /// Returns once the agent has exited and every line of its output has been delivered.
     func run(
+        input: AsyncStream<String>,
         stopRequests: AsyncStream<Duration>,
         onStart: @escaping @Sendable (pid_t) async -> Void,
-        onLine: @escaping @Sendable (AgentStream, String) async -> Void
+        onLine: @escaping @Sendable (AgentStream, AgentOutputLine) async -> Void
     ) async throws -> AgentTermination {
         var options = PlatformOptions()
         options.processGroupID = 0
@@ -144,6 +170,7 @@ struct AgentProcess {
             merged.compactMap { name, value in Environment.Key(rawValue: name).map { ($0, value) } },
             uniquingKeysWith: { first, _ in first }
         )
+        let framing = framing
         let result = try await Subprocess.run(
             .path(FilePath(invocation.executable)),
             arguments: Arguments(invocation.arguments),
@@ -169,15 +196,18 @@ struct AgentProcess {
                         killers.cancelAll()
                     }
                 }
-                await withTaskGroup(of: Void.self) { io in
-                    io.addTask {
-                        // The agent may exit without reading its prompt: a failed write is fine.
-                        let writer = execution.standardInputWriter
-                        if !invocation.standardInput.isEmpty { _ = try? await writer.write(invocation.standardInput) }
-                        try? await writer.finish()
+                group.addTask {
+                    // The agent may exit without reading its input: a failed write ends this.
+                    // Cancelled once the agent has exited (its input may never end, for ACP).
+                    let writer = execution.standardInputWriter
+                    for await text in input {
+                        guard (try? await writer.write(text)) != nil else { break }
                     }
-                    io.addTask { await Self.forwardLines(of: execution.standardOutput, as: .stdout, to: onLine) }
-                    io.addTask { await Self.forwardLines(of: execution.standardError, as: .stderr, to: onLine) }
+                    try? await writer.finish()
+                }
+                await withTaskGroup(of: Void.self) { io in
+                    io.addTask { await Self.forward(execution.standardOutput, as: .stdout, framing: framing, to: onLine) }
+                    io.addTask { await Self.forward(execution.standardError, as: .stderr, framing: .lines, to: onLine) }
                 }
                 await Self.waitUntilExited(pid)
                 group.cancelAll()
@@ -191,22 +221,40 @@ struct AgentProcess {
         }
     }
 
-    private static func forwardLines(
-        of output: SubprocessOutputSequence,
+    private static func forward(
+        _ output: SubprocessOutputSequence,
         as stream: AgentStream,
-        to onLine: @Sendable (AgentStream, String) async -> Void
+        framing: StdoutFraming,
+        to onLine: @Sendable (AgentStream, AgentOutputLine) async -> Void
     ) async {
-        var splitter = LineSplitter()
-        do {
-            for try await buffer in output {
-                for line in splitter.append(buffer.withUnsafeBytes { Array($0) }) {
-                    await onLine(stream, line)
+        switch framing {
+        case .lines:
+            var splitter = LineSplitter()
+            do {
+                for try await buffer in output {
+                    for line in splitter.append(buffer.withUnsafeBytes { Array($0) }) { await onLine(stream, .line(line)) }
+                }
+            } catch {
+                // A read error ends this stream like EOF; the exit status still tells how it ended.
+            }
+            if let last = splitter.finish() { await onLine(stream, .line(last)) }
+        case .messages(let maxBytes):
+            var framer = BoundedLineFramer(maxLineBytes: maxBytes)
+            func deliver(_ item: BoundedLineFramer.Item) async {
+                switch item {
+                case .line(let line): await onLine(stream, .line(line))
+                case .overlong(let bytes): await onLine(stream, .overlong(bytes))
                 }
             }
-        } catch {
-            // A read error ends this stream like EOF; the exit status still tells how it ended.
+            do {
+                for try await buffer in output {
+                    for item in framer.append(buffer.withUnsafeBytes { Array($0) }) { await deliver(item) }
+                }
+            } catch {
+                // As above.
+            }
+            if let last = framer.finish() { await deliver(last) }
         }
-        if let last = splitter.finish() { await onLine(stream, last) }
     }
 
     /// Waits until `pid` (a child of this process) has exited, without reaping it.

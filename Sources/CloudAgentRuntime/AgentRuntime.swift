@@ -35,7 +35,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         case shutdown(reason: String)
     }
 
-    private struct ActiveExecution {
+    struct ActiveExecution {
         let executionId: String
         let stopRequests: AsyncStream<Duration>
         let stops: AsyncStream<Duration>.Continuation
@@ -45,6 +45,14 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var progress: Int64 = 0
         /// Reads the agent's stdout in its own format.
         var parser: any AgentOutputParser = NormalizedJSONLinesParser()
+        /// An ACP execution's reading of its turn (nil for other agents).
+        var acpTurn: ACPTurnReader?
+        /// While an ACP agent replays a loaded session's history: not this execution's events.
+        var acpReplaying = false
+        /// A read-only mode: the ACP agent's permission requests are rejected.
+        var readOnly = false
+        /// The ACP session the prompt went to, once it has (an interrupt then cancels it).
+        var acpPromptSession: String?
     }
 
     private struct OpenLink {
@@ -54,19 +62,19 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     }
 
     public nonisolated let configuration: RuntimeConfiguration
-    private nonisolated let agents: AgentCatalog
-    private nonisolated let agentEnvironment: [String: String]
+    nonisolated let agents: AgentCatalog
+    nonisolated let agentEnvironment: [String: String]
     /// The session's secrets, masked in every line the agent prints.
-    private nonisolated let secretMask: SecretMask
-    private nonisolated let logger: Logger
+    nonisolated let secretMask: SecretMask
+    nonisolated let logger: Logger
     private nonisolated let requests: AsyncStream<Request>
     private nonisolated let requestContinuation: AsyncStream<Request>.Continuation
 
-    private var outbox: EventOutbox
+    var outbox: EventOutbox
     /// Readers of the agent's output waiting for room in the outbox (backpressure).
     private var roomWaiters: [CheckedContinuation<Void, Never>] = []
     /// Agent output lines dropped because the outbox was full while stopping.
-    private var droppedLines = 0
+    var droppedLines = 0
     private var orphanPolicy: OrphanPolicy
     private var presence: OrphanPolicy.State
     /// The `seq` of the last `execution.ended` until the control plane acknowledges it.
@@ -75,11 +83,13 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     private var linkCount: UInt64 = 0
     /// How many connections the control plane has welcomed.
     public private(set) var welcomeCount = 0
-    private var active: ActiveExecution?
+    var active: ActiveExecution?
     private var executed: Set<String> = []
     private var stopping = false
     private var heartbeatInterval: Duration
-    private var stopGrace: Duration
+    var stopGrace: Duration
+    /// The ACP agent, which lives as long as the runtime (started by the first ACP execution).
+    var acp: ACPConnection?
 
     /// - Parameters:
     ///   - agentEnvironment: what agents run with (see `RuntimeConfiguration.agentEnvironment`).
@@ -142,6 +152,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
                 if case .execute(let command) = request { group.addTask { await self.runExecution(command) } }
             }
             await group.waitForAll()
+            await closeACP(grace: ackWait)
             await waitForAcknowledgement(within: ackWait)
             logger.info("runtime stopped", metadata: ["reason": .string(reason)])
         }
@@ -292,6 +303,10 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             await end(executionId, ["status": .string("interrupted"), "interruptReason": .string(reason)], logger: logger)
             return
         }
+        if let launch = command.launch, launch.isACP {
+            await runACPExecution(command, launch: launch, stopRequests: stopRequests, logger: logger)
+            return
+        }
         let invocation: AgentInvocation
         do {
             invocation = try agents.invocation(for: command, environment: agentEnvironment)
@@ -308,9 +323,12 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         let termination: AgentTermination
         do {
             termination = try await process.run(
+                input: AgentProcess.input(invocation.standardInput),
                 stopRequests: stopRequests,
                 onStart: { pid in await self.agentStarted(executionId, pid: pid) },
-                onLine: { stream, line in await self.agentLine(executionId, stream: stream, line: line) }
+                onLine: { stream, output in
+                    if case .line(let line) = output { await self.agentLine(executionId, stream: stream, line: line) }
+                }
             )
         } catch {
             logger.error("the agent could not be started", metadata: ["error": "\(error)"])
@@ -371,12 +389,12 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         return execution.stopRequests
     }
 
-    private func stopReason(_ executionId: String) -> String? {
+    func stopReason(_ executionId: String) -> String? {
         guard let execution = active, execution.executionId == executionId else { return nil }
         return execution.stopReason
     }
 
-    private func agentStarted(_ executionId: String, pid: pid_t) {
+    func agentStarted(_ executionId: String, pid: pid_t) {
         guard var execution = active, execution.executionId == executionId else { return }
         execution.processGroup = pid
         active = execution
@@ -404,7 +422,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         }
     }
 
-    private func end(_ executionId: String, _ data: [String: ProtocolValue], logger: Logger) {
+    func end(_ executionId: String, _ data: [String: ProtocolValue], logger: Logger) {
         guard let execution = active, execution.executionId == executionId else { return }
         execution.stops.finish()
         active = nil
@@ -419,7 +437,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
 
     /// Numbers the event, keeps it until acknowledged, and sends it if the link is welcomed.
     @discardableResult
-    private func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
+    func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
         let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
         if let open = link, open.welcomed { open.frames.yield(entry.frame) }
         return entry.seq
@@ -439,7 +457,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
 
     /// Returns once the outbox has room (or the runtime is stopping). Meanwhile the agent's output
     /// is not read: its pipe fills and the agent blocks writing, held but not lost.
-    private func waitForRoom() async {
+    func waitForRoom() async {
         while outbox.isFull, !stopping {
             if roomWaiters.isEmpty {
                 logger.warning("outbox full: holding the agent's output until the control plane acknowledges", metadata: [

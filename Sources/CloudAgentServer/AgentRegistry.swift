@@ -104,9 +104,12 @@ public struct AgentRegistry: Sendable {
                 entries.append(AgentEntry(name: kind.rawValue, kind: kind, available: false, unavailableReason: reason))
                 continue
             }
+            // OpenCode and Kilo are driven over ACP (`opencode acp`, `kilo acp`).
+            let acp = kind == .opencode || kind == .kilo
             entries.append(AgentEntry(
                 name: kind.rawValue, kind: kind, binary: binary, version: nil, available: true,
-                launch: AgentLaunch(kind: kind.rawValue, binary: binary), versionProbe: ["--version"]
+                launch: AgentLaunch(kind: kind.rawValue, binary: binary, arguments: acp ? ["acp"] : nil, protocol: acp ? AgentLaunch.acp : nil),
+                versionProbe: ["--version"]
             ))
         }
         if let agentsFile {
@@ -123,17 +126,27 @@ public struct AgentRegistry: Sendable {
                 throw AgentsFileError(description: "agents file \(agentsFile): \(error)")
             }
             for declaration in declarations {
+                var timeoutMs: Int64?
+                if let timeout = declaration.timeout {
+                    do {
+                        timeoutMs = try DurationText.milliseconds(timeout)
+                    } catch {
+                        throw AgentsFileError(description: "agents file \(agentsFile): agent \(declaration.name): timeout \"\(timeout)\": \(error)")
+                    }
+                }
                 guard let binary = Self.locate(declaration.executable, path: path) else {
                     entries.append(AgentEntry(
-                        name: declaration.name, kind: .command, available: false,
+                        name: declaration.name, kind: declaration.kind, available: false,
                         unavailableReason: "\(declaration.executable) is not an executable file or on PATH"
                     ))
                     continue
                 }
+                let launch = declaration.kind == .acp
+                    ? AgentLaunch(kind: AgentKind.acp.rawValue, binary: binary, arguments: declaration.arguments, protocol: AgentLaunch.acp, timeoutMs: timeoutMs)
+                    : AgentLaunch(kind: AgentKind.command.rawValue, binary: binary, arguments: declaration.arguments, output: declaration.output.rawValue)
                 entries.append(AgentEntry(
-                    name: declaration.name, kind: .command, binary: binary, version: declaration.version, available: true,
-                    launch: AgentLaunch(kind: AgentKind.command.rawValue, binary: binary, arguments: declaration.arguments, output: declaration.output.rawValue),
-                    versionProbe: declaration.versionArguments
+                    name: declaration.name, kind: declaration.kind, binary: binary, version: declaration.version, available: true,
+                    launch: launch, versionProbe: declaration.versionArguments
                 ))
             }
         }

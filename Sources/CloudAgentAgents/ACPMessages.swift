@@ -1,0 +1,170 @@
+import CloudAgentProtocol
+import Foundation
+
+/// The JSON-RPC 2.0 messages of the Agent Client Protocol, one per line of the agent's stdio.
+///
+/// The runtime is the client: it sends `initialize`, `session/new`, `session/prompt`… and the
+/// `session/cancel` notification; the agent sends `session/update` notifications and requests of
+/// its own (`session/request_permission`, and methods of capabilities the client did not offer,
+/// which get method-not-found). Nothing the agent writes is trusted: a line that is not a JSON
+/// object, or not a JSON-RPC message, is `.invalid` and read as plain output.
+public enum ACPMessage: Sendable, Equatable {
+    /// A request of the agent's, to answer with `id`.
+    case request(id: ProtocolValue, method: String, params: ProtocolValue)
+    case notification(method: String, params: ProtocolValue)
+    /// The answer to one of the client's requests.
+    case response(id: ProtocolValue, result: Result<ProtocolValue, ACPError>)
+    /// A line that is not a JSON-RPC message (the reason says why).
+    case invalid(String)
+
+    /// Reads one line of the agent's stdout.
+    public static func parse(_ line: String) -> ACPMessage {
+        let trimmed = line.trimmingCharacters(in: .whitespaces)
+        guard trimmed.hasPrefix("{") else { return .invalid("not a JSON object") }
+        guard case .object(let object)? = try? JSONDecoder().decode(ProtocolValue.self, from: Data(trimmed.utf8)) else {
+            return .invalid("malformed JSON")
+        }
+        let id = object["id"]
+        if let method = object["method"]?.stringValue {
+            let params = object["params"] ?? .null
+            guard let id, id != .null else { return .notification(method: method, params: params) }
+            guard Self.isValidId(id) else { return .invalid("a request id must be a number or a string") }
+            return .request(id: id, method: method, params: params)
+        }
+        guard let id, Self.isValidId(id) else { return .invalid("neither a request, a notification nor a response") }
+        if let error = object["error"] {
+            return .response(id: id, result: .failure(ACPError(error)))
+        }
+        guard let result = object["result"] else { return .invalid("a response without result or error") }
+        return .response(id: id, result: .success(result))
+    }
+
+    static func isValidId(_ id: ProtocolValue) -> Bool {
+        switch id {
+        case .number, .string: true
+        default: false
+        }
+    }
+
+    // MARK: Writing
+
+    public static func request(id: Int64, method: String, params: ProtocolValue) -> String {
+        line(["jsonrpc": "2.0", "id": .number(Double(id)), "method": .string(method), "params": params])
+    }
+
+    public static func notification(method: String, params: ProtocolValue) -> String {
+        line(["jsonrpc": "2.0", "method": .string(method), "params": params])
+    }
+
+    public static func response(id: ProtocolValue, result: ProtocolValue) -> String {
+        line(["jsonrpc": "2.0", "id": id, "result": result])
+    }
+
+    public static func response(id: ProtocolValue, error: ACPError) -> String {
+        var body: [String: ProtocolValue] = ["code": .number(Double(error.code)), "message": .string(error.message)]
+        if let data = error.data { body["data"] = data }
+        return line(["jsonrpc": "2.0", "id": id, "error": .object(body)])
+    }
+
+    /// One line of compact JSON (no newline inside: JSON escapes them in strings).
+    static func line(_ object: [String: ProtocolValue]) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return (try? encoder.encode(ProtocolValue.object(object))).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+}
+
+/// A JSON-RPC error: the agent's answer to a request that failed, or the client's to one it
+/// does not serve.
+public struct ACPError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var code: Int64
+    public var message: String
+    public var data: ProtocolValue?
+
+    public static let parseError: Int64 = -32700
+    public static let invalidRequest: Int64 = -32600
+    public static let methodNotFound: Int64 = -32601
+    public static let invalidParams: Int64 = -32602
+    public static let internalError: Int64 = -32603
+
+    public init(code: Int64, message: String, data: ProtocolValue? = nil) {
+        self.code = code
+        self.message = message
+        self.data = data
+    }
+
+    /// From a response's `error` member, whatever shape the agent gave it.
+    init(_ value: ProtocolValue) {
+        code = value["code"]?.intValue ?? Self.internalError
+        message = value["message"]?.stringValue ?? value.compactJSON
+        data = value["data"]
+    }
+
+    /// The message with the details agents put in `data` (`{"details": "Session not found: …"}`,
+    /// or a string), cut to a readable length.
+    public var description: String {
+        var text = message
+        let details = data?["details"]?.stringValue ?? data?["message"]?.stringValue ?? data?.stringValue
+        if let details, !details.isEmpty, details != message { text += ": " + details }
+        return AgentEventData.tail(text, limit: 1000)
+    }
+}
+
+/// Cuts the agent's stdout into lines, each at most `maxLineBytes`. A longer line is dropped
+/// whole (reported with its length), never cut: half a JSON-RPC message would be misread.
+public struct BoundedLineFramer: Sendable {
+    public enum Item: Sendable, Equatable {
+        case line(String)
+        /// A line of this many bytes was dropped.
+        case overlong(Int)
+    }
+
+    public let maxLineBytes: Int
+    private var buffer: [UInt8] = []
+    /// Bytes of the line being dropped so far (nil while not dropping).
+    private var dropping: Int?
+
+    /// 4 MiB: an agent may send a large file's content in one update, but not without bound.
+    public init(maxLineBytes: Int = 4 << 20) {
+        precondition(maxLineBytes > 0)
+        self.maxLineBytes = maxLineBytes
+    }
+
+    public mutating func append(_ bytes: some Sequence<UInt8>) -> [Item] {
+        var items: [Item] = []
+        for byte in bytes {
+            if byte == UInt8(ascii: "\n") {
+                if let dropped = dropping {
+                    items.append(.overlong(dropped))
+                    dropping = nil
+                } else {
+                    items.append(.line(takeLine()))
+                }
+            } else if let dropped = dropping {
+                dropping = dropped + 1
+            } else {
+                buffer.append(byte)
+                if buffer.count > maxLineBytes {
+                    dropping = buffer.count
+                    buffer = []
+                }
+            }
+        }
+        return items
+    }
+
+    /// What is left at the end of the stream.
+    public mutating func finish() -> Item? {
+        if let dropped = dropping {
+            dropping = nil
+            return .overlong(dropped)
+        }
+        return buffer.isEmpty ? nil : .line(takeLine())
+    }
+
+    private mutating func takeLine() -> String {
+        if buffer.last == UInt8(ascii: "\r") { buffer.removeLast() }
+        defer { buffer = [] }
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}
