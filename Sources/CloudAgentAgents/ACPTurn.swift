@@ -5,8 +5,9 @@ import Foundation
 /// `agent` events (`{kind: text|tool|log|error, …, raw}`, the shapes every adapter produces).
 ///
 /// - `agent_message_chunk`s are joined into one `text` event, cut at sensible boundaries: when
-///   another kind of update arrives, when the turn ends, after a paragraph (a blank line) once
-///   `flushCharacters` have gathered, and at `maxTextCharacters` whatever comes.
+///   another kind of update arrives, when the turn ends, when the agent pauses (the runtime
+///   calls `flush` after `AgentRuntime.acpQuietFlush` without an update), after a paragraph (a
+///   blank line) once `flushCharacters` have gathered, and at `maxTextCharacters` whatever comes.
 /// - `agent_thought_chunk`s are joined the same way into `log` events with `thought: true`.
 /// - `tool_call` and each `tool_call_update` are `tool` events with the call's state so far
 ///   (name, input, status `running`/`completed`/`failed`, output, exit code), matched by
@@ -44,6 +45,10 @@ public struct ACPTurnReader: Sendable {
     public private(set) var finalMessage = ""
 
     public init() {}
+
+    /// Whether chunks are gathered and not yet an event (the runtime flushes them once the agent
+    /// has been quiet for a moment: a pause is a boundary too).
+    public var isGathering: Bool { chunks != nil }
 
     /// The events of one `session/update`'s `update` (`raw`: the notification's line).
     public mutating func read(update: ProtocolValue, raw: String) -> [[String: ProtocolValue]] {

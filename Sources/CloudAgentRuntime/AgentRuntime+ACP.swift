@@ -303,8 +303,15 @@ extension AgentRuntime {
             let events = reader.read(update: update, raw: raw)
             execution.acpTurn = reader
             execution.progress += 1
+            execution.acpLastUpdateAt = .now
+            let scheduleFlush = reader.isGathering && !execution.acpFlushScheduled
+            if scheduleFlush { execution.acpFlushScheduled = true }
             active = execution
             for data in events { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
+            if scheduleFlush {
+                let executionId = execution.executionId
+                Task { await self.flushWhenQuiet(executionId) }
+            }
         case .permission(let params, let raw):
             guard var execution = active, var reader = execution.acpTurn else {
                 logger.info("an ACP permission request outside an execution: cancelled")
@@ -343,6 +350,25 @@ extension AgentRuntime {
             logger.notice("the ACP agent exited", metadata: ["termination": .string(termination.words), "activeExecutionId": .string(active?.executionId ?? "-")])
         }
         return nil
+    }
+
+    /// Text the agent has gathered goes out once it has said nothing for this long.
+    static let acpQuietFlush = Duration.milliseconds(400)
+
+    /// Waits until no update has come for `acpQuietFlush`, then records the gathered text.
+    private func flushWhenQuiet(_ executionId: String) async {
+        while true {
+            guard let execution = active, execution.executionId == executionId, execution.acpFlushScheduled else { return }
+            let due = execution.acpLastUpdateAt + Self.acpQuietFlush
+            if ContinuousClock.now >= due { break }
+            try? await Task.sleep(until: due, clock: .continuous)
+        }
+        guard var execution = active, execution.executionId == executionId, var reader = execution.acpTurn else { return }
+        let events = reader.flush()
+        execution.acpTurn = reader
+        execution.acpFlushScheduled = false
+        active = execution
+        for data in events { record(executionId, kind: RuntimeEvent.Kind.agent, data: data) }
     }
 
     // MARK: The active execution's ACP state

@@ -53,6 +53,9 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var readOnly = false
         /// The ACP session the prompt went to, once it has (an interrupt then cancels it).
         var acpPromptSession: String?
+        /// When the last update came, and whether a flush of gathered text waits for a pause.
+        var acpLastUpdateAt = ContinuousClock.now
+        var acpFlushScheduled = false
     }
 
     private struct OpenLink {

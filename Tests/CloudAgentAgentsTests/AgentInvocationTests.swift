@@ -51,14 +51,14 @@ struct AgentInvocationTests {
         #expect(follow.arguments.contains(["--model", "gpt-5"]))
     }
 
-    @Test("opencode and kilo: run --format json, plan vs build agent, --session, auto-approval in write mode")
-    func openCodeAndKilo() throws {
-        #expect(try invocation(.opencode).arguments == ["run", "--format", "json", "--agent", "build", "--dangerously-skip-permissions"])
-        #expect(try invocation(.kilo, mode: "architect", model: "anthropic/claude", conversation: "ses_1").arguments == [
-            "run", "--format", "json", "--agent", "plan", "--model", "anthropic/claude", "--session", "ses_1",
-        ])
-        #expect(try invocation(.kilo).arguments.last == "--auto")
-        #expect(try invocation(.kilo).standardInput == "fix the bug")
+    @Test("opencode and kilo over ACP: `acp`, nothing on stdin (the prompt, mode, model and conversation go over the protocol); an agents file's ACP agent: its own arguments")
+    func acpAgents() throws {
+        let opencode = try invocation(.opencode, mode: "architect", model: "anthropic/claude", conversation: "ses_1")
+        #expect(opencode.arguments == ["acp"])
+        #expect(opencode.standardInput == "")
+        #expect(try invocation(.kilo).arguments == ["acp"])
+        #expect(try invocation(.acp, arguments: ["--stdio", "-v"]).arguments == ["--stdio", "-v"])
+        #expect(try invocation(.acp).arguments == [])
     }
 
     @Test("command: placeholders replaced, a lone placeholder without a value left out, prompt on stdin unless in the template")

@@ -1,0 +1,243 @@
+import CloudAgentCore
+import CloudAgentServer
+import Foundation
+import HTTPTypes
+import Testing
+
+/// ACP agents through the real server and runtime: the built-in OpenCode and Kilo (driven with
+/// `acp`), and an agents file's `"protocol": "acp"` entry, all played by a fixture agent that
+/// speaks the protocol (Tests/Fixtures/agents/acp-fixture: prompts are commands such as
+/// `say`, `write`, `run`, `recall`, `fail`, `crash`).
+@Suite("ACP agents (fixture) end to end")
+struct ACPAgentScenarioTests {
+    static let fixture = TestServer.fixtures.appendingPathComponent("agents/acp-fixture").path
+
+    func server(idleTimeoutMs: Int64 = 60_000, stopGraceMs: Int64 = 1000) throws -> TestServer {
+        var server = try TestServer(timing: Timing(
+            idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 200, staleThresholdMs: 5000, stopGraceMs: stopGraceMs
+        ))
+        server.agentBinaries = ["CLOUD_AGENT_OPENCODE_BIN": Self.fixture, "CLOUD_AGENT_KILO_BIN": Self.fixture]
+        let agentsFile = server.directory.url.appendingPathComponent("agents.json")
+        try Data(#"""
+        {"agents": [
+          {"name": "fixture-acp", "command": ["\#(Self.fixture)", "acp"], "protocol": "acp", "timeout": "1500ms"}
+        ]}
+        """#.utf8).write(to: agentsFile)
+        server.agentsFile = agentsFile.path
+        return server
+    }
+
+    /// `kind text-or-name-or-message` of each agent event of one execution.
+    func summary(_ api: TestAPI, _ id: SessionID, execution: String? = nil) async throws -> [String] {
+        try await api.events(id).filter { $0.type == "agent" && (execution == nil || $0.executionId == execution) }.map { event in
+            let kind = event.data["kind"]?.stringValue ?? "?"
+            let detail = event.data["text"]?.stringValue ?? event.data["message"]?.stringValue ?? event.data["name"]?.stringValue ?? ""
+            let status = event.data["status"]?.stringValue.map { " [\($0)]" } ?? ""
+            return "\(kind) \(detail)\(status)"
+        }
+    }
+
+    func workspace(_ api: TestAPI, _ id: SessionID) -> URL {
+        api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+    }
+
+    @Test("OpenCode over ACP: chunks joined into text, tool calls with their permission recorded, plan and thoughts as logs; the follow-up prompts the same agent process and session")
+    func openCodeTurnAndFollowUp() async throws {
+        try await server().run { api in
+            let agents = try await api.request(.get, "/v1/agents")["agents"]?.arrayValue ?? []
+            #expect(agents.first { $0["name"] == "opencode" }?["kind"] == "opencode")
+            #expect(agents.first { $0["name"] == "fixture-acp" }?["kind"] == "acp")
+            #expect(agents.first { $0["name"] == "fixture-acp" }?["available"] == true)
+
+            let id = try await api.createSession([
+                "prompt": "say Hello from the fixture\nwrite note.txt from opencode\nrun cat note.txt\nplan read; write; test\nthink pondering\nsay all done",
+                "agent": "opencode",
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let first = try await api.waitForExecution(id, status: "completed")
+            let firstId = try #require(first["executionId"]?.stringValue)
+            #expect(try await summary(api, id) == [
+                "text Hello from the fixture",
+                "tool write note.txt [running]", "log permission allowed once (approvals auto): write note.txt", "tool write note.txt [completed]",
+                "tool cat note.txt [running]", "log permission allowed once (approvals auto): cat note.txt",
+                "tool cat note.txt [running]", "tool cat note.txt [completed]",
+                "log plan:\n[ ] read\n[ ] write\n[ ] test", "log pondering", "text all done",
+            ])
+            let events = try await api.events(id)
+            let tool = try #require(events.last { $0.data["kind"] == "tool" })
+            #expect(tool.data["output"] == "from opencode\n")
+            #expect(tool.data["exitCode"] == 0)
+            #expect(tool.data["input"] == "cat note.txt")
+            let permission = try #require(events.first { $0.data["permission"] != nil }?.data["permission"])
+            #expect(permission["decision"] == "allow" && permission["optionId"] == "once" && permission["approvals"] == "auto")
+            #expect(events.filter { $0.type == "agent" }.allSatisfy { $0.data["raw"]?.stringValue?.hasPrefix("{") == true })
+            #expect(try String(contentsOf: workspace(api, id).appendingPathComponent("note.txt"), encoding: .utf8) == "from opencode\n")
+            let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
+            #expect(conversation.hasPrefix("ses_"))
+            let argv = events.filter { $0.type == "output" && $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }
+            #expect(argv.count == 1 && argv.first?.data["line"]?.stringValue?.contains(#""acp"]"#) == true)
+
+            // The same runtime: the same process (no second argv) and the same ACP session.
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
+            let second = try await api.waitForExecution(id, status: "completed")
+            let secondId = try #require(second["executionId"]?.stringValue)
+            #expect(secondId != firstId)
+            #expect(try await summary(api, id, execution: secondId) == ["text recall: " + "say Hello from the fixture\nwrite note.txt from opencode\nrun cat note.txt\nplan read; write; test\nthink pondering\nsay all done"])
+            #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 1)
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["runtime"]?["state"] == "running")
+        }
+    }
+
+    @Test("after an idle stop the follow-up cold-starts the agent and loads its session (history not replayed as events); an agent that cannot load gets a new session, said in an event")
+    func resumeAcrossColdStart() async throws {
+        try await server(idleTimeoutMs: 1500).run { api in
+            let id = try await api.createSession(["prompt": "say first turn", "agent": "kilo"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed")
+            let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
+            _ = try await api.waitForRuntime(id, state: "stopped", within: 15)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
+            let second = try await api.waitForExecution(id, status: "completed")
+            let secondId = try #require(second["executionId"]?.stringValue)
+            #expect(try await summary(api, id, execution: secondId) == ["log ACP session \(conversation) resumed (session/load)", "text recall: say first turn"])
+            #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 2)
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
+
+            // The same agent without session/load: a new ACP session, and an event saying why.
+            let other = try await api.createSession(["prompt": "say once", "agent": "kilo", "envVars": ["ACP_FIXTURE_NO_LOAD": "1"]])
+            #expect(try await api.request(.post, "/v1/sessions/\(other)/initiate").status == 202)
+            try await api.waitForExecution(other, status: "completed")
+            let before = try #require(try await api.request(.get, "/v1/sessions/\(other)")["agentConversationId"]?.stringValue)
+            _ = try await api.waitForRuntime(other, state: "stopped", within: 15)
+            #expect(try await api.request(.post, "/v1/sessions/\(other)/messages", json: ["prompt": "recall"]).status == 202)
+            let again = try await api.waitForExecution(other, status: "completed")
+            let after = try #require(try await api.request(.get, "/v1/sessions/\(other)")["agentConversationId"]?.stringValue)
+            #expect(after != before)
+            let lines = try await summary(api, other, execution: again["executionId"]?.stringValue)
+            #expect(lines == [
+                "log a new ACP session \(after): the earlier one (\(before)) could not be resumed: the agent offers neither session/load nor session/resume",
+                "text recall: nothing",
+            ])
+        }
+    }
+
+    @Test("the prompt's outcome: a JSON-RPC error fails the execution with the agent's message; refusal and max_tokens fail it, naming the stop reason")
+    func outcomes() async throws {
+        try await server().run { api in
+            let id = try await api.createSession(["prompt": "say working\nfail rate limited by the provider", "agent": "kilo"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let failed = try await api.waitForExecution(id, status: "failed")
+            let error = failed["error"]?.stringValue ?? ""
+            #expect(error.contains("rate limited by the provider"), "\(error)")
+            let events = try await api.events(id)
+            #expect(events.contains { $0.type == "agent" && $0.data["kind"] == "error" && $0.data["message"]?.stringValue == error })
+            #expect(events.contains { $0.type == "execution.failed" && $0.data["error"]?.stringValue == error })
+
+            // The agent lives on: the next prompts go to the same process.
+            for (reason, phrase) in [("refusal", "refused"), ("max_tokens", "output limit")] {
+                #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": .string("stop \(reason)")]).status == 202)
+                try await eventually(within: 15, "the \(reason) turn to fail") {
+                    let latest = try await api.request(.get, "/v1/sessions/\(id)")["latestExecution"]
+                    return latest?["status"] == "failed" && latest?["error"]?.stringValue?.contains(phrase) == true
+                }
+            }
+            #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 1)
+        }
+    }
+
+    @Test("interrupt: session/cancel stops the turn and the tool's process; the agent stays for the next prompt")
+    func interruptCancels() async throws {
+        try await server().run { api in
+            let seconds = "61.\(Int.random(in: 100_000...999_999))"
+            let pattern = "'[s]leep \(seconds)'"
+            let id = try await api.createSession(["prompt": .string("run sleep \(seconds)"), "agent": "kilo"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await eventually(within: 15, "the tool's process") { try shell("pgrep -f \(pattern) || true").isEmpty == false }
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/interrupt")["interrupted"] == true)
+            let ended = try await api.waitForExecution(id, status: "interrupted")
+            #expect(ended["interruptReason"] == "user")
+            try await eventually(within: 10, "the tool's process to be gone") { try shell("pgrep -f \(pattern) || true").isEmpty }
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
+            let next = try await api.waitForExecution(id, status: "completed")
+            #expect(try await summary(api, id, execution: next["executionId"]?.stringValue) == ["text recall: run sleep \(seconds)"])
+            #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 1)
+        }
+    }
+
+    @Test("interrupt of an agent that ignores session/cancel: it is signalled after the grace; the next prompt starts a new process that loads the session")
+    func interruptDeafAgent() async throws {
+        try await server(stopGraceMs: 1000).run { api in
+            let id = try await api.createSession(["prompt": "say listening\ndeaf 60", "agent": "opencode"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await eventually(within: 15, "the first words") { try await api.events(id).contains { $0.data["text"] == "listening" } }
+            let asked = ContinuousClock.now
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/interrupt")["interrupted"] == true)
+            let ended = try await api.waitForExecution(id, status: "interrupted")
+            #expect(ended["interruptReason"] == "user")
+            #expect(ContinuousClock.now - asked < .seconds(8))
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "say back"]).status == 202)
+            let next = try await api.waitForExecution(id, status: "completed")
+            #expect(try await summary(api, id, execution: next["executionId"]?.stringValue).last == "text back")
+            #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 2)
+        }
+    }
+
+    @Test("a hostile or broken agent: malformed lines are output, an overlong message is dropped with an error event, the client's unserved methods are method-not-found, its capabilities are stated honestly")
+    func hostileAgent() async throws {
+        try await server().run { api in
+            let id = try await api.createSession([
+                "prompt": "garbage\nhuge 5000000\nsay still here\nask-client x/unknown\nask-client fs/read_text_file\nask-client terminal/create\ncapabilities",
+                "agent": "fixture-acp",
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed", within: 30)
+            let events = try await api.events(id)
+            #expect(events.contains { $0.type == "output" && $0.data["stream"] == "stdout" && $0.data["line"] == "{this is not json" })
+            let texts = events.filter { $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            // One message, or several where the agent paused (the fixture's texts have no newlines).
+            #expect(texts.joined() ==
+                "still here" + "client answered x/unknown: error -32601" + "client answered fs/read_text_file: error -32601"
+                    + "client answered terminal/create: error -32601" + #"capabilities: {"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}"#)
+            let errors = events.filter { $0.data["kind"] == "error" }.compactMap { $0.data["message"]?.stringValue }
+            #expect(errors.count == 1 && errors.first?.contains("over the limit") == true, "\(errors)")
+        }
+    }
+
+    @Test("an agent that exits mid-prompt fails the execution naming it; an agent that never answers initialize fails it after the timeout")
+    func brokenAgents() async throws {
+        try await server().run { api in
+            let id = try await api.createSession(["prompt": "say about to go\ncrash 3", "agent": "fixture-acp"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let crashed = try await api.waitForExecution(id, status: "failed")
+            #expect(crashed["error"] == "the agent exited during session/prompt (exit code 3)")
+            #expect(crashed["exitCode"] == 3)
+            // The runtime starts the agent anew for the next prompt, and loads the session.
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "say recovered"]).status == 202)
+            let recovered = try await api.waitForExecution(id, status: "completed")
+            #expect(try await summary(api, id, execution: recovered["executionId"]?.stringValue).last == "text recovered")
+
+            let silent = try await api.createSession(["prompt": "say never", "agent": "fixture-acp", "envVars": ["ACP_FIXTURE_SILENT_INITIALIZE": "1"]])
+            #expect(try await api.request(.post, "/v1/sessions/\(silent)/initiate").status == 202)
+            let timedOut = try await api.waitForExecution(silent, status: "failed")
+            #expect(timedOut["error"] == "the agent did not answer initialize within 1500 ms (ACP)")
+        }
+    }
+
+    @Test("a read-only mode switches the agent to its plan mode and rejects its permission requests; the next execution is back in the agent's own mode")
+    func readOnlyMode() async throws {
+        try await server().run { api in
+            let id = try await api.createSession(["prompt": "write blocked.txt nope", "agent": "opencode", "mode": "ask"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            try await api.waitForExecution(id, status: "completed")
+            #expect(try await summary(api, id) == [
+                "tool write blocked.txt [running]", "log permission rejected: the execution is read-only (approvals auto): write blocked.txt",
+                "tool write blocked.txt [failed]", "text denied: write blocked.txt",
+            ])
+            #expect(!FileManager.default.fileExists(atPath: workspace(api, id).appendingPathComponent("blocked.txt").path))
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "write allowed.txt yes", "mode": "code"]).status == 202)
+            try await api.waitForExecution(id, status: "completed")
+            #expect(try String(contentsOf: workspace(api, id).appendingPathComponent("allowed.txt"), encoding: .utf8) == "yes\n")
+        }
+    }
+}
