@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
 # Installs the real agent CLIs that ship on PyPI — Claude Code (inside the `claude-agent-sdk`
-# wheel) and Codex (`openai-codex-cli-bin`) — into one directory, and prints the environment
-# that points cloud-agent at them:
+# wheel), Codex (`openai-codex-cli-bin`), and the ACP agent `claude-code-acp` (a Python Agent
+# Client Protocol agent that drives that Claude Code; in a venv of its own, with
+# `agent-client-protocol` pinned at 0.7.1, as newer releases break its imports) — into one
+# directory, and prints the environment that points cloud-agent (and its tests) at them:
 #
-#   eval "$(scripts/install-agents.sh)"        # sets CLOUD_AGENT_CLAUDE_BIN and CLOUD_AGENT_CODEX_BIN
+#   eval "$(scripts/install-agents.sh)"        # sets CLOUD_AGENT_CLAUDE_BIN, CLOUD_AGENT_CODEX_BIN, CLOUD_AGENT_CLAUDE_ACP_BIN
 #   scripts/install-agents.sh /opt/agents      # somewhere else (default: ~/.cache/cloud-agent/agents)
 #
-# An existing installation of the pinned versions is reused. Needs python3 with pip and PyPI.
+# CLOUD_AGENT_CLAUDE_ACP_BIN is not a server setting: an ACP agent is declared in the agents
+# file (`{"name": "claude-acp", "command": ["<that path>"], "protocol": "acp"}`, docs/acp.md).
+# An existing installation of the pinned versions is reused. Needs python3 with pip and venv, and PyPI.
 set -euo pipefail
 
 CLAUDE_SDK_VERSION="${CLAUDE_SDK_VERSION:-0.2.189}"   # bundles Claude Code 2.1.x
 CODEX_VERSION="${CODEX_VERSION:-0.163.0}"
+CLAUDE_ACP_VERSION="${CLAUDE_ACP_VERSION:-0.5.1}"
+ACP_SDK_VERSION="0.7.1"
 target="${1:-${CLOUD_AGENT_AGENTS_DIR:-$HOME/.cache/cloud-agent/agents}}"
 stamp="$target/.installed-$CLAUDE_SDK_VERSION-$CODEX_VERSION"
 claude="$target/claude_agent_sdk/_bundled/claude"
 codex="$target/codex_cli_bin/bin/codex"
+acp_venv="$target/claude-code-acp"
+acp_stamp="$acp_venv/.installed-$CLAUDE_ACP_VERSION-$ACP_SDK_VERSION-$CLAUDE_SDK_VERSION"
+claude_acp="$acp_venv/bin/claude-code-acp"
 
 if [ ! -f "$stamp" ] || [ ! -x "$claude" ] || [ ! -x "$codex" ]; then
   mkdir -p "$target"
@@ -23,7 +32,17 @@ if [ ! -f "$stamp" ] || [ ! -x "$claude" ] || [ ! -x "$codex" ]; then
     "claude-agent-sdk==$CLAUDE_SDK_VERSION" "openai-codex-cli-bin==$CODEX_VERSION" >&2
   touch "$stamp"
 fi
+if [ ! -f "$acp_stamp" ] || [ ! -x "$claude_acp" ]; then
+  echo "installing claude-code-acp $CLAUDE_ACP_VERSION (agent-client-protocol $ACP_SDK_VERSION) into $acp_venv" >&2
+  rm -rf "$acp_venv"
+  python3 -m venv "$acp_venv"
+  "$acp_venv/bin/pip" install --quiet --disable-pip-version-check \
+    "claude-code-acp==$CLAUDE_ACP_VERSION" "agent-client-protocol==$ACP_SDK_VERSION" "claude-agent-sdk==$CLAUDE_SDK_VERSION" >&2
+  touch "$acp_stamp"
+fi
 "$claude" --version >&2
 "$codex" --version >&2
+"$acp_venv/bin/python" -c "import claude_code_acp, acp; print('claude-code-acp', claude_code_acp.__version__)" >&2
 echo "export CLOUD_AGENT_CLAUDE_BIN=$claude"
 echo "export CLOUD_AGENT_CODEX_BIN=$codex"
+echo "export CLOUD_AGENT_CLAUDE_ACP_BIN=$claude_acp"

@@ -196,9 +196,11 @@ struct ACPAgentScenarioTests {
             #expect(events.contains { $0.type == "output" && $0.data["stream"] == "stdout" && $0.data["line"] == "{this is not json" })
             let texts = events.filter { $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
             // One message, or several where the agent paused (the fixture's texts have no newlines).
-            #expect(texts.joined() ==
-                "still here" + "client answered x/unknown: error -32601" + "client answered fs/read_text_file: error -32601"
-                    + "client answered terminal/create: error -32601" + #"capabilities: {"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}"#)
+            let expected: [String] = [
+                "still here", "client answered x/unknown: error -32601", "client answered fs/read_text_file: error -32601",
+                "client answered terminal/create: error -32601", #"capabilities: {"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}"#,
+            ]
+            #expect(texts.joined() == expected.joined())
             let errors = events.filter { $0.data["kind"] == "error" }.compactMap { $0.data["message"]?.stringValue }
             #expect(errors.count == 1 && errors.first?.contains("over the limit") == true, "\(errors)")
         }

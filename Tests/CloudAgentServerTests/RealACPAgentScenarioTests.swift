@@ -1,0 +1,140 @@
+import CloudAgentCore
+import CloudAgentSandbox
+import CloudAgentServer
+import Foundation
+import HTTPTypes
+import Testing
+
+/// A real ACP agent end to end through the real server and runtime, offline: `claude-code-acp`
+/// (PyPI; a Python Agent Client Protocol agent driving the Claude Code CLI that `claude-agent-sdk`
+/// bundles) against the scripted model server. It is declared in the agents file as
+/// `"protocol": "acp"`; `scripts/install-agents.sh` installs it in a venv of its own and sets
+/// `CLOUD_AGENT_CLAUDE_ACP_BIN`, which only these tests read. Without it they are skipped.
+@Suite("A real ACP agent end to end (claude-code-acp) against the scripted model server", .serialized)
+struct RealACPAgentScenarioTests {
+    static let binary: String? = ProcessInfo.processInfo.environment["CLOUD_AGENT_CLAUDE_ACP_BIN"]
+        .flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
+    static var enabled: Bool { binary != nil && FileManager.default.isExecutableFile(atPath: RealAgentScenarioTests.modelServerBinary.path) }
+    static let skipReason: Comment = "set CLOUD_AGENT_CLAUDE_ACP_BIN (eval \"$(scripts/install-agents.sh)\") and build cloud-agent-model-server"
+
+    func server(idleTimeoutMs: Int64 = 60_000) throws -> TestServer {
+        var server = try TestServer(timing: Timing(
+            idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000
+        ))
+        let agentsFile = server.directory.url.appendingPathComponent("agents.json")
+        let entry: JSONValue = ["agents": [["name": "claude-acp", "command": [.string(Self.binary ?? "/nonexistent")], "protocol": "acp", "timeout": "60s"]]]
+        try JSONEncoder().encode(entry).write(to: agentsFile)
+        server.agentsFile = agentsFile.path
+        return server
+    }
+
+    func session(_ api: TestAPI, model: ModelServer, prompt: String, repo: URL) async throws -> SessionID {
+        try await api.createSession([
+            "prompt": .string(prompt), "agent": "claude-acp", "repo": ["url": .string(repo.path)],
+            "envVars": ["ANTHROPIC_BASE_URL": .string(model.url)], "secrets": ["ANTHROPIC_API_KEY": "sk-ant-offline-test"],
+        ])
+    }
+
+    @Test(
+        "a Bash tool call asks permission, is allowed once, writes a file; the final text ends the turn; a follow-up in the same runtime continues the conversation; after an idle stop a follow-up still completes in a new ACP session, said in an event",
+        .enabled(if: enabled, skipReason)
+    )
+    func toolCallFollowUpsAndColdStart() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(script: #"""
+            {"turns": [
+              {"text": "Let me write the file.", "shell": "echo written-over-acp > acp-note.txt", "description": "Write acp-note.txt"},
+              {"text": "I wrote acp-note.txt for you."},
+              {"text": "This is the second answer."},
+              {"text": "This is the answer after the cold start."}
+            ]}
+            """#, in: directory)
+        defer { model.stop() }
+        let repo = try makeGitRepository(in: directory)
+        try await server(idleTimeoutMs: 4000).run { api in
+            let agents = try await api.request(.get, "/v1/agents")["agents"]?.arrayValue ?? []
+            #expect(agents.first { $0["name"] == "claude-acp" }?["kind"] == "acp")
+            let id = try await session(api, model: model, prompt: "Write acp-note.txt", repo: repo)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let first = try await api.waitForExecution(id, status: "completed", within: 120)
+            let firstId = try #require(first["executionId"]?.stringValue)
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(try String(contentsOf: workspace.appendingPathComponent("acp-note.txt"), encoding: .utf8) == "written-over-acp\n")
+
+            let events = try await api.events(id).filter { $0.type == "agent" && $0.executionId == firstId }
+            let permission = try #require(events.first { $0.data["permission"] != nil }, "no permission event: \(events.map(\.data))")
+            #expect(permission.data["permission"]?["decision"] == "allow")
+            #expect(permission.data["permission"]?["optionKind"] == "allow_once")
+            #expect(permission.data["message"]?.stringValue?.contains("acp-note.txt") == true)
+            let tools = events.filter { $0.data["kind"] == "tool" }
+            #expect(tools.contains { $0.data["status"] == "completed" && $0.data["input"]?.stringValue?.contains("acp-note.txt") == true }, "tools: \(tools.map(\.data))")
+            let texts = events.filter { $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            #expect(texts.last == "I wrote acp-note.txt for you.", "texts: \(texts)")
+            let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
+
+            // Same runtime: the same ACP session, and the model sees the first turn.
+            let before = try model.recorded().filter { $0.main }.count
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "And now?"]).status == 202)
+            let second = try await api.waitForExecution(id, status: "completed", within: 120)
+            let secondId = try #require(second["executionId"]?.stringValue)
+            let secondTexts = try await api.events(id).filter { $0.executionId == secondId && $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            #expect(secondTexts.contains("This is the second answer."), "texts: \(secondTexts)")
+            let followUp = try #require(try model.recorded().filter { $0.main }.dropFirst(before).first)
+            #expect(followUp.messages.contains("I wrote acp-note.txt for you."), "the follow-up carried: \(followUp.messages.prefix(2000))")
+            #expect(followUp.messages.contains("And now?"))
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
+
+            // Idle stop; claude-code-acp keeps its sessions only in its process's memory, so the
+            // cold start cannot resume it: a new ACP session, and an event saying why.
+            _ = try await api.waitForRuntime(id, state: "stopped", within: 30)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "Still there?"]).status == 202)
+            let third = try await api.waitForExecution(id, status: "completed", within: 120)
+            let thirdId = try #require(third["executionId"]?.stringValue)
+            let thirdEvents = try await api.events(id).filter { $0.executionId == thirdId && $0.type == "agent" }
+            #expect(thirdEvents.contains { $0.data["message"]?.stringValue?.hasPrefix("a new ACP session") == true && $0.data["previousAcpSession"]?.stringValue == conversation },
+                    "events: \(thirdEvents.map(\.data))")
+            #expect(thirdEvents.contains { $0.data["text"] == "This is the answer after the cold start." })
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue != conversation)
+        }
+    }
+
+    @Test("interrupt during a slow Bash tool: the turn is cancelled, the agent and the tool's process are gone; the execution ends interrupted (user)",
+          .enabled(if: enabled, skipReason))
+    func interruptSlowTool() async throws {
+        let directory = try TemporaryDirectory()
+        let seconds = "61.\(Int.random(in: 100_000...999_999))"
+        let model = try await ModelServer.start(script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
+        defer { model.stop() }
+        let repo = try makeGitRepository(in: directory)
+        try await server().run { api in
+            let id = try await session(api, model: model, prompt: "Wait a minute", repo: repo)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let pattern = "'[s]leep \(seconds)'"
+            try await eventually(within: 90, "the agent's slow tool to run") { try shell("pgrep -f \(pattern) || true").isEmpty == false }
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/interrupt")["interrupted"] == true)
+            let ended = try await api.waitForExecution(id, status: "interrupted", within: 30)
+            #expect(ended["interruptReason"] == "user")
+            try await eventually(within: 15, "the tool's process to be gone") { try shell("pgrep -f \(pattern) || true").isEmpty }
+        }
+    }
+
+    @Test("a model error fails the execution with the agent's own message", .enabled(if: enabled, skipReason))
+    func modelError() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(
+            script: #"{"turns": [{"error": {"status": 400, "message": "the scripted model refuses this request"}, "times": 20}]}"#, in: directory
+        )
+        defer { model.stop() }
+        let repo = try makeGitRepository(in: directory)
+        try await server().run { api in
+            let id = try await session(api, model: model, prompt: "Do something", repo: repo)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let failed = try await api.waitForExecution(id, status: "failed", within: 120)
+            let error = failed["error"]?.stringValue ?? ""
+            #expect(error.contains("the scripted model refuses this request"), "error: \(error)")
+            let events = try await api.events(id)
+            #expect(events.contains { $0.type == "agent" && $0.data["kind"] == "error" && $0.data["message"]?.stringValue == error })
+            #expect(events.contains { $0.type == "execution.failed" && $0.data["error"]?.stringValue == error })
+        }
+    }
+}
