@@ -2,6 +2,7 @@ import CloudAgentCore
 import CloudAgentServer
 import Foundation
 import HTTPTypes
+import HummingbirdTesting
 import Testing
 
 /// ACP agents through the real server and runtime: the built-in OpenCode and Kilo (driven with
@@ -223,6 +224,24 @@ struct ACPAgentScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(silent)/initiate").status == 202)
             let timedOut = try await api.waitForExecution(silent, status: "failed")
             #expect(timedOut["error"] == "the agent did not answer initialize within 1500 ms (ACP)")
+        }
+    }
+
+    @Test("the CLI runs an agents file's ACP agent like any other: its text, its tool call, the outcome")
+    func throughTheCLI() async throws {
+        let server = try server()
+        try await server.run { api in
+            let cli = CLIRunner(port: try #require(api.client.port), directory: server.directory.url)
+            let run = try await cli.run(["run"], ["--agent", "fixture-acp", "say hi over acp\nrun echo from-the-tool"], environment: ["NO_COLOR": "1"])
+            #expect(run.exitStatus == 0, "\(run.diagnostics)")
+            let lines = run.stdout.split(separator: "\n").map(String.init)
+            #expect(lines.contains("hi over acp"), "\(run.stdout)")
+            #expect(lines.contains { $0.hasPrefix("⏺ echo from-the-tool: echo from-the-tool → exit 0") }, "\(run.stdout)")
+            #expect(lines.contains { $0.contains("permission allowed once") }, "\(run.stdout)")
+            #expect(lines.contains { $0.hasPrefix("✓ execution completed") }, "\(run.stdout)")
+            let failed = try await cli.run(["run"], ["--agent", "fixture-acp", "fail the model is down"], environment: ["NO_COLOR": "1"])
+            #expect(failed.exitStatus == 1, "\(failed.diagnostics)")
+            #expect(failed.stderr.contains("the model is down"), "\(failed.diagnostics)")
         }
     }
 

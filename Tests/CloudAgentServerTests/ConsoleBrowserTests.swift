@@ -32,7 +32,12 @@ struct ConsoleBrowserTests {
             withExtendedLifetime(directory) {}
         }
         let data = directory.url.appendingPathComponent("data")
+        // An ACP agent (the fixture), chosen from the form like any other.
+        let agentsFile = directory.url.appendingPathComponent("agents.json")
+        let fixture = Self.packageRoot.appendingPathComponent("Tests/Fixtures/agents/acp-fixture").path
+        try Data(#"{"agents": [{"name": "fixture-acp", "command": ["\#(fixture)", "acp"], "protocol": "acp"}]}"#.utf8).write(to: agentsFile)
         let serve = try SpawnedCommand(["serve"], environment: [
+            "CLOUD_AGENT_AGENTS_FILE": agentsFile.path,
             "CLOUD_AGENT_PORT": "0", "CLOUD_AGENT_DATA_DIR": data.path, "CLOUD_AGENT_SANDBOX": "none",
             "CLOUD_AGENT_IDLE_TIMEOUT": "4s", "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "1s",
         ], in: directory.url)

@@ -208,6 +208,26 @@ def test_busy_send_interrupt_and_delete(browser, ctx):
     expect(p.get_by_role("link", name=session)).to_have_count(0)
 
 
+def test_acp_agent_from_the_form(browser, ctx):
+    """An ACP agent of the agents file (the fixture): chosen in the form, its turn rendered,
+    and a follow-up in the same runtime continuing its ACP session."""
+    p = ctx.sign_in()
+    p.get_by_role("button", name="New session").click()
+    p.get_by_role("textbox", name="Prompt").fill("say hello over acp\nrun echo from-the-acp-tool")
+    p.get_by_role("combobox", name="Agent").select_option("fixture-acp")
+    p.get_by_role("button", name="Start").click()
+    expect(p).to_have_url(re.compile(r"#/sessions/agent_"))
+    region = events(p)
+    expect(region).to_contain_text("hello over acp")
+    expect(region).to_contain_text("permission allowed once")
+    expect(region).to_contain_text("echo from-the-acp-tool → exit 0")
+    expect(region).to_contain_text("✓ execution completed")
+    p.get_by_role("textbox", name="Message").fill("recall")
+    p.get_by_role("button", name="Send").click()
+    expect(region).to_contain_text("recall: say hello over acp")
+    expect(p.get_by_role("list", name="Executions").get_by_text("completed")).to_have_count(2, timeout=30_000)
+
+
 def test_form_errors_next_to_their_field(browser, ctx):
     p = ctx.sign_in()
     p.get_by_role("button", name="New session").click()
