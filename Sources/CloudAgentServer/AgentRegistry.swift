@@ -186,11 +186,46 @@ public struct AgentRegistry: Sendable {
         }
     }
 
-    /// Directories holding the agents' executables, for the sandbox to expose read-only.
+    /// Directories holding the agents' executables and what they run with, for the sandbox to
+    /// expose read-only (`supportDirectories`).
     public var binaryDirectories: [String] {
-        Array(Set(entries.compactMap { entry in
-            entry.kind == .scripted ? nil : entry.binary.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }
+        Array(Set(entries.flatMap { entry in
+            entry.kind == .scripted ? [] : entry.binary.map(Self.supportDirectories(of:)) ?? []
         })).sorted()
+    }
+
+    /// What an agent's binary needs to be readable to run: its own directory; the installation
+    /// of the interpreter its `#!` line names (`/opt/py/bin/python3` → `/opt/py`); and for a
+    /// program in a Python venv (`ROOT/bin/prog` beside `ROOT/pyvenv.cfg`, as `claude-code-acp`
+    /// is installed), the venv and the installation it was made from (`home` in pyvenv.cfg).
+    /// System directories are there anyway; the sandbox skips them.
+    static func supportDirectories(of binary: String) -> [String] {
+        let directory = URL(fileURLWithPath: binary).deletingLastPathComponent()
+        var found = [directory.path]
+        /// `PREFIX/bin/x` → `PREFIX`; anything else → its directory.
+        func installation(of program: URL) -> String {
+            let bin = program.resolvingSymlinksInPath().deletingLastPathComponent()
+            return bin.lastPathComponent == "bin" ? bin.deletingLastPathComponent().path : bin.path
+        }
+        let root = directory.deletingLastPathComponent()
+        if let config = try? String(contentsOf: root.appendingPathComponent("pyvenv.cfg"), encoding: .utf8) {
+            found.append(root.path)
+            for line in config.split(separator: "\n") {
+                let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                if parts.count == 2, parts[0] == "home", parts[1].hasPrefix("/") {
+                    found.append(installation(of: URL(fileURLWithPath: parts[1]).appendingPathComponent("python3")))
+                }
+            }
+        }
+        if let handle = FileHandle(forReadingAtPath: binary) {
+            defer { try? handle.close() }
+            let head = String(decoding: (try? handle.read(upToCount: 256)) ?? Data(), as: UTF8.self)
+            if head.hasPrefix("#!"), let line = head.dropFirst(2).split(separator: "\n").first,
+               let interpreter = line.split(separator: " ").first, interpreter.hasPrefix("/"), !interpreter.hasSuffix("/env") {
+                found.append(installation(of: URL(fileURLWithPath: String(interpreter))))
+            }
+        }
+        return found
     }
 
     var json: JSONValue {

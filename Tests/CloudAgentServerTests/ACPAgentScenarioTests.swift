@@ -1,8 +1,8 @@
 import CloudAgentCore
-import CloudAgentServer
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
+@testable import CloudAgentServer
 import Testing
 
 /// ACP agents through the real server and runtime: the built-in OpenCode and Kilo (driven with
@@ -260,5 +260,29 @@ struct ACPAgentScenarioTests {
             try await api.waitForExecution(id, status: "completed")
             #expect(try String(contentsOf: workspace(api, id).appendingPathComponent("allowed.txt"), encoding: .utf8) == "yes\n")
         }
+    }
+}
+
+@Suite("Agent support directories for the sandbox")
+struct AgentSupportDirectoryTests {
+    @Test("a program in a Python venv brings its venv and the installation the venv was made from; a #! interpreter its prefix; #!/usr/bin/env nothing more")
+    func venvAndShebang() throws {
+        let directory = try TemporaryDirectory()
+        let root = directory.url.appendingPathComponent("venv")
+        let base = directory.url.appendingPathComponent("pythons/3.11")
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("bin"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: base.appendingPathComponent("bin"), withIntermediateDirectories: true)
+        try "home = \(base.path)/bin\nversion = 3.11.7\n".write(to: root.appendingPathComponent("pyvenv.cfg"), atomically: true, encoding: .utf8)
+        let program = root.appendingPathComponent("bin/agent-acp")
+        try "#!\(root.path)/bin/python3\nimport sys\n".write(to: program, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: root.appendingPathComponent("bin/python3").path, withDestinationPath: base.appendingPathComponent("bin/python3").path)
+        #expect(Set(AgentRegistry.supportDirectories(of: program.path)) == [root.appendingPathComponent("bin").path, root.path, base.path])
+
+        let script = directory.url.appendingPathComponent("tools/run.sh")
+        try FileManager.default.createDirectory(at: script.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try "#!/opt/shells/bin/zsh -e\n".write(to: script, atomically: true, encoding: .utf8)
+        #expect(AgentRegistry.supportDirectories(of: script.path) == [script.deletingLastPathComponent().path, "/opt/shells"])
+        try "#!/usr/bin/env python3\n".write(to: script, atomically: true, encoding: .utf8)
+        #expect(AgentRegistry.supportDirectories(of: script.path) == [script.deletingLastPathComponent().path])
     }
 }

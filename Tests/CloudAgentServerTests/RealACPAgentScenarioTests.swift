@@ -17,7 +17,7 @@ struct RealACPAgentScenarioTests {
     static var enabled: Bool { binary != nil && FileManager.default.isExecutableFile(atPath: RealAgentScenarioTests.modelServerBinary.path) }
     static let skipReason: Comment = "set CLOUD_AGENT_CLAUDE_ACP_BIN (eval \"$(scripts/install-agents.sh)\") and build cloud-agent-model-server"
 
-    func server(idleTimeoutMs: Int64 = 60_000) throws -> TestServer {
+    func server(idleTimeoutMs: Int64 = 60_000, sandbox: SandboxMode = .none) throws -> TestServer {
         var server = try TestServer(timing: Timing(
             idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000
         ))
@@ -25,6 +25,7 @@ struct RealACPAgentScenarioTests {
         let entry: JSONValue = ["agents": [["name": "claude-acp", "command": [.string(Self.binary ?? "/nonexistent")], "protocol": "acp", "timeout": "60s"]]]
         try JSONEncoder().encode(entry).write(to: agentsFile)
         server.agentsFile = agentsFile.path
+        server.sandbox = sandbox
         return server
     }
 
@@ -43,7 +44,7 @@ struct RealACPAgentScenarioTests {
         let directory = try TemporaryDirectory()
         let model = try await ModelServer.start(script: #"""
             {"turns": [
-              {"text": "Let me write the file.", "shell": "echo written-over-acp > acp-note.txt", "description": "Write acp-note.txt"},
+              {"text": "Let me write the file.", "shell": "echo written-over-acp > acp-note.txt && id -u > acp-uid.txt", "description": "Write acp-note.txt"},
               {"text": "I wrote acp-note.txt for you."},
               {"text": "This is the second answer."},
               {"text": "This is the answer after the cold start."}
@@ -51,7 +52,9 @@ struct RealACPAgentScenarioTests {
             """#, in: directory)
         defer { model.stop() }
         let repo = try makeGitRepository(in: directory)
-        try await server(idleTimeoutMs: 4000).run { api in
+        // The real sandbox when it works here (bwrap): the agent's venv and its Python are
+        // exposed read-only (`AgentRegistry.supportDirectories`), nothing else of the host.
+        try await server(idleTimeoutMs: 4000, sandbox: .auto).run { api in
             let agents = try await api.request(.get, "/v1/agents")["agents"]?.arrayValue ?? []
             #expect(agents.first { $0["name"] == "claude-acp" }?["kind"] == "acp")
             let id = try await session(api, model: model, prompt: "Write acp-note.txt", repo: repo)
@@ -60,6 +63,11 @@ struct RealACPAgentScenarioTests {
             let firstId = try #require(first["executionId"]?.stringValue)
             let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
             #expect(try String(contentsOf: workspace.appendingPathComponent("acp-note.txt"), encoding: .utf8) == "written-over-acp\n")
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["sandbox"] == (bwrapWorks ? "bwrap" : "none"))
+            if bwrapWorks {
+                // Inside the sandbox the agent runs as uid 1000 and sees no home of the host's.
+                #expect(try String(contentsOf: workspace.appendingPathComponent("acp-uid.txt"), encoding: .utf8) == "1000\n")
+            }
 
             let events = try await api.events(id).filter { $0.type == "agent" && $0.executionId == firstId }
             let permission = try #require(events.first { $0.data["permission"] != nil }, "no permission event: \(events.map(\.data))")

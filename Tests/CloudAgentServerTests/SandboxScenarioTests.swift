@@ -9,7 +9,7 @@ import Testing
 import Glibc
 #endif
 
-private let bwrapWorks: Bool = {
+let bwrapWorks: Bool = {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloud-agent-bwrap-probe-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: directory) }
     return (try? SandboxWrapper.resolve("bwrap", dataDirectory: directory)) != nil
