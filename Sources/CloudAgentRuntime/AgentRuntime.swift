@@ -441,7 +441,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     /// Numbers the event, keeps it until acknowledged, and sends it if the link is welcomed.
     @discardableResult
     func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
-        let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
+        let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: EventDataBound.bounded(data))
         if let open = link, open.welcomed { open.frames.yield(entry.frame) }
         return entry.seq
     }

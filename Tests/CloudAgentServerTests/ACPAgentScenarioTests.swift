@@ -188,7 +188,7 @@ struct ACPAgentScenarioTests {
     func hostileAgent() async throws {
         try await server().run { api in
             let id = try await api.createSession([
-                "prompt": "garbage\nhuge 5000000\nsay still here\nask-client x/unknown\nask-client fs/read_text_file\nask-client terminal/create\ncapabilities",
+                "prompt": "garbage\nhuge 5000000\nnoise 3000000\nbigtool 2000000\nsay still here\nask-client x/unknown\nask-client fs/read_text_file\nask-client terminal/create\ncapabilities",
                 "agent": "fixture-acp",
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
@@ -204,6 +204,14 @@ struct ACPAgentScenarioTests {
             #expect(texts.joined() == expected.joined())
             let errors = events.filter { $0.data["kind"] == "error" }.compactMap { $0.data["message"]?.stringValue }
             #expect(errors.count == 1 && errors.first?.contains("over the limit") == true, "\(errors)")
+            // Oversized events are cut to fit a frame, never sent whole (the control plane would
+            // refuse the frame, and the runtime resend it after every reconnect).
+            let noise = try #require(events.first { $0.type == "output" && $0.data["line"]?.stringValue?.hasPrefix("nnn") == true })
+            #expect(noise.data["truncated"] == true && (noise.data["line"]?.stringValue?.count ?? 0) < 10_000)
+            let tool = try #require(events.first { $0.data["kind"] == "tool" })
+            #expect(tool.data["truncated"] == true && (tool.data["name"]?.stringValue?.count ?? 0) < 10_000)
+            let plan = try #require(events.first { $0.data["plan"] != nil })
+            #expect(plan.data["truncated"] == true && (plan.data["plan"]?.arrayValue?.count ?? 0) <= 64)
         }
     }
 
