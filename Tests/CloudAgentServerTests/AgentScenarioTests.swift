@@ -5,10 +5,10 @@ import HummingbirdTesting
 import Foundation
 import Testing
 
-/// Agents other than the built-in one, through the real server and runtime: OpenCode and Kilo
-/// CLI against a fixture program that prints their documented `run --format json` lines
-/// (Tests/Fixtures/agents/acp-fixture), and `command` agents from an agents file.
-@Suite("Agents: registry, OpenCode and Kilo (fixture), command agents")
+/// Agents other than the built-in one, through the real server and runtime: the registry (OpenCode
+/// and Kilo played by the ACP fixture agent, whose scenarios are `ACPAgentScenarioTests`), and
+/// `command` agents from an agents file.
+@Suite("Agents: registry, command agents")
 struct AgentScenarioTests {
     static let fixture = TestServer.fixtures.appendingPathComponent("agents/acp-fixture").path
 
