@@ -5,10 +5,11 @@
 # `agent-client-protocol` pinned at 0.7.1, as newer releases break its imports) — into one
 # directory, and prints the environment that points cloud-agent (and its tests) at them:
 #
-#   eval "$(scripts/install-agents.sh)"        # sets CLOUD_AGENT_CLAUDE_BIN, CLOUD_AGENT_CODEX_BIN, CLOUD_AGENT_CLAUDE_ACP_BIN
+#   eval "$(scripts/install-agents.sh)"        # sets CLOUD_AGENT_CLAUDE_BIN, …_CODEX_BIN, …_CLAUDE_ACP_BIN, …_KIMI_ACP_BIN
 #   scripts/install-agents.sh /opt/agents      # somewhere else (default: ~/.cache/cloud-agent/agents)
 #
-# CLOUD_AGENT_CLAUDE_ACP_BIN is not a server setting: an ACP agent is declared in the agents
+# With Python 3.12 or later it also installs Kimi Code CLI (`kimi acp`), a second ACP agent.
+# CLOUD_AGENT_CLAUDE_ACP_BIN and CLOUD_AGENT_KIMI_ACP_BIN are not server settings: an ACP agent is declared in the agents
 # file (`{"name": "claude-acp", "command": ["<that path>"], "protocol": "acp"}`, docs/acp.md).
 # An existing installation of the pinned versions is reused. Needs python3 with pip and venv, and PyPI.
 set -euo pipefail
@@ -40,9 +41,45 @@ if [ ! -f "$acp_stamp" ] || [ ! -x "$claude_acp" ]; then
     "claude-code-acp==$CLAUDE_ACP_VERSION" "agent-client-protocol==$ACP_SDK_VERSION" "claude-agent-sdk==$CLAUDE_SDK_VERSION" >&2
   touch "$acp_stamp"
 fi
+# Kimi Code CLI (`kimi acp`), a second real ACP agent, which keeps its sessions on disk (so a cold
+# start resumes them with session/load). It needs Python 3.12 or later: where there is none, it
+# is left out and its tests are skipped. anthropic is pinned: 2.x breaks its Anthropic provider.
+KIMI_VERSION="${KIMI_VERSION:-1.50.0}"
+kimi_venv="$target/kimi-cli"
+kimi_stamp="$kimi_venv/.installed-$KIMI_VERSION"
+kimi="$kimi_venv/bin/kimi"
+if [ ! -f "$kimi_stamp" ] || [ ! -x "$kimi" ]; then
+  python312=""
+  # The newest first: kimi-cli 1.50.0 fails to import on Python 3.12.1.
+  pyenvs="${PYENV_ROOT:-$HOME/.pyenv}/versions"
+  for candidate in "$pyenvs"/3.1[3-9]*/bin/python3 python3.14 python3.13 "$pyenvs"/3.12*/bin/python3 python3.12; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      python312="$(command -v "$candidate")"
+      break
+    fi
+  done
+  if [ -n "$python312" ]; then
+    echo "installing kimi-cli $KIMI_VERSION into $kimi_venv (with $python312)" >&2
+    rm -rf "$kimi_venv"
+    "$python312" -m venv "$kimi_venv"
+    "$kimi_venv/bin/pip" install --quiet --disable-pip-version-check "kimi-cli==$KIMI_VERSION" "anthropic==1.17.0" >&2
+    if "$kimi_venv/bin/python" -c "import kimi_cli.acp.server" >/dev/null 2>&1; then
+      touch "$kimi_stamp"
+    else
+      echo "kimi-cli left out: it does not import with $python312" >&2
+      rm -rf "$kimi_venv"
+    fi
+  else
+    echo "kimi-cli left out: it needs Python 3.12 or later, and none was found" >&2
+  fi
+fi
 "$claude" --version >&2
 "$codex" --version >&2
 "$acp_venv/bin/python" -c "import claude_code_acp, acp; print('claude-code-acp', claude_code_acp.__version__)" >&2
 echo "export CLOUD_AGENT_CLAUDE_BIN=$claude"
 echo "export CLOUD_AGENT_CODEX_BIN=$codex"
 echo "export CLOUD_AGENT_CLAUDE_ACP_BIN=$claude_acp"
+if [ -x "$kimi" ]; then
+  "$kimi" --version >&2 || true
+  echo "export CLOUD_AGENT_KIMI_ACP_BIN=$kimi"
+fi

@@ -106,6 +106,81 @@ struct RealACPAgentScenarioTests {
         }
     }
 
+    static let kimi: String? = ProcessInfo.processInfo.environment["CLOUD_AGENT_KIMI_ACP_BIN"]
+        .flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
+    static var kimiEnabled: Bool { kimi != nil && FileManager.default.isExecutableFile(atPath: RealAgentScenarioTests.modelServerBinary.path) }
+
+    /// A second witness: Kimi Code CLI 1.50.0 (`kimi acp`, PyPI), which keeps its sessions on disk,
+    /// so a cold start resumes the conversation with `session/load`. It reads its model from
+    /// `$KIMI_SHARE_DIR/config.toml` and wants a (dummy) login; both are written per test.
+    @Test(
+        "a second real ACP agent (kimi acp): its Shell tool asks permission and runs; after an idle stop the cold start loads its session, the replayed history is not recorded again, and the model sees the first turn",
+        .enabled(if: kimiEnabled, "set CLOUD_AGENT_KIMI_ACP_BIN (eval \"$(scripts/install-agents.sh)\", with Python 3.12 or later) and build cloud-agent-model-server")
+    )
+    func kimiLoadsItsSessionAfterAColdStart() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(script: #"""
+            {"turns": [
+              {"text": "Let me write the file.", "shell": "echo written-by-kimi > kimi-note.txt", "description": "Write kimi-note.txt"},
+              {"text": "I wrote kimi-note.txt."},
+              {"text": "Welcome back: the note is there."}
+            ]}
+            """#, in: directory)
+        defer { model.stop() }
+        let share = directory.url.appendingPathComponent("kimi-share")
+        try FileManager.default.createDirectory(at: share.appendingPathComponent("credentials"), withIntermediateDirectories: true)
+        try """
+            default_model = "scripted"
+            telemetry = false
+
+            [providers.local]
+            type = "anthropic"
+            base_url = "\(model.url)"
+            api_key = "sk-offline-test"
+
+            [models.scripted]
+            provider = "local"
+            model = "scripted"
+            max_context_size = 200000
+            """.write(to: share.appendingPathComponent("config.toml"), atomically: true, encoding: .utf8)
+        try #"{"access_token":"dummy","refresh_token":"","expires_at":4102444800,"scope":"","token_type":"Bearer"}"#
+            .write(to: share.appendingPathComponent("credentials/kimi-code.json"), atomically: true, encoding: .utf8)
+        let repo = try makeGitRepository(in: directory)
+        var server = try server(idleTimeoutMs: 4000)
+        let agentsFile = server.directory.url.appendingPathComponent("kimi-agents.json")
+        let entry: JSONValue = ["agents": [["name": "kimi", "command": [.string(Self.kimi ?? "/nonexistent"), "acp"], "protocol": "acp", "timeout": "90s"]]]
+        try JSONEncoder().encode(entry).write(to: agentsFile)
+        server.agentsFile = agentsFile.path
+        try await server.run { api in
+            let id = try await api.createSession([
+                "prompt": "Write kimi-note.txt", "agent": "kimi", "repo": ["url": .string(repo.path)],
+                "envVars": ["KIMI_SHARE_DIR": .string(share.path)],
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let first = try await api.waitForExecution(id, status: "completed", within: 120)
+            let firstId = try #require(first["executionId"]?.stringValue)
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(try String(contentsOf: workspace.appendingPathComponent("kimi-note.txt"), encoding: .utf8) == "written-by-kimi\n")
+            let events = try await api.events(id).filter { $0.type == "agent" && $0.executionId == firstId }
+            #expect(events.contains { $0.data["permission"]?["decision"] == "allow" && $0.data["permission"]?["optionKind"] == "allow_once" }, "\(events.map(\.data))")
+            #expect(events.contains { $0.data["kind"] == "text" && $0.data["text"] == "I wrote kimi-note.txt." })
+            let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
+
+            _ = try await api.waitForRuntime(id, state: "stopped", within: 30)
+            let before = try model.recorded().filter { $0.main }.count
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "Is the note still there?"]).status == 202)
+            let second = try await api.waitForExecution(id, status: "completed", within: 120)
+            let secondId = try #require(second["executionId"]?.stringValue)
+            let later = try await api.events(id).filter { $0.type == "agent" && $0.executionId == secondId }
+            #expect(later.first?.data["message"] == .string("ACP session \(conversation) resumed (session/load)"), "\(later.map(\.data))")
+            let texts = later.filter { $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            #expect(texts == ["Welcome back: the note is there."], "the replayed history was recorded again: \(texts)")
+            let resumed = try #require(try model.recorded().filter { $0.main }.dropFirst(before).first)
+            #expect(resumed.messages.contains("I wrote kimi-note.txt."), "the cold start's request carried: \(resumed.messages.prefix(2000))")
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
+        }
+    }
+
     @Test("interrupt during a slow Bash tool: the turn is cancelled, the agent and the tool's process are gone; the execution ends interrupted (user)",
           .enabled(if: enabled, skipReason))
     func interruptSlowTool() async throws {
