@@ -24,6 +24,10 @@ public final class NodeCoordinator: Service, Sendable {
     let logger: Logger
     private let advertised = AsyncStream<String>.makeStream()
     private let ready = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    /// Other nodes' changes not acted on yet, merged per session (`Backlog`).
+    private let backlog = Mutex<[SessionID: Backlog]>([:])
+    /// Sessions whose backlog needs a drain (one drain per session at a time).
+    private let drains = AsyncStream<SessionID>.makeStream()
 
     init(
         membership: any ClusterMembership, view: ClusterView, ledger: SessionLedger, gateway: RuntimeGateway, lifecycle: RuntimeLifecycle,
@@ -87,8 +91,14 @@ public final class NodeCoordinator: Service, Sendable {
                     }
                 }
                 group.addTask { [self] in await watchRegistry() }
+                group.addTask { [self] in
+                    await withDiscardingTaskGroup { sessions in
+                        for await id in drains.stream { sessions.addTask { await self.drain(id) } }
+                    }
+                }
             }
         }
+        drains.continuation.finish()
     }
 
     // MARK: The registry
@@ -141,7 +151,18 @@ public final class NodeCoordinator: Service, Sendable {
         switch notice {
         case .changed(let change):
             guard let id = SessionID(rawValue: change.sessionId) else { return }
-            await changed(id, change)
+            // Merged into the session's backlog; a drain of its own acts on it. The listener goes
+            // on at once: a burst of one session's notices costs one read of its new events, and
+            // a slow session never holds up another's.
+            let start = backlog.withLock { sessions -> Bool in
+                var entry = sessions[id] ?? Backlog()
+                entry.merge(change, here: view.nodeId)
+                let start = !entry.draining
+                entry.draining = true
+                sessions[id] = entry
+                return start
+            }
+            if start { drains.continuation.yield(id) }
         case .resync:
             logger.info("cluster notices resumed; re-reading what this node holds")
             for id in gateway.connectedSessions { await gateway.reconcile(id) }
@@ -156,11 +177,28 @@ public final class NodeCoordinator: Service, Sendable {
         }
     }
 
-    private func changed(_ id: SessionID, _ change: ChangeNotice) async {
-        if change.runtime == "deleted" {
+    /// Acts on a session's backlog until it is empty (what arrives meanwhile is taken by the
+    /// next round), then ends: the next notice starts another drain.
+    private func drain(_ id: SessionID) async {
+        while true {
+            let work = backlog.withLock { sessions -> Backlog? in
+                guard let entry = sessions[id], entry.hasWork else {
+                    sessions[id] = nil
+                    return nil
+                }
+                sessions[id] = Backlog(draining: true)
+                return entry
+            }
+            guard let work else { return }
+            await changed(id, work)
+        }
+    }
+
+    private func changed(_ id: SessionID, _ change: Backlog) async {
+        if change.deleted {
             ledger.hub.close(id)
             gateway.close(id, telling: "session deleted")
-            if change.host == view.nodeId { await lifecycle.removedByAnotherNode(id) }
+            if change.deletedHere { await lifecycle.removedByAnotherNode(id) }
             ledger.changes.changed(id)
             return
         }
@@ -169,17 +207,56 @@ public final class NodeCoordinator: Service, Sendable {
         }
         ledger.changes.changed(id)
         if gateway.connection(for: id) != nil { await gateway.reconcile(id) }
-        if change.host == view.nodeId, change.runtime != nil { await lifecycle.reconcile(id, takingOverFrom: nil) }
+        if change.runtimeHere { await lifecycle.reconcile(id, takingOverFrom: nil) }
     }
 
-    /// Events another node committed, read from the store and offered to this node's subscribers.
+    /// Events another node committed, read from the store (a page of at most 10,000 at a time)
+    /// and offered to this node's subscribers.
     private func publish(_ id: SessionID, first: Int64, last: Int64) async {
-        do {
-            let events = try await ledger.store.events(of: id, EventQuery(afterId: first - 1, limit: Int(min(last - first + 1, 10_000))))
-            ledger.hub.publish(events)
-        } catch {
-            // The stream fills the gap from the store at the next event it sees.
-            logger.warning("reading another node's events failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+        var next = first
+        while next <= last {
+            do {
+                let events = try await ledger.store.events(of: id, EventQuery(afterId: next - 1, limit: Int(min(last - next + 1, 10_000))))
+                guard let highest = events.last?.id else { return }
+                ledger.hub.publish(events)
+                next = highest + 1
+            } catch {
+                // The stream fills the gap from the store at the next event it sees.
+                logger.warning("reading another node's events failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
+                return
+            }
+        }
+    }
+
+    /// One session's notices from other nodes not acted on yet, merged: their events as one
+    /// range, whether a runtime hosted here was touched, whether the session was deleted.
+    struct Backlog: Sendable {
+        var firstEventId: Int64?
+        var lastEventId: Int64?
+        /// A notice named a runtime state and this node as the host.
+        var runtimeHere = false
+        var deleted = false
+        /// Deleted while its runtime was hosted here (its processes and files are this node's to remove).
+        var deletedHere = false
+        /// A drain is running (or about to) for this session.
+        var draining = false
+        /// Whether a notice was merged that asks for anything.
+        var notices = 0
+
+        var hasWork: Bool { notices > 0 }
+
+        mutating func merge(_ change: ChangeNotice, here node: String) {
+            notices += 1
+            if change.runtime == "deleted" {
+                deleted = true
+                if change.host == node { deletedHere = true }
+                return
+            }
+            if let first = change.firstEventId, let last = change.lastEventId {
+                firstEventId = min(firstEventId ?? first, first)
+                lastEventId = max(lastEventId ?? last, last)
+            }
+            if change.host == node, change.runtime != nil { runtimeHere = true }
         }
     }
 }
