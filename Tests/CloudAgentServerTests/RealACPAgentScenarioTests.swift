@@ -17,12 +17,15 @@ struct RealACPAgentScenarioTests {
     static var enabled: Bool { binary != nil && FileManager.default.isExecutableFile(atPath: RealAgentScenarioTests.modelServerBinary.path) }
     static let skipReason: Comment = "set CLOUD_AGENT_CLAUDE_ACP_BIN (eval \"$(scripts/install-agents.sh)\") and build cloud-agent-model-server"
 
-    func server(idleTimeoutMs: Int64 = 60_000, sandbox: SandboxMode = .none) throws -> TestServer {
+    /// A server whose agents file declares one ACP agent (claude-code-acp unless told otherwise).
+    func server(
+        idleTimeoutMs: Int64 = 60_000, sandbox: SandboxMode = .none, agent: String = "claude-acp", command: [String] = [binary ?? "/nonexistent"]
+    ) throws -> TestServer {
         var server = try TestServer(timing: Timing(
             idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000
         ))
         let agentsFile = server.directory.url.appendingPathComponent("agents.json")
-        let entry: JSONValue = ["agents": [["name": "claude-acp", "command": [.string(Self.binary ?? "/nonexistent")], "protocol": "acp", "timeout": "60s"]]]
+        let entry: JSONValue = ["agents": [["name": .string(agent), "command": .array(command.map(JSONValue.string)), "protocol": "acp", "timeout": "90s"]]]
         try JSONEncoder().encode(entry).write(to: agentsFile)
         server.agentsFile = agentsFile.path
         server.sandbox = sandbox
@@ -148,12 +151,7 @@ struct RealACPAgentScenarioTests {
         try #"{"access_token":"dummy","refresh_token":"","expires_at":4102444800,"scope":"","token_type":"Bearer"}"#
             .write(to: share.appendingPathComponent("credentials/kimi-code.json"), atomically: true, encoding: .utf8)
         let repo = try makeGitRepository(in: directory)
-        var server = try server(idleTimeoutMs: 4000)
-        let agentsFile = server.directory.url.appendingPathComponent("kimi-agents.json")
-        let entry: JSONValue = ["agents": [["name": "kimi", "command": [.string(Self.kimi ?? "/nonexistent"), "acp"], "protocol": "acp", "timeout": "90s"]]]
-        try JSONEncoder().encode(entry).write(to: agentsFile)
-        server.agentsFile = agentsFile.path
-        try await server.run { api in
+        try await server(idleTimeoutMs: 4000, agent: "kimi", command: [Self.kimi ?? "/nonexistent", "acp"]).run { api in
             let id = try await api.createSession([
                 "prompt": "Write kimi-note.txt", "agent": "kimi", "repo": ["url": .string(repo.path)],
                 "envVars": ["KIMI_SHARE_DIR": .string(share.path)],
