@@ -107,11 +107,17 @@ public final class NodeCoordinator: Service, Sendable {
     /// (by exactly one node).
     private func watchRegistry() async {
         var reported: Set<String> = []
+        // Until this node's own registration shows, the registry is read again soon rather than
+        // a heartbeat later: the server's start waits for it (`listening`).
+        var seenSelf = false
         while !Task.isCancelled {
             do {
                 let nodes = try await membership.nodes()
                 view.update(nodes)
-                if nodes.contains(where: { $0.id == view.nodeId }) { markReady() }
+                if !seenSelf, nodes.contains(where: { $0.id == view.nodeId }) {
+                    seenSelf = true
+                    markReady()
+                }
                 let now = ledger.clock.now()
                 for node in nodes where node.id != view.nodeId && !node.isLive(now: now, leaseMs: view.leaseMs) {
                     if reported.insert(node.id).inserted {
@@ -125,7 +131,7 @@ public final class NodeCoordinator: Service, Sendable {
             } catch {
                 logger.warning("reading the node registry failed", metadata: ["error": "\(String(reflecting: error))"])
             }
-            try? await Task.sleep(for: .milliseconds(heartbeatMs))
+            try? await Task.sleep(for: .milliseconds(seenSelf ? heartbeatMs : min(heartbeatMs, 50)))
         }
     }
 
