@@ -328,18 +328,12 @@ extension AgentRuntime {
             ])
             return decision.result
         case .output(let stream, let line):
-            await waitForRoom()
-            guard var execution = active, execution.acpTurn != nil else {
+            guard let execution = active, execution.acpTurn != nil else {
                 logger.debug("ACP agent output between executions", metadata: ["stream": .string(stream.rawValue), "line": .string(String(line.prefix(500)))])
                 return nil
             }
-            guard !outbox.isFull else {
-                droppedLines += 1
-                return nil
-            }
-            execution.progress += 1
-            active = execution
-            record(execution.executionId, kind: RuntimeEvent.Kind.output, data: ["stream": .string(stream.rawValue), "line": .string(line)])
+            // As any agent's line: its parser (plain text, set by `beginACPTurn`) makes it output.
+            await agentLine(execution.executionId, stream: stream, line: line)
         case .overlong(let bytes):
             let message = "the agent sent a message of \(bytes) bytes, over the limit of \(BoundedLineFramer().maxLineBytes): dropped"
             logger.warning("ACP message over the limit: dropped", metadata: ["bytes": "\(bytes)"])
@@ -376,6 +370,8 @@ extension AgentRuntime {
     private func beginACPTurn(_ executionId: String, readOnly: Bool) {
         guard var execution = active, execution.executionId == executionId else { return }
         execution.acpTurn = ACPTurnReader()
+        // Lines that are not JSON-RPC, and stderr, go through `agentLine` as output.
+        execution.parser = PlainTextParser()
         execution.readOnly = readOnly
         active = execution
     }

@@ -404,7 +404,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         record(executionId, kind: RuntimeEvent.Kind.running, data: ["pid": .number(Double(pid)), "processGroup": .number(Double(pid))])
     }
 
-    private func agentLine(_ executionId: String, stream: AgentStream, line: String) async {
+    func agentLine(_ executionId: String, stream: AgentStream, line: String) async {
         await waitForRoom()
         guard var execution = active, execution.executionId == executionId else { return }
         // Full only while stopping (otherwise `waitForRoom` waited): the agent is on its way
@@ -441,7 +441,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     /// Numbers the event, keeps it until acknowledged, and sends it if the link is welcomed.
     @discardableResult
     func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
-        let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: EventDataBound.bounded(data))
+        let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
         if let open = link, open.welcomed { open.frames.yield(entry.frame) }
         return entry.seq
     }

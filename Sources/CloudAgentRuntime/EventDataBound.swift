@@ -2,6 +2,7 @@ import CloudAgentProtocol
 
 /// Keeps every event within a frame (`RuntimeProtocol.maxFrameBytes`), whatever an agent sends:
 /// a frame the control plane refuses would be resent after every reconnect, for ever.
+/// `EventOutbox.append` calls it for a frame found too large.
 ///
 /// Events are small by construction (lines cut at 64 KiB, texts at 32 Ki characters, tool
 /// output tails, `raw` cut at 16 Ki characters); this is the net under all of them. An event

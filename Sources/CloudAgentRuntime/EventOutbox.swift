@@ -38,12 +38,19 @@ public struct EventOutbox: Sendable {
         self.limitBytes = max(limitBytes, 1)
     }
 
-    /// Numbers a new event and keeps its frame until it is acknowledged.
+    /// Numbers a new event and keeps its frame until it is acknowledged. A frame too large for
+    /// the protocol is made again from the event cut to fit (`EventDataBound`): only then is the
+    /// event's size looked at, so the usual event costs nothing more.
     @discardableResult
     public mutating func append(executionId: String, kind: String, at: Date, data: [String: ProtocolValue]) -> Entry {
         lastSeq += 1
-        let event = RuntimeEvent(seq: lastSeq, executionId: executionId, kind: kind, at: at, data: data)
-        let entry = Entry(seq: lastSeq, frame: ProtocolCoding.encode(.event(event)))
+        var event = RuntimeEvent(seq: lastSeq, executionId: executionId, kind: kind, at: at, data: data)
+        var frame = ProtocolCoding.encode(.event(event))
+        if frame.utf8.count > RuntimeProtocol.maxFrameBytes {
+            event.data = EventDataBound.bounded(data)
+            frame = ProtocolCoding.encode(.event(event))
+        }
+        let entry = Entry(seq: lastSeq, frame: frame)
         pending.append(entry)
         pendingBytes += entry.frame.utf8.count
         return entry
