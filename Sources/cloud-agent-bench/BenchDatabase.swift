@@ -173,31 +173,40 @@ func withPostgresClient<Result: Sendable>(_ configuration: PostgresConfiguration
     }
 }
 
-/// A store opened by the CLI's `StoreFactory.withStore` (as `serve` opens it: SQLite in the data
-/// directory, or PostgreSQL with its migrations applied), held open until `close()`. The factory
-/// scopes a store to a closure; a benchmark needs one across several steps.
+/// A store opened by the CLI's `StoreFactory` as `serve` opens it (SQLite in the data directory,
+/// or PostgreSQL with its migrations applied), held open until `close()`. The factory scopes a
+/// store to a closure; a benchmark needs one across several steps. As a node (`withNode`), its id
+/// is kept in the data directory, and on PostgreSQL the store knows it and `membership` is its
+/// `PostgresCluster`; otherwise `membership` is a single node.
 final class OpenedStore: Sendable {
     let store: any SessionStore
+    let membership: any ClusterMembership
     private let release: Gate
     private let task: Task<Void, any Error>
 
-    private init(store: any SessionStore, release: Gate, task: Task<Void, any Error>) {
+    private init(store: any SessionStore, membership: any ClusterMembership, release: Gate, task: Task<Void, any Error>) {
         self.store = store
+        self.membership = membership
         self.release = release
         self.task = task
     }
 
-    static func open(_ configuration: ServerConfiguration, logger: Logger) async throws -> OpenedStore {
+    static func open(_ configuration: ServerConfiguration, asNode: Bool = false, logger: Logger) async throws -> OpenedStore {
         let release = Gate()
-        let (opened, continuation) = AsyncStream<any SessionStore>.makeStream()
+        let (opened, continuation) = AsyncStream<(any SessionStore, any ClusterMembership)>.makeStream()
         let task = Task {
             defer { continuation.finish() }
-            try await StoreFactory.withStore(configuration, logger: logger) { store in
-                continuation.yield(store)
+            @Sendable func hold(_ store: any SessionStore, _ membership: any ClusterMembership) async {
+                continuation.yield((store, membership))
                 await release.wait()
             }
+            if asNode {
+                try await StoreFactory.withNode(configuration, logger: logger, hold)
+            } else {
+                try await StoreFactory.withStore(configuration, logger: logger) { store in await hold(store, SingleNode()) }
+            }
         }
-        for await store in opened { return OpenedStore(store: store, release: release, task: task) }
+        for await (store, membership) in opened { return OpenedStore(store: store, membership: membership, release: release, task: task) }
         try await task.value
         throw BenchFailure("the store closed before it was handed out")
     }

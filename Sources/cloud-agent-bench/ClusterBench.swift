@@ -71,11 +71,11 @@ struct ClusterBench: AsyncParsableCommand {
         }
         let logger = InProcessServer.logger(options.logLevel)
         let clients = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let a = try await ClusterNode.InProcess.start(configuration("a"), logLevel: options.logLevel)
-        var b: ClusterNode.InProcess?
+        let a = try await InProcessServer.start(configuration("a"), logLevel: options.logLevel, asNode: true)
+        var b: InProcessServer?
         let single: StreamBench.Outcome, across: StreamBench.Outcome
         do {
-            let nodeB = try await ClusterNode.InProcess.start(configuration("b"), logLevel: options.logLevel)
+            let nodeB = try await InProcessServer.start(configuration("b"), logLevel: options.logLevel, asNode: true)
             b = nodeB
             try await waitForListeners(2, configuration: configuration("a"))
             let nodeA = StreamBench.Node(plane: a.plane, webSocketBase: a.webSocketBase)

@@ -7,41 +7,10 @@ import Logging
 import Glibc
 #endif
 
-/// A node of several on one PostgreSQL database: in this process (`cluster`'s stream part), its
-/// store and membership opened by the CLI's `StoreFactory.withNode` as `serve` opens them; or a
-/// `cloud-agent serve` child process (the failover part kills one).
+/// A node of several on one PostgreSQL database: in this process (`cluster`'s stream part), an
+/// `InProcessServer` started `asNode`; or a `cloud-agent serve` child process (the failover part
+/// kills one).
 enum ClusterNode {
-    /// A node in this process, listening on a free port.
-    struct InProcess: Sendable {
-        let plane: ControlPlane
-        let running: RunningService
-        let opened: OpenedNode
-
-        var webSocketBase: String { "ws://127.0.0.1:\(running.port)" }
-
-        static func start(_ configuration: ServerConfiguration, logLevel: String) async throws -> InProcess {
-            let logger = InProcessServer.logger(logLevel)
-            let opened = try await OpenedNode.open(configuration, logger: logger)
-            do {
-                let plane = try await ControlPlane.open(configuration, store: opened.store, membership: opened.membership, logger: logger)
-                let (ports, continuation) = AsyncStream<Int>.makeStream()
-                let app = plane.buildApplication { port in
-                    continuation.yield(port)
-                    continuation.finish()
-                }
-                return InProcess(plane: plane, running: try await RunningService.start(app, ports: ports, logger: logger), opened: opened)
-            } catch {
-                await opened.close()
-                throw error
-            }
-        }
-
-        func stop() async {
-            await running.stop()
-            await opened.close()
-        }
-    }
-
     /// A `cloud-agent serve` child process, configured by `CLOUD_AGENT_*` variables.
     final class Child: Sendable {
         let process: Process
@@ -102,39 +71,3 @@ enum ClusterNode {
     }
 }
 
-/// A node's store and membership opened by `StoreFactory.withNode` (its id kept in the data
-/// directory; on PostgreSQL a store that knows it and `PostgresCluster`), held open until
-/// `close()`, as `OpenedStore` holds a store.
-final class OpenedNode: Sendable {
-    let store: any SessionStore
-    let membership: any ClusterMembership
-    private let release: Gate
-    private let task: Task<Void, any Error>
-
-    private init(store: any SessionStore, membership: any ClusterMembership, release: Gate, task: Task<Void, any Error>) {
-        self.store = store
-        self.membership = membership
-        self.release = release
-        self.task = task
-    }
-
-    static func open(_ configuration: ServerConfiguration, logger: Logger) async throws -> OpenedNode {
-        let release = Gate()
-        let (opened, continuation) = AsyncStream<(any SessionStore, any ClusterMembership)>.makeStream()
-        let task = Task {
-            defer { continuation.finish() }
-            try await StoreFactory.withNode(configuration, logger: logger) { store, membership in
-                continuation.yield((store, membership))
-                await release.wait()
-            }
-        }
-        for await (store, membership) in opened { return OpenedNode(store: store, membership: membership, release: release, task: task) }
-        try await task.value
-        throw BenchFailure("the node's store closed before it was handed out")
-    }
-
-    func close() async {
-        release.open()
-        _ = try? await task.value
-    }
-}

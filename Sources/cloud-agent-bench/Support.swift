@@ -221,11 +221,12 @@ struct InProcessServer: Sendable {
         return logger
     }
 
-    static func start(_ configuration: ServerConfiguration, logLevel: String) async throws -> InProcessServer {
+    /// `asNode`: one node of several on a PostgreSQL database (`OpenedStore.open(asNode:)`).
+    static func start(_ configuration: ServerConfiguration, logLevel: String, asNode: Bool = false) async throws -> InProcessServer {
         let logger = logger(logLevel)
-        let opened = try await OpenedStore.open(configuration, logger: logger)
+        let opened = try await OpenedStore.open(configuration, asNode: asNode, logger: logger)
         do {
-            let plane = try await ControlPlane.open(configuration, store: opened.store, logger: logger)
+            let plane = try await ControlPlane.open(configuration, store: opened.store, membership: opened.membership, logger: logger)
             let (ports, continuation) = AsyncStream<Int>.makeStream()
             let app = plane.buildApplication { port in
                 continuation.yield(port)
