@@ -158,6 +158,8 @@ let package = Package(
             name: "cloud-agent-bench",
             dependencies: [
                 "CloudAgentCLI",
+                // Its throwaway PostgreSQL (`--postgres`) is the tests' (`ThrowawayPostgres`).
+                "CloudAgentTestSupport",
                 "CloudAgentCore",
                 "CloudAgentPostgres",
                 "CloudAgentSQLite",

@@ -3,6 +3,7 @@ import CloudAgentCLI
 import CloudAgentCore
 import CloudAgentPostgres
 import CloudAgentServer
+import CloudAgentTestSupport
 import Foundation
 import GRDB
 import Logging
@@ -45,7 +46,9 @@ struct StoreOptions: ParsableArguments {
             server = PostgresServer(admin: try PostgresConfiguration(url: databaseURL), cluster: nil)
         } else {
             note("starting a throwaway PostgreSQL cluster (initdb in a temp dir)")
-            let cluster = try await ThrowawayPostgres.start { port in await PostgresServer.answers(port: port) }
+            // `synchronous_commit=off`: a commit does not wait for its WAL flush (durable against a crash
+            // of the process, like SQLite's WAL with `synchronous=NORMAL`); fsync stays on.
+            let cluster = try await ThrowawayPostgres.start(settings: ["synchronous_commit=off", "max_connections=200"], name: "cloud-agent-bench-pg")
             server = PostgresServer(admin: PostgresServer.superuser(port: cluster.port, database: "postgres"), cluster: cluster)
             note("PostgreSQL \(cluster.directory) listening on 127.0.0.1:\(cluster.port)")
         }
@@ -126,16 +129,6 @@ final class PostgresServer: Sendable {
     }
 
     static let logger = Logger(label: "cloud-agent-bench.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
-
-    /// Whether a throwaway cluster accepts connections yet.
-    static func answers(port: Int) async -> Bool {
-        let configuration = PostgresConnection.Configuration(
-            host: "127.0.0.1", port: port, username: ThrowawayPostgres.superuser, password: nil, database: "postgres", tls: .disable
-        )
-        guard let connection = try? await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger) else { return false }
-        try? await connection.close()
-        return true
-    }
 
     func createDatabase() async throws -> PostgresConfiguration {
         let name = "bench_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
