@@ -6,17 +6,15 @@ import Testing
 /// against a real `cloud-agent serve` with short timings, signed in as two users.
 @Suite("Web console in headless Chromium")
 struct ConsoleBrowserTests {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let packageRoot = Reliability.packageRoot
 
     /// Why the browser run cannot happen here, or nil when it can.
     static let skipReason: String? = {
-        let environment = ProcessInfo.processInfo.environment
-        if environment["CONSOLE_E2E"] == "0" { return "CONSOLE_E2E=0" }
-        let chromium = environment["CHROMIUM"] ?? "/usr/bin/chromium"
-        if !FileManager.default.isExecutableFile(atPath: chromium) { return "no browser at \(chromium): apt-get install -y chromium" }
-        let path = environment["PATH"] ?? "/usr/bin:/bin"
-        let found = path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/python3") }
-        return found ? nil : "python3 is not on PATH: scripts/console-e2e.sh needs it to install Playwright"
+        let chromium = ProcessInfo.processInfo.environment["CHROMIUM"] ?? "/usr/bin/chromium"
+        if ProcessInfo.processInfo.environment["CONSOLE_E2E"] != "0", !FileManager.default.isExecutableFile(atPath: chromium) {
+            return "no browser at \(chromium): apt-get install -y chromium"
+        }
+        return Reliability.pythonScriptSkipReason(switchedOffBy: "CONSOLE_E2E", script: "scripts/console-e2e.sh", installs: "Playwright")
     }()
 
     @Test(
@@ -49,34 +47,13 @@ struct ConsoleBrowserTests {
         try #require(try await tokens.waitForExit(within: 30), "\(tokens.diagnostics)")
         let other = try #require(tokens.stdout.split(separator: "\n").last.map { $0.trimmingCharacters(in: .whitespaces) }, "\(tokens.diagnostics)")
 
-        let output = directory.url.appendingPathComponent("console-e2e.out")
-        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: output)
-        defer { try? handle.close() }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [Self.packageRoot.appendingPathComponent("scripts/console-e2e.sh").path]
-        process.currentDirectoryURL = directory.url
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
-        environment["TMPDIR"] = directory.url.path
-        environment["CONSOLE_URL"] = server.baseURL.absoluteString
-        environment["CONSOLE_TOKEN"] = server.token
-        environment["CONSOLE_OTHER_TOKEN"] = other
-        environment["CONSOLE_FAILURES"] = directory.url.path
-        process.environment = environment
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        defer {
-            if process.isRunning {
-                Reliability.killProcesses(under: directory.url)
-                process.waitUntilExit()
-            }
-        }
         // Playwright's install (first run only), then about a minute of browsing.
-        try await eventually(within: 600, "scripts/console-e2e.sh to finish") { !process.isRunning }
-        let text = (try? String(contentsOf: output, encoding: .utf8)) ?? ""
+        let run = try await Reliability.runScript("console-e2e.sh", in: directory.url, environment: [
+            "CONSOLE_URL": server.baseURL.absoluteString, "CONSOLE_TOKEN": server.token, "CONSOLE_OTHER_TOKEN": other,
+            "CONSOLE_FAILURES": directory.url.path,
+        ], within: 600)
+        let process = run.process
+        let text = run.output
         #expect(process.terminationReason == .exit && process.terminationStatus == 0,
                 "scripts/console-e2e.sh failed (\(process.terminationStatus)):\n\(text.suffix(12_000))\nserve:\n\(serve.stderr.suffix(4000))")
         #expect(text.contains(" passed, 0 failed"), "\(text.suffix(4000))")

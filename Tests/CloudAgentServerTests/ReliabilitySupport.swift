@@ -77,6 +77,59 @@ enum Reliability {
     static func killProcesses(under directory: URL) -> Int {
         processes(under: directory).filter { kill($0, SIGKILL) == 0 }.count
     }
+
+    // MARK: Scripts that drive a real server (scripts/fuzz-api.sh, scripts/console-e2e.sh)
+
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Why a script that installs Python packages cannot run here: `VARIABLE=0`, or no python3
+    /// on PATH; nil when it can.
+    static func pythonScriptSkipReason(switchedOffBy variable: String, script: String, installs: String) -> String? {
+        if ProcessInfo.processInfo.environment[variable] == "0" { return "\(variable)=0" }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        let found = path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/python3") }
+        return found ? nil : "python3 is not on PATH: \(script) needs it to install \(installs)"
+    }
+
+    /// How a script ended, and what it printed (stdout and stderr together).
+    struct ScriptRun {
+        var process: Process
+        var output: String
+
+        var succeeded: Bool { process.terminationReason == .exit && process.terminationStatus == 0 }
+    }
+
+    /// Runs `scripts/NAME` with bash until it ends (at most `seconds`). It works in `directory`,
+    /// with its temporary files there too, so that every process of the run (the script, a
+    /// server, Python, a browser, runtimes) is inside it and `killProcesses(under:)` takes the
+    /// whole run down whatever happens. Its environment is this process's without `CLOUD_AGENT_*`,
+    /// plus `environment`.
+    static func runScript(_ name: String, in directory: URL, environment: [String: String], within seconds: Double) async throws -> ScriptRun {
+        let output = directory.appendingPathComponent("\(name).out")
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: output)
+        defer { try? handle.close() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [packageRoot.appendingPathComponent("scripts/\(name)").path]
+        process.currentDirectoryURL = directory
+        var variables = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }
+        variables["TMPDIR"] = directory.path
+        variables.merge(environment) { _, given in given }
+        process.environment = variables
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        defer {
+            if process.isRunning {
+                killProcesses(under: directory)
+                process.waitUntilExit()
+            }
+        }
+        try await eventually(within: seconds, "scripts/\(name) to finish") { !process.isRunning }
+        return ScriptRun(process: process, output: (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+    }
 }
 
 /// SplitMix64: small, fast and reproducible from its seed.
