@@ -2,35 +2,94 @@ import CloudAgentProtocol
 import Foundation
 
 /// Cuts an agent's output bytes into lines (on `\n`, dropping a trailing `\r`). A line longer
-/// than `maxLineBytes` is cut there, so that one event always fits in a protocol frame.
+/// than `maxLineBytes` is cut there, so that one event always fits in a protocol frame: a
+/// `BoundedLineFramer` that cuts.
 public struct LineSplitter: Sendable {
-    public let maxLineBytes: Int
-    private var buffer: [UInt8] = []
+    private var framer: BoundedLineFramer
+
+    public var maxLineBytes: Int { framer.maxLineBytes }
 
     /// 64 KiB: an agent event carries its line twice (normalized and `raw`), escaped, and must
     /// stay under `RuntimeProtocol.maxFrameBytes`.
     public init(maxLineBytes: Int = 64 * 1024) {
-        precondition(maxLineBytes > 0)
-        self.maxLineBytes = maxLineBytes
+        framer = BoundedLineFramer(maxLineBytes: maxLineBytes, overflow: .cut)
     }
 
     /// The lines completed by `bytes`.
     public mutating func append(_ bytes: some Sequence<UInt8>) -> [String] {
-        var lines: [String] = []
-        for byte in bytes {
-            if byte == UInt8(ascii: "\n") {
-                lines.append(takeLine())
-            } else {
-                buffer.append(byte)
-                if buffer.count >= maxLineBytes { lines.append(takeLine()) }
-            }
-        }
-        return lines
+        framer.append(bytes).compactMap { if case .line(let line) = $0 { line } else { nil } }
     }
 
     /// The last, unterminated line, if any.
     public mutating func finish() -> String? {
-        buffer.isEmpty ? nil : takeLine()
+        if case .line(let line)? = framer.finish() { line } else { nil }
+    }
+}
+
+/// Cuts an agent's output into lines (on `\n`, dropping a trailing `\r`), each at most
+/// `maxLineBytes`. What becomes of a longer line is the `overflow` policy: `.cut` into pieces of
+/// `maxLineBytes` (a headless agent's lines, each an event: `LineSplitter`), or `.drop` whole,
+/// reported with its length (an ACP agent's JSON-RPC messages: half a message would be misread).
+public struct BoundedLineFramer: Sendable {
+    public enum Item: Sendable, Equatable {
+        case line(String)
+        /// A line of this many bytes was dropped.
+        case overlong(Int)
+    }
+
+    public enum Overflow: Sendable {
+        case cut, drop
+    }
+
+    public let maxLineBytes: Int
+    public let overflow: Overflow
+    private var buffer: [UInt8] = []
+    /// Bytes of the line being dropped so far (nil while not dropping).
+    private var dropping: Int?
+
+    /// 4 MiB by default: an ACP agent may send a large file's content in one update, but not
+    /// without bound.
+    public init(maxLineBytes: Int = 4 << 20, overflow: Overflow = .drop) {
+        precondition(maxLineBytes > 0)
+        self.maxLineBytes = maxLineBytes
+        self.overflow = overflow
+    }
+
+    public mutating func append(_ bytes: some Sequence<UInt8>) -> [Item] {
+        var items: [Item] = []
+        for byte in bytes {
+            if byte == UInt8(ascii: "\n") {
+                if let dropped = dropping {
+                    items.append(.overlong(dropped))
+                    dropping = nil
+                } else {
+                    items.append(.line(takeLine()))
+                }
+            } else if let dropped = dropping {
+                dropping = dropped + 1
+            } else {
+                buffer.append(byte)
+                switch overflow {
+                case .cut where buffer.count >= maxLineBytes:
+                    items.append(.line(takeLine()))
+                case .drop where buffer.count > maxLineBytes:
+                    dropping = buffer.count
+                    buffer = []
+                default:
+                    break
+                }
+            }
+        }
+        return items
+    }
+
+    /// What is left at the end of the stream.
+    public mutating func finish() -> Item? {
+        if let dropped = dropping {
+            dropping = nil
+            return .overlong(dropped)
+        }
+        return buffer.isEmpty ? nil : .line(takeLine())
     }
 
     private mutating func takeLine() -> String {

@@ -124,6 +124,13 @@ enum StdoutFraming: Sendable {
     case lines
     /// JSON-RPC messages, one per line: a line over the bound is dropped whole, never cut (ACP).
     case messages(maxBytes: Int)
+
+    var framer: BoundedLineFramer {
+        switch self {
+        case .lines: BoundedLineFramer(maxLineBytes: LineSplitter().maxLineBytes, overflow: .cut)
+        case .messages(let maxBytes): BoundedLineFramer(maxLineBytes: maxBytes, overflow: .drop)
+        }
+    }
 }
 
 /// One piece of the agent's output.
@@ -227,34 +234,21 @@ struct AgentProcess {
         framing: StdoutFraming,
         to onLine: @Sendable (AgentStream, AgentOutputLine) async -> Void
     ) async {
-        switch framing {
-        case .lines:
-            var splitter = LineSplitter()
-            do {
-                for try await buffer in output {
-                    for line in splitter.append(buffer.withUnsafeBytes { Array($0) }) { await onLine(stream, .line(line)) }
-                }
-            } catch {
-                // A read error ends this stream like EOF; the exit status still tells how it ended.
+        var framer = framing.framer
+        func deliver(_ item: BoundedLineFramer.Item) async {
+            switch item {
+            case .line(let line): await onLine(stream, .line(line))
+            case .overlong(let bytes): await onLine(stream, .overlong(bytes))
             }
-            if let last = splitter.finish() { await onLine(stream, .line(last)) }
-        case .messages(let maxBytes):
-            var framer = BoundedLineFramer(maxLineBytes: maxBytes)
-            func deliver(_ item: BoundedLineFramer.Item) async {
-                switch item {
-                case .line(let line): await onLine(stream, .line(line))
-                case .overlong(let bytes): await onLine(stream, .overlong(bytes))
-                }
-            }
-            do {
-                for try await buffer in output {
-                    for item in framer.append(buffer.withUnsafeBytes { Array($0) }) { await deliver(item) }
-                }
-            } catch {
-                // As above.
-            }
-            if let last = framer.finish() { await deliver(last) }
         }
+        do {
+            for try await buffer in output {
+                for item in framer.append(buffer.withUnsafeBytes { Array($0) }) { await deliver(item) }
+            }
+        } catch {
+            // A read error ends this stream like EOF; the exit status still tells how it ended.
+        }
+        if let last = framer.finish() { await deliver(last) }
     }
 
     /// Waits until `pid` (a child of this process) has exited, without reaping it.
