@@ -47,9 +47,7 @@ public struct BoundedLineFramer: Sendable {
     /// Bytes of the line being dropped so far (nil while not dropping).
     private var dropping: Int?
 
-    /// 4 MiB by default: an ACP agent may send a large file's content in one update, but not
-    /// without bound.
-    public init(maxLineBytes: Int = 4 << 20, overflow: Overflow = .drop) {
+    public init(maxLineBytes: Int, overflow: Overflow = .drop) {
         precondition(maxLineBytes > 0)
         self.maxLineBytes = maxLineBytes
         self.overflow = overflow

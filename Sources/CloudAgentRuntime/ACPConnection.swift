@@ -58,6 +58,9 @@ actor ACPConnection {
         var agentName: String?
     }
 
+    /// The longest message read from the agent; a longer line is dropped whole.
+    static let maxMessageBytes = 4 << 20
+
     /// The methods of the client side that this client serves.
     static let servedMethods: Set<String> = ["session/request_permission"]
 
@@ -118,7 +121,7 @@ actor ACPConnection {
         let (started, startedContinuation) = AsyncStream.makeStream(of: ACPConnection.self)
         let process = AgentProcess(
             invocation: invocation, workingDirectory: workingDirectory, environment: environment,
-            framing: .messages(maxBytes: BoundedLineFramer().maxLineBytes)
+            framing: .messages(maxBytes: maxMessageBytes)
         )
         let box = ConnectionBox()
         let task = Task {

@@ -335,7 +335,7 @@ extension AgentRuntime {
             // As any agent's line: its parser (plain text, set by `beginACPTurn`) makes it output.
             await agentLine(execution.executionId, stream: stream, line: line)
         case .overlong(let bytes):
-            let message = "the agent sent a message of \(bytes) bytes, over the limit of \(BoundedLineFramer().maxLineBytes): dropped"
+            let message = "the agent sent a message of \(bytes) bytes, over the limit of \(ACPConnection.maxMessageBytes): dropped"
             logger.warning("ACP message over the limit: dropped", metadata: ["bytes": "\(bytes)"])
             if let execution = active, execution.acpTurn != nil {
                 record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: ["kind": .string("error"), "message": .string(message), "raw": .string(message)])

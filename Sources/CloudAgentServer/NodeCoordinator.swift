@@ -246,13 +246,11 @@ public final class NodeCoordinator: Service, Sendable {
         var deletedHere = false
         /// A drain is running (or about to) for this session.
         var draining = false
-        /// Whether a notice was merged that asks for anything.
-        var notices = 0
-
-        var hasWork: Bool { notices > 0 }
+        /// A notice was merged since the drain last took the backlog.
+        var hasWork = false
 
         mutating func merge(_ change: ChangeNotice, here node: String) {
-            notices += 1
+            hasWork = true
             if change.runtime == "deleted" {
                 deleted = true
                 if change.host == node { deletedHere = true }
