@@ -1,5 +1,6 @@
 import CloudAgentCore
 import CloudAgentSQLite
+import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(Glibc)

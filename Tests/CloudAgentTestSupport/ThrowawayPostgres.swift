@@ -180,21 +180,6 @@ public final class ThrowawayPostgres: Sendable {
         return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    private static func freeLoopbackPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Unavailable(description: "socket() failed (errno \(errno))") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw Unavailable(description: "could not find a free loopback port (errno \(errno))") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
 
     /// Starts the server under its lifeline shell; returns at once.
     private static func spawnServer(
@@ -274,4 +259,22 @@ public final class ThrowawayPostgres: Sendable {
         let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? "(no \(path))"
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(20).joined(separator: "\n")
     }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released): a server started on it may still lose
+/// it to another process first, so callers retry.
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ThrowawayPostgres.Unavailable(description: "socket() failed (errno \(errno))") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw ThrowawayPostgres.Unavailable(description: "could not find a free loopback port (errno \(errno))") }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
