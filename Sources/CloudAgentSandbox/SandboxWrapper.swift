@@ -39,10 +39,18 @@ public struct SandboxUnavailable: Error, Sendable, CustomStringConvertible {
 /// push input into). It shares the network with the host: the runtime must reach the control
 /// plane on 127.0.0.1 and agents their model APIs.
 ///
-/// `--die-with-parent`: when the outer bwrap process (the one the control plane launched and
-/// can identify) dies, the kernel kills everything inside. The control plane therefore never
-/// sends SIGTERM to that process: it signals the sandbox's program, which it finds as the
-/// outer process's grandchild (see `ProcessTree`), and SIGKILLs the outer process last.
+/// The sandbox outlives the control plane. The launched `bwrap` is started in a session of its
+/// own (`ProcessControl.spawnDetached`) and is the sandbox's monitor, as podman's `conmon` is a
+/// container's: the parent of the sandbox's init, re-parented to the host's init when the
+/// control plane exits or crashes, and found again by a restarted control plane (or another
+/// node) from its recorded pid and start time. It is deliberately not run with
+/// `--die-with-parent`, which would kill the sandbox when the control plane (bwrap's parent)
+/// exits: every deploy would kill every agent.
+///
+/// A stop still takes everything: the control plane signals the sandbox's program (the runtime),
+/// which it finds as the launched process's grandchild (see `ProcessTree`), then SIGKILLs every
+/// process of the launch from the top. The sandbox's init is PID 1 of its PID namespace, so its
+/// death makes the kernel kill whatever is left inside, a process that double-forked included.
 public struct SandboxWrapper: Sendable {
     public let kind: SandboxKind
     public let dataDirectory: URL
@@ -177,7 +185,6 @@ public struct SandboxWrapper: Sendable {
                 "--hostname", "sandbox",
                 "--cap-drop", "ALL",
                 "--new-session",
-                "--die-with-parent",
                 "--remount-ro", "/",
                 "--chdir", workspacePath,
                 "--",

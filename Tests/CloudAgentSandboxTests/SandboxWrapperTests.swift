@@ -30,7 +30,9 @@ struct SandboxWrapperTests {
         #expect(text.contains("--tmpfs /tmp"))
         #expect(text.contains("--unshare-user --uid 1000 --gid 1000"))
         #expect(text.contains("--unshare-pid --unshare-ipc --unshare-uts"))
-        #expect(text.contains("--cap-drop ALL --new-session --die-with-parent --remount-ro / --chdir /data/workspaces/a -- /bin/sh -c echo hi"))
+        #expect(text.contains("--cap-drop ALL --new-session --remount-ro / --chdir /data/workspaces/a -- /bin/sh -c echo hi"))
+        // The sandbox outlives the control plane (bwrap's parent): a restart must not kill it.
+        #expect(!argv.contains("--die-with-parent"))
         #expect(!argv.contains("--unshare-net"))
         #expect(!argv.contains("--unshare-all"))
         if FileManager.default.fileExists(atPath: "/etc/shadow") {
@@ -226,20 +228,56 @@ struct BubblewrapTests {
         #expect(contents(log).contains("finished"))
     }
 
-    @Test("SIGKILL of the launched bwrap alone takes everything inside down with it (--die-with-parent)")
-    func dieWithTheLaunchedProcess() async throws {
+    @Test("the process that launched bwrap exits (a control plane restarting): the sandbox lives on, and a stop of the launch then takes everything inside down")
+    func outlivesItsLauncher() async throws {
         let sessions = try Sessions()
         let argv = sessions.sandbox.wrap(
             ["/bin/sh", "-c", "sleep 120 & sleep 120"], workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
+        )
+        // A launcher that starts the sandbox, prints bwrap's pid, and exits once told to (when
+        // the sandbox is up): bwrap's parent is gone, as when `serve` is stopped or killed.
+        let pidFile = sessions.directory.path("bwrap.pid")
+        let release = sessions.directory.path("release")
+        let quoted = argv.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        let launcher = try ProcessControl.spawnDetached(
+            argv: ["/bin/sh", "-c", "\(quoted) >/dev/null 2>&1 </dev/null & echo $! > \(pidFile.path); while [ ! -e \(release.path) ]; do sleep 0.05; done"],
+            environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
+            stdin: nil, logFile: sessions.layout.runtimeLog(sessions.own)
+        )
+        defer { ProcessControl.killTree(launcher); _ = ProcessControl.reapIfExited(launcher.pid) }
+        func bwrapPid() -> Int32? { Int32(contents(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)) }
+        #expect(await eventually { bwrapPid() != nil })
+        let pid = try #require(bwrapPid())
+        let stat = try #require(ProcStat.read(pid))
+        let bwrap = SpawnedProcess(pid: pid, startTime: stat.startTime)
+        defer { ProcessControl.killTree(bwrap) }
+        #expect(await eventually { ProcessTree.of(bwrap).members.count == 5 }, "bwrap, the sandbox's init, sh and its two sleeps")
+        let inside = ProcessTree.of(bwrap).members.filter { $0.depth > 0 }.map(\.process)
+        try Data().write(to: release)
+        #expect(await eventually { ProcessControl.reapIfExited(launcher.pid) != nil })
+        // Well after the launcher is gone, everything inside still runs.
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(ProcessControl.isAlive(bwrap))
+        #expect(inside.allSatisfy(ProcessControl.isAlive), "the sandbox died with its launcher")
+        #expect(await ProcessControl.terminate(bwrap, graceful: { $0.at(depth: 2) }, graceMs: 200))
+        #expect(!ProcessControl.anyAlive(inside + [bwrap]))
+    }
+
+    @Test("SIGKILL of the sandbox's init takes everything inside down with it (PID 1 of its namespace)")
+    func initTakesTheSandboxDown() async throws {
+        let sessions = try Sessions()
+        let argv = sessions.sandbox.wrap(
+            ["/bin/sh", "-c", "(sleep 120 &) ; sleep 120"], workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
         )
         let process = try ProcessControl.spawnDetached(
             argv: argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
             stdin: nil, logFile: sessions.layout.runtimeLog(sessions.own)
         )
-        #expect(await eventually { ProcessTree.of(process).members.count == 5 })
-        let inside = ProcessTree.of(process).members.filter { $0.depth > 0 }.map(\.process)
-        #expect(ProcessControl.signal(process, SIGKILL))
-        #expect(await eventually { ProcessControl.reapIfExited(process.pid) != nil || !ProcessControl.isAlive(process) })
+        defer { ProcessControl.killTree(process); _ = ProcessControl.reapIfExited(process.pid) }
+        #expect(await eventually { ProcessTree.of(process).members.count >= 4 }, "bwrap, the sandbox's init, sh, the sleeps")
+        let inside = ProcessTree.of(process).members.filter { $0.depth > 1 }.map(\.process)
+        let initProcess = try #require(ProcessTree.of(process).at(depth: 1).first)
+        #expect(ProcessControl.signal(initProcess, SIGKILL))
         #expect(await eventually { !ProcessControl.anyAlive(inside) })
     }
 
