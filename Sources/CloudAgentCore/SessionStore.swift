@@ -206,9 +206,15 @@ public protocol SessionStore: Sendable {
     /// A delivery was given up: it leaves the outbox. False when it was not there.
     @discardableResult
     func markCallbackFailed(_ id: UUID) async throws -> Bool
+
+    /// Whether the store answers, for a store that can be away (a database server); nil for one
+    /// that is part of this process (memory, an SQLite file).
+    var availability: StoreAvailability? { get }
 }
 
 extension SessionStore {
+    public var availability: StoreAvailability? { nil }
+
     public func update<Output: Sendable>(
         _ id: SessionID, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {

@@ -35,11 +35,14 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// How long a callback delivery handed out by `dueCallbacks` stays this node's: longer than
     /// an attempt takes, so that no other node sends it meanwhile.
     private let callbackLeaseMs: Int64
+    /// Every operation's outcome: whether the database answers, and since when.
+    public let availability: StoreAvailability?
 
     public init(
         configuration: PostgresConfiguration, logger: Logger = Logger(label: "cloud-agent.postgres"), nodeId: String? = nil,
-        wakeUpLeaseMs: Int64 = 5_000, callbackLeaseMs: Int64 = 60_000
+        wakeUpLeaseMs: Int64 = 5_000, callbackLeaseMs: Int64 = 60_000, clock: any WallClock = SystemWallClock()
     ) throws {
+        availability = StoreAvailability(clock: clock)
         client = PostgresClient(configuration: try configuration.clientConfiguration(), backgroundLogger: logger)
         self.logger = logger
         self.nodeId = nodeId
@@ -692,18 +695,46 @@ public final class PostgresSessionStore: SessionStore, Service {
     public static let operationTimeout: Duration = .seconds(5)
 
     /// Runs `body`, cancelled (and `StoreError.unavailable` thrown) after `operationTimeout`.
+    /// Its outcome says whether the database answers (`availability`).
     private func bounded<Result: Sendable>(_ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
-        try await withThrowingTaskGroup(of: Result?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: Self.operationTimeout)
-                return nil
+        do {
+            let result = try await withThrowingTaskGroup(of: Result?.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(for: Self.operationTimeout)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let result = first else {
+                    throw StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
+                }
+                return result
             }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let result = first else {
-                throw StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
-            }
+            availability?.answered()
             return result
+        } catch {
+            if Self.isOutage(error) { availability?.failed() }
+            throw error
+        }
+    }
+
+    /// Whether `error` says the database could not be reached (rather than that it answered
+    /// with an error): no answer in time, a connection that failed or closed, a server shutting
+    /// down or starting (SQLSTATE class 08, 57P01–57P03).
+    static func isOutage(_ error: any Error) -> Bool {
+        if case StoreError.unavailable = error { return true }
+        // The pool's own error (its circuit breaker tripped: no connection could be made for a
+        // long while) is not public API; it is recognised by its type's name.
+        if String(reflecting: type(of: error)).hasSuffix("ConnectionPoolError") { return true }
+        guard let error = error as? PSQLError else { return false }
+        switch error.code {
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown:
+            return true
+        case .server:
+            let state = error.serverInfo?[.sqlState] ?? ""
+            return state.hasPrefix("08") || ["57P01", "57P02", "57P03"].contains(state)
+        default:
+            return false
         }
     }
 

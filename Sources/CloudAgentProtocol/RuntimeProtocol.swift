@@ -67,6 +67,9 @@ public enum ControlMessage: Sendable, Equatable {
     case welcome(ackedSeq: Int64, heartbeatIntervalMs: Int64, stopGraceMs: Int64, idleTimeoutMs: Int64?, controlUrls: [String]?)
     /// The session's settings changed (`PATCH idleTimeoutMs`): the runtime keeps the new value.
     case settings(idleTimeoutMs: Int64)
+    /// The control plane's live nodes changed (a node joined, left or was lost): their runtime
+    /// routes, which replace the list the runtime goes round when its node goes away.
+    case nodes(controlUrls: [String])
     /// Events up to `seq` are durable.
     case ack(seq: Int64)
     /// Run one execution's agent. A runtime ignores an execution id it has already run.
@@ -284,6 +287,9 @@ public enum ProtocolCoding {
         case .settings(let idleTimeout):
             frame = Frame(type: "settings")
             frame.idleTimeoutMs = idleTimeout
+        case .nodes(let controlUrls):
+            frame = Frame(type: "nodes")
+            frame.controlUrls = controlUrls
         case .ack(let seq):
             frame = Frame(type: "ack")
             frame.seq = seq
@@ -353,6 +359,9 @@ public enum ProtocolCoding {
         case "settings":
             guard let idleTimeout = frame.idleTimeoutMs, idleTimeout > 0 else { throw ProtocolError("settings needs idleTimeoutMs ≥ 1") }
             return .settings(idleTimeoutMs: idleTimeout)
+        case "nodes":
+            guard let controlUrls = frame.controlUrls, !controlUrls.isEmpty else { throw ProtocolError("nodes needs controlUrls") }
+            return .nodes(controlUrls: controlUrls)
         case "ack":
             guard let seq = frame.seq else { throw ProtocolError("ack needs seq") }
             return .ack(seq: seq)

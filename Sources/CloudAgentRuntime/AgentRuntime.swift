@@ -251,6 +251,9 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         case .settings(let idleTimeoutMs):
             orphanPolicy.idleTimeout = .milliseconds(idleTimeoutMs)
             logger.info("settings changed", metadata: ["idleTimeoutMs": "\(idleTimeoutMs)"])
+        case .nodes:
+            // The connection's business, like a welcome's controlUrls (`ControlConnection`).
+            break
         case .ack(let seq):
             acknowledge(upTo: seq)
         case .ping(let nonce):

@@ -110,11 +110,12 @@ public struct ControlConnection: Service, CustomStringConvertible {
         return nil
     }
 
-    /// A welcome named the control plane's nodes: later attempts go to them (the valid ones).
+    /// A welcome or a `nodes` frame named the control plane's live nodes: later attempts go
+    /// round them (the valid ones), until the next list.
     private func adopt(_ named: [String]) {
         let invalid = named.filter { !ControlEndpoints.isValid($0) }
         if !invalid.isEmpty {
-            logger.warning("the welcome names control-plane endpoints that are not ws:// or wss:// URLs: ignored", metadata: ["invalid": "\(invalid)"])
+            logger.warning("the control plane names endpoints that are not ws:// or wss:// URLs: ignored", metadata: ["invalid": "\(invalid)"])
         }
         guard let urls = endpoints.update({ $0.replace(with: named) ? $0.urls : nil }) else { return }
         logger.info("the control plane named its nodes", metadata: ["endpoints": "\(urls)"])
@@ -225,7 +226,10 @@ public struct ControlConnection: Service, CustomStringConvertible {
                     }
                     switch Result(catching: { () throws(ProtocolError) in try ProtocolCoding.decodeControlMessage(text) }) {
                     case .success(let control):
-                        if case .welcome(_, _, _, _, let named?) = control { adopt(named) }
+                        switch control {
+                        case .welcome(_, _, _, _, let named?), .nodes(let named): adopt(named)
+                        default: break
+                        }
                         await runtime.receive(control, on: link.id)
                     case .failure(let error) where error.unknownType != nil:
                         // A newer control plane's frame: harmless, ignored.

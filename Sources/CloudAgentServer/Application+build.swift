@@ -36,7 +36,9 @@ public struct ControlPlane: Sendable {
         _ configuration: ServerConfiguration, store: any SessionStore, membership: any ClusterMembership = SingleNode(),
         clock: any WallClock = SystemWallClock(), metrics: ServerMetrics = ServerMetrics(), logger: Logger
     ) async throws -> ControlPlane {
-        let cluster = ClusterView(nodeId: membership.nodeId, isShared: membership.isShared, leaseMs: configuration.nodeLeaseMs)
+        let cluster = ClusterView(
+            nodeId: membership.nodeId, isShared: membership.isShared, leaseMs: configuration.nodeLeaseMs, store: store.availability
+        )
         let data = try DataDirectory(configuration.dataDirectory)
         let secretBox = try SecretBox(base64Key: configuration.secretKey ?? data.secretKey())
         let localToken = try configuration.apiToken ?? data.apiToken()
@@ -105,18 +107,29 @@ public struct ControlPlane: Sendable {
         }
     }
 
+    /// Whether the store answers a trivial read within `limit`: a readiness probe answers 503 at
+    /// once while the database is away, rather than after the store's own bound.
+    static func storeAnswers(_ store: any SessionStore, within limit: Duration) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await store.lastEventId(of: SessionID())) != nil }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
+    }
+
     /// The router: open routes, then `/v1` behind bearer authentication.
     public func buildRouter() -> Router<AppRequestContext> {
         let router = Router(context: AppRequestContext.self)
         router.add(middleware: ErrorMiddleware())
         router.get("healthz") { _, _ in JSONResponse.make(["status": "ok"]) }
         router.get("readyz") { [store] _, _ in
-            do {
-                _ = try await store.lastEventId(of: SessionID())
-                return JSONResponse.make(["status": "ok"])
-            } catch {
-                return JSONResponse.make(["status": "unavailable"], status: .serviceUnavailable)
-            }
+            await Self.storeAnswers(store, within: .seconds(2))
+                ? JSONResponse.make(["status": "ok"])
+                : JSONResponse.make(["status": "unavailable"], status: .serviceUnavailable)
         }
         router.get("metrics") { [metrics] _, _ in
             Response(

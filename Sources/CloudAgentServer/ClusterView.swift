@@ -12,12 +12,24 @@ public final class ClusterView: Sendable {
     public let isShared: Bool
     /// A node whose registration was not renewed within this is lost.
     public let leaseMs: Int64
+    /// The shared store's availability: no node could renew its registration while the store
+    /// was away, so none is judged lost until a lease has passed since it came back.
+    let store: StoreAvailability?
     private let known = Mutex<[NodeInfo]?>(nil)
 
-    public init(nodeId: String = "local", isShared: Bool = false, leaseMs: Int64 = 5_000) {
+    public init(nodeId: String = "local", isShared: Bool = false, leaseMs: Int64 = 5_000, store: StoreAvailability? = nil) {
         self.nodeId = nodeId
         self.isShared = isShared
         self.leaseMs = leaseMs
+        self.store = store
+    }
+
+    /// Whether `node` counts as live at `now`: renewed within the lease, or the store came back
+    /// less than a lease ago (its outage stopped every renewal).
+    func isLive(_ node: NodeInfo, now: Date) -> Bool {
+        if node.isLive(now: now, leaseMs: leaseMs) { return true }
+        guard let back = store?.answeringSince else { return false }
+        return now.milliseconds(since: back) <= leaseMs
     }
 
     /// A single node.
@@ -48,7 +60,7 @@ public final class ClusterView: Sendable {
     func placement(ofHost host: String?, now: Date) -> Placement {
         guard isShared, let host, host != nodeId else { return .here }
         guard let node = nodes.first(where: { $0.id == host }) else { return isKnown ? .lost(host) : .elsewhere(host) }
-        return node.isLive(now: now, leaseMs: leaseMs) ? .elsewhere(host) : .lost(host)
+        return isLive(node, now: now) ? .elsewhere(host) : .lost(host)
     }
 
     /// Since when some node has served without a break (`fallback` for a single node: when it started).
@@ -67,14 +79,14 @@ public final class ClusterView: Sendable {
     func lostNodes(now: Date) -> [String: Date] {
         guard isShared else { return [:] }
         var lost: [String: Date] = [:]
-        for node in nodes where node.id != nodeId && !node.isLive(now: now, leaseMs: leaseMs) { lost[node.id] = node.heartbeatAt }
+        for node in nodes where node.id != nodeId && !isLive(node, now: now) { lost[node.id] = node.heartbeatAt }
         return lost
     }
 
     /// The runtime route of every live node, this one first: where a runtime may reconnect.
     func controlURLs(now: Date) -> [String] {
         guard isShared else { return [] }
-        let live = nodes.filter { $0.isLive(now: now, leaseMs: leaseMs) }.sorted { ($0.id == nodeId ? 0 : 1, $0.id) < ($1.id == nodeId ? 0 : 1, $1.id) }
+        let live = nodes.filter { isLive($0, now: now) }.sorted { ($0.id == nodeId ? 0 : 1, $0.id) < ($1.id == nodeId ? 0 : 1, $1.id) }
         return live.compactMap { Self.runtimeURL(advertised: $0.advertiseURL) }
     }
 

@@ -110,6 +110,8 @@ public final class NodeCoordinator: Service, Sendable {
         // Until this node's own registration shows, the registry is read again soon rather than
         // a heartbeat later: the server's start waits for it (`listening`).
         var seenSelf = false
+        // The live nodes' routes as the runtimes connected here were last told them.
+        var told: [String] = []
         while !Task.isCancelled {
             do {
                 let nodes = try await membership.nodes()
@@ -119,7 +121,15 @@ public final class NodeCoordinator: Service, Sendable {
                     markReady()
                 }
                 let now = ledger.clock.now()
-                for node in nodes where node.id != view.nodeId && !node.isLive(now: now, leaseMs: view.leaseMs) {
+                let routes = view.controlURLs(now: now)
+                if seenSelf, routes != told, !routes.isEmpty {
+                    told = routes
+                    logger.info("live nodes changed; telling the runtimes connected here", metadata: [
+                        "routes": "\(routes)", "runtimes": "\(gateway.connectedSessions.count)",
+                    ])
+                    gateway.tellNodes(routes)
+                }
+                for node in nodes where node.id != view.nodeId && !view.isLive(node, now: now) {
                     if reported.insert(node.id).inserted {
                         logger.warning("node lost", metadata: ["nodeId": "\(node.id)", "lastHeartbeat": "\(Timestamp.format(node.heartbeatAt))"])
                     }
@@ -127,7 +137,7 @@ public final class NodeCoordinator: Service, Sendable {
                         await takeOver(node.id)
                     }
                 }
-                for node in nodes where node.isLive(now: now, leaseMs: view.leaseMs) { reported.remove(node.id) }
+                for node in nodes where view.isLive(node, now: now) { reported.remove(node.id) }
             } catch {
                 logger.warning("reading the node registry failed", metadata: ["error": "\(String(reflecting: error))"])
             }

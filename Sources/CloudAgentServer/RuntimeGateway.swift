@@ -93,6 +93,14 @@ public final class RuntimeGateway: Sendable {
         connection.close()
     }
 
+    /// Tells every runtime connected here the live nodes' routes (they changed): each goes round
+    /// them when its node goes away, a node that joined after its welcome included.
+    func tellNodes(_ controlURLs: [String]) {
+        guard !controlURLs.isEmpty else { return }
+        let all = connections.withLock { Array($0.values) }
+        for connection in all { connection.send(.nodes(controlUrls: controlURLs)) }
+    }
+
     /// The sessions whose runtime is connected here.
     var connectedSessions: [SessionID] { connections.withLock { Array($0.keys) } }
 

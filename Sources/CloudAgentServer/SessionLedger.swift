@@ -43,12 +43,22 @@ public final class SessionLedger: Sendable {
     /// Called once the server listens.
     func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
 
-    /// The context of a decision made now. With several nodes, downtime counts from when the
-    /// cluster last had no node serving, and a runtime whose node was lost from that loss.
+    /// Since when the control plane has served without a break, as of `now`: from this node's
+    /// start, or with several nodes from when the cluster last had no node serving — and in any
+    /// case not before the store last came back from an outage (the store's downtime is the
+    /// control plane's).
+    func servingSince(now: Date) -> Date {
+        let served = cluster.availableSince(now: now, fallback: controlPlaneStartedAt)
+        guard let storeBack = store.availability?.answeringSince else { return served }
+        return max(served, storeBack)
+    }
+
+    /// The context of a decision made now: silence before `servingSince` never counts, and a
+    /// runtime whose node was lost is judged from that loss.
     func context() -> SessionContext {
         let now = clock.now()
         return SessionContext(
-            now: now, timing: timing, controlPlaneStartedAt: cluster.availableSince(now: now, fallback: controlPlaneStartedAt),
+            now: now, timing: timing, controlPlaneStartedAt: servingSince(now: now),
             nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now), nodeStarts: cluster.nodeStarts
         )
     }

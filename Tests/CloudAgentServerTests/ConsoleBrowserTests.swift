@@ -36,7 +36,7 @@ struct ConsoleBrowserTests {
         try Data(#"{"agents": [{"name": "fixture-acp", "command": ["\#(fixture)", "acp"], "protocol": "acp"}]}"#.utf8).write(to: agentsFile)
         let serve = try SpawnedCommand(["serve"], environment: [
             "CLOUD_AGENT_AGENTS_FILE": agentsFile.path,
-            "CLOUD_AGENT_PORT": "0", "CLOUD_AGENT_DATA_DIR": data.path, "CLOUD_AGENT_SANDBOX": "none",
+            "CLOUD_AGENT_PORT": "0", "CLOUD_AGENT_DATA_DIR": data.path,
             "CLOUD_AGENT_IDLE_TIMEOUT": "4s", "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "1s",
         ], in: directory.url)
         defer { serve.forceStop() }

@@ -90,7 +90,9 @@ struct TestServer {
     let directory: TemporaryDirectory
     var timing: Timing
     var maxRuntimes = 32
-    var sandbox: SandboxMode = .none
+    /// What `auto` picks on this machine (bwrap wherever it works), as users run it. A test
+    /// that needs another says why.
+    var sandbox: SandboxMode = .auto
     var runtimeExecutable = TestServer.buildProducts.appendingPathComponent("cloud-agent-runtime")
     var streamBufferEvents = 1024
     var streamTicketLifetimeMs: Int64 = 60_000

@@ -41,7 +41,7 @@ struct MultiNodeTests {
             var environment = [
                 "CLOUD_AGENT_PORT": String(port), "CLOUD_AGENT_DATA_DIR": directory.appendingPathComponent(name).path,
                 "CLOUD_AGENT_DATABASE_URL": databaseURL, "CLOUD_AGENT_API_TOKEN": MultiNodeTests.token, "CLOUD_AGENT_SECRET_KEY": secretKey,
-                "CLOUD_AGENT_SANDBOX": "none", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "200ms", "CLOUD_AGENT_STALE_THRESHOLD": "3s",
+                "CLOUD_AGENT_HEARTBEAT_INTERVAL": "200ms", "CLOUD_AGENT_STALE_THRESHOLD": "3s",
                 "CLOUD_AGENT_IDLE_TIMEOUT": "\(MultiNodeTests.idleTimeoutMs)ms", "CLOUD_AGENT_PENDING_TIMEOUT": "30s",
                 "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_NODE_HEARTBEAT": "200ms", "CLOUD_AGENT_NODE_LEASE": "1s",
                 "CLOUD_AGENT_LOG_LEVEL": "info",
@@ -52,6 +52,20 @@ struct MultiNodeTests {
             let running = try await RunningServer.awaitBanner(command)
             try #require(running.port == port)
             return port
+        }
+
+        /// Stops node `name` with `signal` (SIGTERM: a deploy) and starts it again on its port and data.
+        func restart(_ name: String, with signal: Int32 = SIGTERM) async throws {
+            let node = try #require(nodes[name])
+            node.command.signal(signal)
+            try #require(try await node.command.waitForExit(within: 20), "node \(name) did not stop:\n\(node.command.diagnostics)")
+            if signal == SIGTERM { #expect(node.command.exitStatus == 0, "node \(name) stopped uncleanly:\n\(node.command.diagnostics)") }
+            try await start(name)
+        }
+
+        /// The runtime log of a session hosted by node `name`.
+        func runtimeLog(_ name: String, session id: String) -> String {
+            (try? String(contentsOf: directory.appendingPathComponent("\(name)/runtimes/\(id).log"), encoding: .utf8)) ?? ""
         }
 
         func kill(_ name: String) async throws {
@@ -229,6 +243,108 @@ struct MultiNodeTests {
         let final = try await Self.events(a, id)
         #expect(final.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 2, "\(cluster.diagnostics)")
         #expect(try await Self.view(a, id)["runtime"]?["state"] == "stopped")
+        try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+
+    @Test("a node joins after the runtime connected, then the runtime's node is killed -9: the runtime was told of the new node, says hello to it, and the execution completes")
+    func runtimeLearnsOfANodeThatJoinsLater() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        // Only node a exists when the runtime is launched and welcomed: it knows no other node.
+        try await cluster.start("a")
+        let a = try cluster.client("a")
+        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "tick 80 0.1\nsay finished"])
+        try #require(created.status == 201, "create: \(created.text)")
+        let id = try #require(created["sessionId"]?.stringValue)
+        #expect(created["sandbox"]?.stringValue == (bwrapWorks ? "bwrap" : "none"))
+        try #require(try await a.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+        try await eventually(within: 30, "a few ticks") { try await Self.events(a, id).filter { $0["type"] == "agent" }.count >= 3 }
+
+        // Node b joins; node a tells its runtimes the new list of live nodes.
+        let bPort = try await cluster.start("b")
+        try await eventually(within: 15, "the runtime to hear of node b") {
+            cluster.runtimeLog("a", session: id).contains("the control plane named its nodes")
+                && cluster.runtimeLog("a", session: id).contains("127.0.0.1:\(bPort)")
+        }
+
+        try await cluster.kill("a")
+        let b = try cluster.client("b")
+        let bId = try cluster.nodeId("b")
+        let sessionId = try #require(SessionID(rawValue: id))
+        let helloToB: Bool = try await cluster.withStore { store in
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                if try await store.session(sessionId)?.runtime.connectedNode == bId { return true }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            return false
+        }
+        #expect(helloToB, "the runtime never said hello to node b:\n\(cluster.runtimeLog("a", session: id).suffix(3000))")
+        try await eventually(within: 60, "the execution to complete through node b") {
+            try await Self.view(b, id)["latestExecution"]?["status"] == "completed"
+        }
+        let texts = try await Self.events(b, id).filter { $0["type"] == "agent" }.compactMap { $0["data"]?["text"]?.stringValue }
+        #expect(texts == (1...80).map { "tick \($0)/80" } + ["finished"], "agent events not exactly once: \(texts.count)")
+        #expect(try await b.request("DELETE", "/v1/sessions/\(id)", token: Self.token).status == 204)
+    }
+
+    @Test("a rolling deploy: two nodes restarted one after the other with SIGTERM while 10 sandboxed agents work: every execution completes with every event once, and every runtime is stopped once")
+    func rollingDeploy() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a")
+        try await cluster.start("b")
+        let ticks = 100
+        var ids: [String] = []
+        for index in 0..<10 {
+            let client = try cluster.client(index % 2 == 0 ? "a" : "b")
+            let created = try await client.request("POST", "/v1/sessions", token: Self.token, json: [
+                "prompt": .string("tick \(ticks) 0.1\nsay finished"), "idleTimeoutMs": 60_000,
+            ])
+            try #require(created.status == 201, "create: \(created.text)")
+            let id = try #require(created["sessionId"]?.stringValue)
+            #expect(created["sandbox"]?.stringValue == (bwrapWorks ? "bwrap" : "none"))
+            try #require(try await client.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+            ids.append(id)
+        }
+        let sessions = ids
+        let a = try cluster.client("a")
+        try await eventually(within: 60, "every agent at work") {
+            for id in sessions where try await Self.events(a, id).filter({ $0["type"] == "agent" }).count < 2 { return false }
+            return true
+        }
+        // The deploy: node a, then node b, each stopped gracefully and started again.
+        try await cluster.restart("a")
+        try await cluster.restart("b")
+        let b = try cluster.client("b")
+        try await eventually(within: 90, "every execution to end") {
+            for id in sessions {
+                let status = try await Self.view(b, id)["latestExecution"]?["status"]?.stringValue
+                if status == "running" || status == "pending" { return false }
+            }
+            return true
+        }
+        // Then each runtime idles out, once: the idle timeout is given back to the server's 2 s.
+        for id in sessions {
+            let patched = try await a.request("PATCH", "/v1/sessions/\(id)", token: Self.token, json: ["idleTimeoutMs": .number(Double(Self.idleTimeoutMs))])
+            #expect(patched.status == 200, "\(patched.text)")
+        }
+        try await eventually(within: 60, "every runtime to be idle-stopped") {
+            for id in sessions where try await Self.view(a, id)["runtime"]?["state"] != "stopped" { return false }
+            return true
+        }
+        for id in sessions {
+            let view = try await Self.view(a, id)
+            #expect(view["latestExecution"]?["status"] == "completed", "session \(id): \(view)\n\(cluster.diagnostics.suffix(4000))")
+            #expect(view["runtime"]?["stopReason"]?["rule"] == "idle")
+            let events = try await Self.events(b, id)
+            let eventIds = events.compactMap { $0["id"]?.intValue }
+            #expect(eventIds == Array(1...Int64(eventIds.count)), "ids of \(id): \(eventIds)")
+            let texts = events.filter { $0["type"] == "agent" }.compactMap { $0["data"]?["text"]?.stringValue }
+            #expect(texts == (1...ticks).map { "tick \($0)/\(ticks)" } + ["finished"], "agent events of \(id) not exactly once: \(texts.count)")
+            #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "stops of \(id)")
+            #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStarted }.count == 1, "starts of \(id)")
+        }
         try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
     }
 

@@ -19,7 +19,7 @@ struct RealACPAgentScenarioTests {
 
     /// A server whose agents file declares one ACP agent (claude-code-acp unless told otherwise).
     func server(
-        idleTimeoutMs: Int64 = 60_000, sandbox: SandboxMode = .none, agent: String = "claude-acp", command: [String] = [binary ?? "/nonexistent"]
+        idleTimeoutMs: Int64 = 60_000, sandbox: SandboxMode = .auto, agent: String = "claude-acp", command: [String] = [binary ?? "/nonexistent"]
     ) throws -> TestServer {
         var server = try TestServer(timing: Timing(
             idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000

@@ -46,7 +46,7 @@ struct RealAgentScenarioTests {
         agent.binary != nil && FileManager.default.isExecutableFile(atPath: modelServerBinary.path)
     }
 
-    func server(for agent: RealAgent, sandbox: SandboxMode = .none) throws -> TestServer {
+    func server(for agent: RealAgent, sandbox: SandboxMode = .auto) throws -> TestServer {
         var server = try TestServer(timing: Timing(heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000))
         server.sandbox = sandbox
         server.agentBinaries = [agent.variable: agent.binary ?? ""]

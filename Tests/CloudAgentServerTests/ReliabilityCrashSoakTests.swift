@@ -34,7 +34,7 @@ extension ReliabilityHarness {
             let port = try freeLoopbackPort()
             let environment = [
                 "CLOUD_AGENT_PORT": String(port), "CLOUD_AGENT_DATA_DIR": data.path, "CLOUD_AGENT_API_TOKEN": Self.token,
-                "CLOUD_AGENT_SANDBOX": "none", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "150ms", "CLOUD_AGENT_STALE_THRESHOLD": "3s",
+                "CLOUD_AGENT_HEARTBEAT_INTERVAL": "150ms", "CLOUD_AGENT_STALE_THRESHOLD": "3s",
                 "CLOUD_AGENT_IDLE_TIMEOUT": "2s", "CLOUD_AGENT_PENDING_TIMEOUT": "30s", "CLOUD_AGENT_STOP_GRACE": "1s",
                 "CLOUD_AGENT_LOG_LEVEL": "info",
             ]

@@ -119,6 +119,31 @@ public final class ThrowawayPostgres: Sendable {
         if removing { try? FileManager.default.removeItem(atPath: directory) }
     }
 
+    /// Stops the server as `pg_ctl stop -m fast` does (its sessions are ended, it shuts down
+    /// cleanly) and keeps its data: the database is away until `resume()`. Returns once it
+    /// refuses connections.
+    public func pause() async throws {
+        try tell("pause")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while (try? await withAdminConnection { _ in }) != nil {
+            guard ContinuousClock.now < deadline else { throw Unavailable(description: "the server did not stop within 30 s") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Starts the paused server again, on the same data and port; returns once it accepts connections.
+    public func resume() async throws {
+        try tell("resume")
+        guard await waitUntilReady() else { throw Unavailable(description: "the server did not start again:\n\(Self.tail(of: directory + "/server.log"))") }
+    }
+
+    private func tell(_ command: String) throws {
+        let line = Array((command + "\n").utf8)
+        guard !stopped.load(ordering: .acquiring), line.withUnsafeBytes({ write(lifeline, $0.baseAddress, $0.count) }) == line.count else {
+            throw Unavailable(description: "the server's shell is gone")
+        }
+    }
+
     /// Every cluster still running is stopped when the process exits.
     private static let registerExitHandler: Void = {
         atexit {
@@ -185,14 +210,21 @@ public final class ThrowawayPostgres: Sendable {
     private static func spawnServer(
         binaries: String, directory: String, data: String, port: Int, settings: [String], runAsPostgres: Bool
     ) throws -> ThrowawayPostgres {
-        // `cat` returns when this process closes its end of the pipe or dies. A server still
+        // The loop ends when this process closes its end of the pipe or dies. A server still
         // running then (this process died without stopping it) is stopped at once (SIGQUIT:
         // immediate shutdown) and its directory removed; `stop()` stops it before.
+        // Until then it reads `pause` (SIGINT: a fast shutdown, as `pg_ctl stop -m fast`) and
+        // `resume` (the server again, on the same data and port) from the pipe: an outage.
         let script = """
             server="$1"; data="$2"; port="$3"; sockets="$4"; shift 4
             "$server" -D "$data" -p "$port" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$sockets" "$@" &
             pid=$!
-            cat >/dev/null
+            while read -r command; do
+              case "$command" in
+                pause) kill -INT "$pid" 2>/dev/null; wait "$pid" ;;
+                resume) "$server" -D "$data" -p "$port" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$sockets" "$@" & pid=$! ;;
+              esac
+            done
             if kill -QUIT "$pid" 2>/dev/null; then wait "$pid"; rm -rf "$sockets"; else wait "$pid"; fi
             """
         var ends: [Int32] = [0, 0]
@@ -242,13 +274,25 @@ public final class ThrowawayPostgres: Sendable {
         }
         posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o666)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // The test process's threads block signals: the shell must start with none blocked and
+        // default dispositions, or its `wait` never hears SIGCHLD.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var cArguments = argv.map { strdup($0) }
         var cEnvironment = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") }
         defer { (cArguments + cEnvironment).forEach { free($0) } }
         cArguments.append(nil)
         cEnvironment.append(nil)
         var pid: pid_t = 0
-        let result = posix_spawnp(&pid, argv[0], &actions, nil, &cArguments, &cEnvironment)
+        let result = posix_spawnp(&pid, argv[0], &actions, &attributes, &cArguments, &cEnvironment)
         guard result == 0 else {
             throw Unavailable(description: "could not start \(argv[0]) (\(String(cString: strerror(result))))")
         }
