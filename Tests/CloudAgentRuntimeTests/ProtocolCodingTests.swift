@@ -32,6 +32,7 @@ struct ProtocolCodingTests {
         ]),
         .welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: nil, controlUrls: []),
         .settings(idleTimeoutMs: 60_000),
+        .nodes(controlUrls: ["ws://10.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect"]),
         .ack(seq: 12),
         .execute(ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi\nsleep 0.5\n")),
         .execute(ExecuteCommand(executionId: "exc_2", agent: "claude-code", prompt: String(repeating: "é", count: 10_000), mode: "plan", model: "opus")),
@@ -79,6 +80,10 @@ struct ProtocolCodingTests {
         #expect(settings.count == 2)
         #expect(settings["type"] as? String == "settings")
         #expect(settings["idleTimeoutMs"] as? Int == 800)
+        let nodes = try #require(try JSONSerialization.jsonObject(with: Data(ProtocolCoding.encode(.nodes(controlUrls: ["ws://a/v1/runtime/connect"])).utf8)) as? [String: Any])
+        #expect(nodes.count == 2)
+        #expect(nodes["type"] as? String == "nodes")
+        #expect(nodes["controlUrls"] as? [String] == ["ws://a/v1/runtime/connect"])
     }
 
     @Test func aWelcomeFromAnOlderControlPlaneHasNoIdleTimeout() throws {
@@ -134,7 +139,7 @@ struct ProtocolCodingTests {
     @Test func malformedFramesAreProtocolErrors() {
         let frames = [
             "", "null", "[]", "{}", #"{"type":"nope"}"#, #"{"type":"welcome"}"#, #"{"type":"welcome","ackedSeq":1,"heartbeatIntervalMs":0}"#,
-            #"{"type":"ack"}"#, #"{"type":"settings"}"#, #"{"type":"settings","idleTimeoutMs":0}"#, #"{"type":"execute"}"#, #"{"type":"kill"}"#, #"{"type":"event","event":{"seq":0}}"#,
+            #"{"type":"ack"}"#, #"{"type":"settings"}"#, #"{"type":"settings","idleTimeoutMs":0}"#, #"{"type":"nodes"}"#, #"{"type":"nodes","controlUrls":[]}"#, #"{"type":"execute"}"#, #"{"type":"kill"}"#, #"{"type":"event","event":{"seq":0}}"#,
             #"{"type":"hello","runtimeId":"r"}"#, #"{"type":"heartbeat","executionId":"e"}"#, #"{"type":7}"#,
             String(repeating: "x", count: RuntimeProtocol.maxFrameBytes + 1),
         ]
