@@ -148,6 +148,7 @@ struct ControlPlaneCrashTests {
         try await serve.waitForTicks(id, atLeast: 5)
         let launched = try await serve.request("GET", "/v1/sessions/\(id)")["runtime"]?["startedAt"]?.stringValue
 
+        let stoppedAt = ContinuousClock.now
         try await serve.stop(with: test.signal)
         if test.signal == SIGTERM {
             #expect(serve.current?.exitStatus == 0, "a graceful stop: \(serve.diagnostics)")
@@ -156,6 +157,7 @@ struct ControlPlaneCrashTests {
         // whose agent keeps ticking in its sandbox meanwhile.
         try await Task.sleep(for: .milliseconds(3500))
         try await serve.start()
+        let downtime = ContinuousClock.now - stoppedAt
 
         let session = try await serve.waitForEnd(id)
         #expect(session["latestExecution"]?["status"] == "completed", "\(session.text)\n\(serve.diagnostics)")
@@ -165,6 +167,7 @@ struct ControlPlaneCrashTests {
         expectEveryEventOnce(list, ticks: 100)
         #expect(list.filter { $0["type"] == "runtime.started" }.count == 1, "no second runtime was started")
         #expect(list.filter { $0["type"] == "runtime.stopped" }.isEmpty)
+        Reliability.report("restart", "\(test.testDescription), sandbox \(session["sandbox"]?.stringValue ?? "?"): serve down \(downtime) (stale threshold 3 s); the same runtime finished; \(list.count) events, ids 1…\(list.count) without a gap, 100 ticks once, no failure")
 
         #expect(try await serve.request("DELETE", "/v1/sessions/\(id)").status == 204)
         try await eventually(within: 15, "nothing of the sandbox left") { Reliability.processes(under: serve.directory.url).count == 1 }

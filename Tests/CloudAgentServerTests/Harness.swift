@@ -188,10 +188,23 @@ struct TestAPI: Sendable {
         ProcessControl.killTree(try await runtimeProcess(id))
     }
 
+    /// The depth of the runtime itself in its launch's process tree: 0 without a sandbox, 2
+    /// under bwrap (below the launched bwrap and the sandbox's init).
+    func runtimeDepth(_ id: SessionID) async throws -> Int {
+        try await plane.store.session(id)?.runtime.sandbox == "bwrap" ? 2 : 0
+    }
+
+    /// The runtime process itself (what a test signals to make a runtime die, freeze or shut
+    /// down), found in the kernel's process tree of the recorded launch.
+    func runtimeItself(_ id: SessionID) async throws -> SpawnedProcess {
+        let depth = try await runtimeDepth(id)
+        return try #require(ProcessTree.of(try await runtimeProcess(id)).at(depth: depth).first, "no runtime process below the launch of \(id)")
+    }
+
     /// The processes below the session's runtime (its agent and what that started), found in
     /// the kernel's process tree: below depth 0 without a sandbox, below depth 2 under bwrap.
     func agentProcesses(_ id: SessionID) async throws -> [SpawnedProcess] {
-        let runtimeDepth = try await plane.store.session(id)?.runtime.sandbox == "bwrap" ? 2 : 0
+        let runtimeDepth = try await runtimeDepth(id)
         return ProcessTree.of(try await runtimeProcess(id)).members.filter { $0.depth > runtimeDepth }.map(\.process)
     }
 

@@ -314,8 +314,11 @@ struct MultiNodeTests {
             return true
         }
         // The deploy: node a, then node b, each stopped gracefully and started again.
+        let deployStarted = ContinuousClock.now
         try await cluster.restart("a")
+        let aRestarted = ContinuousClock.now - deployStarted
         try await cluster.restart("b")
+        let deploy = ContinuousClock.now - deployStarted
         let b = try cluster.client("b")
         try await eventually(within: 90, "every execution to end") {
             for id in sessions {
@@ -345,6 +348,7 @@ struct MultiNodeTests {
             #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "stops of \(id)")
             #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStarted }.count == 1, "starts of \(id)")
         }
+        Reliability.report("multi-node", "rolling deploy of 2 nodes (SIGTERM, start; node a took \(aRestarted), both \(deploy)) with 10 sandboxed agents ticking: 10/10 executions completed, \(ticks) ticks each exactly once, ids without gaps, one runtime.started and one idle stop per session")
         try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
     }
 

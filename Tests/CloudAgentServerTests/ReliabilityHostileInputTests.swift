@@ -22,6 +22,10 @@ extension ReliabilityHarness {
         /// so that a test can present one session's secret for another.
         static func serverCapturingSecrets() throws -> (TestServer, URL) {
             var server = try TestServer(timing: timing)
+            // Sandbox none: the wrapper hands each runtime's secret to the test through a host
+            // directory, which a sandbox (rightly) does not let a runtime write to. The tests
+            // built on it play the runtime themselves, on the control plane's side of the wall.
+            server.sandbox = .none
             let secrets = server.directory.url.appendingPathComponent("secrets")
             try FileManager.default.createDirectory(at: secrets, withIntermediateDirectories: true)
             let wrapper = server.directory.url.appendingPathComponent("capturing-runtime.sh")

@@ -43,7 +43,7 @@ extension ReliabilityHarness {
                 // Kill the chosen runtimes (the runtime process only: its agent loses its reader).
                 for index in victims.sorted() {
                     try await Task.sleep(for: .milliseconds(delays[index]))
-                    let process = try #require(try await api.plane.store.session(ids[index])?.runtime.process)
+                    let process = try await api.runtimeItself(ids[index])
                     let latest = try await api.request(.get, "/v1/sessions/\(ids[index])")["latestExecution"]
                     try #require(latest?["status"] == "running", "victim \(ids[index]) is not running: \(latest ?? .null)")
                     #expect(kill(process.pid, SIGKILL) == 0)
@@ -91,7 +91,7 @@ extension ReliabilityHarness {
                 let id = try await api.createSession(["prompt": "tick 100 0.05\nsay finished"])
                 #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
                 try await eventually(within: 20, "the agent to tick") { try await api.events(id).count { $0.type == "agent" } >= 5 }
-                let process = try #require(try await api.plane.store.session(id)?.runtime.process)
+                let process = try await api.runtimeItself(id)
                 let agent = try await api.agentProcesses(id)
                 try #require(!agent.isEmpty, "the agent's processes were not found below the runtime")
 
@@ -154,7 +154,7 @@ extension ReliabilityHarness {
                 let id = try await api.createSession(["prompt": "say start\nrun trap '' TERM; sleep 30"])
                 #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
                 try await eventually(within: 20, "the agent to start") { try await api.events(id).contains { $0.type == "agent" } }
-                let process = try #require(try await api.plane.store.session(id)?.runtime.process)
+                let process = try await api.runtimeItself(id)
                 #expect(kill(process.pid, SIGSTOP) == 0)
                 do {
                     defer { kill(process.pid, SIGCONT) }

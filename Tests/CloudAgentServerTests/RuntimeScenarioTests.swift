@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentSandbox
 import CloudAgentServer
 import Foundation
 import HTTPTypes
@@ -147,7 +148,7 @@ struct RuntimeScenarioTests {
             let id = try await api.createSession(["prompt": "say hi\nsleep 30"])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             try await api.waitForExecution(id, status: "running")
-            let process = try #require(try await api.plane.store.session(id)?.runtime.process)
+            let process = try await api.runtimeItself(id)
             kill(process.pid, SIGTERM)
             let execution = try await api.waitForExecution(id, status: "interrupted", within: 5)
             #expect(execution["interruptReason"]?.stringValue?.contains("SIGTERM") == true)

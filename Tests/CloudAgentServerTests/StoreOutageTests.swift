@@ -35,12 +35,16 @@ struct StoreOutageTests {
         try await eventually(within: 5, "/readyz to say the database is away") {
             try await serve.request("GET", "/readyz").status == 503
         }
+        let unready = ContinuousClock.now - outageStarted
         let api = try await during
+        let apiAnswered = ContinuousClock.now - outageStarted
         #expect(api.status == 503 && api.errorCode == "STORE_UNAVAILABLE", "\(api.text)")
         #expect(api["error"]?["retryable"]?.boolValue == true)
         try await Task.sleep(until: outageStarted + .seconds(6))
         try await postgres.resume()
+        let resumed = ContinuousClock.now
         try await eventually(within: 20, "/readyz back") { try await serve.request("GET", "/readyz").status == 200 }
+        let ready = ContinuousClock.now - resumed
 
         let session = try await serve.waitForEnd(id, within: 60)
         #expect(session["latestExecution"]?["status"] == "completed", "\(session.text)\n\(serve.diagnostics)")
@@ -56,6 +60,7 @@ struct StoreOutageTests {
         }
         let stopped = try await serve.events(id).filter { $0["type"] == "runtime.stopped" }
         #expect(stopped.count == 1 && stopped.first?["data"]?["rule"] == "idle", "\(stopped)")
+        Reliability.report("store-outage", "PostgreSQL away \(resumed - outageStarted) (stale threshold 3 s, idle timeout 4 s): /readyz 503 after \(unready), an API call 503 STORE_UNAVAILABLE after \(apiAnswered); /readyz 200 \(ready) after the restart; the execution completed, \(list.count) events once, no stale failure, one idle stop afterwards")
         try await serve.stop(with: SIGTERM)
     }
 }
