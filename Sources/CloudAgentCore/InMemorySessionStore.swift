@@ -113,7 +113,7 @@ public actor InMemorySessionStore: SessionStore {
     public func setUpdateHook(_ hook: (@Sendable (SessionID) async -> Void)?) { updateHook = hook }
 
     public func update<Output: Sendable>(
-        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+        _ id: SessionID, forRules: Bool, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
         if let updateHook { await updateHook(id) }
         let state = sessionsById[id].map { session in

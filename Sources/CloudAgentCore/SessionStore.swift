@@ -155,7 +155,7 @@ public protocol SessionStore: Sendable {
     /// that no other change to the session lands between the read and the write.
     /// `forRules` also reads what only the rules need: `oldestEventAt` and `wakeUp`.
     func update<Output: Sendable>(
-        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+        _ id: SessionID, forRules: Bool, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output>
     /// The runtime outbox's rows of a session after `id`, in order.
     func commands(of session: SessionID, after id: Int64) async throws -> [QueuedCommand]
@@ -216,7 +216,7 @@ extension SessionStore {
     public var availability: StoreAvailability? { nil }
 
     public func update<Output: Sendable>(
-        _ id: SessionID, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+        _ id: SessionID, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
         try await update(id, forRules: false, decide)
     }

@@ -221,21 +221,16 @@ public final class PostgresCluster: ClusterMembership {
     private func keepChecking(_ connection: PostgresConnection) async throws {
         while true {
             try await Task.sleep(for: .milliseconds(heartbeatMs))
-            try await withThrowingTaskGroup(of: Bool.self) { group in
-                group.addTask {
+            do {
+                try await withDeadline(PostgresSessionStore.operationTimeout, onTimeout: {
+                    ListenerLost(description: "the listening connection did not answer within \(PostgresSessionStore.operationTimeout)")
+                }) {
                     try await connection.run("SELECT 1", self.logger)
-                    return true
                 }
-                group.addTask {
-                    try await Task.sleep(for: PostgresSessionStore.operationTimeout)
-                    // Closing fails the query that hangs, so that this group can end.
-                    try? await connection.close()
-                    return false
-                }
-                defer { group.cancelAll() }
-                guard try await group.next() == true else {
-                    throw ListenerLost(description: "the listening connection did not answer within \(PostgresSessionStore.operationTimeout)")
-                }
+            } catch {
+                // The non-async close: it starts closing and returns at once.
+                _ = connection.close() as EventLoopFuture<Void>
+                throw error
             }
         }
     }

@@ -215,10 +215,11 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// decision made, its change applied, committed. A decision that throws rolls back, so it
     /// writes nothing; another node's change to the session waits for the lock.
     public func update<Output: Sendable>(
-        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+        _ id: SessionID, forRules: Bool, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
-        // The decision runs inside the bounded transaction's task, which ends before this returns.
-        try await withoutActuallyEscaping(decide) { decide in try await mappingConstraintViolations(of: id) {
+        // The decision may run in a task that outlives this call (a transaction stuck on a
+        // database that went away is left behind, `withDeadline`): it is escaping.
+        try await mappingConstraintViolations(of: id) {
             try await transaction { connection in
                 let row = try await connection.rows("SELECT record, last_event_id FROM sessions WHERE id = \(id.rawValue) FOR UPDATE", self.logger).first
                 var state: SessionState?
@@ -254,7 +255,7 @@ public final class PostgresSessionStore: SessionStore, Service {
                 try await self.announce(change, events: events, previous: state?.session, on: connection)
                 return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
             }
-        } }
+        }
     }
 
     /// Events per INSERT statement: six parameters each, well under the protocol's 65,535.
@@ -694,22 +695,14 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// instead of hanging, and nothing is lost once it is back.
     public static let operationTimeout: Duration = .seconds(5)
 
-    /// Runs `body`, cancelled (and `StoreError.unavailable` thrown) after `operationTimeout`.
-    /// Its outcome says whether the database answers (`availability`).
+    /// Runs `body`, cancelled (and `StoreError.unavailable` thrown) after `operationTimeout`,
+    /// even when it does not honour the cancellation (`withDeadline`). Its outcome says whether
+    /// the database answers (`availability`).
     private func bounded<Result: Sendable>(_ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
         do {
-            let result = try await withThrowingTaskGroup(of: Result?.self) { group in
-                group.addTask { try await body() }
-                group.addTask {
-                    try await Task.sleep(for: Self.operationTimeout)
-                    return nil
-                }
-                defer { group.cancelAll() }
-                guard let first = try await group.next(), let result = first else {
-                    throw StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
-                }
-                return result
-            }
+            let result = try await withDeadline(Self.operationTimeout, onTimeout: {
+                StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
+            }, body)
             availability?.answered()
             return result
         } catch {

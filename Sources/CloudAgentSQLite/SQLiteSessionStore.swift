@@ -226,7 +226,7 @@ public final class SQLiteSessionStore: SessionStore {
     /// GRDB runs `write` as one `BEGIN IMMEDIATE` transaction on the pool's one writer: the
     /// read below and the write of the decision are one atomic step.
     public func update<Output: Sendable>(
-        _ id: SessionID, forRules: Bool, _ decide: @Sendable (SessionState?) throws -> Decision<Output>
+        _ id: SessionID, forRules: Bool, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
         try await pool.write { db in
             let row = try Row.fetchOne(
