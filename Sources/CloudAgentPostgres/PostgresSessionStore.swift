@@ -221,30 +221,20 @@ public final class PostgresSessionStore: SessionStore, Service {
         // database that went away is left behind, `withDeadline`): it is escaping.
         try await mappingConstraintViolations(of: id) {
             try await transaction { connection in
-                let row = try await connection.rows("SELECT record, last_event_id FROM sessions WHERE id = \(id.rawValue) FOR UPDATE", self.logger).first
+                // One round trip: the session locked, its active (else latest) execution, and
+                // what only the rules need. Each statement is a round trip, and on a loaded
+                // machine each costs both processes CPU: a stop is two of these transactions.
+                let row = try await connection.rows(Self.stateQuery(of: id, forRules: forRules), self.logger).first?.makeRandomAccess()
                 var state: SessionState?
                 var lastEventId: Int64?
                 if let row {
-                    let (record, last) = try row.decode((String, Int64).self)
-                    lastEventId = last
-                    let session = try RecordCoding.decode(SessionRecord.self, from: record)
-                    var execution: Execution?
-                    if let active = session.activeExecutionId {
-                        execution = try await self.executions("WHERE id = \(active.rawValue)", on: connection).first
-                    }
-                    if execution == nil {
-                        execution = try await self.executions("WHERE session_id = \(id.rawValue) ORDER BY id DESC LIMIT 1", on: connection).first
-                    }
-                    var oldestEventAt: Date?
-                    var wakeUp: Date?
-                    if forRules {
-                        oldestEventAt = try await connection.rows(
-                            "SELECT at FROM events WHERE session_id = \(id.rawValue) ORDER BY id LIMIT 1", self.logger
-                        ).first.map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
-                        wakeUp = try await connection.rows("SELECT due_at FROM wake_ups WHERE session_id = \(id.rawValue)", self.logger)
-                            .first.map { Date(millisecondsSince1970: try $0.decode(Int64.self)) }
-                    }
-                    state = SessionState(session: session, execution: execution, oldestEventAt: oldestEventAt, wakeUp: wakeUp)
+                    let session = try RecordCoding.decode(SessionRecord.self, from: try row[0].decode(String.self))
+                    lastEventId = try row[1].decode(Int64.self)
+                    func date(_ index: Int) throws -> Date? { try row[index].decode(Int64?.self).map { Date(millisecondsSince1970: $0) } }
+                    state = SessionState(
+                        session: session, execution: try Self.execution(from: row, at: 4),
+                        oldestEventAt: forRules ? try date(2) : nil, wakeUp: forRules ? try date(3) : nil
+                    )
                 }
                 let decision = try decide(state)
                 guard let change = decision.change else {
@@ -420,6 +410,26 @@ public final class PostgresSessionStore: SessionStore, Service {
         interrupt_reason, progress_events, last_event_at, stuck_reported_at, end_reported_by_runtime
         """
 
+    /// The state `update` decides on, in one statement: the session's record and last event id
+    /// (its row locked), the oldest event's time and the stored wake-up (for the rules only), then
+    /// the execution's columns: the active one (pending or running: at most one), else the latest.
+    private static func stateQuery(of id: SessionID, forRules: Bool) -> PostgresQuery {
+        let rules = forRules
+            ? "(SELECT at FROM events WHERE session_id = s.id ORDER BY id LIMIT 1), (SELECT due_at FROM wake_ups WHERE session_id = s.id)"
+            : "NULL::BIGINT, NULL::BIGINT"
+        var binds = PostgresBindings()
+        binds.append(id.rawValue)
+        return PostgresQuery(unsafeSQL: """
+            SELECT s.record, s.last_event_id, \(rules), \(executionColumns.split(separator: ",").map { "e." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", "))
+            FROM sessions s
+            LEFT JOIN LATERAL (
+                SELECT * FROM executions WHERE session_id = s.id ORDER BY status IN ('pending', 'running') DESC, id DESC LIMIT 1
+            ) e ON TRUE
+            WHERE s.id = $1
+            FOR UPDATE OF s
+            """, binds: binds)
+    }
+
     /// Executions selected by a condition (`WHERE …`, ordering, limit), on a connection or the pool.
     private func executions(_ condition: PostgresQuery, on connection: PostgresConnection? = nil) async throws -> [Execution] {
         let query = PostgresQuery(unsafeSQL: "SELECT \(Self.executionColumns) FROM executions \(condition.sql)", binds: condition.binds)
@@ -428,13 +438,20 @@ public final class PostgresSessionStore: SessionStore, Service {
     }
 
     static func execution(from row: PostgresRow) throws -> Execution? {
-        let (
-            id, sessionId, status, prompt, mode, model, startedAt, runningAt, lastHeartbeat, completedAt, exitCode, error,
-            interruptReason, progressEvents, lastEventAt, stuckReportedAt, endReportedByRuntime
-        ) = try row.decode(
-            (String, String, String, String, String?, String?, Int64, Int64?, Int64?, Int64?, Int?, String?, String?, Int, Int64?, Int64?, Bool)
-                .self
-        )
+        try execution(from: row.makeRandomAccess(), at: 0)
+    }
+
+    /// The execution in `executionColumns` from column `offset` on; nil when there is none (a
+    /// join that found no execution) or it does not read.
+    static func execution(from row: PostgresRandomAccessRow, at offset: Int) throws -> Execution? {
+        guard let id = try row[offset].decode(String?.self) else { return nil }
+        func column<T: PostgresDecodable>(_ index: Int, _ type: T.Type = T.self) throws -> T { try row[offset + index].decode(T.self) }
+        let sessionId: String = try column(1), status: String = try column(2), prompt: String = try column(3)
+        let mode: String? = try column(4), model: String? = try column(5), startedAt: Int64 = try column(6)
+        let runningAt: Int64? = try column(7), lastHeartbeat: Int64? = try column(8), completedAt: Int64? = try column(9)
+        let exitCode: Int? = try column(10), error: String? = try column(11), interruptReason: String? = try column(12)
+        let progressEvents: Int = try column(13), lastEventAt: Int64? = try column(14), stuckReportedAt: Int64? = try column(15)
+        let endReportedByRuntime: Bool = try column(16)
         guard let executionId = ExecutionID(rawValue: id), let sessionId = SessionID(rawValue: sessionId),
               let status = ExecutionStatus(rawValue: status)
         else { return nil }
