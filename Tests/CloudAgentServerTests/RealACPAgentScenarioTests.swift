@@ -132,29 +132,32 @@ struct RealACPAgentScenarioTests {
             ]}
             """#, in: directory)
         defer { model.stop() }
-        let share = directory.url.appendingPathComponent("kimi-share")
-        try FileManager.default.createDirectory(at: share.appendingPathComponent("credentials"), withIntermediateDirectories: true)
-        try """
+        // Its configuration and (dummy) login go where the agent looks by default, its HOME
+        // (`~/.kimi`), written by setup commands inside the sandbox, as a user would: nothing of
+        // the host's is visible to it.
+        let config = """
             default_model = "scripted"
             telemetry = false
-
             [providers.local]
             type = "anthropic"
             base_url = "\(model.url)"
             api_key = "sk-offline-test"
-
             [models.scripted]
             provider = "local"
             model = "scripted"
             max_context_size = 200000
-            """.write(to: share.appendingPathComponent("config.toml"), atomically: true, encoding: .utf8)
-        try #"{"access_token":"dummy","refresh_token":"","expires_at":4102444800,"scope":"","token_type":"Bearer"}"#
-            .write(to: share.appendingPathComponent("credentials/kimi-code.json"), atomically: true, encoding: .utf8)
+            """
+        let login = #"{"access_token":"dummy","refresh_token":"","expires_at":4102444800,"scope":"","token_type":"Bearer"}"#
+        let setup: [JSONValue] = [
+            "mkdir -p \"$HOME/.kimi/credentials\"",
+            .string("printf '%s\\n' '\(config)' > \"$HOME/.kimi/config.toml\""),
+            .string("printf '%s\\n' '\(login)' > \"$HOME/.kimi/credentials/kimi-code.json\""),
+        ]
         let repo = try makeGitRepository(in: directory)
         try await server(idleTimeoutMs: 4000, agent: "kimi", command: [Self.kimi ?? "/nonexistent", "acp"]).run { api in
             let id = try await api.createSession([
                 "prompt": "Write kimi-note.txt", "agent": "kimi", "repo": ["url": .string(repo.path)],
-                "envVars": ["KIMI_SHARE_DIR": .string(share.path)],
+                "setupCommands": .array(setup),
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             let first = try await api.waitForExecution(id, status: "completed", within: 120)

@@ -1,7 +1,9 @@
 import CloudAgentCore
+import CloudAgentPostgres
 import CloudAgentSQLite
 import CloudAgentTestSupport
 import Foundation
+import Logging
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -18,17 +20,40 @@ extension ReliabilityHarness {
         static let kills = 3
         static let token = "reliability-soak-token-0123456789"
 
-        @Test("20 concurrent executions, kill -9 of the control plane 3 times at random moments: all complete, every agent event exactly once, ids without gaps, every wake-up fires")
-        func crashSoak() async throws {
-            var random = SeededRandom(seed: Reliability.seed(Self.part))
-            try? FileManager.default.removeItem(at: Reliability.logsDirectory(of: Self.part))
+        /// Every durable wake-up in the store `serve` used: the SQLite file in its data directory,
+        /// or the PostgreSQL database it was given.
+        static func wakeUps(databaseURL: String?, data: URL) async throws -> [WakeUp] {
+            guard let databaseURL else {
+                return try await SQLiteSessionStore(path: data.appendingPathComponent("cloud-agent.sqlite").path).wakeUps()
+            }
+            let store = try PostgresSessionStore(
+                configuration: try PostgresConfiguration(url: databaseURL), logger: Logger(label: "soak", factory: { _ in SwiftLogNoOpLogHandler() })
+            )
+            return try await withThrowingTaskGroup(of: [WakeUp]?.self) { group in
+                group.addTask {
+                    await store.run()
+                    return nil
+                }
+                defer { group.cancelAll() }
+                return try await store.wakeUps()
+            }
+        }
+
+        @Test(
+            "20 concurrent executions in bubblewrap, kill -9 of the control plane 3 times at random moments, on SQLite and PostgreSQL: all complete, every agent event exactly once, ids without gaps, every wake-up fires",
+            arguments: ServeStore.allCases
+        )
+        func crashSoak(_ store: ServeStore) async throws {
+            let part = "\(Self.part)-\(store.rawValue)"
+            var random = SeededRandom(seed: Reliability.seed(part))
+            try? FileManager.default.removeItem(at: Reliability.logsDirectory(of: part))
             let directory = try TemporaryDirectory()
             let data = directory.url.appendingPathComponent("data")
             var servers: [SpawnedCommand] = []
             defer {
                 for server in servers { server.forceStop() }
                 Reliability.killProcesses(under: directory.url)
-                Reliability.keepLogs(of: Self.part, from: directory.url)
+                Reliability.keepLogs(of: part, from: directory.url)
                 withExtendedLifetime(directory) {}
             }
             let port = try freeLoopbackPort()
@@ -36,8 +61,8 @@ extension ReliabilityHarness {
                 "CLOUD_AGENT_PORT": String(port), "CLOUD_AGENT_DATA_DIR": data.path, "CLOUD_AGENT_API_TOKEN": Self.token,
                 "CLOUD_AGENT_HEARTBEAT_INTERVAL": "150ms", "CLOUD_AGENT_STALE_THRESHOLD": "3s",
                 "CLOUD_AGENT_IDLE_TIMEOUT": "2s", "CLOUD_AGENT_PENDING_TIMEOUT": "30s", "CLOUD_AGENT_STOP_GRACE": "1s",
-                "CLOUD_AGENT_LOG_LEVEL": "info",
-            ]
+                "CLOUD_AGENT_NODE_HEARTBEAT": "200ms", "CLOUD_AGENT_NODE_LEASE": "1s", "CLOUD_AGENT_LOG_LEVEL": "info",
+            ].merging(try await store.environment()) { _, new in new }
             func start() async throws {
                 let server = try SpawnedCommand(["serve"], environment: environment, in: directory.url)
                 servers.append(server)
@@ -87,7 +112,7 @@ extension ReliabilityHarness {
                 try await start()
                 schedule.append("kill \(kill) after \(String(format: "%.2f", before)) s (executions: \(states)), down \(String(format: "%.2f", downtime)) s")
             }
-            for line in schedule { Reliability.report(Self.part, line) }
+            for line in schedule { Reliability.report(part, line) }
 
             // Every execution completes.
             try await eventually(within: 120, "every execution to end") {
@@ -129,16 +154,16 @@ extension ReliabilityHarness {
             }
 
             // No wake-up is left past due (each session's next one is its TTL, far ahead).
-            let store = try SQLiteSessionStore(path: data.appendingPathComponent("cloud-agent.sqlite").path)
             let now = Date()
-            let wakeUps = try await store.wakeUps().filter { ids.contains($0.sessionId.rawValue) }
+            let wakeUps = try await Self.wakeUps(databaseURL: environment["CLOUD_AGENT_DATABASE_URL"], data: data)
+                .filter { ids.contains($0.sessionId.rawValue) }
             #expect(wakeUps.count == Self.sessionCount, "sessions without a durable wake-up: \(Self.sessionCount - wakeUps.count)")
             let pastDue = wakeUps.filter { $0.dueAt <= now }
             #expect(pastDue.isEmpty, "past-due wake-ups: \(pastDue)")
             // Never left running once idle: no runtime or agent process remains.
             #expect(Reliability.killProcesses(under: data) == 0, "processes left running after every runtime was stopped")
 
-            Reliability.keepLogs(of: Self.part, from: directory.url)  // the runtimes' logs go with their sessions
+            Reliability.keepLogs(of: part, from: directory.url)  // the runtimes' logs go with their sessions
             for id in ids {
                 #expect(try await client.request("DELETE", "/v1/sessions/\(id)", token: Self.token).status == 204)
             }
@@ -146,7 +171,7 @@ extension ReliabilityHarness {
             last.signal(SIGTERM)
             try await last.waitForExit(within: 15)
             #expect(last.exitStatus == 0, "\(last.diagnostics)")
-            Reliability.report(Self.part, "crashes survived \(Self.kills), sessions \(Self.sessionCount), executions completed \(ended.filter { $0["latestExecution"]?["status"] == "completed" }.count), events checked \(eventsChecked) (agent events \(agentEventsChecked)), idle wake-ups fired \(Self.sessionCount), past-due wake-ups \(pastDue.count)")
+            Reliability.report(part, "crashes survived \(Self.kills), sessions \(Self.sessionCount), executions completed \(ended.filter { $0["latestExecution"]?["status"] == "completed" }.count), events checked \(eventsChecked) (agent events \(agentEventsChecked)), idle wake-ups fired \(Self.sessionCount), past-due wake-ups \(pastDue.count)")
         }
 
         /// The sessions' views, in the order of `ids`.
