@@ -250,7 +250,7 @@ public enum ACPTurnOutcome {
 
 /// How tool permissions are decided: `auto` (today's only mode) lets the agent use its tools
 /// inside its sandbox. Kept in one place so that `ask` (forwarding each request to the API,
-/// CONTRACT.md "Planned") replaces one decision, not a scattering of them.
+/// the API contract's plans) replaces one decision, not a scattering of them.
 public enum ACPPermissions {
     public enum Approvals: String, Sendable {
         case auto

@@ -15,7 +15,7 @@ public struct Activity: Sendable, Equatable {
     }
 }
 
-/// The idleness of a runtime (DESIGN.md, "Idleness of a runtime"):
+/// The idleness of a runtime (the design's "Idleness of a runtime" (README, How it works)):
 ///
 ///     lastActivity = max(runtime.startedAt, activity(latest execution))
 ///     activity(e)  = max(e.lastHeartbeat, e.completedAt, e.startedAt)

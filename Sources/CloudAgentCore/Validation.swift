@@ -15,7 +15,7 @@ public struct ValidationError: Error, Equatable, CustomStringConvertible {
     public var description: String { "\(field): \(message)" }
 }
 
-/// The limits of CONTRACT.md, in one place.
+/// The limits of the API contract, in one place.
 public enum Limits {
     public static let promptCharacters = 100_000
     public static let variables = 50

@@ -1,4 +1,4 @@
-/// When a runtime that can reach no control plane stops itself (CONTRACT.md, "Runtimes on their
+/// When a runtime that can reach no control plane stops itself (the API contract, "Runtimes on their
 /// own"). A pure function of what the runtime saw, by its own monotonic clock, and `now`:
 ///
 ///     connected                      → nothing to decide (the control plane's rules apply)
@@ -9,7 +9,7 @@
 ///
 /// - `disconnectedSince` is when the last welcomed connection ended, or the runtime's start if no
 ///   control plane ever welcomed it.
-/// - The idle rule mirrors the control plane's (DESIGN.md, "Idleness of a runtime"), seen from
+/// - The idle rule mirrors the control plane's (the design's "Idleness of a runtime" (README, How it works)), seen from
 ///   inside: never idle while an execution is active, and the start is in the max. The control
 ///   plane measures from the times it recorded — its `runtime.startedAt` is this runtime's first
 ///   hello, an execution's `completedAt` is when it stored the end — so the runtime counts its

@@ -7,7 +7,7 @@ public enum SandboxMode: String, Sendable, CaseIterable {
     case bwrap, none, auto
 }
 
-/// Every setting of `cloud-agent serve` (CONTRACT.md's table), resolved from flags and the
+/// Every setting of `cloud-agent serve` (the API contract's table), resolved from flags and the
 /// environment, flag first.
 public struct ServerConfiguration: Sendable {
     public var host: String

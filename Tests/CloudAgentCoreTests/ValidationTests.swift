@@ -2,7 +2,7 @@ import CloudAgentCore
 import Foundation
 import Testing
 
-/// The limits of CONTRACT.md ("POST /v1/sessions", "PATCH /v1/sessions/{id}"): every refusal
+/// The limits of the API contract ("POST /v1/sessions", "PATCH /v1/sessions/{id}"): every refusal
 /// names its field.
 @Suite("Validation: session bodies within the contract's limits")
 struct ValidationTests {

@@ -5,7 +5,7 @@ import HTTPTypes
 import Testing
 
 /// The real `cloud-agent-runtime` process when its control plane refuses it, goes away, or comes
-/// back (CONTRACT.md, "Runtimes on their own"). Serialized: several measure how soon it exits.
+/// back (the API contract, "Runtimes on their own"). Serialized: several measure how soon it exits.
 @Suite("A runtime on its own: refused, orphaned, reconnected", .serialized)
 struct RuntimeOnItsOwnTests {
     private func runningEvent(_ plane: FakeControlPlane, _ executionId: String) async -> RuntimeEvent? {

@@ -9,7 +9,7 @@ import Glibc
 #endif
 
 /// A runtime whose control plane goes away, through the real server and a real runtime process
-/// (CONTRACT.md, "Runtimes on their own").
+/// (the API contract, "Runtimes on their own").
 @Suite("Runtimes on their own, end to end")
 struct OrphanRuntimeScenarioTests {
     /// Whether `pid` runs (a zombie, waiting for this process to reap it, does not).

@@ -4,7 +4,7 @@ import Foundation
 import Logging
 import Testing
 
-/// One setting of CONTRACT.md's table given a valid value, and what the resolved
+/// One setting of the API contract's table given a valid value, and what the resolved
 /// configuration must then hold.
 struct ValidSetting: Sendable, CustomTestStringConvertible {
     /// The key of `ServerConfiguration.settings` (and of `resolve`'s `flags`).
@@ -104,9 +104,9 @@ struct BadSetting: Sendable, CustomTestStringConvertible {
         ]
 }
 
-@Suite("ServerConfiguration.resolve: CONTRACT.md's settings, flag over environment")
+@Suite("ServerConfiguration.resolve: the API contract's settings, flag over environment")
 struct ServerConfigurationTests {
-    @Test("with no flags and no environment every setting has CONTRACT.md's default")
+    @Test("with no flags and no environment every setting has the API contract's default")
     func defaults() throws {
         let configuration = try ServerConfiguration.resolve(flags: [:], environment: [:])
         #expect(configuration.host == "127.0.0.1")

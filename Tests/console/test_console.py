@@ -1,5 +1,5 @@
 """End-to-end tests of the web console in a real headless Chromium (Debian's `chromium`),
-driven by Playwright. Controls are found by role and accessible name (CONTRACT.md, "Web console").
+driven by Playwright. Controls are found by role and accessible name (the API contract, "Web console").
 
 Environment: CONSOLE_URL (a running `cloud-agent serve`), CONSOLE_TOKEN (user local),
 CONSOLE_OTHER_TOKEN (another user), CONSOLE_SCREENSHOTS (a directory; optional),
