@@ -4,7 +4,6 @@ import CloudAgentSQLite
 import CloudAgentServer
 import Foundation
 import Logging
-import Synchronization
 
 /// Opens the store the configuration names: SQLite (the default, in the data directory) or
 /// PostgreSQL (`postgres://…`). The composition of a command's store lives here, in the CLI;
@@ -67,30 +66,16 @@ public enum StoreFactory {
     /// The migrations, bounded by `connectTimeout`.
     private static func migrate(_ store: PostgresSessionStore, at postgres: PostgresConfiguration, within connectTimeout: Duration) async throws {
         // Whichever comes first: the migrations' outcome or the timeout. A database that never
-        // answers leaves its attempt behind, which the failing start ends with the process.
-        let waiter = FirstOutcome()
-        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, any Error>?, Never>) in
-            waiter.start(continuation)
-            Task {
-                do {
-                    try await store.migrate()
-                    waiter.finish(.success(()))
-                } catch {
-                    waiter.finish(.failure(error))
-                }
-            }
-            Task {
-                try? await Task.sleep(for: connectTimeout)
-                waiter.finish(nil)
-            }
-        }
+        // answers leaves its attempt behind (`withDeadline`), which the failing start ends with
+        // the process.
+        struct TimedOut: Error {}
         let place = "PostgreSQL at \(postgres.host):\(postgres.port), database \(postgres.database)"
-        switch outcome {
-        case .success?: return
-        case .failure(let error)?:
-            throw Unavailable(description: "CLOUD_AGENT_DATABASE_URL: \(place) could not be used: \(Self.describe(error))")
-        case nil:
+        do {
+            try await withDeadline(connectTimeout, onTimeout: { TimedOut() }) { try await store.migrate() }
+        } catch is TimedOut {
             throw Unavailable(description: "CLOUD_AGENT_DATABASE_URL: \(place) did not answer within \(connectTimeout)")
+        } catch {
+            throw Unavailable(description: "CLOUD_AGENT_DATABASE_URL: \(place) could not be used: \(Self.describe(error))")
         }
     }
 
@@ -107,23 +92,5 @@ public enum StoreFactory {
         }
         try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
         return try SQLiteSessionStore(path: path)
-    }
-}
-
-/// Whichever comes first: the migrations' outcome or the timeout. A database that never answers
-/// leaves its attempt behind, which the failing start ends with the process.
-private final class FirstOutcome: Sendable {
-    private let pending = Mutex<CheckedContinuation<Result<Void, any Error>?, Never>?>(nil)
-
-    func start(_ continuation: CheckedContinuation<Result<Void, any Error>?, Never>) {
-        pending.withLock { $0 = continuation }
-    }
-
-    func finish(_ result: Result<Void, any Error>?) {
-        let continuation = pending.withLock { pending -> CheckedContinuation<Result<Void, any Error>?, Never>? in
-            defer { pending = nil }
-            return pending
-        }
-        continuation?.resume(returning: result)
     }
 }
