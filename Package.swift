@@ -211,6 +211,7 @@ let package = Package(
             dependencies: [
                 "CloudAgentModelServer",
                 "CloudAgentCore",
+                "CloudAgentTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -225,7 +226,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CloudAgentCoreTests",
-            dependencies: ["CloudAgentCore"],
+            dependencies: ["CloudAgentCore", "CloudAgentTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -234,6 +235,7 @@ let package = Package(
                 "CloudAgentRuntime",
                 "CloudAgentAgents",
                 "CloudAgentProtocol",
+                "CloudAgentTestSupport",
                 // A fake control plane for the end-to-end tests of the runtime process.
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
@@ -244,16 +246,21 @@ let package = Package(
         ),
         .testTarget(
             name: "CloudAgentSandboxTests",
-            dependencies: ["CloudAgentSandbox", "CloudAgentCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CloudAgentSandbox", "CloudAgentCore", "CloudAgentTestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
-        // What several test targets share: a throwaway PostgreSQL cluster.
+        // What the test targets share: waits, test processes, log capture, the gates that bound how
+        // many heavy tests run at once, and a throwaway PostgreSQL cluster.
         .target(
             name: "CloudAgentTestSupport",
             dependencies: [
+                "CloudAgentCore",
+                "CloudAgentSandbox",
                 "CloudAgentPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Tests/CloudAgentTestSupport",
             swiftSettings: strict

@@ -1,9 +1,26 @@
 import Foundation
 
-/// The source of "now" for everything that decides on time. Policies never read a clock
-/// themselves: the shell asks this and passes the value in.
+/// The source of "now" for everything that decides on time, and of every wait on time. Policies
+/// never read a clock themselves: the shell asks this and passes the value in. Every part that
+/// waits (the wake-up scheduler, the heartbeat batcher, the callback dispatcher, a waiter on a
+/// session's change) sleeps on its clock, so a test moves time by hand (`ManualClock`).
 public protocol WallClock: Sendable {
     func now() -> Date
+    /// Suspends until `deadline` on this clock; throws `CancellationError` when cancelled first.
+    func sleep(until deadline: Date) async throws
+}
+
+extension WallClock {
+    /// The real wait: until `deadline`, measured from `now()`.
+    public func sleep(until deadline: Date) async throws {
+        let ms = deadline.milliseconds(since: now())
+        if ms > 0 { try await Task.sleep(for: .milliseconds(ms)) } else { try Task.checkCancellation() }
+    }
+
+    /// Suspends for `milliseconds` on this clock.
+    public func sleep(milliseconds: Int64) async throws {
+        try await sleep(until: now().adding(milliseconds: milliseconds))
+    }
 }
 
 /// The real clock, truncated to milliseconds (the precision of every stored timestamp).
@@ -89,5 +106,13 @@ public enum DurationText {
             return "\(milliseconds / unit.millis)\(unit.suffix)"
         }
         return "\(milliseconds)ms"
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds (rounded down): the unit every timing rule and clock works in.
+    public var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }

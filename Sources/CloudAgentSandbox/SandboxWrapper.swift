@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -99,19 +100,19 @@ public struct SandboxWrapper: Sendable {
     /// `requested` is `bwrap`, `none` or `auto` (bwrap when a probe under bwrap succeeds, else
     /// none, with a warning saying what that means and how to fix it). `bwrap` that is missing
     /// or does not work throws `SandboxUnavailable` saying why. Creates the data directory.
-    public static func resolve(_ requested: String, dataDirectory: URL) throws -> SandboxWrapper {
-        try resolveExplained(requested, dataDirectory: dataDirectory).sandbox
+    public static func resolve(_ requested: String, dataDirectory: URL) async throws -> SandboxWrapper {
+        try await resolveExplained(requested, dataDirectory: dataDirectory).sandbox
     }
 
-    public static func resolveExplained(_ requested: String, dataDirectory: URL, bwrapPath: String? = nil) throws -> Resolution {
+    public static func resolveExplained(_ requested: String, dataDirectory: URL, bwrapPath: String? = nil) async throws -> Resolution {
         switch requested.lowercased() {
         case "none":
             return Resolution(sandbox: SandboxWrapper(kind: .none, dataDirectory: dataDirectory))
         case "bwrap":
-            return try probed(dataDirectory: dataDirectory, bwrapPath: bwrapPath)
+            return try await probed(dataDirectory: dataDirectory, bwrapPath: bwrapPath)
         case "auto":
             do {
-                return try probed(dataDirectory: dataDirectory, bwrapPath: bwrapPath)
+                return try await probed(dataDirectory: dataDirectory, bwrapPath: bwrapPath)
             } catch {
                 return Resolution(
                     sandbox: SandboxWrapper(kind: .none, dataDirectory: dataDirectory),
@@ -127,15 +128,15 @@ public struct SandboxWrapper: Sendable {
     }
 
     /// bwrap with a user namespace when that works, else without one (with a warning).
-    private static func probed(dataDirectory: URL, bwrapPath: String?) throws -> Resolution {
+    private static func probed(dataDirectory: URL, bwrapPath: String?) async throws -> Resolution {
         let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: dataDirectory, bwrapPath: bwrapPath)
         do {
-            try wrapper.probe()
+            try await wrapper.probe()
             return Resolution(sandbox: wrapper)
         } catch let withNamespace {
             var fallback = wrapper
             fallback.userNamespace = false
-            guard (try? fallback.probe()) != nil else { throw withNamespace }
+            guard (try? await fallback.probe()) != nil else { throw withNamespace }
             return Resolution(
                 sandbox: fallback,
                 warning: "the sandbox has no user namespace (\(withNamespace)): agents run as this user (uid \(getuid())) "
@@ -224,12 +225,25 @@ public struct SandboxWrapper: Sendable {
         systemDirectories.contains { path == $0 || path.hasPrefix($0 + "/") }
     }
 
-    /// Runs `true` the way a session's runtime would be run; throws why it failed.
-    func probe() throws {
+    /// Runs `true` the way a session's runtime would be run; throws why it failed. The wait for
+    /// its exit is an event (a pidfd), never a blocking wait. A bwrap that worked once (with or
+    /// without a user namespace) is not probed again by this process: whether namespaces work
+    /// is the machine's, not the data directory's.
+    func probe() async throws {
         guard kind == .bwrap else { return }
         guard bwrapPath.hasPrefix("/"), FileManager.default.isExecutableFile(atPath: bwrapPath) else {
             throw SandboxUnavailable(description: "bwrap not found on PATH (install bubblewrap, or set the sandbox to none)")
         }
+        let key = "\(bwrapPath) userNamespace=\(userNamespace)"
+        if Self.workingProbes.withLock({ $0.contains(key) }) { return }
+        try await probeOnce()
+        Self.workingProbes.withLock { _ = $0.insert(key) }
+    }
+
+    /// The bwraps (and namespace choices) that worked in this process.
+    private static let workingProbes = Mutex<Set<String>>([])
+
+    private func probeOnce() async throws {
         let manager = FileManager.default
         let probeDirectory = dataDirectory.appendingPathComponent(".sandbox-probe-\(UUID().uuidString.lowercased())", isDirectory: true)
         let log = manager.temporaryDirectory.appendingPathComponent("cloud-agent-bwrap-probe-\(UUID().uuidString.lowercased()).log")
@@ -256,12 +270,13 @@ public struct SandboxWrapper: Sendable {
         var exitCode: Int32?
         while exitCode == nil, ContinuousClock.now < deadline {
             exitCode = ProcessControl.reapIfExited(process.pid).map(ProcessControl.exitCode(fromWaitStatus:))
-            if exitCode == nil { usleep(10_000) }
+            if exitCode == nil { _ = await ProcessControl.waitForAnExit(of: [process], until: deadline) }
         }
         if exitCode == nil {
             ProcessControl.killTree(process)
-            var status: Int32 = 0
-            waitpid(process.pid, &status, 0)
+            for _ in 0..<10 where ProcessControl.reapIfExited(process.pid) == nil {
+                _ = await ProcessControl.waitForAnExit(of: [process], until: ContinuousClock.now.advanced(by: .seconds(1)))
+            }
         }
         guard exitCode == 0 else {
             let output = (try? String(contentsOf: log, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""

@@ -57,7 +57,7 @@ public struct ControlPlane: Sendable {
         )
         // Versions are asked for in the background: a slow or hanging `--version` never delays the start.
         Task { [environment = configuration.agentLookupEnvironment] in await agents.probeVersions(environment: environment, logger: logger) }
-        let resolution = try SandboxWrapper.resolveExplained(configuration.sandbox.rawValue, dataDirectory: data.root)
+        let resolution = try await SandboxWrapper.resolveExplained(configuration.sandbox.rawValue, dataDirectory: data.root)
         let sandbox = resolution.sandbox.exposing(agents.binaryDirectories)
         logger.info("sandbox resolved", metadata: [
             "requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)",
@@ -70,7 +70,7 @@ public struct ControlPlane: Sendable {
             layout: layout, sandbox: sandbox, runtimeExecutable: configuration.resolvedRuntimeExecutable,
             logLevel: configuration.logLevel, logger: logger
         )
-        let heartbeats = HeartbeatBatcher(store: store, logger: logger)
+        let heartbeats = HeartbeatBatcher(store: store, clock: clock, logger: logger)
         let workspaces = GitWorkspaces(layout: layout, sandbox: sandbox, logger: logger)
         let engine = SessionEngine(
             store: store, host: LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout), timing: configuration.timing,

@@ -65,7 +65,7 @@ public final class CallbackDispatcher: Service, Sendable {
                     // A minute at most: a delivery enqueued by another node is found on the next look.
                     let next = try await store.nextCallbackDue()
                     let delayMs = next.map { max(1, $0.milliseconds(since: ledger.clock.now())) } ?? 60_000
-                    await wakeUps.wait(upToMilliseconds: min(delayMs, 60_000))
+                    await wakeUps.wait(upToMilliseconds: min(delayMs, 60_000), on: ledger.clock)
                     continue
                 }
                 await withTaskGroup(of: Void.self) { group in
@@ -75,7 +75,7 @@ public final class CallbackDispatcher: Service, Sendable {
                 }
             } catch {
                 logger.error("reading the callback outbox failed; retrying in 1 s", metadata: ["error": "\(String(reflecting: error))"])
-                await wakeUps.wait(upToMilliseconds: 1000)
+                await wakeUps.wait(upToMilliseconds: 1000, on: ledger.clock)
             }
         }
     }
@@ -208,10 +208,11 @@ final class WakeSignal: Sendable {
         waiter?.resume()
     }
 
-    /// Returns at the next signal (at once for a kept one), after `milliseconds`, or when cancelled.
-    func wait(upToMilliseconds milliseconds: Int64) async {
+    /// Returns at the next signal (at once for a kept one), after `milliseconds` on `clock`, or
+    /// when cancelled.
+    func wait(upToMilliseconds milliseconds: Int64, on clock: any WallClock) async {
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: .milliseconds(milliseconds)) }
+            group.addTask { try? await clock.sleep(milliseconds: milliseconds) }
             group.addTask { await self.next() }
             _ = await group.next()
             group.cancelAll()

@@ -8,13 +8,15 @@ import ServiceLifecycle
 /// fires at an old stale deadline re-evaluates and finds the fresh heartbeat).
 public actor HeartbeatBatcher: Service {
     private let store: any SessionStore
+    private let clock: any WallClock
     private let logger: Logger
     private let flushIntervalMs: Int64
     private var pending: [ExecutionID: Date] = [:]
     private var accepted: Int = 0
 
-    public init(store: any SessionStore, logger: Logger, flushIntervalMs: Int64 = 25) {
+    public init(store: any SessionStore, clock: any WallClock = SystemWallClock(), logger: Logger, flushIntervalMs: Int64 = 25) {
         self.store = store
+        self.clock = clock
         self.logger = logger
         self.flushIntervalMs = flushIntervalMs
     }
@@ -47,7 +49,7 @@ public actor HeartbeatBatcher: Service {
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(self.flushIntervalMs))
+                try? await self.clock.sleep(milliseconds: self.flushIntervalMs)
                 guard !Task.isCancelled else { break }
                 await self.flushUncancelled()
             }

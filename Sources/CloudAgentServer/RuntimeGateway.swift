@@ -47,9 +47,13 @@ public final class RuntimeGateway: Sendable {
     /// One delivery at a time per session, so that rows go out in order. Held only while rows
     /// are read and queued on the connection, never across slow work.
     private let deliveries = KeyedLocks<SessionID>()
+    /// Signalled when a session's connection goes: a stop waiting for its runtime to hang up
+    /// wakes on the event, not on a poll.
+    private let disconnects: SessionChanges
 
     init(ledger: SessionLedger, agents: AgentRegistry, heartbeats: HeartbeatBatcher, effects: EffectRunner, logger: Logger) {
         self.ledger = ledger
+        self.disconnects = SessionChanges(clock: ledger.clock)
         self.agents = agents
         self.heartbeats = heartbeats
         self.effects = effects
@@ -72,6 +76,7 @@ public final class RuntimeGateway: Sendable {
     func unregister(_ connection: RuntimeConnection) {
         connections.withLock { if $0[connection.sessionId] === connection { $0[connection.sessionId] = nil } }
         connection.close()
+        disconnects.changed(connection.sessionId)
     }
 
     /// Asks a session's runtime to shut down (the first step of a stop).
@@ -84,6 +89,7 @@ public final class RuntimeGateway: Sendable {
     /// Closes and forgets a session's connection (its runtime is stopped, or the session gone).
     func close(_ session: SessionID) {
         connections.withLock { $0.removeValue(forKey: session) }?.close()
+        disconnects.changed(session)
     }
 
     /// Tells a session's runtime why, then closes its connection.
@@ -91,6 +97,7 @@ public final class RuntimeGateway: Sendable {
         guard let connection = connections.withLock({ $0.removeValue(forKey: session) }) else { return }
         connection.send(.shutdown(reason: reason))
         connection.close()
+        disconnects.changed(session)
     }
 
     /// Tells every runtime connected here the live nodes' routes (they changed): each goes round
@@ -106,10 +113,7 @@ public final class RuntimeGateway: Sendable {
 
     /// Waits until the session's runtime has no connection here, at most `limit`.
     func waitUntilDisconnected(_ session: SessionID, within limit: Duration) async {
-        let deadline = ContinuousClock.now + limit
-        while connection(for: session) != nil, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        _ = await disconnects.wait(for: session, within: limit) { self.connection(for: session) == nil }
     }
 
     /// Brings a runtime connected here in line with its session as another node left it: a

@@ -1,9 +1,10 @@
 import CloudAgentCore
+import Foundation
 import Synchronization
 
 /// Wakes whoever waits for a session to reach some state (an execution ended, a runtime
 /// stopped): every commit of the session signals its waiters, which check their condition
-/// again. Waiting is an event, not a poll of the store.
+/// again. Waiting is an event, not a poll of the store; its time limit runs on the injected clock.
 public final class SessionChanges: Sendable {
     private struct State {
         var generations: [SessionID: UInt64] = [:]
@@ -12,8 +13,9 @@ public final class SessionChanges: Sendable {
     }
 
     private let state = Mutex(State())
+    private let clock: any WallClock
 
-    public init() {}
+    public init(clock: any WallClock = SystemWallClock()) { self.clock = clock }
 
     /// The session changed: its waiters check their condition again.
     public func changed(_ id: SessionID) {
@@ -27,25 +29,24 @@ public final class SessionChanges: Sendable {
     /// Waits until `condition` holds, checking it at once and after each change of the session;
     /// false when `limit` passes first.
     public func wait(for id: SessionID, within limit: Duration, until condition: () async -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + limit
+        let deadline = clock.now().adding(milliseconds: limit.milliseconds)
         while true {
             let generation = state.withLock { $0.generations[id, default: 0] }
             if await condition() { return true }
-            let left = deadline - ContinuousClock.now
-            if left <= .zero { return false }
+            if clock.now() >= deadline { return false }
             await waitForChange(of: id, after: generation, at: deadline)
         }
     }
 
     /// Returns after the session's next change (at once when it changed since `generation`), or
     /// at `deadline`.
-    private func waitForChange(of id: SessionID, after generation: UInt64, at deadline: ContinuousClock.Instant) async {
+    private func waitForChange(of id: SessionID, after generation: UInt64, at deadline: Date) async {
         let token = state.withLock { state -> Int in
             state.nextToken &+= 1
             return state.nextToken
         }
         let timer = Task {
-            try? await Task.sleep(until: deadline)
+            try? await self.clock.sleep(until: deadline)
             self.expire(id, token)
         }
         defer { timer.cancel() }

@@ -19,7 +19,7 @@ public final class SessionLedger: Sendable {
     /// The nodes sharing the store (a single node knows only itself).
     public let cluster: ClusterView
     /// Wakes those waiting for a session to change (an interrupt waiting for the end, a test).
-    let changes = SessionChanges()
+    let changes: SessionChanges
     private let startedListeningAt: Mutex<Date>
 
     init(
@@ -33,6 +33,7 @@ public final class SessionLedger: Sendable {
         self.logger = logger
         self.metrics = metrics
         self.hub = hub
+        self.changes = SessionChanges(clock: clock)
         self.startedListeningAt = Mutex(clock.now())
     }
 

@@ -11,6 +11,9 @@ import ServiceLifecycle
 /// runs out). A due session is evaluated (idempotently) by `evaluate`, which persists and
 /// returns the session's next wake-up; arming an earlier time wakes the loop at once.
 ///
+/// Every wait is on the injected clock: on a `ManualClock` the scheduler's timing is a test's to
+/// move, in milliseconds.
+///
 /// A wake-up fires as a *timer* (the evaluation goes ahead only while the stored wake-up is
 /// due, so that one armed on several nodes fires once); a `poke` (after a change) evaluates
 /// the session anyway.
@@ -110,7 +113,7 @@ public actor WakeUpScheduler: Service {
             } catch {
                 logger.warning("loading wake-ups failed; retrying", metadata: ["error": "\(String(reflecting: error))"])
             }
-            try? await Task.sleep(for: .milliseconds(window.refillMs))
+            try? await clock.sleep(milliseconds: window.refillMs)
         }
     }
 
@@ -194,10 +197,10 @@ public actor WakeUpScheduler: Service {
     }
 
     private func sleep(until due: Date?) async {
-        let delayMs = due.map { max(1, $0.milliseconds(since: clock.now())) } ?? 60_000
-        let task = Task<Void, Never> { try? await Task.sleep(for: .milliseconds(delayMs)) }
+        let until = due ?? clock.now().adding(milliseconds: 60_000)
+        let task = Task<Void, Never> { [clock] in try? await clock.sleep(until: until) }
         sleeper = task
-        sleepingUntil = due ?? clock.now().adding(milliseconds: delayMs)
+        sleepingUntil = until
         await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
         sleeper = nil
         sleepingUntil = nil

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentModelServer
 import Foundation
@@ -5,6 +6,7 @@ import Testing
 
 /// The real Claude Code CLI against the scripted model server, in a temporary git repository.
 @Suite(
+    .processes,
     .serialized,
     .enabled(if: AgentBinaries.claude != nil, "Claude Code not found: set CLOUD_AGENT_CLAUDE_BIN or put `claude` on PATH")
 )
@@ -20,7 +22,7 @@ struct ClaudeCodeEndToEndTests {
         """
 
     @Test func shellToolCallWritesAFileThenTheFinalTextIsTheResult() async throws {
-        let sandbox = try AgentSandbox("claude-tool")
+        let sandbox = try await AgentSandbox.make("claude-tool")
         defer { sandbox.remove() }
         let server = try await ModelServerProcess.start(script: Self.script, in: sandbox.root)
         let run = try cli.run("Write hello.txt", sandbox: sandbox, server: server)
@@ -45,7 +47,7 @@ struct ClaudeCodeEndToEndTests {
     }
 
     @Test func resumeSendsTheEarlierTurnsBack() async throws {
-        let sandbox = try AgentSandbox("claude-resume")
+        let sandbox = try await AgentSandbox.make("claude-resume")
         defer { sandbox.remove() }
         let server = try await ModelServerProcess.start(script: Self.script, in: sandbox.root)
         let first = try cli.run("Write hello.txt", sandbox: sandbox, server: server)
@@ -70,7 +72,7 @@ struct ClaudeCodeEndToEndTests {
     }
 
     @Test func anErrorTurnEndsTheRunFailed() async throws {
-        let sandbox = try AgentSandbox("claude-error")
+        let sandbox = try await AgentSandbox.make("claude-error")
         defer { sandbox.remove() }
         // A 5xx with `x-should-retry: false` (the server's default) is not retried; a 400 would
         // be retried five times with fewer beta features.

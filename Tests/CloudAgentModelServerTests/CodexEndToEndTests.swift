@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentModelServer
 import Foundation
@@ -5,6 +6,7 @@ import Testing
 
 /// The real Codex CLI against the scripted model server, in a temporary git repository.
 @Suite(
+    .processes,
     .serialized,
     .enabled(if: AgentBinaries.codex != nil, "Codex not found: set CLOUD_AGENT_CODEX_BIN or put `codex` on PATH")
 )
@@ -20,7 +22,7 @@ struct CodexEndToEndTests {
         """
 
     @Test func shellToolCallWritesAFileThenTheFinalTextCompletesTheTurn() async throws {
-        let sandbox = try AgentSandbox("codex-tool")
+        let sandbox = try await AgentSandbox.make("codex-tool")
         defer { sandbox.remove() }
         let server = try await ModelServerProcess.start(script: Self.script, in: sandbox.root)
         let run = try cli.run("Write hello.txt", sandbox: sandbox, server: server)
@@ -46,7 +48,7 @@ struct CodexEndToEndTests {
     }
 
     @Test func resumeSendsTheEarlierTurnsBack() async throws {
-        let sandbox = try AgentSandbox("codex-resume")
+        let sandbox = try await AgentSandbox.make("codex-resume")
         defer { sandbox.remove() }
         let server = try await ModelServerProcess.start(script: Self.script, in: sandbox.root)
         let first = try cli.run("Write hello.txt", sandbox: sandbox, server: server)
@@ -72,7 +74,7 @@ struct CodexEndToEndTests {
     }
 
     @Test func anErrorTurnFailsTheTurn() async throws {
-        let sandbox = try AgentSandbox("codex-error")
+        let sandbox = try await AgentSandbox.make("codex-error")
         defer { sandbox.remove() }
         let server = try await ModelServerProcess.start(
             script: #"[{"error": {"status": 400, "message": "Scripted model failure"}}]"#, in: sandbox.root

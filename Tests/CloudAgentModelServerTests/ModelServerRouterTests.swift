@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 @testable import CloudAgentModelServer
 import Foundation

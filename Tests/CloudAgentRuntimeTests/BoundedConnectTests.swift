@@ -1,11 +1,12 @@
 @testable import CloudAgentRuntime
+import CloudAgentTestSupport
 import Foundation
 import Synchronization
 import Testing
 
 /// A connection attempt whose upgrade is never answered is given up after the bound, even when
 /// it ignores cancellation; one that upgrades in time lives as long as it likes.
-@Suite("Bounded connection attempts")
+@Suite("Bounded connection attempts", .processes)
 struct BoundedConnectTests {
     @Test("an attempt stuck before its upgrade (deaf to cancellation) is given up with NoUpgrade after the bound")
     func stuckAttempt() async throws {

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentProtocol
 @testable import CloudAgentRuntime
 import Foundation

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentRuntime
 import Testing
 

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentProtocol
 import CloudAgentRuntime
 import Foundation
@@ -6,7 +7,7 @@ import Testing
 
 /// The real `cloud-agent-runtime` process when its control plane refuses it, goes away, or comes
 /// back (the API contract, "Runtimes on their own"). Serialized: several measure how soon it exits.
-@Suite("A runtime on its own: refused, orphaned, reconnected", .serialized)
+@Suite("A runtime on its own: refused, orphaned, reconnected", .serialized, .processes)
 struct RuntimeOnItsOwnTests {
     private func runningEvent(_ plane: FakeControlPlane, _ executionId: String) async -> RuntimeEvent? {
         await plane.events(of: executionId).first { $0.kind == RuntimeEvent.Kind.running }
@@ -214,17 +215,3 @@ struct RuntimeOnItsOwnTests {
     }
 }
 
-/// Polls `value` until it is there; records an issue and throws after `seconds`.
-func eventuallyValue<T>(
-    within seconds: Double,
-    _ what: String,
-    sourceLocation: SourceLocation = #_sourceLocation,
-    _ value: () async throws -> T?
-) async throws -> T {
-    var found: T?
-    try await eventually(within: seconds, what, sourceLocation: sourceLocation) {
-        found = try await value()
-        return found != nil
-    }
-    return try #require(found, sourceLocation: sourceLocation)
-}

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentProtocol
 import CloudAgentRuntime
 import Foundation
@@ -11,7 +12,7 @@ import Darwin
 
 /// The real `cloud-agent-runtime` process against a fake control plane: connection, events,
 /// heartbeats, resend after a cut connection, kill, shutdown and SIGTERM.
-@Suite("The runtime process against a fake control plane", .serialized)
+@Suite("The runtime process against a fake control plane", .serialized, .processes)
 struct RuntimeProcessTests {
     static let sessionId = RuntimeLaunch.sessionId
 
@@ -272,7 +273,7 @@ struct RuntimeProcessTests {
         environment["CLOUD_AGENT_CONTROL_URL"] = "ws://127.0.0.1:9/v1/runtime/connect"
         environment["SESSION_ID"] = "agent_x"
         environment["CLOUD_AGENT_RUNTIME_ID"] = "rt_x"
-        let process = try TestProcess(try runtimeBinary(), arguments: [], environment: environment, directory: logs, stdin: "", in: logs)
+        let process = try TestProcess(try runtimeBinary(), arguments: [], environment: environment, directory: logs, stdin: "", outputIn: logs)
         defer { try? FileManager.default.removeItem(at: logs) }
         do {
             try await process.waitForExit(within: 10)

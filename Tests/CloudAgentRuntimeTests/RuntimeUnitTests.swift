@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentAgents
 import CloudAgentProtocol
 import CloudAgentRuntime

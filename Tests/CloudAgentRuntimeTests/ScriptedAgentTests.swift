@@ -1,10 +1,11 @@
+import CloudAgentTestSupport
 import CloudAgentRuntime
 import Foundation
 import Testing
 
 /// The scripted agent as the runtime runs it: `cloud-agent-runtime scripted-agent` as a real
 /// process, prompt on stdin, in a temporary workspace.
-@Suite("The scripted agent (a real process)")
+@Suite("The scripted agent (a real process)", .processes)
 struct ScriptedAgentTests {
     struct Run {
         var exitStatus: Int32
@@ -27,7 +28,7 @@ struct ScriptedAgentTests {
             environment: ProcessInfo.processInfo.environment,
             directory: directory,
             stdin: prompt,
-            in: logs
+            outputIn: logs
         )
         do {
             try await process.waitForExit(within: 30)

@@ -1,9 +1,10 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 @testable import CloudAgentSandbox
 import Foundation
 import Testing
 
-@Suite("Preparing a workspace")
+@Suite("Preparing a workspace", .processes)
 struct PrepareTests {
     @Test("clones a local path onto a new work branch session/<id> from the default branch")
     func cloneLocalPath() async throws {
@@ -128,7 +129,7 @@ struct PrepareTests {
         #expect(ContinuousClock.now - started < .seconds(30))
         let pidFile = fixture.layout.workspace(id).appendingPathComponent("bg.pid")
         if let pid = Int32(contents(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)) {
-            #expect(await eventually { !(ProcStat.read(pid)?.isRunning ?? false) })
+            #expect(try await holdsWithin(seconds: 20) { !(ProcStat.read(pid)?.isRunning ?? false) })
         }
     }
 
@@ -198,7 +199,7 @@ struct PrepareTests {
         #expect(!exists(fixture.layout.workspace(id)))
         // The background child went with the command's process group.
         if let pid = Int32(contents(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)) {
-            #expect(await eventually { !(ProcStat.read(pid)?.isRunning ?? false) })
+            #expect(try await holdsWithin(seconds: 20) { !(ProcStat.read(pid)?.isRunning ?? false) })
         }
     }
 
@@ -268,7 +269,7 @@ struct PrepareTests {
     }
 }
 
-@Suite("Restoring a workspace")
+@Suite("Restoring a workspace", .processes)
 struct RestoreTests {
     /// A bare origin, a session prepared from it on `session/<id>`, one commit pushed from it.
     private func preparedAndPushed(_ fixture: Fixture, _ id: SessionID) async throws -> (origin: URL, pushed: String) {

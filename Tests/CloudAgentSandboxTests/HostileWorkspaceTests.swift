@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 @testable import CloudAgentSandbox
 import Foundation
@@ -12,7 +13,7 @@ import Testing
 /// it. Why it holds: git on the workspace runs only in the sandbox (which sees neither the marker's
 /// directory nor other sessions), and the push goes from the control plane's own mirror, which
 /// takes the work as a bundle — data that runs nothing and carries no configuration.
-@Suite("Hostile workspaces", .enabled(if: bwrapWorks, "bubblewrap is missing or cannot create namespaces on this machine"))
+@Suite("Hostile workspaces", .enabled("bubblewrap is missing or cannot create namespaces on this machine") { await bwrapWorks() }, .processes)
 struct HostileWorkspaceTests {
     /// A session prepared from a bare origin (its spec's URL) in the bwrap sandbox, a change
     /// waiting to be committed, and a marker path on the host outside every sandbox.

@@ -1,4 +1,5 @@
 @testable import CloudAgentSandbox
+import CloudAgentTestSupport
 import Testing
 
 @Suite("Output tails and redaction")

@@ -1,4 +1,5 @@
 @testable import CloudAgentSandbox
+import CloudAgentTestSupport
 import Foundation
 import Testing
 
@@ -6,7 +7,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("Detached processes and their process trees")
+@Suite("Detached processes and their process trees", .processes)
 struct ProcessControlTests {
     private let environment = ["PATH": "/usr/bin:/bin"]
 
@@ -40,7 +41,7 @@ struct ProcessControlTests {
         #expect(getpgid(process.pid) == process.pid)
         #expect(getsid(process.pid) == process.pid)
         #expect(process.startTime > 0)
-        #expect(await eventually { contents(log).contains("stderr ") })
+        #expect(try await holdsWithin(seconds: 20) { contents(log).contains("stderr ") })
         #expect(contents(log) == "earlier\nstdout the-secret\nstderr \(directory.url.path)\n")
         #expect(ProcessControl.isAlive(process))
         #expect(await ProcessControl.terminate(process, graceMs: 5_000))
@@ -54,7 +55,7 @@ struct ProcessControlTests {
         let process = try ProcessControl.spawnDetached(
             argv: ["env"], environment: given, workingDirectory: directory.url, stdin: nil, logFile: directory.path("env.log")
         )
-        #expect(await eventually { exitCode(process) == 0 })
+        #expect(try await holdsWithin(seconds: 20) { exitCode(process) == 0 })
         let lines = contents(directory.path("env.log")).split(separator: "\n").map(String.init)
         #expect(lines.sorted() == ["ONE=1", "PATH=/usr/bin:/bin", "TWO=two words"])
     }
@@ -63,7 +64,7 @@ struct ProcessControlTests {
     func emptyStdin() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn("cat; echo done", in: directory)
-        #expect(await eventually { exitCode(process) == 0 })
+        #expect(try await holdsWithin(seconds: 20) { exitCode(process) == 0 })
         #expect(contents(directory.path("logs", "out.log")) == "done\n")
     }
 
@@ -73,7 +74,7 @@ struct ProcessControlTests {
         let leaked = open("/dev/null", O_RDONLY)  // deliberately without O_CLOEXEC
         defer { close(leaked) }
         let process = try spawn("ls /proc/self/fd", in: directory)
-        #expect(await eventually { exitCode(process) == 0 })
+        #expect(try await holdsWithin(seconds: 20) { exitCode(process) == 0 })
         // 0, 1, 2 and the descriptor ls itself opens to read the directory.
         let descriptors = contents(directory.path("logs", "out.log")).split(separator: "\n").compactMap { Int32($0) }
         #expect(!descriptors.contains(leaked))
@@ -99,7 +100,7 @@ struct ProcessControlTests {
     func terminateGrandchildren() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn("sleep 120 & sleep 120", in: directory)
-        #expect(await eventually { members(process.pid).count >= 3 })
+        #expect(try await holdsWithin(seconds: 20) { members(process.pid).count >= 3 })
         let sleepers = members(process.pid).map(\.pid).filter { $0 != process.pid }
         #expect(await ProcessControl.terminate(process, graceMs: 5_000))
         #expect(members(process.pid).isEmpty)
@@ -132,7 +133,7 @@ struct ProcessControlTests {
     func sigkillAfterGrace() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn(#"trap "" TERM; echo ready; for i in $(seq 120); do sleep 1; done"#, in: directory)
-        #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
+        #expect(try await holdsWithin(seconds: 20) { contents(directory.path("logs", "out.log")).contains("ready") })
         let started = ContinuousClock.now
         #expect(await ProcessControl.terminate(process, graceMs: 400))
         #expect(ContinuousClock.now - started >= .milliseconds(400))
@@ -144,7 +145,7 @@ struct ProcessControlTests {
     func gracefulShutdown() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn(#"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; for i in $(seq 1200); do sleep 0.1; done"#, in: directory)
-        #expect(await eventually { contents(directory.path("logs", "out.log")).contains("ready") })
+        #expect(try await holdsWithin(seconds: 20) { contents(directory.path("logs", "out.log")).contains("ready") })
         #expect(await ProcessControl.terminate(process, graceMs: 10_000))
         #expect(contents(directory.path("logs", "out.log")).hasSuffix("finished\n"))
     }
@@ -153,7 +154,7 @@ struct ProcessControlTests {
     func terminateGone() async throws {
         let directory = try TemporaryDirectory()
         let process = try spawn("exit 0", in: directory)
-        #expect(await eventually { ProcessControl.reapIfExited(process.pid) != nil })
+        #expect(try await holdsWithin(seconds: 20) { ProcessControl.reapIfExited(process.pid) != nil })
         #expect(await ProcessControl.terminate(process, graceMs: 5_000))
     }
 
@@ -167,7 +168,7 @@ struct ProcessControlTests {
 
         // stdin is at end of file, so `read` returns at once and the process exits: a zombie
         // until reaped.
-        #expect(await eventually { ProcStat.read(process.pid)?.state == "Z" })
+        #expect(try await holdsWithin(seconds: 20) { ProcStat.read(process.pid)?.state == "Z" })
         #expect(!ProcessControl.isAlive(process))
         #expect(exitCode(process) == 5)
         #expect(ProcessControl.reapIfExited(process.pid) == nil)
@@ -181,7 +182,7 @@ struct ProcessControlTests {
         #expect(ProcessControl.isAlive(process))
         #expect(ProcessControl.reapIfExited(process.pid) == nil)
         #expect(ProcessControl.signal(process, SIGKILL))
-        #expect(await eventually { exitCode(process) == 128 + SIGKILL })
+        #expect(try await holdsWithin(seconds: 20) { exitCode(process) == 128 + SIGKILL })
         #expect(!ProcessControl.isAlive(process))
     }
 

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 @testable import CloudAgentSandbox
 import Foundation
@@ -7,7 +8,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("The sandbox wrapper")
+@Suite("The sandbox wrapper", .processes)
 struct SandboxWrapperTests {
     @Test("none leaves the command line unchanged")
     func noneUnchanged() {
@@ -54,48 +55,48 @@ struct SandboxWrapperTests {
     }
 
     @Test("resolve: none, and an unknown name is an error that says what is expected")
-    func resolveNames() throws {
+    func resolveNames() async throws {
         let directory = try TemporaryDirectory()
-        #expect(try SandboxWrapper.resolve("none", dataDirectory: directory.url).kind == .none)
-        let error = #expect(throws: SandboxUnavailable.self) {
-            try SandboxWrapper.resolve("docker", dataDirectory: directory.url)
+        #expect(try await SandboxWrapper.resolve("none", dataDirectory: directory.url).kind == .none)
+        let error = await #expect(throws: SandboxUnavailable.self) {
+            try await SandboxWrapper.resolve("docker", dataDirectory: directory.url)
         }
         #expect(error?.description.contains("bwrap, none or auto") == true)
     }
 
     @Test("without bubblewrap: auto falls back to none with a warning saying what that means and how to fix it; bwrap refuses")
-    func noSilentFallback() throws {
+    func noSilentFallback() async throws {
         let directory = try TemporaryDirectory()
         let missing = directory.path("no-such-bwrap").path
-        let auto = try SandboxWrapper.resolveExplained("auto", dataDirectory: directory.url, bwrapPath: missing)
+        let auto = try await SandboxWrapper.resolveExplained("auto", dataDirectory: directory.url, bwrapPath: missing)
         #expect(auto.sandbox.kind == .none)
         let warning = try #require(auto.warning)
         #expect(warning.contains("apt-get install bubblewrap"))
         #expect(warning.contains("other sessions"))
         #expect(warning.contains("CLOUD_AGENT_SANDBOX"))
-        #expect(throws: SandboxUnavailable.self) { try SandboxWrapper.resolveExplained("bwrap", dataDirectory: directory.url, bwrapPath: missing) }
-        #expect(try SandboxWrapper.resolveExplained("none", dataDirectory: directory.url, bwrapPath: missing).warning == nil)
-        if bwrapWorks {
-            #expect(try SandboxWrapper.resolveExplained("auto", dataDirectory: directory.url).warning == nil)
+        await #expect(throws: SandboxUnavailable.self) { try await SandboxWrapper.resolveExplained("bwrap", dataDirectory: directory.url, bwrapPath: missing) }
+        #expect(try await SandboxWrapper.resolveExplained("none", dataDirectory: directory.url, bwrapPath: missing).warning == nil)
+        if await bwrapWorks() {
+            #expect(try await SandboxWrapper.resolveExplained("auto", dataDirectory: directory.url).warning == nil)
         }
     }
 
     @Test("resolve: auto is bwrap exactly where bwrap works, and bwrap throws where it does not")
-    func resolveAutoAndBwrap() throws {
+    func resolveAutoAndBwrap() async throws {
         let directory = try TemporaryDirectory()
-        let auto = try SandboxWrapper.resolve("auto", dataDirectory: directory.url)
-        #expect(auto.kind == (bwrapWorks ? .bwrap : .none))
-        if bwrapWorks {
-            #expect(try SandboxWrapper.resolve("bwrap", dataDirectory: directory.url).kind == .bwrap)
+        let auto = try await SandboxWrapper.resolve("auto", dataDirectory: directory.url)
+        #expect(auto.kind == (await bwrapWorks() ? .bwrap : .none))
+        if await bwrapWorks() {
+            #expect(try await SandboxWrapper.resolve("bwrap", dataDirectory: directory.url).kind == .bwrap)
         } else {
-            #expect(throws: SandboxUnavailable.self) { try SandboxWrapper.resolve("bwrap", dataDirectory: directory.url) }
+            await #expect(throws: SandboxUnavailable.self) { try await SandboxWrapper.resolve("bwrap", dataDirectory: directory.url) }
         }
     }
 }
 
 /// These run only where bubblewrap works (installed, and namespaces allowed): elsewhere there is
 /// no sandbox to test, and `resolve("auto")` falls back to none (checked above).
-@Suite("Inside the bubblewrap sandbox", .enabled(if: bwrapWorks, "bubblewrap is missing or cannot create namespaces on this machine"))
+@Suite("Inside the bubblewrap sandbox", .enabled("bubblewrap is missing or cannot create namespaces on this machine") { await bwrapWorks() }, .processes)
 struct BubblewrapTests {
     /// A data directory with two sessions and a key file, and a wrapper for it.
     private struct Sessions {
@@ -105,11 +106,11 @@ struct BubblewrapTests {
         let own = SessionID()
         let other = SessionID()
 
-        init() throws {
+        init() async throws {
             directory = try TemporaryDirectory("bwrap")
             let data = directory.path("data")
             layout = WorkspaceLayout(dataDirectory: data)
-            sandbox = try SandboxWrapper.resolve("bwrap", dataDirectory: data)
+            sandbox = try await SandboxWrapper.resolve("bwrap", dataDirectory: data)
             for url in [layout.workspace(own), layout.home(own), layout.workspace(other), layout.home(other)] {
                 try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
             }
@@ -128,7 +129,7 @@ struct BubblewrapTests {
 
     @Test("the workspace and home are writable, and the process starts in the workspace")
     func writable() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let outcome = await sessions.run("pwd; echo made > made.txt && echo home > \"$H/home.txt\"", environment: ["H": sessions.layout.home(sessions.own).path])
         #expect(outcome.succeeded, "\(outcome.output.text(redacting: []))")
         #expect(outcome.output.text(redacting: []) == sessions.layout.workspace(sessions.own).path + "\n")
@@ -138,7 +139,7 @@ struct BubblewrapTests {
 
     @Test("the rest of the file system is read-only")
     func readOnlySystem() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let outcome = await sessions.run("touch /usr/cloud-agent-x")
         #expect(outcome.exitCode != 0)
         #expect(outcome.output.text(redacting: []).contains("Read-only file system"))
@@ -147,7 +148,7 @@ struct BubblewrapTests {
 
     @Test("the data directory shows neither other sessions nor its files, and no capability gets past that")
     func dataDirectoryHidden() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let data = sessions.layout.dataDirectory.path
         let outcome = await sessions.run(
             "ls -A \(data); echo --; ls -A \(data)/workspaces; echo --; ls -A \(data)/homes; echo --; " +
@@ -168,7 +169,7 @@ struct BubblewrapTests {
 
     @Test("its own PID namespace: it sees only its own few processes")
     func pidNamespace() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let outcome = await sessions.run("echo $$; ls /proc | grep -c '^[0-9]'")
         let lines = outcome.output.text(redacting: []).split(separator: "\n").compactMap { Int($0) }
         #expect(lines.count == 2)
@@ -178,7 +179,7 @@ struct BubblewrapTests {
 
     @Test("127.0.0.1 is reachable: the runtime must reach the control plane")
     func loopbackNetwork() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let listener = try LoopbackListener()
         defer { listener.close() }
         // /dev/tcp is a bash feature.
@@ -193,7 +194,7 @@ struct BubblewrapTests {
 
     @Test("a detached runtime in the sandbox: its processes are found below the launched bwrap, and terminate reaches them all")
     func detachedInSandbox() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let log = sessions.layout.runtimeLog(sessions.own)
         let argv = sessions.sandbox.wrap(
             ["/bin/sh", "-c", "read secret; echo \"got $secret\"; sleep 120 & sleep 120"],
@@ -204,8 +205,8 @@ struct BubblewrapTests {
             stdin: "runtime-secret\n", logFile: log
         )
         // bwrap (depth 0), its namespace's init (1), sh (2) and two sleeps (3).
-        #expect(await eventually { ProcessTree.of(process).members.map(\.depth) == [0, 1, 2, 3, 3] })
-        #expect(await eventually { contents(log).contains("got runtime-secret") })
+        #expect(try await holdsWithin(seconds: 20) { ProcessTree.of(process).members.map(\.depth) == [0, 1, 2, 3, 3] })
+        #expect(try await holdsWithin(seconds: 20) { contents(log).contains("got runtime-secret") })
         let members = ProcessTree.of(process).processes
         #expect(await ProcessControl.terminate(process, graceful: { $0.at(depth: 2) }, graceMs: 5_000, reap: { _ = ProcessControl.reapIfExited(process.pid) }))
         #expect(!ProcessControl.anyAlive(members))
@@ -213,7 +214,7 @@ struct BubblewrapTests {
 
     @Test("SIGTERM to the sandbox's program lets it finish its shutdown within the grace")
     func gracefulShutdownInSandbox() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let log = sessions.layout.runtimeLog(sessions.own)
         let argv = sessions.sandbox.wrap(
             ["/bin/sh", "-c", #"trap 'sleep 0.5; echo finished; exit 0' TERM; echo ready; for i in $(seq 1200); do sleep 0.1; done"#],
@@ -223,14 +224,14 @@ struct BubblewrapTests {
             argv: argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own),
             stdin: nil, logFile: log
         )
-        #expect(await eventually { contents(log).contains("ready") })
+        #expect(try await holdsWithin(seconds: 20) { contents(log).contains("ready") })
         #expect(await ProcessControl.terminate(process, graceful: { $0.at(depth: 2) }, graceMs: 10_000, reap: { _ = ProcessControl.reapIfExited(process.pid) }))
         #expect(contents(log).contains("finished"))
     }
 
     @Test("the process that launched bwrap exits (a control plane restarting): the sandbox lives on, and a stop of the launch then takes everything inside down")
     func outlivesItsLauncher() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let argv = sessions.sandbox.wrap(
             ["/bin/sh", "-c", "sleep 120 & sleep 120"], workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
         )
@@ -246,15 +247,15 @@ struct BubblewrapTests {
         )
         defer { ProcessControl.killTree(launcher); _ = ProcessControl.reapIfExited(launcher.pid) }
         func bwrapPid() -> Int32? { Int32(contents(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)) }
-        #expect(await eventually { bwrapPid() != nil })
+        #expect(try await holdsWithin(seconds: 20) { bwrapPid() != nil })
         let pid = try #require(bwrapPid())
         let stat = try #require(ProcStat.read(pid))
         let bwrap = SpawnedProcess(pid: pid, startTime: stat.startTime)
         defer { ProcessControl.killTree(bwrap) }
-        #expect(await eventually { ProcessTree.of(bwrap).members.count == 5 }, "bwrap, the sandbox's init, sh and its two sleeps")
+        #expect(try await holdsWithin(seconds: 20) { ProcessTree.of(bwrap).members.count == 5 }, "bwrap, the sandbox's init, sh and its two sleeps")
         let inside = ProcessTree.of(bwrap).members.filter { $0.depth > 0 }.map(\.process)
         try Data().write(to: release)
-        #expect(await eventually { ProcessControl.reapIfExited(launcher.pid) != nil })
+        #expect(try await holdsWithin(seconds: 20) { ProcessControl.reapIfExited(launcher.pid) != nil })
         // Well after the launcher is gone, everything inside still runs.
         try await Task.sleep(for: .milliseconds(300))
         #expect(ProcessControl.isAlive(bwrap))
@@ -265,7 +266,7 @@ struct BubblewrapTests {
 
     @Test("SIGKILL of the sandbox's init takes everything inside down with it (PID 1 of its namespace)")
     func initTakesTheSandboxDown() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         let argv = sessions.sandbox.wrap(
             ["/bin/sh", "-c", "(sleep 120 &) ; sleep 120"], workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
         )
@@ -274,16 +275,16 @@ struct BubblewrapTests {
             stdin: nil, logFile: sessions.layout.runtimeLog(sessions.own)
         )
         defer { ProcessControl.killTree(process); _ = ProcessControl.reapIfExited(process.pid) }
-        #expect(await eventually { ProcessTree.of(process).members.count >= 4 }, "bwrap, the sandbox's init, sh, the sleeps")
+        #expect(try await holdsWithin(seconds: 20) { ProcessTree.of(process).members.count >= 4 }, "bwrap, the sandbox's init, sh, the sleeps")
         let inside = ProcessTree.of(process).members.filter { $0.depth > 1 }.map(\.process)
         let initProcess = try #require(ProcessTree.of(process).at(depth: 1).first)
         #expect(ProcessControl.signal(initProcess, SIGKILL))
-        #expect(await eventually { !ProcessControl.anyAlive(inside) })
+        #expect(try await holdsWithin(seconds: 20) { !ProcessControl.anyAlive(inside) })
     }
 
     @Test("nothing of the host but the system: no home directory, no /root, no /run, no other /tmp, /etc's secrets empty; uid 1000 without capabilities; a read-only root")
     func onlyTheSystemIsVisible() async throws {
-        let sessions = try Sessions()
+        let sessions = try await Sessions()
         // A file of the control plane's user, in its home directory.
         let hostHome = FileManager.default.homeDirectoryForCurrentUser
         let secret = hostHome.appendingPathComponent(".cloud-agent-sandbox-test-\(UUID().uuidString)")

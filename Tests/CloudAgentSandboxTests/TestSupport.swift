@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 @testable import CloudAgentSandbox
 import Foundation
@@ -23,38 +24,6 @@ final class TemporaryDirectory: Sendable {
 
     func path(_ components: String...) -> URL {
         components.reduce(url) { $0.appendingPathComponent($1) }
-    }
-}
-
-/// Every log line written during a test, to check what logs contain.
-final class LogCapture: Sendable {
-    private let lines = Mutex<[String]>([])
-
-    var text: String { lines.withLock { $0.joined(separator: "\n") } }
-
-    var logger: Logger {
-        var logger = Logger(label: "cloud-agent-sandbox-test") { _ in CapturingLogHandler(capture: self) }
-        logger.logLevel = .trace
-        return logger
-    }
-
-    func append(_ line: String) { lines.withLock { $0.append(line) } }
-}
-
-struct CapturingLogHandler: LogHandler {
-    let capture: LogCapture
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let rendered = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        capture.append("\(event.level) \(event.message) \(rendered)")
     }
 }
 
@@ -89,17 +58,6 @@ func makeRepository(in directory: TemporaryDirectory, name: String = "source") a
     return repo
 }
 
-/// Polls `condition` until it holds or `timeout` passes (for conditions other processes make true).
-func eventually(within timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let clock = ContinuousClock()
-    let deadline = clock.now.advanced(by: timeout)
-    while true {
-        if try await condition() { return true }
-        if clock.now >= deadline { return false }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-}
-
 func contents(_ url: URL) -> String {
     (try? String(contentsOf: url, encoding: .utf8)) ?? ""
 }
@@ -108,18 +66,11 @@ func exists(_ url: URL) -> Bool {
     FileManager.default.fileExists(atPath: url.path)
 }
 
-/// Whether bubblewrap works on this machine (namespaces allowed, bwrap installed): the bwrap-only
-/// tests are skipped where it does not, since there is no sandbox to test.
-let bwrapWorks: Bool = {
-    guard let directory = try? TemporaryDirectory("probe") else { return false }
-    return (try? SandboxWrapper.resolve("auto", dataDirectory: directory.url))?.kind == .bwrap
-}()
-
 /// A data directory with a layout, a sandbox and a workspace manager whose logs are captured.
 struct Fixture {
     let directory: TemporaryDirectory
     let layout: WorkspaceLayout
-    let logs = LogCapture()
+    let logs = LogCapture(label: "cloud-agent-sandbox-test")
     let workspaces: GitWorkspaces
 
     init(sandbox kind: SandboxKind = .none) throws {

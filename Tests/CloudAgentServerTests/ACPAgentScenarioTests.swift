@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import Foundation
 import HTTPTypes
@@ -9,7 +10,7 @@ import Testing
 /// `acp`), and an agents file's `"protocol": "acp"` entry, all played by a fixture agent that
 /// speaks the protocol (Tests/Fixtures/agents/acp-fixture: prompts are commands such as
 /// `say`, `write`, `run`, `recall`, `fail`, `crash`).
-@Suite("ACP agents (fixture) end to end")
+@Suite("ACP agents (fixture) end to end", .processes)
 struct ACPAgentScenarioTests {
     static let fixture = TestServer.fixtures.appendingPathComponent("agents/acp-fixture").path
 
@@ -108,10 +109,10 @@ struct ACPAgentScenarioTests {
             let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
             // `[a]cp`: the pattern does not match the shell that runs pgrep.
             let pattern = Self.fixture.replacingOccurrences(of: "/acp-fixture", with: "/[a]cp-fixture") + " acp"
-            #expect(try shell("pgrep -f '\(pattern)' || true").isEmpty == false, "the agent waits for the next prompt")
+            #expect(try await shell("pgrep -f '\(pattern)' || true").isEmpty == false, "the agent waits for the next prompt")
             _ = try await api.waitForRuntime(id, state: "stopped", within: 15)
             // The agent lived as long as its runtime, and no longer.
-            try await eventually(within: 10, "the stopped runtime's agent to be gone") { try shell("pgrep -f '\(pattern)' || true").isEmpty }
+            try await eventually(within: 10, "the stopped runtime's agent to be gone") { try await shell("pgrep -f '\(pattern)' || true").isEmpty }
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
             let second = try await api.waitForExecution(id, status: "completed")
             let secondId = try #require(second["executionId"]?.stringValue)
@@ -168,11 +169,11 @@ struct ACPAgentScenarioTests {
             let pattern = "'[s]leep \(seconds)'"
             let id = try await api.createSession(["prompt": .string("run sleep \(seconds)"), "agent": "kilo"])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
-            try await eventually(within: 15, "the tool's process") { try shell("pgrep -f \(pattern) || true").isEmpty == false }
+            try await eventually(within: 15, "the tool's process") { try await shell("pgrep -f \(pattern) || true").isEmpty == false }
             #expect(try await api.request(.post, "/v1/sessions/\(id)/interrupt")["interrupted"] == true)
             let ended = try await api.waitForExecution(id, status: "interrupted")
             #expect(ended["interruptReason"] == "user")
-            try await eventually(within: 10, "the tool's process to be gone") { try shell("pgrep -f \(pattern) || true").isEmpty }
+            try await eventually(within: 10, "the tool's process to be gone") { try await shell("pgrep -f \(pattern) || true").isEmpty }
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
             let next = try await api.waitForExecution(id, status: "completed")
             #expect(try await summary(api, id, execution: next["executionId"]?.stringValue) == ["text recall: run sleep \(seconds)"])

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -7,7 +8,7 @@ import Testing
 /// The rules and the view go by the session's active execution, never by the order of execution
 /// ids (ids are only roughly ordered by time: two made in the same millisecond, or on nodes whose
 /// clocks differ, sort either way).
-@Suite("The active execution, not id order")
+@Suite("The active execution, not id order", .processes)
 struct ActiveExecutionTests {
     @Test("an active execution with an earlier id than a completed one: the runtime is never idle, the view shows the active one")
     func activeExecutionWins() async throws {

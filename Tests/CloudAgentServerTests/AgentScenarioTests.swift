@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import HTTPTypes
@@ -8,7 +9,7 @@ import Testing
 /// Agents other than the built-in one, through the real server and runtime: the registry (OpenCode
 /// and Kilo played by the ACP fixture agent, whose scenarios are `ACPAgentScenarioTests`), and
 /// `command` agents from an agents file.
-@Suite("Agents: registry, command agents")
+@Suite("Agents: registry, command agents", .processes)
 struct AgentScenarioTests {
     static let fixture = TestServer.fixtures.appendingPathComponent("agents/acp-fixture").path
 

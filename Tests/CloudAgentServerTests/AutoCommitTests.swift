@@ -1,18 +1,19 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
 import HTTPTypes
 import Testing
 
-@Suite("Auto-commit")
+@Suite("Auto-commit", .processes)
 struct AutoCommitTests {
     @Test("each execution's changes are committed on the work branch and pushed to a bare origin; a cold start restores them")
     func commitsAndPushes() async throws {
         let timing = Timing(idleTimeoutMs: 1500, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1000)
         let server = try TestServer(timing: timing)
-        let source = try makeGitRepository(in: server.directory, name: "source")
+        let source = try await makeGitRepository(in: server.directory, name: "source")
         let origin = server.directory.url.appendingPathComponent("origin.git")
-        try shell("git clone -q --bare \(source.path) \(origin.path)")
+        try await shell("git clone -q --bare \(source.path) \(origin.path)")
         try await server.run { api in
             let id = try await api.createSession([
                 "prompt": "write hello.txt hi there\nrun mkdir -p docs && echo notes > docs/notes.md",
@@ -27,9 +28,9 @@ struct AutoCommitTests {
             #expect(committed.data["pushed"] == true)
             let branch = "session/\(id.rawValue)"
             #expect(committed.data["branch"] == .string(branch))
-            #expect(try shell("git --git-dir \(origin.path) show \(branch):hello.txt") == "hi there\n")
-            #expect(try shell("git --git-dir \(origin.path) show \(branch):docs/notes.md") == "notes\n")
-            let log = try shell("git --git-dir \(origin.path) log -1 --format=%an%n%s \(branch)")
+            #expect(try await shell("git --git-dir \(origin.path) show \(branch):hello.txt") == "hi there\n")
+            #expect(try await shell("git --git-dir \(origin.path) show \(branch):docs/notes.md") == "notes\n")
+            let log = try await shell("git --git-dir \(origin.path) log -1 --format=%an%n%s \(branch)")
             #expect(log == "cloud-agent\ncloud-agent: execution \(executionId)\n")
             // The execution's own status is untouched by git.
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["latestExecution"]?["status"] == "completed")
@@ -54,9 +55,9 @@ struct AutoCommitTests {
     @Test("a push that fails is an event, not a failed execution")
     func pushFailure() async throws {
         let server = try TestServer(timing: Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1000))
-        let source = try makeGitRepository(in: server.directory, name: "source")
+        let source = try await makeGitRepository(in: server.directory, name: "source")
         let origin = server.directory.url.appendingPathComponent("origin.git")
-        try shell("git clone -q --bare \(source.path) \(origin.path)")
+        try await shell("git clone -q --bare \(source.path) \(origin.path)")
         try await server.run { api in
             let id = try await api.createSession(["prompt": "write a.txt a", "repo": ["url": .string(origin.path)], "autoCommit": true])
             // The remote goes away after the clone.

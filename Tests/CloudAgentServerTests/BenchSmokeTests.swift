@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import Foundation
 import Testing
@@ -5,14 +6,14 @@ import Testing
 /// The benchmark executable works end to end: a shrunk `idle` run (simulated runtimes for the
 /// precision part, one real runtime for the false-kill part, a real slow cold start) prints one JSON object per figure
 /// with the names and fields. Timing figures are not checked: CI machines are noisy.
-@Suite("cloud-agent-bench")
+@Suite("cloud-agent-bench", .processes)
 struct BenchSmokeTests {
     static let bench = TestServer.buildProducts.appendingPathComponent("cloud-agent-bench")
 
     @Test("idle --json: one figure per line, the issue's names and fields, no false kill",
           .enabled(if: FileManager.default.isExecutableFile(atPath: bench.path), "cloud-agent-bench is not built"))
-    func idleJSON() throws {
-        let output = try shell(
+    func idleJSON() async throws {
+        let output = try await shell(
             "\(Self.bench.path) idle --quick --json --sessions 20 --spread 0.2 --idle-timeout-ms 200 --runtimes 1 --kill-idle-timeout-ms 500 "
                 + "--cold-start-sessions 10 --cold-start-seconds 4 2>/dev/null"
         )

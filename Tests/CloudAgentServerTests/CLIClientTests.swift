@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -38,7 +39,7 @@ func jsonLines(_ text: String, sourceLocation: SourceLocation = #_sourceLocation
     }
 }
 
-@Suite("cloud-agent's client commands, as a real process against a real server", .serialized)
+@Suite("cloud-agent's client commands, as a real process against a real server", .serialized, .processes)
 struct CLIClientTests {
     static let timing = Timing(
         idleTimeoutMs: 30_000, heartbeatIntervalMs: 150, staleThresholdMs: 1200, pendingTimeoutMs: 10_000, stopGraceMs: 1000,
@@ -194,7 +195,7 @@ struct CLIClientTests {
     @Test("sessions create/patch/delete with every kind of option; API errors print the API's message and exit 2; no server exits 3")
     func sessionsAndErrors() async throws {
         let server = try TestServer(timing: Self.timing)
-        let origin = try makeGitRepository(in: server.directory)
+        let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
             let cli = try Self.runner(api, server)
             let create = try await cli.run(["sessions", "create"], [

@@ -1,4 +1,5 @@
 @testable import CloudAgentCLI
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -103,7 +104,7 @@ actor FakeStreamServer {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.runService(gracefulShutdownSignals: []) }
             defer { group.cancelAll() }
-            try await eventually(within: 30, "the fake stream server to listen") { await self.port != nil }
+            try await eventually(within: 30, "the fake stream server to listen") { self.port != nil }
             let listening = self.port
             let port = try #require(listening)
             try await body(APIClient(baseURL: "http://127.0.0.1:\(port)", token: token))
@@ -111,7 +112,7 @@ actor FakeStreamServer {
     }
 }
 
-@Suite("The CLI's stream follower: resume after 4001 and drops without duplicates, the polling fallback, a deleted session")
+@Suite("The CLI's stream follower: resume after 4001 and drops without duplicates, the polling fallback, a deleted session", .processes)
 struct CLIStreamResumeTests {
     /// Follows the fake server's session to its last event, recording the notices.
     static func followToEnd(_ client: APIClient, from: Int64 = 0) async throws -> (seen: [Int64], notices: [String]) {

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -10,7 +11,7 @@ import Synchronization
 import Testing
 
 /// Completion callbacks through the real server, real runtimes and a real HTTP receiver.
-@Suite("Completion callbacks: signed, retried, durable")
+@Suite("Completion callbacks: signed, retried, durable", .processes)
 struct CallbackTests {
     @Test("each execution's end is POSTed once, signed with the key `cloud-agent callbacks key` prints, with the right body")
     func signedBodiesForEveryEnd() async throws {
@@ -72,7 +73,7 @@ struct CallbackTests {
                     #expect(request.headers[values: HTTPField.Name("X-CloudAgent-Signature")!].count == 1)
                     let timestamp = try #require(request.header("X-CloudAgent-Timestamp").flatMap(Int64.init))
                     #expect(abs(Double(timestamp) - Date().timeIntervalSince1970) < 120)
-                    #expect(try verifyWithOpenSSL(request, key: key, in: server.directory), "signature of \(request.body)")
+                    #expect(try await verifyWithOpenSSL(request, key: key, in: server.directory), "signature of \(request.body)")
                     #expect(request.header("X-CloudAgent-Signature") != "forged")
                 }
                 // One delivery per execution, each recorded as an event.
@@ -116,7 +117,7 @@ struct CallbackTests {
                 #expect(requests.count == 3)
                 #expect(Set(requests.map(\.body)).count == 1, "every attempt sends the same bytes")
                 let key = try await api.plane.store.settingSavingIfAbsent(CallbackSignature.settingKey, value: "unused")
-                for request in requests { #expect(try verifyWithOpenSSL(request, key: key, in: server.directory)) }
+                for request in requests { #expect(try await verifyWithOpenSSL(request, key: key, in: server.directory)) }
                 // Backoff: 100 ms, then 200 ms.
                 if requests.count == 3 {
                     #expect(requests[1].at - requests[0].at >= .milliseconds(90))
@@ -292,15 +293,15 @@ final class CallbackReceiver: Sendable {
     }
 }
 
-/// Checks a received callback's signature as the README's shell example does, with openssl.
-func verifyWithOpenSSL(_ request: CallbackReceiver.Received, key: String, in directory: TemporaryDirectory) throws -> Bool {
+/// Checks a received callback's signature as the shell example in docs/callbacks.md does, with openssl.
+func verifyWithOpenSSL(_ request: CallbackReceiver.Received, key: String, in directory: TemporaryDirectory) async throws -> Bool {
     let timestamp = try #require(request.header("X-CloudAgent-Timestamp"))
     let signature = try #require(request.header("X-CloudAgent-Signature"))
     let bodyFile = directory.url.appendingPathComponent("callback-\(UUID().uuidString).json")
     try Data(request.body.utf8).write(to: bodyFile)
     defer { try? FileManager.default.removeItem(at: bodyFile) }
     // The key is hex and the timestamp digits: neither needs quoting.
-    let output = try shell("{ printf '%s.' '\(timestamp)'; cat '\(bodyFile.path)'; } | openssl dgst -sha256 -hmac '\(key)' -r")
+    let output = try await shell("{ printf '%s.' '\(timestamp)'; cat '\(bodyFile.path)'; } | openssl dgst -sha256 -hmac '\(key)' -r")
     let hex = output.split(separator: " ").first.map(String.init) ?? ""
     return !hex.isEmpty && signature == "sha256=" + hex
 }

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -8,7 +9,7 @@ import Testing
 
 /// The defined concurrency with real runtimes, through the HTTP API (`InterleavingTests` runs
 /// each case deterministically on the in-memory store).
-@Suite("Defined concurrency with real runtimes")
+@Suite("Defined concurrency with real runtimes", .processes)
 struct ConcurrencyScenarioTests {
     static let timing = Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 3000, pendingTimeoutMs: 10_000, stopGraceMs: 1500)
 

@@ -1,10 +1,11 @@
+import CloudAgentTestSupport
 import Foundation
 import Testing
 
 /// The web console driven in a real headless Chromium: `scripts/console-e2e.sh` runs
 /// `Tests/console/test_console.py` (Playwright for Python, Debian's `/usr/bin/chromium`)
 /// against a real `cloud-agent serve` with short timings, signed in as two users.
-@Suite("Web console in headless Chromium")
+@Suite("Web console in headless Chromium", .processes)
 struct ConsoleBrowserTests {
     static let packageRoot = Reliability.packageRoot
 

@@ -1,4 +1,5 @@
 @testable import CloudAgentServer
+import CloudAgentTestSupport
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting

@@ -81,7 +81,7 @@ final class ServeUnderTest: @unchecked Sendable {
         let created = try await request("POST", "/v1/sessions", json: .object(body))
         try #require(created.status == 201, "\(created.text)")
         let id = try #require(created["sessionId"]?.stringValue)
-        #expect(created["sandbox"]?.stringValue == (bwrapWorks ? "bwrap" : "none"), "the sandbox auto picks")
+        #expect(created["sandbox"]?.stringValue == (await bwrapWorks() ? "bwrap" : "none"), "the sandbox auto picks")
         let started = try await request("POST", "/v1/sessions/\(id)/initiate")
         try #require(started.status == 202, "\(started.text)")
         return id
@@ -126,7 +126,7 @@ func expectEveryEventOnce(_ list: [JSONValue], ticks: Int, sourceLocation: Sourc
 
 /// Deploys and crashes: `serve` goes away mid-execution, under the sandbox users run (bwrap),
 /// on SQLite and on PostgreSQL, and the agent never notices.
-@Suite("The control plane dies or is restarted mid-execution, under the default sandbox")
+@Suite("The control plane dies or is restarted mid-execution, under the default sandbox", .processes)
 struct ControlPlaneCrashTests {
     struct Case: Sendable, CustomTestStringConvertible {
         var store: ServeStore

@@ -1,7 +1,8 @@
+import CloudAgentTestSupport
 import Foundation
 import Testing
 
-@Suite("cloud-agent demo, as a real process")
+@Suite("cloud-agent demo, as a real process", .processes)
 struct DemoCommandTests {
     @Test("demo runs to completion within 90 s: live stream, the runtime kept through the silence, the idle stop and its reason, cleanup")
     func demoRuns() async throws {

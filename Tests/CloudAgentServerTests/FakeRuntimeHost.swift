@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentProtocol
 import CloudAgentSandbox
@@ -83,14 +84,6 @@ final class Gate: Sendable {
         }
         #expect(arrived, "\(count) arrivals at the gate within \(seconds) s (got \(self.arrived))", sourceLocation: sourceLocation)
     }
-}
-
-/// A clock the test moves.
-final class ManualClock: WallClock {
-    private let current: Mutex<Date>
-    init(_ start: Date = Date(millisecondsSince1970: 1_800_000_000_000)) { current = Mutex(start) }
-    func now() -> Date { current.withLock { $0 } }
-    func advance(milliseconds: Int64) { current.withLock { $0 = $0.adding(milliseconds: milliseconds) } }
 }
 
 /// A `RuntimeHost` without processes or files: launches are fake pids, workspaces a set, and

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCLI
 import CloudAgentCore
 import CloudAgentSandbox
@@ -10,39 +11,6 @@ import Logging
 import NIOCore
 import Synchronization
 import Testing
-
-/// Every log line a control plane wrote during a test, to check what logs contain.
-final class LogCapture: Sendable {
-    private let lines = Mutex<[String]>([])
-
-    var all: [String] { lines.withLock { $0 } }
-    var text: String { all.joined(separator: "\n") }
-
-    var logger: Logger {
-        var logger = Logger(label: "cloud-agent-test") { _ in CapturingLogHandler(capture: self) }
-        logger.logLevel = .trace
-        return logger
-    }
-
-    func append(_ line: String) { lines.withLock { $0.append(line) } }
-}
-
-struct CapturingLogHandler: LogHandler {
-    let capture: LogCapture
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let rendered = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        capture.append("\(event.level) \(event.message) \(rendered)")
-    }
-}
 
 /// A temporary directory removed when the test ends.
 final class TemporaryDirectory: Sendable {
@@ -216,58 +184,16 @@ struct TestAPI: Sendable {
     }
 }
 
-/// Waits for a condition with a deadline, checking every 20 ms.
-func eventually(
-    within seconds: Double, _ what: String = "condition", sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: @Sendable () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
-}
-
-/// Runs a command to completion (git and friends in tests); output goes to a file, not a pipe.
-@discardableResult
-func shell(_ command: String, in directory: URL? = nil) throws -> String {
-    let output = FileManager.default.temporaryDirectory.appendingPathComponent("shell-\(UUID().uuidString).out")
-    defer { try? FileManager.default.removeItem(at: output) }
-    _ = FileManager.default.createFile(atPath: output.path, contents: nil)
-    let handle = try FileHandle(forWritingTo: output)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", command]
-    if let directory { process.currentDirectoryURL = directory }
-    process.standardOutput = handle
-    process.standardError = handle
-    try process.run()
-    process.waitUntilExit()
-    try handle.close()
-    let text = (try? String(contentsOf: output, encoding: .utf8)) ?? ""
-    guard process.terminationStatus == 0 else {
-        throw ShellFailure(command: command, status: process.terminationStatus, output: text)
-    }
-    return text
-}
-
-struct ShellFailure: Error, CustomStringConvertible {
-    var command: String
-    var status: Int32
-    var output: String
-    var description: String { "`\(command)` exited \(status): \(output)" }
-}
 
 /// A real git repository in `directory/name` with one commit on `main` (and `extraBranches`).
-func makeGitRepository(in directory: TemporaryDirectory, name: String = "origin", extraBranches: [String] = []) throws -> URL {
+func makeGitRepository(in directory: TemporaryDirectory, name: String = "origin", extraBranches: [String] = []) async throws -> URL {
     let repo = directory.url.appendingPathComponent(name)
     try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
-    try shell("""
+    try await shell("""
         git init -q -b main . && echo "# demo" > README.md && git add README.md \
         && git -c user.name=test -c user.email=test@example.com commit -q -m initial
         """, in: repo)
-    for branch in extraBranches { try shell("git branch \(branch)", in: repo) }
+    for branch in extraBranches { try await shell("git branch \(branch)", in: repo) }
     return repo
 }
 

@@ -14,7 +14,7 @@ import Glibc
 /// Several `cloud-agent serve` processes on one real PostgreSQL database (a throwaway cluster
 /// the tests start): any node answers for any session, every timer fires once, every event
 /// reaches every subscriber once, and a node killed -9 loses nothing.
-@Suite(.serialized)
+@Suite(.serialized, .processes)
 struct MultiNodeTests {
     static let token = "multi-node-token"
     static let idleTimeoutMs: Int64 = 2000
@@ -256,7 +256,7 @@ struct MultiNodeTests {
         let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "tick 80 0.1\nsay finished"])
         try #require(created.status == 201, "create: \(created.text)")
         let id = try #require(created["sessionId"]?.stringValue)
-        #expect(created["sandbox"]?.stringValue == (bwrapWorks ? "bwrap" : "none"))
+        #expect(created["sandbox"]?.stringValue == (await bwrapWorks() ? "bwrap" : "none"))
         try #require(try await a.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
         try await eventually(within: 30, "a few ticks") { try await Self.events(a, id).filter { $0["type"] == "agent" }.count >= 3 }
 
@@ -303,7 +303,7 @@ struct MultiNodeTests {
             ])
             try #require(created.status == 201, "create: \(created.text)")
             let id = try #require(created["sessionId"]?.stringValue)
-            #expect(created["sandbox"]?.stringValue == (bwrapWorks ? "bwrap" : "none"))
+            #expect(created["sandbox"]?.stringValue == (await bwrapWorks() ? "bwrap" : "none"))
             try #require(try await client.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
             ids.append(id)
         }

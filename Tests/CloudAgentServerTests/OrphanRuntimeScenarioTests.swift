@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -10,7 +11,7 @@ import Glibc
 
 /// A runtime whose control plane goes away, through the real server and a real runtime process
 /// (the API contract, "Runtimes on their own").
-@Suite("Runtimes on their own, end to end")
+@Suite("Runtimes on their own, end to end", .processes)
 struct OrphanRuntimeScenarioTests {
     /// Whether `pid` runs (a zombie, waiting for this process to reap it, does not).
     static func isRunning(_ pid: Int32) -> Bool {

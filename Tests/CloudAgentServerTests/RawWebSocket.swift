@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
 import CloudAgentServer
@@ -10,7 +11,7 @@ import Testing
 /// bundles) against the scripted model server. It is declared in the agents file as
 /// `"protocol": "acp"`; `scripts/install-agents.sh` installs it in a venv of its own and sets
 /// `CLOUD_AGENT_CLAUDE_ACP_BIN`, which only these tests read. Without it they are skipped.
-@Suite("A real ACP agent end to end (claude-code-acp) against the scripted model server", .serialized)
+@Suite("A real ACP agent end to end (claude-code-acp) against the scripted model server", .serialized, .processes)
 struct RealACPAgentScenarioTests {
     static let binary: String? = ProcessInfo.processInfo.environment["CLOUD_AGENT_CLAUDE_ACP_BIN"]
         .flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
@@ -54,7 +55,7 @@ struct RealACPAgentScenarioTests {
             ]}
             """#, in: directory)
         defer { model.stop() }
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         // The real sandbox when it works here (bwrap): the agent's venv and its Python are
         // exposed read-only (`AgentRegistry.supportDirectories`), nothing else of the host.
         try await server(idleTimeoutMs: 4000, sandbox: .auto).run { api in
@@ -66,8 +67,8 @@ struct RealACPAgentScenarioTests {
             let firstId = try #require(first["executionId"]?.stringValue)
             let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
             #expect(try String(contentsOf: workspace.appendingPathComponent("acp-note.txt"), encoding: .utf8) == "written-over-acp\n")
-            #expect(try await api.request(.get, "/v1/sessions/\(id)")["sandbox"] == (bwrapWorks ? "bwrap" : "none"))
-            if bwrapWorks {
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["sandbox"] == (await bwrapWorks() ? "bwrap" : "none"))
+            if await bwrapWorks() {
                 // Inside the sandbox the agent runs as uid 1000 and sees no home of the host's.
                 #expect(try String(contentsOf: workspace.appendingPathComponent("acp-uid.txt"), encoding: .utf8) == "1000\n")
             }
@@ -153,7 +154,7 @@ struct RealACPAgentScenarioTests {
             .string("printf '%s\\n' '\(config)' > \"$HOME/.kimi/config.toml\""),
             .string("printf '%s\\n' '\(login)' > \"$HOME/.kimi/credentials/kimi-code.json\""),
         ]
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         try await server(idleTimeoutMs: 4000, agent: "kimi", command: [Self.kimi ?? "/nonexistent", "acp"]).run { api in
             let id = try await api.createSession([
                 "prompt": "Write kimi-note.txt", "agent": "kimi", "repo": ["url": .string(repo.path)],
@@ -192,16 +193,16 @@ struct RealACPAgentScenarioTests {
         let seconds = "61.\(Int.random(in: 100_000...999_999))"
         let model = try await ModelServer.start(script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
         defer { model.stop() }
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         try await server().run { api in
             let id = try await session(api, model: model, prompt: "Wait a minute", repo: repo)
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             let pattern = "'[s]leep \(seconds)'"
-            try await eventually(within: 90, "the agent's slow tool to run") { try shell("pgrep -f \(pattern) || true").isEmpty == false }
+            try await eventually(within: 90, "the agent's slow tool to run") { try await shell("pgrep -f \(pattern) || true").isEmpty == false }
             #expect(try await api.request(.post, "/v1/sessions/\(id)/interrupt")["interrupted"] == true)
             let ended = try await api.waitForExecution(id, status: "interrupted", within: 30)
             #expect(ended["interruptReason"] == "user")
-            try await eventually(within: 15, "the tool's process to be gone") { try shell("pgrep -f \(pattern) || true").isEmpty }
+            try await eventually(within: 15, "the tool's process to be gone") { try await shell("pgrep -f \(pattern) || true").isEmpty }
         }
     }
 
@@ -212,7 +213,7 @@ struct RealACPAgentScenarioTests {
             script: #"{"turns": [{"error": {"status": 400, "message": "the scripted model refuses this request"}, "times": 20}]}"#, in: directory
         )
         defer { model.stop() }
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         try await server().run { api in
             let id = try await session(api, model: model, prompt: "Do something", repo: repo)
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)

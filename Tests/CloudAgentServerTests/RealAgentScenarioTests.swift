@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
 import CloudAgentServer
@@ -9,7 +10,7 @@ import Testing
 /// each session points the CLI at a `cloud-agent-model-server` on loopback that plays a script of
 /// model turns (docs/model-server.md). The CLIs come from PyPI (scripts/install-agents.sh, run by
 /// CI); without them these tests are skipped, saying why.
-@Suite("Real agents end to end (Claude Code, Codex) against the scripted model server", .serialized)
+@Suite("Real agents end to end (Claude Code, Codex) against the scripted model server", .serialized, .processes)
 struct RealAgentScenarioTests {
     /// One real agent: its name, its binary, and the session settings that point it at the model server.
     struct RealAgent: Sendable, CustomTestStringConvertible {
@@ -76,7 +77,7 @@ struct RealAgentScenarioTests {
             ]}
             """#, in: directory)
         defer { model.stop() }
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         // The real sandbox when it works here (bwrap), so that the CLI is shown to run inside it;
         // a short idle timeout, so that the follow-up comes after an idle stop (a cold start).
         var server = try server(for: agent, sandbox: .auto)
@@ -124,17 +125,17 @@ struct RealAgentScenarioTests {
         // Not a bare `sleep`: Claude Code refuses a standalone sleep of more than a few seconds.
         let model = try await ModelServer.start(script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
         defer { model.stop() }
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         try await server(for: agent).run { api in
             let id = try await session(api, agent: agent, model: model, prompt: "Wait a minute", repo: repo)
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             let pattern = "'[s]leep \(seconds)'"
-            try await eventually(within: 60, "the agent's slow tool to run") { try shell("pgrep -f \(pattern) || true").isEmpty == false }
+            try await eventually(within: 60, "the agent's slow tool to run") { try await shell("pgrep -f \(pattern) || true").isEmpty == false }
             let answer = try await api.request(.post, "/v1/sessions/\(id)/interrupt")
             #expect(answer["interrupted"] == true)
             let ended = try await api.waitForExecution(id, status: "interrupted", within: 30)
             #expect(ended["interruptReason"] == "user")
-            try await eventually(within: 15, "the tool's process to be gone") { try shell("pgrep -f \(pattern) || true").isEmpty }
+            try await eventually(within: 15, "the tool's process to be gone") { try await shell("pgrep -f \(pattern) || true").isEmpty }
         }
     }
 
@@ -146,7 +147,7 @@ struct RealAgentScenarioTests {
             script: #"{"turns": [{"error": {"status": 400, "message": "the scripted model refuses this request"}, "times": 20}]}"#, in: directory
         )
         defer { model.stop() }
-        let repo = try makeGitRepository(in: directory)
+        let repo = try await makeGitRepository(in: directory)
         try await server(for: agent).run { api in
             let id = try await session(api, agent: agent, model: model, prompt: "Do something", repo: repo)
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
@@ -225,9 +226,10 @@ final class ModelServer: Sendable {
         return try text.split(separator: "\n").map { try JSONDecoder().decode(Request.self, from: Data($0.utf8)) }
     }
 
+    /// SIGKILL: it holds nothing worth a graceful end, and its reaping is Foundation's (no
+    /// thread blocks waiting for it).
     func stop() {
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }
 

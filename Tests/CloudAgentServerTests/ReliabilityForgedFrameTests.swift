@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
 import CloudAgentServer
@@ -16,7 +17,7 @@ extension ReliabilityHarness {
     /// `processGroup` and `pid` naming a process the control plane never launched, sequence
     /// numbers and counts at the limits of their types, timestamps far from now, other sessions'
     /// execution ids, unknown kinds.
-    @Suite("Reliability: forged runtime frames")
+    @Suite("Reliability: forged runtime frames", .processes)
     struct ReliabilityForgedFrameTests {
         static let part = "forged-frames"
 

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -10,7 +11,7 @@ extension ReliabilityHarness {
     /// are documented, the server stays up). The runtime protocol's decoder has its own fuzz test
     /// (`ProtocolCodingTests.randomBytesMutationsAndTruncationsNeverCrash`), and the real server's
     /// runtime route gets garbage frames in `ReliabilityHostileInputTests.hostileFrames`.
-    @Suite("Reliability: API fuzzing")
+    @Suite("Reliability: API fuzzing", .processes)
     struct ReliabilityFuzzTests {
         static let part = "api-fuzz"
         /// Why the fuzz run cannot happen here, or nil when it can.

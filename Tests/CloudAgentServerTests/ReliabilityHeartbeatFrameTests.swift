@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentProtocol
 import CloudAgentServer
 import Foundation

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -12,7 +13,7 @@ import Glibc
 extension ReliabilityHarness {
     /// Part 4 of the reliability harness: hostile inputs through the real server. Each must be a
     /// clear refusal that changes nothing and crashes nothing (`/healthz` is checked after each).
-    @Suite("Reliability: hostile inputs")
+    @Suite("Reliability: hostile inputs", .processes)
     struct ReliabilityHostileInputTests {
         static let part = "hostile-inputs"
         static let timing = Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1000)
@@ -235,7 +236,7 @@ extension ReliabilityHarness {
         func pathTraversal() async throws {
             let server = try TestServer(timing: Self.timing)
             defer { Reliability.killProcesses(under: server.directory.url) }
-            let origin = try makeGitRepository(in: server.directory)
+            let origin = try await makeGitRepository(in: server.directory)
             let outside = server.directory.url.appendingPathComponent("outside")
             try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
             let marker = server.directory.url.appendingPathComponent("pwned")
@@ -307,7 +308,7 @@ extension ReliabilityHarness {
         func repoPathIntoTheDataDirectory() async throws {
             let server = try TestServer(timing: Self.timing)
             defer { Reliability.killProcesses(under: server.directory.url) }
-            let origin = try makeGitRepository(in: server.directory)
+            let origin = try await makeGitRepository(in: server.directory)
             let data = server.directory.url.appendingPathComponent("data")
             try await server.run { api in
                 let victim = try await api.createSession(["prompt": "write secret.txt s3cr3t\nrun git add -A && git -c user.name=a -c user.email=a@b commit -qm s", "repo": ["url": .string(origin.path)]])

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -14,7 +15,7 @@ import WSClient
 /// out-of-order event keeps the per-event rules: each event stored exactly once, in `seq` order,
 /// ids without gaps, the out-of-order one dropped, acks only for what is durable; a full resend
 /// afterwards (as after a reconnect) stores nothing and is acknowledged again.
-@Suite("Reliability: batched ingest")
+@Suite("Reliability: batched ingest", .processes)
 struct ReliabilityIngestTests {
     static let timing = Timing(idleTimeoutMs: 600_000, heartbeatIntervalMs: 30_000, staleThresholdMs: 600_000, pendingTimeoutMs: 600_000)
 

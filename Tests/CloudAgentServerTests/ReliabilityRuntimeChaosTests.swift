@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
 import CloudAgentServer
@@ -12,7 +13,7 @@ extension ReliabilityHarness {
     /// Part 2 of the reliability harness: runtimes die (SIGKILL) or freeze (SIGSTOP past the stale
     /// threshold, then SIGCONT) in the middle of executions. The control plane must fail exactly the
     /// work that was lost, refuse what a frozen runtime reports late, and carry on.
-    @Suite("Reliability: chaos on runtimes")
+    @Suite("Reliability: chaos on runtimes", .processes)
     struct ReliabilityRuntimeChaosTests {
         static let part = "runtime-chaos"
         static let timing = Timing(

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSQLite
 import CloudAgentServer
@@ -8,7 +9,7 @@ import Testing
 /// A graceful shutdown is quiet and loses nothing: evaluations the wake-up scheduler has in
 /// flight finish (none fails with `CancellationError`), and the heartbeats accepted in the last
 /// flush interval are written.
-@Suite("Reliability: graceful shutdown")
+@Suite("Reliability: graceful shutdown", .processes)
 struct ReliabilityShutdownTests {
     @Test("shutdown with a scheduler backlog and fresh heartbeats: no error logged, the last heartbeat durable")
     func quietShutdown() async throws {

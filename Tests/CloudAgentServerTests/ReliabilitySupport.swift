@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import Foundation
 import HTTPTypes
@@ -10,7 +11,7 @@ import Glibc
 /// The reliability harness (`swift test --filter Reliability`): the crash soak, chaos on
 /// runtimes, API fuzzing and hostile inputs, one part after another (`.serialized`), since each
 /// part loads the machine and several measure timing; see RELIABILITY.md.
-@Suite("Reliability harness", .serialized)
+@Suite("Reliability harness", .serialized, .processes)
 struct ReliabilityHarness {}
 
 /// Shared pieces of the reliability harness (`swift test --filter Reliability`): seeded
@@ -122,10 +123,7 @@ enum Reliability {
         process.standardError = handle
         try process.run()
         defer {
-            if process.isRunning {
-                killProcesses(under: directory)
-                process.waitUntilExit()
-            }
+            if process.isRunning { killProcesses(under: directory) }
         }
         try await eventually(within: seconds, "scripts/\(name) to finish") { !process.isRunning }
         return ScriptRun(process: process, output: (try? String(contentsOf: output, encoding: .utf8)) ?? "")

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
 import CloudAgentServer
@@ -7,7 +8,7 @@ import Testing
 
 /// The heart of the product through the real server, real runtime processes and real git repos,
 /// with durations compressed to seconds.
-@Suite("Runtimes, executions and idle cleanup, end to end")
+@Suite("Runtimes, executions and idle cleanup, end to end", .processes)
 struct RuntimeScenarioTests {
     static let timing = Timing(
         idleTimeoutMs: 2000, heartbeatIntervalMs: 150, staleThresholdMs: 1200, pendingTimeoutMs: 10_000, stopGraceMs: 1500,
@@ -17,7 +18,7 @@ struct RuntimeScenarioTests {
     @Test("the seed's bug: a silent execution twice the idle timeout completes; its runtime stops only after completedAt + idle")
     func silentExecutionIsNeverStopped() async throws {
         let server = try TestServer(timing: Self.timing)
-        let origin = try makeGitRepository(in: server.directory)
+        let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
             let id = try await api.createSession(["prompt": "say start\nsleep 4\nsay done", "repo": ["url": .string(origin.path)]])
             try await api.waitForRuntime(id, state: "running")
@@ -74,7 +75,7 @@ struct RuntimeScenarioTests {
     @Test("a follow-up after the idle stop cold-starts the runtime and completes")
     func followUpColdStarts() async throws {
         let server = try TestServer(timing: Self.timing)
-        let origin = try makeGitRepository(in: server.directory)
+        let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
             let id = try await api.createSession(["prompt": "write notes.txt first", "repo": ["url": .string(origin.path)]])
             try await api.waitForRuntime(id, state: "running")
@@ -277,7 +278,7 @@ extension TestAPI {
     }
 }
 
-@Suite("Liveness warnings and runtimes that never connect")
+@Suite("Liveness warnings and runtimes that never connect", .processes)
 struct LivenessScenarioTests {
     @Test("heartbeats without progress give one execution.stuck warning, not a kill")
     func stuckWarning() async throws {
@@ -313,15 +314,15 @@ struct LivenessScenarioTests {
     }
 }
 
-@Suite("Changing a prepared session")
+@Suite("Changing a prepared session", .processes)
 struct PatchPreparedSessionTests {
     @Test("a new repo, setup commands or env vars re-prepare the workspace and restart the runtime; a failing setup is 422 and changes nothing")
     func patchReprepares() async throws {
         let server = try TestServer(timing: Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1000))
-        let first = try makeGitRepository(in: server.directory, name: "first")
-        let second = try makeGitRepository(in: server.directory, name: "second")
+        let first = try await makeGitRepository(in: server.directory, name: "first")
+        let second = try await makeGitRepository(in: server.directory, name: "second")
         try "second repo\n".write(to: second.appendingPathComponent("marker.txt"), atomically: true, encoding: .utf8)
-        try shell("git add marker.txt && git -c user.name=t -c user.email=t@e commit -q -m marker", in: second)
+        try await shell("git add marker.txt && git -c user.name=t -c user.email=t@e commit -q -m marker", in: second)
         try await server.run { api in
             let id = try await api.createSession(["prompt": "run cat marker.txt; echo $COLOUR", "repo": ["url": .string(first.path)]])
             try await api.waitForRuntime(id, state: "running")

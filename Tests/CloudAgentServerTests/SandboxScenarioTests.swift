@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
 import CloudAgentServer
@@ -9,14 +10,8 @@ import Testing
 import Glibc
 #endif
 
-let bwrapWorks: Bool = {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloud-agent-bwrap-probe-\(UUID().uuidString)")
-    defer { try? FileManager.default.removeItem(at: directory) }
-    return (try? SandboxWrapper.resolve("bwrap", dataDirectory: directory)) != nil
-}()
-
 /// The real server with runtimes in bubblewrap: what a hostile agent can reach from inside.
-@Suite("The sandbox, end to end", .enabled(if: bwrapWorks, "bubblewrap is missing or cannot create namespaces on this machine"))
+@Suite("The sandbox, end to end", .enabled("bubblewrap is missing or cannot create namespaces on this machine") { await bwrapWorks() }, .processes)
 struct SandboxScenarioTests {
     static let timing = Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1000)
 

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -5,7 +6,7 @@ import HTTPTypes
 import Synchronization
 import Testing
 
-@Suite("Secrets stay secret; sessions and timers survive a restart")
+@Suite("Secrets stay secret; sessions and timers survive a restart", .processes)
 struct SecretsAndPersistenceTests {
     @Test("secret values never appear in responses, logs or any file of the data directory")
     func secretsAreNotDisclosed() async throws {
@@ -13,7 +14,7 @@ struct SecretsAndPersistenceTests {
         let repoToken = "ghp_repo-token-\(UUID().uuidString)"
         let headerValue = "Bearer hook-\(UUID().uuidString)"
         let server = try TestServer()
-        let origin = try makeGitRepository(in: server.directory)
+        let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
             let created = try await api.request(.post, "/v1/sessions", json: [
                 "prompt": "use the key", "secrets": ["MODEL_API_KEY": .string(secret)],

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import Foundation
 import Testing
@@ -79,11 +80,11 @@ final class SpawnedCommand: @unchecked Sendable {
         if process.isRunning { _ = kill(process.processIdentifier, number) }
     }
 
-    /// SIGKILL if still running, then reap it: no process outlives its test.
+    /// SIGKILL if still running: no process outlives its test (Foundation's reaper collects it;
+    /// nothing here blocks a thread waiting for that).
     func forceStop() {
         guard process.isRunning else { return }
         _ = kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
     }
 
     var diagnostics: String { "stdout:\n\(stdout)\nstderr:\n\(stderr)" }
@@ -144,7 +145,7 @@ private func posixPermissions(_ url: URL) throws -> Int {
     return try #require(attributes[.posixPermissions] as? Int) & 0o777
 }
 
-@Suite("cloud-agent as a real process: serve configured by the environment, tokens, restart, start-up errors")
+@Suite("cloud-agent as a real process: serve configured by the environment, tokens, restart, start-up errors", .processes)
 struct ServeProcessTests {
     @Test("serve configured only by environment variables: token file, auth, tenant isolation, SIGTERM, restart")
     func serveFromEnvironment() async throws {

@@ -1,10 +1,11 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
 import HTTPTypes
 import Testing
 
-@Suite("Session API through the real HTTP server")
+@Suite("Session API through the real HTTP server", .processes)
 struct SessionAPITests {
     @Test("every /v1 route needs a valid bearer token; the open routes do not")
     func authentication() async throws {
@@ -30,7 +31,7 @@ struct SessionAPITests {
     @Test("create, get, list, patch and delete a session")
     func lifecycle() async throws {
         let server = try TestServer()
-        let origin = try makeGitRepository(in: server.directory)
+        let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
             let created = try await api.request(.post, "/v1/sessions", json: [
                 "prompt": "say hello", "mode": "code", "model": "m1", "envVars": ["GREETING": "hi"],

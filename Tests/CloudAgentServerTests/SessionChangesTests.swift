@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 @testable import CloudAgentServer
 import Foundation
@@ -10,12 +11,13 @@ private final class Shared<Value: Sendable>: Sendable {
     init(_ value: Value) { self.value = Mutex(value) }
 }
 
-/// The wait-for-a-change primitive on its own.
+/// The wait-for-a-change primitive on its own, on a manual clock: its limits expire only when
+/// the test moves time.
 @Suite("Session changes: waiting is an event")
 struct SessionChangesTests {
     @Test("a waiter wakes on the session's change, at once, and not on another session's")
     func wakesOnItsSessionsChange() async throws {
-        let changes = SessionChanges()
+        let changes = SessionChanges(clock: ManualClock())
         let id = SessionID(), other = SessionID()
         let done = Mutex(false)
         let checks = Mutex(0)
@@ -39,18 +41,25 @@ struct SessionChangesTests {
     }
 
     @Test("without a change the wait ends false at its limit, leaving no waiter behind")
-    func timesOut() async {
-        let changes = SessionChanges()
-        let started = ContinuousClock.now
-        let met = await changes.wait(for: SessionID(), within: .milliseconds(200)) { false }
+    func timesOut() async throws {
+        let clock = ManualClock()
+        let changes = SessionChanges(clock: clock)
+        let started = clock.now()
+        let waiting = Task { await changes.wait(for: SessionID(), within: .milliseconds(200)) { false } }
+        await clock.waitForSleepers(1)
+        clock.advance(milliseconds: 199)
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(changes.waiterCount == 1, "gave up before its limit")
+        clock.advance(milliseconds: 1)
+        let met = await waiting.value
         #expect(!met)
-        #expect(ContinuousClock.now - started >= .milliseconds(200))
+        #expect(clock.now().milliseconds(since: started) >= 200)
         #expect(changes.waiterCount == 0)
     }
 
     @Test("a change between the check and the wait is not lost")
     func noLostWakeUp() async {
-        let changes = SessionChanges()
+        let changes = SessionChanges(clock: ManualClock())
         let id = SessionID()
         let value = Mutex(0)
         // The condition itself changes the session the first time it is checked: the wait must
@@ -67,7 +76,7 @@ struct SessionChangesTests {
 
     @Test("many waiters and many changes: every waiter whose condition comes true wakes")
     func manyWaiters() async {
-        let changes = SessionChanges()
+        let changes = SessionChanges(clock: ManualClock())
         let id = SessionID()
         let counter = Shared(0)
         await withTaskGroup(of: Bool.self) { group in

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -10,7 +11,7 @@ import Glibc
 
 /// One session's slow cold start (its restore runs a long setup command) holds up nothing: not
 /// another session's timers or API calls, nor its own interrupt, PATCH, GET and DELETE.
-@Suite("A slow cold start holds up nothing")
+@Suite("A slow cold start holds up nothing", .alone)
 struct SlowColdStartTests {
     static let timing = Timing(idleTimeoutMs: 1000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, pendingTimeoutMs: 3000, stopGraceMs: 1000)
     /// Fast when the session is prepared, `seconds` long on every later run (a cold start's

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCLI
 import CloudAgentCore
 import CloudAgentServer
@@ -7,7 +8,7 @@ import Testing
 
 /// How a command opens its store: SQLite by default, PostgreSQL from a `postgres://` URL, and a
 /// clear error naming the setting (never the password) when PostgreSQL cannot be used.
-@Suite("Opening the store")
+@Suite("Opening the store", .processes)
 struct StoreFactoryTests {
     /// The pool logs each refused connection at info; these tests expect them.
     static let quiet: Logger = {

@@ -9,13 +9,13 @@ import Glibc
 
 /// The database goes away while an agent works: the store's downtime is the control plane's
 /// downtime, and never counts against the agent.
-@Suite("PostgreSQL goes away mid-execution and comes back")
+@Suite("PostgreSQL goes away mid-execution and comes back", .processes)
 struct StoreOutageTests {
     @Test("the database stopped (fast shutdown) for 6 s mid-execution, then started: /readyz is 503 in between, the execution completes, every event once, nothing fails as stale, the runtime is not stopped")
     func databaseOutage() async throws {
         // A server of its own: the outage must not touch the other tests' databases.
         let postgres = try await ThrowawayPostgres.start(settings: ["fsync=off", "synchronous_commit=off"], name: "cloud-agent-outage")
-        defer { postgres.stop() }
+        defer { postgres.stopDetached() }
         let database = PostgresConfiguration(host: "127.0.0.1", port: postgres.port, username: ThrowawayPostgres.superuser, password: nil, database: "postgres")
         // Stale threshold 3 s and idle timeout 4 s: both shorter than the outage.
         let serve = try await ServeUnderTest(store: .sqlite, extra: [

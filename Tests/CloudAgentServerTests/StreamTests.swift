@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -59,7 +60,7 @@ final class StreamSubscriber: Sendable {
     }
 }
 
-@Suite("The live stream")
+@Suite("The live stream", .processes)
 struct StreamTests {
     static let timing = Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 150, staleThresholdMs: 1500, stopGraceMs: 1500)
 

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentServer
 import Foundation
@@ -5,7 +6,8 @@ import Logging
 import Synchronization
 import Testing
 
-/// The scheduler on its own, with an in-memory store and evaluations the test controls.
+/// The scheduler on its own, with an in-memory store, evaluations the test controls and a
+/// manual clock: the test moves time, so a wake-up's lag is measured exactly, in no real time.
 @Suite("Wake-up scheduler")
 struct WakeUpSchedulerTests {
     /// What the evaluations did: when each session was evaluated, and the most evaluations of
@@ -17,6 +19,9 @@ struct WakeUpSchedulerTests {
             var mostInFlight = 0
         }
         private let state = Mutex(State())
+        let clock: ManualClock
+
+        init(clock: ManualClock) { self.clock = clock }
 
         func begin(_ id: SessionID) {
             state.withLock {
@@ -28,7 +33,7 @@ struct WakeUpSchedulerTests {
         func end(_ id: SessionID) {
             state.withLock {
                 $0.inFlight[id, default: 1] -= 1
-                $0.evaluated[id, default: []].append(Date())
+                $0.evaluated[id, default: []].append(clock.now())
             }
         }
 
@@ -45,14 +50,15 @@ struct WakeUpSchedulerTests {
         }
     }
 
-    static func scheduler() -> WakeUpScheduler {
-        WakeUpScheduler(store: InMemorySessionStore(), clock: SystemWallClock(), logger: Logger(label: "wake-up-scheduler-test"))
+    static func scheduler(_ clock: ManualClock) -> WakeUpScheduler {
+        WakeUpScheduler(store: InMemorySessionStore(), clock: clock, logger: Logger(label: "wake-up-scheduler-test"))
     }
 
     @Test("wake-ups fire independently: a session whose evaluation hangs delays no other's, and fires once it is let go")
     func oneSlowEvaluationHoldsNoOther() async throws {
-        let scheduler = Self.scheduler()
-        let record = Record()
+        let clock = ManualClock()
+        let scheduler = Self.scheduler(clock)
+        let record = Record(clock: clock)
         let gate = Gate()
         let slow = SessionID(), others = (0..<5).map { _ in SessionID() }
         await scheduler.setEvaluator { id in
@@ -63,15 +69,20 @@ struct WakeUpSchedulerTests {
         }
         let running = Task { try await scheduler.run() }
         defer { running.cancel() }
-        await scheduler.arm(slow, at: Date())
+        await scheduler.arm(slow, at: clock.now())
         try await eventually(within: 5, "the slow evaluation to begin") { await scheduler.evaluatingCount == 1 }
         var dues: [SessionID: Date] = [:]
+        let start = clock.now()
         for (index, id) in others.enumerated() {
-            let due = Date().addingTimeInterval(0.2 + 0.1 * Double(index))
+            let due = start.adding(milliseconds: 200 + 100 * Int64(index))
             dues[id] = due
             await scheduler.arm(id, at: due)
         }
-        try await eventually(within: 5, "every other session to be evaluated") { others.allSatisfy { !record.evaluations(of: $0).isEmpty } }
+        // Time moves to each wake-up in turn; each fires there, the slow one still held.
+        for id in others {
+            clock.set(to: try #require(dues[id]))
+            try await eventually(within: 5, "the session due now to be evaluated") { !record.evaluations(of: id).isEmpty }
+        }
         for id in others {
             let lag = try #require(record.evaluations(of: id).first).timeIntervalSince(try #require(dues[id]))
             #expect(lag >= -0.01 && lag < 0.5, "evaluated \(lag) s after its wake-up")
@@ -83,8 +94,9 @@ struct WakeUpSchedulerTests {
 
     @Test("a session due again while it is being evaluated is evaluated once more afterwards, never twice at once")
     func dueAgainDuringItsEvaluation() async throws {
-        let scheduler = Self.scheduler()
-        let record = Record()
+        let clock = ManualClock()
+        let scheduler = Self.scheduler(clock)
+        let record = Record(clock: clock)
         let gate = Gate()
         let id = SessionID()
         let calls = Mutex(0)
@@ -109,24 +121,34 @@ struct WakeUpSchedulerTests {
 
     @Test("the next wake-up an evaluation returns is armed; an earlier one armed meanwhile wins")
     func nextWakeUpIsArmed() async throws {
-        let scheduler = Self.scheduler()
-        let record = Record()
+        let clock = ManualClock()
+        let scheduler = Self.scheduler(clock)
+        let record = Record(clock: clock)
         let id = SessionID()
         await scheduler.setEvaluator { evaluated in
             record.begin(evaluated)
             record.end(evaluated)
             // Again in 300 ms, twice.
-            return record.evaluations(of: evaluated).count < 3 ? Date().addingTimeInterval(0.3) : nil
+            return record.evaluations(of: evaluated).count < 3 ? clock.now().adding(milliseconds: 300) : nil
         }
         let running = Task { try await scheduler.run() }
         defer { running.cancel() }
         await scheduler.poke(id)
-        try await eventually(within: 15, "three evaluations") { record.evaluations(of: id).count == 3 }
+        try await eventually(within: 5, "the first evaluation") { record.evaluations(of: id).count == 1 }
+        // 299 ms later nothing is due; at 300 ms the next evaluation fires.
+        clock.advance(milliseconds: 299)
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(record.evaluations(of: id).count == 1, "evaluated before its next wake-up")
+        clock.advance(milliseconds: 1)
+        try await eventually(within: 5, "the second evaluation") { record.evaluations(of: id).count == 2 }
+        clock.advance(milliseconds: 300)
+        try await eventually(within: 5, "the third evaluation") { record.evaluations(of: id).count == 3 }
         let times = record.evaluations(of: id)
         try #require(times.count == 3)
         #expect(times[1].timeIntervalSince(times[0]) >= 0.28)
         #expect(times[2].timeIntervalSince(times[1]) >= 0.28)
-        try await Task.sleep(for: .milliseconds(400))
+        clock.advance(milliseconds: 400)
+        try await Task.sleep(for: .milliseconds(50))
         #expect(record.evaluations(of: id).count == 3, "nothing armed after the last")
         #expect(await scheduler.armedCount == 0)
     }

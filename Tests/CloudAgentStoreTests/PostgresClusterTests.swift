@@ -9,7 +9,7 @@ import Testing
 /// Several nodes on one PostgreSQL database: claims of wake-ups and callback deliveries, the
 /// change notices, the registry and the takeover of a lost node. Every test has a database of
 /// its own in the shared throwaway cluster.
-@Suite("Store: PostgreSQL cluster")
+@Suite("Store: PostgreSQL cluster", .database)
 struct PostgresClusterTests {
     // MARK: Wake-up claims
 

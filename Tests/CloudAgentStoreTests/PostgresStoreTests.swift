@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentPostgres
 import Foundation
@@ -6,7 +7,7 @@ import Testing
 
 /// What only the PostgreSQL backend promises: `CLOUD_AGENT_DATABASE_URL` read strictly, and one
 /// database shared by several nodes (stores) that start and write at once.
-@Suite("Store: PostgreSQL")
+@Suite("Store: PostgreSQL", .database)
 struct PostgresStoreTests {
     @Test func urlGivesEveryPartPercentDecoded() throws {
         let configuration = try PostgresConfiguration(url: "postgres://agent%40corp:p%40ss%3Aw%2Frd@db.internal:6543/cloud_agent?sslmode=require")

@@ -35,8 +35,12 @@ enum StoreBackend: CaseIterable, CustomStringConvertible, Sendable {
             defer { directory.remove() }
             try await body(try SQLiteSessionStore(path: directory.path(for: "store.sqlite")))
         case .postgres:
-            try await withPostgresTestDatabase { configuration in
-                try await withRunningPostgresStore(configuration, body)
+            // A permit of the databases gate: the shared cluster serves a few test databases at
+            // a time, not every conformance test at once.
+            try await TestGate.databases.withPermits(1) {
+                try await withPostgresTestDatabase { configuration in
+                    try await withRunningPostgresStore(configuration, body)
+                }
             }
         }
     }

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentCore
 import Foundation
 import Testing

@@ -55,7 +55,7 @@ public final class ThrowawayPostgres: Sendable {
     /// initdb, then the server with `settings` (`-c NAME=VALUE` each, after listen address and
     /// socket directory); returns once it accepts connections. `name` prefixes the directory.
     public static func start(settings: [String], name: String) async throws -> ThrowawayPostgres {
-        let binaries = try findBinaries()
+        let binaries = try await findBinaries()
         let runAsPostgres = getuid() == 0
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))").path
         let data = directory + "/data"
@@ -80,7 +80,7 @@ public final class ThrowawayPostgres: Sendable {
                 running.withLock { $0.append(cluster) }
                 _ = registerExitHandler
                 if await cluster.waitUntilReady() { return cluster }
-                cluster.stop(removing: false)
+                await cluster.shutdown(removing: false)
             }
             throw Unavailable(description: "the throwaway PostgreSQL server did not start:\n\(tail(of: directory + "/server.log"))")
         } catch {
@@ -118,6 +118,20 @@ public final class ThrowawayPostgres: Sendable {
         _ = waitpid(serverPid, &status, 0)
         if removing { try? FileManager.default.removeItem(atPath: directory) }
     }
+
+    /// `stop()` on a thread of its own, awaited: for a task, which must not block its thread on
+    /// `pg_ctl` and the server's exit.
+    public func shutdown(immediately: Bool = false, removing: Bool = true) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread {
+                self.stop(immediately: immediately, removing: removing)
+                continuation.resume()
+            }.start()
+        }
+    }
+
+    /// `stop()` on a thread of its own, not awaited: for a test's `defer`, which cannot await.
+    public func stopDetached() { Thread { self.stop() }.start() }
 
     /// Stops the server as `pg_ctl stop -m fast` does (its sessions are ended, it shuts down
     /// cleanly) and keeps its data: the database is away until `resume()`. Returns once it
@@ -167,7 +181,7 @@ public final class ThrowawayPostgres: Sendable {
 
     /// The directory with `initdb`, `pg_ctl` and `postgres`: the one `initdb` on PATH resolves
     /// to, else `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
-    private static func findBinaries() throws -> String {
+    private static func findBinaries() async throws -> String {
         let fileManager = FileManager.default
         func complete(_ directory: String) -> Bool {
             ["initdb", "pg_ctl", "postgres"].allSatisfy { fileManager.isExecutableFile(atPath: directory + "/" + $0) }
@@ -179,7 +193,9 @@ public final class ThrowawayPostgres: Sendable {
                 candidates.append(URL(fileURLWithPath: path).resolvingSymlinksInPath().deletingLastPathComponent().path)
             }
         }
-        if let bindir = try? pgConfigBindir() { candidates.append(bindir) }
+        if let bindir = try? await shell("pg_config --bindir 2>/dev/null") {
+            candidates.append(bindir.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
         let versions = (try? fileManager.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
         candidates += versions.compactMap(Int.init).sorted(by: >).map { "/usr/lib/postgresql/\($0)/bin" }
         guard let found = candidates.first(where: complete) else {
@@ -191,19 +207,6 @@ public final class ThrowawayPostgres: Sendable {
         return found
     }
 
-    private static func pgConfigBindir() throws -> String? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["pg_config", "--bindir"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
-        return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
 
 
     /// Starts the server under its lifeline shell; returns at once.

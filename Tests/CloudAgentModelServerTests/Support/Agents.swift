@@ -1,5 +1,6 @@
 import CloudAgentCore
 import CloudAgentModelServer
+import CloudAgentTestSupport
 import Foundation
 import Testing
 
@@ -26,7 +27,7 @@ final class ModelServerProcess: Sendable {
             try #require(first.hasPrefix("listening on http://127.0.0.1:"), "first line: \(first); stderr: \(process.stderr)")
             return ModelServerProcess(process: process, url: String(first.dropFirst("listening on ".count)), recordURL: recordURL)
         } catch {
-            await process.terminate()
+            await process.terminate(grace: .seconds(5))
             throw error
         }
     }
@@ -43,7 +44,7 @@ final class ModelServerProcess: Sendable {
         return try text.split(separator: "\n").map { try JSONDecoder().decode(RecordedRequest.self, from: Data($0.utf8)) }
     }
 
-    func stop() async { await process.terminate() }
+    func stop() async { await process.terminate(grace: .seconds(5)) }
 }
 
 /// A temporary git repository to run an agent in, with its own HOME.
@@ -58,13 +59,17 @@ struct AgentSandbox {
         workspace = root.appendingPathComponent("workspace")
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
-        let git = Process()
-        git.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        git.arguments = ["git", "init", "-q", workspace.path]
-        git.standardOutput = FileHandle.nullDevice
-        git.standardError = FileHandle.nullDevice
-        try git.run()
-        git.waitUntilExit()
+    }
+
+    /// A sandbox whose workspace is a git repository (the agents expect one).
+    static func make(_ name: String) async throws -> AgentSandbox {
+        let sandbox = try AgentSandbox(name)
+        try await sandbox.initRepository()
+        return sandbox
+    }
+
+    private func initRepository() async throws {
+        try await shell("git init -q \"\(workspace.path)\"")
     }
 
     func remove() { try? FileManager.default.removeItem(at: root) }

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentProtocol
 import Foundation
 import HTTPTypes

@@ -1,3 +1,4 @@
+import CloudAgentTestSupport
 import CloudAgentProtocol
 import CloudAgentRuntime
 import Foundation
@@ -64,7 +65,7 @@ func withRuntime(
         environment: environment,
         directory: logs,
         stdin: secret + "\n",
-        in: logs
+        outputIn: logs
     )
     let runtime = LaunchedRuntime(process: process, workspace: workspace, runtimeId: runtimeId, secret: secret)
     func cleanUp() async {
