@@ -7,7 +7,7 @@
 # Settings (environment):
 #   CONSOLE_URL, CONSOLE_TOKEN, CONSOLE_OTHER_TOKEN   the server, a token, another user's token
 #   CONSOLE_SCREENSHOTS   where the screenshots go (default: .build/console-screenshots;
-#                         CONSOLE_SCREENSHOTS=docs refreshes the README's, in docs/)
+#                         CONSOLE_SCREENSHOTS=docs refreshes the screenshots in docs/)
 #   CONSOLE_FILTER        run only the tests whose name contains this
 #   CONSOLE_VENV          where Playwright is installed (default: .build/console-venv)
 #   CHROMIUM              the browser (default: /usr/bin/chromium)

@@ -40,6 +40,7 @@ public enum JSONValue: Sendable, Equatable, Codable {
         if case .number(let value) = self, value.rounded() == value, abs(value) < 9.0e15 { Int64(value) } else { nil }
     }
     public var boolValue: Bool? { if case .bool(let value) = self { value } else { nil } }
+    public var doubleValue: Double? { if case .number(let value) = self { value } else { nil } }
     public var isNull: Bool { self == .null }
 }
 

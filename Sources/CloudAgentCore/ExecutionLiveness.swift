@@ -1,6 +1,6 @@
 import Foundation
 
-/// The liveness of an active execution (the design's "Liveness of an execution" (README, How it works)), as a pure
+/// The liveness of an active execution (the design's "Liveness of an execution" (docs/architecture.md)), as a pure
 /// function of the execution, the durations, the control plane's start and `now`.
 ///
 /// - pending: failed when the runtime has not started it by

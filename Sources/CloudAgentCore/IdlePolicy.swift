@@ -15,7 +15,7 @@ public struct Activity: Sendable, Equatable {
     }
 }
 
-/// The idleness of a runtime (the design's "Idleness of a runtime" (README, How it works)):
+/// The idleness of a runtime (the design's "Idleness of a runtime" (docs/architecture.md)):
 ///
 ///     lastActivity = max(runtime.startedAt, activity(latest execution))
 ///     activity(e)  = max(e.lastHeartbeat, e.completedAt, e.startedAt)

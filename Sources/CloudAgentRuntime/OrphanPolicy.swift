@@ -9,7 +9,7 @@
 ///
 /// - `disconnectedSince` is when the last welcomed connection ended, or the runtime's start if no
 ///   control plane ever welcomed it.
-/// - The idle rule mirrors the control plane's (the design's "Idleness of a runtime" (README, How it works)), seen from
+/// - The idle rule mirrors the control plane's (the design's "Idleness of a runtime" (docs/architecture.md)), seen from
 ///   inside: never idle while an execution is active, and the start is in the max. The control
 ///   plane measures from the times it recorded — its `runtime.startedAt` is this runtime's first
 ///   hello, an execution's `completedAt` is when it stored the end — so the runtime counts its

@@ -1,7 +1,7 @@
 import CloudAgentCore
 import Foundation
 
-/// The API's JSON views of sessions and executions (the API contract: README and openapi.yaml). Secrets, the repo token and
+/// The API's JSON views of sessions and executions (the API contract: docs/api.md and openapi.yaml). Secrets, the repo token and
 /// callback headers never appear: only names.
 public enum Views {
     /// `sandbox` is the control plane's sandbox, shown for a session whose runtime never launched.

@@ -2,7 +2,7 @@ import CloudAgentCore
 import Foundation
 import Testing
 
-/// the design's "Liveness of an execution" (README, How it works) and "Downtime of the control plane never counts
+/// the design's "Liveness of an execution" (docs/architecture.md) and "Downtime of the control plane never counts
 /// against a runtime".
 @Suite("Execution liveness: pending, stale and stuck executions")
 struct ExecutionLivenessTests {

@@ -2,7 +2,7 @@ import CloudAgentCore
 import Foundation
 import Testing
 
-/// the design's "Idleness of a runtime" (README, How it works): lastActivity = max(runtime.startedAt, activity(latest)),
+/// the design's "Idleness of a runtime" (docs/architecture.md): lastActivity = max(runtime.startedAt, activity(latest)),
 /// activity(e) = max(lastHeartbeat, completedAt, startedAt), stop at lastActivity + idleTimeout.
 @Suite("Idle policy: a runtime is stopped only after idleTimeout without activity")
 struct IdlePolicyTests {

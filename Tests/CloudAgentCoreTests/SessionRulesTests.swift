@@ -2,7 +2,7 @@ import CloudAgentCore
 import Foundation
 import Testing
 
-/// the design's "Timers are data" (README, How it works): each session has one next wake-up, the earliest of its
+/// the design's "Timers are data" (docs/architecture.md): each session has one next wake-up, the earliest of its
 /// pending/stale/idle deadlines, its TTL and its event-retention sweep.
 @Suite("Session rules: a session's actions and its one next wake-up")
 struct SessionRulesTests {

@@ -72,7 +72,8 @@ struct ConcurrencyScenarioTests {
         }
     }
 
-    @Test("capacity counts a stopping runtime: a new session is admitted at once, and launches only once the old one's processes are gone")
+    /// Alone: it measures that the API answers within 1 s while a stop takes its whole grace.
+    @Test("capacity counts a stopping runtime: a new session is admitted at once, and launches only once the old one's processes are gone", .alone)
     func capacityCountsAStoppingRuntime() async throws {
         var server = try TestServer(timing: Self.timing)
         server.maxRuntimes = 1

@@ -20,7 +20,7 @@ struct ConsoleBrowserTests {
 
     @Test(
         "sign-in, start from the form, live events, interrupt, countdown then idle stop, cold follow-up, list, another user, HTML as text, CSP, no console errors",
-        .enabled(if: skipReason == nil, Comment(rawValue: skipReason ?? ""))
+        .long, .enabled(if: skipReason == nil, Comment(rawValue: skipReason ?? ""))
     )
     func console() async throws {
         let directory = try TemporaryDirectory()

@@ -13,7 +13,7 @@ extension ReliabilityHarness {
     /// Part 1 of the reliability harness: the control plane is killed (-9) three times at random
     /// moments while twenty executions stream events, and restarted each time on the same port and
     /// data directory. Nothing may be lost, duplicated or left behind.
-    @Suite("Reliability: crash soak of the control plane", .processes)
+    @Suite("Reliability: crash soak of the control plane", .alone)
     struct ReliabilityCrashSoakTests {
         static let part = "crash-soak"
         static let sessionCount = 20

@@ -21,7 +21,7 @@ extension ReliabilityHarness {
 
         @Test(
             "schemathesis against /openapi.yaml of a running serve: no 5xx, responses match the schema, statuses are documented, the server stays up",
-            .enabled(if: skipReason == nil, Comment(rawValue: skipReason ?? ""))
+            .long, .enabled(if: skipReason == nil, Comment(rawValue: skipReason ?? ""))
         )
         func schemathesis() async throws {
             let directory = try TemporaryDirectory()

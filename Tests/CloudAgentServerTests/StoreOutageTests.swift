@@ -11,7 +11,7 @@ import Glibc
 /// downtime, and never counts against the agent.
 @Suite("PostgreSQL goes away mid-execution and comes back", .processes)
 struct StoreOutageTests {
-    @Test("the database stopped (fast shutdown) for 6 s mid-execution, then started: /readyz is 503 in between, the execution completes, every event once, nothing fails as stale, the runtime is not stopped")
+    @Test("the database stopped (fast shutdown) for 6 s mid-execution, then started: /readyz is 503 in between, the execution completes, every event once, nothing fails as stale, the runtime is not stopped", .long)
     func databaseOutage() async throws {
         // A server of its own: the outage must not touch the other tests' databases.
         let postgres = try await ThrowawayPostgres.start(settings: ["fsync=off", "synchronous_commit=off"], name: "cloud-agent-outage")

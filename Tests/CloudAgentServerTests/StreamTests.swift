@@ -117,7 +117,8 @@ struct StreamTests {
     @Test("tickets: valid, expired, for another session; no credentials at all")
     func tickets() async throws {
         var server = try TestServer(timing: Self.timing)
-        server.streamTicketLifetimeMs = 300
+        // Long enough for the valid ticket's use on a loaded machine, short enough to wait out.
+        server.streamTicketLifetimeMs = 1500
         try await server.run { api in
             let id = try await api.createSession(["prompt": "say hi"])
             let other = try await api.createSession(["prompt": "say other"])
@@ -136,7 +137,7 @@ struct StreamTests {
             for url in [try Self.streamURL(api, other, "?ticket=\(ticket)"), try Self.streamURL(api, id, ""), try Self.streamURL(api, id, "?ticket=forged.ticket")] {
                 await #expect(throws: (any Error).self) { try await StreamSubscriber().run(url: url, stopAfter: 1) }
             }
-            try await Task.sleep(for: .milliseconds(400))
+            try await Task.sleep(for: .milliseconds(1600))
             await #expect(throws: (any Error).self) {
                 try await StreamSubscriber().run(url: try Self.streamURL(api, id, "?ticket=\(ticket)"), stopAfter: 1)
             }

@@ -12,18 +12,23 @@ import Testing
 public actor TestGate {
     public let width: Int
     private var inUse = 0
-    private var queue: [(weight: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    private var queue: [(weight: Int, first: Bool, continuation: CheckedContinuation<Void, Never>)] = []
 
     public init(width: Int) { self.width = max(1, width) }
 
-    /// Waits (in arrival order) until `weight` permits are free, and takes them.
-    public func acquire(_ weight: Int) async {
+    /// Waits until `weight` permits are free, and takes them: in arrival order, except that a
+    /// long test (`first`) goes ahead of the short ones waiting, so that it does not start last
+    /// and end the run late.
+    public func acquire(_ weight: Int, first: Bool = false) async {
         let weight = min(weight, width)
         if queue.isEmpty, inUse + weight <= width {
             inUse += weight
             return
         }
-        await withCheckedContinuation { queue.append((weight, $0)) }
+        await withCheckedContinuation { continuation in
+            let position = first ? (queue.firstIndex { !$0.first } ?? queue.endIndex) : queue.endIndex
+            queue.insert((weight, first, continuation), at: position)
+        }
     }
 
     public func release(_ weight: Int) {
@@ -37,8 +42,8 @@ public actor TestGate {
     }
 
     /// Runs `body` holding `weight` permits.
-    nonisolated(nonsending) public func withPermits<T>(_ weight: Int, _ body: () async throws -> T) async rethrows -> T {
-        await acquire(weight)
+    nonisolated(nonsending) public func withPermits<T>(_ weight: Int, first: Bool = false, _ body: () async throws -> T) async rethrows -> T {
+        await acquire(weight, first: first)
         do {
             let value = try await body()
             await release(weight)
@@ -67,6 +72,8 @@ public struct GateTrait: TestTrait, SuiteTrait, TestScoping {
     /// Permits held; `Int.max` for all of them.
     let weight: Int
     let kind: String
+    /// A long test: it goes ahead of the short ones waiting for the gate.
+    var first = false
 
     public var isRecursive: Bool { true }
 
@@ -76,12 +83,29 @@ public struct GateTrait: TestTrait, SuiteTrait, TestScoping {
         // Suites are not gated, only the test cases they run; and a test marked by its suite
         // and by itself holds one set of permits, the widest it is marked with.
         guard testCase != nil, !test.isSuite, !GateTrait.holding.contains(ObjectIdentifier(gate)) else { return try await function() }
-        let widest = test.traits.compactMap { $0 as? GateTrait }.filter { $0.gate === gate }.map(\.weight).max() ?? weight
-        guard weight == widest else { return try await function() }
-        try await gate.withPermits(weight) {
+        let marks = test.traits.compactMap { $0 as? GateTrait }.filter { $0.gate === gate }
+        let chosen = marks.max { ($0.weight, $0.first ? 1 : 0) < ($1.weight, $1.first ? 1 : 0) } ?? self
+        guard weight == chosen.weight, first == chosen.first else { return try await function() }
+        let asked = ContinuousClock.now
+        try await gate.withPermits(weight, first: first) {
+            let began = ContinuousClock.now
+            defer { GateTrait.log(test, kind: kind, asked: asked, began: began) }
             try await GateTrait.$holding.withValue(GateTrait.holding.union([ObjectIdentifier(gate)])) { try await function() }
         }
     }
+
+    /// With `CLOUD_AGENT_TEST_GATE_LOG` set, one line per gated test on stderr: when it got its
+    /// permits (seconds since the run began), how long it waited and how long it held them — the
+    /// suite's critical path, measured.
+    private static func log(_ test: Test, kind: String, asked: ContinuousClock.Instant, began: ContinuousClock.Instant) {
+        guard ProcessInfo.processInfo.environment["CLOUD_AGENT_TEST_GATE_LOG"] != nil else { return }
+        let end = ContinuousClock.now
+        func seconds(_ duration: Duration) -> String { String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18) }
+        let line = "[gate] \(kind) start=\(seconds(began - runStarted)) waited=\(seconds(began - asked)) held=\(seconds(end - began)) \(test.name)\n"
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    private static let runStarted = ContinuousClock.now
 
     /// The gates whose permits the current task holds.
     @TaskLocal static var holding: Set<ObjectIdentifier> = []
@@ -95,6 +119,10 @@ extension Trait where Self == GateTrait {
     /// Measures real time against a tight bound with real processes: runs while no other test
     /// of real processes runs.
     public static var alone: Self { GateTrait(gate: .processes, weight: .max, kind: "alone") }
+
+    /// A long test of real processes (a minute of fuzzing, a browser session): started before
+    /// the short ones, so that the run does not wait for it at its end.
+    public static var long: Self { GateTrait(gate: .processes, weight: 1, kind: "long", first: true) }
 
     /// Creates a database in the shared PostgreSQL cluster.
     public static var database: Self { GateTrait(gate: .databases, weight: 1, kind: "database") }
