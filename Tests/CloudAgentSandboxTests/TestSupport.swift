@@ -10,23 +10,6 @@ import Testing
 import Glibc
 #endif
 
-/// A temporary directory, removed when the value is released.
-final class TemporaryDirectory: Sendable {
-    let url: URL
-
-    init(_ name: String = "t") throws {
-        url = URL(fileURLWithPath: "/tmp", isDirectory: true)
-            .appendingPathComponent("cloud-agent-sandbox-\(name)-\(UUID().uuidString.lowercased())", isDirectory: true)
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-
-    deinit { try? FileManager.default.removeItem(at: url) }
-
-    func path(_ components: String...) -> URL {
-        components.reduce(url) { $0.appendingPathComponent($1) }
-    }
-}
-
 struct ShellError: Error, CustomStringConvertible {
     var description: String
 }

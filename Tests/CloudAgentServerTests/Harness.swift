@@ -12,30 +12,6 @@ import NIOCore
 import Synchronization
 import Testing
 
-/// A temporary directory removed when the test ends.
-final class TemporaryDirectory: Sendable {
-    let url: URL
-
-    init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("cloud-agent-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-
-    deinit { try? FileManager.default.removeItem(at: url) }
-
-    /// Every byte of every file below the directory.
-    func allBytes() -> Data {
-        var data = Data()
-        let enumerator = FileManager.default.enumerator(at: url, includingPropertiesForKeys: [.isRegularFileKey])
-        while let file = enumerator?.nextObject() as? URL {
-            if (try? file.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true, let contents = try? Data(contentsOf: file) {
-                data.append(contents)
-            }
-        }
-        return data
-    }
-}
-
 /// A JSON response: the status and the decoded body.
 struct APIResponse: Sendable {
     var status: Int

@@ -79,21 +79,6 @@ func withStore(_ backend: StoreBackend, _ body: (any SessionStore) async throws 
     try await backend.withStore(body)
 }
 
-/// A fresh directory under the system's temporary directory.
-struct TemporaryDirectory: Sendable {
-    let url: URL
-
-    init() throws {
-        url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("cloud-agent-store-tests-\(UUID().uuidString)", isDirectory: true)
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-
-    func path(for file: String) -> String { url.appendingPathComponent(file).path }
-
-    func remove() { try? FileManager.default.removeItem(at: url) }
-}
-
 /// Test data. Every timestamp is a whole number of milliseconds, the precision stores keep.
 enum Fixture {
     static let epochMs: Int64 = 1_760_000_000_123

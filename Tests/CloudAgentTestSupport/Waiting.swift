@@ -53,3 +53,39 @@ public func makeTemporaryDirectory(_ prefix: String) throws -> URL {
     try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     return url.resolvingSymlinksInPath()
 }
+
+/// A fresh directory under the system's temporary directory, removed when the value is released
+/// (or at `remove()`).
+public final class TemporaryDirectory: Sendable {
+    public let url: URL
+
+    public init(_ name: String = "tests") throws {
+        url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("cloud-agent-\(name)-\(UUID().uuidString.lowercased())", isDirectory: true)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    deinit { remove() }
+
+    /// A path below the directory.
+    public func path(_ components: String...) -> URL {
+        components.reduce(url) { $0.appendingPathComponent($1) }
+    }
+
+    /// The path of a file in the directory, as a string.
+    public func path(for file: String) -> String { url.appendingPathComponent(file).path }
+
+    public func remove() { try? FileManager.default.removeItem(at: url) }
+
+    /// Every byte of every file below the directory (to look for what must never be written).
+    public func allBytes() -> Data {
+        var data = Data()
+        let enumerator = FileManager.default.enumerator(at: url, includingPropertiesForKeys: [.isRegularFileKey])
+        while let file = enumerator?.nextObject() as? URL {
+            if (try? file.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true, let contents = try? Data(contentsOf: file) {
+                data.append(contents)
+            }
+        }
+        return data
+    }
+}
