@@ -193,7 +193,11 @@ extension SessionReducer {
                 effects.append(.deliverCallbacks)
             }
         }
-        return Decision(change: change, effects: effects, output: Outcome(output: Ingested(ack: last, transitioned: transitioned, ended: ended), notes: notes))
+        // Progress alone moves no deadline the rules must see now: they read it at the wake-up.
+        return Decision(
+            change: change, effects: effects, output: Outcome(output: Ingested(ack: last, transitioned: transitioned, ended: ended), notes: notes),
+            movesDeadlines: transitioned
+        )
     }
 
     /// How a runtime's `ended` event says an execution ended.

@@ -63,6 +63,11 @@ public enum SessionReducer {
     public struct Outcome<Output: Sendable>: Sendable {
         public var output: Output
         public var notes: [DecisionNote]
+
+        public init(output: Output, notes: [DecisionNote]) {
+            self.output = output
+            self.notes = notes
+        }
     }
 
     // MARK: API commands
