@@ -71,12 +71,7 @@ public final class SessionLedger: Sendable {
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
         let context = context()
-        let committed: Committed<Output>
-        do {
-            committed = try await store.update(id, forRules: forRules) { state in try decide(state, context) }
-        } catch SessionError.notFound {
-            throw SessionError.notFound(id)
-        }
+        let committed = try await store.update(id, forRules: forRules) { state in try decide(state, context) }
         if committed.change != nil {
             hub.publish(committed.events)
             changes.changed(id)

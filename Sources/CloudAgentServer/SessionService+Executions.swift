@@ -45,7 +45,7 @@ extension SessionService {
                 committed.effects.contains { if case .launch = $0 { true } else { false } } || committed.change?.session?.runtime.state == .stopping
             }) {
                 try await engine.perform(id) { state, context in
-                    try SessionReducer.startExecution(state, owner: owner, request, context: context)
+                    try SessionReducer.startExecution(state, id: id, owner: owner, request, context: context)
                 }
             }.output
         } catch StoreError.executionInProgress(let active) {
@@ -57,7 +57,7 @@ extension SessionService {
     /// SIGTERM to the agent's processes, SIGKILL after the grace; the request waits (bounded)
     /// until its end is recorded — an event, not a poll. A pending one ends at once.
     public func interrupt(_ id: SessionID, owner: Owner) async throws -> ExecutionID? {
-        let committed = try await engine.perform(id) { state, context in try SessionReducer.interrupt(state, owner: owner, context: context) }
+        let committed = try await engine.perform(id) { state, context in try SessionReducer.interrupt(state, id: id, owner: owner, context: context) }
         let target: ExecutionID
         switch committed.output {
         case .none: return nil

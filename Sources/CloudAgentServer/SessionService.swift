@@ -107,7 +107,7 @@ public final class SessionService: Sendable {
             let onlyIdleTimeout = input.changesOnlyIdleTimeout
             // A new idle timeout moves the idle deadline: the rules are evaluated in the same transaction.
             updated = try await engine.perform(id) { state, context in
-                try SessionReducer.edit(state, owner: owner, onlyIdleTimeout: onlyIdleTimeout, context: context) { session in
+                try SessionReducer.edit(state, id: id, owner: owner, onlyIdleTimeout: onlyIdleTimeout, context: context) { session in
                     try self.apply(input, to: &session.spec)
                 }.withoutNotes
             }.output
@@ -127,7 +127,7 @@ public final class SessionService: Sendable {
     private func restartingPatch(_ id: SessionID, owner: Owner, input: SessionInput, newWorkspace: Bool) async throws -> SessionRecord {
         try await lifecycle.admitting(id, engine: engine) {
             // The runtime's stop is waited for (`awaiting`).
-            try await engine.perform(id, awaiting: true) { state, context in try SessionReducer.beginChange(state, owner: owner, context: context) }
+            try await engine.perform(id, awaiting: true) { state, context in try SessionReducer.beginChange(state, id: id, owner: owner, context: context) }
         }
         if ledger.cluster.isShared {
             // A runtime hosted by another node is stopped by that node: wait for the record.
@@ -145,13 +145,13 @@ public final class SessionService: Sendable {
                 restore = false
             } catch let failure as SetupFailure {
                 try await engine.perform(id) { state, context in
-                    try SessionReducer.finishChange(state, owner: owner, restore: true, context: context, nil).withoutNotes
+                    try SessionReducer.finishChange(state, id: id, owner: owner, restore: true, context: context, nil).withoutNotes
                 }
                 throw failure
             }
         }
         return try await engine.perform(id) { [restore] state, context in
-            try SessionReducer.finishChange(state, owner: owner, restore: restore, context: context) { session in
+            try SessionReducer.finishChange(state, id: id, owner: owner, restore: restore, context: context) { session in
                 try self.apply(input, to: &session.spec)
                 if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
             }.withoutNotes
@@ -163,7 +163,7 @@ public final class SessionService: Sendable {
     public func delete(_ id: SessionID, owner: Owner) async throws {
         // The request waits for the runtime's processes to be gone (`awaiting`).
         try await engine.perform(id, awaiting: true, first: { [metrics] (_: Committed<Void>) in metrics.sessionsDeleted.increment() }) { state, context in
-            try SessionReducer.delete(state, owner: owner, context: context)
+            try SessionReducer.delete(state, id: id, owner: owner, context: context)
         }
     }
 

@@ -25,7 +25,7 @@ struct RuledDecisionTests {
     func messageWithItsWakeUp() throws {
         let state = Self.running()
         let id = ExecutionID(at: Fixture.at(seconds(1)))
-        let decision = try SessionReducer.startExecution(state, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
+        let decision = try SessionReducer.startExecution(state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
         let ruled = SessionReducer.ruled(state, decision, rules: .afterChange, context: Self.context(at: seconds(1)))
         let change = try #require(ruled.change)
         #expect(change.newExecution?.id == id)
@@ -47,7 +47,7 @@ struct RuledDecisionTests {
         // Idle past its deadline: any change evaluates the rules, which stop the runtime.
         var state = Self.running()
         state.wakeUp = Fixture.at(minutes(15))
-        let decision = try SessionReducer.edit(state, owner: .local, onlyIdleTimeout: true, context: Self.context(at: minutes(16))) { session in
+        let decision = try SessionReducer.edit(state, id: Fixture.sessionId, owner: .local, onlyIdleTimeout: true, context: Self.context(at: minutes(16))) { session in
             session.spec.idleTimeoutMs = minutes(10)
         }
         let ruled = SessionReducer.ruled(
@@ -98,7 +98,7 @@ struct RuledDecisionTests {
         )
         #expect(early.change == nil)
         #expect(early.output.output.nextWakeUp == .some(state.wakeUp))
-        let deletion = try SessionReducer.delete(state, owner: .local, context: Self.context(at: seconds(1)))
+        let deletion = try SessionReducer.delete(state, id: Fixture.sessionId, owner: .local, context: Self.context(at: seconds(1)))
         let ruled = SessionReducer.ruled(state, deletion, rules: .afterChange, context: Self.context(at: seconds(1)))
         #expect(ruled.change?.deletesSession == true)
         #expect(ruled.output.output.nextWakeUp == .some(nil))
@@ -191,5 +191,28 @@ struct CapacityPolicyTests {
         // On a tie the lower id goes first.
         let tied = [Self.candidate(a, startedAt: 0), Self.candidate(b, startedAt: 0)]
         #expect(CapacityPolicy.victim(candidates: tied) == [a, b].min { $0.rawValue < $1.rawValue })
+    }
+}
+
+/// A command on a session that is not there (or not the caller's) is refused naming the session.
+@Suite("Reducers name the session they were asked about")
+struct ReducerSessionIdTests {
+    @Test("a missing session, and another owner's, are not found with the id asked for")
+    func notFoundNamesTheSession() throws {
+        let context = SessionContext(now: Fixture.t0, timing: Timing(), controlPlaneStartedAt: Fixture.t0)
+        let id = Fixture.otherSessionId
+        let request = SessionReducer.NewExecution(id: ExecutionID(at: Fixture.t0), followUp: false)
+        #expect(throws: SessionError.notFound(id)) { try SessionReducer.startExecution(nil, id: id, owner: .local, request, context: context) }
+        #expect(throws: SessionError.notFound(id)) { try SessionReducer.interrupt(nil, id: id, owner: .local, context: context) }
+        #expect(throws: SessionError.notFound(id)) { try SessionReducer.beginChange(nil, id: id, owner: .local, context: context) }
+        #expect(throws: SessionError.notFound(id)) { try SessionReducer.delete(nil, id: id, owner: .local, context: context) }
+        #expect(throws: SessionError.notFound(id)) {
+            try SessionReducer.edit(nil, id: id, owner: .local, onlyIdleTimeout: true, context: context) { _ in }
+        }
+        #expect(throws: SessionError.notFound(id)) { try SessionReducer.finishChange(nil, id: id, owner: .local, restore: true, context: context, nil) }
+        let theirs = SessionState(session: Fixture.session(), execution: nil)
+        #expect(throws: SessionError.notFound(Fixture.sessionId)) {
+            try SessionReducer.delete(theirs, id: Fixture.sessionId, owner: Owner(user: "bob"), context: context)
+        }
     }
 }
