@@ -36,7 +36,7 @@ final class EffectRunner: SessionEffects {
             case .discardLaunch(let process, let sandbox):
                 await lifecycle.discard(id, process: process, sandbox: sandbox)
             case .deliverCommands:
-                await connections.deliverCommands(id)
+                await connections.deliverCommands(id, written: committed)
             case .deliverCallbacks:
                 callbackWakeUps.signal()
             case .autoCommit(let executionId):

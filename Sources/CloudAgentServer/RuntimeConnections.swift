@@ -139,7 +139,13 @@ final class RuntimeConnections: Sendable {
     /// held back while the session's last auto-commit is pending, and dropped here when its
     /// execution is no longer pending. Rows stay in the outbox until a change makes them moot,
     /// so a runtime that reconnects is sent them again (it ignores a repeat).
-    func deliverCommands(_ id: SessionID) async {
+    ///
+    /// `written` is the committed change that asked for the delivery: the executions it wrote
+    /// are not read again (an `execute` row exists only while its execution is pending: every
+    /// change that moves an execution out of `pending` drops its row in the same transaction).
+    /// The rows are read (their ids order the delivery, and an earlier change's rows may be held
+    /// back), and so is the session, which a later commit may have changed.
+    func deliverCommands(_ id: SessionID, written: SessionChange? = nil) async {
         guard connection(for: id) != nil else { return }
         do {
             try await deliveries.withLock(id) {
@@ -149,13 +155,16 @@ final class RuntimeConnections: Sendable {
                 guard !rows.isEmpty, let session = try await self.ledger.store.session(id),
                       session.runtime.state == .running, session.runtime.instanceId == connection.instanceId
                 else { return }
+                var known: [ExecutionID: Execution] = [:]
+                for execution in (written?.executions ?? []) + (written?.newExecution.map { [$0] } ?? []) { known[execution.id] = execution }
                 var through = after
                 rows: for row in rows {
                     switch row.command {
                     case .execute(let executionId):
                         // Held back (with what follows) until the auto-commit is recorded.
                         if session.autoCommitPending != nil { break rows }
-                        if let execution = try await self.ledger.store.execution(executionId), execution.status == .pending {
+                        let execution = if let written = known[executionId] { written } else { try await self.ledger.store.execution(executionId) }
+                        if let execution, execution.status == .pending {
                             connection.activeExecution = executionId
                             connection.send(.execute(self.executeCommand(execution, session: session)))
                         }
