@@ -96,10 +96,10 @@ extension Decision {
 }
 
 extension SessionReducer {
-    /// A decision's output with the session's next wake-up as the rules left it.
+    /// A decision's output with the session's next wake-up as its transaction left it.
     public struct Ruled<Output: Sendable>: Sendable {
         public var output: Output
-        /// Nil when the rules were not evaluated; `.some(nil)` when the session has no wake-up
+        /// Nil when the decision changed nothing; `.some(nil)` when the session has no wake-up
         /// (or is gone).
         public var nextWakeUp: Date??
 
@@ -120,7 +120,16 @@ extension SessionReducer {
         switch rules {
         case .afterChange:
             guard decision.movesDeadlines, let change = decision.change, !change.deletesSession else {
-                let next: Date?? = decision.change?.deletesSession == true ? .some(nil) : nil
+                // A change that moves no deadline leaves the stored wake-up as it is: it is armed
+                // where the change was made (the node a runtime reconnected to, say).
+                let next: Date??
+                if decision.change?.deletesSession == true {
+                    next = .some(nil)
+                } else if decision.change != nil, let stored = state?.wakeUp {
+                    next = .some(stored)
+                } else {
+                    next = nil
+                }
                 return Decision(
                     change: decision.change, effects: decision.effects,
                     output: Outcome(output: Ruled(output: decision.output.output, nextWakeUp: next), notes: decision.output.notes)

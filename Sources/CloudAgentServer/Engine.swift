@@ -35,8 +35,8 @@ struct Engine: Sendable {
         try await performRuled(id, rules: rules, awaiting: awaiting, first: first, decide).committed
     }
 
-    /// `perform`, also returning the session's next wake-up as the rules left it (nil when they
-    /// were not evaluated, `.some(nil)` for none).
+    /// `perform`, also returning the session's next wake-up as the transaction left it (nil when
+    /// the decision changed nothing, `.some(nil)` for none).
     func performRuled<Output: Sendable>(
         _ id: SessionID, rules: RulePass, awaiting: Bool = false, first: (@Sendable (Committed<Output>) async -> Void)? = nil,
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<SessionReducer.Outcome<Output>>

@@ -4,10 +4,10 @@ import Logging
 import Prometheus
 
 /// Fires a session's rules when its wake-up is due: one transaction performed by the engine
-/// that only evaluates the rules (`RulePass.always`; it also writes the next wake-up), then its
-/// effects. The scheduler runs each session's
-/// evaluation in a task of its own, and an evaluation holds no lock, so a slow session never
-/// delays another's timers.
+/// whose decision is the rules' alone (`RulePass.always`; it also writes the next wake-up), then
+/// its effects. (After any other change the rules are evaluated in that change's transaction.)
+/// The scheduler runs each session's evaluation in a task of its own, and an evaluation holds
+/// no lock, so a slow session never delays another's timers.
 public final class RuleRunner: Sendable {
     let ledger: SessionLedger
     let engine: Engine

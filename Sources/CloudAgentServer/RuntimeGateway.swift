@@ -31,7 +31,6 @@ public final class RuntimeGateway: Sendable {
     func tellNodes(_ controlURLs: [String]) { connections.tellNodes(controlURLs) }
     var connectedSessions: [SessionID] { connections.connectedSessions }
     func reconcile(_ id: SessionID) async { await connections.reconcile(id) }
-    func deliverCommands(_ id: SessionID) async { await connections.deliverCommands(id) }
 
     // MARK: Frames
 

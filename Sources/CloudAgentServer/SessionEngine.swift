@@ -53,12 +53,4 @@ public struct SessionEngine: Sendable {
     func exited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
         await lifecycle.exited(id, process: process, detail: detail, engine: performer)
     }
-
-    /// After a control-plane start (see `RuntimeLifecycle.recover`).
-    func recover() async { await lifecycle.recover(engine: performer) }
-
-    /// Does what another node's change asks of a runtime hosted here (see `RuntimeLifecycle.reconcile`).
-    func reconcile(_ id: SessionID, takingOverFrom lost: String?) async {
-        await lifecycle.reconcile(id, takingOverFrom: lost, engine: performer)
-    }
 }

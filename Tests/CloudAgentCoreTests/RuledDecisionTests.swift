@@ -82,7 +82,8 @@ struct RuledDecisionTests {
         #expect(!progress.movesDeadlines)
         let ruled = SessionReducer.ruled(state, progress, rules: .afterChange, context: Self.context(at: seconds(3)))
         #expect(ruled.change?.wakeUp == nil)
-        #expect(ruled.output.output.nextWakeUp == nil)
+        // The stored wake-up stands (armed where the change was made).
+        #expect(ruled.output.output.nextWakeUp == .some(state.wakeUp))
         // A wake-up firing evaluates them whatever the decision.
         let fired = SessionReducer.ruled(
             state, Decision(output: SessionReducer.Outcome(output: (), notes: [])), rules: .always(timer: false), context: Self.context(at: seconds(3))
@@ -214,5 +215,22 @@ struct ReducerSessionIdTests {
         #expect(throws: SessionError.notFound(Fixture.sessionId)) {
             try SessionReducer.delete(theirs, id: Fixture.sessionId, owner: Owner(user: "bob"), context: context)
         }
+    }
+}
+
+/// Which runtime frames move the session's deadlines (the rules evaluated in their transaction).
+@Suite("Frames that move deadlines")
+struct FrameDeadlineTests {
+    @Test("a first connect moves the deadlines; a reconnect leaves them to the stored wake-up")
+    func helloMovesDeadlinesOnce() throws {
+        let context = SessionContext(now: Fixture.at(seconds(5)), timing: Timing(), controlPlaneStartedAt: Fixture.t0)
+        var session = Fixture.session(runtime: RuntimeStatus(state: .starting, requestedAt: Fixture.t0))
+        session.runtime.instanceId = "instance-1"
+        let first = SessionReducer.hello(SessionState(session: session, execution: nil), instanceId: "instance-1", reportedActive: nil, context: context)
+        #expect(first.movesDeadlines)
+        let running = try #require(first.change?.session)
+        let again = SessionReducer.hello(SessionState(session: running, execution: nil), instanceId: "instance-1", reportedActive: nil, context: context)
+        #expect(again.change != nil)
+        #expect(!again.movesDeadlines)
     }
 }
