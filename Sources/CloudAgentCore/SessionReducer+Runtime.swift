@@ -70,10 +70,14 @@ extension SessionReducer {
             activeExecutionId: session.activeExecutionId,
             killReported: reportedActive.flatMap { $0 == session.activeExecutionId?.rawValue ? nil : $0 }
         )
+        // A first connect moves the deadlines (the connect deadline goes, the idle one starts).
+        // A reconnect moves none the rules must act on before the runtime's first frames: its
+        // silence since it lost its node is judged at its stored wake-up, once the events it
+        // resends and its heartbeats are recorded.
         return Decision(
             change: SessionChange(sessionId: session.id, session: session, events: events, commands: commands, dropCommands: [.settings]),
             effects: [.deliverCommands] + (session.autoCommitPending.map { [.autoCommit($0)] } ?? []),
-            output: Outcome(output: welcome, notes: notes)
+            output: Outcome(output: welcome, notes: notes), movesDeadlines: !events.isEmpty
         )
     }
 
@@ -193,7 +197,11 @@ extension SessionReducer {
                 effects.append(.deliverCallbacks)
             }
         }
-        return Decision(change: change, effects: effects, output: Outcome(output: Ingested(ack: last, transitioned: transitioned, ended: ended), notes: notes))
+        // Progress alone moves no deadline the rules must see now: they read it at the wake-up.
+        return Decision(
+            change: change, effects: effects, output: Outcome(output: Ingested(ack: last, transitioned: transitioned, ended: ended), notes: notes),
+            movesDeadlines: transitioned
+        )
     }
 
     /// How a runtime's `ended` event says an execution ended.

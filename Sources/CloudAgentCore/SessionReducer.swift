@@ -63,6 +63,11 @@ public enum SessionReducer {
     public struct Outcome<Output: Sendable>: Sendable {
         public var output: Output
         public var notes: [DecisionNote]
+
+        public init(output: Output, notes: [DecisionNote]) {
+            self.output = output
+            self.notes = notes
+        }
     }
 
     // MARK: API commands
@@ -87,10 +92,9 @@ public enum SessionReducer {
     /// Accepts an execution. A stopped runtime is started (cold) at once; a stopping one is
     /// started again once its stop is recorded (`stopped`): the caller never waits for a stop.
     public static func startExecution(
-        _ state: SessionState?, owner: Owner, _ request: NewExecution, context: SessionContext
+        _ state: SessionState?, id: SessionID, owner: Owner, _ request: NewExecution, context: SessionContext
     ) throws(SessionError) -> Decision<Outcome<Execution>> {
-        var session = try owned(state, by: owner)
-        let id = session.id
+        var session = try owned(state, id: id, by: owner)
         if !request.followUp, session.initiatedAt != nil { throw .invalidState("session \(id) was already initiated; send a message instead") }
         if request.followUp, session.initiatedAt == nil { throw .invalidState("session \(id) was not initiated yet; initiate it first") }
         if let active = session.activeExecutionId { throw .executionInProgress(active) }
@@ -137,8 +141,10 @@ public enum SessionReducer {
     /// Interrupts the active execution (idempotent). A running one is killed by its runtime
     /// (which reports it interrupted); a pending one ends here at once, and its runtime is told
     /// to kill it in case it had just started it.
-    public static func interrupt(_ state: SessionState?, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Interrupt>> {
-        var session = try owned(state, by: owner)
+    public static func interrupt(
+        _ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext
+    ) throws(SessionError) -> Decision<Outcome<Interrupt>> {
+        var session = try owned(state, id: id, by: owner)
         guard let activeId = session.activeExecutionId, var execution = state?.execution, execution.id == activeId, execution.status.isActive else {
             return Decision(output: Outcome(output: .none, notes: []))
         }
@@ -169,10 +175,10 @@ public enum SessionReducer {
     /// timeout at any time; the prompt, mode, model, callback and auto-commit before initiate).
     /// A new idle timeout reaches the runtime as a `settings` command.
     public static func edit(
-        _ state: SessionState?, owner: Owner, onlyIdleTimeout: Bool, context: SessionContext,
+        _ state: SessionState?, id: SessionID, owner: Owner, onlyIdleTimeout: Bool, context: SessionContext,
         _ apply: @Sendable (inout SessionRecord) throws -> Void
     ) throws -> Decision<SessionRecord> {
-        var session = try owned(state, by: owner)
+        var session = try owned(state, id: id, by: owner)
         if session.initiatedAt != nil, !onlyIdleTimeout {
             throw SessionError.invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now")
         }
@@ -193,8 +199,10 @@ public enum SessionReducer {
     /// Phase one of a change that needs a new runtime (repo, setup commands, environment,
     /// secrets, agent; before initiate only): the session is marked as changing (an initiate
     /// meanwhile is a 409) and its runtime stopped (rule `operator`).
-    public static func beginChange(_ state: SessionState?, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Void>> {
-        var session = try owned(state, by: owner)
+    public static func beginChange(
+        _ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext
+    ) throws(SessionError) -> Decision<Outcome<Void>> {
+        var session = try owned(state, id: id, by: owner)
         if session.initiatedAt != nil { throw .invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now") }
         if isChanging(session, context) { throw .invalidState("session \(session.id) is being changed; retry once the change is done") }
         session.changingSince = context.now
@@ -214,9 +222,10 @@ public enum SessionReducer {
     /// Phase two: the new fields land (or, with `apply` nil after a failed preparation, the old
     /// ones stay) and the runtime starts again; its workspace is restored first when `restore`.
     public static func finishChange(
-        _ state: SessionState?, owner: Owner, restore: Bool, context: SessionContext, _ apply: (@Sendable (inout SessionRecord) throws -> Void)?
+        _ state: SessionState?, id: SessionID, owner: Owner, restore: Bool, context: SessionContext,
+        _ apply: (@Sendable (inout SessionRecord) throws -> Void)?
     ) throws -> Decision<SessionRecord> {
-        var session = try owned(state, by: owner)
+        var session = try owned(state, id: id, by: owner)
         if let apply { try apply(&session) }
         session.changingSince = nil
         session.changingNode = nil
@@ -235,8 +244,8 @@ public enum SessionReducer {
     /// its files removed after it. A runtime not stopped yet is recorded stopped (rule
     /// `deleted`): the change's events — `runtime.stopped`, and the active execution's
     /// interruption — are the session's last, sent to live subscribers though not kept.
-    public static func delete(_ state: SessionState?, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Void>> {
-        let session = try owned(state, by: owner)
+    public static func delete(_ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Void>> {
+        let session = try owned(state, id: id, by: owner)
         var change = SessionChange.delete(session.id)
         var effects: [SessionEffect] = []
         var notes: [DecisionNote] = []
@@ -467,10 +476,9 @@ public enum SessionReducer {
         return context.nodeStarts[node].map { since >= $0 } ?? true
     }
 
-    /// The session when it exists and belongs to `owner`: another owner's session is not found.
-    static func owned(_ state: SessionState?, by owner: Owner) throws(SessionError) -> SessionRecord {
-        guard let session = state?.session else { throw .notFound(SessionID()) }
-        guard session.owner == owner else { throw .notFound(session.id) }
+    /// Session `id` when it exists and belongs to `owner`: another owner's session is not found.
+    static func owned(_ state: SessionState?, id: SessionID, by owner: Owner) throws(SessionError) -> SessionRecord {
+        guard let session = state?.session, session.owner == owner else { throw .notFound(id) }
         return session
     }
 

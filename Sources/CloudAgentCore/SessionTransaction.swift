@@ -99,11 +99,16 @@ public struct Decision<Output: Sendable>: Sendable {
     public var change: SessionChange?
     public var effects: [SessionEffect]
     public var output: Output
+    /// Whether the change may move the session's deadlines, so that the rules are evaluated
+    /// after it in its transaction (`SessionReducer.ruled`). False for a change the rules read
+    /// only when the session's wake-up fires (a runtime's output: its progress).
+    public var movesDeadlines: Bool
 
-    public init(change: SessionChange? = nil, effects: [SessionEffect] = [], output: Output) {
+    public init(change: SessionChange? = nil, effects: [SessionEffect] = [], output: Output, movesDeadlines: Bool = true) {
         self.change = change
         self.effects = effects
         self.output = output
+        self.movesDeadlines = movesDeadlines
     }
 }
 

@@ -17,6 +17,8 @@ public struct ControlPlane: Sendable {
     public let ledger: SessionLedger
     public let gateway: RuntimeGateway
     public let lifecycle: RuntimeLifecycle
+    /// The way the lifecycle's steps record what they find.
+    let performer: Engine
     public let rules: RuleRunner
     public let scheduler: WakeUpScheduler
     public let supervisor: RuntimeSupervisor
@@ -85,13 +87,13 @@ public struct ControlPlane: Sendable {
         )
         let coordinator = NodeCoordinator(
             membership: membership, view: cluster, ledger: ledger, gateway: gateway, lifecycle: lifecycle,
-            heartbeatMs: configuration.nodeHeartbeatMs, logger: logger
+            performer: engine.performer, heartbeatMs: configuration.nodeHeartbeatMs, logger: logger
         )
         await scheduler.setEvaluator { [rules] id, timer in await rules.evaluate(id, timer: timer) }
-        await supervisor.setExitHandler { [lifecycle] id, process, detail in await lifecycle.exited(id, process: process, detail: detail) }
+        await supervisor.setExitHandler { [engine] id, process, detail in await engine.exited(id, process: process, detail: detail) }
         return ControlPlane(
             configuration: configuration, store: store, sessions: sessions, ledger: ledger, gateway: gateway, lifecycle: lifecycle,
-            rules: rules, scheduler: scheduler, supervisor: supervisor,
+            performer: engine.performer, rules: rules, scheduler: scheduler, supervisor: supervisor,
             heartbeats: heartbeats, callbacks: callbacks, metrics: metrics, localToken: localToken, tickets: tickets, coordinator: coordinator,
             logger: logger
         )
@@ -169,14 +171,14 @@ public struct ControlPlane: Sendable {
             server: .http1WebSocketUpgrade(webSocketRouter: router),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloud-agent"),
             services: [scheduler, supervisor, heartbeats, callbacks, coordinator],
-            onServerRunning: { [supervisor, ledger, lifecycle, coordinator, configuration] channel in
+            onServerRunning: { [supervisor, ledger, lifecycle, performer, coordinator, configuration] channel in
                 let port = channel.localAddress?.port ?? 0
                 ledger.markListening()
                 await supervisor.setPort(port)
                 // Registered among the nodes (several on one database) before recovering, so
                 // that recovery and the first decisions know which nodes are alive.
                 await coordinator.listening(advertiseURL: configuration.advertiseURL ?? "http://\(configuration.host):\(port)")
-                await lifecycle.recover()
+                await lifecycle.recover(engine: performer)
                 await onServerRunning(port)
             },
             logger: logger

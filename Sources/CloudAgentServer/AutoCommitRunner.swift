@@ -13,19 +13,18 @@ final class AutoCommitRunner: Sendable {
     let ledger: SessionLedger
     let host: any RuntimeHost
     let secretBox: SecretBox
-    let effects: EffectRunner
     let logger: Logger
     private let running = Mutex<Set<SessionID>>([])
 
-    init(ledger: SessionLedger, host: any RuntimeHost, secretBox: SecretBox, effects: EffectRunner, logger: Logger) {
+    init(ledger: SessionLedger, host: any RuntimeHost, secretBox: SecretBox, logger: Logger) {
         self.ledger = ledger
         self.host = host
-        self.effects = effects
         self.logger = logger
         self.secretBox = secretBox
     }
 
-    func run(_ id: SessionID, executionId: ExecutionID) async {
+    /// Commits after `executionId` and records the outcome through `engine`.
+    func run(_ id: SessionID, executionId: ExecutionID, engine: Engine) async {
         guard running.withLock({ $0.insert(id).inserted }) else { return }
         defer { _ = running.withLock { $0.remove(id) } }
         do {
@@ -36,11 +35,9 @@ final class AutoCommitRunner: Sendable {
             // the change); a lost host's workspace is gone, and the outcome says so.
             if case .elsewhere = ledger.cluster.placement(ofHost: session.runtime.hostNode, now: ledger.clock.now()) { return }
             let event = await commit(after: execution, session: session)
-            let committed = try await ledger.update(id) { state, context in
-                SessionReducer.autoCommitted(state, execution: execution, event: event, context: context)
+            try await engine.perform(id) { state, context in
+                SessionReducer.autoCommitted(state, execution: execution, event: event, context: context).withoutNotes
             }
-            await effects.run(committed.effects, for: id)
-            await effects.reschedule(id)
         } catch {
             logger.error("recording auto-commit failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
         }

@@ -1,69 +1,52 @@
 import CloudAgentCore
 import Foundation
 import Logging
-import Synchronization
 
-/// Runs the effects of committed decisions, after the commit and outside any lock. Slow ones
-/// (a launch, a stop's grace, git) run as background jobs unless the caller waits for them
-/// (`awaiting`: DELETE waits for the processes to be gone). Every effect is idempotent.
-final class EffectRunner: Sendable {
-    struct Parts: Sendable {
-        var lifecycle: RuntimeLifecycle
-        var gateway: RuntimeGateway
-        var autoCommit: AutoCommitRunner
-    }
-
-    private let parts = Mutex<Parts?>(nil)
-    let scheduler: WakeUpScheduler
+/// Runs the effects of committed decisions, after the commit and outside any lock, through the
+/// parts that carry them out (built before it; none of them holds it). Slow ones (a launch, a
+/// stop's grace, git) run as background jobs unless the caller waits for them (`awaiting`:
+/// DELETE waits for the processes to be gone). Every effect is idempotent.
+final class EffectRunner: SessionEffects {
+    let lifecycle: RuntimeLifecycle
+    let connections: RuntimeConnections
+    let autoCommit: AutoCommitRunner
     let callbackWakeUps: WakeSignal
 
-    init(scheduler: WakeUpScheduler, callbackWakeUps: WakeSignal) {
-        self.scheduler = scheduler
+    init(lifecycle: RuntimeLifecycle, connections: RuntimeConnections, autoCommit: AutoCommitRunner, callbackWakeUps: WakeSignal) {
+        self.lifecycle = lifecycle
+        self.connections = connections
+        self.autoCommit = autoCommit
         self.callbackWakeUps = callbackWakeUps
     }
 
-    /// Connects the runners (they are built after this, with it).
-    func bind(_ parts: Parts) { self.parts.withLock { $0 = parts } }
-
-    private var bound: Parts {
-        guard let parts = parts.withLock({ $0 }) else { preconditionFailure("EffectRunner used before bind") }
-        return parts
-    }
-
-    /// Runs `effects` of a decision about session `id`, in order.
-    func run(_ effects: [SessionEffect], for id: SessionID, awaiting: Bool = false) async {
-        guard !effects.isEmpty else { return }
-        let parts = bound
+    func run(_ effects: [SessionEffect], of committed: SessionChange?, for id: SessionID, awaiting: Bool, engine: Engine) async {
         for effect in effects {
             switch effect {
             case .launch(let requestedAt, let restore):
-                parts.lifecycle.launchInBackground(id, requestedAt: requestedAt, restore: restore)
+                lifecycle.launchInBackground(id, requestedAt: requestedAt, restore: restore, engine: engine)
             case .terminate(let process, let sandbox, let rule, let host):
-                await parts.lifecycle.markStopping(id)
+                await lifecycle.markStopping(id)
                 if awaiting {
-                    await parts.lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule, host: host)
+                    await lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule, host: host, engine: engine)
                 } else {
-                    parts.lifecycle.host.enqueue {
-                        await parts.lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule, host: host)
+                    lifecycle.host.enqueue { [lifecycle] in
+                        await lifecycle.finishStopping(id, process: process, sandbox: sandbox, rule: rule, host: host, engine: engine)
                     }
                 }
             case .discardLaunch(let process, let sandbox):
-                await parts.lifecycle.discard(id, process: process, sandbox: sandbox)
+                await lifecycle.discard(id, process: process, sandbox: sandbox)
             case .deliverCommands:
-                await parts.gateway.deliverCommands(id)
+                await connections.deliverCommands(id, written: committed)
             case .deliverCallbacks:
                 callbackWakeUps.signal()
             case .autoCommit(let executionId):
-                parts.lifecycle.host.enqueue { await parts.autoCommit.run(id, executionId: executionId) }
+                lifecycle.host.enqueue { [autoCommit] in await autoCommit.run(id, executionId: executionId, engine: engine) }
             case .released:
-                await parts.lifecycle.released(id)
+                await lifecycle.released(id)
             case .removed(let rule):
-                await parts.lifecycle.removed(id, rule: rule)
-                await scheduler.arm(id, at: nil)
+                await lifecycle.removed(id, rule: rule)
+                await engine.arm(id, at: nil)
             }
         }
     }
-
-    /// The session's deadlines may have moved: its rules are evaluated again now.
-    func reschedule(_ id: SessionID) async { await scheduler.poke(id) }
 }

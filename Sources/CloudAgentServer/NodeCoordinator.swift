@@ -20,6 +20,8 @@ public final class NodeCoordinator: Service, Sendable {
     let ledger: SessionLedger
     let gateway: RuntimeGateway
     let lifecycle: RuntimeLifecycle
+    /// How the lifecycle's steps record what they find.
+    let performer: Engine
     let heartbeatMs: Int64
     let logger: Logger
     private let advertised = AsyncStream<String>.makeStream()
@@ -31,13 +33,14 @@ public final class NodeCoordinator: Service, Sendable {
 
     init(
         membership: any ClusterMembership, view: ClusterView, ledger: SessionLedger, gateway: RuntimeGateway, lifecycle: RuntimeLifecycle,
-        heartbeatMs: Int64, logger: Logger
+        performer: Engine, heartbeatMs: Int64, logger: Logger
     ) {
         self.membership = membership
         self.view = view
         self.ledger = ledger
         self.gateway = gateway
         self.lifecycle = lifecycle
+        self.performer = performer
         self.heartbeatMs = heartbeatMs
         self.logger = logger
     }
@@ -154,7 +157,7 @@ public final class NodeCoordinator: Service, Sendable {
         var count = 0
         for session in sessions where session.runtime.hostNode == lost {
             count += 1
-            await lifecycle.reconcile(session.id, takingOverFrom: lost)
+            await lifecycle.reconcile(session.id, takingOverFrom: lost, engine: performer)
         }
         ledger.metrics.takeovers.increment()
         logger.info("sessions of a lost node taken over", metadata: ["nodeId": "\(lost)", "count": "\(count)"])
@@ -223,7 +226,7 @@ public final class NodeCoordinator: Service, Sendable {
         }
         ledger.changes.changed(id)
         if gateway.connection(for: id) != nil { await gateway.reconcile(id) }
-        if change.runtimeHere { await lifecycle.reconcile(id, takingOverFrom: nil) }
+        if change.runtimeHere { await lifecycle.reconcile(id, takingOverFrom: nil, engine: performer) }
     }
 
     /// Events another node committed, read from the store (a page of at most 10,000 at a time)

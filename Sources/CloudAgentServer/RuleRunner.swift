@@ -3,19 +3,20 @@ import Foundation
 import Logging
 import Prometheus
 
-/// Fires a session's rules when its wake-up is due: one `SessionReducer.evaluate` transaction
-/// (which also writes the next wake-up), then its effects. The scheduler runs each session's
-/// evaluation in a task of its own, and an evaluation holds no lock, so a slow session never
-/// delays another's timers.
+/// Fires a session's rules when its wake-up is due: one transaction performed by the engine
+/// whose decision is the rules' alone (`RulePass.always`; it also writes the next wake-up), then
+/// its effects. (After any other change the rules are evaluated in that change's transaction.)
+/// The scheduler runs each session's evaluation in a task of its own, and an evaluation holds
+/// no lock, so a slow session never delays another's timers.
 public final class RuleRunner: Sendable {
     let ledger: SessionLedger
-    let effects: EffectRunner
+    let engine: Engine
     let metrics: ServerMetrics
     let logger: Logger
 
-    init(ledger: SessionLedger, effects: EffectRunner, metrics: ServerMetrics, logger: Logger) {
+    init(ledger: SessionLedger, engine: Engine, metrics: ServerMetrics, logger: Logger) {
         self.ledger = ledger
-        self.effects = effects
+        self.engine = engine
         self.metrics = metrics
         self.logger = logger
     }
@@ -26,11 +27,11 @@ public final class RuleRunner: Sendable {
     public func evaluate(_ id: SessionID, timer: Bool = false) async -> Date? {
         metrics.wakeUpsFired.increment()
         do {
-            let committed = try await ledger.update(id, forRules: true) { state, context in
-                SessionReducer.evaluate(state, context: context, timer: timer)
+            // The decision is the rules' alone.
+            let performed = try await engine.performRuled(id, rules: .always(timer: timer)) { _, _ in
+                Decision(output: SessionReducer.Outcome(output: (), notes: []))
             }
-            await effects.run(committed.effects, for: id)
-            return committed.output
+            return performed.nextWakeUp ?? nil
         } catch {
             logger.error("evaluating a session failed; retrying in 1 s", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
             return ledger.clock.now().adding(milliseconds: 1000)

@@ -2,147 +2,35 @@ import CloudAgentCore
 import CloudAgentProtocol
 import Foundation
 import Logging
-import Synchronization
 
-/// One connected runtime: the session it serves, the launch it belongs to, and the queue of
-/// frames to send it (drained by the WebSocket handler, so that writes never interleave).
-public final class RuntimeConnection: Sendable {
-    public let sessionId: SessionID
-    public let instanceId: String
-    private let outgoing: AsyncStream<ControlMessage>.Continuation
-    /// The execution the runtime may heartbeat: set when it is sent, cleared when it ends.
-    private let active = Mutex<ExecutionID?>(nil)
-    /// The highest runtime-outbox row sent on this connection.
-    let deliveredThrough = Mutex<Int64>(0)
-    /// Whether it was asked to shut down (sent once).
-    let askedToShutDown = Mutex(false)
-
-    init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
-        self.sessionId = sessionId
-        self.instanceId = instanceId
-        self.outgoing = outgoing
-    }
-
-    public func send(_ message: ControlMessage) { outgoing.yield(message) }
-    public func close() { outgoing.finish() }
-
-    var activeExecution: ExecutionID? {
-        get { active.withLock { $0 } }
-        set { active.withLock { $0 = newValue } }
-    }
-}
-
-
-/// The runtimes' side of the control plane: their connections, and what happens when a frame
-/// arrives. Each frame is one `SessionReducer` decision in one transaction (`hello`, `ingest`);
-/// heartbeats are batched into one column. The runtime outbox is delivered from here: a
-/// connection is sent each row once, in order, after the commit that wrote it.
+/// The runtimes' side of the control plane: what happens when a frame arrives. Each frame is
+/// one `SessionReducer` decision performed by the engine (`hello`, `ingest`); heartbeats are
+/// batched into one column. The connections and the runtime outbox's delivery are
+/// `RuntimeConnections`'.
 public final class RuntimeGateway: Sendable {
     let ledger: SessionLedger
-    let agents: AgentRegistry
     let heartbeats: HeartbeatBatcher
     let logger: Logger
-    let effects: EffectRunner
-    private let connections = Mutex<[SessionID: RuntimeConnection]>([:])
-    /// One delivery at a time per session, so that rows go out in order. Held only while rows
-    /// are read and queued on the connection, never across slow work.
-    private let deliveries = KeyedLocks<SessionID>()
-    /// Signalled when a session's connection goes: a stop waiting for its runtime to hang up
-    /// wakes on the event, not on a poll.
-    private let disconnects: SessionChanges
+    let engine: Engine
+    let connections: RuntimeConnections
 
-    init(ledger: SessionLedger, agents: AgentRegistry, heartbeats: HeartbeatBatcher, effects: EffectRunner, logger: Logger) {
+    init(ledger: SessionLedger, heartbeats: HeartbeatBatcher, engine: Engine, connections: RuntimeConnections, logger: Logger) {
         self.ledger = ledger
-        self.disconnects = SessionChanges(clock: ledger.clock)
-        self.agents = agents
         self.heartbeats = heartbeats
-        self.effects = effects
+        self.engine = engine
+        self.connections = connections
         self.logger = logger
     }
 
     // MARK: Connections
 
-    public func connection(for session: SessionID) -> RuntimeConnection? { connections.withLock { $0[session] } }
-
-    /// Registers a runtime's connection, closing any earlier one of the same session.
-    func register(_ connection: RuntimeConnection) {
-        let earlier = connections.withLock { connections -> RuntimeConnection? in
-            defer { connections[connection.sessionId] = connection }
-            return connections[connection.sessionId]
-        }
-        if let earlier, earlier !== connection { earlier.close() }
-    }
-
-    func unregister(_ connection: RuntimeConnection) {
-        connections.withLock { if $0[connection.sessionId] === connection { $0[connection.sessionId] = nil } }
-        connection.close()
-        disconnects.changed(connection.sessionId)
-    }
-
-    /// Asks a session's runtime to shut down (the first step of a stop).
-    func askToShutDown(_ session: SessionID, reason: String) {
-        guard let connection = connection(for: session) else { return }
-        connection.askedToShutDown.withLock { $0 = true }
-        connection.send(.shutdown(reason: reason))
-    }
-
-    /// Closes and forgets a session's connection (its runtime is stopped, or the session gone).
-    func close(_ session: SessionID) {
-        connections.withLock { $0.removeValue(forKey: session) }?.close()
-        disconnects.changed(session)
-    }
-
-    /// Tells a session's runtime why, then closes its connection.
-    func close(_ session: SessionID, telling reason: String) {
-        guard let connection = connections.withLock({ $0.removeValue(forKey: session) }) else { return }
-        connection.send(.shutdown(reason: reason))
-        connection.close()
-        disconnects.changed(session)
-    }
-
-    /// Tells every runtime connected here the live nodes' routes (they changed): each goes round
-    /// them when its node goes away, a node that joined after its welcome included.
-    func tellNodes(_ controlURLs: [String]) {
-        guard !controlURLs.isEmpty else { return }
-        let all = connections.withLock { Array($0.values) }
-        for connection in all { connection.send(.nodes(controlUrls: controlURLs)) }
-    }
-
-    /// The sessions whose runtime is connected here.
-    var connectedSessions: [SessionID] { connections.withLock { Array($0.keys) } }
-
-    /// Waits until the session's runtime has no connection here, at most `limit`.
-    func waitUntilDisconnected(_ session: SessionID, within limit: Duration) async {
-        _ = await disconnects.wait(for: session, within: limit) { self.connection(for: session) == nil }
-    }
-
-    /// Brings a runtime connected here in line with its session as another node left it: a
-    /// stopped, replaced or deleted runtime is told to go and disconnected; a stopping one is
-    /// asked to shut down (once); a running one is sent its new outbox rows.
-    func reconcile(_ id: SessionID) async {
-        guard let connection = connection(for: id) else { return }
-        let session: SessionRecord?
-        do { session = try await ledger.store.session(id) } catch {
-            logger.warning("reading a session for its runtime failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
-            return
-        }
-        guard let session, session.runtime.instanceId == connection.instanceId, session.runtime.state != .stopped else {
-            close(id, telling: "this runtime was stopped")
-            return
-        }
-        switch session.runtime.state {
-        case .stopping:
-            let first = connection.askedToShutDown.withLock { asked in
-                defer { asked = true }
-                return !asked
-            }
-            if first { connection.send(.shutdown(reason: session.runtime.stopReason?.rule.rawValue ?? "stopping")) }
-        case .running:
-            await deliverCommands(id)
-        case .starting, .stopped:
-            break
-        }
-    }
+    public func connection(for session: SessionID) -> RuntimeConnection? { connections.connection(for: session) }
+    func register(_ connection: RuntimeConnection) { connections.register(connection) }
+    func unregister(_ connection: RuntimeConnection) { connections.unregister(connection) }
+    func close(_ session: SessionID, telling reason: String) { connections.close(session, telling: reason) }
+    func tellNodes(_ controlURLs: [String]) { connections.tellNodes(controlURLs) }
+    var connectedSessions: [SessionID] { connections.connectedSessions }
+    func reconcile(_ id: SessionID) async { await connections.reconcile(id) }
 
     // MARK: Frames
 
@@ -162,24 +50,24 @@ public final class RuntimeGateway: Sendable {
     func hello(_ connection: RuntimeConnection, activeExecutionId: String?) async throws -> Bool {
         let id = connection.sessionId
         let instanceId = connection.instanceId
-        let committed = try await ledger.update(id) { state, context in
+        let committed = try await engine.perform(id, first: { [self] committed in
+            guard let welcome = committed.output else { return }
+            register(connection)
+            connection.activeExecution = welcome.activeExecutionId
+            // Every live node's route (several nodes), where the runtime reconnects when this one dies.
+            let controlURLs = ledger.cluster.controlURLs(now: ledger.clock.now())
+            connection.send(.welcome(
+                ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
+                idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: controlURLs.isEmpty ? nil : controlURLs
+            ))
+            if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
+        }) { state, context in
             SessionReducer.hello(state, instanceId: instanceId, reportedActive: activeExecutionId, context: context)
         }
-        guard let welcome = committed.output else {
+        guard committed.output != nil else {
             connection.send(.shutdown(reason: "this runtime was stopped"))
             return false
         }
-        register(connection)
-        connection.activeExecution = welcome.activeExecutionId
-        // Every live node's route (several nodes), where the runtime reconnects when this one dies.
-        let controlURLs = ledger.cluster.controlURLs(now: ledger.clock.now())
-        connection.send(.welcome(
-            ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
-            idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: controlURLs.isEmpty ? nil : controlURLs
-        ))
-        if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
-        await effects.run(committed.effects, for: id)
-        await effects.reschedule(id)
         return true
     }
 
@@ -194,15 +82,15 @@ public final class RuntimeGateway: Sendable {
             let end = rest.firstIndex { $0.kind == RuntimeEvent.Kind.ended }.map { $0 + 1 } ?? rest.endIndex
             let run = rest[..<end].map(Self.reported)
             rest = rest[end...]
-            let committed = try await ledger.update(id) { state, context in
+            // A state transition (running, ended) moves the session's deadlines: the rules are
+            // evaluated in the same transaction (`Decision.movesDeadlines`).
+            try await engine.perform(id, first: { committed in
+                let ingested = committed.output
+                if let ack = ingested.ack { connection.send(.ack(seq: ack)) }
+                if ingested.ended != nil { connection.activeExecution = nil }
+            }) { state, context in
                 SessionReducer.ingest(state, instanceId: instanceId, events: run, context: context)
             }
-            let ingested = committed.output
-            if let ack = ingested.ack { connection.send(.ack(seq: ack)) }
-            if ingested.ended != nil { connection.activeExecution = nil }
-            await effects.run(committed.effects, for: id)
-            // A state transition (running, ended) moves the session's deadlines.
-            if ingested.transitioned { await effects.reschedule(id) }
         }
     }
 
@@ -223,57 +111,6 @@ public final class RuntimeGateway: Sendable {
     func heartbeat(_ executionId: String, count: Int = 1, from connection: RuntimeConnection) async {
         guard let active = connection.activeExecution, active.rawValue == executionId else { return }
         await heartbeats.record(active, at: ledger.clock.now(), count: count)
-    }
-
-    // MARK: The runtime outbox
-
-    /// Sends a session's runtime-outbox rows that its connection has not been sent yet, in
-    /// order. Only a `running` runtime of the current launch is sent anything; an `execute` is
-    /// held back while the session's last auto-commit is pending, and dropped here when its
-    /// execution is no longer pending. Rows stay in the outbox until a change makes them moot,
-    /// so a runtime that reconnects is sent them again (it ignores a repeat).
-    func deliverCommands(_ id: SessionID) async {
-        guard connection(for: id) != nil else { return }
-        do {
-            try await deliveries.withLock(id) {
-                guard let connection = self.connection(for: id) else { return }
-                let after = connection.deliveredThrough.withLock { $0 }
-                let rows = try await self.ledger.store.commands(of: id, after: after)
-                guard !rows.isEmpty, let session = try await self.ledger.store.session(id),
-                      session.runtime.state == .running, session.runtime.instanceId == connection.instanceId
-                else { return }
-                var through = after
-                rows: for row in rows {
-                    switch row.command {
-                    case .execute(let executionId):
-                        // Held back (with what follows) until the auto-commit is recorded.
-                        if session.autoCommitPending != nil { break rows }
-                        if let execution = try await self.ledger.store.execution(executionId), execution.status == .pending {
-                            connection.activeExecution = executionId
-                            connection.send(.execute(self.executeCommand(execution, session: session)))
-                        }
-                    case .kill(let executionId, let reason):
-                        connection.send(.kill(executionId: executionId.rawValue, reason: reason))
-                    case .settings(let idleTimeoutMs):
-                        connection.send(.settings(idleTimeoutMs: idleTimeoutMs))
-                    }
-                    through = row.id
-                }
-                connection.deliveredThrough.withLock { $0 = max($0, through) }
-            }
-        } catch {
-            logger.error("delivering runtime commands failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
-        }
-    }
-
-    /// What the runtime needs to run `execution`: the prompt, the agent as the registry resolved
-    /// it, and the agent's own conversation to resume.
-    func executeCommand(_ execution: Execution, session: SessionRecord) -> ExecuteCommand {
-        ExecuteCommand(
-            executionId: execution.id.rawValue, agent: session.spec.agent, prompt: execution.prompt,
-            mode: execution.mode, model: execution.model, launch: agents.launch(for: session.spec.agent),
-            conversationId: session.agentConversationId
-        )
     }
 }
 

@@ -14,23 +14,18 @@ public final class RuntimeLifecycle: Sendable {
     let host: any RuntimeHost
     let slots: RuntimeSlots
     let secretBox: SecretBox
-    let gateway: RuntimeGateway
-    let effects: EffectRunner
+    let connections: RuntimeConnections
     let logger: Logger
     /// Launches and stops under way here: a notice repeating one while it runs is ignored.
     private let launches = Mutex<Set<SessionID>>([])
     private let stops = Mutex<Set<SessionID>>([])
 
-    init(
-        ledger: SessionLedger, host: any RuntimeHost, maxRuntimes: Int, secretBox: SecretBox, gateway: RuntimeGateway,
-        effects: EffectRunner, logger: Logger
-    ) {
+    init(ledger: SessionLedger, host: any RuntimeHost, maxRuntimes: Int, secretBox: SecretBox, connections: RuntimeConnections, logger: Logger) {
         self.ledger = ledger
         self.host = host
         self.slots = RuntimeSlots(limit: maxRuntimes)
         self.secretBox = secretBox
-        self.gateway = gateway
-        self.effects = effects
+        self.connections = connections
         self.logger = logger
     }
 
@@ -42,29 +37,49 @@ public final class RuntimeLifecycle: Sendable {
 
     // MARK: Capacity
 
+    /// Capacity is decided here, and only here. When `needed`, a start for `id` is admitted
+    /// (`admit`: a slot is free or will be, else an idle runtime is evicted, else 503); then
+    /// `body` runs — the decision that wants the start — and the admission is withdrawn unless
+    /// the start goes ahead: when `body` throws, or what it decided starts no runtime (`starts`).
+    @discardableResult
+    func admitting<Value>(
+        _ id: SessionID, if needed: Bool = true, engine: Engine, starts: (Value) -> Bool = { _ in true }, _ body: () async throws -> Value
+    ) async throws -> Value {
+        guard needed else { return try await body() }
+        try await admit(id, engine: engine)
+        let value: Value
+        do {
+            value = try await body()
+        } catch {
+            await slots.withdraw(id)
+            throw error
+        }
+        if !starts(value) { await slots.withdraw(id) }
+        return value
+    }
+
     /// Admits one more runtime start for `id` (see `RuntimeSlots`). When every slot is held by a
-    /// runtime that is not stopping, the running runtime with no accepted execution and the
-    /// oldest last activity is evicted — decided in its own transaction, so a message accepted
-    /// meanwhile saves it — and the start waits for its slot in its launch, not here. When every
-    /// runtime is busy: `runtimeUnavailable` (503).
-    func admit(_ id: SessionID) async throws(SessionError) {
+    /// runtime that is not stopping, one is evicted — the victim chosen by `CapacityPolicy.victim`
+    /// (running, no accepted execution, no pending auto-commit, the oldest last activity) and
+    /// stopped in a transaction of its own, so that a message accepted meanwhile saves it (the
+    /// next victim is tried) — and the start waits for its slot in its launch, not here. When
+    /// every runtime is busy: `runtimeUnavailable` (503).
+    func admit(_ id: SessionID, engine: Engine) async throws(SessionError) {
         for _ in 0..<4 {
-            guard case .full(let candidates) = await slots.admit(id) else { return }
-            var scored: [(id: SessionID, lastActivity: Date)] = []
-            for candidate in candidates where candidate != id {
-                guard let session = try? await ledger.store.session(candidate), session.runtime.state == .running,
-                      session.activeExecutionId == nil, session.autoCommitPending == nil
+            guard case .full(let holders) = await slots.admit(id) else { return }
+            var candidates: [CapacityPolicy.Candidate] = []
+            for holder in holders where holder != id {
+                guard let session = try? await ledger.store.session(holder),
+                      CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable
                 else { continue }
-                let latest = try? await ledger.store.latestExecution(of: candidate)
-                let activity = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: latest)
-                scored.append((candidate, activity?.at ?? session.createdAt))
+                candidates.append(CapacityPolicy.Candidate(session: session, latestExecution: try? await ledger.store.latestExecution(of: holder)))
             }
             var evicted = false
-            for victim in scored.sorted(by: { $0.lastActivity < $1.lastActivity }) {
-                guard let committed = try? await ledger.update(victim.id, { state, context in
+            while let victim = CapacityPolicy.victim(candidates: candidates) {
+                candidates.removeAll { $0.session.id == victim }
+                guard let committed = try? await engine.perform(victim, { state, context in
                     SessionReducer.evict(state, for: id, context: context)
                 }), committed.output else { continue }
-                await effects.run(committed.effects, for: victim.id)
                 evicted = true
                 break
             }
@@ -81,14 +96,11 @@ public final class RuntimeLifecycle: Sendable {
         return true
     }
 
-    /// An admitted start that will not happen.
-    func withdraw(_ id: SessionID) async { await slots.withdraw(id) }
-
     // MARK: Launching
 
     /// The start requested at `requestedAt`, as a background job.
-    func launchInBackground(_ id: SessionID, requestedAt: Date, restore: Bool) {
-        host.enqueue { [self] in await launch(id, requestedAt: requestedAt, restore: restore) }
+    func launchInBackground(_ id: SessionID, requestedAt: Date, restore: Bool, engine: Engine) {
+        host.enqueue { [self] in await launch(id, requestedAt: requestedAt, restore: restore, engine: engine) }
     }
 
     /// Whether a session still wants the start requested at `requestedAt`.
@@ -101,12 +113,7 @@ public final class RuntimeLifecycle: Sendable {
     /// session's interrupt, PATCH and DELETE and every other session's timers go on meanwhile;
     /// the pending timeout counts from the launch), a slot taken, the process spawned, and the
     /// launch recorded if the session still wants it (`SessionReducer.launched`).
-    func launch(_ id: SessionID, requestedAt: Date, restore: Bool) async {
-        await launchSteps(id, requestedAt: requestedAt, restore: restore)
-        await effects.reschedule(id)
-    }
-
-    private func launchSteps(_ id: SessionID, requestedAt: Date, restore: Bool) async {
+    func launch(_ id: SessionID, requestedAt: Date, restore: Bool, engine: Engine) async {
         guard launches.withLock({ $0.insert(id).inserted }) else { return }
         defer { _ = launches.withLock { $0.remove(id) } }
         let session: SessionRecord?
@@ -143,7 +150,7 @@ public final class RuntimeLifecycle: Sendable {
             let instanceId = UUID().uuidString.lowercased()
             let secret = BearerToken.generate(prefix: "rts_")
             let hostNode = ledger.cluster.recordedNodeId
-            let claimed = try await ledger.update(id) { state, _ in
+            let claimed = try await engine.perform(id) { state, _ in
                 SessionReducer.launching(state, requestedAt: requestedAt, instanceId: instanceId, secretHash: BearerToken.hash(secret), hostNode: hostNode)
             }
             guard claimed.output, let current = claimed.change?.session else {
@@ -164,19 +171,17 @@ public final class RuntimeLifecycle: Sendable {
                 ))
             } catch {
                 await slots.launchEnded(id, kept: false)
-                await launchFailed(id, requestedAt: requestedAt, instanceId: instanceId, error: "\(error)", setupFailures: failures)
+                await launchFailed(id, requestedAt: requestedAt, instanceId: instanceId, error: "\(error)", setupFailures: failures, engine: engine)
                 return
             }
             let launch = SessionReducer.Launch(instanceId: instanceId, process: process, sandbox: host.sandboxKind)
             let recorded = failures
             let kept: Bool
             do {
-                let committed = try await ledger.update(id) { state, context in
+                // The slot is kept or given back before the effects run (a discarded launch's).
+                kept = try await engine.perform(id, first: { [slots] committed in await slots.launchEnded(id, kept: committed.output) }) { state, context in
                     SessionReducer.launched(state, launch, setupFailures: recorded, context: context)
-                }
-                kept = committed.output
-                await slots.launchEnded(id, kept: kept)
-                await effects.run(committed.effects, for: id)
+                }.output
             } catch {
                 await slots.launchEnded(id, kept: false)
                 await discard(id, process: process, sandbox: host.sandboxKind)
@@ -185,24 +190,25 @@ public final class RuntimeLifecycle: Sendable {
             // A runtime that died before its process was recorded went unnoticed by the exit
             // handler (it matched no recorded process): it is noticed here.
             if kept, !host.isAlive(process) {
-                await exited(id, process: process, detail: "runtime process \(process.pid) exited right after its launch")
+                await exited(id, process: process, detail: "runtime process \(process.pid) exited right after its launch", engine: engine)
             }
         } catch {
             logger.error("cold start failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
             await slots.launchEnded(id, kept: false)
-            await launchFailed(id, requestedAt: requestedAt, instanceId: nil, error: "\(error)", setupFailures: failures)
+            await launchFailed(id, requestedAt: requestedAt, instanceId: nil, error: "\(error)", setupFailures: failures, engine: engine)
         }
     }
 
-    private func launchFailed(_ id: SessionID, requestedAt: Date, instanceId: String?, error: String, setupFailures: [NewEvent]) async {
+    private func launchFailed(
+        _ id: SessionID, requestedAt: Date, instanceId: String?, error: String, setupFailures: [NewEvent], engine: Engine
+    ) async {
         logger.error("runtime launch failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
         do {
-            let committed = try await ledger.update(id) { state, context in
+            try await engine.perform(id) { state, context in
                 SessionReducer.launchFailed(
                     state, requestedAt: requestedAt, instanceId: instanceId, error: error, setupFailures: setupFailures, context: context
                 )
             }
-            await effects.run(committed.effects, for: id)
         } catch {
             logger.error("recording a failed launch failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
         }
@@ -224,12 +230,14 @@ public final class RuntimeLifecycle: Sendable {
     /// (`SessionReducer.stopped`). Only the runtime's host node signals its processes: a
     /// runtime hosted by another live node is stopped by that node (it hears of the change); one
     /// whose host node is lost is asked to stop through its connection.
-    func finishStopping(_ id: SessionID, process: RuntimeProcess?, sandbox: String?, rule: StopRule, host hostNode: String?) async {
+    func finishStopping(
+        _ id: SessionID, process: RuntimeProcess?, sandbox: String?, rule: StopRule, host hostNode: String?, engine: Engine
+    ) async {
         guard stops.withLock({ $0.insert(id).inserted }) else { return }
         defer { _ = stops.withLock { $0.remove(id) } }
         switch ledger.cluster.placement(ofHost: hostNode, now: ledger.clock.now()) {
         case .here:
-            gateway.askToShutDown(id, reason: rule.rawValue)
+            connections.askToShutDown(id, reason: rule.rawValue)
             if let process {
                 let gone = await host.terminate(session: id, process: process, sandbox: sandbox, graceMs: timing.stopGraceMs)
                 if !gone { logger.error("runtime processes survived SIGKILL", metadata: ["sessionId": "\(id)"]) }
@@ -241,13 +249,12 @@ public final class RuntimeLifecycle: Sendable {
             logger.info("stopping a runtime whose host node is lost, through its connection", metadata: [
                 "sessionId": "\(id)", "hostNode": "\(node)", "rule": "\(rule.rawValue)",
             ])
-            gateway.askToShutDown(id, reason: rule.rawValue)
-            await gateway.waitUntilDisconnected(id, within: .milliseconds(timing.stopGraceMs))
+            connections.askToShutDown(id, reason: rule.rawValue)
+            await connections.waitUntilDisconnected(id, within: .milliseconds(timing.stopGraceMs))
         }
-        gateway.close(id)
+        connections.close(id)
         do {
-            let committed = try await ledger.update(id) { state, context in SessionReducer.stopped(state, context: context) }
-            await effects.run(committed.effects, for: id)
+            try await engine.perform(id) { state, context in SessionReducer.stopped(state, context: context) }
         } catch is CancellationError {
             // The control plane is shutting down: the runtime stays `stopping`, and the next
             // start's recovery finishes the stop. Nothing is lost.
@@ -255,47 +262,48 @@ public final class RuntimeLifecycle: Sendable {
         } catch {
             logger.error("recording a stop failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
         }
-        await effects.reschedule(id)
     }
 
     /// Does what another node's change asks of a runtime hosted here (or of a lost node's, when
     /// taking its sessions over): finish a stop, launch a start, settle an auto-commit.
-    func reconcile(_ id: SessionID, takingOverFrom lost: String?) async {
+    func reconcile(_ id: SessionID, takingOverFrom lost: String?, engine: Engine) async {
         guard let session = try? await ledger.store.session(id) else { return }
         let runtime = session.runtime
         switch (runtime.state, runtime.process) {
         case (.stopping, let process):
             if lost == nil { await slots.markStopping(id) }
             host.enqueue { [self] in
-                await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode)
+                await finishStopping(
+                    id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode, engine: engine
+                )
             }
         case (.starting, nil):
             guard let requestedAt = runtime.requestedAt else { break }
             // Another node accepted the start: it is admitted here, by this host's capacity (an
             // idle runtime evicted if need be); with every runtime busy the start fails, naming why.
             do {
-                try await admit(id)
+                try await admit(id, engine: engine)
             } catch {
-                await launchFailed(id, requestedAt: requestedAt, instanceId: nil, error: "\(error)", setupFailures: [])
+                await launchFailed(id, requestedAt: requestedAt, instanceId: nil, error: "\(error)", setupFailures: [], engine: engine)
                 break
             }
-            launchInBackground(id, requestedAt: requestedAt, restore: true)
+            launchInBackground(id, requestedAt: requestedAt, restore: true, engine: engine)
         default:
             break
         }
-        if let pending = session.autoCommitPending { await effects.run([.autoCommit(pending)], for: id) }
+        if let pending = session.autoCommitPending { await engine.redo([.autoCommit(pending)], for: id) }
     }
 
     /// The runtime is recorded stopped: its connection and watch go, its slot is free.
     func released(_ id: SessionID) async {
-        gateway.close(id)
+        connections.close(id)
         await host.unwatch(session: id)
         await slots.release(id)
     }
 
     /// The session is gone: its connection, streams, files and slot.
     func removed(_ id: SessionID, rule: StopRule) async {
-        gateway.close(id)
+        connections.close(id)
         await host.unwatch(session: id)
         host.removeWorkspace(id)
         ledger.hub.close(id)
@@ -313,16 +321,14 @@ public final class RuntimeLifecycle: Sendable {
     }
 
     /// A runtime process died on its own (`SessionReducer.exited`).
-    func exited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
+    func exited(_ id: SessionID, process: RuntimeProcess, detail: String, engine: Engine) async {
         do {
-            let committed = try await ledger.update(id) { state, context in
+            try await engine.perform(id) { state, context in
                 SessionReducer.exited(state, process: process, detail: detail, context: context)
             }
-            await effects.run(committed.effects, for: id)
         } catch {
             logger.error("recording a crash failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])
         }
-        await effects.reschedule(id)
     }
 
     // MARK: Start-up
@@ -330,7 +336,7 @@ public final class RuntimeLifecycle: Sendable {
     /// After a control-plane start: the runtimes that outlived the last one hold their slots
     /// and are watched, the dead ones are declared crashed, interrupted stops, launches,
     /// auto-commits and changes are finished. Runtimes reconnect on their own.
-    func recover() async {
+    func recover(engine: Engine) async {
         guard let all = try? await ledger.store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
         // With several nodes, each recovers the runtimes of its own host.
         let sessions = ledger.cluster.isShared ? all.filter { $0.runtime.hostNode == ledger.cluster.nodeId } : all
@@ -341,23 +347,25 @@ public final class RuntimeLifecycle: Sendable {
             case (.stopping, let process):
                 await slots.hold(id, stopping: true)
                 host.enqueue { [self] in
-                    await finishStopping(id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode)
+                    await finishStopping(
+                        id, process: process, sandbox: runtime.sandbox, rule: runtime.stopReason?.rule ?? .operator, host: runtime.hostNode, engine: engine
+                    )
                 }
             case (.starting, nil):
-                if let requestedAt = runtime.requestedAt { launchInBackground(id, requestedAt: requestedAt, restore: true) }
+                if let requestedAt = runtime.requestedAt { launchInBackground(id, requestedAt: requestedAt, restore: true, engine: engine) }
             case (_, let process?):
                 await slots.hold(id, stopping: false)
                 if host.isAlive(process) {
                     await host.adopt(session: id, process: process)
                 } else {
-                    host.enqueue { [self] in await exited(id, process: process, detail: "runtime process \(process.pid) is gone (found at control-plane start)") }
+                    host.enqueue { [self] in
+                        await exited(id, process: process, detail: "runtime process \(process.pid) is gone (found at control-plane start)", engine: engine)
+                    }
                 }
             default:
                 break
             }
-            if let pending = session.autoCommitPending {
-                await effects.run([.autoCommit(pending)], for: id)
-            }
+            if let pending = session.autoCommitPending { await engine.redo([.autoCommit(pending)], for: id) }
         }
         logger.info("runtimes recovered", metadata: ["count": "\(sessions.count)"])
     }

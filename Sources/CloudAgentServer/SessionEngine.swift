@@ -4,19 +4,25 @@ import Logging
 
 /// The session parts wired together, each with one responsibility:
 /// - `ledger` commits decisions (one transaction each) and publishes their events;
+/// - `performer` is the one way a session changes (`Engine.perform`: the decision and the
+///   session's rules in one transaction, then the wake-up armed and the effects run);
 /// - `sessions` runs the API's commands;
-/// - `gateway` handles the runtimes' connections and frames, and delivers the runtime outbox;
+/// - `gateway` handles the runtimes' frames; `connections` their connections and the runtime
+///   outbox's delivery;
 /// - `lifecycle` launches and stops runtimes on the `RuntimeHost`, within capacity;
 /// - `rules` fires wake-ups;
-/// - `effects` carries out what decisions decide, after their commit (through the three above
-///   and the auto-commit runner).
+/// - `effects` carries out what decisions decide, after their commit (through `lifecycle`,
+///   `connections` and the auto-commit runner, which are built before it and never hold it:
+///   the engine is handed to them with each effect).
 public struct SessionEngine: Sendable {
     public let ledger: SessionLedger
     public let sessions: SessionService
     public let gateway: RuntimeGateway
+    let connections: RuntimeConnections
     public let lifecycle: RuntimeLifecycle
     public let rules: RuleRunner
     let effects: EffectRunner
+    let performer: Engine
     /// Signalled when a change writes callback deliveries.
     let callbackWakeUps: WakeSignal
 
@@ -27,18 +33,24 @@ public struct SessionEngine: Sendable {
     ) {
         ledger = SessionLedger(store: store, timing: timing, clock: clock, logger: logger, metrics: metrics, cluster: cluster)
         callbackWakeUps = WakeSignal()
-        effects = EffectRunner(scheduler: scheduler, callbackWakeUps: callbackWakeUps)
-        gateway = RuntimeGateway(ledger: ledger, agents: agents, heartbeats: heartbeats, effects: effects, logger: logger)
+        connections = RuntimeConnections(ledger: ledger, agents: agents, logger: logger)
         lifecycle = RuntimeLifecycle(
-            ledger: ledger, host: host, maxRuntimes: maxRuntimes, secretBox: secretBox, gateway: gateway, effects: effects, logger: logger
+            ledger: ledger, host: host, maxRuntimes: maxRuntimes, secretBox: secretBox, connections: connections, logger: logger
         )
-        effects.bind(.init(
-            lifecycle: lifecycle, gateway: gateway,
-            autoCommit: AutoCommitRunner(ledger: ledger, host: host, secretBox: secretBox, effects: effects, logger: logger)
-        ))
-        rules = RuleRunner(ledger: ledger, effects: effects, metrics: metrics, logger: logger)
+        effects = EffectRunner(
+            lifecycle: lifecycle, connections: connections,
+            autoCommit: AutoCommitRunner(ledger: ledger, host: host, secretBox: secretBox, logger: logger), callbackWakeUps: callbackWakeUps
+        )
+        performer = Engine(ledger: ledger, scheduler: scheduler, effects: effects, wakeUps: WakeUpTickets())
+        gateway = RuntimeGateway(ledger: ledger, heartbeats: heartbeats, engine: performer, connections: connections, logger: logger)
+        rules = RuleRunner(ledger: ledger, engine: performer, metrics: metrics, logger: logger)
         sessions = SessionService(
-            ledger: ledger, secretBox: secretBox, lifecycle: lifecycle, effects: effects, agents: agents, logger: logger, metrics: metrics
+            ledger: ledger, secretBox: secretBox, lifecycle: lifecycle, engine: performer, agents: agents, logger: logger, metrics: metrics
         )
+    }
+
+    /// A runtime process died on its own (the supervisor's exit handler).
+    func exited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
+        await lifecycle.exited(id, process: process, detail: detail, engine: performer)
     }
 }

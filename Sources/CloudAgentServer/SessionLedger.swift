@@ -65,18 +65,14 @@ public final class SessionLedger: Sendable {
     }
 
     /// Decides and commits one change of session `id` in one transaction; then publishes its
-    /// events and wakes its waiters. The caller runs the returned effects.
+    /// events and wakes its waiters. Called by `Engine.perform` only, which adds the rules, arms
+    /// the wake-up and runs the effects.
     func update<Output: Sendable>(
         _ id: SessionID, forRules: Bool = false,
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
         let context = context()
-        let committed: Committed<Output>
-        do {
-            committed = try await store.update(id, forRules: forRules) { state in try decide(state, context) }
-        } catch SessionError.notFound {
-            throw SessionError.notFound(id)
-        }
+        let committed = try await store.update(id, forRules: forRules) { state in try decide(state, context) }
         if committed.change != nil {
             hub.publish(committed.events)
             changes.changed(id)

@@ -35,34 +35,29 @@ extension SessionService {
         // by this host's capacity, unless another live node hosts the runtime (it starts there).
         let needsStart = (current.runtime.state == .stopped || current.runtime.state == .stopping)
             && lifecycle.startsHere(hostNode: current.runtime.hostNode)
-        if needsStart, current.activeExecutionId == nil { try await lifecycle.admit(id) }
         let request = SessionReducer.NewExecution(
             id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil
         )
-        let committed: Committed<Execution>
         do {
-            committed = try await ledger.update(id) { state, context in
-                try SessionReducer.startExecution(state, owner: owner, request, context: context)
-            }
-        } catch {
-            if needsStart { await lifecycle.withdraw(id) }
-            if case StoreError.executionInProgress(let active) = error { throw SessionError.executionInProgress(active) }
-            throw error
+            // The admission stands when the decision launches the runtime, or starts it again
+            // once its stop is recorded.
+            return try await lifecycle.admitting(id, if: needsStart && current.activeExecutionId == nil, engine: engine, starts: { committed in
+                committed.effects.contains { if case .launch = $0 { true } else { false } } || committed.change?.session?.runtime.state == .stopping
+            }) {
+                try await engine.perform(id) { state, context in
+                    try SessionReducer.startExecution(state, id: id, owner: owner, request, context: context)
+                }
+            }.output
+        } catch StoreError.executionInProgress(let active) {
+            throw SessionError.executionInProgress(active)
         }
-        let launches = committed.effects.contains { if case .launch = $0 { true } else { false } }
-        let restarts = committed.change?.session?.runtime.state == .stopping
-        if needsStart, !launches, !restarts { await lifecycle.withdraw(id) }
-        await effects.run(committed.effects, for: id)
-        await effects.reschedule(id)
-        return committed.output
     }
 
     /// Interrupts the active execution (idempotent). A running one is killed by its runtime:
     /// SIGTERM to the agent's processes, SIGKILL after the grace; the request waits (bounded)
     /// until its end is recorded — an event, not a poll. A pending one ends at once.
     public func interrupt(_ id: SessionID, owner: Owner) async throws -> ExecutionID? {
-        let committed = try await ledger.update(id) { state, context in try SessionReducer.interrupt(state, owner: owner, context: context) }
-        await effects.run(committed.effects, for: id)
+        let committed = try await engine.perform(id) { state, context in try SessionReducer.interrupt(state, id: id, owner: owner, context: context) }
         let target: ExecutionID
         switch committed.output {
         case .none: return nil
@@ -74,7 +69,6 @@ extension SessionService {
                 !((try? await self.store.execution(asked))?.status.isActive ?? false)
             }
         }
-        await effects.reschedule(id)
         return target
     }
 

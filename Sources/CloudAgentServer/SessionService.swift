@@ -16,20 +16,20 @@ public final class SessionService: Sendable {
     let ledger: SessionLedger
     let secretBox: SecretBox
     let lifecycle: RuntimeLifecycle
-    let effects: EffectRunner
+    let engine: Engine
     let logger: Logger
     let metrics: ServerMetrics
     /// The agents sessions may name.
     public let agents: AgentRegistry
 
     init(
-        ledger: SessionLedger, secretBox: SecretBox, lifecycle: RuntimeLifecycle, effects: EffectRunner, agents: AgentRegistry,
+        ledger: SessionLedger, secretBox: SecretBox, lifecycle: RuntimeLifecycle, engine: Engine, agents: AgentRegistry,
         logger: Logger, metrics: ServerMetrics
     ) {
         self.ledger = ledger
         self.secretBox = secretBox
         self.lifecycle = lifecycle
-        self.effects = effects
+        self.engine = engine
         self.agents = agents
         self.logger = logger
         self.metrics = metrics
@@ -53,31 +53,31 @@ public final class SessionService: Sendable {
         try apply(input, to: &spec)
         let id = SessionID()
         let workBranch = spec.repo?.branch ?? "session/\(id.rawValue)"
-        try await lifecycle.admit(id)
-        let now: Date
-        let session: SessionRecord
-        do {
+        let session = try await lifecycle.admitting(id, engine: engine) {
             do {
-                try await lifecycle.host.prepareWorkspace(lifecycle.workspaceRequest(id: id, spec: spec, workBranch: workBranch))
-            } catch let failure as SetupFailure {
-                logger.info("session setup failed", metadata: ["sessionId": "\(id)", "command": "\(failure.command)", "exitCode": "\(failure.exitCode)"])
-                throw failure
+                do {
+                    try await lifecycle.host.prepareWorkspace(lifecycle.workspaceRequest(id: id, spec: spec, workBranch: workBranch))
+                } catch let failure as SetupFailure {
+                    logger.info("session setup failed", metadata: ["sessionId": "\(id)", "command": "\(failure.command)", "exitCode": "\(failure.exitCode)"])
+                    throw failure
+                }
+                let now = clock.now()
+                var record = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
+                try record.runtime.requestStart(at: now)
+                // Due at once: a crash before the first evaluation loses no timer.
+                try await store.insertSession(record, wakeUp: now)
+                return record
+            } catch {
+                lifecycle.host.removeWorkspace(id)
+                throw error
             }
-            now = clock.now()
-            var record = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
-            try record.runtime.requestStart(at: now)
-            // Due at once: a crash before the first evaluation loses no timer.
-            try await store.insertSession(record, wakeUp: now)
-            session = record
-        } catch {
-            await lifecycle.withdraw(id)
-            lifecycle.host.removeWorkspace(id)
-            throw error
         }
+        let now = session.createdAt
         metrics.sessionsCreated.increment()
         logger.info("session prepared", metadata: ["sessionId": "\(id)", "user": "\(owner)", "agent": "\(spec.agent)"])
-        lifecycle.launchInBackground(id, requestedAt: now, restore: false)
-        await effects.reschedule(id)
+        lifecycle.launchInBackground(id, requestedAt: now, restore: false, engine: engine)
+        // Its first wake-up, stored with it, fires now: the rules' first evaluation.
+        await engine.arm(id, at: now)
         return session
     }
 
@@ -105,18 +105,16 @@ public final class SessionService: Sendable {
             updated = try await restartingPatch(id, owner: owner, input: input, newWorkspace: newWorkspace)
         } else {
             let onlyIdleTimeout = input.changesOnlyIdleTimeout
-            let committed = try await ledger.update(id) { state, context in
-                try SessionReducer.edit(state, owner: owner, onlyIdleTimeout: onlyIdleTimeout, context: context) { session in
+            // A new idle timeout moves the idle deadline: the rules are evaluated in the same transaction.
+            updated = try await engine.perform(id) { state, context in
+                try SessionReducer.edit(state, id: id, owner: owner, onlyIdleTimeout: onlyIdleTimeout, context: context) { session in
                     try self.apply(input, to: &session.spec)
-                }
-            }
-            await effects.run(committed.effects, for: id)
-            updated = committed.output
+                }.withoutNotes
+            }.output
         }
         logger.info("session changed", metadata: [
             "sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))", "restarted": "\(newRuntime)",
         ])
-        await effects.reschedule(id)
         return updated
     }
 
@@ -127,15 +125,10 @@ public final class SessionService: Sendable {
     /// leaves the session as it was (its workspace is restored from the old settings at the
     /// next start); then the new fields land and the runtime starts again.
     private func restartingPatch(_ id: SessionID, owner: Owner, input: SessionInput, newWorkspace: Bool) async throws -> SessionRecord {
-        try await lifecycle.admit(id)
-        let begun: Committed<Void>
-        do {
-            begun = try await ledger.update(id) { state, context in try SessionReducer.beginChange(state, owner: owner, context: context) }
-        } catch {
-            await lifecycle.withdraw(id)
-            throw error
+        try await lifecycle.admitting(id, engine: engine) {
+            // The runtime's stop is waited for (`awaiting`).
+            try await engine.perform(id, awaiting: true) { state, context in try SessionReducer.beginChange(state, id: id, owner: owner, context: context) }
         }
-        await effects.run(begun.effects, for: id, awaiting: true)
         if ledger.cluster.isShared {
             // A runtime hosted by another node is stopped by that node: wait for the record.
             _ = await ledger.changes.wait(for: id, within: .milliseconds(ledger.timing.stopGraceMs + 5000)) {
@@ -151,29 +144,27 @@ public final class SessionService: Sendable {
                 try await lifecycle.host.prepareWorkspace(lifecycle.workspaceRequest(id: id, spec: spec, workBranch: spec.repo?.branch))
                 restore = false
             } catch let failure as SetupFailure {
-                let kept = try await ledger.update(id) { state, context in
-                    try SessionReducer.finishChange(state, owner: owner, restore: true, context: context, nil)
+                try await engine.perform(id) { state, context in
+                    try SessionReducer.finishChange(state, id: id, owner: owner, restore: true, context: context, nil).withoutNotes
                 }
-                await effects.run(kept.effects, for: id)
                 throw failure
             }
         }
-        let finished = try await ledger.update(id) { [restore] state, context in
-            try SessionReducer.finishChange(state, owner: owner, restore: restore, context: context) { session in
+        return try await engine.perform(id) { [restore] state, context in
+            try SessionReducer.finishChange(state, id: id, owner: owner, restore: restore, context: context) { session in
                 try self.apply(input, to: &session.spec)
                 if input.repo != .unchanged { session.workBranch = session.spec.repo?.branch ?? "session/\(id.rawValue)" }
-            }
-        }
-        await effects.run(finished.effects, for: id)
-        return finished.output
+            }.withoutNotes
+        }.output
     }
 
     /// Deletes a session: the record goes at once, then its runtime is taken down (rule
     /// `deleted`; the request waits for that) and its files removed.
     public func delete(_ id: SessionID, owner: Owner) async throws {
-        let committed = try await ledger.update(id) { state, context in try SessionReducer.delete(state, owner: owner, context: context) }
-        metrics.sessionsDeleted.increment()
-        await effects.run(committed.effects, for: id, awaiting: true)
+        // The request waits for the runtime's processes to be gone (`awaiting`).
+        try await engine.perform(id, awaiting: true, first: { [metrics] (_: Committed<Void>) in metrics.sessionsDeleted.increment() }) { state, context in
+            try SessionReducer.delete(state, id: id, owner: owner, context: context)
+        }
     }
 
     /// The execution the rules and the view go by: the session's active one while there is one

@@ -126,19 +126,19 @@ struct ClusterTests {
         func context(at offset: Int64, lost: [String: Date] = [:], starts: [String: Date]) -> SessionContext {
             SessionContext(now: Fixture.at(offset), timing: Timing(), controlPlaneStartedAt: Fixture.t0, nodeId: "a", lostNodes: lost, nodeStarts: starts)
         }
-        let begun = try SessionReducer.beginChange(state, owner: .local, context: context(at: seconds(1), starts: ["a": Fixture.t0]))
+        let begun = try SessionReducer.beginChange(state, id: Fixture.sessionId, owner: .local, context: context(at: seconds(1), starts: ["a": Fixture.t0]))
         let changing = SessionState(session: try #require(begun.change?.session), execution: nil)
         #expect(changing.session.changingNode == "a")
         // Node a still carries it out: a second change is refused.
         #expect(throws: SessionError.self) {
-            try SessionReducer.beginChange(changing, owner: .local, context: context(at: seconds(2), starts: ["a": Fixture.t0]))
+            try SessionReducer.beginChange(changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(2), starts: ["a": Fixture.t0]))
         }
         // Node a was lost, or restarted after the mark: nothing carries it out any more.
         #expect(throws: Never.self) {
-            try SessionReducer.beginChange(changing, owner: .local, context: context(at: seconds(9), lost: ["a": Fixture.at(seconds(3))], starts: ["a": Fixture.t0]))
+            try SessionReducer.beginChange(changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(9), lost: ["a": Fixture.at(seconds(3))], starts: ["a": Fixture.t0]))
         }
         #expect(throws: Never.self) {
-            try SessionReducer.beginChange(changing, owner: .local, context: context(at: seconds(9), starts: ["a": Fixture.at(seconds(5))]))
+            try SessionReducer.beginChange(changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(9), starts: ["a": Fixture.at(seconds(5))]))
         }
     }
 }

@@ -33,7 +33,7 @@ struct SessionReducerTests {
     func initiate() throws {
         let state = Self.running()
         let id = ExecutionID(at: Fixture.at(seconds(1)))
-        let decision = try SessionReducer.startExecution(state, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
+        let decision = try SessionReducer.startExecution(state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
         let change = try #require(decision.change)
         #expect(change.newExecution?.id == id)
         #expect(change.session?.activeExecutionId == id)
@@ -43,10 +43,10 @@ struct SessionReducerTests {
         #expect(decision.effects == [.deliverCommands])
         let after = Self.applying(decision, to: state)
         #expect(throws: SessionError.executionInProgress(id)) {
-            try SessionReducer.startExecution(after, owner: .local, .init(id: ExecutionID(at: Fixture.t0), followUp: true), context: Self.context(at: seconds(2)))
+            try SessionReducer.startExecution(after, id: Fixture.sessionId, owner: .local, .init(id: ExecutionID(at: Fixture.t0), followUp: true), context: Self.context(at: seconds(2)))
         }
         #expect(throws: SessionError.notFound(Fixture.sessionId)) {
-            try SessionReducer.startExecution(state, owner: Owner(user: "bob"), .init(id: ExecutionID(at: Fixture.t0), followUp: false), context: Self.context(at: 0))
+            try SessionReducer.startExecution(state, id: Fixture.sessionId, owner: Owner(user: "bob"), .init(id: ExecutionID(at: Fixture.t0), followUp: false), context: Self.context(at: 0))
         }
     }
 
@@ -58,10 +58,10 @@ struct SessionReducerTests {
         let stopping = stopped
         try stopped.session.runtime.markStopped(at: Fixture.at(seconds(6)))
         let id = ExecutionID(at: Fixture.at(seconds(7)))
-        let cold = try SessionReducer.startExecution(stopped, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
+        let cold = try SessionReducer.startExecution(stopped, id: Fixture.sessionId, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
         #expect(cold.change?.session?.runtime.state == .starting)
         #expect(cold.effects.contains(.launch(requestedAt: Fixture.at(seconds(7)), restore: true)))
-        let queued = try SessionReducer.startExecution(stopping, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
+        let queued = try SessionReducer.startExecution(stopping, id: Fixture.sessionId, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
         #expect(queued.change?.session?.runtime.state == .stopping)
         #expect(!queued.effects.contains { if case .launch = $0 { true } else { false } })
         // The stop is recorded: the execution accepted after it was decided survives and starts the runtime.
@@ -163,14 +163,14 @@ struct SessionReducerTests {
         let running = try Fixture.runningExecution(acceptedAt: Fixture.at(seconds(1)), runningAt: Fixture.at(seconds(2)))
         state.session.activeExecutionId = running.id
         state.execution = running
-        let asked = try SessionReducer.interrupt(state, owner: .local, context: Self.context(at: seconds(3)))
+        let asked = try SessionReducer.interrupt(state, id: Fixture.sessionId, owner: .local, context: Self.context(at: seconds(3)))
         #expect(asked.output.output == .asked(running.id))
         #expect(asked.change?.commands == [.kill(running.id, reason: "user")])
         #expect(asked.change?.session == nil)
         let pending = Fixture.execution(acceptedAt: Fixture.at(seconds(4)))
         state.session.activeExecutionId = pending.id
         state.execution = pending
-        let ended = try SessionReducer.interrupt(state, owner: .local, context: Self.context(at: seconds(5)))
+        let ended = try SessionReducer.interrupt(state, id: Fixture.sessionId, owner: .local, context: Self.context(at: seconds(5)))
         #expect(ended.output.output == .ended(pending.id))
         #expect(ended.change?.executions.first?.status == .interrupted)
         #expect(ended.change?.session?.activeExecutionId == nil)
@@ -240,11 +240,11 @@ struct SessionReducerTests {
     @Test("delete: the record goes with the deletion's own runtime.stopped, and the processes and files follow")
     func delete() throws {
         let state = Self.running()
-        let decision = try SessionReducer.delete(state, owner: .local, context: Self.context(at: seconds(1)))
+        let decision = try SessionReducer.delete(state, id: Fixture.sessionId, owner: .local, context: Self.context(at: seconds(1)))
         #expect(decision.change?.deletesSession == true)
         #expect(decision.change?.events.last?.type == EventType.runtimeStopped)
         #expect(decision.change?.events.last?.data["rule"] == "deleted")
         #expect(decision.effects == [.terminate(RuntimeProcess(pid: 4242, startTime: 99), sandbox: nil, rule: .deleted), .removed(.deleted)])
-        #expect(throws: SessionError.notFound(Fixture.sessionId)) { try SessionReducer.delete(state, owner: Owner(user: "bob"), context: Self.context(at: 0)) }
+        #expect(throws: SessionError.notFound(Fixture.sessionId)) { try SessionReducer.delete(state, id: Fixture.sessionId, owner: Owner(user: "bob"), context: Self.context(at: 0)) }
     }
 }
