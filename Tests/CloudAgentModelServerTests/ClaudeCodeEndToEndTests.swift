@@ -6,7 +6,7 @@ import Testing
 
 /// The real Claude Code CLI against the scripted model server, in a temporary git repository.
 @Suite(
-    .processes,
+    .long,
     .serialized,
     .enabled(if: AgentBinaries.claude != nil, "Claude Code not found: set CLOUD_AGENT_CLAUDE_BIN or put `claude` on PATH")
 )

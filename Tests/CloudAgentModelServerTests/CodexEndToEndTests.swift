@@ -6,7 +6,7 @@ import Testing
 
 /// The real Codex CLI against the scripted model server, in a temporary git repository.
 @Suite(
-    .processes,
+    .long,
     .serialized,
     .enabled(if: AgentBinaries.codex != nil, "Codex not found: set CLOUD_AGENT_CODEX_BIN or put `codex` on PATH")
 )

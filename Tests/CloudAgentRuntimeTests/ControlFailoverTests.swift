@@ -8,7 +8,7 @@ import Testing
 /// The real `cloud-agent-runtime` process and a control plane of several nodes (fake ones): it
 /// passes over a node that is gone, moves to another when its node goes away, learns the nodes
 /// from a welcome, and still stops when refused or when no node is left.
-@Suite("A runtime and several control-plane nodes", .serialized, .processes)
+@Suite("A runtime and several control-plane nodes", .serialized, .long)
 struct ControlFailoverTests {
     /// Runs `body` with a fake control plane whose server `body` may stop (a node that dies);
     /// it is stopped in any case afterwards.

@@ -7,7 +7,7 @@ import Testing
 
 /// The real `cloud-agent-runtime` process when its control plane refuses it, goes away, or comes
 /// back (the API contract, "Runtimes on their own"). Serialized: several measure how soon it exits.
-@Suite("A runtime on its own: refused, orphaned, reconnected", .serialized, .processes)
+@Suite("A runtime on its own: refused, orphaned, reconnected", .serialized, .long)
 struct RuntimeOnItsOwnTests {
     private func runningEvent(_ plane: FakeControlPlane, _ executionId: String) async -> RuntimeEvent? {
         await plane.events(of: executionId).first { $0.kind == RuntimeEvent.Kind.running }

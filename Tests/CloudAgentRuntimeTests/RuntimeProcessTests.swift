@@ -12,7 +12,7 @@ import Darwin
 
 /// The real `cloud-agent-runtime` process against a fake control plane: connection, events,
 /// heartbeats, resend after a cut connection, kill, shutdown and SIGTERM.
-@Suite("The runtime process against a fake control plane", .serialized, .processes)
+@Suite("The runtime process against a fake control plane", .serialized, .long)
 struct RuntimeProcessTests {
     static let sessionId = RuntimeLaunch.sessionId
 

@@ -39,7 +39,7 @@ func jsonLines(_ text: String, sourceLocation: SourceLocation = #_sourceLocation
     }
 }
 
-@Suite("cloud-agent's client commands, as a real process against a real server", .serialized, .processes)
+@Suite("cloud-agent's client commands, as a real process against a real server", .serialized, .long)
 struct CLIClientTests {
     static let timing = Timing(
         idleTimeoutMs: 30_000, heartbeatIntervalMs: 150, staleThresholdMs: 1200, pendingTimeoutMs: 10_000, stopGraceMs: 1000,

@@ -14,7 +14,7 @@ import Glibc
 /// Several `cloud-agent serve` processes on one real PostgreSQL database (a throwaway cluster
 /// the tests start): any node answers for any session, every timer fires once, every event
 /// reaches every subscriber once, and a node killed -9 loses nothing.
-@Suite(.serialized, .processes)
+@Suite(.serialized, .long)
 struct MultiNodeTests {
     static let token = "multi-node-token"
     static let idleTimeoutMs: Int64 = 2000

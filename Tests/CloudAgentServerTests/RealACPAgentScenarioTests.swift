@@ -11,7 +11,7 @@ import Testing
 /// bundles) against the scripted model server. It is declared in the agents file as
 /// `"protocol": "acp"`; `scripts/install-agents.sh` installs it in a venv of its own and sets
 /// `CLOUD_AGENT_CLAUDE_ACP_BIN`, which only these tests read. Without it they are skipped.
-@Suite("A real ACP agent end to end (claude-code-acp) against the scripted model server", .serialized, .processes)
+@Suite("A real ACP agent end to end (claude-code-acp) against the scripted model server", .serialized, .long)
 struct RealACPAgentScenarioTests {
     static let binary: String? = ProcessInfo.processInfo.environment["CLOUD_AGENT_CLAUDE_ACP_BIN"]
         .flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }

@@ -10,7 +10,7 @@ import Testing
 /// each session points the CLI at a `cloud-agent-model-server` on loopback that plays a script of
 /// model turns (docs/model-server.md). The CLIs come from PyPI (scripts/install-agents.sh, run by
 /// CI); without them these tests are skipped, saying why.
-@Suite("Real agents end to end (Claude Code, Codex) against the scripted model server", .serialized, .processes)
+@Suite("Real agents end to end (Claude Code, Codex) against the scripted model server", .serialized, .long)
 struct RealAgentScenarioTests {
     /// One real agent: its name, its binary, and the session settings that point it at the model server.
     struct RealAgent: Sendable, CustomTestStringConvertible {

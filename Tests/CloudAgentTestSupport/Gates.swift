@@ -55,8 +55,9 @@ public actor TestGate {
     }
 
     /// Tests that run real processes: a control plane, runtimes, agents, git, bubblewrap.
-    /// `CLOUD_AGENT_TEST_PROCESSES` sets the width; by default one more than the cores.
-    public static let processes = TestGate(width: widthSetting("CLOUD_AGENT_TEST_PROCESSES", default: ProcessInfo.processInfo.activeProcessorCount + 1))
+    /// `CLOUD_AGENT_TEST_PROCESSES` sets the width; by default two more than the cores (such
+    /// tests spend most of their time waiting on their processes).
+    public static let processes = TestGate(width: widthSetting("CLOUD_AGENT_TEST_PROCESSES", default: ProcessInfo.processInfo.activeProcessorCount + 2))
 
     /// Tests that each create a database in the shared throwaway PostgreSQL cluster.
     public static let databases = TestGate(width: widthSetting("CLOUD_AGENT_TEST_DATABASES", default: 4))
@@ -120,8 +121,10 @@ extension Trait where Self == GateTrait {
     /// of real processes runs.
     public static var alone: Self { GateTrait(gate: .processes, weight: .max, kind: "alone") }
 
-    /// A long test of real processes (a minute of fuzzing, a browser session): started before
-    /// the short ones, so that the run does not wait for it at its end.
+    /// A long test of real processes (a minute of fuzzing, a browser session), or a test of a
+    /// serialized suite (whose tests come to the gate one after another, and would each wait
+    /// behind every short test otherwise): started before the short ones, so that the run does
+    /// not wait for it at its end.
     public static var long: Self { GateTrait(gate: .processes, weight: 1, kind: "long", first: true) }
 
     /// Creates a database in the shared PostgreSQL cluster.
