@@ -103,9 +103,32 @@ let package = Package(
             swiftSettings: strict
         ),
         // Hummingbird application: REST API, auth, wake-up scheduler, metrics.
+        // The engine: the session ledger (one transaction per change, decided by the core's pure
+        // reducers, with the session's rules and next wake-up), the effects after the commit, the
+        // runtimes' lifecycle and connections, the wake-up scheduler, heartbeats, callbacks and the
+        // nodes of a cluster. No HTTP server: the API and the WebSocket endpoints are the server's.
+        .target(
+            name: "CloudAgentEngine",
+            dependencies: [
+                "CloudAgentCore",
+                "CloudAgentSandbox",
+                "CloudAgentProtocol",
+                "CloudAgentAgents",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "CloudAgentServer",
             dependencies: [
+                "CloudAgentEngine",
                 "CloudAgentCore",
                 "CloudAgentSandbox",
                 "CloudAgentProtocol",
@@ -135,6 +158,7 @@ let package = Package(
                 "CloudAgentPostgres",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
+                "CloudAgentEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -164,6 +188,7 @@ let package = Package(
                 "CloudAgentPostgres",
                 "CloudAgentSQLite",
                 "CloudAgentServer",
+                "CloudAgentEngine",
                 "CloudAgentProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "WSClient", package: "swift-websocket"),
@@ -284,6 +309,7 @@ let package = Package(
                 "CloudAgentTestSupport",
                 "CloudAgentPostgres",
                 "CloudAgentSQLite",
+                "CloudAgentEngine",
                 "CloudAgentServer",
                 "CloudAgentCLI",
                 "CloudAgentSandbox",

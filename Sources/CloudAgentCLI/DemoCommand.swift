@@ -1,6 +1,7 @@
 import ArgumentParser
 import CloudAgentCore
 import CloudAgentModelServer
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import NIOCore

@@ -1,6 +1,7 @@
 import CloudAgentCore
 import CloudAgentPostgres
 import CloudAgentSQLite
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import Logging

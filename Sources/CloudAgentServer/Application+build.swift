@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentSandbox
 import Foundation
 import HTTPTypes

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentEngine
 import Foundation
 import Hummingbird
 import HummingbirdWebSocket

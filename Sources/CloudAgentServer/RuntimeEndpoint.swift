@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentProtocol
 import Foundation
 import HTTPTypes

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentEngine
 import Foundation
 
 /// The API's JSON views of sessions and executions (the API contract: docs/api.md and openapi.yaml). Secrets, the repo token and

@@ -2,6 +2,7 @@ import ArgumentParser
 import CloudAgentCLI
 import CloudAgentCore
 import CloudAgentPostgres
+import CloudAgentEngine
 import CloudAgentServer
 import CloudAgentTestSupport
 import Foundation

@@ -2,6 +2,7 @@ import ArgumentParser
 import CloudAgentCore
 import CloudAgentPostgres
 import CloudAgentSQLite
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import GRDB

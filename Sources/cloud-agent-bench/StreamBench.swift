@@ -1,5 +1,6 @@
 import ArgumentParser
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import Hummingbird

@@ -1,4 +1,5 @@
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import Histogram

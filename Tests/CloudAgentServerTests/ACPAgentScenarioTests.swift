@@ -3,6 +3,7 @@ import CloudAgentCore
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 import Testing
 

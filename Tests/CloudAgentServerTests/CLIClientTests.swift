@@ -1,5 +1,6 @@
 import CloudAgentTestSupport
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import HummingbirdTesting

@@ -1,6 +1,7 @@
 @testable import CloudAgentCLI
 import CloudAgentTestSupport
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import HTTPTypes

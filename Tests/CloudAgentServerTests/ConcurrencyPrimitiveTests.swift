@@ -1,6 +1,7 @@
 import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentProtocol
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 import Foundation
 import Synchronization

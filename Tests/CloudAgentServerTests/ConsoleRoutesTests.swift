@@ -1,3 +1,4 @@
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 import CloudAgentTestSupport
 import HTTPTypes

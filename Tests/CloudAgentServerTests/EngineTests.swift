@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import Testing
 
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 
 /// The one way through the engine (`Engine.perform`): a decision and the session's rules in one

@@ -7,6 +7,7 @@ import Logging
 import Synchronization
 import Testing
 
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 
 /// A door a step waits at until the test opens it; the test can wait for the steps to arrive.

@@ -2,6 +2,7 @@ import CloudAgentTestSupport
 import CloudAgentCLI
 import CloudAgentCore
 import CloudAgentSandbox
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import HTTPTypes

@@ -5,6 +5,7 @@ import Foundation
 import Synchronization
 import Testing
 
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 
 /// The concurrency the control plane defines, each case with the interleaving chosen by the

@@ -1,5 +1,6 @@
 import CloudAgentTestSupport
 import CloudAgentProtocol
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import Testing

@@ -1,6 +1,7 @@
 import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSandbox
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import HTTPTypes

@@ -1,6 +1,7 @@
 import CloudAgentTestSupport
 import CloudAgentCore
 import CloudAgentSQLite
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import Synchronization

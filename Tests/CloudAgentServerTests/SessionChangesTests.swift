@@ -1,5 +1,6 @@
 import CloudAgentTestSupport
 import CloudAgentCore
+@testable import CloudAgentEngine
 @testable import CloudAgentServer
 import Foundation
 import Synchronization

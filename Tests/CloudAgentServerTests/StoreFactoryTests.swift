@@ -1,6 +1,7 @@
 import CloudAgentTestSupport
 import CloudAgentCLI
 import CloudAgentCore
+import CloudAgentEngine
 import CloudAgentServer
 import Foundation
 import Logging

@@ -13,16 +13,16 @@ import Synchronization
 /// processes to go) happens in its request, and never under a lock: other sessions' requests
 /// and timers, and this session's interrupt, PATCH of the idle timeout and GET, go on meanwhile.
 public final class SessionService: Sendable {
-    let ledger: SessionLedger
-    let secretBox: SecretBox
-    let lifecycle: RuntimeLifecycle
-    let engine: Engine
-    let logger: Logger
-    let metrics: ServerMetrics
+    package let ledger: SessionLedger
+    package let secretBox: SecretBox
+    package let lifecycle: RuntimeLifecycle
+    package let engine: Engine
+    package let logger: Logger
+    package let metrics: ServerMetrics
     /// The agents sessions may name.
     public let agents: AgentRegistry
 
-    init(
+    package init(
         ledger: SessionLedger, secretBox: SecretBox, lifecycle: RuntimeLifecycle, engine: Engine, agents: AgentRegistry,
         logger: Logger, metrics: ServerMetrics
     ) {
@@ -38,7 +38,7 @@ public final class SessionService: Sendable {
     public var store: any SessionStore { ledger.store }
     public var timing: Timing { ledger.timing }
     public var hub: EventHub { ledger.hub }
-    var clock: any WallClock { ledger.clock }
+    package var clock: any WallClock { ledger.clock }
     /// The sandbox runtimes are launched in (`bwrap` or `none`).
     public var sandboxKind: String { lifecycle.host.sandboxKind }
 
@@ -174,7 +174,7 @@ public final class SessionService: Sendable {
         return try await store.latestExecution(of: session.id)
     }
 
-    func apply(_ input: SessionInput, to spec: inout SessionSpec) throws {
+    package func apply(_ input: SessionInput, to spec: inout SessionSpec) throws {
         switch input.prompt {
         case .set(let prompt): spec.prompt = prompt
         case .clear, .unchanged: break

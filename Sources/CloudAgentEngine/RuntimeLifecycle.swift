@@ -10,17 +10,17 @@ import Synchronization
 /// one transaction, so a session deleted or stopped meanwhile is noticed there and the step's
 /// work undone (a process discarded, files removed).
 public final class RuntimeLifecycle: Sendable {
-    let ledger: SessionLedger
-    let host: any RuntimeHost
-    let slots: RuntimeSlots
-    let secretBox: SecretBox
-    let connections: RuntimeConnections
-    let logger: Logger
+    package let ledger: SessionLedger
+    package let host: any RuntimeHost
+    package let slots: RuntimeSlots
+    package let secretBox: SecretBox
+    package let connections: RuntimeConnections
+    package let logger: Logger
     /// Launches and stops under way here: a notice repeating one while it runs is ignored.
     private let launches = Mutex<Set<SessionID>>([])
     private let stops = Mutex<Set<SessionID>>([])
 
-    init(ledger: SessionLedger, host: any RuntimeHost, maxRuntimes: Int, secretBox: SecretBox, connections: RuntimeConnections, logger: Logger) {
+    package init(ledger: SessionLedger, host: any RuntimeHost, maxRuntimes: Int, secretBox: SecretBox, connections: RuntimeConnections, logger: Logger) {
         self.ledger = ledger
         self.host = host
         self.slots = RuntimeSlots(limit: maxRuntimes)
@@ -29,9 +29,9 @@ public final class RuntimeLifecycle: Sendable {
         self.logger = logger
     }
 
-    var timing: Timing { ledger.timing }
+    package var timing: Timing { ledger.timing }
 
-    func workspaceRequest(id: SessionID, spec: SessionSpec, workBranch: String?) throws -> WorkspaceRequest {
+    package func workspaceRequest(id: SessionID, spec: SessionSpec, workBranch: String?) throws -> WorkspaceRequest {
         try WorkspaceRequest(session: id, spec: spec, workBranch: workBranch, opening: secretBox)
     }
 
@@ -42,7 +42,7 @@ public final class RuntimeLifecycle: Sendable {
     /// `body` runs — the decision that wants the start — and the admission is withdrawn unless
     /// the start goes ahead: when `body` throws, or what it decided starts no runtime (`starts`).
     @discardableResult
-    func admitting<Value>(
+    package func admitting<Value>(
         _ id: SessionID, if needed: Bool = true, engine: Engine, starts: (Value) -> Bool = { _ in true }, _ body: () async throws -> Value
     ) async throws -> Value {
         guard needed else { return try await body() }
@@ -64,7 +64,7 @@ public final class RuntimeLifecycle: Sendable {
     /// stopped in a transaction of its own, so that a message accepted meanwhile saves it (the
     /// next victim is tried) — and the start waits for its slot in its launch, not here. When
     /// every runtime is busy: `runtimeUnavailable` (503).
-    func admit(_ id: SessionID, engine: Engine) async throws(SessionError) {
+    package func admit(_ id: SessionID, engine: Engine) async throws(SessionError) {
         for _ in 0..<4 {
             guard case .full(let holders) = await slots.admit(id) else { return }
             var candidates: [CapacityPolicy.Candidate] = []
@@ -91,7 +91,7 @@ public final class RuntimeLifecycle: Sendable {
 
     /// Whether a start of a runtime last hosted by `hostNode` launches on this host (else on
     /// that node's, which is alive: it admits the start by its own capacity).
-    func startsHere(hostNode: String?) -> Bool {
+    package func startsHere(hostNode: String?) -> Bool {
         if case .elsewhere = ledger.cluster.placement(ofHost: hostNode, now: ledger.clock.now()) { return false }
         return true
     }
@@ -99,7 +99,7 @@ public final class RuntimeLifecycle: Sendable {
     // MARK: Launching
 
     /// The start requested at `requestedAt`, as a background job.
-    func launchInBackground(_ id: SessionID, requestedAt: Date, restore: Bool, engine: Engine) {
+    package func launchInBackground(_ id: SessionID, requestedAt: Date, restore: Bool, engine: Engine) {
         host.enqueue { [self] in await launch(id, requestedAt: requestedAt, restore: restore, engine: engine) }
     }
 
@@ -113,7 +113,7 @@ public final class RuntimeLifecycle: Sendable {
     /// session's interrupt, PATCH and DELETE and every other session's timers go on meanwhile;
     /// the pending timeout counts from the launch), a slot taken, the process spawned, and the
     /// launch recorded if the session still wants it (`SessionReducer.launched`).
-    func launch(_ id: SessionID, requestedAt: Date, restore: Bool, engine: Engine) async {
+    package func launch(_ id: SessionID, requestedAt: Date, restore: Bool, engine: Engine) async {
         guard launches.withLock({ $0.insert(id).inserted }) else { return }
         defer { _ = launches.withLock { $0.remove(id) } }
         let session: SessionRecord?
@@ -215,7 +215,7 @@ public final class RuntimeLifecycle: Sendable {
     }
 
     /// Kills a process whose launch nothing wants any more.
-    func discard(_ id: SessionID, process: RuntimeProcess, sandbox: String?) async {
+    package func discard(_ id: SessionID, process: RuntimeProcess, sandbox: String?) async {
         logger.info("runtime launch discarded: its session no longer wants it", metadata: ["sessionId": "\(id)", "pid": "\(process.pid)"])
         _ = await host.terminate(session: id, process: process, sandbox: sandbox, graceMs: 0)
     }
@@ -223,14 +223,14 @@ public final class RuntimeLifecycle: Sendable {
     // MARK: Stopping
 
     /// A stop was decided: the runtime's slot will be free.
-    func markStopping(_ id: SessionID) async { await slots.markStopping(id) }
+    package func markStopping(_ id: SessionID) async { await slots.markStopping(id) }
 
     /// Phase two of a stop: the runtime is asked to shut down, its processes are taken down
     /// (this may take the stop grace: no lock is held), then the stop is recorded once
     /// (`SessionReducer.stopped`). Only the runtime's host node signals its processes: a
     /// runtime hosted by another live node is stopped by that node (it hears of the change); one
     /// whose host node is lost is asked to stop through its connection.
-    func finishStopping(
+    package func finishStopping(
         _ id: SessionID, process: RuntimeProcess?, sandbox: String?, rule: StopRule, host hostNode: String?, engine: Engine
     ) async {
         guard stops.withLock({ $0.insert(id).inserted }) else { return }
@@ -266,7 +266,7 @@ public final class RuntimeLifecycle: Sendable {
 
     /// Does what another node's change asks of a runtime hosted here (or of a lost node's, when
     /// taking its sessions over): finish a stop, launch a start, settle an auto-commit.
-    func reconcile(_ id: SessionID, takingOverFrom lost: String?, engine: Engine) async {
+    package func reconcile(_ id: SessionID, takingOverFrom lost: String?, engine: Engine) async {
         guard let session = try? await ledger.store.session(id) else { return }
         let runtime = session.runtime
         switch (runtime.state, runtime.process) {
@@ -295,14 +295,14 @@ public final class RuntimeLifecycle: Sendable {
     }
 
     /// The runtime is recorded stopped: its connection and watch go, its slot is free.
-    func released(_ id: SessionID) async {
+    package func released(_ id: SessionID) async {
         connections.close(id)
         await host.unwatch(session: id)
         await slots.release(id)
     }
 
     /// The session is gone: its connection, streams, files and slot.
-    func removed(_ id: SessionID, rule: StopRule) async {
+    package func removed(_ id: SessionID, rule: StopRule) async {
         connections.close(id)
         await host.unwatch(session: id)
         host.removeWorkspace(id)
@@ -313,7 +313,7 @@ public final class RuntimeLifecycle: Sendable {
 
     /// Another node deleted a session whose runtime runs here: its processes are taken down
     /// (only this node may signal them), then its files and slot go.
-    func removedByAnotherNode(_ id: SessionID) async {
+    package func removedByAnotherNode(_ id: SessionID) async {
         if let process = await host.watchedProcess(session: id) {
             _ = await host.terminate(session: id, process: process, sandbox: host.sandboxKind, graceMs: timing.stopGraceMs)
         }
@@ -321,7 +321,7 @@ public final class RuntimeLifecycle: Sendable {
     }
 
     /// A runtime process died on its own (`SessionReducer.exited`).
-    func exited(_ id: SessionID, process: RuntimeProcess, detail: String, engine: Engine) async {
+    package func exited(_ id: SessionID, process: RuntimeProcess, detail: String, engine: Engine) async {
         do {
             try await engine.perform(id) { state, context in
                 SessionReducer.exited(state, process: process, detail: detail, context: context)
@@ -336,7 +336,7 @@ public final class RuntimeLifecycle: Sendable {
     /// After a control-plane start: the runtimes that outlived the last one hold their slots
     /// and are watched, the dead ones are declared crashed, interrupted stops, launches,
     /// auto-commits and changes are finished. Runtimes reconnect on their own.
-    func recover(engine: Engine) async {
+    package func recover(engine: Engine) async {
         guard let all = try? await ledger.store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
         // With several nodes, each recovers the runtimes of its own host.
         let sessions = ledger.cluster.isShared ? all.filter { $0.runtime.hostNode == ledger.cluster.nodeId } : all

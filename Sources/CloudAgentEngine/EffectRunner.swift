@@ -6,20 +6,20 @@ import Logging
 /// parts that carry them out (built before it; none of them holds it). Slow ones (a launch, a
 /// stop's grace, git) run as background jobs unless the caller waits for them (`awaiting`:
 /// DELETE waits for the processes to be gone). Every effect is idempotent.
-final class EffectRunner: SessionEffects {
-    let lifecycle: RuntimeLifecycle
-    let connections: RuntimeConnections
-    let autoCommit: AutoCommitRunner
-    let callbackWakeUps: WakeSignal
+package final class EffectRunner: SessionEffects {
+    package let lifecycle: RuntimeLifecycle
+    package let connections: RuntimeConnections
+    package let autoCommit: AutoCommitRunner
+    package let callbackWakeUps: WakeSignal
 
-    init(lifecycle: RuntimeLifecycle, connections: RuntimeConnections, autoCommit: AutoCommitRunner, callbackWakeUps: WakeSignal) {
+    package init(lifecycle: RuntimeLifecycle, connections: RuntimeConnections, autoCommit: AutoCommitRunner, callbackWakeUps: WakeSignal) {
         self.lifecycle = lifecycle
         self.connections = connections
         self.autoCommit = autoCommit
         self.callbackWakeUps = callbackWakeUps
     }
 
-    func run(_ effects: [SessionEffect], of committed: SessionChange?, for id: SessionID, awaiting: Bool, engine: Engine) async {
+    package func run(_ effects: [SessionEffect], of committed: SessionChange?, for id: SessionID, awaiting: Bool, engine: Engine) async {
         for effect in effects {
             switch effect {
             case .launch(let requestedAt, let restore):

@@ -15,15 +15,15 @@ import Synchronization
 /// - a runtime hosted here is launched, stopped or auto-committed as the change asks.
 /// A single node has nothing to do here.
 public final class NodeCoordinator: Service, Sendable {
-    let membership: any ClusterMembership
-    let view: ClusterView
-    let ledger: SessionLedger
-    let gateway: RuntimeGateway
-    let lifecycle: RuntimeLifecycle
+    package let membership: any ClusterMembership
+    package let view: ClusterView
+    package let ledger: SessionLedger
+    package let gateway: RuntimeGateway
+    package let lifecycle: RuntimeLifecycle
     /// How the lifecycle's steps record what they find.
-    let performer: Engine
-    let heartbeatMs: Int64
-    let logger: Logger
+    package let performer: Engine
+    package let heartbeatMs: Int64
+    package let logger: Logger
     private let advertised = AsyncStream<String>.makeStream()
     private let ready = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
     /// Other nodes' changes not acted on yet, merged per session (`Backlog`).
@@ -31,7 +31,7 @@ public final class NodeCoordinator: Service, Sendable {
     /// Sessions whose backlog needs a drain (one drain per session at a time).
     private let drains = AsyncStream<SessionID>.makeStream()
 
-    init(
+    package init(
         membership: any ClusterMembership, view: ClusterView, ledger: SessionLedger, gateway: RuntimeGateway, lifecycle: RuntimeLifecycle,
         performer: Engine, heartbeatMs: Int64, logger: Logger
     ) {
@@ -48,7 +48,7 @@ public final class NodeCoordinator: Service, Sendable {
     /// The server listens: this node can be registered at `advertiseURL`. Returns once the
     /// registry has been read (or after a few seconds), so that recovery and the first
     /// decisions know which nodes are alive.
-    func listening(advertiseURL: String) async {
+    package func listening(advertiseURL: String) async {
         guard view.isShared else { return }
         advertised.continuation.yield(advertiseURL)
         advertised.continuation.finish()
@@ -152,7 +152,7 @@ public final class NodeCoordinator: Service, Sendable {
     /// stop through their connection, wherever it is), its launches not yet spawned start here,
     /// and its pending auto-commits are settled here. Its running runtimes are left alone: they
     /// reconnect to another node, and the rules stop one that never does.
-    func takeOver(_ lost: String) async {
+    package func takeOver(_ lost: String) async {
         guard let sessions = try? await ledger.store.sessions(withRuntimeIn: [.starting, .running, .stopping]) else { return }
         var count = 0
         for session in sessions where session.runtime.hostNode == lost {
@@ -165,7 +165,7 @@ public final class NodeCoordinator: Service, Sendable {
 
     // MARK: Notices
 
-    func handle(_ notice: ClusterNotice) async {
+    package func handle(_ notice: ClusterNotice) async {
         ledger.metrics.clusterNotices.increment()
         switch notice {
         case .changed(let change):
@@ -249,7 +249,7 @@ public final class NodeCoordinator: Service, Sendable {
 
     /// One session's notices from other nodes not acted on yet, merged: their events as one
     /// range, whether a runtime hosted here was touched, whether the session was deleted.
-    struct Backlog: Sendable {
+    package struct Backlog: Sendable {
         var firstEventId: Int64?
         var lastEventId: Int64?
         /// A notice named a runtime state and this node as the host.

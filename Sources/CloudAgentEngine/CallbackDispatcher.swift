@@ -15,9 +15,9 @@ import Synchronization
 /// when one is enqueued.
 public final class CallbackDispatcher: Service, Sendable {
     /// Deliveries attempted at once.
-    static let batchSize = 16
+    package static let batchSize = 16
     /// Headers that frame the request: the client sets them, a callback's own are dropped.
-    static let framingHeaders: Set<String> = ["host", "content-length", "transfer-encoding", "connection"]
+    package static let framingHeaders: Set<String> = ["host", "content-length", "transfer-encoding", "connection"]
 
     private let ledger: SessionLedger
     private let secretBox: SecretBox
@@ -26,7 +26,7 @@ public final class CallbackDispatcher: Service, Sendable {
     private let requestTimeoutMs: Int64
     private let logger: Logger
 
-    init(ledger: SessionLedger, secretBox: SecretBox, wakeUps: WakeSignal, policy: CallbackRetryPolicy, requestTimeoutMs: Int64 = 30_000, logger: Logger) {
+    package init(ledger: SessionLedger, secretBox: SecretBox, wakeUps: WakeSignal, policy: CallbackRetryPolicy, requestTimeoutMs: Int64 = 30_000, logger: Logger) {
         self.ledger = ledger
         self.secretBox = secretBox
         self.wakeUps = wakeUps
@@ -187,7 +187,7 @@ public final class CallbackDispatcher: Service, Sendable {
 }
 
 /// Wakes one sleeping loop early. A signal that comes while nothing waits is kept for the next wait.
-final class WakeSignal: Sendable {
+package final class WakeSignal: Sendable {
     private struct State {
         var pending = false
         var waiter: (id: UInt64, continuation: CheckedContinuation<Void, Never>)?
@@ -196,7 +196,7 @@ final class WakeSignal: Sendable {
 
     private let state = Mutex(State())
 
-    func signal() {
+    package func signal() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             guard let waiter = state.waiter else {
                 state.pending = true
@@ -210,7 +210,7 @@ final class WakeSignal: Sendable {
 
     /// Returns at the next signal (at once for a kept one), after `milliseconds` on `clock`, or
     /// when cancelled.
-    func wait(upToMilliseconds milliseconds: Int64, on clock: any WallClock) async {
+    package func wait(upToMilliseconds milliseconds: Int64, on clock: any WallClock) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await clock.sleep(milliseconds: milliseconds) }
             group.addTask { await self.next() }

@@ -159,7 +159,7 @@ public actor WakeUpScheduler: Service {
     }
 
     /// How many evaluations run at once.
-    static let concurrencyLimit = 64
+    package static let concurrencyLimit = 64
     private var evaluating: Set<SessionID> = []
     private var waiting: [SessionID] = []
     private var dueAgain: Set<SessionID> = []
@@ -208,13 +208,13 @@ public actor WakeUpScheduler: Service {
 }
 
 /// A binary min-heap of wake-ups by due time.
-struct WakeUpHeap {
+package struct WakeUpHeap {
     private var items: [WakeUp] = []
 
-    var peek: WakeUp? { items.first }
-    var count: Int { items.count }
+    package var peek: WakeUp? { items.first }
+    package var count: Int { items.count }
 
-    mutating func push(_ item: WakeUp) {
+    package mutating func push(_ item: WakeUp) {
         items.append(item)
         var child = items.count - 1
         while child > 0 {
@@ -226,7 +226,7 @@ struct WakeUpHeap {
     }
 
     @discardableResult
-    mutating func pop() -> WakeUp? {
+    package mutating func pop() -> WakeUp? {
         guard !items.isEmpty else { return nil }
         items.swapAt(0, items.count - 1)
         let top = items.removeLast()

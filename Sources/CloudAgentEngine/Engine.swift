@@ -5,7 +5,7 @@ import Synchronization
 /// Carries out what a committed decision decided, after its commit and outside any lock. Every
 /// effect is idempotent. `engine` is the way further changes are made (a launch records itself
 /// through it): it is handed over with each call, never stored, so nothing is bound late.
-protocol SessionEffects: Sendable {
+package protocol SessionEffects: Sendable {
     /// Runs `effects` of the change `committed` (nil: the decision changed nothing) of session
     /// `id`, in order. Slow ones run as background jobs unless `awaiting` (DELETE waits for the
     /// processes to be gone).
@@ -18,17 +18,17 @@ protocol SessionEffects: Sendable {
 /// it and the session's next wake-up as one write. After the commit: its events go to live
 /// subscribers, the session's waiters are woken, each decision note becomes a log line (the
 /// ledger), the scheduler is armed with the committed next wake-up, and the effects run.
-struct Engine: Sendable {
-    let ledger: SessionLedger
-    let scheduler: WakeUpScheduler
-    let effects: any SessionEffects
-    let wakeUps: WakeUpTickets
+package struct Engine: Sendable {
+    package let ledger: SessionLedger
+    package let scheduler: WakeUpScheduler
+    package let effects: any SessionEffects
+    package let wakeUps: WakeUpTickets
 
     /// Decides and commits one change of session `id` (with its rules, per `rules`), then
     /// carries it out: `first` is told the output before the effects run (a runtime is welcomed
     /// before it is sent the outbox). Throws what `decide` throws, with nothing written.
     @discardableResult
-    func perform<Output: Sendable>(
+    package func perform<Output: Sendable>(
         _ id: SessionID, rules: RulePass = .afterChange, awaiting: Bool = false, first: (@Sendable (Committed<Output>) async -> Void)? = nil,
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<SessionReducer.Outcome<Output>>
     ) async throws -> Committed<Output> {
@@ -37,7 +37,7 @@ struct Engine: Sendable {
 
     /// `perform`, also returning the session's next wake-up as the transaction left it (nil when
     /// the decision changed nothing, `.some(nil)` for none).
-    func performRuled<Output: Sendable>(
+    package func performRuled<Output: Sendable>(
         _ id: SessionID, rules: RulePass, awaiting: Bool = false, first: (@Sendable (Committed<Output>) async -> Void)? = nil,
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<SessionReducer.Outcome<Output>>
     ) async throws -> (committed: Committed<Output>, nextWakeUp: Date??) {
@@ -60,12 +60,12 @@ struct Engine: Sendable {
 
     /// Runs effects a crash may have left undone (found at a start or a takeover), as their
     /// decision's would: each is idempotent.
-    func redo(_ effects: [SessionEffect], for id: SessionID) async {
+    package func redo(_ effects: [SessionEffect], for id: SessionID) async {
         await self.effects.run(effects, of: nil, for: id, awaiting: false, engine: self)
     }
 
     /// Arms a new session's first wake-up (written with its record).
-    func arm(_ id: SessionID, at due: Date?) async {
+    package func arm(_ id: SessionID, at due: Date?) async {
         await scheduler.arm(id, at: due, ticket: wakeUps.take(), of: wakeUps)
     }
 
@@ -78,7 +78,7 @@ struct Engine: Sendable {
 /// Orders the scheduler's arming by commit: a ticket is taken inside each transaction, and a
 /// session's wake-up is armed only by a ticket later than the last one that armed it, so that
 /// two changes of a session whose arms race never leave the older one's wake-up armed.
-final class WakeUpTickets: Sendable {
+package final class WakeUpTickets: Sendable {
     private struct State {
         var last: UInt64 = 0
         var armed: [SessionID: UInt64] = [:]
@@ -86,9 +86,9 @@ final class WakeUpTickets: Sendable {
 
     private let state = Mutex(State())
     /// Tickets older than this many are forgotten (a session not changed since is armed by any).
-    static let horizon: UInt64 = 4096
+    package static let horizon: UInt64 = 4096
 
-    func take() -> UInt64 {
+    package func take() -> UInt64 {
         state.withLock { state in
             state.last += 1
             return state.last
@@ -96,7 +96,7 @@ final class WakeUpTickets: Sendable {
     }
 
     /// Whether `ticket` may arm session `id` (it is later than the last that did); records it.
-    func claim(_ id: SessionID, _ ticket: UInt64) -> Bool {
+    package func claim(_ id: SessionID, _ ticket: UInt64) -> Bool {
         state.withLock { state in
             if let armed = state.armed[id], armed > ticket { return false }
             state.armed[id] = ticket
@@ -112,7 +112,7 @@ final class WakeUpTickets: Sendable {
 extension WakeUpScheduler {
     /// Arms (or disarms) a session's wake-up unless a later commit armed it already. The claim
     /// and the arm are one step of the scheduler.
-    func arm(_ id: SessionID, at due: Date?, ticket: UInt64, of tickets: WakeUpTickets) {
+    package func arm(_ id: SessionID, at due: Date?, ticket: UInt64, of tickets: WakeUpTickets) {
         guard tickets.claim(id, ticket) else { return }
         arm(id, at: due)
     }

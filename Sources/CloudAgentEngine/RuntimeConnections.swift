@@ -13,11 +13,11 @@ public final class RuntimeConnection: Sendable {
     /// The execution the runtime may heartbeat: set when it is sent, cleared when it ends.
     private let active = Mutex<ExecutionID?>(nil)
     /// The highest runtime-outbox row sent on this connection.
-    let deliveredThrough = Mutex<Int64>(0)
+    package let deliveredThrough = Mutex<Int64>(0)
     /// Whether it was asked to shut down (sent once).
-    let askedToShutDown = Mutex(false)
+    package let askedToShutDown = Mutex(false)
 
-    init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
+    package init(sessionId: SessionID, instanceId: String, outgoing: AsyncStream<ControlMessage>.Continuation) {
         self.sessionId = sessionId
         self.instanceId = instanceId
         self.outgoing = outgoing
@@ -26,7 +26,7 @@ public final class RuntimeConnection: Sendable {
     public func send(_ message: ControlMessage) { outgoing.yield(message) }
     public func close() { outgoing.finish() }
 
-    var activeExecution: ExecutionID? {
+    package var activeExecution: ExecutionID? {
         get { active.withLock { $0 } }
         set { active.withLock { $0 = newValue } }
     }
@@ -35,10 +35,10 @@ public final class RuntimeConnection: Sendable {
 /// The runtimes connected here, and the runtime outbox's delivery: a connection is sent each
 /// row once, in order, after the commit that wrote it. Makes no decision (an effect delivers
 /// through it, and the lifecycle asks runtimes to shut down through it).
-final class RuntimeConnections: Sendable {
-    let ledger: SessionLedger
-    let agents: AgentRegistry
-    let logger: Logger
+package final class RuntimeConnections: Sendable {
+    package let ledger: SessionLedger
+    package let agents: AgentRegistry
+    package let logger: Logger
     private let connections = Mutex<[SessionID: RuntimeConnection]>([:])
     /// One delivery at a time per session, so that rows go out in order. Held only while rows
     /// are read and queued on the connection, never across slow work.
@@ -47,7 +47,7 @@ final class RuntimeConnections: Sendable {
     /// wakes on the event, not on a poll.
     private let disconnects: SessionChanges
 
-    init(ledger: SessionLedger, agents: AgentRegistry, logger: Logger) {
+    package init(ledger: SessionLedger, agents: AgentRegistry, logger: Logger) {
         self.ledger = ledger
         self.disconnects = SessionChanges(clock: ledger.clock)
         self.agents = agents
@@ -57,7 +57,7 @@ final class RuntimeConnections: Sendable {
     public func connection(for session: SessionID) -> RuntimeConnection? { connections.withLock { $0[session] } }
 
     /// Registers a runtime's connection, closing any earlier one of the same session.
-    func register(_ connection: RuntimeConnection) {
+    package func register(_ connection: RuntimeConnection) {
         let earlier = connections.withLock { connections -> RuntimeConnection? in
             defer { connections[connection.sessionId] = connection }
             return connections[connection.sessionId]
@@ -65,27 +65,27 @@ final class RuntimeConnections: Sendable {
         if let earlier, earlier !== connection { earlier.close() }
     }
 
-    func unregister(_ connection: RuntimeConnection) {
+    package func unregister(_ connection: RuntimeConnection) {
         connections.withLock { if $0[connection.sessionId] === connection { $0[connection.sessionId] = nil } }
         connection.close()
         disconnects.changed(connection.sessionId)
     }
 
     /// Asks a session's runtime to shut down (the first step of a stop).
-    func askToShutDown(_ session: SessionID, reason: String) {
+    package func askToShutDown(_ session: SessionID, reason: String) {
         guard let connection = connection(for: session) else { return }
         connection.askedToShutDown.withLock { $0 = true }
         connection.send(.shutdown(reason: reason))
     }
 
     /// Closes and forgets a session's connection (its runtime is stopped, or the session gone).
-    func close(_ session: SessionID) {
+    package func close(_ session: SessionID) {
         connections.withLock { $0.removeValue(forKey: session) }?.close()
         disconnects.changed(session)
     }
 
     /// Tells a session's runtime why, then closes its connection.
-    func close(_ session: SessionID, telling reason: String) {
+    package func close(_ session: SessionID, telling reason: String) {
         guard let connection = connections.withLock({ $0.removeValue(forKey: session) }) else { return }
         connection.send(.shutdown(reason: reason))
         connection.close()
@@ -94,24 +94,24 @@ final class RuntimeConnections: Sendable {
 
     /// Tells every runtime connected here the live nodes' routes (they changed): each goes round
     /// them when its node goes away, a node that joined after its welcome included.
-    func tellNodes(_ controlURLs: [String]) {
+    package func tellNodes(_ controlURLs: [String]) {
         guard !controlURLs.isEmpty else { return }
         let all = connections.withLock { Array($0.values) }
         for connection in all { connection.send(.nodes(controlUrls: controlURLs)) }
     }
 
     /// The sessions whose runtime is connected here.
-    var connectedSessions: [SessionID] { connections.withLock { Array($0.keys) } }
+    package var connectedSessions: [SessionID] { connections.withLock { Array($0.keys) } }
 
     /// Waits until the session's runtime has no connection here, at most `limit`.
-    func waitUntilDisconnected(_ session: SessionID, within limit: Duration) async {
+    package func waitUntilDisconnected(_ session: SessionID, within limit: Duration) async {
         _ = await disconnects.wait(for: session, within: limit) { self.connection(for: session) == nil }
     }
 
     /// Brings a runtime connected here in line with its session as another node left it: a
     /// stopped, replaced or deleted runtime is told to go and disconnected; a stopping one is
     /// asked to shut down (once); a running one is sent its new outbox rows.
-    func reconcile(_ id: SessionID) async {
+    package func reconcile(_ id: SessionID) async {
         guard let connection = connection(for: id) else { return }
         let session: SessionRecord?
         do { session = try await ledger.store.session(id) } catch {
@@ -149,7 +149,7 @@ final class RuntimeConnections: Sendable {
     /// change that moves an execution out of `pending` drops its row in the same transaction).
     /// The rows are read (their ids order the delivery, and an earlier change's rows may be held
     /// back), and so is the session, which a later commit may have changed.
-    func deliverCommands(_ id: SessionID, written: SessionChange? = nil) async {
+    package func deliverCommands(_ id: SessionID, written: SessionChange? = nil) async {
         guard connection(for: id) != nil else { return }
         do {
             try await deliveries.withLock(id) {
@@ -188,7 +188,7 @@ final class RuntimeConnections: Sendable {
 
     /// What the runtime needs to run `execution`: the prompt, the agent as the registry resolved
     /// it, and the agent's own conversation to resume.
-    func executeCommand(_ execution: Execution, session: SessionRecord) -> ExecuteCommand {
+    package func executeCommand(_ execution: Execution, session: SessionRecord) -> ExecuteCommand {
         ExecuteCommand(
             executionId: execution.id.rawValue, agent: session.spec.agent, prompt: execution.prompt,
             mode: execution.mode, model: execution.model, launch: agents.launch(for: session.spec.agent),

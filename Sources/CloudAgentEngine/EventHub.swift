@@ -26,7 +26,7 @@ public final class EventHub: Sendable {
 
     public final class Subscription: Sendable {
         public let events: AsyncStream<LiveEvent>
-        let continuation: AsyncStream<LiveEvent>.Continuation
+        package let continuation: AsyncStream<LiveEvent>.Continuation
         private let overflowed = Mutex(false)
         let id = UUID()
 

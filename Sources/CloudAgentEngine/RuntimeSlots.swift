@@ -5,8 +5,8 @@ import CloudAgentCore
 /// processes on this host never exceed the limit. Starts are *admitted* at the API (or refused
 /// with 503) and take their slot later, in the order admitted, when their launch is ready; a
 /// start admitted against a runtime that is stopping waits in its launch, never in the API.
-actor RuntimeSlots {
-    let limit: Int
+package actor RuntimeSlots {
+    package let limit: Int
     private var holders: Set<SessionID> = []
     private var stopping: Set<SessionID> = []
     /// Admitted starts that have not taken their slot yet, in order.
@@ -16,10 +16,10 @@ actor RuntimeSlots {
     private var releaseAfterLaunch: Set<SessionID> = []
     private var waiters: [(id: SessionID, continuation: CheckedContinuation<Void, Never>)] = []
 
-    init(limit: Int) { self.limit = max(1, limit) }
+    package init(limit: Int) { self.limit = max(1, limit) }
 
     /// How an admission went.
-    enum Admission: Equatable {
+    package enum Admission: Equatable {
         /// The start will get a slot (at once, or when a stopping runtime's is freed).
         case admitted
         /// Every slot is held by a runtime that is not stopping: a victim must be stopped first.
@@ -28,7 +28,7 @@ actor RuntimeSlots {
 
     /// Admits a start for `id` when a slot is free or will be (a stopping runtime's), counting
     /// the starts admitted before it.
-    func admit(_ id: SessionID) -> Admission {
+    package func admit(_ id: SessionID) -> Admission {
         if holders.contains(id) || admitted.contains(id) { return .admitted }
         let freeing = stopping.count
         if holders.count - freeing + admitted.count < limit {
@@ -39,18 +39,18 @@ actor RuntimeSlots {
     }
 
     /// An admitted start that will not launch after all.
-    func withdraw(_ id: SessionID) {
+    package func withdraw(_ id: SessionID) {
         admitted.removeAll { $0 == id }
         wakeWaiters()
     }
 
     /// A holder's stop was decided: its slot will be free.
-    func markStopping(_ id: SessionID) {
+    package func markStopping(_ id: SessionID) {
         if holders.contains(id) { stopping.insert(id) }
     }
 
     /// Takes a slot for `id`'s launch, waiting (in admission order) while every slot is held.
-    func acquire(_ id: SessionID) async {
+    package func acquire(_ id: SessionID) async {
         while !take(id) {
             await withCheckedContinuation { waiters.append((id, $0)) }
         }
@@ -70,14 +70,14 @@ actor RuntimeSlots {
 
     /// The launch that took `id`'s slot is over; `kept` false gives the slot back (nothing was
     /// launched, or the process was discarded).
-    func launchEnded(_ id: SessionID, kept: Bool) {
+    package func launchEnded(_ id: SessionID, kept: Bool) {
         launching.remove(id)
         if !kept || releaseAfterLaunch.remove(id) != nil { free(id) }
     }
 
     /// `id`'s runtime is stopped (or its session gone): its slot is free — once its launch, if
     /// one is in flight, has ended.
-    func release(_ id: SessionID) {
+    package func release(_ id: SessionID) {
         admitted.removeAll { $0 == id }
         if launching.contains(id) {
             releaseAfterLaunch.insert(id)
@@ -87,7 +87,7 @@ actor RuntimeSlots {
     }
 
     /// A runtime found running at start-up holds its slot.
-    func hold(_ id: SessionID, stopping isStopping: Bool) {
+    package func hold(_ id: SessionID, stopping isStopping: Bool) {
         holders.insert(id)
         if isStopping { stopping.insert(id) }
     }
@@ -105,7 +105,7 @@ actor RuntimeSlots {
     }
 
     /// Slots held now (runtimes launching, running or stopping).
-    var heldCount: Int { holders.count }
+    package var heldCount: Int { holders.count }
     /// Launches waiting for a slot.
-    var waitingCount: Int { waiters.count }
+    package var waitingCount: Int { waiters.count }
 }

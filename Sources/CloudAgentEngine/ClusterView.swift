@@ -14,7 +14,7 @@ public final class ClusterView: Sendable {
     public let leaseMs: Int64
     /// The shared store's availability: no node could renew its registration while the store
     /// was away, so none is judged lost until a lease has passed since it came back.
-    let store: StoreAvailability?
+    package let store: StoreAvailability?
     private let known = Mutex<[NodeInfo]?>(nil)
 
     public init(nodeId: String = "local", isShared: Bool = false, leaseMs: Int64 = 5_000, store: StoreAvailability? = nil) {
@@ -26,7 +26,7 @@ public final class ClusterView: Sendable {
 
     /// Whether `node` counts as live at `now`: renewed within the lease, or the store came back
     /// less than a lease ago (its outage stopped every renewal).
-    func isLive(_ node: NodeInfo, now: Date) -> Bool {
+    package func isLive(_ node: NodeInfo, now: Date) -> Bool {
         if node.isLive(now: now, leaseMs: leaseMs) { return true }
         guard let back = store?.answeringSince else { return false }
         return now.milliseconds(since: back) <= leaseMs
@@ -35,19 +35,19 @@ public final class ClusterView: Sendable {
     /// A single node.
     public static let single = ClusterView()
 
-    func update(_ nodes: [NodeInfo]) { known.withLock { $0 = nodes } }
+    package func update(_ nodes: [NodeInfo]) { known.withLock { $0 = nodes } }
 
     /// The registrations as last read (empty before the first read, and for a single node).
     public var nodes: [NodeInfo] { known.withLock { $0 ?? [] } }
 
     /// True once the registry has been read.
-    var isKnown: Bool { known.withLock { $0 != nil } }
+    package var isKnown: Bool { known.withLock { $0 != nil } }
 
     /// The node recorded as a launch's host and a hello's connected node (nil for a single node).
-    var recordedNodeId: String? { isShared ? nodeId : nil }
+    package var recordedNodeId: String? { isShared ? nodeId : nil }
 
     /// Where a runtime hosted by `host` stands from here.
-    enum Placement: Equatable {
+    package enum Placement: Equatable {
         /// On this node's host (or a single node): this node signals its processes.
         case here
         /// On another live node's host: that node signals them.
@@ -57,26 +57,26 @@ public final class ClusterView: Sendable {
         case lost(String)
     }
 
-    func placement(ofHost host: String?, now: Date) -> Placement {
+    package func placement(ofHost host: String?, now: Date) -> Placement {
         guard isShared, let host, host != nodeId else { return .here }
         guard let node = nodes.first(where: { $0.id == host }) else { return isKnown ? .lost(host) : .elsewhere(host) }
         return isLive(node, now: now) ? .elsewhere(host) : .lost(host)
     }
 
     /// Since when some node has served without a break (`fallback` for a single node: when it started).
-    func availableSince(now: Date, fallback: Date) -> Date {
+    package func availableSince(now: Date, fallback: Date) -> Date {
         guard isShared else { return fallback }
         return ClusterAvailability.since(nodes, now: now, leaseMs: leaseMs, fallback: fallback)
     }
 
     /// When each registered node last started.
-    var nodeStarts: [String: Date] {
+    package var nodeStarts: [String: Date] {
         guard isShared else { return [:] }
         return Dictionary(nodes.map { ($0.id, $0.startedAt) }) { first, _ in first }
     }
 
     /// Lost nodes with when they were last heard of.
-    func lostNodes(now: Date) -> [String: Date] {
+    package func lostNodes(now: Date) -> [String: Date] {
         guard isShared else { return [:] }
         var lost: [String: Date] = [:]
         for node in nodes where node.id != nodeId && !isLive(node, now: now) { lost[node.id] = node.heartbeatAt }
@@ -84,14 +84,14 @@ public final class ClusterView: Sendable {
     }
 
     /// The runtime route of every live node, this one first: where a runtime may reconnect.
-    func controlURLs(now: Date) -> [String] {
+    package func controlURLs(now: Date) -> [String] {
         guard isShared else { return [] }
         let live = nodes.filter { isLive($0, now: now) }.sorted { ($0.id == nodeId ? 0 : 1, $0.id) < ($1.id == nodeId ? 0 : 1, $1.id) }
         return live.compactMap { Self.runtimeURL(advertised: $0.advertiseURL) }
     }
 
     /// `http://host:port` → `ws://host:port/<runtime path>` (https → wss).
-    static func runtimeURL(advertised: String) -> String? {
+    package static func runtimeURL(advertised: String) -> String? {
         var base = advertised
         while base.hasSuffix("/") { base.removeLast() }
         if base.hasPrefix("http://") { return "ws://" + base.dropFirst(7) + RuntimeProtocol.path }

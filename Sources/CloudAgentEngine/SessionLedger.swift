@@ -12,17 +12,17 @@ import Synchronization
 public final class SessionLedger: Sendable {
     public let store: any SessionStore
     public let timing: Timing
-    let clock: any WallClock
-    let logger: Logger
-    let metrics: ServerMetrics
+    package let clock: any WallClock
+    package let logger: Logger
+    package let metrics: ServerMetrics
     public let hub: EventHub
     /// The nodes sharing the store (a single node knows only itself).
     public let cluster: ClusterView
     /// Wakes those waiting for a session to change (an interrupt waiting for the end, a test).
-    let changes: SessionChanges
+    package let changes: SessionChanges
     private let startedListeningAt: Mutex<Date>
 
-    init(
+    package init(
         store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub(),
         cluster: ClusterView = .single
     ) {
@@ -42,13 +42,13 @@ public final class SessionLedger: Sendable {
     public var controlPlaneStartedAt: Date { startedListeningAt.withLock { $0 } }
 
     /// Called once the server listens.
-    func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
+    package func markListening() { startedListeningAt.withLock { $0 = clock.now() } }
 
     /// Since when the control plane has served without a break, as of `now`: from this node's
     /// start, or with several nodes from when the cluster last had no node serving — and in any
     /// case not before the store last came back from an outage (the store's downtime is the
     /// control plane's).
-    func servingSince(now: Date) -> Date {
+    package func servingSince(now: Date) -> Date {
         let served = cluster.availableSince(now: now, fallback: controlPlaneStartedAt)
         guard let storeBack = store.availability?.answeringSince else { return served }
         return max(served, storeBack)
@@ -56,7 +56,7 @@ public final class SessionLedger: Sendable {
 
     /// The context of a decision made now: silence before `servingSince` never counts, and a
     /// runtime whose node was lost is judged from that loss.
-    func context() -> SessionContext {
+    package func context() -> SessionContext {
         let now = clock.now()
         return SessionContext(
             now: now, timing: timing, controlPlaneStartedAt: servingSince(now: now),
@@ -67,7 +67,7 @@ public final class SessionLedger: Sendable {
     /// Decides and commits one change of session `id` in one transaction; then publishes its
     /// events and wakes its waiters. Called by `Engine.perform` only, which adds the rules, arms
     /// the wake-up and runs the effects.
-    func update<Output: Sendable>(
+    package func update<Output: Sendable>(
         _ id: SessionID, forRules: Bool = false,
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
@@ -81,7 +81,7 @@ public final class SessionLedger: Sendable {
     }
 
     /// The same for reducers that return notes: each becomes one log line (and its metric).
-    func update<Output: Sendable>(
+    package func update<Output: Sendable>(
         _ id: SessionID, forRules: Bool = false,
         _ decide: @escaping @Sendable (SessionState?, SessionContext) throws -> Decision<SessionReducer.Outcome<Output>>
     ) async throws -> Committed<Output> {
@@ -92,7 +92,7 @@ public final class SessionLedger: Sendable {
 
     /// Commits a change decided without reading the session (appending events, say).
     @discardableResult
-    func commit(_ change: SessionChange) async throws -> [Event] {
+    package func commit(_ change: SessionChange) async throws -> [Event] {
         let events = try await store.commit(change)
         hub.publish(events)
         changes.changed(change.sessionId)
@@ -100,7 +100,7 @@ public final class SessionLedger: Sendable {
     }
 
     /// One log line, and the metric, of a decision.
-    func record(_ note: DecisionNote, session id: SessionID) {
+    package func record(_ note: DecisionNote, session id: SessionID) {
         var metadata: Logger.Metadata = ["sessionId": "\(id)"]
         switch note {
         case .executionAccepted(let execution, let runtime):
@@ -149,7 +149,7 @@ public final class SessionLedger: Sendable {
         }
     }
 
-    static func metadata(_ reason: StopReason) -> Logger.Metadata {
+    package static func metadata(_ reason: StopReason) -> Logger.Metadata {
         [
             "rule": "\(reason.rule.rawValue)", "idleMs": "\(reason.idleMs.map(String.init) ?? "-")",
             "idleTimeoutMs": "\(reason.idleTimeoutMs.map(String.init) ?? "-")", "detail": "\(reason.detail ?? "")",

@@ -18,13 +18,13 @@ public struct SessionEngine: Sendable {
     public let ledger: SessionLedger
     public let sessions: SessionService
     public let gateway: RuntimeGateway
-    let connections: RuntimeConnections
+    package let connections: RuntimeConnections
     public let lifecycle: RuntimeLifecycle
     public let rules: RuleRunner
-    let effects: EffectRunner
-    let performer: Engine
+    package let effects: EffectRunner
+    package let performer: Engine
     /// Signalled when a change writes callback deliveries.
-    let callbackWakeUps: WakeSignal
+    package let callbackWakeUps: WakeSignal
 
     public init(
         store: any SessionStore, host: any RuntimeHost, timing: Timing, clock: any WallClock, secretBox: SecretBox,
@@ -50,7 +50,7 @@ public struct SessionEngine: Sendable {
     }
 
     /// A runtime process died on its own (the supervisor's exit handler).
-    func exited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
+    package func exited(_ id: SessionID, process: RuntimeProcess, detail: String) async {
         await lifecycle.exited(id, process: process, detail: detail, engine: performer)
     }
 }

@@ -9,14 +9,14 @@ import Synchronization
 /// outcome as an event, with the execution's callback. The session's next execution is held
 /// back until then, so it starts on the committed tree. Redone after a crash (the session's
 /// `autoCommitPending` says so); committing again when there is nothing new commits nothing.
-final class AutoCommitRunner: Sendable {
-    let ledger: SessionLedger
-    let host: any RuntimeHost
-    let secretBox: SecretBox
-    let logger: Logger
+package final class AutoCommitRunner: Sendable {
+    package let ledger: SessionLedger
+    package let host: any RuntimeHost
+    package let secretBox: SecretBox
+    package let logger: Logger
     private let running = Mutex<Set<SessionID>>([])
 
-    init(ledger: SessionLedger, host: any RuntimeHost, secretBox: SecretBox, logger: Logger) {
+    package init(ledger: SessionLedger, host: any RuntimeHost, secretBox: SecretBox, logger: Logger) {
         self.ledger = ledger
         self.host = host
         self.logger = logger
@@ -24,7 +24,7 @@ final class AutoCommitRunner: Sendable {
     }
 
     /// Commits after `executionId` and records the outcome through `engine`.
-    func run(_ id: SessionID, executionId: ExecutionID, engine: Engine) async {
+    package func run(_ id: SessionID, executionId: ExecutionID, engine: Engine) async {
         guard running.withLock({ $0.insert(id).inserted }) else { return }
         defer { _ = running.withLock { $0.remove(id) } }
         do {

@@ -8,13 +8,13 @@ import Logging
 /// batched into one column. The connections and the runtime outbox's delivery are
 /// `RuntimeConnections`'.
 public final class RuntimeGateway: Sendable {
-    let ledger: SessionLedger
-    let heartbeats: HeartbeatBatcher
-    let logger: Logger
-    let engine: Engine
-    let connections: RuntimeConnections
+    package let ledger: SessionLedger
+    package let heartbeats: HeartbeatBatcher
+    package let logger: Logger
+    package let engine: Engine
+    package let connections: RuntimeConnections
 
-    init(ledger: SessionLedger, heartbeats: HeartbeatBatcher, engine: Engine, connections: RuntimeConnections, logger: Logger) {
+    package init(ledger: SessionLedger, heartbeats: HeartbeatBatcher, engine: Engine, connections: RuntimeConnections, logger: Logger) {
         self.ledger = ledger
         self.heartbeats = heartbeats
         self.engine = engine
@@ -25,19 +25,19 @@ public final class RuntimeGateway: Sendable {
     // MARK: Connections
 
     public func connection(for session: SessionID) -> RuntimeConnection? { connections.connection(for: session) }
-    func register(_ connection: RuntimeConnection) { connections.register(connection) }
-    func unregister(_ connection: RuntimeConnection) { connections.unregister(connection) }
-    func close(_ session: SessionID, telling reason: String) { connections.close(session, telling: reason) }
-    func tellNodes(_ controlURLs: [String]) { connections.tellNodes(controlURLs) }
-    var connectedSessions: [SessionID] { connections.connectedSessions }
-    func reconcile(_ id: SessionID) async { await connections.reconcile(id) }
+    package func register(_ connection: RuntimeConnection) { connections.register(connection) }
+    package func unregister(_ connection: RuntimeConnection) { connections.unregister(connection) }
+    package func close(_ session: SessionID, telling reason: String) { connections.close(session, telling: reason) }
+    package func tellNodes(_ controlURLs: [String]) { connections.tellNodes(controlURLs) }
+    package var connectedSessions: [SessionID] { connections.connectedSessions }
+    package func reconcile(_ id: SessionID) async { await connections.reconcile(id) }
 
     // MARK: Frames
 
     /// Checks a connecting runtime's secret against its session's current launch. A store that
     /// fails throws (a 5xx, which the runtime retries): only an unknown session or a wrong secret
     /// is nil (a 401, which makes the runtime exit).
-    func authenticate(session rawId: String?, secret: String?) async throws -> SessionRecord? {
+    package func authenticate(session rawId: String?, secret: String?) async throws -> SessionRecord? {
         guard let rawId, let id = SessionID(rawValue: rawId), let secret, !secret.isEmpty,
               let session = try await ledger.store.session(id), let expected = session.runtime.secretHash,
               BearerToken.hash(secret) == expected
@@ -47,7 +47,7 @@ public final class RuntimeGateway: Sendable {
 
     /// A runtime said hello (`SessionReducer.hello`): it is welcomed and registered, then sent
     /// the outbox. False when the runtime must go away (told to shut down).
-    func hello(_ connection: RuntimeConnection, activeExecutionId: String?) async throws -> Bool {
+    package func hello(_ connection: RuntimeConnection, activeExecutionId: String?) async throws -> Bool {
         let id = connection.sessionId
         let instanceId = connection.instanceId
         let committed = try await engine.perform(id, first: { [self] committed in
@@ -74,7 +74,7 @@ public final class RuntimeGateway: Sendable {
     /// Records a batch of the runtime's events (`SessionReducer.ingest`), then acknowledges
     /// them once durable. A batch ends after an `execution.ended`, so that the completion's
     /// effects (auto-commit, callback, the next execute) see it committed.
-    func ingest(_ batch: [RuntimeEvent], from connection: RuntimeConnection) async throws {
+    package func ingest(_ batch: [RuntimeEvent], from connection: RuntimeConnection) async throws {
         let id = connection.sessionId
         let instanceId = connection.instanceId
         var rest = batch[...]
@@ -94,7 +94,7 @@ public final class RuntimeGateway: Sendable {
         }
     }
 
-    static func reported(_ event: RuntimeEvent) -> ReportedEvent {
+    package static func reported(_ event: RuntimeEvent) -> ReportedEvent {
         let kind: ReportedEvent.Kind = switch event.kind {
         case RuntimeEvent.Kind.running: .running
         case RuntimeEvent.Kind.agent: .agent
@@ -108,14 +108,14 @@ public final class RuntimeGateway: Sendable {
     /// `count` heartbeats (received together) of the connection's active execution (anything
     /// else is ignored). A heartbeat changes one column of its execution and nothing else: no
     /// decision is made when it arrives. The rules read it when the session's wake-up fires.
-    func heartbeat(_ executionId: String, count: Int = 1, from connection: RuntimeConnection) async {
+    package func heartbeat(_ executionId: String, count: Int = 1, from connection: RuntimeConnection) async {
         guard let active = connection.activeExecution, active.rawValue == executionId else { return }
         await heartbeats.record(active, at: ledger.clock.now(), count: count)
     }
 }
 
 extension JSONValue {
-    init(_ value: ProtocolValue) {
+    package init(_ value: ProtocolValue) {
         switch value {
         case .null: self = .null
         case .bool(let flag): self = .bool(flag)

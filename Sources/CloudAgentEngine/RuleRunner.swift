@@ -9,12 +9,12 @@ import Prometheus
 /// The scheduler runs each session's evaluation in a task of its own, and an evaluation holds
 /// no lock, so a slow session never delays another's timers.
 public final class RuleRunner: Sendable {
-    let ledger: SessionLedger
-    let engine: Engine
-    let metrics: ServerMetrics
-    let logger: Logger
+    package let ledger: SessionLedger
+    package let engine: Engine
+    package let metrics: ServerMetrics
+    package let logger: Logger
 
-    init(ledger: SessionLedger, engine: Engine, metrics: ServerMetrics, logger: Logger) {
+    package init(ledger: SessionLedger, engine: Engine, metrics: ServerMetrics, logger: Logger) {
         self.ledger = ledger
         self.engine = engine
         self.metrics = metrics

@@ -13,11 +13,11 @@ public actor RuntimeSupervisor: Service {
     public typealias Job = @Sendable () async -> Void
     public typealias ExitHandler = @Sendable (SessionID, RuntimeProcess, String) async -> Void
 
-    let layout: WorkspaceLayout
-    let sandbox: SandboxWrapper
-    let runtimeExecutable: URL
-    let logLevel: Logger.Level
-    let logger: Logger
+    package let layout: WorkspaceLayout
+    package let sandbox: SandboxWrapper
+    package let runtimeExecutable: URL
+    package let logLevel: Logger.Level
+    package let logger: Logger
     private var port: Int?
     /// Runtime processes to watch: launched by this control plane (our children) or adopted
     /// from before a restart.
@@ -53,7 +53,7 @@ public actor RuntimeSupervisor: Service {
     /// `environment` is the session's env vars and decrypted secrets; `secretNames` says which
     /// are secrets (the runtime masks their values in the agent's output). `idleTimeoutMs` and
     /// `orphanLimitMs` are what the runtime goes by when it can reach no control plane.
-    func launch(
+    package func launch(
         session: SessionID, instanceId: String, secret: String, environment: [String: String], secretNames: [String] = [], stopGraceMs: Int64,
         idleTimeoutMs: Int64, orphanLimitMs: Int64, controlURLs: [String] = []
     ) throws -> RuntimeProcess {
@@ -88,14 +88,14 @@ public actor RuntimeSupervisor: Service {
     }
 
     /// Watches a runtime launched before this control plane started.
-    func adopt(session: SessionID, process: RuntimeProcess) { watched[session] = (process, false) }
+    package func adopt(session: SessionID, process: RuntimeProcess) { watched[session] = (process, false) }
 
-    func unwatch(session: SessionID) { watched[session] = nil }
+    package func unwatch(session: SessionID) { watched[session] = nil }
 
-    func watchedProcess(session: SessionID) -> RuntimeProcess? { watched[session]?.process }
+    package func watchedProcess(session: SessionID) -> RuntimeProcess? { watched[session]?.process }
 
     /// Whether a runtime process is still there.
-    nonisolated func isAlive(_ process: RuntimeProcess) -> Bool {
+    package nonisolated func isAlive(_ process: RuntimeProcess) -> Bool {
         ProcessControl.isAlive(SpawnedProcess(pid: process.pid, startTime: process.startTime))
     }
 
@@ -105,7 +105,7 @@ public actor RuntimeSupervisor: Service {
     /// the kernel's process tree are signalled, never a pid a runtime reported. Under bubblewrap
     /// the runtime is the sandbox's program, two levels below the launched `bwrap`, which is
     /// SIGKILLed last (and with it, everything inside). True when all is gone.
-    func terminate(session: SessionID, process: RuntimeProcess, sandbox: String?, graceMs: Int64) async -> Bool {
+    package func terminate(session: SessionID, process: RuntimeProcess, sandbox: String?, graceMs: Int64) async -> Bool {
         watched[session] = nil
         let root = SpawnedProcess(pid: process.pid, startTime: process.startTime)
         let sandboxed = sandbox == SandboxKind.bwrap.rawValue
@@ -145,7 +145,7 @@ public actor RuntimeSupervisor: Service {
         }
     }
 
-    static func describe(status: Int32) -> String {
+    package static func describe(status: Int32) -> String {
         let signal = status & 0x7f
         if signal == 0 { return "exit code \((status >> 8) & 0xff)" }
         return "killed by signal \(signal)"

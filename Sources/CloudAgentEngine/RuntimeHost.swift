@@ -54,9 +54,9 @@ public protocol RuntimeHost: Sendable {
 /// This machine: workspaces by `GitWorkspaces` in the data directory, processes by the
 /// `RuntimeSupervisor` in the configured sandbox.
 public struct LocalRuntimeHost: RuntimeHost {
-    let supervisor: RuntimeSupervisor
-    let workspaces: GitWorkspaces
-    let layout: WorkspaceLayout
+    package let supervisor: RuntimeSupervisor
+    package let workspaces: GitWorkspaces
+    package let layout: WorkspaceLayout
 
     public init(supervisor: RuntimeSupervisor, workspaces: GitWorkspaces, layout: WorkspaceLayout) {
         self.supervisor = supervisor
@@ -94,7 +94,7 @@ public struct LocalRuntimeHost: RuntimeHost {
 
 extension WorkspaceRequest {
     /// What preparing, restoring or committing a session's workspace needs, its secrets opened.
-    init(session id: SessionID, spec: SessionSpec, workBranch: String?, opening secretBox: SecretBox) throws {
+    package init(session id: SessionID, spec: SessionSpec, workBranch: String?, opening secretBox: SecretBox) throws {
         let secrets = try spec.secrets.mapValues { try secretBox.open($0) }
         self.init(
             sessionId: id,

@@ -4,14 +4,14 @@ import Prometheus
 /// The control plane's own figures, on the registry `/metrics` serves.
 public struct ServerMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
-    let sessionsCreated: Counter
-    let sessionsDeleted: Counter
-    let sessionsExpired: Counter
-    let wakeUpsFired: Counter
-    let eventsSwept: Counter
+    package let sessionsCreated: Counter
+    package let sessionsDeleted: Counter
+    package let sessionsExpired: Counter
+    package let wakeUpsFired: Counter
+    package let eventsSwept: Counter
     /// Several nodes: other nodes' change notices heard, and lost nodes' sessions taken over.
-    let clusterNotices: Counter
-    let takeovers: Counter
+    package let clusterNotices: Counter
+    package let takeovers: Counter
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -24,15 +24,15 @@ public struct ServerMetrics: Sendable {
         takeovers = registry.makeCounter(descriptor: Self.name("node_takeovers", "Lost nodes whose sessions this node took over"))
     }
 
-    static func name(_ metric: String, _ help: String) -> MetricNameDescriptor {
+    package static func name(_ metric: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "cloud_agent", metricName: metric, unitName: "total", helpText: help)
     }
 
-    func runtimeStopped(_ rule: StopRule) {
+    package func runtimeStopped(_ rule: StopRule) {
         registry.makeCounter(descriptor: Self.name("runtime_stops", "Runtime stops by rule"), labels: [("rule", rule.rawValue)]).increment()
     }
 
-    func executionEnded(_ status: ExecutionStatus) {
+    package func executionEnded(_ status: ExecutionStatus) {
         registry.makeCounter(descriptor: Self.name("executions_ended", "Executions ended by status"), labels: [("status", status.rawValue)]).increment()
     }
 }

@@ -19,9 +19,9 @@ public struct AgentEntry: Sendable, Equatable {
     /// What the runtime is told to run (nil when unavailable).
     public var launch: AgentLaunch?
     /// How to ask the binary its version, when it is not known yet.
-    var versionProbe: [String]?
+    package var versionProbe: [String]?
 
-    var json: JSONValue {
+    package var json: JSONValue {
         var object: [String: JSONValue] = [
             "name": .string(name), "kind": .string(kind.rawValue), "binary": JSONValue(binary), "version": JSONValue(version),
             "available": .bool(available),
@@ -75,7 +75,7 @@ public struct AgentRegistry: Sendable {
         AgentRegistry(entries: [scripted(runtimeExecutable: runtimeExecutable)])
     }
 
-    static func scripted(runtimeExecutable: String) -> AgentEntry {
+    package static func scripted(runtimeExecutable: String) -> AgentEntry {
         AgentEntry(
             name: AgentKind.scripted.rawValue, kind: .scripted, binary: runtimeExecutable, version: "built-in", available: true,
             launch: AgentLaunch(kind: AgentKind.scripted.rawValue)
@@ -162,7 +162,7 @@ public struct AgentRegistry: Sendable {
 
     /// Where `program` is (as a shell finds it), symbolic links resolved so that the sandbox
     /// can expose the real file's directory.
-    static func locate(_ program: String, path: String?) -> String? {
+    package static func locate(_ program: String, path: String?) -> String? {
         ExecutableLookup.find(program, path: path).map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path }
     }
 
@@ -176,7 +176,7 @@ public struct AgentRegistry: Sendable {
     }
 
     /// Throws the 400 naming `name` when it is unknown or unavailable.
-    func requireAvailable(_ name: String) throws {
+    package func requireAvailable(_ name: String) throws {
         guard let entry = entry(named: name) else {
             let known = entries.map(\.name).joined(separator: ", ")
             throw ValidationError(field: "agent", "\"\(name)\" is not a known agent (known: \(known))")
@@ -199,7 +199,7 @@ public struct AgentRegistry: Sendable {
     /// program in a Python venv (`ROOT/bin/prog` beside `ROOT/pyvenv.cfg`, as `claude-code-acp`
     /// is installed), the venv and the installation it was made from (`home` in pyvenv.cfg).
     /// System directories are there anyway; the sandbox skips them.
-    static func supportDirectories(of binary: String) -> [String] {
+    package static func supportDirectories(of binary: String) -> [String] {
         let directory = URL(fileURLWithPath: binary).deletingLastPathComponent()
         var found = [directory.path]
         /// `PREFIX/bin/x` → `PREFIX`; anything else → its directory.
@@ -228,7 +228,7 @@ public struct AgentRegistry: Sendable {
         return found
     }
 
-    var json: JSONValue {
+    package var json: JSONValue {
         ["agents": .array(entries.map(\.json))]
     }
 }
@@ -237,14 +237,14 @@ public struct AgentRegistry: Sendable {
 private final class VersionBook: Sendable {
     private let state = Mutex<(versions: [String: String], probing: Task<Void, Never>?)>(([:], nil))
 
-    var versions: [String: String] { state.withLock { $0.versions } }
+    package var versions: [String: String] { state.withLock { $0.versions } }
 
-    func record(_ version: String, for name: String) {
+    package func record(_ version: String, for name: String) {
         state.withLock { $0.versions[name] = version }
     }
 
     /// Runs `probe` the first time; every call waits for that one run to end.
-    func probeOnce(_ probe: @escaping @Sendable () async -> Void) async {
+    package func probeOnce(_ probe: @escaping @Sendable () async -> Void) async {
         let task = state.withLock { state -> Task<Void, Never> in
             if let probing = state.probing { return probing }
             let probing = Task { await probe() }
