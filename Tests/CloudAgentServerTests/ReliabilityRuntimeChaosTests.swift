@@ -99,17 +99,21 @@ extension ReliabilityHarness {
 
                 #expect(kill(process.pid, SIGSTOP) == 0)
                 let failed: JSONValue
+                let atFailure: [TestAPI.EventView]
+                let ackedAtFailure: Int64
                 do {
                     defer { kill(process.pid, SIGCONT) }
                     failed = try await api.waitForExecution(id, status: "failed", within: 10)
                     // Frozen a while longer: its agent keeps ticking into the pipe meanwhile.
                     try await Task.sleep(for: .milliseconds(800))
+                    // What was recorded while it was frozen, read before the thaw (a thawed
+                    // runtime on a busy machine can report everything before a later read).
+                    atFailure = try await api.events(id)
+                    ackedAtFailure = try await api.plane.store.session(id)?.runtime.ackedSeq ?? 0
                 }
                 let executionId = try #require(failed["executionId"]?.stringValue)
                 #expect(failed["error"]?.stringValue?.contains("heartbeat") == true, "\(failed)")
-                let atFailure = try await api.events(id)
                 let failure = try #require(atFailure.first { $0.type == "execution.failed" })
-                let ackedAtFailure = try await api.plane.store.session(id)?.runtime.ackedSeq ?? 0
 
                 // Thawed, the runtime sends what it held back, obeys the kill and reports its end:
                 // all refused. Wait for the agent to be gone and the runtime's reports to settle.
