@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "CloudAgentCore",
             dependencies: [
-                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto")
             ],
             swiftSettings: strict
         ),

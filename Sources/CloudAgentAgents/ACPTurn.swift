@@ -101,11 +101,12 @@ public struct ACPTurnReader: Sendable {
         case "plan":
             let entries = update["entries"]?.arrayValue ?? []
             let lines = entries.map { entry -> String in
-                let mark = switch entry["status"]?.stringValue {
-                case "completed": "[x]"
-                case "in_progress": "[~]"
-                default: "[ ]"
-                }
+                let mark =
+                    switch entry["status"]?.stringValue {
+                    case "completed": "[x]"
+                    case "in_progress": "[~]"
+                    default: "[ ]"
+                    }
                 return "\(mark) \(entry["content"]?.stringValue ?? "")"
             }
             var data = AgentEventData.log((["plan:"] + lines).joined(separator: "\n"), raw: Self.cut(raw))
@@ -149,10 +150,14 @@ public struct ACPTurnReader: Sendable {
         let trimmed = text.trimmingCharacters(in: .newlines)
         guard !trimmed.isEmpty else { return [] }
         // One chunk: its own line. Several: the update they amount to.
-        let raw = chunks.count == 1 ? cut(chunks.lastRaw) : cut(ACPMessage.line([
-            "sessionUpdate": .string(chunks.thought ? "agent_thought_chunk" : "agent_message_chunk"),
-            "content": ["type": "text", "text": .string(trimmed)], "chunks": .number(Double(chunks.count)),
-        ]))
+        let raw =
+            chunks.count == 1
+            ? cut(chunks.lastRaw)
+            : cut(
+                ACPMessage.line([
+                    "sessionUpdate": .string(chunks.thought ? "agent_thought_chunk" : "agent_message_chunk"),
+                    "content": ["type": "text", "text": .string(trimmed)], "chunks": .number(Double(chunks.count)),
+                ]))
         if chunks.thought {
             var data = AgentEventData.log(trimmed, raw: raw)
             data["thought"] = true

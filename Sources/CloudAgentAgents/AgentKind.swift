@@ -147,10 +147,11 @@ public enum AgentsFile {
             case let other?:
                 throw Invalid("\(field).protocol \"\(other)\" is not known (only \"acp\")")
             }
-            declarations.append(CommandAgentDeclaration(
-                name: entry.name, executable: executable, arguments: arguments, output: output,
-                version: entry.version, versionArguments: entry.versionCommand, protocol: entry.protocol, timeout: entry.timeout
-            ))
+            declarations.append(
+                CommandAgentDeclaration(
+                    name: entry.name, executable: executable, arguments: arguments, output: output,
+                    version: entry.version, versionArguments: entry.versionCommand, protocol: entry.protocol, timeout: entry.timeout
+                ))
         }
         return declarations
     }

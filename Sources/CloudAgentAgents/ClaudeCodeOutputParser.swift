@@ -84,9 +84,10 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
         default: output = ""
         }
         let failed = block["is_error"]?.boolValue ?? false
-        return .agent(AgentEventData.tool(
-            name: call?.name ?? "tool", input: call?.input, output: output, status: failed ? "failed" : "completed", id: id, raw: raw
-        ))
+        return .agent(
+            AgentEventData.tool(
+                name: call?.name ?? "tool", input: call?.input, output: output, status: failed ? "failed" : "completed", id: id, raw: raw
+            ))
     }
 
     private mutating func result(_ object: [String: ProtocolValue], raw: String) -> AgentOutputItem {

@@ -100,11 +100,15 @@ struct APIClient: Sendable {
     }
 
     /// One page of events with ids above `fromId`.
-    func events(_ id: String, fromId: Int64, limit: Int? = nil, executionId: String? = nil, types: [String]? = nil) async throws -> (events: [JSONValue], next: Int64, answer: Answer) {
-        let path = sessionPath(id) + "/events" + Self.query([
-            ("fromId", String(fromId)), ("limit", limit.map(String.init)), ("executionId", executionId),
-            ("types", types.map { $0.joined(separator: ",") }),
-        ])
+    func events(_ id: String, fromId: Int64, limit: Int? = nil, executionId: String? = nil, types: [String]? = nil) async throws -> (
+        events: [JSONValue], next: Int64, answer: Answer
+    ) {
+        let path =
+            sessionPath(id) + "/events"
+            + Self.query([
+                ("fromId", String(fromId)), ("limit", limit.map(String.init)), ("executionId", executionId),
+                ("types", types.map { $0.joined(separator: ",") }),
+            ])
         let answer = try await send(.GET, path)
         let events = answer.json["events"]?.arrayItems ?? []
         return (events, answer.json["nextFromId"]?.intValue ?? fromId, answer)

@@ -27,9 +27,13 @@ struct AgentsCommand: AsyncParsableCommand {
             let kind = (agent["kind"]?.stringValue ?? "?").padding(toLength: 12, withPad: " ", startingAt: 0)
             if agent["available"] == .bool(true) {
                 let version = agent["version"]?.stringValue ?? "version unknown"
-                console.line("\(console.paint("✓", .green)) \(console.paint(name, .bold))  \(kind) \(version)  \(console.paint(agent["binary"]?.stringValue ?? "", .dim))")
+                console.line(
+                    "\(console.paint("✓", .green)) \(console.paint(name, .bold))  \(kind) \(version)  \(console.paint(agent["binary"]?.stringValue ?? "", .dim))"
+                )
             } else {
-                console.line("\(console.paint("✗", .red)) \(console.paint(name, .bold))  \(kind) \(console.paint(agent["reason"]?.stringValue ?? "not available", .dim))")
+                console.line(
+                    "\(console.paint("✗", .red)) \(console.paint(name, .bold))  \(kind) \(console.paint(agent["reason"]?.stringValue ?? "not available", .dim))"
+                )
             }
         }
     }

@@ -24,9 +24,10 @@ struct CallbacksCommand: AsyncParsableCommand {
         @OptionGroup var location: StoreLocationOptions
 
         func run() async throws {
-            print(try await location.withStore { store in
-                try await store.settingSavingIfAbsent(CallbackSignature.settingKey, value: CallbackSignature.generateKey())
-            })
+            print(
+                try await location.withStore { store in
+                    try await store.settingSavingIfAbsent(CallbackSignature.settingKey, value: CallbackSignature.generateKey())
+                })
         }
     }
 }

@@ -55,13 +55,14 @@ struct CLIFailure: Error, CustomStringConvertible {
 
     static func connection(_ url: String, _ error: any Error) -> CLIFailure {
         let text = "\(error)"
-        let reason = if text.contains("Connection refused") {
-            "connection refused; is `cloud-agent serve` running there? (--url, CLOUD_AGENT_URL)"
-        } else if text.lowercased().contains("timeout") || text.lowercased().contains("timed out") {
-            "timed out (\(text))"
-        } else {
-            text
-        }
+        let reason =
+            if text.contains("Connection refused") {
+                "connection refused; is `cloud-agent serve` running there? (--url, CLOUD_AGENT_URL)"
+            } else if text.lowercased().contains("timeout") || text.lowercased().contains("timed out") {
+                "timed out (\(text))"
+            } else {
+                text
+            }
         return CLIFailure(message: "cannot reach the cloud-agent server at \(url): \(reason)", exitCode: ExitStatus.connection)
     }
 }
@@ -89,13 +90,16 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "The server's URL (CLOUD_AGENT_URL, default http://127.0.0.1:8787).")
     var url: String?
 
-    @Option(help: ArgumentHelp(
-        "The bearer token (CLOUD_AGENT_TOKEN; default the api-token file in the data dir).",
-        valueName: "token"
-    ))
+    @Option(
+        help: ArgumentHelp(
+            "The bearer token (CLOUD_AGENT_TOKEN; default the api-token file in the data dir).",
+            valueName: "token"
+        ))
     var token: String?
 
-    @Option(name: .customLong("data-dir"), help: "Where a local server keeps api-token, read when no token is given (CLOUD_AGENT_DATA_DIR, default ./.cloud-agent).")
+    @Option(
+        name: .customLong("data-dir"), help: "Where a local server keeps api-token, read when no token is given (CLOUD_AGENT_DATA_DIR, default ./.cloud-agent)."
+    )
     var dataDir: String?
 
     @Flag(help: "Machine output: raw JSON responses and events, one per line.")
@@ -109,7 +113,7 @@ struct ClientOptions: ParsableArguments {
         var base = rawURL.trimmingCharacters(in: .whitespaces)
         while base.hasSuffix("/") { base.removeLast() }
         guard let parsed = URL(string: base), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https",
-              parsed.host != nil
+            parsed.host != nil
         else {
             throw CLIFailure.usage("--url must be an http:// or https:// URL: \(rawURL)")
         }

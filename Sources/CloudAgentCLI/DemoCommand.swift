@@ -12,11 +12,11 @@ import Synchronization
 import UnixSignals
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// `cloud-agent demo`: the product, offline, in under a minute. A control plane in this process
@@ -41,10 +41,11 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "The sandbox: bwrap, none or auto (bwrap when it works).")
     var sandbox: String = "auto"
 
-    @Option(help: ArgumentHelp(
-        "The agent: scripted (built in), or claude-code / codex — the real CLI (CLOUD_AGENT_CLAUDE_BIN / CLOUD_AGENT_CODEX_BIN or on PATH; scripts/install-agents.sh installs both) against an offline scripted model server.",
-        valueName: "agent"
-    ))
+    @Option(
+        help: ArgumentHelp(
+            "The agent: scripted (built in), or claude-code / codex — the real CLI (CLOUD_AGENT_CLAUDE_BIN / CLOUD_AGENT_CODEX_BIN or on PATH; scripts/install-agents.sh installs both) against an offline scripted model server.",
+            valueName: "agent"
+        ))
     var agent: String = "scripted"
 
     func validate() throws {
@@ -84,7 +85,9 @@ enum DemoAgent: String, Sendable {
         ScriptTurn(.shell(command: "ls", description: "List the files"), text: "Let me look around first."),
         ScriptTurn(.shell(command: "sh hello.sh", description: "Run hello.sh")),
         ScriptTurn(.shell(command: "echo 'A runtime is never stopped while its agent works.' > notes.txt && cat notes.txt", description: "Write notes.txt")),
-        ScriptTurn(.shell(command: "sleep \(Demo.silence)", description: "Think quietly"), text: "Now I think quietly for \(Demo.silence) s, longer than the idle timeout..."),
+        ScriptTurn(
+            .shell(command: "sleep \(Demo.silence)", description: "Think quietly"),
+            text: "Now I think quietly for \(Demo.silence) s, longer than the idle timeout..."),
         .text("Done: hello.sh ran and notes.txt is written."),
     ])
 
@@ -250,7 +253,10 @@ struct Demo: Sendable {
         func note(_ text: String) { c.line("   " + text) }
 
         step("①", "A control plane on \(api.baseURL)")
-        note(c.paint("data dir \(root.appendingPathComponent("data").path) · sandbox \(sandbox.rawValue) · idle timeout \(DurationText.format(milliseconds: timing.idleTimeoutMs)) · heartbeat every \(timing.heartbeatIntervalMs)ms · stale after \(DurationText.format(milliseconds: timing.staleThresholdMs))", .dim))
+        note(
+            c.paint(
+                "data dir \(root.appendingPathComponent("data").path) · sandbox \(sandbox.rawValue) · idle timeout \(DurationText.format(milliseconds: timing.idleTimeoutMs)) · heartbeat every \(timing.heartbeatIntervalMs)ms · stale after \(DurationText.format(milliseconds: timing.staleThresholdMs))",
+                .dim))
 
         let repo = root.appendingPathComponent("repo")
         try makeRepository(repo, log: root.appendingPathComponent("git.log"))
@@ -261,7 +267,10 @@ struct Demo: Sendable {
         var body: JSONValue = ["prompt": .string(prompt), "repo": ["url": .string(repo.path)], "agent": .string(agent.rawValue)]
         if agent != .scripted {
             let settings = agent.settings(modelServer: modelServer)
-            body = ["prompt": .string(prompt), "repo": ["url": .string(repo.path)], "agent": .string(agent.rawValue), "envVars": settings.envVars, "secrets": settings.secrets]
+            body = [
+                "prompt": .string(prompt), "repo": ["url": .string(repo.path)], "agent": .string(agent.rawValue), "envVars": settings.envVars,
+                "secrets": settings.secrets,
+            ]
         }
         let created = try await api.send(.POST, "/v1/sessions", body: body, timeout: .seconds(120)).json
         guard let session = created["sessionId"]?.stringValue else {
@@ -276,7 +285,10 @@ struct Demo: Sendable {
             await plane.sessions.agents.probeVersions(environment: plane.configuration.agentLookupEnvironment, logger: Logger(label: "cloud-agent-demo"))
             let entry = plane.sessions.agents.entry(named: agent.rawValue)
             note(c.paint("\(entry?.binary ?? "?") · \(entry?.version ?? "version unknown")", .dim))
-            note(c.paint("its model: cloud-agent's scripted model server on \(modelServer) (offline, no key), which asks for tools the CLI runs in the workspace", .dim))
+            note(
+                c.paint(
+                    "its model: cloud-agent's scripted model server on \(modelServer) (offline, no key), which asks for tools the CLI runs in the workspace",
+                    .dim))
             note(c.paint("its prompt: ", .dim) + prompt)
         }
 
@@ -304,13 +316,22 @@ struct Demo: Sendable {
             return false
         }
 
-        step("⑤", "The agent was silent for \(Self.silence) s, longer than the \(DurationText.format(milliseconds: timing.idleTimeoutMs)) idle timeout, and its runtime was not stopped")
+        step(
+            "⑤",
+            "The agent was silent for \(Self.silence) s, longer than the \(DurationText.format(milliseconds: timing.idleTimeoutMs)) idle timeout, and its runtime was not stopped"
+        )
         if watch.violations.isEmpty, watch.samples > 0 {
             note(c.paint("✓", .green) + " checked the session \(watch.samples) times while the execution ran: runtime `running` every time, no idle deadline")
             if watch.beyondTimeout > 0 {
-                note(c.paint("✓", .green) + " \(watch.beyondTimeout) of those checks came more than the idle timeout after the agent's last output (up to \(humanDuration(watch.longestSilence)) of silence)")
+                note(
+                    c.paint("✓", .green)
+                        + " \(watch.beyondTimeout) of those checks came more than the idle timeout after the agent's last output (up to \(humanDuration(watch.longestSilence)) of silence)"
+                )
             }
-            note(c.paint("  what kept it: \(watch.heartbeats) heartbeats, about every \(timing.heartbeatIntervalMs)ms (longest gap \(humanDuration(watch.longestHeartbeatGap)))", .dim))
+            note(
+                c.paint(
+                    "  what kept it: \(watch.heartbeats) heartbeats, about every \(timing.heartbeatIntervalMs)ms (longest gap \(humanDuration(watch.longestHeartbeatGap)))",
+                    .dim))
         } else {
             passed = false
             note(c.paint("✗ the runtime was not kept running while the agent worked:", .red))
@@ -435,12 +456,16 @@ struct Demo: Sendable {
     private func makeRepository(_ repo: URL, log: URL) throws {
         try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
         try "# demo-app\n\nA tiny repository for the cloud-agent demo.\n".write(to: repo.appendingPathComponent("README.md"), atomically: true, encoding: .utf8)
-        try "echo \"hello from hello.sh, running in the session's workspace\"\n".write(to: repo.appendingPathComponent("hello.sh"), atomically: true, encoding: .utf8)
+        try "echo \"hello from hello.sh, running in the session's workspace\"\n".write(
+            to: repo.appendingPathComponent("hello.sh"), atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         try git(["init", "-q", "-b", "main", "."], in: repo, log: log)
         try git(["add", "README.md", "hello.sh"], in: repo, log: log)
-        try git(["-c", "user.name=cloud-agent demo", "-c", "user.email=demo@cloud-agent.invalid", "-c", "commit.gpgsign=false",
-                 "commit", "-q", "-m", "A tiny demo app"], in: repo, log: log)
+        try git(
+            [
+                "-c", "user.name=cloud-agent demo", "-c", "user.email=demo@cloud-agent.invalid", "-c", "commit.gpgsign=false",
+                "commit", "-q", "-m", "A tiny demo app",
+            ], in: repo, log: log)
     }
 
     private func git(_ arguments: [String], in directory: URL, log: URL) throws {

@@ -46,9 +46,10 @@ struct StreamQuery: Sendable {
     var types: [String]?
 
     func path(session: String, fromId: Int64) -> String {
-        "/v1/sessions/\(APIClient.escape(session))/stream" + APIClient.query([
-            ("fromId", String(fromId)), ("executionId", executionId), ("types", types.map { $0.joined(separator: ",") }),
-        ])
+        "/v1/sessions/\(APIClient.escape(session))/stream"
+            + APIClient.query([
+                ("fromId", String(fromId)), ("executionId", executionId), ("types", types.map { $0.joined(separator: ",") }),
+            ])
     }
 }
 
@@ -113,7 +114,11 @@ struct EventFollower: Sendable {
         var stopped: Bool { state.withLock { $0.stopped } }
         var received: Int { state.withLock { $0.received } }
 
-        func newGeneration() -> Int { state.withLock { $0.generation += 1; return $0.generation } }
+        func newGeneration() -> Int {
+            state.withLock {
+                $0.generation += 1; return $0.generation
+            }
+        }
 
         /// True when `generation` may hand over the event (new, and its connection current):
         /// then a handler call begins.
@@ -235,14 +240,18 @@ struct EventFollower: Sendable {
                 case Self.sessionDeletedCode:
                     throw Ended.sessionDeleted
                 case let code:
-                    reconnectNotice = "(the stream closed\(code.map { " with code \($0)" } ?? "")\(close?.reason.map { ": \($0)" } ?? ""); resuming from event \(progress.lastId))"
+                    reconnectNotice =
+                        "(the stream closed\(code.map { " with code \($0)" } ?? "")\(close?.reason.map { ": \($0)" } ?? ""); resuming from event \(progress.lastId))"
                 }
             case .finished(.failure(let error as WebSocketClientError)) where error == .webSocketUpgradeFailed:
                 // Ask the events route the same question: its error says what is wrong.
-                let answer = try await api.sendAllowingErrors(.GET, "/v1/sessions/\(APIClient.escape(session))/events" + APIClient.query([
-                    ("fromId", String(progress.lastId)), ("limit", "1"), ("executionId", query.executionId),
-                    ("types", query.types.map { $0.joined(separator: ",") }),
-                ]))
+                let answer = try await api.sendAllowingErrors(
+                    .GET,
+                    "/v1/sessions/\(APIClient.escape(session))/events"
+                        + APIClient.query([
+                            ("fromId", String(progress.lastId)), ("limit", "1"), ("executionId", query.executionId),
+                            ("types", query.types.map { $0.joined(separator: ",") }),
+                        ]))
                 if (400..<500).contains(answer.status) { throw CLIFailure.api(status: answer.status, body: answer.json, text: answer.text) }
                 if answer.status < 300 {
                     notice("(this server has no stream route; polling its events instead)")

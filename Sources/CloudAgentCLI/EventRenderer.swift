@@ -58,8 +58,10 @@ final class EventRenderer: Sendable {
         case EventType.executionFailed:
             let facts = [data["exitCode"]?.intValue.map { "exit \($0)" }, took(event)].compactMap { $0 }
             let error = data["error"]?.stringValue ?? "failed"
-            return [c.paint("✗ execution failed", .red, .bold) + execution + ": " + error
-                + (facts.isEmpty ? "" : c.paint(" (" + facts.joined(separator: ", ") + ")", .dim))]
+            return [
+                c.paint("✗ execution failed", .red, .bold) + execution + ": " + error
+                    + (facts.isEmpty ? "" : c.paint(" (" + facts.joined(separator: ", ") + ")", .dim))
+            ]
         case EventType.executionInterrupted:
             let reason = data["reason"]?.stringValue ?? "unknown"
             return [c.paint("■ execution interrupted", .yellow, .bold) + execution + " (reason: \(reason))"]

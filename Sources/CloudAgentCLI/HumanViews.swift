@@ -67,12 +67,13 @@ struct HumanViews {
         let c = console
         let id = execution["executionId"]?.stringValue ?? "?"
         let status = execution["status"]?.stringValue ?? "?"
-        let color: Console.Style = switch status {
-        case "completed": .green
-        case "failed": .red
-        case "interrupted": .yellow
-        default: .blue
-        }
+        let color: Console.Style =
+            switch status {
+            case "completed": .green
+            case "failed": .red
+            case "interrupted": .yellow
+            default: .blue
+            }
         var text = id + " " + c.paint(status, color)
         if let exit = execution["exitCode"]?.intValue { text += " (exit \(exit))" }
         if let started = execution["startedAt"]?.dateValue {

@@ -24,13 +24,19 @@ struct SessionSpecOptions: ParsableArguments {
     @Option(help: "Handed to the agent as its model.")
     var model: String?
 
-    @Option(name: .customLong("env"), help: ArgumentHelp("An environment variable for the agent (repeatable); a bare NAME takes its value from this shell.", valueName: "NAME=VALUE"))
+    @Option(
+        name: .customLong("env"),
+        help: ArgumentHelp("An environment variable for the agent (repeatable); a bare NAME takes its value from this shell.", valueName: "NAME=VALUE"))
     var env: [String] = []
 
-    @Option(name: .customLong("secret"), help: ArgumentHelp("Like --env, stored encrypted and never shown (repeatable); a bare NAME takes its value from this shell.", valueName: "NAME=VALUE"))
+    @Option(
+        name: .customLong("secret"),
+        help: ArgumentHelp("Like --env, stored encrypted and never shown (repeatable); a bare NAME takes its value from this shell.", valueName: "NAME=VALUE"))
     var secrets: [String] = []
 
-    @Option(name: .customLong("setup"), help: ArgumentHelp("A setup command run in the workspace before the runtime starts (repeatable, in order).", valueName: "command"))
+    @Option(
+        name: .customLong("setup"),
+        help: ArgumentHelp("A setup command run in the workspace before the runtime starts (repeatable, in order).", valueName: "command"))
     var setup: [String] = []
 
     @Flag(name: .customLong("auto-commit"), help: "Commit (and push) the workspace after each execution.")
@@ -172,10 +178,12 @@ struct SessionsCommand: AsyncParsableCommand {
         @Option(name: .customLong("setup"), help: ArgumentHelp("Replace the setup commands (repeatable).", valueName: "command")) var setup: [String] = []
         @Flag(name: .customLong("clear-setup"), help: "Remove every setup command.") var clearSetup = false
         @Flag(inversion: .prefixedNo, help: "Commit (and push) after each execution.") var autoCommit: Bool?
-        @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("A new idle timeout (e.g. 30s, 15m); applies at once.", valueName: "duration")) var idleTimeout: String?
+        @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("A new idle timeout (e.g. 30s, 15m); applies at once.", valueName: "duration"))
+        var idleTimeout: String?
         @Flag(name: .customLong("clear-idle-timeout"), help: "Use the server's idle timeout.") var clearIdleTimeout = false
         @Option(name: .customLong("callback-url"), help: "A new completion callback URL.") var callbackURL: String?
-        @Option(name: .customLong("callback-header"), help: ArgumentHelp("A header of the new callback (repeatable).", valueName: "NAME=VALUE")) var callbackHeaders: [String] = []
+        @Option(name: .customLong("callback-header"), help: ArgumentHelp("A header of the new callback (repeatable).", valueName: "NAME=VALUE"))
+        var callbackHeaders: [String] = []
         @Flag(name: .customLong("clear-callback"), help: "Remove the callback.") var clearCallback = false
 
         func validate() throws {
@@ -206,8 +214,16 @@ struct SessionsCommand: AsyncParsableCommand {
             } else if clearRepo {
                 body["repo"] = .null
             }
-            if !env.isEmpty { body["envVars"] = .object(try parsePairs(env, option: "--env").mapValues(JSONValue.string)) } else if clearEnv { body["envVars"] = [:] }
-            if !secrets.isEmpty { body["secrets"] = .object(try parsePairs(secrets, option: "--secret").mapValues(JSONValue.string)) } else if clearSecrets { body["secrets"] = [:] }
+            if !env.isEmpty {
+                body["envVars"] = .object(try parsePairs(env, option: "--env").mapValues(JSONValue.string))
+            } else if clearEnv {
+                body["envVars"] = [:]
+            }
+            if !secrets.isEmpty {
+                body["secrets"] = .object(try parsePairs(secrets, option: "--secret").mapValues(JSONValue.string))
+            } else if clearSecrets {
+                body["secrets"] = [:]
+            }
             if !setup.isEmpty { body["setupCommands"] = .array(setup.map(JSONValue.string)) } else if clearSetup { body["setupCommands"] = [] }
             if let autoCommit { body["autoCommit"] = .bool(autoCommit) }
             if let idleTimeout {

@@ -50,9 +50,10 @@ public enum StoreFactory {
         let postgres: PostgresConfiguration
         do { postgres = try PostgresConfiguration(url: url) } catch { throw Unavailable(description: "\(error)") }
         let store = try PostgresSessionStore(configuration: postgres, logger: logger, nodeId: nodeId, wakeUpLeaseMs: configuration.nodeLeaseMs)
-        let membership: any ClusterMembership = nodeId.map {
-            PostgresCluster(store: store, configuration: postgres, nodeId: $0, heartbeatMs: configuration.nodeHeartbeatMs, logger: logger)
-        } ?? SingleNode()
+        let membership: any ClusterMembership =
+            nodeId.map {
+                PostgresCluster(store: store, configuration: postgres, nodeId: $0, heartbeatMs: configuration.nodeHeartbeatMs, logger: logger)
+            } ?? SingleNode()
         return try await withThrowingTaskGroup(of: Result?.self) { group in
             group.addTask {
                 await store.run()

@@ -6,8 +6,8 @@ public struct SessionID: RawRepresentable, Hashable, Sendable, Codable, CustomSt
 
     public init?(rawValue: String) {
         guard rawValue.hasPrefix("agent_"),
-              let uuid = UUID(uuidString: String(rawValue.dropFirst("agent_".count))),
-              rawValue == "agent_" + uuid.uuidString.lowercased()
+            let uuid = UUID(uuidString: String(rawValue.dropFirst("agent_".count))),
+            rawValue == "agent_" + uuid.uuidString.lowercased()
         else { return nil }
         self.rawValue = rawValue
     }

@@ -69,9 +69,10 @@ public enum IdlePolicy {
         guard let last = lastActivity(runtimeStartedAt: runtime.startedAt, latest: latest) else { return .notRunning }
         let deadline = last.at.adding(milliseconds: idleTimeoutMs)
         guard now >= deadline else { return .idleAt(deadline: deadline, lastActivity: last) }
-        return .stop(StopReason(
-            rule: .idle, at: now, lastActivityAt: last.at, idleMs: now.milliseconds(since: last.at),
-            idleTimeoutMs: idleTimeoutMs, detail: "no activity for \(now.milliseconds(since: last.at)) ms (since \(last.source.rawValue))"
-        ))
+        return .stop(
+            StopReason(
+                rule: .idle, at: now, lastActivityAt: last.at, idleMs: now.milliseconds(since: last.at),
+                idleTimeoutMs: idleTimeoutMs, detail: "no activity for \(now.milliseconds(since: last.at)) ms (since \(last.source.rawValue))"
+            ))
     }
 }

@@ -98,9 +98,12 @@ public actor InMemorySessionStore: SessionStore {
                 }
             }
         }
-        for command in change.commands where command.executionId == nil || !queue.contains(where: {
-            $0.command.kind == command.kind && $0.command.executionId == command.executionId
-        }) {
+        for command in change.commands
+        where command.executionId == nil
+            || !queue.contains(where: {
+                $0.command.kind == command.kind && $0.command.executionId == command.executionId
+            })
+        {
             lastCommandId += 1
             queue.append(QueuedCommand(id: lastCommandId, sessionId: change.sessionId, command: command))
         }
@@ -145,7 +148,7 @@ public actor InMemorySessionStore: SessionStore {
         var changed = 0
         for beat in heartbeats {
             guard var execution = executionsById[beat.executionId], execution.status == .running,
-                  (execution.lastHeartbeat.map { $0 < beat.at } ?? true)
+                (execution.lastHeartbeat.map { $0 < beat.at } ?? true)
             else { continue }
             execution.lastHeartbeat = beat.at
             executionsById[beat.executionId] = execution

@@ -1,4 +1,3 @@
-
 /// A direct JSON writer for `JSONValue`: the same text as a `JSONEncoder` with sorted keys and
 /// unescaped slashes (integral numbers without a fraction), several times faster than going
 /// through `Codable`. Event data is written with it on every ingested event, and every live

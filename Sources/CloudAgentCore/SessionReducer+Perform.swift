@@ -146,11 +146,12 @@ extension SessionReducer {
             after = state
         }
         let evaluation = evaluate(after, context: context, timer: timer)
-        let change: SessionChange? = switch (decision.change, evaluation.change) {
-        case (let first?, let next?): first.followed(by: next)
-        case (let first?, nil): first
-        case (nil, let next): next
-        }
+        let change: SessionChange? =
+            switch (decision.change, evaluation.change) {
+            case (let first?, let next?): first.followed(by: next)
+            case (let first?, nil): first
+            case (nil, let next): next
+            }
         var effects = decision.effects
         for effect in evaluation.effects where !effects.contains(effect) { effects.append(effect) }
         let next: Date?? = decision.change?.deletesSession == true ? .some(nil) : .some(evaluation.output.output)

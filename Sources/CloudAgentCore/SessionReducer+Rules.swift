@@ -54,15 +54,18 @@ extension SessionReducer {
                     guard var execution = state.execution, execution.id == executionId else { continue }
                     execution.stuckReportedAt = now
                     state.execution = execution
-                    change.events.append(NewEvent(
-                        executionId: executionId, type: EventType.executionStuck, at: now, data: ["sinceLastProgressMs": JSONValue(silenceMs)]
-                    ))
+                    change.events.append(
+                        NewEvent(
+                            executionId: executionId, type: EventType.executionStuck, at: now, data: ["sinceLastProgressMs": JSONValue(silenceMs)]
+                        ))
                     notes.append(.executionStuck(executionId, sinceLastProgressMs: silenceMs))
                 case .stopRuntime(let reason):
                     guard state.session.runtime.state == .starting || state.session.runtime.state == .running else { continue }
                     try? state.session.runtime.beginStopping(reason)
                     state.session.updatedAt = now
-                    effects.append(.terminate(state.session.runtime.process, sandbox: state.session.runtime.sandbox, rule: reason.rule, host: state.session.runtime.hostNode))
+                    effects.append(
+                        .terminate(
+                            state.session.runtime.process, sandbox: state.session.runtime.sandbox, rule: reason.rule, host: state.session.runtime.hostNode))
                     notes.append(.stopDecided(reason))
                 case .expire(let untouchedMs):
                     return Decision(

@@ -148,7 +148,8 @@ extension SessionReducer {
                     // control-plane restart a runtime whose execution ended meanwhile resends its backlog
                     // and no longer heartbeats; catching up must not count as silence.
                     try? current.recordHeartbeat(at: now)
-                    events.append(NewEvent(executionId: current.id, type: event.kind == .agent ? EventType.agent : EventType.output, at: event.at, data: event.data))
+                    events.append(
+                        NewEvent(executionId: current.id, type: event.kind == .agent ? EventType.agent : EventType.output, at: event.at, data: event.data))
                 case .ended:
                     let outcome = RuntimeOutcome(event.data)
                     try? current.end(
@@ -171,7 +172,7 @@ extension SessionReducer {
                 execution = current
                 touched = true
             } else if event.kind == .ended, let pending = state?.execution, pending.id == session.activeExecutionId,
-                      pending.status == .pending, pending.id.rawValue != event.executionId
+                pending.status == .pending, pending.id.rawValue != event.executionId
             {
                 // The runtime ended an execution that had already ended here (failed for lack of
                 // heartbeats while it was frozen, say); an execute sent meanwhile was ignored as
@@ -237,7 +238,9 @@ extension SessionReducer {
             case .interrupted:
                 NewEvent(executionId: id, type: EventType.executionInterrupted, at: at, data: ["reason": JSONValue(interruptReason)])
             default:
-                NewEvent(executionId: id, type: EventType.executionFailed, at: at, data: ["error": JSONValue(error), "exitCode": JSONValue(exitCode.map(Int64.init))])
+                NewEvent(
+                    executionId: id, type: EventType.executionFailed, at: at,
+                    data: ["error": JSONValue(error), "exitCode": JSONValue(exitCode.map(Int64.init))])
             }
         }
     }

@@ -120,9 +120,13 @@ public enum SessionReducer {
         session.updatedAt = now
         let change = SessionChange(
             sessionId: id, session: session, newExecution: execution,
-            events: [NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: [
-                "prompt": .string(String(prompt.prefix(2000))), "followUp": .bool(request.followUp),
-            ])],
+            events: [
+                NewEvent(
+                    executionId: execution.id, type: EventType.executionStarted, at: now,
+                    data: [
+                        "prompt": .string(String(prompt.prefix(2000))), "followUp": .bool(request.followUp),
+                    ])
+            ],
             commands: [.execute(execution.id)]
         )
         return Decision(change: change, effects: effects, output: Outcome(output: execution, notes: [.executionAccepted(execution.id, runtime: runtimeBefore)]))
@@ -283,7 +287,7 @@ public enum SessionReducer {
         _ state: SessionState?, requestedAt: Date, instanceId: String, secretHash: String, hostNode: String? = nil
     ) -> Decision<Outcome<Bool>> {
         guard var session = state?.session, session.runtime.state == .starting, session.runtime.process == nil,
-              session.runtime.requestedAt == requestedAt
+            session.runtime.requestedAt == requestedAt
         else { return Decision(output: Outcome(output: false, notes: [])) }
         session.runtime.instanceId = instanceId
         session.runtime.secretHash = secretHash
@@ -304,7 +308,7 @@ public enum SessionReducer {
         }
         var session = state.session
         guard session.runtime.state == .starting || session.runtime.state == .running, session.runtime.process == nil,
-              session.runtime.instanceId == launch.instanceId
+            session.runtime.instanceId == launch.instanceId
         else {
             return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox)], output: Outcome(output: false, notes: []))
         }
@@ -327,7 +331,7 @@ public enum SessionReducer {
         guard let state else { return Decision(effects: [.removed(.deleted)], output: Outcome(output: (), notes: [])) }
         let runtime = state.session.runtime
         guard runtime.state == .starting, runtime.process == nil, runtime.requestedAt == requestedAt,
-              instanceId == nil || runtime.instanceId == instanceId
+            instanceId == nil || runtime.instanceId == instanceId
         else { return Decision(output: Outcome(output: (), notes: [])) }
         let reason = StopReason(rule: .crashed, at: context.now, detail: "runtime could not start: \(error)")
         return recordStopped(state, reason: reason, executionError: "runtime could not start: \(error)", extraEvents: setupFailures, context: context)
@@ -355,7 +359,7 @@ public enum SessionReducer {
     /// its last activity and idle time.
     public static func evict(_ state: SessionState?, for requester: SessionID, context: SessionContext) -> Decision<Outcome<Bool>> {
         guard let state, state.session.runtime.state == .running, state.session.activeExecutionId == nil,
-              state.session.autoCommitPending == nil, state.execution?.status.isActive != true
+            state.session.autoCommitPending == nil, state.execution?.status.isActive != true
         else { return Decision(output: Outcome(output: false, notes: [])) }
         let session = state.session
         let last = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: state.execution)?.at ?? session.createdAt
@@ -380,7 +384,7 @@ public enum SessionReducer {
     /// idleness while it could reach no control plane (the runtime's `OrphanPolicy`): rule `idle`.
     public static func exited(_ state: SessionState?, process: RuntimeProcess, detail: String, context: SessionContext) -> Decision<Outcome<Void>> {
         guard let state, state.session.runtime.process?.pid == process.pid,
-              state.session.runtime.state == .starting || state.session.runtime.state == .running
+            state.session.runtime.state == .starting || state.session.runtime.state == .running
         else { return Decision(output: Outcome(output: (), notes: [])) }
         let session = state.session
         let idle = IdlePolicy.evaluate(

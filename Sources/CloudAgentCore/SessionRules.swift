@@ -62,9 +62,11 @@ public enum SessionRules {
         if session.runtime.state == .starting, !preparing, let launched = session.runtime.launchedAt ?? session.runtime.requestedAt {
             let deadline = max(launched, controlPlaneStartedAt).adding(milliseconds: timing.pendingTimeoutMs)
             if now >= deadline {
-                actions.append(.stopRuntime(StopReason(
-                    rule: .crashed, at: now, detail: "runtime did not connect within \(timing.pendingTimeoutMs) ms of its start"
-                )))
+                actions.append(
+                    .stopRuntime(
+                        StopReason(
+                            rule: .crashed, at: now, detail: "runtime did not connect within \(timing.pendingTimeoutMs) ms of its start"
+                        )))
             } else {
                 deadlines.append(deadline)
             }
@@ -73,7 +75,8 @@ public enum SessionRules {
         let idleTimeout = session.idleTimeoutMs(default: timing.idleTimeoutMs)
         // An auto-commit in progress is work in the workspace: the runtime is not idle meanwhile
         // (its end is the last activity's successor; the recording wakes the rules again).
-        let idle = session.autoCommitPending.map { IdlePolicy.Decision.busy($0) }
+        let idle =
+            session.autoCommitPending.map { IdlePolicy.Decision.busy($0) }
             ?? IdlePolicy.evaluate(runtime: session.runtime, latest: snapshot.latestExecution, idleTimeoutMs: idleTimeout, now: now)
         switch idle {
         case .stop(let reason): actions.append(.stopRuntime(reason))
@@ -85,14 +88,12 @@ public enum SessionRules {
         let working = session.activeExecutionId != nil || session.runtime.state != .stopped
         if !working {
             let expiry = session.updatedAt.adding(milliseconds: timing.sessionTTLMs)
-            if now >= expiry { actions.append(.expire(untouchedMs: now.milliseconds(since: session.updatedAt))) }
-            else { deadlines.append(expiry) }
+            if now >= expiry { actions.append(.expire(untouchedMs: now.milliseconds(since: session.updatedAt))) } else { deadlines.append(expiry) }
         }
 
         if let oldest = snapshot.oldestEventAt {
             let sweepAt = oldest.adding(milliseconds: timing.eventRetentionMs)
-            if now >= sweepAt { actions.append(.sweepEvents(olderThan: now.adding(milliseconds: -timing.eventRetentionMs))) }
-            else { deadlines.append(sweepAt) }
+            if now >= sweepAt { actions.append(.sweepEvents(olderThan: now.adding(milliseconds: -timing.eventRetentionMs))) } else { deadlines.append(sweepAt) }
         }
 
         return SessionEvaluation(actions: actions, nextWakeUp: deadlines.min(), idle: idle)

@@ -91,7 +91,7 @@ public enum DurationText {
         for unit in units.sorted(by: { $0.suffix.count > $1.suffix.count }) where trimmed.hasSuffix(unit.suffix) {
             let number = trimmed.dropLast(unit.suffix.count)
             guard !number.isEmpty, number.allSatisfy(\.isASCII), number.allSatisfy(\.isNumber),
-                  let value = Int64(number), value > 0
+                let value = Int64(number), value > 0
             else { throw ParseError(text: text) }
             let (product, overflow) = value.multipliedReportingOverflow(by: unit.millis)
             guard !overflow else { throw ParseError(text: text) }

@@ -125,7 +125,7 @@ public struct SessionInput: Sendable, Equatable {
             }
         }
         if case .set(let env) = input.envVars, case .set(let secrets) = input.secrets,
-           let both = env.keys.sorted().first(where: { secrets[$0] != nil })
+            let both = env.keys.sorted().first(where: { secrets[$0] != nil })
         {
             throw ValidationError(field: "secrets.\(both)", "is also in envVars: a name may be one or the other")
         }
@@ -186,7 +186,7 @@ public enum Validate {
             throw ValidationError(field: field, "must match [A-Za-z0-9._/-]{1,255}")
         }
         guard !text.hasPrefix("-"), !text.hasPrefix("/"), !text.hasSuffix("/"), !text.hasSuffix("."),
-              !text.hasSuffix(".lock"), !text.contains(".."), !text.contains("//"), !text.contains("/.")
+            !text.hasSuffix(".lock"), !text.contains(".."), !text.contains("//"), !text.contains("/.")
         else { throw ValidationError(field: field, "is not a valid git branch name") }
         return text
     }
@@ -206,7 +206,7 @@ public enum Validate {
         var token: String?
         if let raw = object["token"], !raw.isNull {
             guard let text = raw.stringValue, !text.isEmpty, text.count <= Limits.tokenCharacters,
-                  !text.contains(where: \.isNewline)
+                !text.contains(where: \.isNewline)
             else { throw ValidationError(field: "repo.token", "must be a single-line string of 1 to \(Limits.tokenCharacters) characters") }
             token = text
         }
@@ -249,7 +249,8 @@ public enum Validate {
         var result: [String: String] = [:]
         for name in object.keys.sorted() {
             guard isVariableName(name) else {
-                throw ValidationError(field: "\(field).\(name)", "name must match [A-Za-z_][A-Za-z0-9_]* and be at most \(Limits.variableNameCharacters) characters")
+                throw ValidationError(
+                    field: "\(field).\(name)", "name must match [A-Za-z_][A-Za-z0-9_]* and be at most \(Limits.variableNameCharacters) characters")
             }
             guard !Limits.reservedVariableNames.contains(name) else {
                 throw ValidationError(field: "\(field).\(name)", "is reserved (HOME, PATH, SESSION_ID, SESSION_HOME)")
@@ -297,9 +298,9 @@ public enum Validate {
         guard let url = object["url"]?.stringValue else { throw ValidationError(field: "callback.url", "is required and must be a string") }
         // Control characters and spaces never belong in a URL (URLComponents lets a NUL through).
         guard url.count <= Limits.urlCharacters, !url.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7F }),
-              let components = URLComponents(string: url),
-              let scheme = components.scheme?.lowercased(), ["http", "https"].contains(scheme),
-              let host = components.host, !host.isEmpty
+            let components = URLComponents(string: url),
+            let scheme = components.scheme?.lowercased(), ["http", "https"].contains(scheme),
+            let host = components.host, !host.isEmpty
         else { throw ValidationError(field: "callback.url", "must be an http or https URL") }
         var headers: [String: String] = [:]
         if let raw = object["headers"], !raw.isNull {
@@ -314,7 +315,7 @@ public enum Validate {
                     throw ValidationError(field: field, "is not a valid header name")
                 }
                 guard let text = entries[name]?.stringValue, text.count <= Limits.variableValueCharacters,
-                      !text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\t" })
+                    !text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\t" })
                 else { throw ValidationError(field: field, "must be a single-line string of at most \(Limits.variableValueCharacters) characters") }
                 headers[name] = text
             }

@@ -99,18 +99,20 @@ public struct AgentRegistry: Sendable {
             let configured = environment[variable].flatMap { $0.isEmpty ? nil : $0 }
             let binary = Self.locate(configured ?? name, path: path)
             guard let binary else {
-                let reason = configured.map { "\(variable)=\($0) is not an executable file" }
+                let reason =
+                    configured.map { "\(variable)=\($0) is not an executable file" }
                     ?? "\(name) was not found on PATH (set \(variable) to its path)"
                 entries.append(AgentEntry(name: kind.rawValue, kind: kind, available: false, unavailableReason: reason))
                 continue
             }
             // OpenCode and Kilo are driven over ACP (`opencode acp`, `kilo acp`).
             let acp = kind == .opencode || kind == .kilo
-            entries.append(AgentEntry(
-                name: kind.rawValue, kind: kind, binary: binary, version: nil, available: true,
-                launch: AgentLaunch(kind: kind.rawValue, binary: binary, arguments: acp ? ["acp"] : nil, protocol: acp ? AgentLaunch.acp : nil),
-                versionProbe: ["--version"]
-            ))
+            entries.append(
+                AgentEntry(
+                    name: kind.rawValue, kind: kind, binary: binary, version: nil, available: true,
+                    launch: AgentLaunch(kind: kind.rawValue, binary: binary, arguments: acp ? ["acp"] : nil, protocol: acp ? AgentLaunch.acp : nil),
+                    versionProbe: ["--version"]
+                ))
         }
         if let agentsFile {
             let data: Data
@@ -135,27 +137,33 @@ public struct AgentRegistry: Sendable {
                     }
                 }
                 guard let binary = Self.locate(declaration.executable, path: path) else {
-                    entries.append(AgentEntry(
-                        name: declaration.name, kind: declaration.kind, available: false,
-                        unavailableReason: "\(declaration.executable) is not an executable file or on PATH"
-                    ))
+                    entries.append(
+                        AgentEntry(
+                            name: declaration.name, kind: declaration.kind, available: false,
+                            unavailableReason: "\(declaration.executable) is not an executable file or on PATH"
+                        ))
                     continue
                 }
-                let launch = declaration.kind == .acp
-                    ? AgentLaunch(kind: AgentKind.acp.rawValue, binary: binary, arguments: declaration.arguments, protocol: AgentLaunch.acp, timeoutMs: timeoutMs)
+                let launch =
+                    declaration.kind == .acp
+                    ? AgentLaunch(
+                        kind: AgentKind.acp.rawValue, binary: binary, arguments: declaration.arguments, protocol: AgentLaunch.acp, timeoutMs: timeoutMs)
                     : AgentLaunch(kind: AgentKind.command.rawValue, binary: binary, arguments: declaration.arguments, output: declaration.output.rawValue)
-                entries.append(AgentEntry(
-                    name: declaration.name, kind: declaration.kind, binary: binary, version: declaration.version, available: true,
-                    launch: launch, versionProbe: declaration.versionArguments
-                ))
+                entries.append(
+                    AgentEntry(
+                        name: declaration.name, kind: declaration.kind, binary: binary, version: declaration.version, available: true,
+                        launch: launch, versionProbe: declaration.versionArguments
+                    ))
             }
         }
         let registry = AgentRegistry(entries: entries)
         for entry in registry.entries {
-            logger.info("agent resolved", metadata: [
-                "agent": .string(entry.name), "available": .stringConvertible(entry.available),
-                "binary": .string(entry.binary ?? "-"), "reason": .string(entry.unavailableReason ?? "-"),
-            ])
+            logger.info(
+                "agent resolved",
+                metadata: [
+                    "agent": .string(entry.name), "available": .stringConvertible(entry.available),
+                    "binary": .string(entry.binary ?? "-"), "reason": .string(entry.unavailableReason ?? "-"),
+                ])
         }
         return registry
     }
@@ -189,9 +197,12 @@ public struct AgentRegistry: Sendable {
     /// Directories holding the agents' executables and what they run with, for the sandbox to
     /// expose read-only (`supportDirectories`).
     public var binaryDirectories: [String] {
-        Array(Set(entries.flatMap { entry in
-            entry.kind == .scripted ? [] : entry.binary.map(Self.supportDirectories(of:)) ?? []
-        })).sorted()
+        Array(
+            Set(
+                entries.flatMap { entry in
+                    entry.kind == .scripted ? [] : entry.binary.map(Self.supportDirectories(of:)) ?? []
+                })
+        ).sorted()
     }
 
     /// What an agent's binary needs to be readable to run: its own directory; the installation
@@ -221,7 +232,8 @@ public struct AgentRegistry: Sendable {
             defer { try? handle.close() }
             let head = String(decoding: (try? handle.read(upToCount: 256)) ?? Data(), as: UTF8.self)
             if head.hasPrefix("#!"), let line = head.dropFirst(2).split(separator: "\n").first,
-               let interpreter = line.split(separator: " ").first, interpreter.hasPrefix("/"), !interpreter.hasSuffix("/env") {
+                let interpreter = line.split(separator: " ").first, interpreter.hasPrefix("/"), !interpreter.hasSuffix("/env")
+            {
                 found.append(installation(of: URL(fileURLWithPath: String(interpreter))))
             }
         }

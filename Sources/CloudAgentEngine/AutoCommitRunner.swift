@@ -29,7 +29,7 @@ package final class AutoCommitRunner: Sendable {
         defer { _ = running.withLock { $0.remove(id) } }
         do {
             guard let session = try await ledger.store.session(id), session.autoCommitPending == executionId,
-                  let execution = try await ledger.store.execution(executionId)
+                let execution = try await ledger.store.execution(executionId)
             else { return }
             // The workspace is on the runtime's host: another live host commits it (it hears of
             // the change); a lost host's workspace is gone, and the outcome says so.
@@ -55,17 +55,23 @@ package final class AutoCommitRunner: Sendable {
             case .nothingToCommit:
                 event = NewEvent(executionId: execution.id, type: "git.nothing_to_commit", at: now, data: ["branch": .string(branch)])
             case .committed(let sha, let pushed, nil):
-                event = NewEvent(executionId: execution.id, type: "git.committed", at: now, data: [
-                    "sha": .string(sha), "branch": .string(branch), "pushed": .bool(pushed),
-                ])
+                event = NewEvent(
+                    executionId: execution.id, type: "git.committed", at: now,
+                    data: [
+                        "sha": .string(sha), "branch": .string(branch), "pushed": .bool(pushed),
+                    ])
             case .committed(let sha, _, let pushError?):
-                event = NewEvent(executionId: execution.id, type: "git.push_failed", at: now, data: [
-                    "sha": .string(sha), "branch": .string(branch), "error": .string(pushError),
-                ])
+                event = NewEvent(
+                    executionId: execution.id, type: "git.push_failed", at: now,
+                    data: [
+                        "sha": .string(sha), "branch": .string(branch), "error": .string(pushError),
+                    ])
             case .failed(let step, let detail):
-                event = NewEvent(executionId: execution.id, type: "git.commit_failed", at: now, data: [
-                    "step": .string(step), "error": .string(detail), "branch": .string(branch),
-                ])
+                event = NewEvent(
+                    executionId: execution.id, type: "git.commit_failed", at: now,
+                    data: [
+                        "step": .string(step), "error": .string(detail), "branch": .string(branch),
+                    ])
             }
         } catch {
             event = NewEvent(executionId: execution.id, type: "git.commit_failed", at: now, data: ["error": .string("\(error)")])

@@ -26,7 +26,9 @@ public final class CallbackDispatcher: Service, Sendable {
     private let requestTimeoutMs: Int64
     private let logger: Logger
 
-    package init(ledger: SessionLedger, secretBox: SecretBox, wakeUps: WakeSignal, policy: CallbackRetryPolicy, requestTimeoutMs: Int64 = 30_000, logger: Logger) {
+    package init(
+        ledger: SessionLedger, secretBox: SecretBox, wakeUps: WakeSignal, policy: CallbackRetryPolicy, requestTimeoutMs: Int64 = 30_000, logger: Logger
+    ) {
         self.ledger = ledger
         self.secretBox = secretBox
         self.wakeUps = wakeUps
@@ -113,11 +115,12 @@ public final class CallbackDispatcher: Service, Sendable {
             if Task.isCancelled { return }
             answer = .noAnswer(String(String(describing: error).prefix(500)))
         }
-        let decision: CallbackRetryPolicy.Decision = if case .unsendable = answer {
-            .giveUp
-        } else {
-            policy.decide(attempt: number, status: answer.status, now: ledger.clock.now())
-        }
+        let decision: CallbackRetryPolicy.Decision =
+            if case .unsendable = answer {
+                .giveUp
+            } else {
+                policy.decide(attempt: number, status: answer.status, now: ledger.clock.now())
+            }
         let metadata: Logger.Metadata = [
             "sessionId": "\(delivery.sessionId)", "executionId": "\(delivery.executionId)", "attempts": "\(number)",
             "status": "\(answer.status.map(String.init) ?? "-")",
@@ -127,23 +130,29 @@ public final class CallbackDispatcher: Service, Sendable {
             case .delivered:
                 guard try await store.markCallbackDelivered(delivery.id) else { return }
                 logger.info("callback delivered", metadata: metadata)
-                await record(delivery, type: EventType.callbackDelivered, data: [
-                    "executionId": .string(delivery.executionId.rawValue), "url": .string(delivery.url),
-                    "status": JSONValue(answer.status.map(Int64.init)), "attempts": JSONValue(Int64(number)),
-                ])
+                await record(
+                    delivery, type: EventType.callbackDelivered,
+                    data: [
+                        "executionId": .string(delivery.executionId.rawValue), "url": .string(delivery.url),
+                        "status": JSONValue(answer.status.map(Int64.init)), "attempts": JSONValue(Int64(number)),
+                    ])
             case .retry(let at):
                 try await store.rescheduleCallback(delivery.id, nextAttemptAt: at, lastError: answer.error)
-                logger.debug("callback attempt failed; retrying", metadata: metadata.merging([
-                    "error": "\(answer.error)", "nextAttemptAt": "\(Timestamp.format(at))",
-                ]) { _, new in new })
+                logger.debug(
+                    "callback attempt failed; retrying",
+                    metadata: metadata.merging([
+                        "error": "\(answer.error)", "nextAttemptAt": "\(Timestamp.format(at))",
+                    ]) { _, new in new })
             case .giveUp:
                 guard try await store.markCallbackFailed(delivery.id) else { return }
                 logger.warning("callback failed", metadata: metadata.merging(["error": "\(answer.error)"]) { _, new in new })
-                await record(delivery, type: EventType.callbackFailed, data: [
-                    "executionId": .string(delivery.executionId.rawValue), "url": .string(delivery.url),
-                    "status": JSONValue(answer.status.map(Int64.init)), "error": .string(answer.error),
-                    "attempts": JSONValue(Int64(number)),
-                ])
+                await record(
+                    delivery, type: EventType.callbackFailed,
+                    data: [
+                        "executionId": .string(delivery.executionId.rawValue), "url": .string(delivery.url),
+                        "status": JSONValue(answer.status.map(Int64.init)), "error": .string(answer.error),
+                        "attempts": JSONValue(Int64(number)),
+                    ])
             }
         } catch {
             logger.error("recording a callback attempt failed", metadata: metadata.merging(["error": "\(String(reflecting: error))"]) { _, new in new })
@@ -179,9 +188,11 @@ public final class CallbackDispatcher: Service, Sendable {
         } catch StoreError.sessionNotFound {
             return
         } catch {
-            logger.error("recording a callback event failed", metadata: [
-                "sessionId": "\(id)", "executionId": "\(delivery.executionId)", "error": "\(String(reflecting: error))",
-            ])
+            logger.error(
+                "recording a callback event failed",
+                metadata: [
+                    "sessionId": "\(id)", "executionId": "\(delivery.executionId)", "error": "\(String(reflecting: error))",
+                ])
         }
     }
 }

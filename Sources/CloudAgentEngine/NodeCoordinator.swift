@@ -127,9 +127,11 @@ public final class NodeCoordinator: Service, Sendable {
                 let routes = view.controlURLs(now: now)
                 if seenSelf, routes != told, !routes.isEmpty {
                     told = routes
-                    logger.info("live nodes changed; telling the runtimes connected here", metadata: [
-                        "routes": "\(routes)", "runtimes": "\(gateway.connectedSessions.count)",
-                    ])
+                    logger.info(
+                        "live nodes changed; telling the runtimes connected here",
+                        metadata: [
+                            "routes": "\(routes)", "runtimes": "\(gateway.connectedSessions.count)",
+                        ])
                     gateway.tellNodes(routes)
                 }
                 for node in nodes where node.id != view.nodeId && !view.isLive(node, now: now) {

@@ -157,7 +157,7 @@ package final class RuntimeConnections: Sendable {
                 let after = connection.deliveredThrough.withLock { $0 }
                 let rows = try await self.ledger.store.commands(of: id, after: after)
                 guard !rows.isEmpty, let session = try await self.ledger.store.session(id),
-                      session.runtime.state == .running, session.runtime.instanceId == connection.instanceId
+                    session.runtime.state == .running, session.runtime.instanceId == connection.instanceId
                 else { return }
                 var known: [ExecutionID: Execution] = [:]
                 for execution in (written?.executions ?? []) + (written?.newExecution.map { [$0] } ?? []) { known[execution.id] = execution }

@@ -39,8 +39,8 @@ public final class RuntimeGateway: Sendable {
     /// is nil (a 401, which makes the runtime exit).
     package func authenticate(session rawId: String?, secret: String?) async throws -> SessionRecord? {
         guard let rawId, let id = SessionID(rawValue: rawId), let secret, !secret.isEmpty,
-              let session = try await ledger.store.session(id), let expected = session.runtime.secretHash,
-              BearerToken.hash(secret) == expected
+            let session = try await ledger.store.session(id), let expected = session.runtime.secretHash,
+            BearerToken.hash(secret) == expected
         else { return nil }
         return session
     }
@@ -50,18 +50,22 @@ public final class RuntimeGateway: Sendable {
     package func hello(_ connection: RuntimeConnection, activeExecutionId: String?) async throws -> Bool {
         let id = connection.sessionId
         let instanceId = connection.instanceId
-        let committed = try await engine.perform(id, first: { [self] committed in
-            guard let welcome = committed.output else { return }
-            register(connection)
-            connection.activeExecution = welcome.activeExecutionId
-            // Every live node's route (several nodes), where the runtime reconnects when this one dies.
-            let controlURLs = ledger.cluster.controlURLs(now: ledger.clock.now())
-            connection.send(.welcome(
-                ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
-                idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: controlURLs.isEmpty ? nil : controlURLs
-            ))
-            if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
-        }) { state, context in
+        let committed = try await engine.perform(
+            id,
+            first: { [self] committed in
+                guard let welcome = committed.output else { return }
+                register(connection)
+                connection.activeExecution = welcome.activeExecutionId
+                // Every live node's route (several nodes), where the runtime reconnects when this one dies.
+                let controlURLs = ledger.cluster.controlURLs(now: ledger.clock.now())
+                connection.send(
+                    .welcome(
+                        ackedSeq: welcome.ackedSeq, heartbeatIntervalMs: ledger.timing.heartbeatIntervalMs, stopGraceMs: ledger.timing.stopGraceMs,
+                        idleTimeoutMs: welcome.idleTimeoutMs, controlUrls: controlURLs.isEmpty ? nil : controlURLs
+                    ))
+                if let reported = welcome.killReported { connection.send(.kill(executionId: reported, reason: "execution already ended")) }
+            }
+        ) { state, context in
             SessionReducer.hello(state, instanceId: instanceId, reportedActive: activeExecutionId, context: context)
         }
         guard committed.output != nil else {
@@ -84,24 +88,28 @@ public final class RuntimeGateway: Sendable {
             rest = rest[end...]
             // A state transition (running, ended) moves the session's deadlines: the rules are
             // evaluated in the same transaction (`Decision.movesDeadlines`).
-            try await engine.perform(id, first: { committed in
-                let ingested = committed.output
-                if let ack = ingested.ack { connection.send(.ack(seq: ack)) }
-                if ingested.ended != nil { connection.activeExecution = nil }
-            }) { state, context in
+            try await engine.perform(
+                id,
+                first: { committed in
+                    let ingested = committed.output
+                    if let ack = ingested.ack { connection.send(.ack(seq: ack)) }
+                    if ingested.ended != nil { connection.activeExecution = nil }
+                }
+            ) { state, context in
                 SessionReducer.ingest(state, instanceId: instanceId, events: run, context: context)
             }
         }
     }
 
     package static func reported(_ event: RuntimeEvent) -> ReportedEvent {
-        let kind: ReportedEvent.Kind = switch event.kind {
-        case RuntimeEvent.Kind.running: .running
-        case RuntimeEvent.Kind.agent: .agent
-        case RuntimeEvent.Kind.output: .output
-        case RuntimeEvent.Kind.ended: .ended
-        default: .unknown(event.kind)
-        }
+        let kind: ReportedEvent.Kind =
+            switch event.kind {
+            case RuntimeEvent.Kind.running: .running
+            case RuntimeEvent.Kind.agent: .agent
+            case RuntimeEvent.Kind.output: .output
+            case RuntimeEvent.Kind.ended: .ended
+            default: .unknown(event.kind)
+            }
         return ReportedEvent(seq: event.seq, executionId: event.executionId, kind: kind, at: event.at, data: event.data.mapValues(JSONValue.init))
     }
 

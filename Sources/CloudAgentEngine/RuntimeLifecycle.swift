@@ -70,16 +70,20 @@ public final class RuntimeLifecycle: Sendable {
             var candidates: [CapacityPolicy.Candidate] = []
             for holder in holders where holder != id {
                 guard let session = try? await ledger.store.session(holder),
-                      CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable
+                    CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable
                 else { continue }
                 candidates.append(CapacityPolicy.Candidate(session: session, latestExecution: try? await ledger.store.latestExecution(of: holder)))
             }
             var evicted = false
             while let victim = CapacityPolicy.victim(candidates: candidates) {
                 candidates.removeAll { $0.session.id == victim }
-                guard let committed = try? await engine.perform(victim, { state, context in
-                    SessionReducer.evict(state, for: id, context: context)
-                }), committed.output else { continue }
+                guard
+                    let committed = try? await engine.perform(
+                        victim,
+                        { state, context in
+                            SessionReducer.evict(state, for: id, context: context)
+                        }), committed.output
+                else { continue }
                 evicted = true
                 break
             }
@@ -139,9 +143,11 @@ public final class RuntimeLifecycle: Sendable {
             let request = try workspaceRequest(id: id, spec: session.spec, workBranch: session.workBranch)
             if restore {
                 failures = await host.restoreWorkspace(request).map { failure in
-                    NewEvent(type: "setup.failed", at: ledger.clock.now(), data: [
-                        "command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail),
-                    ])
+                    NewEvent(
+                        type: "setup.failed", at: ledger.clock.now(),
+                        data: [
+                            "command": .string(failure.command), "exitCode": .number(Double(failure.exitCode)), "outputTail": .string(failure.outputTail),
+                        ])
                 }
             }
             await slots.acquire(id)
@@ -163,12 +169,13 @@ public final class RuntimeLifecycle: Sendable {
             }
             let process: RuntimeProcess
             do {
-                process = try await host.launch(RuntimeLaunchRequest(
-                    session: id, instanceId: instanceId, secret: secret, environment: request.environment,
-                    secretNames: Array(current.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
-                    idleTimeoutMs: current.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs,
-                    controlURLs: ledger.cluster.controlURLs(now: ledger.clock.now())
-                ))
+                process = try await host.launch(
+                    RuntimeLaunchRequest(
+                        session: id, instanceId: instanceId, secret: secret, environment: request.environment,
+                        secretNames: Array(current.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
+                        idleTimeoutMs: current.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs,
+                        controlURLs: ledger.cluster.controlURLs(now: ledger.clock.now())
+                    ))
             } catch {
                 await slots.launchEnded(id, kept: false)
                 await launchFailed(id, requestedAt: requestedAt, instanceId: instanceId, error: "\(error)", setupFailures: failures, engine: engine)
@@ -246,9 +253,11 @@ public final class RuntimeLifecycle: Sendable {
             logger.debug("stop left to the runtime's host node", metadata: ["sessionId": "\(id)", "hostNode": "\(node)"])
             return
         case .lost(let node):
-            logger.info("stopping a runtime whose host node is lost, through its connection", metadata: [
-                "sessionId": "\(id)", "hostNode": "\(node)", "rule": "\(rule.rawValue)",
-            ])
+            logger.info(
+                "stopping a runtime whose host node is lost, through its connection",
+                metadata: [
+                    "sessionId": "\(id)", "hostNode": "\(node)", "rule": "\(rule.rawValue)",
+                ])
             connections.askToShutDown(id, reason: rule.rawValue)
             await connections.waitUntilDisconnected(id, within: .milliseconds(timing.stopGraceMs))
         }

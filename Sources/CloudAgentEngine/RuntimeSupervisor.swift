@@ -136,7 +136,8 @@ public actor RuntimeSupervisor: Service {
                 let exitStatus = entry.ownChild ? ProcessControl.reapIfExited(entry.process.pid) : nil
                 guard exitStatus != nil || !isAlive(entry.process) else { continue }
                 watched[session] = nil
-                let detail = exitStatus.map { "runtime process \(entry.process.pid) exited (\(Self.describe(status: $0)))" }
+                let detail =
+                    exitStatus.map { "runtime process \(entry.process.pid) exited (\(Self.describe(status: $0)))" }
                     ?? "runtime process \(entry.process.pid) is gone"
                 logger.warning("runtime died", metadata: ["sessionId": "\(session)", "pid": "\(entry.process.pid)", "detail": "\(detail)"])
                 if let onExit { enqueue { await onExit(session, entry.process, detail) } }

@@ -33,7 +33,8 @@ extension SessionService {
         try agents.requireAvailable(current.spec.agent)
         // A runtime start will be needed: admitted (or refused with 503) before anything changes,
         // by this host's capacity, unless another live node hosts the runtime (it starts there).
-        let needsStart = (current.runtime.state == .stopped || current.runtime.state == .stopping)
+        let needsStart =
+            (current.runtime.state == .stopped || current.runtime.state == .stopping)
             && lifecycle.startsHere(hostNode: current.runtime.hostNode)
         let request = SessionReducer.NewExecution(
             id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil
@@ -41,9 +42,12 @@ extension SessionService {
         do {
             // The admission stands when the decision launches the runtime, or starts it again
             // once its stop is recorded.
-            return try await lifecycle.admitting(id, if: needsStart && current.activeExecutionId == nil, engine: engine, starts: { committed in
-                committed.effects.contains { if case .launch = $0 { true } else { false } } || committed.change?.session?.runtime.state == .stopping
-            }) {
+            return try await lifecycle.admitting(
+                id, if: needsStart && current.activeExecutionId == nil, engine: engine,
+                starts: { committed in
+                    committed.effects.contains { if case .launch = $0 { true } else { false } } || committed.change?.session?.runtime.state == .stopping
+                }
+            ) {
                 try await engine.perform(id) { state, context in
                     try SessionReducer.startExecution(state, id: id, owner: owner, request, context: context)
                 }

@@ -112,9 +112,11 @@ public final class SessionService: Sendable {
                 }.withoutNotes
             }.output
         }
-        logger.info("session changed", metadata: [
-            "sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))", "restarted": "\(newRuntime)",
-        ])
+        logger.info(
+            "session changed",
+            metadata: [
+                "sessionId": "\(id)", "idleTimeoutMs": "\(updated.idleTimeoutMs(default: timing.idleTimeoutMs))", "restarted": "\(newRuntime)",
+            ])
         return updated
     }
 

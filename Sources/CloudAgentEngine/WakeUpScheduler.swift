@@ -201,7 +201,11 @@ public actor WakeUpScheduler: Service {
         let task = Task<Void, Never> { [clock] in try? await clock.sleep(until: until) }
         sleeper = task
         sleepingUntil = until
-        await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+        await withTaskCancellationHandler {
+            await task.value
+        } onCancel: {
+            task.cancel()
+        }
         sleeper = nil
         sleepingUntil = nil
     }

@@ -79,16 +79,18 @@ extension ScriptTurn {
         case .shell(let command, let description):
             guard let call = ToolSelection.shellCall(command, description: description, among: tools) else {
                 let names = tools.map(\.name).joined(separator: ", ")
-                return .message(AssistantMessage(
-                    text: "The scripted model wanted to run `\(command)` but the request offers no shell tool (tools: \(names)).",
-                    delay: delay, chunkDelay: chunkDelay
-                ))
+                return .message(
+                    AssistantMessage(
+                        text: "The scripted model wanted to run `\(command)` but the request offers no shell tool (tools: \(names)).",
+                        delay: delay, chunkDelay: chunkDelay
+                    ))
             }
             return .message(AssistantMessage(text: text, toolCall: call, delay: delay, chunkDelay: chunkDelay))
         case .tool(let name, let input):
-            return .message(AssistantMessage(
-                text: text, toolCall: ToolSelection.call(name, input: input, among: tools), delay: delay, chunkDelay: chunkDelay
-            ))
+            return .message(
+                AssistantMessage(
+                    text: text, toolCall: ToolSelection.call(name, input: input, among: tools), delay: delay, chunkDelay: chunkDelay
+                ))
         }
     }
 }

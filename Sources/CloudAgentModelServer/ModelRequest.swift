@@ -75,10 +75,11 @@ public struct ModelRequest: Sendable, Equatable {
             guard let object = tool.objectValue, let name = object["name"]?.stringValue else { continue }
             // Client tools have an input schema; server tools (web_search_…) have a versioned type instead.
             let schema = object["input_schema"]
-            tools.append(OfferedTool(
-                name: name, kind: schema == nil ? .builtin : .function,
-                description: object["description"]?.stringValue ?? "", parameters: schema ?? .null
-            ))
+            tools.append(
+                OfferedTool(
+                    name: name, kind: schema == nil ? .builtin : .function,
+                    description: object["description"]?.stringValue ?? "", parameters: schema ?? .null
+                ))
         }
         self.init(
             api: .anthropicMessages, model: fields["model"]?.stringValue ?? "", stream: fields["stream"]?.boolValue ?? false,

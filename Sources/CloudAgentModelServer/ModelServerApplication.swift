@@ -112,24 +112,27 @@ struct ModelController: Sendable {
         case .failure(let error, let delay):
             try await Task.sleep(for: delay)
             guard error.inStream, modelRequest.stream else { return errorResponse(error, api: api) }
-            let events = switch api {
-            case .anthropicMessages: AnthropicMessagesWire.failureEvents(error, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
-            case .openAIResponses: OpenAIResponsesWire.failureEvents(error, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
-            }
+            let events =
+                switch api {
+                case .anthropicMessages: AnthropicMessagesWire.failureEvents(error, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
+                case .openAIResponses: OpenAIResponsesWire.failureEvents(error, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
+                }
             return stream(events, chunkDelay: .zero, api: api)
         case .message(let message):
             try await Task.sleep(for: message.delay)
             if modelRequest.stream {
-                let events = switch api {
-                case .anthropicMessages: AnthropicMessagesWire.events(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
-                case .openAIResponses: OpenAIResponsesWire.events(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
-                }
+                let events =
+                    switch api {
+                    case .anthropicMessages: AnthropicMessagesWire.events(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
+                    case .openAIResponses: OpenAIResponsesWire.events(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
+                    }
                 return stream(events, chunkDelay: message.chunkDelay, api: api)
             }
-            let body = switch api {
-            case .anthropicMessages: AnthropicMessagesWire.message(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
-            case .openAIResponses: OpenAIResponsesWire.response(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
-            }
+            let body =
+                switch api {
+                case .anthropicMessages: AnthropicMessagesWire.message(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
+                case .openAIResponses: OpenAIResponsesWire.response(message, model: modelRequest.model, inputTokens: modelRequest.inputTokens)
+                }
             return json(.ok, body, requestIDHeader: api)
         }
     }
@@ -145,10 +148,11 @@ struct ModelController: Sendable {
     }
 
     func errorResponse(_ error: ScriptedError, api: ModelAPI) -> Response {
-        let body = switch api {
-        case .anthropicMessages: AnthropicMessagesWire.errorBody(error)
-        case .openAIResponses: OpenAIResponsesWire.errorBody(error)
-        }
+        let body =
+            switch api {
+            case .anthropicMessages: AnthropicMessagesWire.errorBody(error)
+            case .openAIResponses: OpenAIResponsesWire.errorBody(error)
+            }
         var response = json(HTTPResponse.Status(code: error.status), body, requestIDHeader: api)
         if let field = HTTPField.Name("x-should-retry") { response.headers[field] = error.retryable ? "true" : "false" }
         return response
@@ -158,13 +162,15 @@ struct ModelController: Sendable {
     func stream(_ events: [ServerSentEvent], chunkDelay: Duration, api: ModelAPI) -> Response {
         var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
         addRequestID(to: &headers, api: api)
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            for (number, event) in events.enumerated() {
-                if number > 0, chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
-                try await writer.write(ByteBuffer(string: event.encoded))
-            }
-            try await writer.finish(nil)
-        })
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                for (number, event) in events.enumerated() {
+                    if number > 0, chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
+                    try await writer.write(ByteBuffer(string: event.encoded))
+                }
+                try await writer.finish(nil)
+            })
     }
 
     func json(_ status: HTTPResponse.Status, _ value: JSONValue, requestIDHeader api: ModelAPI? = nil) -> Response {

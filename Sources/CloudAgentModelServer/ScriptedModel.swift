@@ -83,24 +83,30 @@ public actor ScriptedModel {
         switch reply {
         case .failure(let error, _): summary = "error:\(error.status)"
         case .message(let message):
-            if let call = message.toolCall { summary = "tool:\(call.name)" }
-            else if turn != nil { summary = "text" }
-            else { summary = request.isMain ? "default" : "auxiliary" }
+            if let call = message.toolCall {
+                summary = "tool:\(call.name)"
+            } else if turn != nil {
+                summary = "text"
+            } else {
+                summary = request.isMain ? "default" : "auxiliary"
+            }
         }
-        append(RecordedRequest(
-            index: records.count + 1, at: Timestamp.format(Date()), method: method, path: path, api: request.api,
-            model: request.model, stream: request.stream, main: request.isMain, turn: turn, reply: summary,
-            conversationId: request.conversationID, tools: request.tools.map(\.name), messages: request.messages
-        ))
+        append(
+            RecordedRequest(
+                index: records.count + 1, at: Timestamp.format(Date()), method: method, path: path, api: request.api,
+                model: request.model, stream: request.stream, main: request.isMain, turn: turn, reply: summary,
+                conversationId: request.conversationID, tools: request.tools.map(\.name), messages: request.messages
+            ))
         return reply
     }
 
     /// Records a request that is not a model turn (a probe, a model list, an unreadable body).
     public func recordOther(method: String, path: String, api: ModelAPI? = nil, reply: String) {
-        append(RecordedRequest(
-            index: records.count + 1, at: Timestamp.format(Date()), method: method, path: path, api: api,
-            model: nil, stream: nil, main: false, turn: nil, reply: reply, conversationId: nil, tools: [], messages: []
-        ))
+        append(
+            RecordedRequest(
+                index: records.count + 1, at: Timestamp.format(Date()), method: method, path: path, api: api,
+                model: nil, stream: nil, main: false, turn: nil, reply: reply, conversationId: nil, tools: [], messages: []
+            ))
     }
 
     public var requests: [RecordedRequest] { records }

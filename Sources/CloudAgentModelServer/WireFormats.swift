@@ -103,20 +103,29 @@ public enum AnthropicMessagesWire {
             index += 1
         }
         if let call = message.toolCall {
-            events.append(event("content_block_start", [
-                "index": .number(Double(index)),
-                "content_block": ["type": "tool_use", "id": .string(WireID.make("toolu_")), "name": .string(call.name), "input": [:]],
-            ]))
-            events.append(event("content_block_delta", [
-                "index": .number(Double(index)),
-                "delta": ["type": "input_json_delta", "partial_json": .string(JSONText.encode(call.argumentsObject))],
-            ]))
+            events.append(
+                event(
+                    "content_block_start",
+                    [
+                        "index": .number(Double(index)),
+                        "content_block": ["type": "tool_use", "id": .string(WireID.make("toolu_")), "name": .string(call.name), "input": [:]],
+                    ]))
+            events.append(
+                event(
+                    "content_block_delta",
+                    [
+                        "index": .number(Double(index)),
+                        "delta": ["type": "input_json_delta", "partial_json": .string(JSONText.encode(call.argumentsObject))],
+                    ]))
             events.append(event("content_block_stop", ["index": .number(Double(index))]))
         }
-        events.append(event("message_delta", [
-            "delta": ["stop_reason": stopReason(message), "stop_sequence": .null],
-            "usage": ["output_tokens": .number(Double(outputTokens(message)))],
-        ]))
+        events.append(
+            event(
+                "message_delta",
+                [
+                    "delta": ["stop_reason": stopReason(message), "stop_sequence": .null],
+                    "usage": ["output_tokens": .number(Double(outputTokens(message)))],
+                ]))
         events.append(event("message_stop", [:]))
         return events
     }
@@ -129,9 +138,11 @@ public enum AnthropicMessagesWire {
     }
 
     static func start(model: String, inputTokens: Int) -> ServerSentEvent {
-        event("message_start", [
-            "message": messageObject(id: WireID.make("msg_"), model: model, content: [], stopReason: .null, inputTokens: inputTokens, outputTokens: 1),
-        ])
+        event(
+            "message_start",
+            [
+                "message": messageObject(id: WireID.make("msg_"), model: model, content: [], stopReason: .null, inputTokens: inputTokens, outputTokens: 1)
+            ])
     }
 
     static func event(_ name: String, _ fields: [String: JSONValue]) -> ServerSentEvent {
@@ -239,7 +250,8 @@ public enum OpenAIResponsesWire {
             events.append(event("response.output_item.added", ["output_index": index, "item": messageItem(id: id, text: nil, status: "in_progress")]))
             events.append(event("response.content_part.added", ["item_id": .string(id), "output_index": index, "content_index": 0, "part": part]))
             for chunk in chunks {
-                events.append(event("response.output_text.delta", ["item_id": .string(id), "output_index": index, "content_index": 0, "delta": .string(chunk)]))
+                events.append(
+                    event("response.output_text.delta", ["item_id": .string(id), "output_index": index, "content_index": 0, "delta": .string(chunk)]))
             }
             events.append(event("response.output_text.done", ["item_id": .string(id), "output_index": index, "content_index": 0, "text": .string(text)]))
             events.append(event("response.content_part.done", ["item_id": .string(id), "output_index": index, "content_index": 0, "part": fullPart]))
@@ -260,21 +272,27 @@ public enum OpenAIResponsesWire {
                 deltas = ("response.custom_tool_call_input.delta", "response.custom_tool_call_input.done", "input", input)
             }
             let index = JSONValue.number(Double(output.count))
-            events.append(event("response.output_item.added", [
-                "output_index": index, "item": callItem(call, id: id, callID: callID, status: "in_progress", complete: false),
-            ]))
+            events.append(
+                event(
+                    "response.output_item.added",
+                    [
+                        "output_index": index, "item": callItem(call, id: id, callID: callID, status: "in_progress", complete: false),
+                    ]))
             events.append(event(deltas.delta, ["item_id": .string(id), "output_index": index, "delta": .string(deltas.value)]))
             events.append(event(deltas.done, ["item_id": .string(id), "output_index": index, deltas.field: .string(deltas.value)]))
             let item = callItem(call, id: id, callID: callID, status: "completed", complete: true)
             events.append(event("response.output_item.done", ["output_index": index, "item": item]))
             output.append(item)
         }
-        events.append(event("response.completed", [
-            "response": response(
-                id: responseID, model: model, status: "completed", output: output,
-                usage: usage(inputTokens: inputTokens, outputTokens: outputTokens(message))
-            ),
-        ]))
+        events.append(
+            event(
+                "response.completed",
+                [
+                    "response": response(
+                        id: responseID, model: model, status: "completed", output: output,
+                        usage: usage(inputTokens: inputTokens, outputTokens: outputTokens(message))
+                    )
+                ]))
         return numbered(events)
     }
 
@@ -284,12 +302,14 @@ public enum OpenAIResponsesWire {
         let type = error.type ?? errorType(status: error.status)
         return numbered([
             event("response.created", ["response": response(id: responseID, model: model, status: "in_progress", output: [])]),
-            event("response.failed", [
-                "response": response(
-                    id: responseID, model: model, status: "failed", output: [],
-                    error: ["code": .string(type), "message": .string(error.message)]
-                ),
-            ]),
+            event(
+                "response.failed",
+                [
+                    "response": response(
+                        id: responseID, model: model, status: "failed", output: [],
+                        error: ["code": .string(type), "message": .string(error.message)]
+                    )
+                ]),
         ])
     }
 

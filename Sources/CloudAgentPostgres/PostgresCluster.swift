@@ -222,9 +222,12 @@ public final class PostgresCluster: ClusterMembership {
         while true {
             try await Task.sleep(for: .milliseconds(heartbeatMs))
             do {
-                try await withDeadline(PostgresSessionStore.operationTimeout, onTimeout: {
-                    ListenerLost(description: "the listening connection did not answer within \(PostgresSessionStore.operationTimeout)")
-                }) {
+                try await withDeadline(
+                    PostgresSessionStore.operationTimeout,
+                    onTimeout: {
+                        ListenerLost(description: "the listening connection did not answer within \(PostgresSessionStore.operationTimeout)")
+                    }
+                ) {
                     try await connection.run("SELECT 1", self.logger)
                 }
             } catch {

@@ -68,20 +68,22 @@ public struct PostgresConfiguration: Sendable, Equatable {
     /// The postgres-nio client configuration. `require` builds a TLS context here, which can fail
     /// when the system's trust roots cannot be loaded.
     public func clientConfiguration() throws -> PostgresClient.Configuration {
-        let mode: PostgresClient.Configuration.TLS = switch tls {
-        case .disable: .disable
-        case .require: .require(.makeClientConfiguration())
-        }
+        let mode: PostgresClient.Configuration.TLS =
+            switch tls {
+            case .disable: .disable
+            case .require: .require(.makeClientConfiguration())
+            }
         return PostgresClient.Configuration(host: host, port: port, username: username, password: password, database: database, tls: mode)
     }
 
     /// The configuration of a single connection outside the pool (the cluster's listening
     /// connection), with the same TLS rules.
     public func connectionConfiguration() throws -> PostgresConnection.Configuration {
-        let mode: PostgresConnection.Configuration.TLS = switch tls {
-        case .disable: .disable
-        case .require: .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
-        }
+        let mode: PostgresConnection.Configuration.TLS =
+            switch tls {
+            case .disable: .disable
+            case .require: .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            }
         return PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: mode)
     }
 }

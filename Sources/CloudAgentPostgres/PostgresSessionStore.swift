@@ -142,23 +142,24 @@ public final class PostgresSessionStore: SessionStore, Service {
     }
 
     public func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord] {
-        let rows = if let cursor {
-            try await query(
-                """
-                SELECT record FROM sessions
-                WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
-                    AND (created_at, id) < (\(cursor.createdAt.millisecondsSince1970), \(cursor.id.rawValue))
-                ORDER BY created_at DESC, id DESC LIMIT \(limit)
-                """
-            )
-        } else {
-            try await query(
-                """
-                SELECT record FROM sessions WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
-                ORDER BY created_at DESC, id DESC LIMIT \(limit)
-                """
-            )
-        }
+        let rows =
+            if let cursor {
+                try await query(
+                    """
+                    SELECT record FROM sessions
+                    WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
+                        AND (created_at, id) < (\(cursor.createdAt.millisecondsSince1970), \(cursor.id.rawValue))
+                    ORDER BY created_at DESC, id DESC LIMIT \(limit)
+                    """
+                )
+            } else {
+                try await query(
+                    """
+                    SELECT record FROM sessions WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
+                    ORDER BY created_at DESC, id DESC LIMIT \(limit)
+                    """
+                )
+            }
         return try rows.map { try RecordCoding.decode(SessionRecord.self, from: try $0.decode(String.self)) }
     }
 
@@ -193,13 +194,15 @@ public final class PostgresSessionStore: SessionStore, Service {
             try await transaction { connection in
                 // A deletion's notice names the deleted record's host: read it only then.
                 let readsPrevious = change.deletesSession && self.nodeId != nil
-                guard let row = try await connection.rows(
-                    """
-                    SELECT last_event_id, CASE WHEN \(readsPrevious) THEN record END
-                    FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE
-                    """,
-                    self.logger
-                ).first else {
+                guard
+                    let row = try await connection.rows(
+                        """
+                        SELECT last_event_id, CASE WHEN \(readsPrevious) THEN record END
+                        FROM sessions WHERE id = \(change.sessionId.rawValue) FOR UPDATE
+                        """,
+                        self.logger
+                    ).first
+                else {
                     throw StoreError.sessionNotFound(change.sessionId)
                 }
                 let (lastEventId, previousRecord) = try row.decode((Int64, String?).self)
@@ -273,9 +276,11 @@ public final class PostgresSessionStore: SessionStore, Service {
         var appended: [Event] = []
         if !change.events.isEmpty {
             let count = Int64(change.events.count)
-            guard let last = try await connection.rows(
-                "UPDATE sessions SET last_event_id = last_event_id + \(count) WHERE id = \(id) RETURNING last_event_id", logger
-            ).first?.decode(Int64.self) else {
+            guard
+                let last = try await connection.rows(
+                    "UPDATE sessions SET last_event_id = last_event_id + \(count) WHERE id = \(id) RETURNING last_event_id", logger
+                ).first?.decode(Int64.self)
+            else {
                 throw StoreError.sessionNotFound(change.sessionId)
             }
             appended = change.events.enumerated().map { Event(id: last - count + Int64($0.offset) + 1, sessionId: change.sessionId, $0.element) }
@@ -414,20 +419,22 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// (its row locked), the oldest event's time and the stored wake-up (for the rules only), then
     /// the execution's columns: the active one (pending or running: at most one), else the latest.
     private static func stateQuery(of id: SessionID, forRules: Bool) -> PostgresQuery {
-        let rules = forRules
+        let rules =
+            forRules
             ? "(SELECT at FROM events WHERE session_id = s.id ORDER BY id LIMIT 1), (SELECT due_at FROM wake_ups WHERE session_id = s.id)"
             : "NULL::BIGINT, NULL::BIGINT"
         var binds = PostgresBindings()
         binds.append(id.rawValue)
-        return PostgresQuery(unsafeSQL: """
-            SELECT s.record, s.last_event_id, \(rules), \(executionColumns.split(separator: ",").map { "e." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", "))
-            FROM sessions s
-            LEFT JOIN LATERAL (
-                SELECT * FROM executions WHERE session_id = s.id ORDER BY status IN ('pending', 'running') DESC, id DESC LIMIT 1
-            ) e ON TRUE
-            WHERE s.id = $1
-            FOR UPDATE OF s
-            """, binds: binds)
+        return PostgresQuery(
+            unsafeSQL: """
+                SELECT s.record, s.last_event_id, \(rules), \(executionColumns.split(separator: ",").map { "e." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", "))
+                FROM sessions s
+                LEFT JOIN LATERAL (
+                    SELECT * FROM executions WHERE session_id = s.id ORDER BY status IN ('pending', 'running') DESC, id DESC LIMIT 1
+                ) e ON TRUE
+                WHERE s.id = $1
+                FOR UPDATE OF s
+                """, binds: binds)
     }
 
     /// Executions selected by a condition (`WHERE …`, ordering, limit), on a connection or the pool.
@@ -453,7 +460,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         let progressEvents: Int = try column(13), lastEventAt: Int64? = try column(14), stuckReportedAt: Int64? = try column(15)
         let endReportedByRuntime: Bool = try column(16)
         guard let executionId = ExecutionID(rawValue: id), let sessionId = SessionID(rawValue: sessionId),
-              let status = ExecutionStatus(rawValue: status)
+            let status = ExecutionStatus(rawValue: status)
         else { return nil }
         func date(_ millis: Int64?) -> Date? { millis.map { Date(millisecondsSince1970: $0) } }
         var execution = Execution(
@@ -651,7 +658,7 @@ public final class PostgresSessionStore: SessionStore, Service {
             let (id, sessionId, executionId, url, headers, body, attempts, nextAttemptAt, createdAt, lastError) =
                 try row.decode((String, String, String, String, String, String, Int, Int64, Int64, String?).self)
             guard let id = UUID(uuidString: id), let sessionId = SessionID(rawValue: sessionId),
-                  let executionId = ExecutionID(rawValue: executionId)
+                let executionId = ExecutionID(rawValue: executionId)
             else { return nil }
             return CallbackDelivery(
                 id: id, sessionId: sessionId, executionId: executionId, url: url,
@@ -717,9 +724,11 @@ public final class PostgresSessionStore: SessionStore, Service {
     /// the database answers (`availability`).
     private func bounded<Result: Sendable>(_ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
         do {
-            let result = try await withDeadline(Self.operationTimeout, onTimeout: {
-                StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
-            }, body)
+            let result = try await withDeadline(
+                Self.operationTimeout,
+                onTimeout: {
+                    StoreError.unavailable("PostgreSQL did not answer within \(Self.operationTimeout)")
+                }, body)
             availability?.answered()
             return result
         } catch {
@@ -781,7 +790,8 @@ public final class PostgresSessionStore: SessionStore, Service {
     private func mappingConstraintViolations<Result>(of session: SessionID, _ body: () async throws -> Result) async throws -> Result {
         do {
             return try await body()
-        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505"
+        } catch let error as PSQLError
+            where error.serverInfo?[.sqlState] == "23505"
             && error.serverInfo?[.constraintName] == "executions_one_active_per_session"
         {
             let active = try await executions("WHERE session_id = \(session.rawValue) AND status IN ('pending', 'running') LIMIT 1").first

@@ -5,11 +5,11 @@ import Logging
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// One ACP agent process and the JSON-RPC connection over its stdio, for as long as the runtime
@@ -102,7 +102,10 @@ actor ACPConnection {
 
     func modeChanged(to mode: String) { session?.currentMode = mode }
 
-    private init(pid: pid_t, launch: AgentLaunch, outgoing: AsyncStream<String>.Continuation, kills: AsyncStream<Duration>.Continuation, handler: @escaping Handler, logger: Logger) {
+    private init(
+        pid: pid_t, launch: AgentLaunch, outgoing: AsyncStream<String>.Continuation, kills: AsyncStream<Duration>.Continuation, handler: @escaping Handler,
+        logger: Logger
+    ) {
         self.pid = pid
         self.launch = launch
         self.outgoing = outgoing
@@ -137,10 +140,11 @@ actor ACPConnection {
                     },
                     onLine: { stream, line in
                         guard let connection = box.get() else { return }
-                        let masked: AgentOutputLine = switch line {
-                        case .line(let text): .line(secretMask.isEmpty ? text : secretMask.apply(text))
-                        case .overlong: line
-                        }
+                        let masked: AgentOutputLine =
+                            switch line {
+                            case .line(let text): .line(secretMask.isEmpty ? text : secretMask.apply(text))
+                            case .overlong: line
+                            }
                         await connection.received(masked, on: stream)
                     }
                 )
@@ -195,13 +199,15 @@ actor ACPConnection {
     /// `initialize`, once per process.
     func initialize(timeout: Duration) async throws(Failure) -> Capabilities {
         if let capabilities { return capabilities }
-        let answer = try await request("initialize", [
-            "protocolVersion": .number(1),
-            // Honest: this client reads no files and runs no terminals for the agent. The agent
-            // works in its own workspace, inside the sandbox, with its own tools.
-            "clientCapabilities": ["fs": ["readTextFile": false, "writeTextFile": false], "terminal": false],
-            "clientInfo": ["name": "cloud-agent", "title": "cloud-agent runtime", "version": .string("protocol \(RuntimeProtocol.version)")],
-        ], timeout: timeout)
+        let answer = try await request(
+            "initialize",
+            [
+                "protocolVersion": .number(1),
+                // Honest: this client reads no files and runs no terminals for the agent. The agent
+                // works in its own workspace, inside the sandbox, with its own tools.
+                "clientCapabilities": ["fs": ["readTextFile": false, "writeTextFile": false], "terminal": false],
+                "clientInfo": ["name": "cloud-agent", "title": "cloud-agent runtime", "version": .string("protocol \(RuntimeProtocol.version)")],
+            ], timeout: timeout)
         let agent = answer["agentCapabilities"]
         let found = Capabilities(
             loadSession: agent?["loadSession"]?.boolValue == true,
@@ -239,12 +245,15 @@ actor ACPConnection {
             if method == "session/update", let update = params["update"] {
                 _ = await handler(.update(update, raw: line))
             }
-            // Other notifications (extensions, `_meta` ones) carry nothing this client uses.
+        // Other notifications (extensions, `_meta` ones) carry nothing this client uses.
         case .request(let id, let method, let params):
             guard Self.servedMethods.contains(method) else {
-                outgoing.yield(ACPMessage.response(id: id, error: ACPError(
-                    code: ACPError.methodNotFound, message: "Method not found", data: ["method": .string(method)]
-                )) + "\n")
+                outgoing.yield(
+                    ACPMessage.response(
+                        id: id,
+                        error: ACPError(
+                            code: ACPError.methodNotFound, message: "Method not found", data: ["method": .string(method)]
+                        )) + "\n")
                 logger.info("an ACP request this client does not serve: method not found", metadata: ["method": .string(String(method.prefix(100)))])
                 return
             }
@@ -283,8 +292,12 @@ actor ACPConnection {
         let process = process
         let wait = Task { await process?.value }
         let closed = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { await wait.value; return true }
-            group.addTask { try? await Task.sleep(for: min(grace, .milliseconds(500))); return false }
+            group.addTask {
+                await wait.value; return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: min(grace, .milliseconds(500))); return false
+            }
             let first = await group.next() ?? true
             group.cancelAll()
             return first

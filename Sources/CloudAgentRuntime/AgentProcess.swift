@@ -5,11 +5,11 @@ import Subprocess
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The agents this runtime can run: the built-in `scripted` agent is this executable itself;
@@ -32,7 +32,7 @@ public struct AgentCatalog: Sendable {
     /// The path of the running executable (`/proc/self/exe` on Linux).
     public static func currentExecutablePath() -> String {
         #if os(Linux)
-        if let resolved = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return resolved }
+            if let resolved = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return resolved }
         #endif
         return Bundle.main.executablePath ?? CommandLine.arguments[0]
     }

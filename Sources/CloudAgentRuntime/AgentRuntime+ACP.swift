@@ -4,11 +4,11 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Executions of ACP agents (`AgentLaunch.isACP`): the runtime is the agent's Agent Client
@@ -40,9 +40,11 @@ extension AgentRuntime {
             return
         }
         await agentStarted(executionId, pid: connection.pid)
-        logger.info("prompting the ACP agent", metadata: [
-            "agent": .string(command.agent), "pid": "\(connection.pid)", "resume": .string(command.conversationId ?? "-"),
-        ])
+        logger.info(
+            "prompting the ACP agent",
+            metadata: [
+                "agent": .string(command.agent), "pid": "\(connection.pid)", "resume": .string(command.conversationId ?? "-"),
+            ])
         let timeout = Duration.milliseconds(max(launch.timeoutMs ?? AgentLaunch.defaultACPTimeoutMs, 1))
         let turn = await withTaskGroup(of: ACPTurnEnd?.self) { group in
             group.addTask {
@@ -145,7 +147,8 @@ extension AgentRuntime {
                     await setReplaying(executionId, false)
                     let session = ACPConnection.OpenSession(id: previous, answer: answer)
                     await connection.opened(session)
-                    await recordACPLog(executionId, "ACP session \(previous) resumed (\(method))", ["acpSession": .string(previous), "method": .string(method)])
+                    await recordACPLog(
+                        executionId, "ACP session \(previous) resumed (\(method))", ["acpSession": .string(previous), "method": .string(method)])
                     return session
                 } catch .agent(let error) {
                     await setReplaying(executionId, false)
@@ -190,7 +193,8 @@ extension AgentRuntime {
                 if let readOnly = session.modeIds.first(where: AgentMode.isReadOnly) {
                     wanted = readOnly
                 } else {
-                    await recordACPLog(executionId, "the agent offers no read-only mode: its permission requests are rejected instead", ["mode": .string(asked)])
+                    await recordACPLog(
+                        executionId, "the agent offers no read-only mode: its permission requests are rejected instead", ["mode": .string(asked)])
                 }
             }
         }
@@ -323,9 +327,11 @@ extension AgentRuntime {
             execution.progress += 1
             active = execution
             for data in gathered + [decision.event] { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
-            logger.info("ACP permission decided", metadata: [
-                "executionId": .string(execution.executionId), "decision": .string(decision.event["permission"]?["decision"]?.stringValue ?? "-"),
-            ])
+            logger.info(
+                "ACP permission decided",
+                metadata: [
+                    "executionId": .string(execution.executionId), "decision": .string(decision.event["permission"]?["decision"]?.stringValue ?? "-"),
+                ])
             return decision.result
         case .output(let stream, let line):
             guard let execution = active, execution.acpTurn != nil else {
@@ -338,10 +344,13 @@ extension AgentRuntime {
             let message = "the agent sent a message of \(bytes) bytes, over the limit of \(ACPConnection.maxMessageBytes): dropped"
             logger.warning("ACP message over the limit: dropped", metadata: ["bytes": "\(bytes)"])
             if let execution = active, execution.acpTurn != nil {
-                record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: ["kind": .string("error"), "message": .string(message), "raw": .string(message)])
+                record(
+                    execution.executionId, kind: RuntimeEvent.Kind.agent,
+                    data: ["kind": .string("error"), "message": .string(message), "raw": .string(message)])
             }
         case .exited(let termination):
-            logger.notice("the ACP agent exited", metadata: ["termination": .string(termination.words), "activeExecutionId": .string(active?.executionId ?? "-")])
+            logger.notice(
+                "the ACP agent exited", metadata: ["termination": .string(termination.words), "activeExecutionId": .string(active?.executionId ?? "-")])
         }
         return nil
     }

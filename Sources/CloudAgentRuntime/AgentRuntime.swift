@@ -5,11 +5,11 @@ import Logging
 import ServiceLifecycle
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The runtime's state and its executions: the outbox of numbered events, the current link to
@@ -193,12 +193,14 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         linkCount += 1
         let (frames, continuation) = AsyncStream.makeStream(of: String.self)
         link = OpenLink(id: linkCount, frames: continuation)
-        continuation.yield(ProtocolCoding.encode(.hello(
-            runtimeId: configuration.runtimeId,
-            protocolVersion: RuntimeProtocol.version,
-            activeExecutionId: active?.executionId,
-            lastSeq: outbox.lastSeq
-        )))
+        continuation.yield(
+            ProtocolCoding.encode(
+                .hello(
+                    runtimeId: configuration.runtimeId,
+                    protocolVersion: RuntimeProtocol.version,
+                    activeExecutionId: active?.executionId,
+                    lastSeq: outbox.lastSeq
+                )))
         return Link(id: linkCount, frames: frames)
     }
 
@@ -232,7 +234,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         case .welcome(let ackedSeq, let heartbeatIntervalMs, let stopGraceMs, let idleTimeoutMs, _):
             // Its controlUrls are the connection's business (`ControlConnection`).
             if ackedSeq > outbox.lastSeq {
-                logger.warning("the control plane acknowledges events this runtime never sent", metadata: ["ackedSeq": "\(ackedSeq)", "lastSeq": "\(outbox.lastSeq)"])
+                logger.warning(
+                    "the control plane acknowledges events this runtime never sent", metadata: ["ackedSeq": "\(ackedSeq)", "lastSeq": "\(outbox.lastSeq)"])
             }
             acknowledge(upTo: ackedSeq)
             heartbeatInterval = .milliseconds(max(heartbeatIntervalMs, 1))
@@ -244,10 +247,12 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             if presence.firstWelcomedAt == nil { presence.firstWelcomedAt = .now }
             welcomeCount += 1
             for entry in outbox.pending { open.frames.yield(entry.frame) }
-            logger.info("connected", metadata: [
-                "ackedSeq": "\(ackedSeq)", "resent": "\(outbox.pending.count)", "heartbeatIntervalMs": "\(heartbeatIntervalMs)",
-                "idleTimeoutMs": "\(orphanPolicy.idleTimeout.wholeMilliseconds)",
-            ])
+            logger.info(
+                "connected",
+                metadata: [
+                    "ackedSeq": "\(ackedSeq)", "resent": "\(outbox.pending.count)", "heartbeatIntervalMs": "\(heartbeatIntervalMs)",
+                    "idleTimeoutMs": "\(orphanPolicy.idleTimeout.wholeMilliseconds)",
+                ])
         case .settings(let idleTimeoutMs):
             orphanPolicy.idleTimeout = .milliseconds(idleTimeoutMs)
             logger.info("settings changed", metadata: ["idleTimeoutMs": "\(idleTimeoutMs)"])
@@ -280,7 +285,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         if stopping {
             logger.info("execute while stopping: ignored", metadata: metadata)
         } else if let running = active {
-            logger.info("execute while another execution is active: ignored", metadata: metadata.merging(["activeExecutionId": .string(running.executionId)]) { $1 })
+            logger.info(
+                "execute while another execution is active: ignored", metadata: metadata.merging(["activeExecutionId": .string(running.executionId)]) { $1 })
         } else if executed.contains(command.executionId) {
             logger.info("execute of an execution already run: ignored", metadata: metadata)
         } else {
@@ -321,10 +327,12 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             return
         }
         await useParser(AgentOutputParsers.parser(for: command.launch), for: executionId)
-        logger.info("starting the agent", metadata: [
-            "agent": .string(command.agent), "executable": .string(invocation.executable),
-            "resume": .string(command.conversationId ?? "-"),
-        ])
+        logger.info(
+            "starting the agent",
+            metadata: [
+                "agent": .string(command.agent), "executable": .string(invocation.executable),
+                "resume": .string(command.conversationId ?? "-"),
+            ])
         let process = AgentProcess(invocation: invocation, workingDirectory: configuration.workspace, environment: agentEnvironment)
         let termination: AgentTermination
         do {
@@ -466,9 +474,11 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     func waitForRoom() async {
         while outbox.isFull, !stopping {
             if roomWaiters.isEmpty {
-                logger.warning("outbox full: holding the agent's output until the control plane acknowledges", metadata: [
-                    "pendingBytes": "\(outbox.pendingBytes)", "limitBytes": "\(outbox.limitBytes)",
-                ])
+                logger.warning(
+                    "outbox full: holding the agent's output until the control plane acknowledges",
+                    metadata: [
+                        "pendingBytes": "\(outbox.pendingBytes)", "limitBytes": "\(outbox.limitBytes)",
+                    ])
             }
             await withCheckedContinuation { roomWaiters.append($0) }
         }
@@ -522,9 +532,11 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         guard !stopping else { return }
         switch stop {
         case .idle(let idle, let idleTimeout):
-            logger.notice("no control plane and idle: the runtime stops itself", metadata: [
-                "rule": "idle", "idleMs": "\(idle.wholeMilliseconds)", "idleTimeoutMs": "\(idleTimeout.wholeMilliseconds)",
-            ])
+            logger.notice(
+                "no control plane and idle: the runtime stops itself",
+                metadata: [
+                    "rule": "idle", "idleMs": "\(idle.wholeMilliseconds)", "idleTimeoutMs": "\(idleTimeout.wholeMilliseconds)",
+                ])
             requestContinuation.yield(.shutdown(reason: "runtime shutdown: idle without a control plane"))
         case .orphanLimit(let disconnected, let limit):
             var metadata: Logger.Metadata = [

@@ -4,11 +4,11 @@ import ServiceLifecycle
 import UnixSignals
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// `cloud-agent-runtime` (the runtime) and `cloud-agent-runtime scripted-agent` (the built-in
@@ -24,11 +24,13 @@ public enum RuntimeCommand {
         case [scriptedAgentArgument]:
             return await runScriptedAgent()
         default:
-            FileHandle.standardError.write(Data("""
-                usage: cloud-agent-runtime                  the session runtime (started by the control plane)
-                       cloud-agent-runtime scripted-agent   the built-in scripted agent (prompt on stdin)
+            FileHandle.standardError.write(
+                Data(
+                    """
+                    usage: cloud-agent-runtime                  the session runtime (started by the control plane)
+                           cloud-agent-runtime scripted-agent   the built-in scripted agent (prompt on stdin)
 
-                """.utf8))
+                    """.utf8))
             return 64
         }
     }
@@ -73,14 +75,15 @@ public enum RuntimeCommand {
         let connection = ControlConnection(runtime: runtime, secret: RuntimeSecret(secret), logger: logger)
         // Shut down in reverse order: the runtime reports its execution interrupted while the
         // connection is still up, then the connection closes.
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [
-                .init(service: connection),
-                .init(service: runtime, successTerminationBehavior: .gracefullyShutdownGroup),
-            ],
-            gracefulShutdownSignals: [.sigterm],
-            logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: connection),
+                    .init(service: runtime, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm],
+                logger: logger
+            ))
         do {
             try await group.run()
         } catch {

@@ -24,97 +24,100 @@ public final class SQLiteSessionStore: SessionStore {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("001_initial") { db in
-            try db.execute(sql: """
-                CREATE TABLE api_tokens (
-                    hash TEXT PRIMARY KEY NOT NULL,
-                    owner_user TEXT NOT NULL,
-                    owner_org TEXT,
-                    created_at INTEGER NOT NULL
-                );
-                CREATE TABLE sessions (
-                    id TEXT PRIMARY KEY NOT NULL,
-                    owner_user TEXT NOT NULL,
-                    owner_org TEXT NOT NULL,
-                    created_at INTEGER NOT NULL,
-                    runtime_state TEXT NOT NULL,
-                    record TEXT NOT NULL,
-                    last_event_id INTEGER NOT NULL DEFAULT 0
-                );
-                CREATE INDEX sessions_by_owner ON sessions(owner_user, owner_org, created_at DESC, id DESC);
-                CREATE INDEX sessions_by_runtime_state ON sessions(runtime_state);
-                CREATE TABLE executions (
-                    id TEXT PRIMARY KEY NOT NULL,
-                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-                    status TEXT NOT NULL,
-                    prompt TEXT NOT NULL,
-                    mode TEXT,
-                    model TEXT,
-                    started_at INTEGER NOT NULL,
-                    running_at INTEGER,
-                    last_heartbeat INTEGER,
-                    completed_at INTEGER,
-                    exit_code INTEGER,
-                    error TEXT,
-                    interrupt_reason TEXT,
-                    progress_events INTEGER NOT NULL DEFAULT 0,
-                    last_event_at INTEGER,
-                    stuck_reported_at INTEGER,
-                    end_reported_by_runtime INTEGER NOT NULL DEFAULT 0
-                );
-                CREATE INDEX executions_by_session ON executions(session_id, id);
-                CREATE UNIQUE INDEX executions_one_active_per_session
-                    ON executions(session_id) WHERE status IN ('pending', 'running');
-                CREATE TABLE events (
-                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-                    id INTEGER NOT NULL,
-                    execution_id TEXT,
-                    type TEXT NOT NULL,
-                    at INTEGER NOT NULL,
-                    data TEXT NOT NULL,
-                    PRIMARY KEY (session_id, id)
-                ) WITHOUT ROWID;
-                CREATE TABLE wake_ups (
-                    session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-                    due_at INTEGER NOT NULL
-                );
-                CREATE INDEX wake_ups_by_due_at ON wake_ups(due_at);
-                CREATE TABLE settings (
-                    key TEXT PRIMARY KEY NOT NULL,
-                    value TEXT NOT NULL
-                );
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE api_tokens (
+                        hash TEXT PRIMARY KEY NOT NULL,
+                        owner_user TEXT NOT NULL,
+                        owner_org TEXT,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE sessions (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        owner_user TEXT NOT NULL,
+                        owner_org TEXT NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        runtime_state TEXT NOT NULL,
+                        record TEXT NOT NULL,
+                        last_event_id INTEGER NOT NULL DEFAULT 0
+                    );
+                    CREATE INDEX sessions_by_owner ON sessions(owner_user, owner_org, created_at DESC, id DESC);
+                    CREATE INDEX sessions_by_runtime_state ON sessions(runtime_state);
+                    CREATE TABLE executions (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                        status TEXT NOT NULL,
+                        prompt TEXT NOT NULL,
+                        mode TEXT,
+                        model TEXT,
+                        started_at INTEGER NOT NULL,
+                        running_at INTEGER,
+                        last_heartbeat INTEGER,
+                        completed_at INTEGER,
+                        exit_code INTEGER,
+                        error TEXT,
+                        interrupt_reason TEXT,
+                        progress_events INTEGER NOT NULL DEFAULT 0,
+                        last_event_at INTEGER,
+                        stuck_reported_at INTEGER,
+                        end_reported_by_runtime INTEGER NOT NULL DEFAULT 0
+                    );
+                    CREATE INDEX executions_by_session ON executions(session_id, id);
+                    CREATE UNIQUE INDEX executions_one_active_per_session
+                        ON executions(session_id) WHERE status IN ('pending', 'running');
+                    CREATE TABLE events (
+                        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                        id INTEGER NOT NULL,
+                        execution_id TEXT,
+                        type TEXT NOT NULL,
+                        at INTEGER NOT NULL,
+                        data TEXT NOT NULL,
+                        PRIMARY KEY (session_id, id)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE wake_ups (
+                        session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                        due_at INTEGER NOT NULL
+                    );
+                    CREATE INDEX wake_ups_by_due_at ON wake_ups(due_at);
+                    CREATE TABLE settings (
+                        key TEXT PRIMARY KEY NOT NULL,
+                        value TEXT NOT NULL
+                    );
+                    """)
         }
         migrator.registerMigration("002_callbacks") { db in
-            try db.execute(sql: """
-                CREATE TABLE callback_deliveries (
-                    id TEXT PRIMARY KEY NOT NULL,
-                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-                    execution_id TEXT NOT NULL UNIQUE,
-                    url TEXT NOT NULL,
-                    headers TEXT NOT NULL,
-                    body TEXT NOT NULL,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    next_attempt_at INTEGER NOT NULL,
-                    created_at INTEGER NOT NULL,
-                    last_error TEXT
-                );
-                CREATE INDEX callback_deliveries_by_due ON callback_deliveries(next_attempt_at);
-                CREATE INDEX callback_deliveries_by_session ON callback_deliveries(session_id);
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE callback_deliveries (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                        execution_id TEXT NOT NULL UNIQUE,
+                        url TEXT NOT NULL,
+                        headers TEXT NOT NULL,
+                        body TEXT NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        next_attempt_at INTEGER NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        last_error TEXT
+                    );
+                    CREATE INDEX callback_deliveries_by_due ON callback_deliveries(next_attempt_at);
+                    CREATE INDEX callback_deliveries_by_session ON callback_deliveries(session_id);
+                    """)
         }
         migrator.registerMigration("003_runtime_outbox") { db in
-            try db.execute(sql: """
-                CREATE TABLE runtime_commands (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-                    kind TEXT NOT NULL,
-                    execution_id TEXT,
-                    command TEXT NOT NULL
-                );
-                CREATE INDEX runtime_commands_by_session ON runtime_commands(session_id, id);
-                CREATE UNIQUE INDEX runtime_commands_once_per_execution ON runtime_commands(session_id, kind, execution_id)
-                    WHERE execution_id IS NOT NULL;
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE runtime_commands (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                        kind TEXT NOT NULL,
+                        execution_id TEXT,
+                        command TEXT NOT NULL
+                    );
+                    CREATE INDEX runtime_commands_by_session ON runtime_commands(session_id, id);
+                    CREATE UNIQUE INDEX runtime_commands_once_per_execution ON runtime_commands(session_id, kind, execution_id)
+                        WHERE execution_id IS NOT NULL;
+                    """)
         }
         return migrator
     }
@@ -214,9 +217,11 @@ public final class SQLiteSessionStore: SessionStore {
     public func commit(_ change: SessionChange) async throws -> [Event] {
         let encoded = try EncodedChange(change)
         return try await pool.write { db in
-            guard let lastEventId = try Int64.fetchOne(
-                db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [change.sessionId.rawValue]
-            ) else {
+            guard
+                let lastEventId = try Int64.fetchOne(
+                    db.cachedStatement(sql: "SELECT last_event_id FROM sessions WHERE id = ?"), arguments: [change.sessionId.rawValue]
+                )
+            else {
                 throw StoreError.sessionNotFound(change.sessionId)
             }
             return try Self.apply(change, encoded, lastEventId: lastEventId, in: db)
@@ -245,12 +250,14 @@ public final class SQLiteSessionStore: SessionStore {
                         db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1"), arguments: [id.rawValue]
                     ).flatMap(Self.execution(from:))
                 }
-                let oldest = forRules
+                let oldest =
+                    forRules
                     ? try Int64.fetchOne(
                         db.cachedStatement(sql: "SELECT at FROM events WHERE session_id = ? ORDER BY id LIMIT 1"), arguments: [id.rawValue]
                     ).map { Date(millisecondsSince1970: $0) }
                     : nil
-                let wakeUp = forRules
+                let wakeUp =
+                    forRules
                     ? try Int64.fetchOne(db.cachedStatement(sql: "SELECT due_at FROM wake_ups WHERE session_id = ?"), arguments: [id.rawValue])
                         .map { Date(millisecondsSince1970: $0) }
                     : nil
@@ -291,7 +298,8 @@ public final class SQLiteSessionStore: SessionStore {
         var appended: [Event] = []
         appended.reserveCapacity(change.events.count)
         var next = lastEventId
-        let insert = change.events.isEmpty
+        let insert =
+            change.events.isEmpty
             ? nil : try db.cachedStatement(sql: "INSERT INTO events (session_id, id, execution_id, type, at, data) VALUES (?, ?, ?, ?, ?, ?)")
         for (event, data) in zip(change.events, encoded.eventData) {
             next += 1
@@ -365,18 +373,18 @@ public final class SQLiteSessionStore: SessionStore {
                     end_reported_by_runtime = excluded.end_reported_by_runtime
                 """
         ).execute(arguments: [
-                execution.id.rawValue, execution.sessionId.rawValue, execution.status.rawValue, execution.prompt,
-                execution.mode, execution.model, execution.startedAt.millisecondsSince1970,
-                execution.runningAt?.millisecondsSince1970, execution.lastHeartbeat?.millisecondsSince1970,
-                execution.completedAt?.millisecondsSince1970, execution.exitCode, execution.error,
-                execution.interruptReason, execution.progressEvents, execution.lastEventAt?.millisecondsSince1970,
-                execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime,
-            ])
+            execution.id.rawValue, execution.sessionId.rawValue, execution.status.rawValue, execution.prompt,
+            execution.mode, execution.model, execution.startedAt.millisecondsSince1970,
+            execution.runningAt?.millisecondsSince1970, execution.lastHeartbeat?.millisecondsSince1970,
+            execution.completedAt?.millisecondsSince1970, execution.exitCode, execution.error,
+            execution.interruptReason, execution.progressEvents, execution.lastEventAt?.millisecondsSince1970,
+            execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime,
+        ])
     }
 
     static func execution(from row: Row) -> Execution? {
         guard let id = ExecutionID(rawValue: row["id"]), let sessionId = SessionID(rawValue: row["session_id"]),
-              let status = ExecutionStatus(rawValue: row["status"])
+            let status = ExecutionStatus(rawValue: row["status"])
         else { return nil }
         func date(_ column: String) -> Date? { (row[column] as Int64?).map { Date(millisecondsSince1970: $0) } }
         var execution = Execution(
@@ -532,16 +540,18 @@ public final class SQLiteSessionStore: SessionStore {
 
     /// One delivery into the outbox; false when its execution has one already.
     static func insert(_ delivery: CallbackDelivery, headers: String, in db: Database) throws -> Bool {
-        try db.cachedStatement(sql: """
-            INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
-                created_at, last_error)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(execution_id) DO NOTHING
-            """).execute(arguments: [
-                delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.url,
-                headers, delivery.body, delivery.attempts, delivery.nextAttemptAt.millisecondsSince1970,
-                delivery.createdAt.millisecondsSince1970, delivery.lastError,
-            ])
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
+                    created_at, last_error)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(execution_id) DO NOTHING
+                """
+        ).execute(arguments: [
+            delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.url,
+            headers, delivery.body, delivery.attempts, delivery.nextAttemptAt.millisecondsSince1970,
+            delivery.createdAt.millisecondsSince1970, delivery.lastError,
+        ])
         return db.changesCount > 0
     }
 
@@ -557,7 +567,7 @@ public final class SQLiteSessionStore: SessionStore {
 
     static func callbackDelivery(from row: Row) throws -> CallbackDelivery? {
         guard let id = UUID(uuidString: row["id"]), let sessionId = SessionID(rawValue: row["session_id"]),
-              let executionId = ExecutionID(rawValue: row["execution_id"])
+            let executionId = ExecutionID(rawValue: row["execution_id"])
         else { return nil }
         return CallbackDelivery(
             id: id, sessionId: sessionId, executionId: executionId, url: row["url"],

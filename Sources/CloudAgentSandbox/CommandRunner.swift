@@ -4,9 +4,9 @@ import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// How a command run by `CommandRunner` ended.
@@ -33,8 +33,10 @@ enum CommandRunner {
         workingDirectory: URL?,
         timeout: Duration
     ) async -> CommandOutcome {
-        await execute(argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout,
-                      output: .sequence, error: .combinedWithOutput) { $0.standardOutput }
+        await execute(
+            argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout,
+            output: .sequence, error: .combinedWithOutput
+        ) { $0.standardOutput }
     }
 
     /// Like `run`, with the command's standard output written to `standardOutput` (a file of the
@@ -46,8 +48,10 @@ enum CommandRunner {
         timeout: Duration,
         standardOutput: FileDescriptor
     ) async -> CommandOutcome {
-        await execute(argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout,
-                      output: .fileDescriptor(standardOutput, closeAfterSpawningProcess: false), error: .sequence) { $0.standardError }
+        await execute(
+            argv, environment: environment, workingDirectory: workingDirectory, timeout: timeout,
+            output: .fileDescriptor(standardOutput, closeAfterSpawningProcess: false), error: .sequence
+        ) { $0.standardError }
     }
 
     private static func execute<Output: OutputProtocol, Error: ErrorOutputProtocol>(

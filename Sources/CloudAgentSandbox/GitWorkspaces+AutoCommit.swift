@@ -3,9 +3,9 @@ import Foundation
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// What auto-commit did after an execution.
@@ -89,8 +89,10 @@ extension GitWorkspaces {
         guard bundled.succeeded else { return "git bundle: " + detail(bundled, request) }
         let work = "refs/heads/\(request.workBranch)"
         let fetched = await runGit(
-            ["-c", "transfer.fsckObjects=true", "-c", "fetch.fsckObjects=true", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
-             bundle.path, "+HEAD:\(work)"],
+            [
+                "-c", "transfer.fsckObjects=true", "-c", "fetch.fsckObjects=true", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                bundle.path, "+HEAD:\(work)",
+            ],
             in: mirror, sandboxed: false, request
         )
         guard fetched.succeeded else { return "git fetch (bundle): " + detail(fetched, request) }

@@ -3,9 +3,9 @@ import Foundation
 import Logging
 import SystemPackage
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// Prepares and restores sessions' workspaces: a git checkout on the session's work branch, a
@@ -166,12 +166,14 @@ public struct GitWorkspaces: Sendable {
     /// never cloned: that would hand one session another's files.
     func refuseInsideDataDirectory(_ repo: RepoSource, _ request: WorkspaceRequest) throws(SetupFailure) {
         guard let path = Self.localPath(repo.url), let resolved = Self.realPath(path),
-              let root = Self.realPath(layout.dataDirectory.path), resolved == root || resolved.hasPrefix(root + "/")
+            let root = Self.realPath(layout.dataDirectory.path), resolved == root || resolved.hasPrefix(root + "/")
         else { return }
-        throw fail(request, SetupFailure(
-            command: "git clone \(Self.displayURL(repo.url))", exitCode: 128,
-            outputTail: "refused: the repository is inside the control plane's data directory"
-        ))
+        throw fail(
+            request,
+            SetupFailure(
+                command: "git clone \(Self.displayURL(repo.url))", exitCode: 128,
+                outputTail: "refused: the repository is inside the control plane's data directory"
+            ))
     }
 
     /// The filesystem path a local path or `file://` URL names; nil for any other URL.
@@ -193,15 +195,17 @@ public struct GitWorkspaces: Sendable {
     private func baseBranch(_ repo: RepoSource, _ request: WorkspaceRequest) async throws(SetupFailure) -> String? {
         if let branch = repo.branch {
             guard await remoteBranchExists(branch, request) else {
-                throw fail(request, SetupFailure(
-                    command: "git checkout \(branch)", exitCode: 1,
-                    outputTail: Redaction.redact("branch '\(branch)' does not exist in \(Self.displayURL(repo.url))", secrets: request.redactedValues)
-                ))
+                throw fail(
+                    request,
+                    SetupFailure(
+                        command: "git checkout \(branch)", exitCode: 1,
+                        outputTail: Redaction.redact("branch '\(branch)' does not exist in \(Self.displayURL(repo.url))", secrets: request.redactedValues)
+                    ))
             }
             return branch
         }
         guard let head = await gitOutput(["symbolic-ref", "--quiet", "--short", "HEAD"], request),
-              await remoteBranchExists(head, request)
+            await remoteBranchExists(head, request)
         else { return nil }
         return head
     }
@@ -266,7 +270,8 @@ public struct GitWorkspaces: Sendable {
     /// `CLOUD_AGENT_GIT_HOST`): a redirect or a URL rewritten elsewhere gets nothing.
     static let credentialOptions = [
         "-c", "credential.helper=",
-        "-c", #"credential.helper=!f() { test "$1" = get || exit 0; p=; h=; while IFS= read -r l && test -n "$l"; do case "$l" in protocol=*) p="${l#protocol=}";; host=*) h="${l#host=}";; esac; done; test "$p" = "$CLOUD_AGENT_GIT_PROTOCOL" && test "$h" = "$CLOUD_AGENT_GIT_HOST" || exit 0; echo username=x-access-token; echo "password=$CLOUD_AGENT_GIT_TOKEN"; }; f"#,
+        "-c",
+        #"credential.helper=!f() { test "$1" = get || exit 0; p=; h=; while IFS= read -r l && test -n "$l"; do case "$l" in protocol=*) p="${l#protocol=}";; host=*) h="${l#host=}";; esac; done; test "$p" = "$CLOUD_AGENT_GIT_PROTOCOL" && test "$h" = "$CLOUD_AGENT_GIT_HOST" || exit 0; echo username=x-access-token; echo "password=$CLOUD_AGENT_GIT_TOKEN"; }; f"#,
     ]
 
     /// The protocol and host (with its port, as git's credential protocol names it) a token is
@@ -277,7 +282,7 @@ public struct GitWorkspaces: Sendable {
 
         init?(url: String) {
             guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
-                  scheme == "https" || scheme == "http", let host = components.host, !host.isEmpty
+                scheme == "https" || scheme == "http", let host = components.host, !host.isEmpty
             else { return nil }
             protocolName = scheme
             self.host = components.port.map { "\(host):\($0)" } ?? host
@@ -346,11 +351,13 @@ public struct GitWorkspaces: Sendable {
 
     /// Logs the failed step (never its output) and returns it.
     private func fail(_ request: WorkspaceRequest, _ failure: SetupFailure) -> SetupFailure {
-        logger.warning("workspace step failed", metadata: [
-            "sessionId": "\(request.sessionId)",
-            "command": "\(failure.command)",
-            "exitCode": "\(failure.exitCode)",
-        ])
+        logger.warning(
+            "workspace step failed",
+            metadata: [
+                "sessionId": "\(request.sessionId)",
+                "command": "\(failure.command)",
+                "exitCode": "\(failure.exitCode)",
+            ])
         return failure
     }
 
@@ -362,9 +369,9 @@ public struct GitWorkspaces: Sendable {
     /// anyway) is masked.
     static func displayURL(_ url: String) -> String {
         guard let scheme = url.range(of: "://"),
-              let at = url[scheme.upperBound...].firstIndex(of: "@"),
-              !url[scheme.upperBound..<at].contains("/"),
-              url[scheme.upperBound..<at].contains(":")
+            let at = url[scheme.upperBound...].firstIndex(of: "@"),
+            !url[scheme.upperBound..<at].contains("/"),
+            url[scheme.upperBound..<at].contains(":")
         else { return url }
         return url[..<scheme.upperBound] + "***" + url[at...]
     }

@@ -85,7 +85,8 @@ enum Redaction {
             var found = false
             while index < text.count {
                 if text[index] == secret[0], index + secret.count <= text.count,
-                   text[index..<(index + secret.count)].elementsEqual(secret) {
+                    text[index..<(index + secret.count)].elementsEqual(secret)
+                {
                     output.append(contentsOf: mask)
                     index += secret.count
                     found = true

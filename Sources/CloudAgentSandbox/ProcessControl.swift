@@ -1,9 +1,9 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A process started by `ProcessControl.spawnDetached`. `startTime` (field 22 of
@@ -220,7 +220,7 @@ struct ProcStat: Sendable, Equatable {
         let fields = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
         // fields[0] is field 3 (state), so field N is fields[N - 3].
         guard fields.count > 19, let state = fields[0].first, let parent = Int32(fields[1]),
-              let group = Int32(fields[2]), let session = Int32(fields[3]), let start = UInt64(fields[19])
+            let group = Int32(fields[2]), let session = Int32(fields[3]), let start = UInt64(fields[19])
         else { return nil }
         return ProcStat(pid: pid, state: state, parent: parent, processGroup: group, session: session, startTime: start)
     }
@@ -255,7 +255,8 @@ public enum ExecutableLookup {
             let candidate = "\(directory)/\(program)"
             var isDirectory: ObjCBool = false
             if FileManager.default.fileExists(atPath: candidate, isDirectory: &isDirectory), !isDirectory.boolValue,
-               FileManager.default.isExecutableFile(atPath: candidate) {
+                FileManager.default.isExecutableFile(atPath: candidate)
+            {
                 return candidate
             }
         }

@@ -37,8 +37,9 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible {
     public static func notFound(_ what: String) -> APIError { APIError(.notFound, code: "NOT_FOUND", "\(what) not found") }
     public static func invalidState(_ message: String) -> APIError { APIError(.conflict, code: "INVALID_STATE", message) }
     public static func executionInProgress(_ id: ExecutionID) -> APIError {
-        APIError(.conflict, code: "EXECUTION_IN_PROGRESS", "execution \(id) is still active; wait for it or interrupt it",
-                 details: ["activeExecutionId": .string(id.rawValue)])
+        APIError(
+            .conflict, code: "EXECUTION_IN_PROGRESS", "execution \(id) is still active; wait for it or interrupt it",
+            details: ["activeExecutionId": .string(id.rawValue)])
     }
     public static let payloadTooLarge = APIError(
         .contentTooLarge, code: "PAYLOAD_TOO_LARGE", "the request body is larger than \(Limits.requestBodyBytes) bytes"
@@ -133,16 +134,17 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let failure as SetupFailure {
             return try APIError(failure).response(from: request, context: context)
         } catch let error as any HTTPResponseError {
-            let apiError: APIError = switch error.status {
-            case .notFound: .notFound("route \(request.method) \(request.uri.path)")
-            case .contentTooLarge: .payloadTooLarge
-            case .unauthorized: .unauthorized
-            case .methodNotAllowed: APIError(.methodNotAllowed, code: "INVALID_REQUEST", "method \(request.method) is not allowed here")
-            default:
-                error.status.code < 500
-                    ? APIError(error.status, code: "INVALID_REQUEST", error.status.reasonPhrase)
-                    : .internalError
-            }
+            let apiError: APIError =
+                switch error.status {
+                case .notFound: .notFound("route \(request.method) \(request.uri.path)")
+                case .contentTooLarge: .payloadTooLarge
+                case .unauthorized: .unauthorized
+                case .methodNotAllowed: APIError(.methodNotAllowed, code: "INVALID_REQUEST", "method \(request.method) is not allowed here")
+                default:
+                    error.status.code < 500
+                        ? APIError(error.status, code: "INVALID_REQUEST", error.status.reasonPhrase)
+                        : .internalError
+                }
             return try apiError.response(from: request, context: context)
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(String(reflecting: error))", "path": "\(request.uri.path)"])

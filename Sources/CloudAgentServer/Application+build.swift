@@ -49,10 +49,12 @@ public struct ControlPlane: Sendable {
             key: try await store.settingSavingIfAbsent("stream-ticket-key", value: BearerToken.generate(prefix: "")),
             lifetimeMs: configuration.streamTicketLifetimeMs
         )
-        let scheduler = WakeUpScheduler(store: store, clock: clock, logger: logger, window: .init(
-            aheadMs: configuration.wakeUpWindowMs, refillMs: max(1, min(configuration.nodeHeartbeatMs, configuration.wakeUpWindowMs / 4)),
-            leaseMs: configuration.nodeLeaseMs, node: membership.nodeId
-        ))
+        let scheduler = WakeUpScheduler(
+            store: store, clock: clock, logger: logger,
+            window: .init(
+                aheadMs: configuration.wakeUpWindowMs, refillMs: max(1, min(configuration.nodeHeartbeatMs, configuration.wakeUpWindowMs / 4)),
+                leaseMs: configuration.nodeLeaseMs, node: membership.nodeId
+            ))
         let layout = WorkspaceLayout(dataDirectory: data.root)
         let agents = try AgentRegistry.resolve(
             agentsFile: configuration.agentsFile, environment: configuration.agentLookupEnvironment,
@@ -62,10 +64,12 @@ public struct ControlPlane: Sendable {
         Task { [environment = configuration.agentLookupEnvironment] in await agents.probeVersions(environment: environment, logger: logger) }
         let resolution = try await SandboxWrapper.resolveExplained(configuration.sandbox.rawValue, dataDirectory: data.root)
         let sandbox = resolution.sandbox.exposing(agents.binaryDirectories)
-        logger.info("sandbox resolved", metadata: [
-            "requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)",
-            "userNamespace": "\(sandbox.kind == .bwrap && sandbox.userNamespace)",
-        ])
+        logger.info(
+            "sandbox resolved",
+            metadata: [
+                "requested": "\(configuration.sandbox.rawValue)", "sandbox": "\(sandbox.kind.rawValue)",
+                "userNamespace": "\(sandbox.kind == .bwrap && sandbox.userNamespace)",
+            ])
         if let warning = resolution.warning {
             logger.warning("\(warning)", metadata: ["sandbox": "\(sandbox.kind.rawValue)"])
         }

@@ -56,8 +56,8 @@ struct BearerAuthentication: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let header = request.headers[.authorization], header.count > 7,
-              header.prefix(7).lowercased() == "bearer ",
-              let owner = try await authority.owner(for: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
+            header.prefix(7).lowercased() == "bearer ",
+            let owner = try await authority.owner(for: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
         else { throw APIError.unauthorized }
         var context = context
         context.owner = owner

@@ -10,7 +10,8 @@ import NIOCore
 struct ConsoleRoutes: Sendable {
     /// No inline script or style, nothing from another origin. `'self'` covers same-origin
     /// `ws:`/`wss:` in Chromium (CSP level 3), which the stream needs.
-    static let contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    static let contentSecurityPolicy =
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         + "connect-src 'self'; manifest-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
     struct File: Sendable {
@@ -79,9 +80,10 @@ struct ConsoleRoutes: Sendable {
             .xContentTypeOptions: "nosniff",
             HTTPField.Name("Referrer-Policy")!: "no-referrer",
         ]
-        let matches = request.headers[.ifNoneMatch].map { value in
-            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == etag || $0.trimmingCharacters(in: .whitespaces) == "*" }
-        } ?? false
+        let matches =
+            request.headers[.ifNoneMatch].map { value in
+                value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == etag || $0.trimmingCharacters(in: .whitespaces) == "*" }
+            } ?? false
         if matches { return Response(status: .notModified, headers: headers) }
         headers[.contentType] = file.contentType
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: file.body))

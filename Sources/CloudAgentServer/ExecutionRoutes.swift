@@ -18,10 +18,11 @@ struct ExecutionRoutes {
     }
 
     func accepted(_ id: SessionID, _ execution: Execution) -> Response {
-        JSONResponse.make([
-            "sessionId": .string(id.rawValue), "executionId": .string(execution.id.rawValue), "status": "started",
-            "streamUrl": .string("/v1/sessions/\(id.rawValue)/stream?executionId=\(execution.id.rawValue)"),
-        ], status: .accepted)
+        JSONResponse.make(
+            [
+                "sessionId": .string(id.rawValue), "executionId": .string(execution.id.rawValue), "status": "started",
+                "streamUrl": .string("/v1/sessions/\(id.rawValue)/stream?executionId=\(execution.id.rawValue)"),
+            ], status: .accepted)
     }
 
     @Sendable func initiate(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -35,7 +36,9 @@ struct ExecutionRoutes {
         let id = try SessionRoutes.sessionID(context)
         _ = try await service.session(id, owner: owner)
         let input: SessionService.MessageInput
-        do { input = try SessionService.MessageInput.parse(try await JSONResponse.body(of: request)) } catch let error as ValidationError { throw APIError.from(error) }
+        do { input = try SessionService.MessageInput.parse(try await JSONResponse.body(of: request)) } catch let error as ValidationError {
+            throw APIError.from(error)
+        }
         let execution = try await service.startExecution(id, owner: owner, message: input)
         return accepted(id, execution)
     }
@@ -76,7 +79,9 @@ struct ExecutionRoutes {
             query.afterId = value
         }
         if let text = parameters["limit"] {
-            guard let value = Int(String(text)), (1...1000).contains(value) else { throw APIError.invalid(field: "limit", "must be a whole number from 1 to 1000") }
+            guard let value = Int(String(text)), (1...1000).contains(value) else {
+                throw APIError.invalid(field: "limit", "must be a whole number from 1 to 1000")
+            }
             query.limit = value
         }
         if let text = parameters["executionId"] {

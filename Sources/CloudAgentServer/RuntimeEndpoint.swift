@@ -16,17 +16,21 @@ struct RuntimeEndpoint {
 
     func register(on router: Router<AppRequestContext>) {
         router.ws(RouterPath(stringLiteral: RuntimeProtocol.path)) { request, _ in
-            guard try await gateway.authenticate(
-                session: request.headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
-                secret: request.headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
-            ) != nil else { throw APIError.unauthorized }
+            guard
+                try await gateway.authenticate(
+                    session: request.headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
+                    secret: request.headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
+                ) != nil
+            else { throw APIError.unauthorized }
             return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             let headers = context.request.headers
-            guard let session = try await gateway.authenticate(
-                session: headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
-                secret: headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
-            ), let instanceId = session.runtime.instanceId else { return }
+            guard
+                let session = try await gateway.authenticate(
+                    session: headers[values: HTTPField.Name(RuntimeProtocol.sessionHeader)!].first,
+                    secret: headers[values: HTTPField.Name(RuntimeProtocol.secretHeader)!].first
+                ), let instanceId = session.runtime.instanceId
+            else { return }
             try await serve(session: session.id, instanceId: instanceId, inbound: inbound, outbound: outbound, logger: context.logger)
         }
     }
@@ -58,11 +62,12 @@ struct RuntimeEndpoint {
                     for try await message in inbound.messages(maxSize: RuntimeProtocol.maxFrameBytes) {
                         guard case .text(let text) = message else { throw ProtocolError("binary frames are not part of the protocol") }
                         // Heartbeats take the fast path; everything else the decoder.
-                        let decoded: Result<RuntimeMessage, ProtocolError> = if let heartbeat = HeartbeatFrame.parse(text) {
-                            .success(heartbeat)
-                        } else {
-                            Result { () throws(ProtocolError) in try ProtocolCoding.decodeRuntimeMessage(text) }
-                        }
+                        let decoded: Result<RuntimeMessage, ProtocolError> =
+                            if let heartbeat = HeartbeatFrame.parse(text) {
+                                .success(heartbeat)
+                            } else {
+                                Result { () throws(ProtocolError) in try ProtocolCoding.decodeRuntimeMessage(text) }
+                            }
                         switch decoded {
                         case .success(let message):
                             greeting = false
@@ -283,12 +288,14 @@ public enum HeartbeatFrame {
                     index = after
                 case "at":
                     guard at == nil, let (range, after) = number(in: bytes, from: index, fraction: true),
-                          let value = Double(slice(bytes, range)), value.isFinite
+                        let value = Double(slice(bytes, range)), value.isFinite
                     else { return nil }
                     at = value
                     index = after
                 case "events":
-                    guard events == nil, let (range, after) = number(in: bytes, from: index, fraction: false), let value = Int64(slice(bytes, range)) else { return nil }
+                    guard events == nil, let (range, after) = number(in: bytes, from: index, fraction: false), let value = Int64(slice(bytes, range)) else {
+                        return nil
+                    }
                     events = value
                     index = after
                 default:

@@ -167,7 +167,9 @@ public struct ServerConfiguration: Sendable {
         }
         if let (text, _) = value("agentsFile") { configuration.agentsFile = text }
         if let (text, name) = value("callbackAttempts") {
-            guard let count = Int(text), (1...100).contains(count) else { throw Invalid(setting: name, message: "\"\(text)\" is not a whole number from 1 to 100") }
+            guard let count = Int(text), (1...100).contains(count) else {
+                throw Invalid(setting: name, message: "\"\(text)\" is not a whole number from 1 to 100")
+            }
             configuration.callbackMaxAttempts = count
         }
         try duration("callbackRetryBase", into: &configuration.callbackRetryBaseMs)

@@ -26,7 +26,8 @@ struct SessionRoutes {
 
     @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {
         let session = try await service.session(try Self.sessionID(context), owner: try context.requireOwner())
-        return JSONResponse.make(Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
+        return JSONResponse.make(
+            Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -34,7 +35,9 @@ struct SessionRoutes {
         let query = request.uri.queryParameters
         var limit = 50
         if let text = query["limit"] {
-            guard let value = Int(String(text)), (1...200).contains(value) else { throw APIError.invalid(field: "limit", "must be a whole number from 1 to 200") }
+            guard let value = Int(String(text)), (1...200).contains(value) else {
+                throw APIError.invalid(field: "limit", "must be a whole number from 1 to 200")
+            }
             limit = value
         }
         var cursor: SessionCursor?
@@ -59,7 +62,8 @@ struct SessionRoutes {
         let input: SessionInput
         do { input = try SessionInput.parsePatch(try await JSONResponse.body(of: request)) } catch let error as ValidationError { throw APIError.from(error) }
         let session = try await service.patch(id, owner: owner, input: input)
-        return JSONResponse.make(Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
+        return JSONResponse.make(
+            Views.session(session, latest: try await service.currentExecution(of: session), timing: service.timing, sandbox: service.sandboxKind))
     }
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -10,7 +10,8 @@ public enum Views {
         let spec = session.spec
         let idleTimeout = session.idleTimeoutMs(default: timing.idleTimeoutMs)
         let runtime = session.runtime
-        let lastActivity = runtime.state == .running || runtime.state == .stopping || runtime.state == .stopped
+        let lastActivity =
+            runtime.state == .running || runtime.state == .stopping || runtime.state == .stopped
             ? IdlePolicy.lastActivity(runtimeStartedAt: runtime.startedAt, latest: latest)
             : latest.map(IdlePolicy.activity(of:))
         var idleDeadline: Date?

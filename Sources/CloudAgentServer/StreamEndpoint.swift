@@ -78,7 +78,8 @@ struct StreamEndpoint {
             group.addTask {
                 var lastId = query.afterId
                 while true {
-                    let page = try await service.store.events(of: session, EventQuery(afterId: lastId, limit: 500, executionId: query.executionId, types: query.types))
+                    let page = try await service.store.events(
+                        of: session, EventQuery(afterId: lastId, limit: 500, executionId: query.executionId, types: query.types))
                     for event in page { try await send(JSONText.encode(event.json)) }
                     lastId = page.last?.id ?? lastId
                     if page.count < 500 { break }
@@ -88,9 +89,11 @@ struct StreamEndpoint {
                     // order: an event past a gap has the gap read from the store first (every
                     // event is committed before it is published), so none is skipped or repeated.
                     if live.event.id > lastId + 1 {
-                        let gap = try await service.store.events(of: session, EventQuery(
-                            afterId: lastId, limit: Int(min(live.event.id - lastId - 1, 10_000)), executionId: query.executionId, types: query.types
-                        ))
+                        let gap = try await service.store.events(
+                            of: session,
+                            EventQuery(
+                                afterId: lastId, limit: Int(min(live.event.id - lastId - 1, 10_000)), executionId: query.executionId, types: query.types
+                            ))
                         for event in gap where event.id < live.event.id { try await send(JSONText.encode(event.json)) }
                     }
                     lastId = live.event.id

@@ -36,9 +36,9 @@ public struct StreamTickets: Sendable {
     public func verify(_ ticket: String, session: SessionID, now: Date) -> Owner? {
         let parts = ticket.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 2, let body = Self.data(base64URL: String(parts[0])), let signature = Self.data(base64URL: String(parts[1])),
-              HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: body, using: key),
-              let payload = try? JSONDecoder().decode(Payload.self, from: body),
-              payload.session == session.rawValue, payload.expiresAtMs > now.millisecondsSince1970
+            HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: body, using: key),
+            let payload = try? JSONDecoder().decode(Payload.self, from: body),
+            payload.session == session.rawValue, payload.expiresAtMs > now.millisecondsSince1970
         else { return nil }
         return Owner(user: payload.user, org: payload.org)
     }

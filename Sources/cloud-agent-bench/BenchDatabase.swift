@@ -17,7 +17,8 @@ import Synchronization
 struct StoreOptions: ParsableArguments {
     @Option(
         name: .customLong("database-url"),
-        help: "Run on this PostgreSQL server (postgres://user:pass@host:port/db). Each measurement creates a database of its own there and drops it after: the user needs CREATEDB."
+        help:
+            "Run on this PostgreSQL server (postgres://user:pass@host:port/db). Each measurement creates a database of its own there and drops it after: the user needs CREATEDB."
     )
     var databaseURL: String?
 

@@ -7,7 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `cluster`: two nodes on one PostgreSQL database (a throwaway cluster unless `--database-url`).
@@ -110,8 +110,10 @@ struct ClusterBench: AsyncParsableCommand {
         params["peakDeliveredToSubscribersPerSecond"] = .number(across.peakDelivered.rounded())
         params["baselinePeakDeliveredToSubscribersPerSecond"] = .number(single.peakDelivered.rounded())
         return [
-            Figure("cluster.stream_latency_p50_ms", across.latencies.percentileMs(50), unit: "ms", baseline: single.latencies.percentileMs(50), params: latency),
-            Figure("cluster.stream_latency_p99_ms", across.latencies.percentileMs(99), unit: "ms", baseline: single.latencies.percentileMs(99), params: latency),
+            Figure(
+                "cluster.stream_latency_p50_ms", across.latencies.percentileMs(50), unit: "ms", baseline: single.latencies.percentileMs(50), params: latency),
+            Figure(
+                "cluster.stream_latency_p99_ms", across.latencies.percentileMs(99), unit: "ms", baseline: single.latencies.percentileMs(99), params: latency),
             Figure("cluster.stream_peak_events_per_second", across.peak, unit: "events/s (acknowledged)", baseline: single.peak, params: params),
         ]
     }
@@ -122,7 +124,8 @@ struct ClusterBench: AsyncParsableCommand {
         let raw = try RawDatabase.open(configuration)
         defer { raw.close() }
         let listening = await waitUntil(30, everyMs: 50) {
-            ((try? await raw.count("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name LIKE 'cloud-agent-listener:%' AND datname = current_database()")) ?? 0) >= count
+            ((try? await raw.count(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name LIKE 'cloud-agent-listener:%' AND datname = current_database()")) ?? 0) >= count
         }
         guard listening else { throw BenchFailure("the nodes did not all listen for change notices within 30 s") }
     }
@@ -160,12 +163,17 @@ struct ClusterBench: AsyncParsableCommand {
             b = nodeB
             let opened = try await OpenedStore.open(readerConfiguration, logger: InProcessServer.logger("error"))
             reader = opened
-            let figures = try await failover(count: count, idleTimeoutMs: idleTimeoutMs, a: a, b: nodeB, store: opened.store, configuration: readerConfiguration)
+            let figures = try await failover(
+                count: count, idleTimeoutMs: idleTimeoutMs, a: a, b: nodeB, store: opened.store, configuration: readerConfiguration)
             await finish(a: a, b: nodeB, reader: opened)
             return databases.taggedFigures(figures)
         } catch {
-            options.note("cluster (b) failed; node logs in \(scratch.url.path) are removed, the last lines of node B's:\n\((try? String(contentsOf: scratch.url.appendingPathComponent("node-b.log"), encoding: .utf8))?.suffix(3000) ?? "")")
-            if let b, let reader { await finish(a: a, b: b, reader: reader) } else {
+            options.note(
+                "cluster (b) failed; node logs in \(scratch.url.path) are removed, the last lines of node B's:\n\((try? String(contentsOf: scratch.url.appendingPathComponent("node-b.log"), encoding: .utf8))?.suffix(3000) ?? "")"
+            )
+            if let b, let reader {
+                await finish(a: a, b: b, reader: reader)
+            } else {
                 a.killHard()
                 await b?.stop()
                 await reader?.close()
@@ -204,7 +212,7 @@ struct ClusterBench: AsyncParsableCommand {
         let started = await waitUntil(120, everyMs: 100) {
             for id in ids {
                 guard let session = try? await store.session(id), session.runtime.state == .running, session.activeExecutionId == nil,
-                      session.runtime.connectedNode == a.nodeId
+                    session.runtime.connectedNode == a.nodeId
                 else { return false }
             }
             return true
@@ -215,7 +223,7 @@ struct ClusterBench: AsyncParsableCommand {
         var deadlines: [Date] = []
         for id in ids {
             guard let session = try await store.session(id),
-                  let last = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: try await store.latestExecution(of: id))
+                let last = IdlePolicy.lastActivity(runtimeStartedAt: session.runtime.startedAt, latest: try await store.latestExecution(of: id))
             else { throw BenchFailure("no last activity for \(id)") }
             deadlines.append(last.at.adding(milliseconds: idleTimeoutMs))
         }
@@ -223,7 +231,8 @@ struct ClusterBench: AsyncParsableCommand {
         let killAt = earliest.adding(milliseconds: -Self.killLeadMs)
         let wait = killAt.timeIntervalSinceNow
         guard wait > 0.05 else {
-            throw BenchFailure("the runtimes took too long to start: the earliest idle deadline is \(Int(-wait * 1000)) ms too near; raise --failover-idle-timeout-ms")
+            throw BenchFailure(
+                "the runtimes took too long to start: the earliest idle deadline is \(Int(-wait * 1000)) ms too near; raise --failover-idle-timeout-ms")
         }
         try await Task.sleep(for: .milliseconds(Int(wait * 1000)))
         let killed = Date()
@@ -240,7 +249,8 @@ struct ClusterBench: AsyncParsableCommand {
         var reconnects = Latencies()
         var notReconnected = 0
         for id in ids {
-            guard let runtime = try await store.session(id)?.runtime, runtime.connectedNode == b.nodeId, let at = runtime.connectedAt, at >= killed.truncatedToMilliseconds
+            guard let runtime = try await store.session(id)?.runtime, runtime.connectedNode == b.nodeId, let at = runtime.connectedAt,
+                at >= killed.truncatedToMilliseconds
             else {
                 notReconnected += 1
                 continue
@@ -262,7 +272,9 @@ struct ClusterBench: AsyncParsableCommand {
             "runtimes": .number(Double(count)), "runtime": "real cloud-agent-runtime processes launched by node A (sandbox none), prompt `say ready`",
             "nodeHeartbeat": .string(Self.nodeHeartbeat), "nodeLease": .string(Self.nodeLease), "idleTimeoutMs": .number(Double(idleTimeoutMs)),
             "kill": .string("SIGKILL of node A, \(Self.killLeadMs) ms before the earliest idle deadline"),
-            "deadlinesAfterKillMs": .object(["min": .number(Double(earliest.milliseconds(since: killed))), "max": .number(Double(latest.milliseconds(since: killed)))]),
+            "deadlinesAfterKillMs": .object([
+                "min": .number(Double(earliest.milliseconds(since: killed))), "max": .number(Double(latest.milliseconds(since: killed))),
+            ]),
             "reconnect": .object(reconnects.summary), "reconnectFrom": "the kill to runtime.connectedAt recorded by node B's hello",
             "lag": .object(stops.lags.summary), "decisionLag": .object(stops.decisions.summary),
             "lagFrom": "idle deadline (last activity + idle timeout) to runtime.stoppedAt; decisionLag to the stop reason's time",
@@ -283,7 +295,7 @@ struct ClusterBench: AsyncParsableCommand {
         let sessions = (try? await reader.store.sessions(withRuntimeIn: [.starting, .running, .stopping, .stopped])) ?? []
         for session in sessions {
             guard let pid = session.runtime.process?.pid,
-                  let command = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), command.contains("cloud-agent-runtime")
+                let command = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), command.contains("cloud-agent-runtime")
             else { continue }
             kill(pid, SIGKILL)
         }

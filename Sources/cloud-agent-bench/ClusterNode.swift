@@ -5,7 +5,7 @@ import CloudAgentServer
 import Foundation
 import Logging
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A node of several on one PostgreSQL database: in this process (`cluster`'s stream part), an
@@ -44,7 +44,7 @@ enum ClusterNode {
             for _ in 0..<6000 {
                 guard process.isRunning else { throw BenchFailure("node \(name) exited: \(text().suffix(2000))") }
                 if let range = text().range(of: "listening on http://127.0.0.1:"), let port = Int(text()[range.upperBound...].prefix { $0.isNumber }),
-                   await BenchAPI.status(of: "http://127.0.0.1:\(port)/readyz", timeoutMs: 500) == 200
+                    await BenchAPI.status(of: "http://127.0.0.1:\(port)/readyz", timeoutMs: 500) == 200
                 {
                     let nodeId = try String(contentsOf: dataDirectory.appendingPathComponent("node-id"), encoding: .utf8)
                         .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -71,4 +71,3 @@ enum ClusterNode {
         }
     }
 }
-

@@ -5,7 +5,7 @@ import CloudAgentServer
 import Foundation
 import NIOHTTP1
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `coldstart`: against a real control plane launching real `cloud-agent-runtime` processes,
@@ -32,7 +32,8 @@ struct ColdStartBench: AsyncParsableCommand {
         // A local repository with a little history and a few files.
         let repo = scratch.url.appendingPathComponent("origin")
         try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
-        try shell("""
+        try shell(
+            """
             git init -q -b main . && mkdir -p src docs \
             && for i in $(seq 1 40); do echo "line $i of file $i" > src/file$i.txt; done \
             && echo "# benchmark repo" > README.md && git add -A \
@@ -52,12 +53,14 @@ struct ColdStartBench: AsyncParsableCommand {
             for index in 0..<iterations {
                 // (1) Prepare: request sent → runtime connected.
                 let sent = Date()
-                let created = try await api.expect(201, .POST, "/v1/sessions", json: [
-                    "prompt": "say hello", "repo": ["url": .string(repo.path)],
-                ])
+                let created = try await api.expect(
+                    201, .POST, "/v1/sessions",
+                    json: [
+                        "prompt": "say hello", "repo": ["url": .string(repo.path)],
+                    ])
                 guard let id = created["sessionId"]?.stringValue.flatMap(SessionID.init(rawValue:)) else { throw BenchFailure("no sessionId") }
                 guard await waitUntil(30, everyMs: 2, { (try? await store.session(id))?.runtime.state == .running }),
-                      let connected = try await store.session(id)?.runtime.startedAt
+                    let connected = try await store.session(id)?.runtime.startedAt
                 else { throw BenchFailure("the runtime of \(id) did not connect") }
                 prepare.record(micros: UInt64(max(0, connected.timeIntervalSince(sent) * 1_000_000)))
 
@@ -79,7 +82,7 @@ struct ColdStartBench: AsyncParsableCommand {
                     throw BenchFailure("no executionId: \(accepted.json)")
                 }
                 guard await waitUntil(30, everyMs: 2, { (try? await store.execution(executionId))?.runningAt != nil }),
-                      let running = try await store.execution(executionId)?.runningAt
+                    let running = try await store.execution(executionId)?.runningAt
                 else { throw BenchFailure("the message to \(id) never ran") }
                 message.record(micros: UInt64(max(0, running.timeIntervalSince(asked) * 1_000_000)))
                 _ = await waitUntil(30, everyMs: 10) { (try? await store.session(id))?.activeExecutionId == nil }

@@ -46,9 +46,12 @@ enum DormantSessions {
             NewEvent(executionId: execution.id, type: EventType.executionRunning, at: started.adding(milliseconds: 30)),
             NewEvent(executionId: execution.id, type: EventType.agent, at: completed, data: ["kind": "text", "text": "done: opened the pull request"]),
             NewEvent(executionId: execution.id, type: EventType.executionCompleted, at: completed, data: ["exitCode": 0]),
-            NewEvent(type: EventType.runtimeStopped, at: stopped, data: [
-                "rule": "idle", "lastActivityAt": JSONValue(completed), "idleMs": JSONValue(reason.idleMs), "idleTimeoutMs": JSONValue(timing.idleTimeoutMs),
-            ]),
+            NewEvent(
+                type: EventType.runtimeStopped, at: stopped,
+                data: [
+                    "rule": "idle", "lastActivityAt": JSONValue(completed), "idleMs": JSONValue(reason.idleMs),
+                    "idleTimeoutMs": JSONValue(timing.idleTimeoutMs),
+                ]),
         ]
         let wakeUp = SessionRules.evaluate(
             SessionSnapshot(session: session, latestExecution: execution, oldestEventAt: created), timing: timing, controlPlaneStartedAt: now, now: now
@@ -69,9 +72,10 @@ enum DormantSessions {
                     for index in stride(from: worker, to: count, by: workers) {
                         let dormant = try make(index, timing: timing, now: Date().truncatedToMilliseconds)
                         try await store.insertSession(dormant.session)
-                        _ = try await store.commit(SessionChange(
-                            sessionId: dormant.session.id, newExecution: dormant.execution, events: dormant.events, wakeUp: .some(dormant.wakeUp)
-                        ))
+                        _ = try await store.commit(
+                            SessionChange(
+                                sessionId: dormant.session.id, newExecution: dormant.execution, events: dormant.events, wakeUp: .some(dormant.wakeUp)
+                            ))
                         ids.append(dormant.session.id)
                     }
                     return ids
@@ -106,7 +110,9 @@ enum DormantSessions {
                             let sessions = try range.map { try make($0, timing: timing, now: now) }
                             let rows = try Rows(sessions)
                             try await client.withConnection { connection in
-                                try await connection.copy(rows.sessions, into: "sessions", ["id", "owner_user", "owner_org", "created_at", "runtime_state", "record", "last_event_id"], logger)
+                                try await connection.copy(
+                                    rows.sessions, into: "sessions",
+                                    ["id", "owner_user", "owner_org", "created_at", "runtime_state", "record", "last_event_id"], logger)
                                 try await connection.copy(rows.executions, into: "executions", Rows.executionColumns, logger)
                                 try await connection.copy(rows.events, into: "events", ["session_id", "id", "execution_id", "type", "at", "data"], logger)
                                 try await connection.copy(rows.wakeUps, into: "wake_ups", ["session_id", "due_at"], logger)
@@ -137,22 +143,29 @@ enum DormantSessions {
         init(_ batch: [Dormant]) throws {
             for dormant in batch {
                 let session = dormant.session, execution = dormant.execution, id = session.id.rawValue
-                Self.line(&sessions, [
-                    id, session.owner.user, session.owner.org ?? "", String(session.createdAt.millisecondsSince1970), session.runtime.state.rawValue,
-                    try RecordCoding.encode(session), String(dormant.events.count),
-                ])
-                func millis(_ date: Date?) -> String? { date.map { String($0.millisecondsSince1970) } }
-                Self.line(&executions, [
-                    execution.id.rawValue, id, execution.status.rawValue, execution.prompt, execution.mode, execution.model,
-                    String(execution.startedAt.millisecondsSince1970), millis(execution.runningAt), millis(execution.lastHeartbeat),
-                    millis(execution.completedAt), execution.exitCode.map(String.init), execution.error, execution.interruptReason,
-                    String(execution.progressEvents), millis(execution.lastEventAt), millis(execution.stuckReportedAt),
-                    execution.endReportedByRuntime ? "t" : "f",
-                ])
-                for (offset, event) in dormant.events.enumerated() {
-                    Self.line(&events, [
-                        id, String(offset + 1), event.executionId?.rawValue, event.type, String(event.at.millisecondsSince1970), JSONText.encode(event.data),
+                Self.line(
+                    &sessions,
+                    [
+                        id, session.owner.user, session.owner.org ?? "", String(session.createdAt.millisecondsSince1970), session.runtime.state.rawValue,
+                        try RecordCoding.encode(session), String(dormant.events.count),
                     ])
+                func millis(_ date: Date?) -> String? { date.map { String($0.millisecondsSince1970) } }
+                Self.line(
+                    &executions,
+                    [
+                        execution.id.rawValue, id, execution.status.rawValue, execution.prompt, execution.mode, execution.model,
+                        String(execution.startedAt.millisecondsSince1970), millis(execution.runningAt), millis(execution.lastHeartbeat),
+                        millis(execution.completedAt), execution.exitCode.map(String.init), execution.error, execution.interruptReason,
+                        String(execution.progressEvents), millis(execution.lastEventAt), millis(execution.stuckReportedAt),
+                        execution.endReportedByRuntime ? "t" : "f",
+                    ])
+                for (offset, event) in dormant.events.enumerated() {
+                    Self.line(
+                        &events,
+                        [
+                            id, String(offset + 1), event.executionId?.rawValue, event.type, String(event.at.millisecondsSince1970),
+                            JSONText.encode(event.data),
+                        ])
                 }
                 if let wakeUp = dormant.wakeUp { Self.line(&wakeUps, [id, String(wakeUp.millisecondsSince1970)]) }
             }

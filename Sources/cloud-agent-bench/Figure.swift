@@ -160,7 +160,9 @@ struct Figure: Sendable, Codable, Equatable {
         var out = ["| figure | value | unit | baseline (same run) | ratio | goal | met |", "|---|---:|---|---:|---:|---|---|"]
         for figure in figures {
             let goal = goal(of: figure)
-            out.append("| `\(figure.name)` | \(format(figure.value)) | \(figure.unit) | \(format(figure.baseline)) | \(format(figure.ratio)) | \(goal.text) | \(goal.met.map { $0 ? "yes" : "**no**" } ?? "—") |")
+            out.append(
+                "| `\(figure.name)` | \(format(figure.value)) | \(figure.unit) | \(format(figure.baseline)) | \(format(figure.ratio)) | \(goal.text) | \(goal.met.map { $0 ? "yes" : "**no**" } ?? "—") |"
+            )
         }
         let pairs = sideBySide(figures)
         if !pairs.isEmpty {
@@ -172,7 +174,9 @@ struct Figure: Sendable, Codable, Equatable {
             for (sqlite, postgres) in pairs {
                 let goal = goal(of: sqlite)
                 func met(_ figure: Figure) -> String { Figure.goal(of: figure).met.map { $0 ? "yes" : "**no**" } ?? "—" }
-                out.append("| `\(sqlite.name)` | \(format(sqlite.value)) | \(format(sqlite.ratio)) | \(format(postgres.value)) | \(format(postgres.ratio)) | \(sqlite.unit) | \(goal.text) | \(met(sqlite)) / \(met(postgres)) |")
+                out.append(
+                    "| `\(sqlite.name)` | \(format(sqlite.value)) | \(format(sqlite.ratio)) | \(format(postgres.value)) | \(format(postgres.ratio)) | \(sqlite.unit) | \(goal.text) | \(met(sqlite)) / \(met(postgres)) |"
+                )
             }
         }
         out.append("")

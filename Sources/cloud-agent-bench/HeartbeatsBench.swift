@@ -12,7 +12,7 @@ import NIOPosix
 import PostgresNIO
 import Synchronization
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `heartbeats`: many simulated runtimes (in a child process, so that this process's CPU time is
@@ -115,7 +115,9 @@ struct HeartbeatsBench: AsyncParsableCommand {
         if backend.onPostgres { params["cpu"] = "this process only (the PostgreSQL server's processes are not counted, for the product or the baseline)" }
         return [
             Figure(backend.name("heartbeats.per_second"), product.perSecond, unit: "heartbeats/s", baseline: baseline.perSecond, params: params),
-            Figure(backend.name("heartbeats.cpu_us_per_heartbeat"), product.cpuPerBeat, unit: "µs CPU (server process)", baseline: baseline.cpuPerUpdate, params: params),
+            Figure(
+                backend.name("heartbeats.cpu_us_per_heartbeat"), product.cpuPerBeat, unit: "µs CPU (server process)", baseline: baseline.cpuPerUpdate,
+                params: params),
         ]
     }
 

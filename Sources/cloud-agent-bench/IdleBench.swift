@@ -5,7 +5,7 @@ import CloudAgentServer
 import Foundation
 import NIOHTTP1
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `idle`: (a) precision of the idle stop: many sessions with a short idle timeout whose
@@ -134,7 +134,7 @@ struct IdleBench: AsyncParsableCommand {
                 return started
             }
             guard await waitUntil(Double(setupSeconds) + 60, everyMs: 100, { await startedAfterColdStart() != nil }),
-                  let slowStarted = await startedAfterColdStart()
+                let slowStarted = await startedAfterColdStart()
             else {
                 let runtime = try? await store.session(slow)?.runtime
                 let events = (try? await store.events(of: slow, EventQuery(afterId: 0, limit: 1000))) ?? []
@@ -219,7 +219,9 @@ struct IdleBench: AsyncParsableCommand {
             var minSilenceMs = Int64.max
             for id in ids {
                 let events = try await store.events(of: id, EventQuery(afterId: 0, limit: 1000))
-                let terminal = events.firstIndex { [EventType.executionCompleted, EventType.executionFailed, EventType.executionInterrupted].contains($0.type) }
+                let terminal = events.firstIndex {
+                    [EventType.executionCompleted, EventType.executionFailed, EventType.executionInterrupted].contains($0.type)
+                }
                 let stop = events.firstIndex { $0.type == EventType.runtimeStopped }
                 if let stop, terminal.map({ stop < $0 }) ?? true { falseKills += 1 }
                 if let terminal {
@@ -230,7 +232,9 @@ struct IdleBench: AsyncParsableCommand {
                     }
                 }
                 let texts = events.filter { $0.type == EventType.agent }
-                if let start = texts.first(where: { $0.data["text"]?.stringValue == "start" }), let done = texts.first(where: { $0.data["text"]?.stringValue == "done" }) {
+                if let start = texts.first(where: { $0.data["text"]?.stringValue == "start" }),
+                    let done = texts.first(where: { $0.data["text"]?.stringValue == "done" })
+                {
                     minSilenceMs = min(minSilenceMs, done.at.milliseconds(since: start.at))
                 }
             }
@@ -273,7 +277,7 @@ struct IdleStops {
             for session in page where !excluded.contains(session.id) {
                 stops.seen += 1
                 guard let reason = session.runtime.stopReason, reason.rule == .idle, let last = reason.lastActivityAt,
-                      let timeout = reason.idleTimeoutMs, let stoppedAt = session.runtime.stoppedAt
+                    let timeout = reason.idleTimeoutMs, let stoppedAt = session.runtime.stoppedAt
                 else {
                     stops.otherStops += 1
                     continue

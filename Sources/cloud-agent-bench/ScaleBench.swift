@@ -8,7 +8,7 @@ import NIOHTTP1
 import NIOPosix
 import PostgresNIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `scale`: a store holding many dormant sessions (stopped runtimes, one completed execution and
@@ -51,7 +51,8 @@ struct ScaleBench: AsyncParsableCommand {
         case .sqlite:
             let path = configuration.sqlitePath ?? dataDirectory.appendingPathComponent("cloud-agent.sqlite").path
             ids = try await DormantSessions.insert(count, path: path)
-            databaseBytes = ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0)
+            databaseBytes =
+                ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0)
                 + ((try? FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? NSNumber)?.intValue ?? 0)
         case .postgres(let postgres):
             // The schema by the store's own migrations, then the rows by COPY.
@@ -69,10 +70,11 @@ struct ScaleBench: AsyncParsableCommand {
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let child = Process()
         child.executableURL = serve
-        child.arguments = [
-            "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", dataDirectory.path, "--api-token", InProcessServer.token,
-            "--sandbox", "none", "--log-level", "info",
-        ] + (database.url.map { ["--database-url", $0] } ?? [])
+        child.arguments =
+            [
+                "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", dataDirectory.path, "--api-token", InProcessServer.token,
+                "--sandbox", "none", "--log-level", "info",
+            ] + (database.url.map { ["--database-url", $0] } ?? [])
         let output = try FileHandle(forWritingTo: log)
         child.standardOutput = output
         child.standardError = output
@@ -126,15 +128,20 @@ struct ScaleBench: AsyncParsableCommand {
         kill(child.processIdentifier, SIGTERM)
         _ = await waitUntil(15, everyMs: 50) { !child.isRunning }
 
-        let params: [String: JSONValue] = databases.tagged([
-            "dormantSessions": .number(Double(count)), "insertSeconds": .number(Figure.rounded(insertSeconds)),
-            "databaseMB": .number(Figure.rounded(Double(databaseBytes) / 1_048_576)),
-            "server": backend.onPostgres ? "cloud-agent serve (child process), PostgreSQL" : "cloud-agent serve (child process), SQLite",
-            "wakeUpsRearmedLogged": .bool(rearmed), "wakeUpsRearmedSeconds": .number(Figure.rounded(rearmedSeconds)), "gets": .number(Double(gets)), "getLatency": .object(latencies.summary),
-            "activeSessions": .number(Double(active)), "rssKBPerActiveSession": .number(Figure.rounded(perActive.perSessionKB)),
-            "rssMBWithActiveSessions": .number(Figure.rounded(perActive.rssKB / 1024)),
-            "startMeasured": "spawn → first 200 from /readyz (polled every 5 ms)",
-        ].merging(backend.onPostgres ? ["insertedBy": .string("COPY into the store's tables (batches of \(DormantSessions.batch) sessions, 2 connections), then ANALYZE")] : [:]) { $1 })
+        let params: [String: JSONValue] = databases.tagged(
+            [
+                "dormantSessions": .number(Double(count)), "insertSeconds": .number(Figure.rounded(insertSeconds)),
+                "databaseMB": .number(Figure.rounded(Double(databaseBytes) / 1_048_576)),
+                "server": backend.onPostgres ? "cloud-agent serve (child process), PostgreSQL" : "cloud-agent serve (child process), SQLite",
+                "wakeUpsRearmedLogged": .bool(rearmed), "wakeUpsRearmedSeconds": .number(Figure.rounded(rearmedSeconds)), "gets": .number(Double(gets)),
+                "getLatency": .object(latencies.summary),
+                "activeSessions": .number(Double(active)), "rssKBPerActiveSession": .number(Figure.rounded(perActive.perSessionKB)),
+                "rssMBWithActiveSessions": .number(Figure.rounded(perActive.rssKB / 1024)),
+                "startMeasured": "spawn → first 200 from /readyz (polled every 5 ms)",
+            ].merging(
+                backend.onPostgres
+                    ? ["insertedBy": .string("COPY into the store's tables (batches of \(DormantSessions.batch) sessions, 2 connections), then ANALYZE")] : [:]
+            ) { $1 })
         return [
             Figure(backend.name("scale.start_seconds"), startSeconds, unit: "s", params: params),
             Figure(backend.name("scale.rss_mb"), Double(rssKB) / 1024, unit: "MB", params: params),

@@ -52,9 +52,12 @@ struct SimulatedRuntimeSeat: Codable, Sendable {
         session.activeExecutionId = execution.id
         session.executionCount = 1
         try await store.insertSession(session)
-        try await store.commit(SessionChange(sessionId: id, newExecution: execution, events: [
-            NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: ["prompt": .string(prompt), "followUp": false]),
-        ]))
+        try await store.commit(
+            SessionChange(
+                sessionId: id, newExecution: execution,
+                events: [
+                    NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: ["prompt": .string(prompt), "followUp": false])
+                ]))
         return SimulatedRuntimeSeat(sessionId: id.rawValue, instanceId: instanceId, secret: secret, executionId: execution.id.rawValue)
     }
 }
@@ -138,9 +141,11 @@ final class SimulatedRuntime: Sendable {
     }
 
     private func handshake() async throws {
-        try await send(ProtocolCoding.encode(RuntimeMessage.hello(
-            runtimeId: seat.instanceId, protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 0
-        )))
+        try await send(
+            ProtocolCoding.encode(
+                RuntimeMessage.hello(
+                    runtimeId: seat.instanceId, protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 0
+                )))
         let controls = self.controls
         let executionId = seat.executionId
         try await withDeadline(30, "welcome and execute for \(seat.sessionId)") {
@@ -171,7 +176,8 @@ final class SimulatedRuntime: Sendable {
     func sendEvent(kind: String, dataJSON: String) async throws -> Int64 {
         let seq = nextSeq.wrappingAdd(1, ordering: .relaxed).oldValue
         let at = Date().millisecondsSince1970
-        try await send("{\"type\":\"event\",\"event\":{\"seq\":\(seq),\"executionId\":\"\(seat.executionId)\",\"kind\":\"\(kind)\",\"at\":\(at),\"data\":\(dataJSON)}}")
+        try await send(
+            "{\"type\":\"event\",\"event\":{\"seq\":\(seq),\"executionId\":\"\(seat.executionId)\",\"kind\":\"\(kind)\",\"at\":\(at),\"data\":\(dataJSON)}}")
         return seq
     }
 
@@ -203,11 +209,14 @@ final class StreamSubscriber: Sendable {
 
     /// Returns the close code the server sent, if any (4001: too slow, 4004: session deleted).
     @discardableResult
-    func run(url: String, token: String, eventLoopGroup: any EventLoopGroup, logger: Logger, onFrame: @escaping @Sendable (String, UInt64) -> Void) async throws -> Int? {
+    func run(url: String, token: String, eventLoopGroup: any EventLoopGroup, logger: Logger, onFrame: @escaping @Sendable (String, UInt64) -> Void) async throws
+        -> Int?
+    {
         var configuration = WebSocketClientConfiguration()
         configuration.maxFrameSize = 1 << 20
         configuration.additionalHeaders[.authorization] = "Bearer \(token)"
-        let close = try await WebSocketClient.connect(url: url, configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger) { inbound, outbound, _ in
+        let close = try await WebSocketClient.connect(url: url, configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger) {
+            inbound, outbound, _ in
             self.writer.withLock { $0 = outbound }
             for try await message in inbound.messages(maxSize: 1 << 20) {
                 let arrived = Measure.monotonicNanos()

@@ -53,14 +53,18 @@ struct StreamBench: AsyncParsableCommand {
         let scratch = try ScratchDirectory("stream")
         defer { scratch.remove() }
         let clients = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        options.note("stream: \(plan.connections) runtimes × \(subscribers) subscribers, \(plan.rate) events/s for \(plan.seconds) s, then peak for \(plan.peakSeconds) s")
+        options.note(
+            "stream: \(plan.connections) runtimes × \(subscribers) subscribers, \(plan.rate) events/s for \(plan.seconds) s, then peak for \(plan.peakSeconds) s"
+        )
         let product: Outcome, echo: Outcome
         do {
-            product = try await measureProduct(plan: plan, subscribers: subscribers, directory: scratch.url, database: try await databases.fresh(), clients: clients)
+            product = try await measureProduct(
+                plan: plan, subscribers: subscribers, directory: scratch.url, database: try await databases.fresh(), clients: clients)
             if case .postgres(let postgres) = try await databases.fresh() {
                 options.note("stream: baseline, raw WebSocket echo committing each frame to PostgreSQL, \(plan.connections) connections")
                 echo = try await withPostgresClient(postgres) { client in
-                    _ = try await client.query("CREATE TABLE echo_events (id BIGSERIAL PRIMARY KEY, data TEXT NOT NULL)", logger: PostgresServer.logger).collect()
+                    _ = try await client.query("CREATE TABLE echo_events (id BIGSERIAL PRIMARY KEY, data TEXT NOT NULL)", logger: PostgresServer.logger)
+                        .collect()
                     return try await measureEcho(plan: plan, clients: clients, persist: client)
                 }
             } else {
@@ -90,8 +94,12 @@ struct StreamBench: AsyncParsableCommand {
         let latency = params
         params["peakDeliveredToSubscribersPerSecond"] = .number(product.peakDelivered.rounded())
         return [
-            Figure(backend.name("stream.latency_p50_ms"), product.latencies.percentileMs(50), unit: "ms", baseline: echo.latencies.percentileMs(50), params: latency),
-            Figure(backend.name("stream.latency_p99_ms"), product.latencies.percentileMs(99), unit: "ms", baseline: echo.latencies.percentileMs(99), params: latency),
+            Figure(
+                backend.name("stream.latency_p50_ms"), product.latencies.percentileMs(50), unit: "ms", baseline: echo.latencies.percentileMs(50),
+                params: latency),
+            Figure(
+                backend.name("stream.latency_p99_ms"), product.latencies.percentileMs(99), unit: "ms", baseline: echo.latencies.percentileMs(99),
+                params: latency),
             Figure(backend.name("stream.peak_events_per_second"), product.peak, unit: "events/s (acknowledged)", baseline: echo.peak, params: params),
         ]
     }
@@ -182,20 +190,23 @@ struct StreamBench: AsyncParsableCommand {
                 throw BenchFailure("the stream subscribers did not all connect")
             }
             for seat in seats {
-                runners.append(Task {
-                    try await driver.guarding {
-                        try await SimulatedRuntime.connect(
-                            url: ingest.webSocketBase + "/v1/runtime/connect", seat: seat, eventLoopGroup: clients, logger: logger,
-                            onAck: { driver.acked.add(Int($0)) }
-                        ) { runtime in try await driver.drive(RuntimeSink(runtime: runtime)) }
-                    }
-                })
+                runners.append(
+                    Task {
+                        try await driver.guarding {
+                            try await SimulatedRuntime.connect(
+                                url: ingest.webSocketBase + "/v1/runtime/connect", seat: seat, eventLoopGroup: clients, logger: logger,
+                                onAck: { driver.acked.add(Int($0)) }
+                            ) { runtime in try await driver.drive(RuntimeSink(runtime: runtime)) }
+                        }
+                    })
             }
             let (sent, peak) = try await driver.conduct {
                 // Every event of the latency phase reached every subscriber (bounded).
                 _ = await waitUntil(300) { delivered.count >= driver.sent.count * subscribers }
                 undelivered = max(0, driver.sent.count * subscribers - delivered.count)
-            } peakCounter: { delivered.count }
+            } peakCounter: {
+                delivered.count
+            }
             var all = Latencies()
             for (_, _, latencies) in readers { all.add(latencies.value) }
             for runner in runners { try await runner.value }
@@ -258,16 +269,24 @@ struct StreamBench: AsyncParsableCommand {
         for _ in 0..<plan.connections {
             let recorded = Locked(Latencies())
             latencies.append(recorded)
-            runners.append(Task {
-                try await driver.guarding {
-                    try await EchoSink.connect(url: "ws://127.0.0.1:\(port)/echo", eventLoopGroup: clients, logger: logger, epoch: driver.epoch) { micros in
-                        recorded.withLock { $0.record(micros: micros) }
-                    } onAck: { driver.acked.add(Int($0)) } body: { sink in try await driver.drive(sink) }
-                }
-            })
+            runners.append(
+                Task {
+                    try await driver.guarding {
+                        try await EchoSink.connect(url: "ws://127.0.0.1:\(port)/echo", eventLoopGroup: clients, logger: logger, epoch: driver.epoch) { micros in
+                            recorded.withLock { $0.record(micros: micros) }
+                        } onAck: {
+                            driver.acked.add(Int($0))
+                        } body: { sink in
+                            try await driver.drive(sink)
+                        }
+                    }
+                })
         }
         do {
-            let (_, peak) = try await driver.conduct {} peakCounter: { 0 }
+            let (_, peak) = try await driver.conduct {
+            } peakCounter: {
+                0
+            }
             for runner in runners { try await runner.value }
             await server.stop()
             var all = Latencies()
@@ -371,7 +390,8 @@ final class EchoSink: EventSink {
     func send(t: UInt64, measured: Bool) async throws -> Int64 {
         nextSeq.add(1)
         let seq = Int64(nextSeq.count)
-        let frame = "{\"type\":\"event\",\"event\":{\"seq\":\(seq),\"executionId\":\"exc_echo\",\"kind\":\"agent\",\"at\":\(Date().millisecondsSince1970),\"data\":\(Self.dataJSON(t: t, measured: measured))}}"
+        let frame =
+            "{\"type\":\"event\",\"event\":{\"seq\":\(seq),\"executionId\":\"exc_echo\",\"kind\":\"agent\",\"at\":\(Date().millisecondsSince1970),\"data\":\(Self.dataJSON(t: t, measured: measured))}}"
         try await outbound.write(.text(frame))
         return seq
     }

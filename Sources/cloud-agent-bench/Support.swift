@@ -7,12 +7,12 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 // `timespec` and `timeval` come through NIO's C shim too; in a whole-module (release) build its
 // header can be the one their fields are attributed to (MemberImportVisibility).
 #if canImport(CNIOLinux)
-import CNIOLinux
+    import CNIOLinux
 #endif
 
 /// A benchmark that could not run to its end.
@@ -70,7 +70,9 @@ struct Latencies: Sendable {
     /// p50/p90/p99/max in milliseconds, for a figure's parameters.
     var summary: [String: JSONValue] {
         func ms(_ value: Double) -> JSONValue { value.isFinite ? .number(Figure.rounded(value)) : .null }
-        return ["p50Ms": ms(percentileMs(50)), "p90Ms": ms(percentileMs(90)), "p99Ms": ms(percentileMs(99)), "maxMs": ms(maxMs), "samples": .number(Double(count))]
+        return [
+            "p50Ms": ms(percentileMs(50)), "p90Ms": ms(percentileMs(90)), "p99Ms": ms(percentileMs(99)), "maxMs": ms(maxMs), "samples": .number(Double(count)),
+        ]
     }
 }
 

@@ -7,18 +7,27 @@ import Testing
 struct ACPTests {
     @Test("a line is a request, a notification, a response (result or error), or invalid — never a crash")
     func parsing() {
-        #expect(ACPMessage.parse(#"{"jsonrpc":"2.0","id":0,"method":"session/request_permission","params":{"a":1}}"#)
-            == .request(id: .number(0), method: "session/request_permission", params: ["a": .number(1)]))
-        #expect(ACPMessage.parse(#"{"jsonrpc":"2.0","id":"x7","method":"fs/read_text_file"}"#) == .request(id: "x7", method: "fs/read_text_file", params: .null))
+        #expect(
+            ACPMessage.parse(#"{"jsonrpc":"2.0","id":0,"method":"session/request_permission","params":{"a":1}}"#)
+                == .request(id: .number(0), method: "session/request_permission", params: ["a": .number(1)]))
+        #expect(
+            ACPMessage.parse(#"{"jsonrpc":"2.0","id":"x7","method":"fs/read_text_file"}"#) == .request(id: "x7", method: "fs/read_text_file", params: .null))
         #expect(ACPMessage.parse(#"{"jsonrpc":"2.0","method":"session/update","params":{}}"#) == .notification(method: "session/update", params: [:]))
-        #expect(ACPMessage.parse(#"{"jsonrpc":"2.0","id":3,"result":{"stopReason":"end_turn"}}"#) == .response(id: .number(3), result: .success(["stopReason": "end_turn"])))
-        guard case .response(_, .failure(let error)) = ACPMessage.parse(#"{"jsonrpc":"2.0","id":5,"error":{"code":-32603,"message":"Internal error","data":{"details":"Session not found: x"}}}"#) else {
+        #expect(
+            ACPMessage.parse(#"{"jsonrpc":"2.0","id":3,"result":{"stopReason":"end_turn"}}"#)
+                == .response(id: .number(3), result: .success(["stopReason": "end_turn"])))
+        guard
+            case .response(_, .failure(let error)) = ACPMessage.parse(
+                #"{"jsonrpc":"2.0","id":5,"error":{"code":-32603,"message":"Internal error","data":{"details":"Session not found: x"}}}"#)
+        else {
             Issue.record("not an error response")
             return
         }
         #expect(error.code == -32603)
         #expect(error.description == "Internal error: Session not found: x")
-        for bad in ["", "plain text", "{not json", "[1,2]", #"{"jsonrpc":"2.0","id":{"a":1},"method":"m"}"#, #"{"jsonrpc":"2.0","id":1}"#, #"{"id":true,"result":1}"#] {
+        for bad in [
+            "", "plain text", "{not json", "[1,2]", #"{"jsonrpc":"2.0","id":{"a":1},"method":"m"}"#, #"{"jsonrpc":"2.0","id":1}"#, #"{"id":true,"result":1}"#,
+        ] {
             guard case .invalid = ACPMessage.parse(bad) else {
                 Issue.record("\(bad) was read as a message")
                 continue
@@ -64,12 +73,23 @@ struct ACPTests {
         #expect(atThought.count == 1)
         #expect(atThought[0]["kind"] == "text" && atThought[0]["text"] == "Hello world")
         #expect(atThought[0]["raw"]?.stringValue?.contains(#""chunks":3"#) == true)
-        let atTool = reader.read(update: ["sessionUpdate": "tool_call", "toolCallId": "t1", "title": "Run: ls", "kind": "execute", "status": "pending", "rawInput": ["command": "ls -la"]], raw: "r5")
+        let atTool = reader.read(
+            update: [
+                "sessionUpdate": "tool_call", "toolCallId": "t1", "title": "Run: ls", "kind": "execute", "status": "pending", "rawInput": ["command": "ls -la"],
+            ], raw: "r5")
         #expect(atTool.count == 2)
         #expect(atTool[0]["kind"] == "log" && atTool[0]["message"] == "hmm" && atTool[0]["thought"] == true && atTool[0]["raw"] == "r4")
-        #expect(atTool[1]["kind"] == "tool" && atTool[1]["name"] == "Run: ls" && atTool[1]["input"] == "ls -la" && atTool[1]["status"] == "running" && atTool[1]["toolKind"] == "execute")
-        let done = reader.read(update: ["sessionUpdate": "tool_call_update", "toolCallId": "t1", "status": "completed", "content": [["type": "content", "content": ["type": "text", "text": "a.txt"]]], "rawOutput": ["exitCode": .number(0)]], raw: "r6")
-        #expect(done.first?["name"] == "Run: ls" && done.first?["input"] == "ls -la" && done.first?["output"] == "a.txt" && done.first?["exitCode"] == .number(0) && done.first?["status"] == "completed")
+        #expect(
+            atTool[1]["kind"] == "tool" && atTool[1]["name"] == "Run: ls" && atTool[1]["input"] == "ls -la" && atTool[1]["status"] == "running"
+                && atTool[1]["toolKind"] == "execute")
+        let done = reader.read(
+            update: [
+                "sessionUpdate": "tool_call_update", "toolCallId": "t1", "status": "completed",
+                "content": [["type": "content", "content": ["type": "text", "text": "a.txt"]]], "rawOutput": ["exitCode": .number(0)],
+            ], raw: "r6")
+        #expect(
+            done.first?["name"] == "Run: ls" && done.first?["input"] == "ls -la" && done.first?["output"] == "a.txt" && done.first?["exitCode"] == .number(0)
+                && done.first?["status"] == "completed")
         #expect(reader.read(update: chunk("final words"), raw: "r7").isEmpty)
         #expect(reader.finalMessage == "final words")
         #expect(reader.flush().first?["text"] == "final words")
@@ -91,7 +111,13 @@ struct ACPTests {
     @Test("plans are logs listing their entries; echoes and bookkeeping updates are dropped; unknown ones are named")
     func otherUpdates() {
         var reader = ACPTurnReader()
-        let plan = reader.read(update: ["sessionUpdate": "plan", "entries": [["content": "read", "status": "completed"], ["content": "write", "status": "in_progress"], ["content": "test", "status": "pending"]]], raw: "p")
+        let plan = reader.read(
+            update: [
+                "sessionUpdate": "plan",
+                "entries": [
+                    ["content": "read", "status": "completed"], ["content": "write", "status": "in_progress"], ["content": "test", "status": "pending"],
+                ],
+            ], raw: "p")
         #expect(plan.first?["message"] == "plan:\n[x] read\n[~] write\n[ ] test")
         #expect(reader.read(update: ["sessionUpdate": "user_message_chunk", "content": ["type": "text", "text": "me"]], raw: "u").isEmpty)
         #expect(reader.read(update: ["sessionUpdate": "available_commands_update", "availableCommands": []], raw: "c").isEmpty)
@@ -105,17 +131,23 @@ struct ACPTests {
     @Test("the outcome comes from the stop reason; an error or a Claude Code API error text fails the execution with the agent's words")
     func outcomes() {
         #expect(ACPTurnOutcome.outcome(.success(["stopReason": "end_turn"]), finalMessage: "done") == .succeeded)
-        #expect(ACPTurnOutcome.outcome(.success(["stopReason": "end_turn"]), finalMessage: "API Error: 400 the model refuses") == .failed("API Error: 400 the model refuses"))
+        #expect(
+            ACPTurnOutcome.outcome(.success(["stopReason": "end_turn"]), finalMessage: "API Error: 400 the model refuses")
+                == .failed("API Error: 400 the model refuses"))
         #expect(ACPTurnOutcome.outcome(.success(["stopReason": "refusal"]), finalMessage: "") == .failed("the agent refused to go on (stopReason refusal)"))
         #expect(ACPTurnOutcome.outcome(.success(["stopReason": "max_tokens"]), finalMessage: "").isFailure)
         #expect(ACPTurnOutcome.outcome(.success(["stopReason": "max_turn_requests"]), finalMessage: "").isFailure)
         #expect(ACPTurnOutcome.outcome(.success([:]), finalMessage: "").isFailure)
-        #expect(ACPTurnOutcome.outcome(.failure(ACPError(code: -32603, message: "rate limited")), finalMessage: "") == .failed("the agent failed the prompt: rate limited"))
+        #expect(
+            ACPTurnOutcome.outcome(.failure(ACPError(code: -32603, message: "rate limited")), finalMessage: "")
+                == .failed("the agent failed the prompt: rate limited"))
     }
 
     func permissionParams(_ kinds: [String]) -> ProtocolValue {
-        ["sessionId": "s", "toolCall": ["toolCallId": "t1", "title": "Run: rm -rf build"],
-         "options": .array(kinds.map { ["optionId": .string("id-\($0)"), "name": .string($0), "kind": .string($0)] })]
+        [
+            "sessionId": "s", "toolCall": ["toolCallId": "t1", "title": "Run: rm -rf build"],
+            "options": .array(kinds.map { ["optionId": .string("id-\($0)"), "name": .string($0), "kind": .string($0)] }),
+        ]
     }
 
     @Test("permissions with approvals auto: allow-once first, else allow-always, else reject; read-only rejects; each decision is a log event")
@@ -136,7 +168,10 @@ struct ACPTests {
 
     @Test("agents file: protocol acp entries (timeout allowed, output and placeholders refused), unknown protocols refused")
     func agentsFile() throws {
-        let parsed = try AgentsFile.parse(Data(#"{"agents": [{"name": "claude-acp", "command": ["claude-code-acp", "--x"], "protocol": "acp", "timeout": "90s"}, {"name": "plain", "command": ["/bin/cat"]}]}"#.utf8))
+        let parsed = try AgentsFile.parse(
+            Data(
+                #"{"agents": [{"name": "claude-acp", "command": ["claude-code-acp", "--x"], "protocol": "acp", "timeout": "90s"}, {"name": "plain", "command": ["/bin/cat"]}]}"#
+                    .utf8))
         #expect(parsed[0].kind == .acp && parsed[0].arguments == ["--x"] && parsed[0].timeout == "90s")
         #expect(parsed[1].kind == .command)
         for (body, phrase) in [

@@ -21,7 +21,10 @@ struct AgentInvocationTests {
     func scripted() throws {
         #expect(try invocation(.scripted) == AgentInvocation(executable: "/rt", arguments: ["scripted-agent"], standardInput: "fix the bug"))
         let bare = ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi")
-        #expect(try AgentInvocations.invocation(for: bare, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: [:]).arguments == ["scripted-agent"])
+        #expect(
+            try AgentInvocations.invocation(for: bare, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: [:]).arguments == [
+                "scripted-agent"
+            ])
     }
 
     @Test("claude-code: print mode, stream-json, bypassPermissions (IS_SANDBOX) or plan for ask, model, --resume")
@@ -32,9 +35,10 @@ struct AgentInvocationTests {
         #expect(first.standardInput == "fix the bug")
         #expect(first.defaultEnvironment["IS_SANDBOX"] == "1")
         let follow = try invocation(.claudeCode, mode: "ask", model: "claude-sonnet-4-5", conversation: "0b6c-uuid")
-        #expect(follow.arguments == [
-            "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume", "0b6c-uuid",
-        ])
+        #expect(
+            follow.arguments == [
+                "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume", "0b6c-uuid",
+            ])
     }
 
     @Test("codex: exec --json with the sandbox bypassed (ours is the boundary), exec resume THREAD, prompt from stdin, provider for OPENAI_BASE_URL")
@@ -51,7 +55,9 @@ struct AgentInvocationTests {
         #expect(follow.arguments.contains(["--model", "gpt-5"]))
     }
 
-    @Test("opencode and kilo over ACP: `acp`, nothing on stdin (the prompt, mode, model and conversation go over the protocol); an agents file's ACP agent: its own arguments")
+    @Test(
+        "opencode and kilo over ACP: `acp`, nothing on stdin (the prompt, mode, model and conversation go over the protocol); an agents file's ACP agent: its own arguments"
+    )
     func acpAgents() throws {
         let opencode = try invocation(.opencode, mode: "architect", model: "anthropic/claude", conversation: "ses_1")
         #expect(opencode.arguments == ["acp"])
@@ -84,7 +90,8 @@ struct AgentInvocationTests {
 struct AgentsFileTests {
     @Test("declarations are read and checked, naming the entry")
     func parse() throws {
-        let json = #"{"agents": [{"name": "aider", "command": ["aider", "--message", "{prompt}"]}, {"name": "bot", "command": ["/opt/bot"], "output": "jsonl", "version": "1.2"}]}"#
+        let json =
+            #"{"agents": [{"name": "aider", "command": ["aider", "--message", "{prompt}"]}, {"name": "bot", "command": ["/opt/bot"], "output": "jsonl", "version": "1.2"}]}"#
         let agents = try AgentsFile.parse(Data(json.utf8))
         #expect(agents.map(\.name) == ["aider", "bot"])
         #expect(agents[0].output == .text)

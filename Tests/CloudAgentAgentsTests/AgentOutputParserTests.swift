@@ -43,7 +43,11 @@ struct AgentOutputParserTests {
             "not json",
         ]
         let (events, outputs, parser) = read(ClaudeCodeOutputParser(), lines)
-        #expect(kinds(events) == ["log: session s-1 started, model claude-sonnet", "tool: Bash running", "tool: Bash completed", "text: Wrote a.txt.", "log: result: success, 2 turns, 812 ms"])
+        #expect(
+            kinds(events) == [
+                "log: session s-1 started, model claude-sonnet", "tool: Bash running", "tool: Bash completed", "text: Wrote a.txt.",
+                "log: result: success, 2 turns, 812 ms",
+            ])
         #expect(events[1]["input"] == .string("echo hi > a.txt"))
         #expect(events[2]["input"] == .string("echo hi > a.txt"))
         #expect(events[2]["output"] == .string("done"))
@@ -55,11 +59,13 @@ struct AgentOutputParserTests {
 
     @Test("Claude Code: an error result fails the execution with its message; a failed tool is failed")
     func claudeFailure() {
-        let (events, _, parser) = read(ClaudeCodeOutputParser(), [
-            #"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Bash","input":{"command":"false"}}]}}"#,
-            #"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"exit 1"}],"is_error":true}]}}"#,
-            #"{"type":"result","subtype":"success","is_error":true,"result":"API Error: 500 overloaded","session_id":"s-2"}"#,
-        ])
+        let (events, _, parser) = read(
+            ClaudeCodeOutputParser(),
+            [
+                #"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Bash","input":{"command":"false"}}]}}"#,
+                #"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"exit 1"}],"is_error":true}]}}"#,
+                #"{"type":"result","subtype":"success","is_error":true,"result":"API Error: 500 overloaded","session_id":"s-2"}"#,
+            ])
         #expect(kinds(events) == ["tool: Bash running", "tool: Bash failed", "error: API Error: 500 overloaded"])
         #expect(parser.outcome == .failed("API Error: 500 overloaded"))
         let (_, _, maxTurns) = read(ClaudeCodeOutputParser(), [#"{"type":"result","subtype":"error_max_turns","is_error":false,"session_id":"s"}"#])
@@ -77,7 +83,11 @@ struct AgentOutputParserTests {
             #"{"type":"turn.completed","usage":{"input_tokens":10,"cached_input_tokens":0,"output_tokens":5}}"#,
         ]
         let (events, _, parser) = read(CodexOutputParser(), lines)
-        #expect(kinds(events) == ["log: thread th-1 started", "log: turn started", "tool: shell running", "tool: shell completed", "text: Done.", "log: turn completed (10 input tokens, 5 output tokens)"])
+        #expect(
+            kinds(events) == [
+                "log: thread th-1 started", "log: turn started", "tool: shell running", "tool: shell completed", "text: Done.",
+                "log: turn completed (10 input tokens, 5 output tokens)",
+            ])
         #expect(events[3]["exitCode"] == .number(0))
         #expect(parser.conversationId == "th-1")
         #expect(parser.outcome == .succeeded)
@@ -85,7 +95,12 @@ struct AgentOutputParserTests {
 
     @Test("Codex: turn.failed and a trailing error fail the execution with the message")
     func codexFailure() {
-        let (_, _, failed) = read(CodexOutputParser(), [#"{"type":"thread.started","thread_id":"t"}"#, #"{"type":"turn.started"}"#, #"{"type":"error","message":"stream error: 500"}"#, #"{"type":"turn.failed","error":{"message":"model overloaded"}}"#])
+        let (_, _, failed) = read(
+            CodexOutputParser(),
+            [
+                #"{"type":"thread.started","thread_id":"t"}"#, #"{"type":"turn.started"}"#, #"{"type":"error","message":"stream error: 500"}"#,
+                #"{"type":"turn.failed","error":{"message":"model overloaded"}}"#,
+            ])
         #expect(failed.outcome == .failed("model overloaded"))
         let (_, _, errored) = read(CodexOutputParser(), [#"{"type":"turn.started"}"#, #"{"type":"error","message":"unexpected status 401"}"#])
         #expect(errored.outcome == .failed("unexpected status 401"))

@@ -20,10 +20,11 @@ struct RealOutputFixtureTests {
     func claude() throws {
         let (events, outputs, parser) = read(ClaudeCodeOutputParser(), try lines("claude-code-stream.jsonl"))
         #expect(outputs == 0)
-        #expect(kinds(events) == [
-            "log: session 33457e0b-3dd8-4b23-9836-f5e54423ef20 started, model claude-opus-5-5",
-            "text: I will write the file.", "tool: Bash running", "tool: Bash completed", "text: I wrote hello.txt.",
-        ] + kinds(events).suffix(1))
+        #expect(
+            kinds(events) == [
+                "log: session 33457e0b-3dd8-4b23-9836-f5e54423ef20 started, model claude-opus-5-5",
+                "text: I will write the file.", "tool: Bash running", "tool: Bash completed", "text: I wrote hello.txt.",
+            ] + kinds(events).suffix(1))
         #expect(kinds(events).last?.hasPrefix("log: result: success") == true)
         #expect(events[2]["input"] == .string("echo hi > hello.txt && cat hello.txt"))
         #expect(events[3]["output"] == .string("hi"))
@@ -47,10 +48,11 @@ struct RealOutputFixtureTests {
     func codex() throws {
         let (events, outputs, parser) = read(CodexOutputParser(), try lines("codex-exec.jsonl"))
         #expect(outputs == 0)
-        #expect(kinds(events).prefix(6) == [
-            "log: thread 01a21b41-c5ca-70b3-be6b-e27b6159b12a started", "log: turn started", "text: I will write the file.",
-            "tool: shell running", "tool: shell completed", "text: I wrote hello.txt.",
-        ])
+        #expect(
+            kinds(events).prefix(6) == [
+                "log: thread 01a21b41-c5ca-70b3-be6b-e27b6159b12a started", "log: turn started", "text: I will write the file.",
+                "tool: shell running", "tool: shell completed", "text: I wrote hello.txt.",
+            ])
         #expect(events[4]["output"] == .string("hi\n"))
         #expect(events[4]["exitCode"] == .number(0))
         #expect(events[4]["input"] == .string("/bin/bash -lc 'echo hi > hello.txt && cat hello.txt'"))

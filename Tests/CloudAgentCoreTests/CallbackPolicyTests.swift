@@ -6,9 +6,12 @@ import Testing
 struct CallbackPolicyTests {
     let now = Date(millisecondsSince1970: 1_760_000_000_000)
 
-    @Test("2xx is delivered; network errors, 429 and 5xx are retried; other answers are given up at once",
-          arguments: [(200, "delivered"), (204, "delivered"), (nil, "retry"), (429, "retry"), (500, "retry"), (503, "retry"),
-                      (599, "retry"), (301, "giveUp"), (400, "giveUp"), (401, "giveUp"), (404, "giveUp"), (410, "giveUp")] as [(Int?, String)])
+    @Test(
+        "2xx is delivered; network errors, 429 and 5xx are retried; other answers are given up at once",
+        arguments: [
+            (200, "delivered"), (204, "delivered"), (nil, "retry"), (429, "retry"), (500, "retry"), (503, "retry"),
+            (599, "retry"), (301, "giveUp"), (400, "giveUp"), (401, "giveUp"), (404, "giveUp"), (410, "giveUp"),
+        ] as [(Int?, String)])
     func classification(status: Int?, expected: String) {
         let decision = CallbackRetryPolicy().decide(attempt: 1, status: status, now: now)
         switch decision {
@@ -33,8 +36,9 @@ struct CallbackPolicyTests {
     @Test("the signature is HMAC-SHA256 of \"<timestamp>.<body>\" keyed with the key's UTF-8 bytes, in hex")
     func signature() {
         // The same value as Python's hmac.new(b"test-key", b'1700000000.{"a":1}', hashlib.sha256).hexdigest().
-        #expect(CallbackSignature.sign(body: #"{"a":1}"#, timestamp: 1_700_000_000, key: "test-key")
-            == "sha256=fe8e300d70576272b1c2ee86ca552aefaeaae9321a576f1f3a21b6eef608177e")
+        #expect(
+            CallbackSignature.sign(body: #"{"a":1}"#, timestamp: 1_700_000_000, key: "test-key")
+                == "sha256=fe8e300d70576272b1c2ee86ca552aefaeaae9321a576f1f3a21b6eef608177e")
         let key = CallbackSignature.generateKey()
         #expect(key.count == 64)
         #expect(key != CallbackSignature.generateKey())

@@ -16,16 +16,22 @@ struct ClusterTests {
         let lease: Int64 = seconds(5)
         let fallback = Fixture.at(seconds(99))
         // b started while a was alive, then a died: covered since a's start.
-        #expect(ClusterAvailability.since([Self.node("a", from: 0, renewed: seconds(60)), Self.node("b", from: seconds(50), renewed: seconds(100))],
-                                          now: now, leaseMs: lease, fallback: fallback) == Fixture.t0)
+        #expect(
+            ClusterAvailability.since(
+                [Self.node("a", from: 0, renewed: seconds(60)), Self.node("b", from: seconds(50), renewed: seconds(100))],
+                now: now, leaseMs: lease, fallback: fallback) == Fixture.t0)
         // a died at 40 s (covered until 45 s); b started at 50 s: downtime between, so since 50 s.
-        #expect(ClusterAvailability.since([Self.node("a", from: 0, renewed: seconds(40)), Self.node("b", from: seconds(50), renewed: seconds(100))],
-                                          now: now, leaseMs: lease, fallback: fallback) == Fixture.at(seconds(50)))
+        #expect(
+            ClusterAvailability.since(
+                [Self.node("a", from: 0, renewed: seconds(40)), Self.node("b", from: seconds(50), renewed: seconds(100))],
+                now: now, leaseMs: lease, fallback: fallback) == Fixture.at(seconds(50)))
         // A chain of overlapping nodes reaches back to the first.
-        #expect(ClusterAvailability.since([
-            Self.node("c", from: seconds(70), renewed: seconds(99)), Self.node("a", from: seconds(10), renewed: seconds(32)),
-            Self.node("b", from: seconds(30), renewed: seconds(72)),
-        ], now: now, leaseMs: lease, fallback: fallback) == Fixture.at(seconds(10)))
+        #expect(
+            ClusterAvailability.since(
+                [
+                    Self.node("c", from: seconds(70), renewed: seconds(99)), Self.node("a", from: seconds(10), renewed: seconds(32)),
+                    Self.node("b", from: seconds(30), renewed: seconds(72)),
+                ], now: now, leaseMs: lease, fallback: fallback) == Fixture.at(seconds(10)))
         // No node live now: the fallback.
         #expect(ClusterAvailability.since([Self.node("a", from: 0, renewed: seconds(10))], now: now, leaseMs: lease, fallback: fallback) == fallback)
     }
@@ -56,14 +62,18 @@ struct ClusterTests {
         let state = SessionState(session: session, execution: execution, wakeUp: Fixture.at(seconds(20)))
         // Node a was last heard of at 15 s: the runtime may reconnect to b until 25 s.
         let lost = ["a": Fixture.at(seconds(15))]
-        let early = SessionReducer.evaluate(state, context: SessionContext(
-            now: Fixture.at(seconds(20)), timing: timing, controlPlaneStartedAt: Fixture.t0, nodeId: "b", lostNodes: lost
-        ))
+        let early = SessionReducer.evaluate(
+            state,
+            context: SessionContext(
+                now: Fixture.at(seconds(20)), timing: timing, controlPlaneStartedAt: Fixture.t0, nodeId: "b", lostNodes: lost
+            ))
         #expect(early.change?.executions.first?.status != .failed)
         #expect(early.output.output == Fixture.at(seconds(25)))
-        let late = SessionReducer.evaluate(state, context: SessionContext(
-            now: Fixture.at(seconds(26)), timing: timing, controlPlaneStartedAt: Fixture.t0, nodeId: "b", lostNodes: lost
-        ))
+        let late = SessionReducer.evaluate(
+            state,
+            context: SessionContext(
+                now: Fixture.at(seconds(26)), timing: timing, controlPlaneStartedAt: Fixture.t0, nodeId: "b", lostNodes: lost
+            ))
         #expect(late.change?.executions.first?.status == .failed)
     }
 
@@ -135,10 +145,13 @@ struct ClusterTests {
         }
         // Node a was lost, or restarted after the mark: nothing carries it out any more.
         #expect(throws: Never.self) {
-            try SessionReducer.beginChange(changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(9), lost: ["a": Fixture.at(seconds(3))], starts: ["a": Fixture.t0]))
+            try SessionReducer.beginChange(
+                changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(9), lost: ["a": Fixture.at(seconds(3))], starts: ["a": Fixture.t0])
+            )
         }
         #expect(throws: Never.self) {
-            try SessionReducer.beginChange(changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(9), starts: ["a": Fixture.at(seconds(5))]))
+            try SessionReducer.beginChange(
+                changing, id: Fixture.sessionId, owner: .local, context: context(at: seconds(9), starts: ["a": Fixture.at(seconds(5))]))
         }
     }
 }

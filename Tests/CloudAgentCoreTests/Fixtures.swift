@@ -40,7 +40,9 @@ enum Fixture {
         RuntimeStatus(state: .running, startedAt: startedAt, requestedAt: startedAt.adding(milliseconds: -seconds(2)))
     }
 
-    static func session(createdAt: Date = Fixture.t0, spec: SessionSpec = SessionSpec(prompt: "say hello"), runtime: RuntimeStatus = .neverStarted) -> SessionRecord {
+    static func session(createdAt: Date = Fixture.t0, spec: SessionSpec = SessionSpec(prompt: "say hello"), runtime: RuntimeStatus = .neverStarted)
+        -> SessionRecord
+    {
         SessionRecord(id: sessionId, owner: .local, createdAt: createdAt, spec: spec, runtime: runtime)
     }
 }

@@ -98,27 +98,33 @@ struct IdentifierAndDurationTests {
 
     // MARK: Durations
 
-    @Test("durations parse from ms, s, m, h and d", arguments: [
-        ("250ms", 250), ("30s", 30_000), ("15m", 900_000), ("2h", 7_200_000), ("90d", 7_776_000_000),
-        ("1ms", 1), ("90s", 90_000), (" 10s ", 10_000),
-    ] as [(String, Int64)])
+    @Test(
+        "durations parse from ms, s, m, h and d",
+        arguments: [
+            ("250ms", 250), ("30s", 30_000), ("15m", 900_000), ("2h", 7_200_000), ("90d", 7_776_000_000),
+            ("1ms", 1), ("90s", 90_000), (" 10s ", 10_000),
+        ] as [(String, Int64)])
     func durationParses(text: String, milliseconds: Int64) throws {
         #expect(try DurationText.milliseconds(text) == milliseconds)
     }
 
-    @Test("zero, negative, fractional, unit-less and unknown durations are refused", arguments: [
-        "", "0s", "-1s", "10", "1.5s", "5w", "ms", "s", "0ms", "+5s", "1e3s", "1 s", "15M", "٣s", "99999999999999999999d",
-    ])
+    @Test(
+        "zero, negative, fractional, unit-less and unknown durations are refused",
+        arguments: [
+            "", "0s", "-1s", "10", "1.5s", "5w", "ms", "s", "0ms", "+5s", "1e3s", "1 s", "15M", "٣s", "99999999999999999999d",
+        ])
     func durationRejects(text: String) {
         let error = #expect(throws: DurationText.ParseError.self) { try DurationText.milliseconds(text) }
         #expect(error?.text == text)
         #expect(error?.description.contains("250ms") == true)
     }
 
-    @Test("a duration is written in its shortest exact unit and parses back", arguments: [
-        (250, "250ms"), (30_000, "30s"), (900_000, "15m"), (7_200_000, "2h"), (7_776_000_000, "90d"),
-        (90_000, "90s"), (1_500, "1500ms"), (61_000, "61s"), (5_400_000, "90m"),
-    ] as [(Int64, String)])
+    @Test(
+        "a duration is written in its shortest exact unit and parses back",
+        arguments: [
+            (250, "250ms"), (30_000, "30s"), (900_000, "15m"), (7_200_000, "2h"), (7_776_000_000, "90d"),
+            (90_000, "90s"), (1_500, "1500ms"), (61_000, "61s"), (5_400_000, "90m"),
+        ] as [(Int64, String)])
     func durationFormatRoundTrips(milliseconds: Int64, text: String) throws {
         #expect(DurationText.format(milliseconds: milliseconds) == text)
         #expect(try DurationText.milliseconds(DurationText.format(milliseconds: milliseconds)) == milliseconds)
@@ -212,7 +218,8 @@ struct IdentifierAndDurationTests {
         #expect(try box.open(JSONDecoder().decode(SealedValue.self, from: json)) == "hunter2")
     }
 
-    @Test("a secret key must be base64 of 32 bytes", arguments: ["", "not base64!", Data(count: 16).base64EncodedString(), Data(count: 33).base64EncodedString()])
+    @Test(
+        "a secret key must be base64 of 32 bytes", arguments: ["", "not base64!", Data(count: 16).base64EncodedString(), Data(count: 33).base64EncodedString()])
     func secretKeyIsChecked(key: String) {
         #expect(throws: SecretBox.KeyError.self) { try SecretBox(base64Key: key) }
     }

@@ -87,12 +87,13 @@ struct IdlePolicyTests {
         var execution = try Fixture.runningExecution(acceptedAt: Fixture.at(seconds(1)), runningAt: Fixture.at(seconds(2)))
         try execution.end(.completed, at: Fixture.at(minutes(1)), exitCode: 0, reportedByRuntime: true)
         let idleStop = StopReason(rule: .idle, at: Fixture.at(minutes(16)), lastActivityAt: Fixture.at(minutes(1)), idleMs: idle, idleTimeoutMs: idle)
-        let runtime = switch state {
-        case .stopped: RuntimeStatus(state: .stopped, startedAt: Fixture.t0, stoppedAt: Fixture.at(minutes(16)), stopReason: idleStop)
-        case .starting: RuntimeStatus(state: .starting, requestedAt: Fixture.t0)
-        case .stopping: RuntimeStatus(state: .stopping, startedAt: Fixture.t0, stopReason: idleStop)
-        case .running: Fixture.runningRuntime(since: Fixture.t0)
-        }
+        let runtime =
+            switch state {
+            case .stopped: RuntimeStatus(state: .stopped, startedAt: Fixture.t0, stoppedAt: Fixture.at(minutes(16)), stopReason: idleStop)
+            case .starting: RuntimeStatus(state: .starting, requestedAt: Fixture.t0)
+            case .stopping: RuntimeStatus(state: .stopping, startedAt: Fixture.t0, stopReason: idleStop)
+            case .running: Fixture.runningRuntime(since: Fixture.t0)
+            }
 
         for later in [minutes(16), hours(1), days(1), days(365)] {
             for latest in [execution, nil] {
@@ -127,7 +128,8 @@ struct IdlePolicyTests {
         try execution.recordHeartbeat(at: lastHeartbeat)
         let staleAt = lastHeartbeat.adding(milliseconds: timing.staleThresholdMs)
 
-        let justBefore = ExecutionLiveness.evaluate(execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, now: staleAt.adding(milliseconds: -1))
+        let justBefore = ExecutionLiveness.evaluate(
+            execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, now: staleAt.adding(milliseconds: -1))
         #expect(justBefore.failure == nil)
         #expect(justBefore.nextDeadline == staleAt)
         let atStale = ExecutionLiveness.evaluate(execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, now: staleAt)

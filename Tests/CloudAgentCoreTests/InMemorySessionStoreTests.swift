@@ -45,16 +45,18 @@ struct InMemorySessionStoreTests {
             types.map { NewEvent(type: $0, at: Fixture.at(offset)) }
         }
 
-        let firstBatch = try await store.commit(SessionChange(
-            sessionId: Fixture.sessionId, events: events(EventType.runtimeStarted, EventType.executionStarted, EventType.executionRunning, at: seconds(1))
-        ))
+        let firstBatch = try await store.commit(
+            SessionChange(
+                sessionId: Fixture.sessionId, events: events(EventType.runtimeStarted, EventType.executionStarted, EventType.executionRunning, at: seconds(1))
+            ))
         #expect(firstBatch.map(\.id) == [1, 2, 3])
         #expect(firstBatch.allSatisfy { $0.sessionId == Fixture.sessionId })
 
         let otherSession = try await store.commit(SessionChange(sessionId: Fixture.otherSessionId, events: events(EventType.runtimeStarted, at: seconds(2))))
         #expect(otherSession.map(\.id) == [1])
 
-        let secondBatch = try await store.commit(SessionChange(sessionId: Fixture.sessionId, events: events(EventType.agent, EventType.executionCompleted, at: seconds(3))))
+        let secondBatch = try await store.commit(
+            SessionChange(sessionId: Fixture.sessionId, events: events(EventType.agent, EventType.executionCompleted, at: seconds(3))))
         #expect(secondBatch.map(\.id) == [4, 5])
         #expect(try await store.lastEventId(of: Fixture.sessionId) == 5)
         #expect(try await store.events(of: Fixture.sessionId, EventQuery(afterId: 3)).map(\.type) == [EventType.agent, EventType.executionCompleted])

@@ -25,7 +25,8 @@ struct RuledDecisionTests {
     func messageWithItsWakeUp() throws {
         let state = Self.running()
         let id = ExecutionID(at: Fixture.at(seconds(1)))
-        let decision = try SessionReducer.startExecution(state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
+        let decision = try SessionReducer.startExecution(
+            state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
         let ruled = SessionReducer.ruled(state, decision, rules: .afterChange, context: Self.context(at: seconds(1)))
         let change = try #require(ruled.change)
         #expect(change.newExecution?.id == id)
@@ -47,7 +48,8 @@ struct RuledDecisionTests {
         // Idle past its deadline: any change evaluates the rules, which stop the runtime.
         var state = Self.running()
         state.wakeUp = Fixture.at(minutes(15))
-        let decision = try SessionReducer.edit(state, id: Fixture.sessionId, owner: .local, onlyIdleTimeout: true, context: Self.context(at: minutes(16))) { session in
+        let decision = try SessionReducer.edit(state, id: Fixture.sessionId, owner: .local, onlyIdleTimeout: true, context: Self.context(at: minutes(16))) {
+            session in
             session.spec.idleTimeoutMs = minutes(10)
         }
         let ruled = SessionReducer.ruled(
@@ -76,9 +78,11 @@ struct RuledDecisionTests {
         )
         #expect(nothing.change == nil)
         #expect(nothing.output.output.nextWakeUp == nil)
-        let progress = SessionReducer.ingest(state, instanceId: "instance-1", events: [
-            ReportedEvent(seq: 2, executionId: execution.id.rawValue, kind: .output, at: Fixture.at(seconds(3))),
-        ], context: Self.context(at: seconds(3)))
+        let progress = SessionReducer.ingest(
+            state, instanceId: "instance-1",
+            events: [
+                ReportedEvent(seq: 2, executionId: execution.id.rawValue, kind: .output, at: Fixture.at(seconds(3)))
+            ], context: Self.context(at: seconds(3)))
         #expect(!progress.movesDeadlines)
         let ruled = SessionReducer.ruled(state, progress, rules: .afterChange, context: Self.context(at: seconds(3)))
         #expect(ruled.change?.wakeUp == nil)
@@ -140,10 +144,12 @@ struct RuledDecisionTests {
         let execution = Fixture.execution(acceptedAt: Fixture.at(seconds(1)))
         var session = state.session
         session.activeExecutionId = execution.id
-        let after = try #require(state.applying(SessionChange(
-            sessionId: Fixture.sessionId, session: session, newExecution: execution,
-            events: [NewEvent(type: "a", at: Fixture.at(seconds(1))), NewEvent(type: "b", at: Fixture.at(seconds(2)))]
-        )))
+        let after = try #require(
+            state.applying(
+                SessionChange(
+                    sessionId: Fixture.sessionId, session: session, newExecution: execution,
+                    events: [NewEvent(type: "a", at: Fixture.at(seconds(1))), NewEvent(type: "b", at: Fixture.at(seconds(2)))]
+                )))
         #expect(after.session.activeExecutionId == execution.id)
         #expect(after.execution == execution)
         #expect(after.oldestEventAt == Fixture.at(seconds(1)))

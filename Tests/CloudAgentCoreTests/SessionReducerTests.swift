@@ -33,7 +33,8 @@ struct SessionReducerTests {
     func initiate() throws {
         let state = Self.running()
         let id = ExecutionID(at: Fixture.at(seconds(1)))
-        let decision = try SessionReducer.startExecution(state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
+        let decision = try SessionReducer.startExecution(
+            state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
         let change = try #require(decision.change)
         #expect(change.newExecution?.id == id)
         #expect(change.session?.activeExecutionId == id)
@@ -43,10 +44,12 @@ struct SessionReducerTests {
         #expect(decision.effects == [.deliverCommands])
         let after = Self.applying(decision, to: state)
         #expect(throws: SessionError.executionInProgress(id)) {
-            try SessionReducer.startExecution(after, id: Fixture.sessionId, owner: .local, .init(id: ExecutionID(at: Fixture.t0), followUp: true), context: Self.context(at: seconds(2)))
+            try SessionReducer.startExecution(
+                after, id: Fixture.sessionId, owner: .local, .init(id: ExecutionID(at: Fixture.t0), followUp: true), context: Self.context(at: seconds(2)))
         }
         #expect(throws: SessionError.notFound(Fixture.sessionId)) {
-            try SessionReducer.startExecution(state, id: Fixture.sessionId, owner: Owner(user: "bob"), .init(id: ExecutionID(at: Fixture.t0), followUp: false), context: Self.context(at: 0))
+            try SessionReducer.startExecution(
+                state, id: Fixture.sessionId, owner: Owner(user: "bob"), .init(id: ExecutionID(at: Fixture.t0), followUp: false), context: Self.context(at: 0))
         }
     }
 
@@ -58,10 +61,12 @@ struct SessionReducerTests {
         let stopping = stopped
         try stopped.session.runtime.markStopped(at: Fixture.at(seconds(6)))
         let id = ExecutionID(at: Fixture.at(seconds(7)))
-        let cold = try SessionReducer.startExecution(stopped, id: Fixture.sessionId, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
+        let cold = try SessionReducer.startExecution(
+            stopped, id: Fixture.sessionId, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
         #expect(cold.change?.session?.runtime.state == .starting)
         #expect(cold.effects.contains(.launch(requestedAt: Fixture.at(seconds(7)), restore: true)))
-        let queued = try SessionReducer.startExecution(stopping, id: Fixture.sessionId, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
+        let queued = try SessionReducer.startExecution(
+            stopping, id: Fixture.sessionId, owner: .local, .init(id: id, prompt: "again", followUp: true), context: Self.context(at: seconds(7)))
         #expect(queued.change?.session?.runtime.state == .stopping)
         #expect(!queued.effects.contains { if case .launch = $0 { true } else { false } })
         // The stop is recorded: the execution accepted after it was decided survives and starts the runtime.
@@ -102,26 +107,32 @@ struct SessionReducerTests {
         state.session.activeExecutionId = execution.id
         state.execution = execution
         let raw = execution.id.rawValue
-        let first = SessionReducer.ingest(state, instanceId: "instance-1", events: [
-            ReportedEvent(seq: 1, executionId: raw, kind: .running, at: Fixture.at(seconds(2))),
-            ReportedEvent(seq: 2, executionId: raw, kind: .agent, at: Fixture.at(seconds(2)), data: ["kind": "text"]),
-            ReportedEvent(seq: 4, executionId: raw, kind: .agent, at: Fixture.at(seconds(2))),
-        ], context: Self.context(at: seconds(2)))
+        let first = SessionReducer.ingest(
+            state, instanceId: "instance-1",
+            events: [
+                ReportedEvent(seq: 1, executionId: raw, kind: .running, at: Fixture.at(seconds(2))),
+                ReportedEvent(seq: 2, executionId: raw, kind: .agent, at: Fixture.at(seconds(2)), data: ["kind": "text"]),
+                ReportedEvent(seq: 4, executionId: raw, kind: .agent, at: Fixture.at(seconds(2))),
+            ], context: Self.context(at: seconds(2)))
         #expect(first.output.output.ack == 2)
         #expect(first.output.output.transitioned)
         #expect(first.output.notes.contains(.eventOutOfOrder(seq: 4, acked: 2)))
         #expect(first.change?.events.map(\.type) == [EventType.executionRunning, EventType.agent])
         #expect(first.change?.dropCommands == [.execution(execution.id, kinds: ["execute"])])
         let after = Self.applying(first, to: state)
-        let resent = SessionReducer.ingest(after, instanceId: "instance-1", events: [
-            ReportedEvent(seq: 2, executionId: raw, kind: .agent, at: Fixture.at(seconds(2))),
-        ], context: Self.context(at: seconds(3)))
+        let resent = SessionReducer.ingest(
+            after, instanceId: "instance-1",
+            events: [
+                ReportedEvent(seq: 2, executionId: raw, kind: .agent, at: Fixture.at(seconds(2)))
+            ], context: Self.context(at: seconds(3)))
         #expect(resent.change == nil)
         #expect(resent.output.output.ack == 2)
         // Another launch's frames change nothing.
-        let stale = SessionReducer.ingest(after, instanceId: "instance-0", events: [
-            ReportedEvent(seq: 3, executionId: raw, kind: .agent, at: Fixture.at(seconds(2))),
-        ], context: Self.context(at: seconds(3)))
+        let stale = SessionReducer.ingest(
+            after, instanceId: "instance-0",
+            events: [
+                ReportedEvent(seq: 3, executionId: raw, kind: .agent, at: Fixture.at(seconds(2)))
+            ], context: Self.context(at: seconds(3)))
         #expect(stale.change == nil)
         #expect(stale.output.output.ack == nil)
     }
@@ -133,9 +144,13 @@ struct SessionReducerTests {
         let execution = try Fixture.runningExecution(acceptedAt: Fixture.at(seconds(1)), runningAt: Fixture.at(seconds(2)))
         state.session.activeExecutionId = execution.id
         state.execution = execution
-        let ended = [ReportedEvent(seq: 1, executionId: execution.id.rawValue, kind: .ended, at: Fixture.at(seconds(3)), data: [
-            "status": "completed", "exitCode": 0, "conversationId": "conv-1",
-        ])]
+        let ended = [
+            ReportedEvent(
+                seq: 1, executionId: execution.id.rawValue, kind: .ended, at: Fixture.at(seconds(3)),
+                data: [
+                    "status": "completed", "exitCode": 0, "conversationId": "conv-1",
+                ])
+        ]
         let decision = SessionReducer.ingest(state, instanceId: "instance-1", events: ended, context: Self.context(at: seconds(3)))
         let change = try #require(decision.change)
         #expect(change.session?.activeExecutionId == nil)
@@ -245,6 +260,8 @@ struct SessionReducerTests {
         #expect(decision.change?.events.last?.type == EventType.runtimeStopped)
         #expect(decision.change?.events.last?.data["rule"] == "deleted")
         #expect(decision.effects == [.terminate(RuntimeProcess(pid: 4242, startTime: 99), sandbox: nil, rule: .deleted), .removed(.deleted)])
-        #expect(throws: SessionError.notFound(Fixture.sessionId)) { try SessionReducer.delete(state, id: Fixture.sessionId, owner: Owner(user: "bob"), context: Self.context(at: 0)) }
+        #expect(throws: SessionError.notFound(Fixture.sessionId)) {
+            try SessionReducer.delete(state, id: Fixture.sessionId, owner: Owner(user: "bob"), context: Self.context(at: 0))
+        }
     }
 }

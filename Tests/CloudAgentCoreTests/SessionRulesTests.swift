@@ -26,14 +26,18 @@ struct SessionRulesTests {
     // (the session last touched then), evaluated at t0+65min. The stopped variant was stopped
     // by an operator at t0+61min. Idle deadline t0+75min.
     static let wakeUpCases: [WakeUpCase] = [
-        WakeUpCase(name: "idle deadline first (TTL ignored while the runtime runs)", runtimeRunning: true,
-                   sessionTTLMs: minutes(2), eventRetentionMs: days(1), expected: minutes(75)),
-        WakeUpCase(name: "event sweep first, runtime running", runtimeRunning: true,
-                   sessionTTLMs: days(90), eventRetentionMs: minutes(70), expected: minutes(70)),
-        WakeUpCase(name: "TTL first, runtime stopped", runtimeRunning: false,
-                   sessionTTLMs: hours(1), eventRetentionMs: days(1), expected: hours(2)),
-        WakeUpCase(name: "event sweep first, runtime stopped", runtimeRunning: false,
-                   sessionTTLMs: days(1), eventRetentionMs: minutes(90), expected: minutes(90)),
+        WakeUpCase(
+            name: "idle deadline first (TTL ignored while the runtime runs)", runtimeRunning: true,
+            sessionTTLMs: minutes(2), eventRetentionMs: days(1), expected: minutes(75)),
+        WakeUpCase(
+            name: "event sweep first, runtime running", runtimeRunning: true,
+            sessionTTLMs: days(90), eventRetentionMs: minutes(70), expected: minutes(70)),
+        WakeUpCase(
+            name: "TTL first, runtime stopped", runtimeRunning: false,
+            sessionTTLMs: hours(1), eventRetentionMs: days(1), expected: hours(2)),
+        WakeUpCase(
+            name: "event sweep first, runtime stopped", runtimeRunning: false,
+            sessionTTLMs: days(1), eventRetentionMs: minutes(90), expected: minutes(90)),
     ]
 
     @Test("the next wake-up is the earliest of the idle deadline, TTL and event sweep", arguments: wakeUpCases)
@@ -162,7 +166,9 @@ struct SessionRulesTests {
         #expect(evaluation.nextWakeUp == restartedAt.adding(milliseconds: timing.pendingTimeoutMs))
     }
 
-    @Test("a cold start being prepared (restore and setup commands, no process yet) has no pending deadline; once launched, both the runtime's and its pending execution's count from the launch")
+    @Test(
+        "a cold start being prepared (restore and setup commands, no process yet) has no pending deadline; once launched, both the runtime's and its pending execution's count from the launch"
+    )
     func coldStartDeadlinesCountFromTheLaunch() throws {
         let timing = Timing()
         let requestedAt = Fixture.at(minutes(1))

@@ -100,7 +100,8 @@ struct StateMachineTests {
         #expect(runtime.state == .running)
         #expect(runtime.startedAt == Fixture.at(seconds(2)))
 
-        let reason = StopReason(rule: .idle, at: Fixture.at(minutes(20)), lastActivityAt: Fixture.at(minutes(5)), idleMs: minutes(15), idleTimeoutMs: minutes(15))
+        let reason = StopReason(
+            rule: .idle, at: Fixture.at(minutes(20)), lastActivityAt: Fixture.at(minutes(5)), idleMs: minutes(15), idleTimeoutMs: minutes(15))
         try runtime.beginStopping(reason)
         #expect(runtime.state == .stopping)
         #expect(runtime.stopReason == reason)
@@ -124,7 +125,9 @@ struct StateMachineTests {
         try runtime.markStopped(at: Fixture.at(minutes(15)), reason: first)
         let stopped = runtime
 
-        let error = illegalTransition(stopped) { try $0.markStopped(at: Fixture.at(minutes(16)), reason: StopReason(rule: .deleted, at: Fixture.at(minutes(16)))) }
+        let error = illegalTransition(stopped) {
+            try $0.markStopped(at: Fixture.at(minutes(16)), reason: StopReason(rule: .deleted, at: Fixture.at(minutes(16))))
+        }
         #expect(error?.from == "stopped")
         #expect(error?.to == "stopped")
         #expect(stopped.stopReason == first)

@@ -41,7 +41,8 @@ struct ValidationTests {
             Refusal(name: "null prompt in create", body: ["prompt": nil], field: "prompt"),
             Refusal(name: "autoCommit not a boolean", body: create(["autoCommit": "yes"]), field: "autoCommit"),
             Refusal(name: "empty agent", body: create(["agent": ""]), field: "agent"),
-            Refusal(name: "setupCommands: 21 commands", body: create(["setupCommands": .array((1...21).map { .string("echo \($0)") })]), field: "setupCommands"),
+            Refusal(
+                name: "setupCommands: 21 commands", body: create(["setupCommands": .array((1...21).map { .string("echo \($0)") })]), field: "setupCommands"),
             Refusal(name: "setupCommands: a 501-character command", body: create(["setupCommands": ["make", .string(text(501))]]), field: "setupCommands[1]"),
             Refusal(name: "setupCommands not an array", body: create(["setupCommands": "make"]), field: "setupCommands"),
             Refusal(name: "repo without url", body: create(["repo": ["branch": "main"]]), field: "repo.url"),
@@ -65,9 +66,10 @@ struct ValidationTests {
         }
         for branch in ["a b", "-x", "a..b", text(256), "", "a~1", "a:b", "feature/", "x.lock", "ä"] {
             let name = branch.count > 20 ? "\(branch.count) characters" : branch.debugDescription
-            refusals.append(Refusal(
-                name: "repo.branch \(name)", body: create(["repo": ["url": "https://github.com/o/r.git", "branch": .string(branch)]]), field: "repo.branch"
-            ))
+            refusals.append(
+                Refusal(
+                    name: "repo.branch \(name)", body: create(["repo": ["url": "https://github.com/o/r.git", "branch": .string(branch)]]), field: "repo.branch"
+                ))
         }
         for field in ["envVars", "secrets"] {
             refusals += [
@@ -128,7 +130,7 @@ struct ValidationTests {
         let input = try SessionInput.parseCreate(body)
         #expect(input.prompt == .set(Self.text(100_000)))
         guard case .set(let envVars) = input.envVars, case .set(let secrets) = input.secrets,
-              case .set(let setupCommands) = input.setupCommands, case .set(let repo) = input.repo
+            case .set(let setupCommands) = input.setupCommands, case .set(let repo) = input.repo
         else {
             Issue.record("expected every field set: \(input)")
             return

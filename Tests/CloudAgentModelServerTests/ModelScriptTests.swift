@@ -11,7 +11,8 @@ import Testing
     }
 
     @Test func readsEveryKindOfTurn() throws {
-        let script = try parse("""
+        let script = try parse(
+            """
             {"turns": [
               {"shell": "echo hi > hello.txt", "description": "Write hello.txt", "text": "Writing."},
               {"tool": {"name": "Write", "input": {"file_path": "a.txt", "content": "x"}}},
@@ -21,13 +22,14 @@ import Testing
             ],
             "defaultText": "Nothing left.", "auxiliaryText": "A title"}
             """)
-        #expect(script.turns == [
-            ScriptTurn(.shell(command: "echo hi > hello.txt", description: "Write hello.txt"), text: "Writing."),
-            ScriptTurn(.tool(name: "Write", input: ["file_path": "a.txt", "content": "x"])),
-            ScriptTurn(.text, text: "slow", delay: .milliseconds(50), chunkDelay: .milliseconds(200)),
-            ScriptTurn(.error(ScriptedError(status: 529, message: "Overloaded", inStream: true, retryable: true)), times: 3),
-            .text("Done."),
-        ])
+        #expect(
+            script.turns == [
+                ScriptTurn(.shell(command: "echo hi > hello.txt", description: "Write hello.txt"), text: "Writing."),
+                ScriptTurn(.tool(name: "Write", input: ["file_path": "a.txt", "content": "x"])),
+                ScriptTurn(.text, text: "slow", delay: .milliseconds(50), chunkDelay: .milliseconds(200)),
+                ScriptTurn(.error(ScriptedError(status: 529, message: "Overloaded", inStream: true, retryable: true)), times: 3),
+                .text("Done."),
+            ])
         #expect(script.defaultText == "Nothing left.")
         #expect(script.auxiliaryText == "A title")
     }

@@ -9,21 +9,24 @@ import NIOCore
 import Testing
 
 @Suite struct ModelServerRouterTests {
-    static let bashTool = #"{"name": "Bash", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}, "description": {"type": "string"}}}}"#
+    static let bashTool =
+        #"{"name": "Bash", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}, "description": {"type": "string"}}}}"#
 
     func messagesBody(stream: Bool, tools: Bool = true) -> ByteBuffer {
-        ByteBuffer(string: """
-            {"model": "claude-x", "stream": \(stream), "max_tokens": 100,
-             "messages": [{"role": "user", "content": "Write hello.txt"}],
-             "tools": [\(tools ? Self.bashTool : "")]}
-            """)
+        ByteBuffer(
+            string: """
+                {"model": "claude-x", "stream": \(stream), "max_tokens": 100,
+                 "messages": [{"role": "user", "content": "Write hello.txt"}],
+                 "tools": [\(tools ? Self.bashTool : "")]}
+                """)
     }
 
     func responsesBody() -> ByteBuffer {
-        ByteBuffer(string: """
-            {"model": "gpt-x", "stream": true, "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
-             "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}]}
-            """)
+        ByteBuffer(
+            string: """
+                {"model": "gpt-x", "stream": true, "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+                 "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}]}
+                """)
     }
 
     /// The `data:` objects of a server-sent event stream.

@@ -71,10 +71,13 @@ import Testing
         #expect(request.messages.count == 1)
         let call = try #require(ToolSelection.shellCall(#"echo "hi" > hello.txt"#, description: nil, among: request.tools))
         #expect(call.name == "exec")
-        #expect(call.input == .freeform(#"""
-            const result = await tools.exec_command({ cmd: "echo \"hi\" > hello.txt" });
-            text(JSON.stringify(result));
-            """#))
+        #expect(
+            call.input
+                == .freeform(
+                    #"""
+                    const result = await tools.exec_command({ cmd: "echo \"hi\" > hello.txt" });
+                    text(JSON.stringify(result));
+                    """#))
     }
 
     @Test func anOlderShellToolTakesAnArgv() {
@@ -96,8 +99,11 @@ import Testing
 
     @Test func aRawToolCallIsSentAsWritten() {
         let tools = [OfferedTool(name: "Write", kind: .function), OfferedTool(name: "apply_patch", kind: .custom)]
-        #expect(ToolSelection.call("Write", input: ["file_path": "a.txt"], among: tools) == ModelToolCall(name: "Write", input: .arguments(["file_path": "a.txt"])))
-        #expect(ToolSelection.call("apply_patch", input: "*** Begin Patch", among: tools) == ModelToolCall(name: "apply_patch", input: .freeform("*** Begin Patch")))
+        #expect(
+            ToolSelection.call("Write", input: ["file_path": "a.txt"], among: tools) == ModelToolCall(name: "Write", input: .arguments(["file_path": "a.txt"])))
+        #expect(
+            ToolSelection.call("apply_patch", input: "*** Begin Patch", among: tools) == ModelToolCall(name: "apply_patch", input: .freeform("*** Begin Patch"))
+        )
         #expect(ToolSelection.call("Other", input: "text", among: tools) == ModelToolCall(name: "Other", input: .arguments(["input": "text"])))
     }
 

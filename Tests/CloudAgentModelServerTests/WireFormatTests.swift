@@ -17,12 +17,13 @@ import Testing
 
     @Test func anthropicStreamsATextBlockThenAToolUseBlock() throws {
         let events = AnthropicMessagesWire.events(textThenBash, model: "claude-x", inputTokens: 100)
-        #expect(events.map(\.event) == [
-            "message_start",
-            "content_block_start", "content_block_delta", "content_block_stop",
-            "content_block_start", "content_block_delta", "content_block_stop",
-            "message_delta", "message_stop",
-        ])
+        #expect(
+            events.map(\.event) == [
+                "message_start",
+                "content_block_start", "content_block_delta", "content_block_stop",
+                "content_block_start", "content_block_delta", "content_block_stop",
+                "message_delta", "message_stop",
+            ])
         #expect(events.allSatisfy { $0.data.objectValue?["type"]?.stringValue == $0.event })
         let start = try #require(events[0].data.objectValue?["message"]?.objectValue)
         #expect(start["model"] == "claude-x")
@@ -82,14 +83,15 @@ import Testing
             text: "Writing.", toolCall: ModelToolCall(name: "exec_command", input: .arguments(["cmd": "echo hi > hello.txt"]))
         )
         let events = OpenAIResponsesWire.events(message, model: "gpt-x", inputTokens: 10)
-        #expect(events.map(\.event) == [
-            "response.created", "response.in_progress",
-            "response.output_item.added", "response.content_part.added", "response.output_text.delta",
-            "response.output_text.done", "response.content_part.done", "response.output_item.done",
-            "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.done",
-            "response.output_item.done",
-            "response.completed",
-        ])
+        #expect(
+            events.map(\.event) == [
+                "response.created", "response.in_progress",
+                "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+                "response.output_text.done", "response.content_part.done", "response.output_item.done",
+                "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ])
         #expect(events.map { $0.data.objectValue?["sequence_number"] } == (0..<events.count).map { .number(Double($0)) })
         #expect(events.allSatisfy { $0.data.objectValue?["type"]?.stringValue == $0.event })
         let call = try #require(events[11].data.objectValue?["item"]?.objectValue)
@@ -111,22 +113,25 @@ import Testing
     @Test func responsesSendsAFreeformCallAsACustomToolCall() throws {
         let message = AssistantMessage(toolCall: ModelToolCall(name: "exec", input: .freeform("text('hi')")))
         let events = OpenAIResponsesWire.events(message, model: "m", inputTokens: 1)
-        #expect(events.map(\.event) == [
-            "response.created", "response.in_progress", "response.output_item.added",
-            "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done", "response.output_item.done",
-            "response.completed",
-        ])
+        #expect(
+            events.map(\.event) == [
+                "response.created", "response.in_progress", "response.output_item.added",
+                "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done", "response.output_item.done",
+                "response.completed",
+            ])
         let item = try #require(events[5].data.objectValue?["item"]?.objectValue)
         #expect(item["type"] == "custom_tool_call")
         #expect(item["input"] == "text('hi')")
     }
 
     @Test func responsesErrors() {
-        #expect(OpenAIResponsesWire.errorBody(ScriptedError(status: 400, message: "Bad")) == [
-            "error": ["message": "Bad", "type": "invalid_request_error", "param": nil, "code": "invalid_request_error"],
-        ])
+        #expect(
+            OpenAIResponsesWire.errorBody(ScriptedError(status: 400, message: "Bad")) == [
+                "error": ["message": "Bad", "type": "invalid_request_error", "param": nil, "code": "invalid_request_error"]
+            ])
         #expect(OpenAIResponsesWire.errorType(status: 503) == "server_error")
-        let failed = OpenAIResponsesWire.failureEvents(ScriptedError(status: 500, message: "Broke", type: "context_length_exceeded"), model: "m", inputTokens: 1)
+        let failed = OpenAIResponsesWire.failureEvents(
+            ScriptedError(status: 500, message: "Broke", type: "context_length_exceeded"), model: "m", inputTokens: 1)
         #expect(failed.map(\.event) == ["response.created", "response.failed"])
         let response = failed[1].data.objectValue?["response"]?.objectValue
         #expect(response?["status"] == "failed")

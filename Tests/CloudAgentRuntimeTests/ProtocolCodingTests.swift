@@ -10,16 +10,23 @@ struct ProtocolCodingTests {
     static let runtimeMessages: [RuntimeMessage] = [
         .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 0),
         .hello(runtimeId: "rt_1", protocolVersion: RuntimeProtocol.version, activeExecutionId: "exc_1", lastSeq: 41),
-        .event(RuntimeEvent(seq: 1, executionId: "exc_1", kind: RuntimeEvent.Kind.running, at: at, data: ["pid": .number(4242), "processGroup": .number(4242)])),
-        .event(RuntimeEvent(seq: 2, executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at, data: [
-            "kind": .string("tool"), "name": .string("run"), "exitCode": .number(3), "status": .string("error"),
-            "output": .string("line \"one\"\n✓ / \\ \u{1}"), "raw": .string(#"{"type":"tool"}"#),
-        ])),
+        .event(
+            RuntimeEvent(seq: 1, executionId: "exc_1", kind: RuntimeEvent.Kind.running, at: at, data: ["pid": .number(4242), "processGroup": .number(4242)])),
+        .event(
+            RuntimeEvent(
+                seq: 2, executionId: "exc_1", kind: RuntimeEvent.Kind.agent, at: at,
+                data: [
+                    "kind": .string("tool"), "name": .string("run"), "exitCode": .number(3), "status": .string("error"),
+                    "output": .string("line \"one\"\n✓ / \\ \u{1}"), "raw": .string(#"{"type":"tool"}"#),
+                ])),
         .event(RuntimeEvent(seq: 3, executionId: "exc_1", kind: RuntimeEvent.Kind.output, at: at, data: ["stream": .string("stderr"), "line": .string("")])),
-        .event(RuntimeEvent(seq: 4, executionId: "exc_1", kind: RuntimeEvent.Kind.ended, at: at, data: [
-            "status": .string("interrupted"), "interruptReason": .string("runtime shutdown: SIGTERM"),
-            "nested": .object(["list": .array([.null, .bool(true), .bool(false), .number(1.5), .number(-7), .string("x")])]),
-        ])),
+        .event(
+            RuntimeEvent(
+                seq: 4, executionId: "exc_1", kind: RuntimeEvent.Kind.ended, at: at,
+                data: [
+                    "status": .string("interrupted"), "interruptReason": .string("runtime shutdown: SIGTERM"),
+                    "nested": .object(["list": .array([.null, .bool(true), .bool(false), .number(1.5), .number(-7), .string("x")])]),
+                ])),
         .event(RuntimeEvent(seq: 5, executionId: "exc_2", kind: RuntimeEvent.Kind.ended, at: at)),
         .heartbeat(executionId: "exc_1", at: at, events: 17),
         .pong(nonce: 9),
@@ -28,9 +35,11 @@ struct ProtocolCodingTests {
     static let controlMessages: [ControlMessage] = [
         .welcome(ackedSeq: 0, heartbeatIntervalMs: 30_000, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil),
         .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: 900_000, controlUrls: nil),
-        .welcome(ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: nil, controlUrls: [
-            "ws://10.0.0.1:8787/v1/runtime/connect", "wss://node-2.example/v1/runtime/connect",
-        ]),
+        .welcome(
+            ackedSeq: 12, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: nil,
+            controlUrls: [
+                "ws://10.0.0.1:8787/v1/runtime/connect", "wss://node-2.example/v1/runtime/connect",
+            ]),
         .welcome(ackedSeq: 1, heartbeatIntervalMs: 100, stopGraceMs: 0, idleTimeoutMs: nil, controlUrls: []),
         .settings(idleTimeoutMs: 60_000),
         .nodes(controlUrls: ["ws://10.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect"]),
@@ -61,7 +70,10 @@ struct ProtocolCodingTests {
         let text = ProtocolCoding.encode(.heartbeat(executionId: "exc_1", at: Self.at, events: 1))
         #expect(text.contains("\"at\":1790000000000"))
         let withMilliseconds = Date(timeIntervalSince1970: 1_790_000_000.123)
-        guard case .heartbeat(_, let at, _) = try ProtocolCoding.decodeRuntimeMessage(ProtocolCoding.encode(.heartbeat(executionId: "e", at: withMilliseconds, events: 0))) else {
+        guard
+            case .heartbeat(_, let at, _) = try ProtocolCoding.decodeRuntimeMessage(
+                ProtocolCoding.encode(.heartbeat(executionId: "e", at: withMilliseconds, events: 0)))
+        else {
             Issue.record("not a heartbeat")
             return
         }
@@ -81,7 +93,8 @@ struct ProtocolCodingTests {
         #expect(settings.count == 2)
         #expect(settings["type"] as? String == "settings")
         #expect(settings["idleTimeoutMs"] as? Int == 800)
-        let nodes = try #require(try JSONSerialization.jsonObject(with: Data(ProtocolCoding.encode(.nodes(controlUrls: ["ws://a/v1/runtime/connect"])).utf8)) as? [String: Any])
+        let nodes = try #require(
+            try JSONSerialization.jsonObject(with: Data(ProtocolCoding.encode(.nodes(controlUrls: ["ws://a/v1/runtime/connect"])).utf8)) as? [String: Any])
         #expect(nodes.count == 2)
         #expect(nodes["type"] as? String == "nodes")
         #expect(nodes["controlUrls"] as? [String] == ["ws://a/v1/runtime/connect"])
@@ -89,13 +102,16 @@ struct ProtocolCodingTests {
 
     @Test func aWelcomeFromAnOlderControlPlaneHasNoIdleTimeout() throws {
         // Older control planes send no idleTimeoutMs; an unusable one is left out, not a refusal.
-        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"stopGraceMs":500}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil, controlUrls: nil))
-        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":0}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil))
+        #expect(
+            try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"stopGraceMs":500}"#)
+                == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil, controlUrls: nil))
+        #expect(
+            try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":0}"#)
+                == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil))
         // An older runtime decoding a newer welcome ignores what it does not know: extra fields pass.
-        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":7,"future":true}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: 7, controlUrls: nil))
+        #expect(
+            try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"idleTimeoutMs":7,"future":true}"#)
+                == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: 7, controlUrls: nil))
     }
 
     @Test func aWelcomeNamesTheControlPlanesNodesInControlUrls() throws {
@@ -105,11 +121,13 @@ struct ProtocolCodingTests {
         #expect(object["controlUrls"] as? [String] == urls)
         // Slashes unescaped: the frame reads as it is logged.
         #expect(frame.contains(#""controlUrls":["ws://10.0.0.1:8787/v1/runtime/connect","#))
-        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"controlUrls":["ws://a/x"]}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: ["ws://a/x"]))
+        #expect(
+            try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100,"controlUrls":["ws://a/x"]}"#)
+                == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: ["ws://a/x"]))
         // Without the field (an older or single-node control plane) it is nil, not a refusal.
-        #expect(try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100}"#)
-            == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil))
+        #expect(
+            try ProtocolCoding.decodeControlMessage(#"{"type":"welcome","ackedSeq":4,"heartbeatIntervalMs":100}"#)
+                == .welcome(ackedSeq: 4, heartbeatIntervalMs: 100, stopGraceMs: 10_000, idleTimeoutMs: nil, controlUrls: nil))
         // Left out of the frame when nil.
         let withoutUrls = ProtocolCoding.encode(.welcome(ackedSeq: 3, heartbeatIntervalMs: 100, stopGraceMs: 500, idleTimeoutMs: nil, controlUrls: nil))
         #expect(!withoutUrls.contains("controlUrls"))
@@ -140,7 +158,8 @@ struct ProtocolCodingTests {
     @Test func malformedFramesAreProtocolErrors() {
         let frames = [
             "", "null", "[]", "{}", #"{"type":"nope"}"#, #"{"type":"welcome"}"#, #"{"type":"welcome","ackedSeq":1,"heartbeatIntervalMs":0}"#,
-            #"{"type":"ack"}"#, #"{"type":"settings"}"#, #"{"type":"settings","idleTimeoutMs":0}"#, #"{"type":"nodes"}"#, #"{"type":"nodes","controlUrls":[]}"#, #"{"type":"execute"}"#, #"{"type":"kill"}"#, #"{"type":"event","event":{"seq":0}}"#,
+            #"{"type":"ack"}"#, #"{"type":"settings"}"#, #"{"type":"settings","idleTimeoutMs":0}"#, #"{"type":"nodes"}"#, #"{"type":"nodes","controlUrls":[]}"#,
+            #"{"type":"execute"}"#, #"{"type":"kill"}"#, #"{"type":"event","event":{"seq":0}}"#,
             #"{"type":"hello","runtimeId":"r"}"#, #"{"type":"heartbeat","executionId":"e"}"#, #"{"type":7}"#,
             String(repeating: "x", count: RuntimeProtocol.maxFrameBytes + 1),
         ]

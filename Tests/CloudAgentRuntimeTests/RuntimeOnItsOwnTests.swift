@@ -172,9 +172,11 @@ struct RuntimeOnItsOwnTests {
             try await withRuntime(plane, idleTimeoutMs: 500, orphanLimitMs: 20_000) { runtime in
                 try await eventually(within: 30, "the runtime's hello") { await plane.hellos.count == 1 }
                 let port = try #require(await plane.port)
-                await plane.send(.execute(ExecuteCommand(
-                    executionId: "exc_away", agent: "scripted", prompt: "say before\nsleep 1\ntick 20 0.05\nwrite away.txt done\nsay after"
-                )))
+                await plane.send(
+                    .execute(
+                        ExecuteCommand(
+                            executionId: "exc_away", agent: "scripted", prompt: "say before\nsleep 1\ntick 20 0.05\nwrite away.txt done\nsay after"
+                        )))
                 try await eventually(within: 30, "the first event") { !(await plane.events(of: "exc_away").isEmpty) }
                 await server.stop()
                 let before = await plane.events(of: "exc_away").count
@@ -214,4 +216,3 @@ struct RuntimeOnItsOwnTests {
         }
     }
 }
-

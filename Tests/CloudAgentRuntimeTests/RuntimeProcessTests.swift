@@ -5,9 +5,9 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The real `cloud-agent-runtime` process against a fake control plane: connection, events,
@@ -31,7 +31,8 @@ struct RuntimeProcessTests {
                 let connection = try #require(await plane.connections.first)
                 #expect(connection.secretHeader == runtime.secret)
                 #expect(connection.sessionHeader == Self.sessionId)
-                #expect(await plane.hellos == [.hello(runtimeId: runtime.runtimeId, protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 0)])
+                #expect(
+                    await plane.hellos == [.hello(runtimeId: runtime.runtimeId, protocolVersion: RuntimeProtocol.version, activeExecutionId: nil, lastSeq: 0)])
 
                 await plane.send(.ping(nonce: 42))
                 try await eventually(within: 10, "pong") { await plane.received.contains { $0.message == .pong(nonce: 42) } }
@@ -59,9 +60,10 @@ struct RuntimeProcessTests {
 
                 // Everything read from the agent's stdout, in its order.
                 let fromStdout = events.filter { $0.kind == RuntimeEvent.Kind.agent || $0.data["stream"] == .string("stdout") }
-                #expect(fromStdout.map { $0.data["kind"]?.stringValue ?? "output:" + ($0.data["line"]?.stringValue ?? "") } == [
-                    "text", "tool", "output:plain-stdout", "tool", "tool", "text",
-                ])
+                #expect(
+                    fromStdout.map { $0.data["kind"]?.stringValue ?? "output:" + ($0.data["line"]?.stringValue ?? "") } == [
+                        "text", "tool", "output:plain-stdout", "tool", "tool", "text",
+                    ])
                 #expect(agentTexts(events) == ["hello", "just words"])
                 let stderrLines = events.filter { $0.data["stream"] == .string("stderr") }.map { $0.data["line"] }
                 #expect(stderrLines == [.string("plain-stderr")])
@@ -95,9 +97,10 @@ struct RuntimeProcessTests {
                 // A failing agent: non-zero exit.
                 await plane.send(.execute(ExecuteCommand(executionId: "exc_exit", agent: "scripted", prompt: "say bye\nexit 3")))
                 try await eventually(within: 30, "the failing execution to end") { await plane.ended("exc_exit") != nil }
-                #expect(await plane.ended("exc_exit")?.data == [
-                    "status": .string("failed"), "exitCode": .number(3), "error": .string("agent exited with code 3"),
-                ])
+                #expect(
+                    await plane.ended("exc_exit")?.data == [
+                        "status": .string("failed"), "exitCode": .number(3), "error": .string("agent exited with code 3"),
+                    ])
                 #expect(await plane.duplicates == 0)
                 #expect(await plane.connections.count == 1)
             }
@@ -133,9 +136,10 @@ struct RuntimeProcessTests {
                 #expect(spans.filter { $0 >= .milliseconds(50) }.count >= spans.count / 2, "heartbeats come at the interval, not in bursts")
                 // No heartbeat after the execution ended, and none arrive once it has.
                 let received = await plane.received
-                let endedIndex = try #require(received.firstIndex {
-                    if case .event(let event) = $0.message { event.kind == RuntimeEvent.Kind.ended } else { false }
-                })
+                let endedIndex = try #require(
+                    received.firstIndex {
+                        if case .event(let event) = $0.message { event.kind == RuntimeEvent.Kind.ended } else { false }
+                    })
                 #expect(!received[endedIndex...].contains { if case .heartbeat = $0.message { true } else { false } })
             }
         }

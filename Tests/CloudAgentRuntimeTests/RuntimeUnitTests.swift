@@ -7,9 +7,9 @@ import Logging
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 @Suite("Event outbox")
@@ -87,10 +87,11 @@ struct EventOutboxTests {
 struct ReconnectBackoffTests {
     @Test func doublesFrom100MillisecondsUpTo2Seconds() {
         let backoff = ReconnectBackoff()
-        #expect((0..<8).map { backoff.ceiling(forAttempt: $0) } == [
-            .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800),
-            .milliseconds(1600), .seconds(2), .seconds(2), .seconds(2),
-        ])
+        #expect(
+            (0..<8).map { backoff.ceiling(forAttempt: $0) } == [
+                .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800),
+                .milliseconds(1600), .seconds(2), .seconds(2), .seconds(2),
+            ])
         #expect(backoff.ceiling(forAttempt: 10_000) == .seconds(2))
     }
 
@@ -136,10 +137,11 @@ struct AgentOutputTests {
         #expect(AgentEventNormalizer.agentEventData(fromLine: text) == ["kind": .string("text"), "text": .string("hi"), "raw": .string(text)])
 
         let tool = #"{"type":"tool","name":"run","input":"false","exitCode":1,"status":"error","output":""}"#
-        #expect(AgentEventNormalizer.agentEventData(fromLine: tool) == [
-            "kind": .string("tool"), "name": .string("run"), "input": .string("false"), "exitCode": .number(1),
-            "status": .string("error"), "output": .string(""), "raw": .string(tool),
-        ])
+        #expect(
+            AgentEventNormalizer.agentEventData(fromLine: tool) == [
+                "kind": .string("tool"), "name": .string("run"), "input": .string("false"), "exitCode": .number(1),
+                "status": .string("error"), "output": .string(""), "raw": .string(tool),
+            ])
 
         let write = #"{"type":"tool","name":"write","input":"a.txt","status":"ok","output":"wrote 3 bytes"}"#
         let writeData = try #require(AgentEventNormalizer.agentEventData(fromLine: write))
@@ -147,7 +149,10 @@ struct AgentOutputTests {
         #expect(writeData["output"] == .string("wrote 3 bytes"))
 
         let error = #"{"type":"error","message":"write: path escapes the workspace: ../x"}"#
-        #expect(AgentEventNormalizer.agentEventData(fromLine: error) == ["kind": .string("error"), "message": .string("write: path escapes the workspace: ../x"), "raw": .string(error)])
+        #expect(
+            AgentEventNormalizer.agentEventData(fromLine: error) == [
+                "kind": .string("error"), "message": .string("write: path escapes the workspace: ../x"), "raw": .string(error),
+            ])
 
         let log = #"{"type":"log","message":"thinking"}"#
         #expect(AgentEventNormalizer.agentEventData(fromLine: log) == ["kind": .string("log"), "message": .string("thinking"), "raw": .string(log)])
@@ -172,10 +177,12 @@ struct RuntimeConfigurationTests {
 
     @Test func readsTheEnvironmentWithDefaults() throws {
         let configuration = try RuntimeConfiguration(environment: base, currentDirectory: "/work/here")
-        #expect(configuration == RuntimeConfiguration(
-            controlURL: "ws://127.0.0.1:8787/v1/runtime/connect", sessionId: "agent_1", runtimeId: "rt_1",
-            workspace: "/work/here", logLevel: .info, stopGrace: .seconds(10)
-        ))
+        #expect(
+            configuration
+                == RuntimeConfiguration(
+                    controlURL: "ws://127.0.0.1:8787/v1/runtime/connect", sessionId: "agent_1", runtimeId: "rt_1",
+                    workspace: "/work/here", logLevel: .info, stopGrace: .seconds(10)
+                ))
         var environment = base
         environment["CLOUD_AGENT_WORKSPACE"] = "/ws"
         environment["CLOUD_AGENT_LOG_LEVEL"] = "debug"
@@ -219,12 +226,14 @@ struct RuntimeConfigurationTests {
     @Test func controlURLsNameEveryNodeAfterTheFirst() throws {
         #expect(try RuntimeConfiguration(environment: base, currentDirectory: "/").controlURLs == ["ws://127.0.0.1:8787/v1/runtime/connect"])
         var environment = base
-        environment["CLOUD_AGENT_CONTROL_URLS"] = "ws://10.0.0.2:8787/v1/runtime/connect, ws://127.0.0.1:8787/v1/runtime/connect,,wss://node-3/v1/runtime/connect"
+        environment["CLOUD_AGENT_CONTROL_URLS"] =
+            "ws://10.0.0.2:8787/v1/runtime/connect, ws://127.0.0.1:8787/v1/runtime/connect,,wss://node-3/v1/runtime/connect"
         let configuration = try RuntimeConfiguration(environment: environment, currentDirectory: "/")
         #expect(configuration.controlURL == "ws://127.0.0.1:8787/v1/runtime/connect")
-        #expect(configuration.controlURLs == [
-            "ws://127.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect", "wss://node-3/v1/runtime/connect",
-        ])
+        #expect(
+            configuration.controlURLs == [
+                "ws://127.0.0.1:8787/v1/runtime/connect", "ws://10.0.0.2:8787/v1/runtime/connect", "wss://node-3/v1/runtime/connect",
+            ])
         for bad in ["http://10.0.0.2:8787/v1/runtime/connect", "ws://10.0.0.2/x,10.0.0.3:8787"] {
             environment["CLOUD_AGENT_CONTROL_URLS"] = bad
             #expect(throws: RuntimeConfigurationError("CLOUD_AGENT_CONTROL_URLS must be comma-separated ws:// or wss:// URLs")) {
@@ -235,9 +244,10 @@ struct RuntimeConfigurationTests {
 
     @Test func agentsSeeNoneOfTheRuntimesOwnVariables() {
         let environment = base.merging(["HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t", "CLOUD_AGENT_WORKSPACE": "/ws"]) { $1 }
-        #expect(RuntimeConfiguration.agentEnvironment(from: environment) == [
-            "SESSION_ID": "agent_1", "HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t",
-        ])
+        #expect(
+            RuntimeConfiguration.agentEnvironment(from: environment) == [
+                "SESSION_ID": "agent_1", "HOME": "/home/s", "PATH": "/bin", "SESSION_HOME": "/home/s", "MY_TOKEN": "t",
+            ])
     }
 }
 
@@ -247,7 +257,8 @@ struct RuntimeConfigurationTests {
 struct AgentRuntimeLinkTests {
     private func makeRuntime() -> AgentRuntime {
         AgentRuntime(
-            configuration: RuntimeConfiguration(controlURL: "ws://127.0.0.1:1/", sessionId: "agent_1", runtimeId: "rt_1", workspace: FileManager.default.temporaryDirectory.path),
+            configuration: RuntimeConfiguration(
+                controlURL: "ws://127.0.0.1:1/", sessionId: "agent_1", runtimeId: "rt_1", workspace: FileManager.default.temporaryDirectory.path),
             agents: AgentCatalog(runtimeExecutable: "/nonexistent"),
             agentEnvironment: [:],
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -457,11 +468,12 @@ struct ControlEndpointsTests {
     func run(_ endpoints: inout ControlEndpoints, _ attempts: [Attempt]) -> [(tried: String, waits: Bool)] {
         attempts.map { attempt in
             let tried = endpoints.current
-            let waits = switch attempt {
-            case .failed: endpoints.attemptEnded(welcomed: false, lasted: .milliseconds(5))
-            case .dropped: endpoints.attemptEnded(welcomed: true, lasted: .milliseconds(50))
-            case .held: endpoints.attemptEnded(welcomed: true, lasted: ControlEndpoints.heldAfter)
-            }
+            let waits =
+                switch attempt {
+                case .failed: endpoints.attemptEnded(welcomed: false, lasted: .milliseconds(5))
+                case .dropped: endpoints.attemptEnded(welcomed: true, lasted: .milliseconds(50))
+                case .held: endpoints.attemptEnded(welcomed: true, lasted: ControlEndpoints.heldAfter)
+                }
             return (tried, waits)
         }
     }

@@ -94,9 +94,11 @@ struct ScriptedAgentTests {
         try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: workspace.appendingPathComponent("link").path, withDestinationPath: outside.path)
-        try FileManager.default.createSymbolicLink(atPath: workspace.appendingPathComponent("file-link").path, withDestinationPath: outside.appendingPathComponent("f").path)
+        try FileManager.default.createSymbolicLink(
+            atPath: workspace.appendingPathComponent("file-link").path, withDestinationPath: outside.appendingPathComponent("f").path)
         let absoluteInside = workspace.appendingPathComponent("inside.txt").path
-        let run = try await runAgent("""
+        let run = try await runAgent(
+            """
             write ../x nope
             write /etc/x nope
             write sub/../../x nope
@@ -107,13 +109,14 @@ struct ScriptedAgentTests {
             """, in: workspace)
         #expect(run.exitStatus == 0)
         let messages = run.events.compactMap { $0["type"] as? String == "error" ? $0["message"] as? String : nil }
-        #expect(messages == [
-            "write: path escapes the workspace: ../x",
-            "write: path escapes the workspace: /etc/x",
-            "write: path escapes the workspace: sub/../../x",
-            "write: path escapes the workspace: link/x",
-            "write: path escapes the workspace: file-link",
-        ])
+        #expect(
+            messages == [
+                "write: path escapes the workspace: ../x",
+                "write: path escapes the workspace: /etc/x",
+                "write: path escapes the workspace: sub/../../x",
+                "write: path escapes the workspace: link/x",
+                "write: path escapes the workspace: file-link",
+            ])
         #expect(run.events.suffix(2).map { $0["type"] as? String } == ["tool", "text"])
         #expect(!FileManager.default.fileExists(atPath: parent.appendingPathComponent("x").path))
         #expect(!FileManager.default.fileExists(atPath: "/etc/x"))
@@ -124,7 +127,8 @@ struct ScriptedAgentTests {
     @Test func runReportsExitCodeAndCombinedOutput() async throws {
         let workspace = try makeTemporaryDirectory("scripted-run")
         defer { try? FileManager.default.removeItem(at: workspace) }
-        let run = try await runAgent("""
+        let run = try await runAgent(
+            """
             run echo out; echo err >&2; pwd; exit 4
             run true
             """, in: workspace)

@@ -93,19 +93,21 @@ struct PrepareTests {
     func setupEnvironment() async throws {
         let fixture = try Fixture()
         let id = SessionID()
-        try await fixture.workspaces.prepare(fixture.request(
-            id, environment: ["GREETING": "hello world", "API_KEY": "s3cr3t-value"], secrets: ["s3cr3t-value"],
-            setup: [
-                #"printf '%s\n' "$GREETING" "$API_KEY" "$HOME" "$SESSION_HOME" "$SESSION_ID" "$PATH" "$(pwd)" > seen.txt"#,
-                "echo second >> seen.txt",
-            ]
-        ))
+        try await fixture.workspaces.prepare(
+            fixture.request(
+                id, environment: ["GREETING": "hello world", "API_KEY": "s3cr3t-value"], secrets: ["s3cr3t-value"],
+                setup: [
+                    #"printf '%s\n' "$GREETING" "$API_KEY" "$HOME" "$SESSION_HOME" "$SESSION_ID" "$PATH" "$(pwd)" > seen.txt"#,
+                    "echo second >> seen.txt",
+                ]
+            ))
         let lines = contents(fixture.layout.workspace(id).appendingPathComponent("seen.txt")).split(separator: "\n").map(String.init)
-        #expect(lines == [
-            "hello world", "s3cr3t-value",
-            fixture.layout.home(id).path, fixture.layout.home(id).path, id.rawValue,
-            GitWorkspaces.sessionPath, fixture.layout.workspace(id).path, "second",
-        ])
+        #expect(
+            lines == [
+                "hello world", "s3cr3t-value",
+                fixture.layout.home(id).path, fixture.layout.home(id).path, id.rawValue,
+                GitWorkspaces.sessionPath, fixture.layout.workspace(id).path, "second",
+            ])
     }
 
     @Test("setup commands see nothing of the control plane's environment")
@@ -114,8 +116,9 @@ struct PrepareTests {
         let fixture = try Fixture()
         let id = SessionID()
         try await fixture.workspaces.prepare(fixture.request(id, environment: ["ONLY": "this"], setup: ["env > env.txt"]))
-        let names = Set(contents(fixture.layout.workspace(id).appendingPathComponent("env.txt"))
-            .split(separator: "\n").compactMap { $0.split(separator: "=").first.map(String.init) })
+        let names = Set(
+            contents(fixture.layout.workspace(id).appendingPathComponent("env.txt"))
+                .split(separator: "\n").compactMap { $0.split(separator: "=").first.map(String.init) })
         #expect(!names.contains("CLOUD_AGENT_TEST_CONTROL_PLANE_SECRET"))
         #expect(names.isSuperset(of: ["ONLY", "HOME", "SESSION_HOME", "SESSION_ID", "PATH"]))
     }
@@ -150,10 +153,11 @@ struct PrepareTests {
         let id = SessionID()
         let failing = #"echo "using token $API_KEY"; echo "to stderr" >&2; exit 3"#
         let failure = await #expect(throws: SetupFailure.self) {
-            try await fixture.workspaces.prepare(fixture.request(
-                id, repo: RepoSource(url: source.path), environment: ["API_KEY": "s3cr3t-value"], secrets: ["s3cr3t-value"],
-                setup: ["echo first > first.txt", failing, "touch \(fixture.directory.path("never-run").path)"]
-            ))
+            try await fixture.workspaces.prepare(
+                fixture.request(
+                    id, repo: RepoSource(url: source.path), environment: ["API_KEY": "s3cr3t-value"], secrets: ["s3cr3t-value"],
+                    setup: ["echo first > first.txt", failing, "touch \(fixture.directory.path("never-run").path)"]
+                ))
         }
         #expect(failure?.command == failing)
         #expect(failure?.exitCode == 3)
@@ -170,9 +174,10 @@ struct PrepareTests {
         let fixture = try Fixture()
         let id = SessionID()
         let failure = await #expect(throws: SetupFailure.self) {
-            try await fixture.workspaces.prepare(fixture.request(
-                id, setup: [#"i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; exit 1"#]
-            ))
+            try await fixture.workspaces.prepare(
+                fixture.request(
+                    id, setup: [#"i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; exit 1"#]
+                ))
         }
         let tail = try #require(failure?.outputTail)
         #expect(tail.utf8.count <= 4096)
@@ -188,9 +193,10 @@ struct PrepareTests {
         let pidFile = fixture.directory.path("background.pid")
         let started = ContinuousClock.now
         let failure = await #expect(throws: SetupFailure.self) {
-            try await fixture.workspaces.prepare(fixture.request(
-                id, setup: ["echo begun; sh -c 'echo $$ > \(pidFile.path); exec sleep 60' & sleep 60"], timeoutMs: 500
-            ))
+            try await fixture.workspaces.prepare(
+                fixture.request(
+                    id, setup: ["echo begun; sh -c 'echo $$ > \(pidFile.path); exec sleep 60' & sleep 60"], timeoutMs: 500
+                ))
         }
         #expect(ContinuousClock.now - started < .seconds(15))
         #expect(failure?.exitCode == 124)
@@ -217,29 +223,33 @@ struct PrepareTests {
 
         let other = SessionID()
         let failure = await #expect(throws: SetupFailure.self) {
-            try await fixture.workspaces.prepare(fixture.request(
-                other, repo: RepoSource(url: source.absoluteString, branch: "nope", token: token),
-                setup: ["echo never"]
-            ))
+            try await fixture.workspaces.prepare(
+                fixture.request(
+                    other, repo: RepoSource(url: source.absoluteString, branch: "nope", token: token),
+                    setup: ["echo never"]
+                ))
         }
         #expect(failure?.command == "git checkout nope")
         #expect(failure.map { "\($0.command) \($0.outputTail)" }?.contains(token) == false)
 
         let third = SessionID()
         let setupFailure = await #expect(throws: SetupFailure.self) {
-            try await fixture.workspaces.prepare(fixture.request(
-                third, repo: RepoSource(url: source.absoluteString, token: token), environment: ["T": token],
-                setup: ["echo $T; exit 1"]
-            ))
+            try await fixture.workspaces.prepare(
+                fixture.request(
+                    third, repo: RepoSource(url: source.absoluteString, token: token), environment: ["T": token],
+                    setup: ["echo $T; exit 1"]
+                ))
         }
         #expect(setupFailure?.outputTail == "***\n")
         #expect(!fixture.logs.text.contains(token))
     }
 
-    @Test("the token reaches git through the credential helper, for the repo URL's protocol and host only", arguments: [
-        ("https", "git.example.com", true), ("https", "evil.example.com", false), ("http", "git.example.com", false),
-        ("https", "git.example.com:8443", false),
-    ])
+    @Test(
+        "the token reaches git through the credential helper, for the repo URL's protocol and host only",
+        arguments: [
+            ("https", "git.example.com", true), ("https", "evil.example.com", false), ("http", "git.example.com", false),
+            ("https", "git.example.com:8443", false),
+        ])
     func credentialHelperDeliversToken(scheme: String, host: String, answers: Bool) async throws {
         // git asks its helper for credentials only over http(s); run the helper command line
         // the way git would and read what it answers.
@@ -249,7 +259,8 @@ struct PrepareTests {
         let scope = try #require(GitWorkspaces.CredentialScope(url: "https://git.example.com/team/repo.git"))
         let answer = try? await sh(
             #"printf 'protocol=\#(scheme)\nhost=\#(host)\n\n' | git \#(GitWorkspaces.credentialOptions.map { "'\($0)'" }.joined(separator: " ")) credential fill"#,
-            in: fixture.layout.workspace(id), environment: [
+            in: fixture.layout.workspace(id),
+            environment: [
                 "CLOUD_AGENT_GIT_TOKEN": "tok-123", "GIT_TERMINAL_PROMPT": "0",
                 "CLOUD_AGENT_GIT_PROTOCOL": scope.protocolName, "CLOUD_AGENT_GIT_HOST": scope.host,
             ]
@@ -316,10 +327,11 @@ struct RestoreTests {
         let (origin, _) = try await preparedAndPushed(fixture, id)
         fixture.layout.remove(id)
 
-        let failures = await fixture.workspaces.restore(fixture.request(
-            id, repo: RepoSource(url: origin.absoluteString), environment: ["K": "hidden-value"], secrets: ["hidden-value"],
-            setup: ["echo $K; exit 7", "touch after.txt"]
-        ))
+        let failures = await fixture.workspaces.restore(
+            fixture.request(
+                id, repo: RepoSource(url: origin.absoluteString), environment: ["K": "hidden-value"], secrets: ["hidden-value"],
+                setup: ["echo $K; exit 7", "touch after.txt"]
+            ))
         #expect(failures == [SetupFailure(command: "echo $K; exit 7", exitCode: 7, outputTail: "***\n")])
         #expect(exists(fixture.layout.workspace(id).appendingPathComponent("work.txt")))
         #expect(exists(fixture.layout.workspace(id).appendingPathComponent("after.txt")))

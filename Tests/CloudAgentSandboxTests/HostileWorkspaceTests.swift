@@ -66,46 +66,84 @@ struct HostileWorkspaceTests {
     static let configurations: [(name: String, script: @Sendable (Scene) -> String)] = [
         ("remote.origin.receivepack", { "git config remote.origin.receivepack \"sh -c '\($0.touch)' #\"" }),
         ("remote.origin.uploadpack", { "git config remote.origin.uploadpack \"sh -c '\($0.touch)' #\"" }),
-        ("remote.origin.pushurl and url to the agent's address", {
-            "git config remote.origin.pushurl \($0.listenerURL) && git config remote.origin.url \($0.listenerURL)"
-        }),
-        ("core.gitProxy with a git:// origin", {
-            "printf '#!/bin/sh\\n\($0.touch)\\n' > proxy.sh && chmod +x proxy.sh && git config core.gitProxy \"$PWD/proxy.sh\" && git config remote.origin.url git://example.invalid/r.git"
-        }),
-        ("core.sshCommand with an ssh:// origin", {
-            "git config core.sshCommand \"sh -c '\($0.touch)' #\" && git config remote.origin.url ssh://git@example.invalid/r.git"
-        }),
-        ("url.*.insteadOf redirecting the repo URL to the agent's address", {
-            "git config url.\($0.listenerURL).insteadOf \($0.origin.path) && git config url.\($0.listenerURL).pushInsteadOf \($0.origin.path)"
-        }),
-        ("http.proxy and an http origin", {
-            "git config http.proxy http://127.0.0.1:\($0.listener.port) && git config remote.origin.url http://example.invalid/r.git"
-        }),
-        ("a credential helper", {
-            "git config credential.helper \"!\($0.touch)\" && git config remote.origin.url \($0.listenerURL)"
-        }),
+        (
+            "remote.origin.pushurl and url to the agent's address",
+            {
+                "git config remote.origin.pushurl \($0.listenerURL) && git config remote.origin.url \($0.listenerURL)"
+            }
+        ),
+        (
+            "core.gitProxy with a git:// origin",
+            {
+                "printf '#!/bin/sh\\n\($0.touch)\\n' > proxy.sh && chmod +x proxy.sh && git config core.gitProxy \"$PWD/proxy.sh\" && git config remote.origin.url git://example.invalid/r.git"
+            }
+        ),
+        (
+            "core.sshCommand with an ssh:// origin",
+            {
+                "git config core.sshCommand \"sh -c '\($0.touch)' #\" && git config remote.origin.url ssh://git@example.invalid/r.git"
+            }
+        ),
+        (
+            "url.*.insteadOf redirecting the repo URL to the agent's address",
+            {
+                "git config url.\($0.listenerURL).insteadOf \($0.origin.path) && git config url.\($0.listenerURL).pushInsteadOf \($0.origin.path)"
+            }
+        ),
+        (
+            "http.proxy and an http origin",
+            {
+                "git config http.proxy http://127.0.0.1:\($0.listener.port) && git config remote.origin.url http://example.invalid/r.git"
+            }
+        ),
+        (
+            "a credential helper",
+            {
+                "git config credential.helper \"!\($0.touch)\" && git config remote.origin.url \($0.listenerURL)"
+            }
+        ),
         ("core.fsmonitor", { "git config core.fsmonitor \"\($0.touch)\"" }),
-        ("core.hooksPath with hooks", {
-            "mkdir -p hooks && for h in pre-commit post-commit pre-push reference-transaction post-index-change; do printf '#!/bin/sh\\n\($0.touch)\\n' > hooks/$h; chmod +x hooks/$h; done && git config core.hooksPath \"$PWD/hooks\""
-        }),
-        ("hooks in .git/hooks", {
-            "for h in pre-commit post-commit pre-push reference-transaction post-index-change; do printf '#!/bin/sh\\n\($0.touch)\\n' > .git/hooks/$h; chmod +x .git/hooks/$h; done"
-        }),
-        ("include.path to a file of the host's", {
-            "printf '[core]\\n\\tfsmonitor = \($0.touch)\\n[remote \"origin\"]\\n\\treceivepack = \($0.touch) #\\n' > \($0.marker.path).inc && git config include.path \($0.marker.path).inc"
-        }),
-        ("filter driver", {
-            "echo '* filter=evil' > .gitattributes && git config filter.evil.clean \"\($0.touch); cat\" && git config filter.evil.smudge \"\($0.touch); cat\""
-        }),
-        ("filter process", {
-            "echo '* filter=evil' > .gitattributes && git config filter.evil.process \"\($0.touch)\" && git config filter.evil.required true"
-        }),
-        ("diff driver, external diff and pager", {
-            "echo '* diff=evil' > .gitattributes && git config diff.evil.command \"\($0.touch)\" && git config diff.external \"\($0.touch)\" && git config core.pager \"\($0.touch)\""
-        }),
+        (
+            "core.hooksPath with hooks",
+            {
+                "mkdir -p hooks && for h in pre-commit post-commit pre-push reference-transaction post-index-change; do printf '#!/bin/sh\\n\($0.touch)\\n' > hooks/$h; chmod +x hooks/$h; done && git config core.hooksPath \"$PWD/hooks\""
+            }
+        ),
+        (
+            "hooks in .git/hooks",
+            {
+                "for h in pre-commit post-commit pre-push reference-transaction post-index-change; do printf '#!/bin/sh\\n\($0.touch)\\n' > .git/hooks/$h; chmod +x .git/hooks/$h; done"
+            }
+        ),
+        (
+            "include.path to a file of the host's",
+            {
+                "printf '[core]\\n\\tfsmonitor = \($0.touch)\\n[remote \"origin\"]\\n\\treceivepack = \($0.touch) #\\n' > \($0.marker.path).inc && git config include.path \($0.marker.path).inc"
+            }
+        ),
+        (
+            "filter driver",
+            {
+                "echo '* filter=evil' > .gitattributes && git config filter.evil.clean \"\($0.touch); cat\" && git config filter.evil.smudge \"\($0.touch); cat\""
+            }
+        ),
+        (
+            "filter process",
+            {
+                "echo '* filter=evil' > .gitattributes && git config filter.evil.process \"\($0.touch)\" && git config filter.evil.required true"
+            }
+        ),
+        (
+            "diff driver, external diff and pager",
+            {
+                "echo '* diff=evil' > .gitattributes && git config diff.evil.command \"\($0.touch)\" && git config diff.external \"\($0.touch)\" && git config core.pager \"\($0.touch)\""
+            }
+        ),
     ]
 
-    @Test("git configuration: nothing runs on the host, nothing reaches the agent's address, the work reaches only the session's repo", arguments: configurations.indices)
+    @Test(
+        "git configuration: nothing runs on the host, nothing reaches the agent's address, the work reaches only the session's repo",
+        arguments: configurations.indices)
     func hostileConfiguration(_ index: Int) async throws {
         let (name, script) = Self.configurations[index]
         let scene = try await Scene()

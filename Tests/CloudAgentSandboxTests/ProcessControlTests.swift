@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("Detached processes and their process trees", .processes)
@@ -199,19 +199,21 @@ struct ProcessControlTests {
         #expect(await ProcessControl.terminate(process, graceMs: 5_000))
     }
 
-    @Test("the tree of a launch: the launched process and its descendants by parent links, breadth first; a wrong start time is no tree; leftovers of a dead launch are its session's later processes")
+    @Test(
+        "the tree of a launch: the launched process and its descendants by parent links, breadth first; a wrong start time is no tree; leftovers of a dead launch are its session's later processes"
+    )
     func treeFromASnapshot() {
         func stat(_ pid: Int32, parent: Int32, session: Int32, start: UInt64, state: Character = "S") -> ProcStat {
             ProcStat(pid: pid, state: state, parent: parent, processGroup: pid, session: session, startTime: start)
         }
         let snapshot = [
             stat(1, parent: 0, session: 1, start: 1),
-            stat(100, parent: 1, session: 100, start: 500),         // the launch
+            stat(100, parent: 1, session: 100, start: 500),  // the launch
             stat(101, parent: 100, session: 100, start: 501),
-            stat(102, parent: 101, session: 102, start: 502),       // its own session (bwrap --new-session)
+            stat(102, parent: 101, session: 102, start: 502),  // its own session (bwrap --new-session)
             stat(103, parent: 102, session: 102, start: 503),
             stat(104, parent: 102, session: 102, start: 504, state: "Z"),
-            stat(200, parent: 1, session: 200, start: 400),          // unrelated
+            stat(200, parent: 1, session: 200, start: 400),  // unrelated
             stat(201, parent: 200, session: 200, start: 401),
         ]
         let tree = ProcessTree.build(root: SpawnedProcess(pid: 100, startTime: 500), from: snapshot)
@@ -271,7 +273,8 @@ struct ExecutableLookupTests {
         // In `first`: a directory and a non-executable file of that name; in `second`: the program.
         try FileManager.default.createDirectory(at: first.appendingPathComponent("tool"), withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: first.appendingPathComponent("other").path, contents: Data("x".utf8), attributes: [.posixPermissions: 0o644])
-        _ = FileManager.default.createFile(atPath: second.appendingPathComponent("tool").path, contents: Data("#!/bin/sh\n".utf8), attributes: [.posixPermissions: 0o755])
+        _ = FileManager.default.createFile(
+            atPath: second.appendingPathComponent("tool").path, contents: Data("#!/bin/sh\n".utf8), attributes: [.posixPermissions: 0o755])
         let path = "\(first.path)::\(second.path)"
         #expect(ExecutableLookup.find("tool", path: path) == second.path + "/tool")
         #expect(ExecutableLookup.find("other", path: path) == nil)

@@ -5,7 +5,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("The sandbox wrapper", .processes)
@@ -20,7 +20,8 @@ struct SandboxWrapperTests {
     @Test("bwrap: an empty root with the system read-only, the session's own directories read-write, no data directory, a user namespace, network shared")
     func bwrapCommandLine() throws {
         let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: URL(fileURLWithPath: "/data"))
-        let argv = wrapper.wrap(["/bin/sh", "-c", "echo hi"], workspace: URL(fileURLWithPath: "/data/workspaces/a"), home: URL(fileURLWithPath: "/data/homes/a"))
+        let argv = wrapper.wrap(
+            ["/bin/sh", "-c", "echo hi"], workspace: URL(fileURLWithPath: "/data/workspaces/a"), home: URL(fileURLWithPath: "/data/homes/a"))
         #expect(argv.first?.hasSuffix("bwrap") == true)
         let text = argv.joined(separator: " ")
         #expect(!text.contains("--ro-bind / /"), "the host's root is never bound")
@@ -44,7 +45,8 @@ struct SandboxWrapperTests {
     @Test("a data directory inside a system directory is hidden there before the session's own directories are bound")
     func dataDirectoryUnderASystemDirectory() {
         let wrapper = SandboxWrapper(kind: .bwrap, dataDirectory: URL(fileURLWithPath: "/opt/cloud-agent"))
-        let argv = wrapper.wrap(["/bin/true"], workspace: URL(fileURLWithPath: "/opt/cloud-agent/workspaces/a"), home: URL(fileURLWithPath: "/opt/cloud-agent/homes/a"))
+        let argv = wrapper.wrap(
+            ["/bin/true"], workspace: URL(fileURLWithPath: "/opt/cloud-agent/workspaces/a"), home: URL(fileURLWithPath: "/opt/cloud-agent/homes/a"))
         let hidden = argv.indices.first { argv[$0] == "--tmpfs" && argv[$0 + 1] == "/opt/cloud-agent" }
         let opt = argv.indices.first { argv[$0] == "--ro-bind" && argv[$0 + 1] == "/opt" }
         let workspace = argv.indices.first { argv[$0] == "--bind" && argv[$0 + 1] == "/opt/cloud-agent/workspaces/a" }
@@ -130,7 +132,8 @@ struct BubblewrapTests {
     @Test("the workspace and home are writable, and the process starts in the workspace")
     func writable() async throws {
         let sessions = try await Sessions()
-        let outcome = await sessions.run("pwd; echo made > made.txt && echo home > \"$H/home.txt\"", environment: ["H": sessions.layout.home(sessions.own).path])
+        let outcome = await sessions.run(
+            "pwd; echo made > made.txt && echo home > \"$H/home.txt\"", environment: ["H": sessions.layout.home(sessions.own).path])
         #expect(outcome.succeeded, "\(outcome.output.text(redacting: []))")
         #expect(outcome.output.text(redacting: []) == sessions.layout.workspace(sessions.own).path + "\n")
         #expect(contents(sessions.layout.workspace(sessions.own).appendingPathComponent("made.txt")) == "made\n")
@@ -151,9 +154,9 @@ struct BubblewrapTests {
         let sessions = try await Sessions()
         let data = sessions.layout.dataDirectory.path
         let outcome = await sessions.run(
-            "ls -A \(data); echo --; ls -A \(data)/workspaces; echo --; ls -A \(data)/homes; echo --; " +
-            "cat \(sessions.layout.workspace(sessions.other).path)/private.txt 2>&1; echo --; " +
-            "umount \(data) 2>&1; mount -o remount,rw / 2>&1; grep CapEff /proc/self/status"
+            "ls -A \(data); echo --; ls -A \(data)/workspaces; echo --; ls -A \(data)/homes; echo --; "
+                + "cat \(sessions.layout.workspace(sessions.other).path)/private.txt 2>&1; echo --; "
+                + "umount \(data) 2>&1; mount -o remount,rw / 2>&1; grep CapEff /proc/self/status"
         )
         let sections = outcome.output.text(redacting: []).components(separatedBy: "--\n")
         #expect(sections.count == 5)
@@ -187,7 +190,8 @@ struct BubblewrapTests {
             ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(listener.port) && echo connected"],
             workspace: sessions.layout.workspace(sessions.own), home: sessions.layout.home(sessions.own)
         )
-        let bash = await CommandRunner.run(argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own), timeout: .seconds(60))
+        let bash = await CommandRunner.run(
+            argv, environment: ["PATH": GitWorkspaces.sessionPath], workingDirectory: sessions.layout.workspace(sessions.own), timeout: .seconds(60))
         #expect(bash.output.text(redacting: []) == "connected\n")
         #expect(bash.succeeded)
     }
@@ -229,7 +233,8 @@ struct BubblewrapTests {
         #expect(contents(log).contains("finished"))
     }
 
-    @Test("the process that launched bwrap exits (a control plane restarting): the sandbox lives on, and a stop of the launch then takes everything inside down")
+    @Test(
+        "the process that launched bwrap exits (a control plane restarting): the sandbox lives on, and a stop of the launch then takes everything inside down")
     func outlivesItsLauncher() async throws {
         let sessions = try await Sessions()
         let argv = sessions.sandbox.wrap(
@@ -282,7 +287,9 @@ struct BubblewrapTests {
         #expect(try await holdsWithin(seconds: 20) { !ProcessControl.anyAlive(inside) })
     }
 
-    @Test("nothing of the host but the system: no home directory, no /root, no /run, no other /tmp, /etc's secrets empty; uid 1000 without capabilities; a read-only root")
+    @Test(
+        "nothing of the host but the system: no home directory, no /root, no /run, no other /tmp, /etc's secrets empty; uid 1000 without capabilities; a read-only root"
+    )
     func onlyTheSystemIsVisible() async throws {
         let sessions = try await Sessions()
         // A file of the control plane's user, in its home directory.
@@ -293,9 +300,9 @@ struct BubblewrapTests {
         let outsider = sessions.directory.path("outside.txt")
         try Data("outside-content".utf8).write(to: outsider)
         let outcome = await sessions.run(
-            "cat \(secret.path) 2>&1; echo --; ls -A \(hostHome.path) 2>&1; echo --; cat \(outsider.path) 2>&1; echo --; " +
-            "ls -A /home /root /run /srv /mnt /var/lib 2>&1 | grep -v 'No such file' | grep -v ':$' ; echo --; " +
-            "wc -c < /etc/shadow 2>&1; echo --; id -u; grep CapEff /proc/self/status; touch /x 2>&1; echo --; ls /usr/bin/env"
+            "cat \(secret.path) 2>&1; echo --; ls -A \(hostHome.path) 2>&1; echo --; cat \(outsider.path) 2>&1; echo --; "
+                + "ls -A /home /root /run /srv /mnt /var/lib 2>&1 | grep -v 'No such file' | grep -v ':$' ; echo --; "
+                + "wc -c < /etc/shadow 2>&1; echo --; id -u; grep CapEff /proc/self/status; touch /x 2>&1; echo --; ls /usr/bin/env"
         )
         let text = outcome.output.text(redacting: [])
         let sections = text.components(separatedBy: "--\n")
@@ -318,11 +325,13 @@ struct BubblewrapTests {
         let source = try await makeRepository(in: fixture.directory)
         let id = SessionID()
         try Data("key".utf8).write(to: fixture.layout.dataDirectory.appendingPathComponent("secret.key"))
-        let request = fixture.request(id, repo: RepoSource(url: source.path), setup: [
-            "ls -A \(fixture.layout.dataDirectory.path) > data.txt",
-            "touch /usr/cloud-agent-x 2>/dev/null && echo escaped > escaped.txt; true",
-            "echo in-home > \"$HOME/h.txt\"",
-        ])
+        let request = fixture.request(
+            id, repo: RepoSource(url: source.path),
+            setup: [
+                "ls -A \(fixture.layout.dataDirectory.path) > data.txt",
+                "touch /usr/cloud-agent-x 2>/dev/null && echo escaped > escaped.txt; true",
+                "echo in-home > \"$HOME/h.txt\"",
+            ])
         try await fixture.workspaces.prepare(request)
         let workspace = fixture.layout.workspace(id)
         #expect(contents(workspace.appendingPathComponent("data.txt")) == "homes\nworkspaces\n")
@@ -350,7 +359,8 @@ struct SandboxWrapperArgumentTests {
         #expect(argv[bind - 1] == "--ro-bind-try")
         #expect(bind > tmpfs)
         #expect(argv.last == "/tmp/clone/.build/debug/cloud-agent-runtime")
-        let elsewhere = wrapper.wrap(["/usr/bin/true"], workspace: URL(fileURLWithPath: "/srv/data/workspaces/w"), home: URL(fileURLWithPath: "/srv/data/homes/h"))
+        let elsewhere = wrapper.wrap(
+            ["/usr/bin/true"], workspace: URL(fileURLWithPath: "/srv/data/workspaces/w"), home: URL(fileURLWithPath: "/srv/data/homes/h"))
         #expect(!elsewhere.contains("/usr/bin"))
     }
 }

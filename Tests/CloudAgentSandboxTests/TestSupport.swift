@@ -7,7 +7,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct ShellError: Error, CustomStringConvertible {
@@ -33,7 +33,8 @@ let commit = "git -c user.name=t -c user.email=t@e commit --quiet"
 func makeRepository(in directory: TemporaryDirectory, name: String = "source") async throws -> URL {
     let repo = directory.path(name)
     try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
-    try await sh("""
+    try await sh(
+        """
         git init --quiet --initial-branch=main . && echo a > a.txt && git add a.txt && \(commit) -m one && \
         git checkout --quiet -b dev && echo b > b.txt && git add b.txt && \(commit) -m two && \
         git checkout --quiet main
@@ -115,4 +116,3 @@ struct LoopbackListener {
         return poll(&poller, 1, 0) > 0
     }
 }
-

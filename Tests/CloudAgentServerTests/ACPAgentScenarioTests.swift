@@ -16,16 +16,19 @@ struct ACPAgentScenarioTests {
     static let fixture = TestServer.fixtures.appendingPathComponent("agents/acp-fixture").path
 
     func server(idleTimeoutMs: Int64 = 60_000, stopGraceMs: Int64 = 1000) throws -> TestServer {
-        var server = try TestServer(timing: Timing(
-            idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 200, staleThresholdMs: 5000, stopGraceMs: stopGraceMs
-        ))
+        var server = try TestServer(
+            timing: Timing(
+                idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 200, staleThresholdMs: 5000, stopGraceMs: stopGraceMs
+            ))
         server.agentBinaries = ["CLOUD_AGENT_OPENCODE_BIN": Self.fixture, "CLOUD_AGENT_KILO_BIN": Self.fixture]
         let agentsFile = server.directory.url.appendingPathComponent("agents.json")
-        try Data(#"""
-        {"agents": [
-          {"name": "fixture-acp", "command": ["\#(Self.fixture)", "acp"], "protocol": "acp", "timeout": "1500ms"}
-        ]}
-        """#.utf8).write(to: agentsFile)
+        try Data(
+            #"""
+            {"agents": [
+              {"name": "fixture-acp", "command": ["\#(Self.fixture)", "acp"], "protocol": "acp", "timeout": "1500ms"}
+            ]}
+            """#.utf8
+        ).write(to: agentsFile)
         server.agentsFile = agentsFile.path
         return server
     }
@@ -53,7 +56,9 @@ struct ACPAgentScenarioTests {
         api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
     }
 
-    @Test("OpenCode over ACP: chunks joined into text, tool calls with their permission recorded, plan and thoughts as logs; the follow-up prompts the same agent process and session")
+    @Test(
+        "OpenCode over ACP: chunks joined into text, tool calls with their permission recorded, plan and thoughts as logs; the follow-up prompts the same agent process and session"
+    )
     func openCodeTurnAndFollowUp() async throws {
         try await server().run { api in
             let agents = try await api.request(.get, "/v1/agents")["agents"]?.arrayValue ?? []
@@ -68,13 +73,14 @@ struct ACPAgentScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             let first = try await api.waitForExecution(id, status: "completed")
             let firstId = try #require(first["executionId"]?.stringValue)
-            #expect(try await summary(api, id) == [
-                "text Hello from the fixture",
-                "tool write note.txt [running]", "log permission allowed once (approvals auto): write note.txt", "tool write note.txt [completed]",
-                "tool cat note.txt [running]", "log permission allowed once (approvals auto): cat note.txt",
-                "tool cat note.txt [running]", "tool cat note.txt [completed]",
-                "log plan:\n[ ] read\n[ ] write\n[ ] test", "log pondering", "text all done",
-            ])
+            #expect(
+                try await summary(api, id) == [
+                    "text Hello from the fixture",
+                    "tool write note.txt [running]", "log permission allowed once (approvals auto): write note.txt", "tool write note.txt [completed]",
+                    "tool cat note.txt [running]", "log permission allowed once (approvals auto): cat note.txt",
+                    "tool cat note.txt [running]", "tool cat note.txt [completed]",
+                    "log plan:\n[ ] read\n[ ] write\n[ ] test", "log pondering", "text all done",
+                ])
             let events = try await api.events(id)
             let tool = try #require(events.last { $0.data["kind"] == "tool" })
             #expect(tool.data["output"] == "from opencode\n")
@@ -94,14 +100,20 @@ struct ACPAgentScenarioTests {
             let second = try await api.waitForExecution(id, status: "completed")
             let secondId = try #require(second["executionId"]?.stringValue)
             #expect(secondId != firstId)
-            #expect(try await summary(api, id, execution: secondId) == ["text recall: " + "say Hello from the fixture\nwrite note.txt from opencode\nrun cat note.txt\nplan read; write; test\nthink pondering\nsay all done"])
+            #expect(
+                try await summary(api, id, execution: secondId) == [
+                    "text recall: "
+                        + "say Hello from the fixture\nwrite note.txt from opencode\nrun cat note.txt\nplan read; write; test\nthink pondering\nsay all done"
+                ])
             #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 1)
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["runtime"]?["state"] == "running")
         }
     }
 
-    @Test("after an idle stop the follow-up cold-starts the agent and loads its session (history not replayed as events); an agent that cannot load gets a new session, said in an event")
+    @Test(
+        "after an idle stop the follow-up cold-starts the agent and loads its session (history not replayed as events); an agent that cannot load gets a new session, said in an event"
+    )
     func resumeAcrossColdStart() async throws {
         try await server(idleTimeoutMs: 1500).run { api in
             let id = try await api.createSession(["prompt": "say first turn", "agent": "kilo"])
@@ -117,7 +129,8 @@ struct ACPAgentScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
             let second = try await api.waitForExecution(id, status: "completed")
             let secondId = try #require(second["executionId"]?.stringValue)
-            #expect(try await summary(api, id, execution: secondId) == ["log ACP session \(conversation) resumed (session/load)", "text recall: say first turn"])
+            #expect(
+                try await summary(api, id, execution: secondId) == ["log ACP session \(conversation) resumed (session/load)", "text recall: say first turn"])
             #expect(try await api.events(id).filter { $0.data["line"]?.stringValue?.hasPrefix("argv:") == true }.count == 2)
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue == conversation)
 
@@ -132,10 +145,11 @@ struct ACPAgentScenarioTests {
             let after = try #require(try await api.request(.get, "/v1/sessions/\(other)")["agentConversationId"]?.stringValue)
             #expect(after != before)
             let lines = try await summary(api, other, execution: again["executionId"]?.stringValue)
-            #expect(lines == [
-                "log a new ACP session \(after): the earlier one (\(before)) could not be resumed: the agent offers neither session/load nor session/resume",
-                "text recall: nothing",
-            ])
+            #expect(
+                lines == [
+                    "log a new ACP session \(after): the earlier one (\(before)) could not be resumed: the agent offers neither session/load nor session/resume",
+                    "text recall: nothing",
+                ])
         }
     }
 
@@ -202,11 +216,14 @@ struct ACPAgentScenarioTests {
         }
     }
 
-    @Test("a hostile or broken agent: malformed lines are output, an overlong message is dropped with an error event, the client's unserved methods are method-not-found, its capabilities are stated honestly")
+    @Test(
+        "a hostile or broken agent: malformed lines are output, an overlong message is dropped with an error event, the client's unserved methods are method-not-found, its capabilities are stated honestly"
+    )
     func hostileAgent() async throws {
         try await server().run { api in
             let id = try await api.createSession([
-                "prompt": "garbage\nhuge 5000000\nnoise 3000000\nbigtool 2000000\nsay still here\nask-client x/unknown\nask-client fs/read_text_file\nask-client terminal/create\ncapabilities",
+                "prompt":
+                    "garbage\nhuge 5000000\nnoise 3000000\nbigtool 2000000\nsay still here\nask-client x/unknown\nask-client fs/read_text_file\nask-client terminal/create\ncapabilities",
                 "agent": "fixture-acp",
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
@@ -277,10 +294,11 @@ struct ACPAgentScenarioTests {
             let id = try await api.createSession(["prompt": "write blocked.txt nope", "agent": "opencode", "mode": "ask"])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             try await api.waitForExecution(id, status: "completed")
-            #expect(try await summary(api, id) == [
-                "tool write blocked.txt [running]", "log permission rejected: the execution is read-only (approvals auto): write blocked.txt",
-                "tool write blocked.txt [failed]", "text denied: write blocked.txt",
-            ])
+            #expect(
+                try await summary(api, id) == [
+                    "tool write blocked.txt [running]", "log permission rejected: the execution is read-only (approvals auto): write blocked.txt",
+                    "tool write blocked.txt [failed]", "text denied: write blocked.txt",
+                ])
             #expect(!FileManager.default.fileExists(atPath: workspace(api, id).appendingPathComponent("blocked.txt").path))
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "write allowed.txt yes", "mode": "code"]).status == 202)
             try await api.waitForExecution(id, status: "completed")
@@ -301,7 +319,8 @@ struct AgentSupportDirectoryTests {
         try "home = \(base.path)/bin\nversion = 3.11.7\n".write(to: root.appendingPathComponent("pyvenv.cfg"), atomically: true, encoding: .utf8)
         let program = root.appendingPathComponent("bin/agent-acp")
         try "#!\(root.path)/bin/python3\nimport sys\n".write(to: program, atomically: true, encoding: .utf8)
-        try FileManager.default.createSymbolicLink(atPath: root.appendingPathComponent("bin/python3").path, withDestinationPath: base.appendingPathComponent("bin/python3").path)
+        try FileManager.default.createSymbolicLink(
+            atPath: root.appendingPathComponent("bin/python3").path, withDestinationPath: base.appendingPathComponent("bin/python3").path)
         #expect(Set(AgentRegistry.supportDirectories(of: program.path)) == [root.appendingPathComponent("bin").path, root.path, base.path])
 
         let script = directory.url.appendingPathComponent("tools/run.sh")

@@ -21,13 +21,15 @@ struct AgentScenarioTests {
             "CLOUD_AGENT_CLAUDE_BIN": "/nonexistent/claude", "CLOUD_AGENT_CODEX_BIN": "/nonexistent/codex",
         ]
         let agentsFile = server.directory.url.appendingPathComponent("agents.json")
-        try Data(#"""
-        {"agents": [
-          {"name": "cat-agent", "command": ["/bin/cat"], "output": "text", "version": "1.0"},
-          {"name": "json-agent", "command": ["/usr/bin/python3", "-c", "import sys, json\nfor line in sys.stdin:\n    print(json.dumps({'type': 'text', 'text': line.strip() + ' ({model})'}))", "--"], "output": "jsonl"},
-          {"name": "missing-agent", "command": ["/nonexistent/agent"]}
-        ]}
-        """#.utf8).write(to: agentsFile)
+        try Data(
+            #"""
+            {"agents": [
+              {"name": "cat-agent", "command": ["/bin/cat"], "output": "text", "version": "1.0"},
+              {"name": "json-agent", "command": ["/usr/bin/python3", "-c", "import sys, json\nfor line in sys.stdin:\n    print(json.dumps({'type': 'text', 'text': line.strip() + ' ({model})'}))", "--"], "output": "jsonl"},
+              {"name": "missing-agent", "command": ["/nonexistent/agent"]}
+            ]}
+            """#.utf8
+        ).write(to: agentsFile)
         server.agentsFile = agentsFile.path
         return server
     }
@@ -39,7 +41,10 @@ struct AgentScenarioTests {
             #expect(agents.status == 200)
             let list = agents["agents"]?.arrayValue ?? []
             func agent(_ name: String) -> JSONValue? { list.first { $0["name"]?.stringValue == name } }
-            #expect(list.compactMap { $0["name"]?.stringValue } == ["cat-agent", "claude-code", "codex", "json-agent", "kilo", "missing-agent", "opencode", "scripted"])
+            #expect(
+                list.compactMap { $0["name"]?.stringValue } == [
+                    "cat-agent", "claude-code", "codex", "json-agent", "kilo", "missing-agent", "opencode", "scripted",
+                ])
             #expect(agent("scripted")?["available"] == true)
             #expect(agent("opencode")?["available"] == true)
             #expect(agent("opencode")?["kind"] == "opencode")
@@ -115,12 +120,14 @@ struct AgentScenarioTests {
     func versionProbes() async throws {
         var server = try TestServer()
         let agentsFile = server.directory.url.appendingPathComponent("agents.json")
-        try Data(#"""
-        {"agents": [
-          {"name": "hanging-version", "command": ["/bin/sh"], "versionCommand": ["-c", "sleep 30"]},
-          {"name": "quick-version", "command": ["/bin/sh"], "versionCommand": ["-c", "echo quick 9.9"]}
-        ]}
-        """#.utf8).write(to: agentsFile)
+        try Data(
+            #"""
+            {"agents": [
+              {"name": "hanging-version", "command": ["/bin/sh"], "versionCommand": ["-c", "sleep 30"]},
+              {"name": "quick-version", "command": ["/bin/sh"], "versionCommand": ["-c", "echo quick 9.9"]}
+            ]}
+            """#.utf8
+        ).write(to: agentsFile)
         server.agentsFile = agentsFile.path
         let started = ContinuousClock.now
         try await server.run { api in

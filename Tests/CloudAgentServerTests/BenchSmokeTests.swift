@@ -49,8 +49,9 @@ struct BenchSmokeTests {
         }
     }
 
-    @Test("idle --json: one figure per line, the issue's names and fields, no false kill",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: bench.path), "cloud-agent-bench is not built"))
+    @Test(
+        "idle --json: one figure per line, the issue's names and fields, no false kill",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: bench.path), "cloud-agent-bench is not built"))
     func idleJSON() async throws {
         let output = try await shell(
             "\(Self.bench.path) idle --quick --json --sessions 20 --spread 0.2 --idle-timeout-ms 200 --runtimes 1 --kill-idle-timeout-ms 500 "
@@ -59,10 +60,11 @@ struct BenchSmokeTests {
         let figures = output.split(separator: "\n").filter { $0.hasPrefix("{") }.compactMap {
             try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)).objectValue
         }
-        #expect(figures.map { $0["name"]?.stringValue } == [
-            "idle.stop_lag_p99_ms", "idle.stop_lag_max_ms", "idle.false_kills",
-            "idle.stop_lag_p99_ms_during_slow_cold_start", "idle.stop_lag_max_ms_during_slow_cold_start",
-        ])
+        #expect(
+            figures.map { $0["name"]?.stringValue } == [
+                "idle.stop_lag_p99_ms", "idle.stop_lag_max_ms", "idle.false_kills",
+                "idle.stop_lag_p99_ms_during_slow_cold_start", "idle.stop_lag_max_ms_during_slow_cold_start",
+            ])
         for figure in figures {
             #expect(Set(figure.keys) == ["name", "value", "unit", "baseline", "ratio", "params"])
             #expect(figure["params"]?.objectValue?.isEmpty == false)

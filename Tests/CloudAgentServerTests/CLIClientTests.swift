@@ -63,7 +63,10 @@ struct CLIClientTests {
             try #require(!events.isEmpty, "\(run.diagnostics)")
             #expect(events.compactMap { $0["id"]?.intValue } == Array(1...Int64(events.count)), "ids rise by one from 1, no duplicate")
             #expect(events.contains { $0["type"] == "agent" && $0["data"]?["kind"] == "text" && $0["data"]?["text"] == "hi" })
-            #expect(events.contains { $0["data"]?["kind"] == "tool" && $0["data"]?["name"] == "run" && $0["data"]?["input"] == "echo x" && $0["data"]?["exitCode"] == 0 })
+            #expect(
+                events.contains {
+                    $0["data"]?["kind"] == "tool" && $0["data"]?["name"] == "run" && $0["data"]?["input"] == "echo x" && $0["data"]?["exitCode"] == 0
+                })
             #expect(events.last?["type"] == "execution.completed")
             let sessionId = try #require(events.first?["sessionId"]?.stringValue)
             #expect(events.allSatisfy { $0["sessionId"]?.stringValue == sessionId })
@@ -199,10 +202,12 @@ struct CLIClientTests {
         let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
             let cli = try Self.runner(api, server)
-            let create = try await cli.run(["sessions", "create"], [
-                "--json", "--repo", origin.path, "--env", "GREETING=hi", "--secret", "API_KEY=s3cr3t-value", "--setup", "echo set up",
-                "--idle-timeout", "45s", "--mode", "fast", "say hello",
-            ])
+            let create = try await cli.run(
+                ["sessions", "create"],
+                [
+                    "--json", "--repo", origin.path, "--env", "GREETING=hi", "--secret", "API_KEY=s3cr3t-value", "--setup", "echo set up",
+                    "--idle-timeout", "45s", "--mode", "fast", "say hello",
+                ])
             #expect(create.exitStatus == 0, "\(create.diagnostics)")
             let view = try #require(jsonLines(create.stdout).first)
             let sessionId = try #require(view["sessionId"]?.stringValue)

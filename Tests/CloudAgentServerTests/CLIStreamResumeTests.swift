@@ -64,7 +64,9 @@ actor FakeStreamServer {
         router.get("v1/sessions/:id/events") { [self] request, _ -> Response in
             await self.polled()
             guard request.headers[.authorization] == "Bearer \(token)" else {
-                return Response(status: .unauthorized, body: .init(byteBuffer: ByteBuffer(string: #"{"error":{"code":"UNAUTHORIZED","message":"a valid bearer token is required"}}"#)))
+                return Response(
+                    status: .unauthorized,
+                    body: .init(byteBuffer: ByteBuffer(string: #"{"error":{"code":"UNAUTHORIZED","message":"a valid bearer token is required"}}"#)))
             }
             let from = request.uri.queryParameters["fromId"].flatMap { Int64(String($0)) } ?? 0
             let ids = from < total ? Array((from + 1)...min(total, from + 3)) : []
@@ -75,7 +77,7 @@ actor FakeStreamServer {
             router: router,
             server: .http1WebSocketUpgrade { [self] request, _, _ in
                 guard streamRoute, request.path?.hasPrefix("/v1/sessions/agent_x/stream") == true,
-                      request.headerFields[.authorization] == "Bearer \(token)"
+                    request.headerFields[.authorization] == "Bearer \(token)"
                 else { return .dontUpgrade }
                 let from = Self.fromId(request.path)
                 return .upgrade([:]) { inbound, outbound, _ in
@@ -167,7 +169,8 @@ struct CLIStreamResumeTests {
         try await fake.run { client in
             let notices = Locked<[String]>([])
             let seen = Locked<[Int64]>([])
-            let follower = EventFollower(api: client, session: "agent_x", notice: { text in notices.withLock { $0.append(text) } }, pollInterval: .milliseconds(20))
+            let follower = EventFollower(
+                api: client, session: "agent_x", notice: { text in notices.withLock { $0.append(text) } }, pollInterval: .milliseconds(20))
             try await withDeadline(seconds: 30, "the last event") {
                 try await follower.follow(StreamQuery(fromId: 2)) { event in
                     seen.withLock { $0.append(event.id) }

@@ -26,9 +26,12 @@ struct CallbackTests {
             try await server.run { api in
                 let id = try await api.createSession([
                     "prompt": "say hello",
-                    "callback": ["url": .string(url), "headers": [
-                        "Authorization": .string(hookSecret), "X-CloudAgent-Signature": "forged",
-                    ]],
+                    "callback": [
+                        "url": .string(url),
+                        "headers": [
+                            "Authorization": .string(hookSecret), "X-CloudAgent-Signature": "forged",
+                        ],
+                    ],
                 ])
                 #expect(try await api.plane.store.settingSavingIfAbsent(CallbackSignature.settingKey, value: "other") == key)
 
@@ -221,9 +224,10 @@ struct CallbackTests {
     /// The body of a received callback as a JSON object, checking that it has exactly the documented keys.
     static func bodyObject(_ request: CallbackReceiver.Received) throws -> [String: JSONValue] {
         let object = try #require(try JSONDecoder().decode(JSONValue.self, from: Data(request.body.utf8)).objectValue, "\(request.body)")
-        #expect(Set(object.keys) == [
-            "sessionId", "executionId", "status", "exitCode", "error", "interruptReason", "workBranch", "completedAt",
-        ])
+        #expect(
+            Set(object.keys) == [
+                "sessionId", "executionId", "status", "exitCode", "error", "interruptReason", "workBranch", "completedAt",
+            ])
         return object
     }
 }

@@ -16,7 +16,11 @@ struct ConcurrencyPrimitiveTests {
         private let most = Mutex(0)
         func append(_ entry: String) { entries.withLock { $0.append(entry) } }
         var all: [String] { entries.withLock { $0 } }
-        func enter(_ key: Int) { let now = inside.withLock { $0[key, default: 0] += 1; return $0[key]! }; most.withLock { $0 = max($0, now) } }
+        func enter(_ key: Int) {
+            let now = inside.withLock {
+                $0[key, default: 0] += 1; return $0[key]!
+            }; most.withLock { $0 = max($0, now) }
+        }
         func leave(_ key: Int) { inside.withLock { $0[key, default: 1] -= 1 } }
         var mostInsideOneKey: Int { most.withLock { $0 } }
     }

@@ -19,13 +19,14 @@ struct ConcurrencyScenarioTests {
     static func sessionsWithRuntimes(under data: URL) -> Set<String> {
         let root = data.appendingPathComponent("workspaces").resolvingSymlinksInPath().path + "/"
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return Set(entries.compactMap { entry -> String? in
-            guard Int32(entry) != nil, let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"),
-                  cwd.hasPrefix(root), let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(entry)/cmdline")),
-                  String(decoding: cmdline, as: UTF8.self).contains("cloud-agent-runtime")
-            else { return nil }
-            return cwd.dropFirst(root.count).split(separator: "/").first.map(String.init)
-        })
+        return Set(
+            entries.compactMap { entry -> String? in
+                guard Int32(entry) != nil, let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"),
+                    cwd.hasPrefix(root), let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(entry)/cmdline")),
+                    String(decoding: cmdline, as: UTF8.self).contains("cloud-agent-runtime")
+                else { return nil }
+                return cwd.dropFirst(root.count).split(separator: "/").first.map(String.init)
+            })
     }
 
     @Test("two concurrent messages: one 202, one 409 naming the accepted execution")

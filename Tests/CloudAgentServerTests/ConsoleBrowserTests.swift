@@ -35,11 +35,13 @@ struct ConsoleBrowserTests {
         let agentsFile = directory.url.appendingPathComponent("agents.json")
         let fixture = Self.packageRoot.appendingPathComponent("Tests/Fixtures/agents/acp-fixture").path
         try Data(#"{"agents": [{"name": "fixture-acp", "command": ["\#(fixture)", "acp"], "protocol": "acp"}]}"#.utf8).write(to: agentsFile)
-        let serve = try SpawnedCommand(["serve"], environment: [
-            "CLOUD_AGENT_AGENTS_FILE": agentsFile.path,
-            "CLOUD_AGENT_PORT": "0", "CLOUD_AGENT_DATA_DIR": data.path,
-            "CLOUD_AGENT_IDLE_TIMEOUT": "4s", "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "1s",
-        ], in: directory.url)
+        let serve = try SpawnedCommand(
+            ["serve"],
+            environment: [
+                "CLOUD_AGENT_AGENTS_FILE": agentsFile.path,
+                "CLOUD_AGENT_PORT": "0", "CLOUD_AGENT_DATA_DIR": data.path,
+                "CLOUD_AGENT_IDLE_TIMEOUT": "4s", "CLOUD_AGENT_STOP_GRACE": "1s", "CLOUD_AGENT_HEARTBEAT_INTERVAL": "1s",
+            ], in: directory.url)
         defer { serve.forceStop() }
         let server = try await RunningServer.awaitBanner(serve)
 
@@ -49,14 +51,17 @@ struct ConsoleBrowserTests {
         let other = try #require(tokens.stdout.split(separator: "\n").last.map { $0.trimmingCharacters(in: .whitespaces) }, "\(tokens.diagnostics)")
 
         // Playwright's install (first run only), then about a minute of browsing.
-        let run = try await Reliability.runScript("console-e2e.sh", in: directory.url, environment: [
-            "CONSOLE_URL": server.baseURL.absoluteString, "CONSOLE_TOKEN": server.token, "CONSOLE_OTHER_TOKEN": other,
-            "CONSOLE_FAILURES": directory.url.path,
-        ], within: 600)
+        let run = try await Reliability.runScript(
+            "console-e2e.sh", in: directory.url,
+            environment: [
+                "CONSOLE_URL": server.baseURL.absoluteString, "CONSOLE_TOKEN": server.token, "CONSOLE_OTHER_TOKEN": other,
+                "CONSOLE_FAILURES": directory.url.path,
+            ], within: 600)
         let process = run.process
         let text = run.output
-        #expect(process.terminationReason == .exit && process.terminationStatus == 0,
-                "scripts/console-e2e.sh failed (\(process.terminationStatus)):\n\(text.suffix(12_000))\nserve:\n\(serve.stderr.suffix(4000))")
+        #expect(
+            process.terminationReason == .exit && process.terminationStatus == 0,
+            "scripts/console-e2e.sh failed (\(process.terminationStatus)):\n\(text.suffix(12_000))\nserve:\n\(serve.stderr.suffix(4000))")
         #expect(text.contains(" passed, 0 failed"), "\(text.suffix(4000))")
         #expect(serve.isRunning, "serve stayed up")
     }

@@ -4,10 +4,10 @@ import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The store a `serve` process of a test runs on.
@@ -167,7 +167,10 @@ struct ControlPlaneCrashTests {
         expectEveryEventOnce(list, ticks: 100)
         #expect(list.filter { $0["type"] == "runtime.started" }.count == 1, "no second runtime was started")
         #expect(list.filter { $0["type"] == "runtime.stopped" }.isEmpty)
-        Reliability.report("restart", "\(test.testDescription), sandbox \(session["sandbox"]?.stringValue ?? "?"): serve down \(downtime) (stale threshold 3 s); the same runtime finished; \(list.count) events, ids 1…\(list.count) without a gap, 100 ticks once, no failure")
+        Reliability.report(
+            "restart",
+            "\(test.testDescription), sandbox \(session["sandbox"]?.stringValue ?? "?"): serve down \(downtime) (stale threshold 3 s); the same runtime finished; \(list.count) events, ids 1…\(list.count) without a gap, 100 ticks once, no failure"
+        )
 
         #expect(try await serve.request("DELETE", "/v1/sessions/\(id)").status == 204)
         try await eventually(within: 15, "nothing of the sandbox left") { Reliability.processes(under: serve.directory.url).count == 1 }

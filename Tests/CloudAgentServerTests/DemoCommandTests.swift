@@ -32,8 +32,9 @@ struct DemoCommandTests {
         ProcessInfo.processInfo.environment["CLOUD_AGENT_CLAUDE_BIN"].flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
     }
 
-    @Test("demo --agent claude-code: the real CLI against the scripted model server runs tools in the workspace, is kept through its silent tool, then stopped idle",
-          .enabled(if: claudeBinary != nil, "set CLOUD_AGENT_CLAUDE_BIN (eval \"$(scripts/install-agents.sh)\")"))
+    @Test(
+        "demo --agent claude-code: the real CLI against the scripted model server runs tools in the workspace, is kept through its silent tool, then stopped idle",
+        .enabled(if: claudeBinary != nil, "set CLOUD_AGENT_CLAUDE_BIN (eval \"$(scripts/install-agents.sh)\")"))
     func demoWithClaudeCode() async throws {
         let directory = try TemporaryDirectory()
         defer { withExtendedLifetime(directory) {} }

@@ -230,10 +230,13 @@ struct EngineHarness {
     /// The runtime reports that `execution` ended (completed).
     func complete(_ execution: ExecutionID, on connection: RuntimeConnection) async throws {
         let acked = try await store.session(connection.sessionId)?.runtime.ackedSeq ?? 0
-        try await engine.gateway.ingest([
-            RuntimeEvent(seq: acked + 1, executionId: execution.rawValue, kind: RuntimeEvent.Kind.running, at: clock.now()),
-            RuntimeEvent(seq: acked + 2, executionId: execution.rawValue, kind: RuntimeEvent.Kind.ended, at: clock.now(), data: ["status": .string("completed"), "exitCode": .number(0)]),
-        ], from: connection)
+        try await engine.gateway.ingest(
+            [
+                RuntimeEvent(seq: acked + 1, executionId: execution.rawValue, kind: RuntimeEvent.Kind.running, at: clock.now()),
+                RuntimeEvent(
+                    seq: acked + 2, executionId: execution.rawValue, kind: RuntimeEvent.Kind.ended, at: clock.now(),
+                    data: ["status": .string("completed"), "exitCode": .number(0)]),
+            ], from: connection)
     }
 
     /// Fires the session's rules now; waits for the background effects.

@@ -161,12 +161,12 @@ struct TestAPI: Sendable {
     }
 }
 
-
 /// A real git repository in `directory/name` with one commit on `main` (and `extraBranches`).
 func makeGitRepository(in directory: TemporaryDirectory, name: String = "origin", extraBranches: [String] = []) async throws -> URL {
     let repo = directory.url.appendingPathComponent(name)
     try FileManager.default.createDirectory(at: repo, withIntermediateDirectories: true)
-    try await shell("""
+    try await shell(
+        """
         git init -q -b main . && echo "# demo" > README.md && git add README.md \
         && git -c user.name=test -c user.email=test@example.com commit -q -m initial
         """, in: repo)

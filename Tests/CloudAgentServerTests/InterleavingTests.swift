@@ -19,11 +19,13 @@ struct InterleavingTests {
     static func hold(_ store: InMemorySessionStore, _ id: SessionID, count: Int, at gate: Gate) async {
         let left = Mutex(count)
         await store.setUpdateHook { session in
-            guard session == id, left.withLock({ left in
-                guard left > 0 else { return false }
-                left -= 1
-                return true
-            }) else { return }
+            guard session == id,
+                left.withLock({ left in
+                    guard left > 0 else { return false }
+                    left -= 1
+                    return true
+                })
+            else { return }
             await gate.pass()
         }
     }

@@ -8,7 +8,7 @@ import Synchronization
 import Testing
 import WSClient
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Several `cloud-agent serve` processes on one real PostgreSQL database (a throwaway cluster
@@ -176,7 +176,9 @@ struct MultiNodeTests {
         #expect(idle >= timeout && idle - timeout <= 1000, "idle \(idle) ms against a timeout of \(timeout) ms", sourceLocation: sourceLocation)
     }
 
-    @Test("a node killed -9 mid-execution: the runtime moves to another node, the execution completes, every event is streamed once, the idle stop lands on time and is recorded once")
+    @Test(
+        "a node killed -9 mid-execution: the runtime moves to another node, the execution completes, every event is streamed once, the idle stop lands on time and is recorded once"
+    )
     func killedNodeLosesNothing() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
@@ -212,7 +214,10 @@ struct MultiNodeTests {
         try await eventually(within: 30, "the idle stop") { try await Self.view(b, id)["runtime"]?["state"] == "stopped" }
         let stopped = try await Self.view(b, id)
         Self.expectTimelyIdleStop(stopped)
-        Reliability.report("multi-node", "kill -9 of the runtime's node: reconnected to another in \(reconnectMs) ms; idle stop decided \((stopped["runtime"]?["stopReason"]?["idleMs"]?.intValue ?? 0) - Self.idleTimeoutMs) ms past its deadline")
+        Reliability.report(
+            "multi-node",
+            "kill -9 of the runtime's node: reconnected to another in \(reconnectMs) ms; idle stop decided \((stopped["runtime"]?["stopReason"]?["idleMs"]?.intValue ?? 0) - Self.idleTimeoutMs) ms past its deadline"
+        )
 
         // Every event reached the subscriber on node b once, in order, without a gap.
         let stored = try await Self.events(b, id)
@@ -225,9 +230,11 @@ struct MultiNodeTests {
 
         // Node a stays dead: a follow-up cold-starts the session on node b (its host is lost),
         // and the secret sealed on node a opens there.
-        let followUp = try await b.request("POST", "/v1/sessions/\(id)/messages", token: Self.token, json: [
-            "prompt": "run test \"$OPENED\" = sealed-on-a && echo secret-opened",
-        ])
+        let followUp = try await b.request(
+            "POST", "/v1/sessions/\(id)/messages", token: Self.token,
+            json: [
+                "prompt": "run test \"$OPENED\" = sealed-on-a && echo secret-opened"
+            ])
         try #require(followUp.status == 202, "follow-up on b: \(followUp.text)")
         try await eventually(within: 60, "the follow-up to complete on node b") {
             let view = try await Self.view(b, id)
@@ -246,7 +253,9 @@ struct MultiNodeTests {
         try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
     }
 
-    @Test("a node joins after the runtime connected, then the runtime's node is killed -9: the runtime was told of the new node, says hello to it, and the execution completes")
+    @Test(
+        "a node joins after the runtime connected, then the runtime's node is killed -9: the runtime was told of the new node, says hello to it, and the execution completes"
+    )
     func runtimeLearnsOfANodeThatJoinsLater() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
@@ -288,7 +297,9 @@ struct MultiNodeTests {
         #expect(try await b.request("DELETE", "/v1/sessions/\(id)", token: Self.token).status == 204)
     }
 
-    @Test("a rolling deploy: two nodes restarted one after the other with SIGTERM while 10 sandboxed agents work: every execution completes with every event once, and every runtime is stopped once")
+    @Test(
+        "a rolling deploy: two nodes restarted one after the other with SIGTERM while 10 sandboxed agents work: every execution completes with every event once, and every runtime is stopped once"
+    )
     func rollingDeploy() async throws {
         let cluster = try await Cluster()
         defer { cluster.tearDown() }
@@ -298,9 +309,11 @@ struct MultiNodeTests {
         var ids: [String] = []
         for index in 0..<10 {
             let client = try cluster.client(index % 2 == 0 ? "a" : "b")
-            let created = try await client.request("POST", "/v1/sessions", token: Self.token, json: [
-                "prompt": .string("tick \(ticks) 0.1\nsay finished"), "idleTimeoutMs": 60_000,
-            ])
+            let created = try await client.request(
+                "POST", "/v1/sessions", token: Self.token,
+                json: [
+                    "prompt": .string("tick \(ticks) 0.1\nsay finished"), "idleTimeoutMs": 60_000,
+                ])
             try #require(created.status == 201, "create: \(created.text)")
             let id = try #require(created["sessionId"]?.stringValue)
             #expect(created["sandbox"]?.stringValue == (await bwrapWorks() ? "bwrap" : "none"))
@@ -348,7 +361,10 @@ struct MultiNodeTests {
             #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "stops of \(id)")
             #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStarted }.count == 1, "starts of \(id)")
         }
-        Reliability.report("multi-node", "rolling deploy of 2 nodes (SIGTERM, start; node a took \(aRestarted), both \(deploy)) with 10 sandboxed agents ticking: 10/10 executions completed, \(ticks) ticks each exactly once, ids without gaps, one runtime.started and one idle stop per session")
+        Reliability.report(
+            "multi-node",
+            "rolling deploy of 2 nodes (SIGTERM, start; node a took \(aRestarted), both \(deploy)) with 10 sandboxed agents ticking: 10/10 executions completed, \(ticks) ticks each exactly once, ids without gaps, one runtime.started and one idle stop per session"
+        )
         try await eventually(within: 10, "no runtime left") { cluster.runtimesLeft.isEmpty }
     }
 
@@ -364,9 +380,11 @@ struct MultiNodeTests {
             for index in 0..<15 {
                 let creator = try cluster.client(names[index % 3])
                 let driver = try cluster.client(names[(index + 1) % 3])
-                let created = try await creator.request("POST", "/v1/sessions", token: Self.token, json: [
-                    "prompt": .string("say hello \(index)"), "callback": ["url": .string(url)],
-                ])
+                let created = try await creator.request(
+                    "POST", "/v1/sessions", token: Self.token,
+                    json: [
+                        "prompt": .string("say hello \(index)"), "callback": ["url": .string(url)],
+                    ])
                 try #require(created.status == 201, "create: \(created.text)")
                 let id = try #require(created["sessionId"]?.stringValue)
                 let initiated = try await driver.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
@@ -385,7 +403,8 @@ struct MultiNodeTests {
                 #expect(view["latestExecution"]?["status"] == "completed")
                 Self.expectTimelyIdleStop(view)
                 let events = try await Self.events(a, id)
-                #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "session \(id): \(events.map { $0["type"] ?? .null })")
+                #expect(
+                    events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1, "session \(id): \(events.map { $0["type"] ?? .null })")
                 #expect(events.contains { "\($0)".contains("hello \(index)") })
             }
             // Every completion called back, none twice, whichever node's dispatcher found it.

@@ -7,7 +7,7 @@ import HTTPTypes
 import Synchronization
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A runtime whose control plane goes away, through the real server and a real runtime process
@@ -21,7 +21,9 @@ struct OrphanRuntimeScenarioTests {
         return state != "Z" && state != "X"
     }
 
-    @Test("PATCH idleTimeoutMs reaches the connected runtime; the server stops and the runtime ends itself after that idle timeout; a restarted server records the stop as idle")
+    @Test(
+        "PATCH idleTimeoutMs reaches the connected runtime; the server stops and the runtime ends itself after that idle timeout; a restarted server records the stop as idle"
+    )
     func orphanedRuntimeEndsItselfWhenIdle() async throws {
         // The server's idle rule would stop the runtime after 10 minutes; the PATCH says 4 s.
         let timing = Timing(idleTimeoutMs: 600_000, heartbeatIntervalMs: 150, staleThresholdMs: 1200, stopGraceMs: 1000)

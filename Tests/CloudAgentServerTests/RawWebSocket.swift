@@ -2,7 +2,7 @@ import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A bare-bones WebSocket client over a blocking socket with a tiny receive buffer: it can stop
@@ -57,8 +57,11 @@ final class RawWebSocket: @unchecked Sendable {
             let header = try read(2)
             let opcode = header[0] & 0x0F
             var length = Int(header[1] & 0x7F)
-            if length == 126 { length = try read(2).reduce(0) { $0 << 8 | Int($1) } }
-            else if length == 127 { length = try read(8).reduce(0) { $0 << 8 | Int($1) } }
+            if length == 126 {
+                length = try read(2).reduce(0) { $0 << 8 | Int($1) }
+            } else if length == 127 {
+                length = try read(8).reduce(0) { $0 << 8 | Int($1) }
+            }
             let payload = try read(length)
             switch opcode {
             case 0x1: frames.texts.append(String(decoding: payload, as: UTF8.self))

@@ -23,9 +23,10 @@ struct RealACPAgentScenarioTests {
     func server(
         idleTimeoutMs: Int64 = 60_000, sandbox: SandboxMode = .auto, agent: String = "claude-acp", command: [String] = [binary ?? "/nonexistent"]
     ) throws -> TestServer {
-        var server = try TestServer(timing: Timing(
-            idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000
-        ))
+        var server = try TestServer(
+            timing: Timing(
+                idleTimeoutMs: idleTimeoutMs, heartbeatIntervalMs: 250, staleThresholdMs: 20_000, pendingTimeoutMs: 30_000, stopGraceMs: 2000
+            ))
         let agentsFile = server.directory.url.appendingPathComponent("agents.json")
         let entry: JSONValue = ["agents": [["name": .string(agent), "command": .array(command.map(JSONValue.string)), "protocol": "acp", "timeout": "90s"]]]
         try JSONEncoder().encode(entry).write(to: agentsFile)
@@ -47,14 +48,15 @@ struct RealACPAgentScenarioTests {
     )
     func toolCallFollowUpsAndColdStart() async throws {
         let directory = try TemporaryDirectory()
-        let model = try await ModelServer.start(script: #"""
-            {"turns": [
-              {"text": "Let me write the file.", "shell": "echo written-over-acp > acp-note.txt && id -u > acp-uid.txt", "description": "Write acp-note.txt"},
-              {"text": "I wrote acp-note.txt for you."},
-              {"text": "This is the second answer."},
-              {"text": "This is the answer after the cold start."}
-            ]}
-            """#, in: directory)
+        let model = try await ModelServer.start(
+            script: #"""
+                {"turns": [
+                  {"text": "Let me write the file.", "shell": "echo written-over-acp > acp-note.txt && id -u > acp-uid.txt", "description": "Write acp-note.txt"},
+                  {"text": "I wrote acp-note.txt for you."},
+                  {"text": "This is the second answer."},
+                  {"text": "This is the answer after the cold start."}
+                ]}
+                """#, in: directory)
         defer { model.stop() }
         let repo = try await makeGitRepository(in: directory)
         // The real sandbox when it works here (bwrap): the agent's venv and its Python are
@@ -80,7 +82,9 @@ struct RealACPAgentScenarioTests {
             #expect(permission.data["permission"]?["optionKind"] == "allow_once")
             #expect(permission.data["message"]?.stringValue?.contains("acp-note.txt") == true)
             let tools = events.filter { $0.data["kind"] == "tool" }
-            #expect(tools.contains { $0.data["status"] == "completed" && $0.data["input"]?.stringValue?.contains("acp-note.txt") == true }, "tools: \(tools.map(\.data))")
+            #expect(
+                tools.contains { $0.data["status"] == "completed" && $0.data["input"]?.stringValue?.contains("acp-note.txt") == true },
+                "tools: \(tools.map(\.data))")
             let texts = events.filter { $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
             // Streamed chunks: one text, or several where the stream paused.
             #expect(texts.joined().hasSuffix("I wrote acp-note.txt for you."), "texts: \(texts)")
@@ -91,7 +95,9 @@ struct RealACPAgentScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "And now?"]).status == 202)
             let second = try await api.waitForExecution(id, status: "completed", within: 120)
             let secondId = try #require(second["executionId"]?.stringValue)
-            let secondTexts = try await api.events(id).filter { $0.executionId == secondId && $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            let secondTexts = try await api.events(id).filter { $0.executionId == secondId && $0.data["kind"] == "text" }.compactMap {
+                $0.data["text"]?.stringValue
+            }
             #expect(secondTexts.joined().contains("This is the second answer."), "texts: \(secondTexts)")
             let followUp = try #require(try model.recorded().filter { $0.main }.dropFirst(before).first)
             #expect(followUp.messages.contains("I wrote acp-note.txt for you."), "the follow-up carried: \(followUp.messages.prefix(2000))")
@@ -105,8 +111,11 @@ struct RealACPAgentScenarioTests {
             let third = try await api.waitForExecution(id, status: "completed", within: 120)
             let thirdId = try #require(third["executionId"]?.stringValue)
             let thirdEvents = try await api.events(id).filter { $0.executionId == thirdId && $0.type == "agent" }
-            #expect(thirdEvents.contains { $0.data["message"]?.stringValue?.hasPrefix("a new ACP session") == true && $0.data["previousAcpSession"]?.stringValue == conversation },
-                    "events: \(thirdEvents.map(\.data))")
+            #expect(
+                thirdEvents.contains {
+                    $0.data["message"]?.stringValue?.hasPrefix("a new ACP session") == true && $0.data["previousAcpSession"]?.stringValue == conversation
+                },
+                "events: \(thirdEvents.map(\.data))")
             let thirdText = thirdEvents.compactMap { $0.data["text"]?.stringValue }.joined()
             #expect(thirdText.contains("This is the answer after the cold start."), "\(thirdText)")
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue != conversation)
@@ -122,17 +131,20 @@ struct RealACPAgentScenarioTests {
     /// `$KIMI_SHARE_DIR/config.toml` and wants a (dummy) login; both are written per test.
     @Test(
         "a second real ACP agent (kimi acp): its Shell tool asks permission and runs; after an idle stop the cold start loads its session, the replayed history is not recorded again, and the model sees the first turn",
-        .enabled(if: kimiEnabled, "set CLOUD_AGENT_KIMI_ACP_BIN (eval \"$(scripts/install-agents.sh)\", with Python 3.12 or later) and build cloud-agent-model-server")
+        .enabled(
+            if: kimiEnabled,
+            "set CLOUD_AGENT_KIMI_ACP_BIN (eval \"$(scripts/install-agents.sh)\", with Python 3.12 or later) and build cloud-agent-model-server")
     )
     func kimiLoadsItsSessionAfterAColdStart() async throws {
         let directory = try TemporaryDirectory()
-        let model = try await ModelServer.start(script: #"""
-            {"turns": [
-              {"text": "Let me write the file.", "shell": "echo written-by-kimi > kimi-note.txt", "description": "Write kimi-note.txt"},
-              {"text": "I wrote kimi-note.txt."},
-              {"text": "Welcome back: the note is there."}
-            ]}
-            """#, in: directory)
+        let model = try await ModelServer.start(
+            script: #"""
+                {"turns": [
+                  {"text": "Let me write the file.", "shell": "echo written-by-kimi > kimi-note.txt", "description": "Write kimi-note.txt"},
+                  {"text": "I wrote kimi-note.txt."},
+                  {"text": "Welcome back: the note is there."}
+                ]}
+                """#, in: directory)
         defer { model.stop() }
         // Its configuration and (dummy) login go where the agent looks by default, its HOME
         // (`~/.kimi`), written by setup commands inside the sandbox, as a user would: nothing of
@@ -167,7 +179,9 @@ struct RealACPAgentScenarioTests {
             let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
             #expect(try String(contentsOf: workspace.appendingPathComponent("kimi-note.txt"), encoding: .utf8) == "written-by-kimi\n")
             let events = try await api.events(id).filter { $0.type == "agent" && $0.executionId == firstId }
-            #expect(events.contains { $0.data["permission"]?["decision"] == "allow" && $0.data["permission"]?["optionKind"] == "allow_once" }, "\(events.map(\.data))")
+            #expect(
+                events.contains { $0.data["permission"]?["decision"] == "allow" && $0.data["permission"]?["optionKind"] == "allow_once" },
+                "\(events.map(\.data))")
             let firstText = events.compactMap { $0.data["text"]?.stringValue }.joined()
             #expect(firstText.hasSuffix("I wrote kimi-note.txt."), "\(firstText)")
             let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
@@ -187,12 +201,14 @@ struct RealACPAgentScenarioTests {
         }
     }
 
-    @Test("interrupt during a slow Bash tool: the turn is cancelled, the agent and the tool's process are gone; the execution ends interrupted (user)",
-          .enabled(if: enabled, skipReason))
+    @Test(
+        "interrupt during a slow Bash tool: the turn is cancelled, the agent and the tool's process are gone; the execution ends interrupted (user)",
+        .enabled(if: enabled, skipReason))
     func interruptSlowTool() async throws {
         let directory = try TemporaryDirectory()
         let seconds = "61.\(Int.random(in: 100_000...999_999))"
-        let model = try await ModelServer.start(script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
+        let model = try await ModelServer.start(
+            script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
         defer { model.stop() }
         let repo = try await makeGitRepository(in: directory)
         try await server().run { api in

@@ -70,13 +70,14 @@ struct RealAgentScenarioTests {
     func toolCallTextAndResume(agent: RealAgent) async throws {
         try #require(Self.enabled(agent), Self.skipReason)
         let directory = try TemporaryDirectory()
-        let model = try await ModelServer.start(script: #"""
-            {"turns": [
-              {"text": "Let me write the file.", "shell": "echo written-by-the-agent > agent-note.txt", "description": "Write agent-note.txt"},
-              {"text": "I wrote agent-note.txt for you."},
-              {"text": "This is the second answer."}
-            ]}
-            """#, in: directory)
+        let model = try await ModelServer.start(
+            script: #"""
+                {"turns": [
+                  {"text": "Let me write the file.", "shell": "echo written-by-the-agent > agent-note.txt", "description": "Write agent-note.txt"},
+                  {"text": "I wrote agent-note.txt for you."},
+                  {"text": "This is the second answer."}
+                ]}
+                """#, in: directory)
         defer { model.stop() }
         let repo = try await makeGitRepository(in: directory)
         // The real sandbox when it works here (bwrap), so that the CLI is shown to run inside it;
@@ -93,8 +94,9 @@ struct RealAgentScenarioTests {
 
             let agentEvents = try await api.events(id).filter { $0.type == "agent" && $0.executionId == firstId }
             let tools = agentEvents.filter { $0.data["kind"] == "tool" }
-            #expect(tools.contains { $0.data["status"] == "completed" && $0.data["input"]?.stringValue?.contains("agent-note.txt") == true },
-                    "tool events: \(tools.map(\.data))")
+            #expect(
+                tools.contains { $0.data["status"] == "completed" && $0.data["input"]?.stringValue?.contains("agent-note.txt") == true },
+                "tool events: \(tools.map(\.data))")
             let texts = agentEvents.filter { $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
             #expect(texts.contains("I wrote agent-note.txt for you."), "texts: \(texts)")
             #expect(agentEvents.allSatisfy { $0.data["raw"]?.stringValue?.hasPrefix("{") == true })
@@ -107,7 +109,9 @@ struct RealAgentScenarioTests {
             let second = try await api.waitForExecution(id, status: "completed", within: 90)
             let secondId = try #require(second["executionId"]?.stringValue)
             #expect(second["executionId"]?.stringValue != firstId)
-            let secondTexts = try await api.events(id).filter { $0.executionId == secondId && $0.data["kind"] == "text" }.compactMap { $0.data["text"]?.stringValue }
+            let secondTexts = try await api.events(id).filter { $0.executionId == secondId && $0.data["kind"] == "text" }.compactMap {
+                $0.data["text"]?.stringValue
+            }
             #expect(secondTexts.contains("This is the second answer."), "texts: \(secondTexts)")
             // The model server saw the first turn in the follow-up's request: the conversation was resumed.
             let followUp = try #require(try model.recorded().filter { $0.main }.dropFirst(mainBefore).first)
@@ -117,14 +121,16 @@ struct RealAgentScenarioTests {
         }
     }
 
-    @Test("interrupt during a slow tool call stops the agent and its tool; the execution ends interrupted (user)",
-          .enabled(if: !available.isEmpty, skipReason), arguments: available)
+    @Test(
+        "interrupt during a slow tool call stops the agent and its tool; the execution ends interrupted (user)",
+        .enabled(if: !available.isEmpty, skipReason), arguments: available)
     func interruptSlowTool(agent: RealAgent) async throws {
         try #require(Self.enabled(agent), Self.skipReason)
         let directory = try TemporaryDirectory()
         let seconds = "61.\(Int.random(in: 100_000...999_999))"
         // Not a bare `sleep`: Claude Code refuses a standalone sleep of more than a few seconds.
-        let model = try await ModelServer.start(script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
+        let model = try await ModelServer.start(
+            script: #"{"turns": [{"shell": "sh -c 'sleep \#(seconds)'", "description": "Wait"}, {"text": "done"}]}"#, in: directory)
         defer { model.stop() }
         let repo = try await makeGitRepository(in: directory)
         try await server(for: agent).run { api in

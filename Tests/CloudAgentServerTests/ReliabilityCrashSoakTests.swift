@@ -6,7 +6,7 @@ import Foundation
 import Logging
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension ReliabilityHarness {
@@ -140,7 +140,9 @@ extension ReliabilityHarness {
                 let reason = view["runtime"]?["stopReason"]
                 #expect(reason?["rule"] == "idle", "session \(id) stopped for \(reason ?? .null)")
                 #expect(reason?["idleTimeoutMs"] == 2000, "session \(id): \(reason ?? .null)")
-                #expect(reason?["lastActivityAt"] == view["latestExecution"]?["completedAt"], "session \(id): idle measured from \(reason?["lastActivityAt"] ?? .null)")
+                #expect(
+                    reason?["lastActivityAt"] == view["latestExecution"]?["completedAt"],
+                    "session \(id): idle measured from \(reason?["lastActivityAt"] ?? .null)")
 
                 let events = try await Self.events(client, id)
                 let eventIds = events.compactMap { $0["id"]?.intValue }
@@ -175,7 +177,10 @@ extension ReliabilityHarness {
             last.signal(SIGTERM)
             try await last.waitForExit(within: 15)
             #expect(last.exitStatus == 0, "\(last.diagnostics)")
-            Reliability.report(part, "crashes survived \(Self.kills), sessions \(Self.sessionCount), executions completed \(ended.filter { $0["latestExecution"]?["status"] == "completed" }.count), events checked \(eventsChecked) (agent events \(agentEventsChecked)), idle wake-ups fired \(Self.sessionCount), past-due wake-ups \(pastDue.count)")
+            Reliability.report(
+                part,
+                "crashes survived \(Self.kills), sessions \(Self.sessionCount), executions completed \(ended.filter { $0["latestExecution"]?["status"] == "completed" }.count), events checked \(eventsChecked) (agent events \(agentEventsChecked)), idle wake-ups fired \(Self.sessionCount), past-due wake-ups \(pastDue.count)"
+            )
         }
 
         /// The sessions' views, in the order of `ids`.

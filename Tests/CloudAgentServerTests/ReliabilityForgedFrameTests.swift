@@ -9,7 +9,7 @@ import HummingbirdTesting
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension ReliabilityHarness {
@@ -44,7 +44,8 @@ extension ReliabilityHarness {
                 case "execution.running":
                     data = #"{"pid":\#(sentinel),"processGroup":\#(index % 2 == 0 ? String(sentinel) : number())}"#
                 case "execution.ended":
-                    data = #"{"status":"\#(["completed", "failed", "interrupted", "x"][index % 4])","exitCode":\#(number()),"processGroup":\#(sentinel),"conversationId":"c\#(index)"}"#
+                    data =
+                        #"{"status":"\#(["completed", "failed", "interrupted", "x"][index % 4])","exitCode":\#(number()),"processGroup":\#(sentinel),"conversationId":"c\#(index)"}"#
                 default:
                     data = #"{"kind":"text","text":"forged \#(index)","processGroup":\#(sentinel),"n":\#(number())}"#
                 }
@@ -113,7 +114,10 @@ extension ReliabilityHarness {
                 #expect(try await api.request(.delete, "/v1/sessions/\(id)").status == 204)
                 #expect(ProcessControl.isAlive(sentinel), "a process named in a frame was signalled")
                 #expect(try await api.request(.get, "/v1/sessions/\(id)").status == 404)
-                Reliability.report(Self.part, "\(frames.count) forged frames (seeded) in \(connections) runtime connections: server up, views render, the named process (pid and group \(sentinel.pid)) untouched by the stop")
+                Reliability.report(
+                    Self.part,
+                    "\(frames.count) forged frames (seeded) in \(connections) runtime connections: server up, views render, the named process (pid and group \(sentinel.pid)) untouched by the stop"
+                )
             }
         }
     }

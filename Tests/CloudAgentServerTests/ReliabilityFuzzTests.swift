@@ -2,7 +2,7 @@ import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension ReliabilityHarness {
@@ -42,9 +42,12 @@ extension ReliabilityHarness {
             let process = run.process
             let text = run.output
             #expect(!process.isRunning)
-            #expect(process.terminationReason == .exit && process.terminationStatus == 0, "scripts/fuzz-api.sh failed (\(process.terminationStatus)):\n\(text.suffix(12_000))")
+            #expect(
+                process.terminationReason == .exit && process.terminationStatus == 0,
+                "scripts/fuzz-api.sh failed (\(process.terminationStatus)):\n\(text.suffix(12_000))")
             #expect(text.contains("server still up after fuzzing"), "\(text.suffix(4000))")
-            for line in text.split(separator: "\n") where line.contains(" generated, ") || line.hasPrefix("fuzz-api:") || line.contains("passed") && line.contains("✅") {
+            for line in text.split(separator: "\n")
+            where line.contains(" generated, ") || line.hasPrefix("fuzz-api:") || line.contains("passed") && line.contains("✅") {
                 Reliability.report(Self.part, line.trimmingCharacters(in: .whitespaces))
             }
         }

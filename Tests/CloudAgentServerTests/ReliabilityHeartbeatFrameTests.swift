@@ -55,13 +55,15 @@ struct ReliabilityHeartbeatFrameTests {
         print("heartbeat fast path: \(accepted) of \(tried) mutated frames accepted, all agreeing with the decoder")
     }
 
-    @Test("unusual but valid frames go to the decoder", arguments: [
-        #"{"type":"heartbeat","executionId":"a\"b","at":1}"#, #"{"type":"heartbeat","executionId":"x","at":1,"at":2}"#,
-        #"{"type":"heartbeat","executionId":"x","at":1,"events":null}"#, #"{"type":"event","executionId":"x","at":1}"#,
-        #"{"type":"heartbeat","executionId":"x","at":1,"events":2,"extra":1}"#, #"{ "type":"heartbeat","executionId":"x","at":1}"#,
-        #"{"type":"heartbeat","executionId":"","at":1}"#, #"{"type":"heartbeat","executionId":"x","at":01}"#,
-        #"{"type":"heartbeat","executionId":"x","at":1,"events":1.5}"#, #"{"type":"heartbeat","executionId":"x"}"#,
-    ])
+    @Test(
+        "unusual but valid frames go to the decoder",
+        arguments: [
+            #"{"type":"heartbeat","executionId":"a\"b","at":1}"#, #"{"type":"heartbeat","executionId":"x","at":1,"at":2}"#,
+            #"{"type":"heartbeat","executionId":"x","at":1,"events":null}"#, #"{"type":"event","executionId":"x","at":1}"#,
+            #"{"type":"heartbeat","executionId":"x","at":1,"events":2,"extra":1}"#, #"{ "type":"heartbeat","executionId":"x","at":1}"#,
+            #"{"type":"heartbeat","executionId":"","at":1}"#, #"{"type":"heartbeat","executionId":"x","at":01}"#,
+            #"{"type":"heartbeat","executionId":"x","at":1,"events":1.5}"#, #"{"type":"heartbeat","executionId":"x"}"#,
+        ])
     func leftToTheDecoder(_ text: String) {
         #expect(HeartbeatFrame.parse(text) == nil)
     }

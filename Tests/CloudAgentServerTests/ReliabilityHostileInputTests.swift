@@ -8,7 +8,7 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension ReliabilityHarness {
@@ -32,14 +32,14 @@ extension ReliabilityHarness {
             try FileManager.default.createDirectory(at: secrets, withIntermediateDirectories: true)
             let wrapper = server.directory.url.appendingPathComponent("capturing-runtime.sh")
             try """
-                #!/bin/sh
-                IFS= read -r secret
-                printf '%s\\n' "$secret" > "\(secrets.path)/$SESSION_ID"
-                exec "\(server.runtimeExecutable.path)" <<EOF
-                $secret
-                EOF
+            #!/bin/sh
+            IFS= read -r secret
+            printf '%s\\n' "$secret" > "\(secrets.path)/$SESSION_ID"
+            exec "\(server.runtimeExecutable.path)" <<EOF
+            $secret
+            EOF
 
-                """.write(to: wrapper, atomically: true, encoding: .utf8)
+            """.write(to: wrapper, atomically: true, encoding: .utf8)
             try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: wrapper.path)
             server.runtimeExecutable = wrapper
             return (server, secrets)
@@ -68,7 +68,9 @@ extension ReliabilityHarness {
                         let response = try await api.raw(method, path, body: body)
                         // A follow-up before initiate is 409 once the body is read; a body refused
                         // while it is read is refused first.
-                        #expect(response.status == status, "\(what) → \(method) \(path): \(response.status) \(response.text.prefix(200))", sourceLocation: sourceLocation)
+                        #expect(
+                            response.status == status, "\(what) → \(method) \(path): \(response.status) \(response.text.prefix(200))",
+                            sourceLocation: sourceLocation)
                         #expect(response.errorCode == code, "\(what) → \(method) \(path): \(response.text.prefix(200))", sourceLocation: sourceLocation)
                         #expect(await api.isHealthy(), "the server is down after \(what)", sourceLocation: sourceLocation)
                         tally.add("inputs")
@@ -78,9 +80,12 @@ extension ReliabilityHarness {
                 // Oversized: just over the 2 MiB body limit, far over it, and a prompt over 100,000 characters.
                 let limit = Limits.requestBodyBytes
                 for size in [limit + 1, 3 * limit, 16 * limit] {
-                    try await expect(413, code: "PAYLOAD_TOO_LARGE", for: Array(#"{"prompt":""#.utf8) + [UInt8](repeating: 0x61, count: size) + Array(#""}"#.utf8), "a \(size)-byte body")
+                    try await expect(
+                        413, code: "PAYLOAD_TOO_LARGE", for: Array(#"{"prompt":""#.utf8) + [UInt8](repeating: 0x61, count: size) + Array(#""}"#.utf8),
+                        "a \(size)-byte body")
                 }
-                try await expect(413, code: "PAYLOAD_TOO_LARGE", for: Array(#"{"prompt":"\#(String(repeating: "é", count: 100_001))"}"#.utf8), "a 100,001-character prompt")
+                try await expect(
+                    413, code: "PAYLOAD_TOO_LARGE", for: Array(#"{"prompt":"\#(String(repeating: "é", count: 100_001))"}"#.utf8), "a 100,001-character prompt")
                 // A chunked body without a length, streamed past the limit.
                 for (method, path) in routes {
                     let port = try #require(api.client.port)
@@ -93,8 +98,13 @@ extension ReliabilityHarness {
                 // Deeply nested JSON: refused, not a stack overflow.
                 for depth in [1_000, 100_000] {
                     try await expect(400, code: "INVALID_REQUEST", for: Array(String(repeating: "[", count: depth).utf8), "\(depth) × [")
-                    try await expect(400, code: "INVALID_REQUEST", for: Array((#"{"prompt":"# + String(repeating: "[", count: depth) + String(repeating: "]", count: depth) + "}").utf8), "a prompt nested \(depth) deep")
-                    try await expect(400, code: "INVALID_REQUEST", for: Array((String(repeating: #"{"a":"#, count: depth) + "1" + String(repeating: "}", count: depth)).utf8), "\(depth) nested objects")
+                    try await expect(
+                        400, code: "INVALID_REQUEST",
+                        for: Array((#"{"prompt":"# + String(repeating: "[", count: depth) + String(repeating: "]", count: depth) + "}").utf8),
+                        "a prompt nested \(depth) deep")
+                    try await expect(
+                        400, code: "INVALID_REQUEST",
+                        for: Array((String(repeating: #"{"a":"#, count: depth) + "1" + String(repeating: "}", count: depth)).utf8), "\(depth) nested objects")
                 }
 
                 // Invalid UTF-8: a stray byte, an overlong encoding, an encoded surrogate, a truncated sequence.
@@ -108,7 +118,8 @@ extension ReliabilityHarness {
                     (#"{"prompt":"x","idleTimeoutMs":1e400}"#, "body"), (#"{"prompt":"x","idleTimeoutMs":9223372036854775808}"#, "idleTimeoutMs"),
                     (#"{"prompt":"x","idleTimeoutMs":-1}"#, "idleTimeoutMs"), (#"{"prompt":"x","idleTimeoutMs":0.5}"#, "idleTimeoutMs"),
                     (#"{"prompt":"x","envVars":{"A":"x\u0000y"}}"#, "envVars.A"), (#"{"prompt":"x","secrets":{"A":"x\u0000y"}}"#, "secrets.A"),
-                    (#"{"prompt":"x","envVars":{"A\u0000B":"x"}}"#, "envVars.A\u{0}B"), (#"{"prompt":"x","setupCommands":["true\u0000rm"]}"#, "setupCommands[0]"),
+                    (#"{"prompt":"x","envVars":{"A\u0000B":"x"}}"#, "envVars.A\u{0}B"),
+                    (#"{"prompt":"x","setupCommands":["true\u0000rm"]}"#, "setupCommands[0]"),
                     (#"{"prompt":"x","repo":{"url":"/tmp\u0000/x"}}"#, "repo.url"), (#"{"prompt":"x","mode":"a\u0000"}"#, "mode"),
                     (#"{"prompt":"\ud800"}"#, "body"), (#"{"prompt":"x","callback":{"url":"http://127.0.0.1:9/\u0000"}}"#, "callback.url"),
                     (#"{"prompt":"x","callback":{"url":"http://127.0.0.1:9/x\r\nX-Injected: 1"}}"#, "callback.url"),
@@ -134,14 +145,19 @@ extension ReliabilityHarness {
                 #expect(sessions.map { $0["sessionId"] } == [.string(prepared.rawValue)], "sessions were created: \(sessions.count)")
                 #expect(stableView(try await api.request(.get, "/v1/sessions/\(prepared)").json) == stableView(before.json))
                 #expect(try await api.request(.get, "/v1/sessions/\(prepared)/executions")["executions"]?.arrayValue?.isEmpty == true)
-                Reliability.report(Self.part, "bodies: \(tally["inputs"]) hostile requests, all refused, server up after each\(oddAnswers.isEmpty ? "" : "; accepted: \(oddAnswers)")")
+                Reliability.report(
+                    Self.part,
+                    "bodies: \(tally["inputs"]) hostile requests, all refused, server up after each\(oddAnswers.isEmpty ? "" : "; accepted: \(oddAnswers)")")
             }
         }
 
         /// Streams a chunked body of `bytes` bytes (in 64 KiB chunks) and returns the answer's status.
         static func chunkedUpload(port: Int, method: String, path: String, bytes: Int) throws -> Int {
             let socket = try RawHTTPConnection(port: port)
-            socket.send(Array("\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(TestServer.localToken)\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".utf8))
+            socket.send(
+                Array(
+                    "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(TestServer.localToken)\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        .utf8))
             let chunk = [UInt8](repeating: 0x20, count: 65536)
             var sent = 0
             while sent < bytes, socket.send(Array("10000\r\n".utf8) + chunk + Array("\r\n".utf8)) { sent += chunk.count }
@@ -151,7 +167,9 @@ extension ReliabilityHarness {
 
         // MARK: WebSocket frames
 
-        @Test("oversized, fragmented-past-the-limit and garbage frames on the runtime and stream routes close that connection; the server, the session's runtime and its subscribers carry on")
+        @Test(
+            "oversized, fragmented-past-the-limit and garbage frames on the runtime and stream routes close that connection; the server, the session's runtime and its subscribers carry on"
+        )
         func hostileFrames() async throws {
             let (server, secrets) = try Self.serverCapturingSecrets()
             defer { Reliability.killProcesses(under: server.directory.url) }
@@ -163,7 +181,9 @@ extension ReliabilityHarness {
                 case 1: return Array(frame.prefix(Int.random(in: 0..<frame.count, using: &random)))
                 default:
                     var mutated = frame
-                    for _ in 0..<Int.random(in: 1...6, using: &random) { mutated[Int.random(in: 0..<mutated.count, using: &random)] = UInt8.random(in: 0...255, using: &random) }
+                    for _ in 0..<Int.random(in: 1...6, using: &random) {
+                        mutated[Int.random(in: 0..<mutated.count, using: &random)] = UInt8.random(in: 0...255, using: &random)
+                    }
                     return mutated
                 }
             }
@@ -206,7 +226,9 @@ extension ReliabilityHarness {
                         socket.send([0x81, 0xFF, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
                     }
                     // The stream ignores what clients send; an unmasked `{}` there need not end it.
-                    try await attack(path, headers, "an unmasked frame on \(path)", mustClose: path == RuntimeProtocolPath.path) { $0.send([0x81, 0x02, 0x7B, 0x7D]) }
+                    try await attack(path, headers, "an unmasked frame on \(path)", mustClose: path == RuntimeProtocolPath.path) {
+                        $0.send([0x81, 0x02, 0x7B, 0x7D])
+                    }
                     try await attack(path, headers, "a reserved opcode on \(path)") { $0.sendFrame(opcode: 0x3, payload: [1, 2, 3]) }
                 }
                 // The runtime route's decoder, through the real server: random bytes, truncated and
@@ -225,15 +247,21 @@ extension ReliabilityHarness {
                 #expect(events.filter { $0.type == "runtime.started" }.count == 1, "the runtime had to start again")
                 // And a well-behaved subscriber still streams.
                 let subscriber = StreamSubscriber()
-                try await subscriber.run(url: "ws://127.0.0.1:\(port)/v1/sessions/\(id)/stream", headers: [.authorization: "Bearer \(TestServer.localToken)"], stopAfter: events.count)
+                try await subscriber.run(
+                    url: "ws://127.0.0.1:\(port)/v1/sessions/\(id)/stream", headers: [.authorization: "Bearer \(TestServer.localToken)"],
+                    stopAfter: events.count)
                 #expect(subscriber.ids == events.map(\.id))
-                Reliability.report(Self.part, "frames: \(tally["runtime"]) hostile runtime-route connections (\(garbage.count) garbage frames, seeded), \(tally["stream"]) hostile stream connections; server up after each, runtime undisturbed; endings: \(tally.summary)")
+                Reliability.report(
+                    Self.part,
+                    "frames: \(tally["runtime"]) hostile runtime-route connections (\(garbage.count) garbage frames, seeded), \(tally["stream"]) hostile stream connections; server up after each, runtime undisturbed; endings: \(tally.summary)"
+                )
             }
         }
 
         // MARK: Paths
 
-        @Test("path traversal: the scripted agent's write never leaves the workspace, and hostile repo urls, paths and branches are refused with nothing created")
+        @Test(
+            "path traversal: the scripted agent's write never leaves the workspace, and hostile repo urls, paths and branches are refused with nothing created")
         func pathTraversal() async throws {
             let server = try TestServer(timing: Self.timing)
             defer { Reliability.killProcesses(under: server.directory.url) }
@@ -298,10 +326,15 @@ extension ReliabilityHarness {
                 #expect(sessions.count == 2, "sessions were created by refused requests: \(sessions.count)")
                 let workspacesAfter = Set(try FileManager.default.contentsOfDirectory(atPath: workspaces.path)).subtracting([prepared.rawValue])
                 #expect(workspacesAfter == workspacesBefore, "workspaces left behind: \(workspacesAfter.subtracting(workspacesBefore))")
-                let homesAfter = Set((try? FileManager.default.contentsOfDirectory(atPath: data.appendingPathComponent("homes").path)) ?? []).subtracting([prepared.rawValue])
+                let homesAfter = Set((try? FileManager.default.contentsOfDirectory(atPath: data.appendingPathComponent("homes").path)) ?? []).subtracting([
+                    prepared.rawValue
+                ])
                 #expect(homesAfter == homesBefore, "homes left behind: \(homesAfter.subtracting(homesBefore))")
                 #expect(!FileManager.default.fileExists(atPath: marker.path), "a hostile url ran a command")
-                Reliability.report(Self.part, "paths: \(escapes.count) escaping writes refused (error events, nothing outside); \(repos.count + 12) hostile repo requests refused \(answers.sorted { $0.key < $1.key }.map { "\($0.value)×\($0.key)" }.joined(separator: ", ")), nothing created")
+                Reliability.report(
+                    Self.part,
+                    "paths: \(escapes.count) escaping writes refused (error events, nothing outside); \(repos.count + 12) hostile repo requests refused \(answers.sorted { $0.key < $1.key }.map { "\($0.value)×\($0.key)" }.joined(separator: ", ")), nothing created"
+                )
             }
         }
 
@@ -312,14 +345,18 @@ extension ReliabilityHarness {
             let origin = try await makeGitRepository(in: server.directory)
             let data = server.directory.url.appendingPathComponent("data")
             try await server.run { api in
-                let victim = try await api.createSession(["prompt": "write secret.txt s3cr3t\nrun git add -A && git -c user.name=a -c user.email=a@b commit -qm s", "repo": ["url": .string(origin.path)]])
+                let victim = try await api.createSession([
+                    "prompt": "write secret.txt s3cr3t\nrun git add -A && git -c user.name=a -c user.email=a@b commit -qm s",
+                    "repo": ["url": .string(origin.path)],
+                ])
                 #expect(try await api.request(.post, "/v1/sessions/\(victim)/initiate").status == 202)
                 try await api.waitForExecution(id: victim)
                 let bob = BearerToken.generate()
                 try await api.plane.store.saveToken(hash: BearerToken.hash(bob), owner: Owner(user: "bob"), createdAt: Date())
                 let workspace = data.appendingPathComponent("workspaces/\(victim)")
                 for url in [workspace.path, "file://\(workspace.path)", data.path, "\(data.path)/workspaces/../workspaces/\(victim)"] {
-                    let response = try await api.request(.post, "/v1/sessions", token: bob, json: ["prompt": "run cat secret.txt", "repo": ["url": .string(url)]])
+                    let response = try await api.request(
+                        .post, "/v1/sessions", token: bob, json: ["prompt": "run cat secret.txt", "repo": ["url": .string(url)]])
                     #expect(response.status == 400 || response.status == 422, "bob cloned \(url): \(response.status) \(response.text)")
                     if let id = response["sessionId"]?.stringValue { _ = try await api.request(.delete, "/v1/sessions/\(id)", token: bob) }
                 }
@@ -413,7 +450,10 @@ extension ReliabilityHarness {
                 }
                 #expect(try await api.events(a).contains { $0.data["text"] == "from a" })
                 #expect(try await api.events(b).contains { $0.data["text"] == "from b" })
-                Reliability.report(Self.part, "credentials: \(tried) connections with another session's (or no, or a forged) runtime secret or ticket, all refused; both sessions unaffected")
+                Reliability.report(
+                    Self.part,
+                    "credentials: \(tried) connections with another session's (or no, or a forged) runtime secret or ticket, all refused; both sessions unaffected"
+                )
             }
         }
     }

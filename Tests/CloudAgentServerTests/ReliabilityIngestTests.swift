@@ -53,9 +53,12 @@ struct ReliabilityIngestTests {
             session.activeExecutionId = execution.id
             session.executionCount = 1
             try await store.insertSession(session)
-            try await store.commit(SessionChange(sessionId: id, newExecution: execution, events: [
-                NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: ["prompt": "burst", "followUp": false]),
-            ]))
+            try await store.commit(
+                SessionChange(
+                    sessionId: id, newExecution: execution,
+                    events: [
+                        NewEvent(executionId: execution.id, type: EventType.executionStarted, at: now, data: ["prompt": "burst", "followUp": false])
+                    ]))
 
             let port = try #require(api.client.port)
             var configuration = WebSocketClientConfiguration()

@@ -7,7 +7,7 @@ import Foundation
 import HTTPTypes
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension ReliabilityHarness {
@@ -22,7 +22,9 @@ extension ReliabilityHarness {
             stuckAfterMs: 60_000
         )
 
-        @Test("SIGKILL of random runtimes mid-execution: the execution fails, the runtime is crashed, the next message cold-starts and completes; the others are untouched")
+        @Test(
+            "SIGKILL of random runtimes mid-execution: the execution fails, the runtime is crashed, the next message cold-starts and completes; the others are untouched"
+        )
         func sigkillRandomRuntimes() async throws {
             var random = SeededRandom(seed: Reliability.seed("\(Self.part)/sigkill"))
             let count = 6
@@ -81,11 +83,16 @@ extension ReliabilityHarness {
                     #expect(events.map(\.id) == Array(1...Int64(events.count)), "ids with gaps in \(id)")
                     eventsChecked += events.count
                 }
-                Reliability.report(Self.part, "SIGKILL: \(victims.count) of \(count) runtimes killed mid-execution; \(victims.count) executions failed, \(victims.count) crashed runtimes cold-started and completed a follow-up; \(count - victims.count) untouched executions completed; events checked \(eventsChecked)")
+                Reliability.report(
+                    Self.part,
+                    "SIGKILL: \(victims.count) of \(count) runtimes killed mid-execution; \(victims.count) executions failed, \(victims.count) crashed runtimes cold-started and completed a follow-up; \(count - victims.count) untouched executions completed; events checked \(eventsChecked)"
+                )
             }
         }
 
-        @Test("SIGSTOP of a runtime past the stale threshold, then SIGCONT: the execution fails for lack of heartbeats, the late events and completion are refused, the session stays consistent, the runtime is usable")
+        @Test(
+            "SIGSTOP of a runtime past the stale threshold, then SIGCONT: the execution fails for lack of heartbeats, the late events and completion are refused, the session stays consistent, the runtime is usable"
+        )
         func sigstopPastTheStaleThreshold() async throws {
             let server = try TestServer(timing: Self.timing)
             defer { Reliability.killProcesses(under: server.directory.url) }
@@ -133,7 +140,8 @@ extension ReliabilityHarness {
                 #expect(execution["status"] == "failed", "the failed execution changed: \(execution.text)")
                 let afterThaw = try await api.events(id)
                 #expect(afterThaw.map(\.id) == Array(1...Int64(afterThaw.count)), "ids with gaps")
-                #expect(!afterThaw.contains { $0.executionId == executionId && $0.id > failure.id }, "events recorded for the failed execution after its failure")
+                #expect(
+                    !afterThaw.contains { $0.executionId == executionId && $0.id > failure.id }, "events recorded for the failed execution after its failure")
                 #expect(Array(afterThaw.prefix(atFailure.count)).map(\.id) == atFailure.map(\.id))
 
                 // The same runtime (it was never declared dead) runs the follow-up.
@@ -143,9 +151,14 @@ extension ReliabilityHarness {
                 let completed = try await api.waitForExecution(id, status: "completed", within: 15)
                 let final = try await api.events(id)
                 #expect(final.map(\.id) == Array(1...Int64(final.count)), "ids with gaps")
-                #expect(final.filter { $0.executionId == completed["executionId"]?.stringValue && $0.type == "agent" }.compactMap { $0.data["text"]?.stringValue } == ["after the freeze"])
+                #expect(
+                    final.filter { $0.executionId == completed["executionId"]?.stringValue && $0.type == "agent" }.compactMap { $0.data["text"]?.stringValue }
+                        == ["after the freeze"])
                 let replaced = final.filter { $0.type == "runtime.started" }.count > 1
-                Reliability.report(Self.part, "SIGSTOP: runtime \(session["runtime"]?["state"]?.stringValue ?? "?") after the thaw; execution failed (\(failed["error"]?.stringValue ?? "")); late reports refused \(lateReports) (acknowledged, not recorded); follow-up completed on \(replaced ? "a replacement" : "the same") runtime; events checked \(final.count)")
+                Reliability.report(
+                    Self.part,
+                    "SIGSTOP: runtime \(session["runtime"]?["state"]?.stringValue ?? "?") after the thaw; execution failed (\(failed["error"]?.stringValue ?? "")); late reports refused \(lateReports) (acknowledged, not recorded); follow-up completed on \(replaced ? "a replacement" : "the same") runtime; events checked \(final.count)"
+                )
             }
         }
 
@@ -182,7 +195,8 @@ extension ReliabilityHarness {
                 #expect(execution["executionId"] == follow["executionId"])
                 let events = try await api.events(id)
                 #expect(events.map(\.id) == Array(1...Int64(events.count)), "ids with gaps")
-                Reliability.report(Self.part, "follow-up at the thaw: completed \(String(format: "%.2f", Date().timeIntervalSince(started))) s after it was accepted")
+                Reliability.report(
+                    Self.part, "follow-up at the thaw: completed \(String(format: "%.2f", Date().timeIntervalSince(started))) s after it was accepted")
             }
         }
     }

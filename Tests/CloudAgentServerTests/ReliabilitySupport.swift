@@ -5,7 +5,7 @@ import HTTPTypes
 import Synchronization
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The reliability harness (`swift test --filter Reliability`): the crash soak, chaos on
@@ -22,7 +22,8 @@ enum Reliability {
     /// A seed for one part of the harness: `RELIABILITY_SEED` when set (to replay a run), else
     /// the clock. Printed, so that any run can be replayed.
     static func seed(_ part: String) -> UInt64 {
-        let seed = ProcessInfo.processInfo.environment["RELIABILITY_SEED"].flatMap { UInt64($0) }
+        let seed =
+            ProcessInfo.processInfo.environment["RELIABILITY_SEED"].flatMap { UInt64($0) }
             ?? UInt64(Date().timeIntervalSince1970 * 1000)
         report(part, "seed \(seed) (replay with RELIABILITY_SEED=\(seed))")
         return seed
@@ -65,8 +66,8 @@ enum Reliability {
         guard !root.isEmpty, root != "/", let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
         return entries.compactMap { entry in
             guard let pid = Int32(entry), pid != getpid(),
-                  let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"),
-                  cwd == root || cwd.hasPrefix(root + "/") || cwd.hasPrefix(root + " ")
+                let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"),
+                cwd == root || cwd.hasPrefix(root + "/") || cwd.hasPrefix(root + " ")
             else { return nil }
             return pid
         }
@@ -227,8 +228,11 @@ final class HostileWebSocket: @unchecked Sendable {
         while true {
             guard let header = read(2) else { return Ending(closed: !timedOut, closeCode: nil, texts: texts) }
             var length = Int(header[1] & 0x7F)
-            if length == 126 { length = read(2)?.reduce(0) { $0 << 8 | Int($1) } ?? 0 }
-            else if length == 127 { length = read(8)?.reduce(0) { $0 << 8 | Int($1) } ?? 0 }
+            if length == 126 {
+                length = read(2)?.reduce(0) { $0 << 8 | Int($1) } ?? 0
+            } else if length == 127 {
+                length = read(8)?.reduce(0) { $0 << 8 | Int($1) } ?? 0
+            }
             guard let payload = read(length) else { return Ending(closed: true, closeCode: nil, texts: texts) }
             switch header[0] & 0x0F {
             case 0x1: texts.append(String(decoding: payload, as: UTF8.self))

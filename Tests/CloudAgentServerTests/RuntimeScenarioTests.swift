@@ -165,9 +165,13 @@ struct RuntimeScenarioTests {
             let id = try await api.createSession()
             let running = try await api.waitForRuntime(id, state: "running")
             let startedAt = try #require(running["runtime"]?["startedAt"]?.stringValue.flatMap(Timestamp.parse))
-            #expect(running["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse)?.millisecondsSince1970 == startedAt.adding(milliseconds: 60_000).millisecondsSince1970)
+            #expect(
+                running["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse)?.millisecondsSince1970
+                    == startedAt.adding(milliseconds: 60_000).millisecondsSince1970)
             let patched = try await api.request(.patch, "/v1/sessions/\(id)", json: ["idleTimeoutMs": 800])
-            #expect(patched["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse)?.millisecondsSince1970 == startedAt.adding(milliseconds: 800).millisecondsSince1970)
+            #expect(
+                patched["activity"]?["idleDeadline"]?.stringValue.flatMap(Timestamp.parse)?.millisecondsSince1970
+                    == startedAt.adding(milliseconds: 800).millisecondsSince1970)
             let stopped = try await api.waitForRuntime(id, state: "stopped", within: 5)
             #expect(stopped["runtime"]?["stopReason"]?["idleTimeoutMs"] == 800)
             try await Task.sleep(for: .milliseconds(500))
@@ -272,7 +276,11 @@ extension TestAPI {
         while true {
             let page = try await request(.get, "/v1/sessions/\(id)/events?fromId=\(from)&limit=1000")
             let events = page["events"]?.arrayValue ?? []
-            all += events.map { EventView(id: $0["id"]?.intValue ?? -1, type: $0["type"]?.stringValue ?? "", executionId: $0["executionId"]?.stringValue, data: $0["data"]?.objectValue ?? [:]) }
+            all += events.map {
+                EventView(
+                    id: $0["id"]?.intValue ?? -1, type: $0["type"]?.stringValue ?? "", executionId: $0["executionId"]?.stringValue,
+                    data: $0["data"]?.objectValue ?? [:])
+            }
             guard events.count == 1000, let next = page["nextFromId"]?.intValue else { return all }
             from = next
         }
@@ -298,7 +306,8 @@ struct LivenessScenarioTests {
 
     @Test("a runtime that never connects is declared crashed and its pending execution fails")
     func runtimeNeverConnects() async throws {
-        var server = try TestServer(timing: Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 100, staleThresholdMs: 1000, pendingTimeoutMs: 1000, stopGraceMs: 500))
+        var server = try TestServer(
+            timing: Timing(idleTimeoutMs: 60_000, heartbeatIntervalMs: 100, staleThresholdMs: 1000, pendingTimeoutMs: 1000, stopGraceMs: 500))
         let silent = server.directory.url.appendingPathComponent("silent-runtime.sh")
         try "#!/bin/sh\nexec sleep 30\n".write(to: silent, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: silent.path)
@@ -327,9 +336,11 @@ struct PatchPreparedSessionTests {
         try await server.run { api in
             let id = try await api.createSession(["prompt": "run cat marker.txt; echo $COLOUR", "repo": ["url": .string(first.path)]])
             try await api.waitForRuntime(id, state: "running")
-            let patched = try await api.request(.patch, "/v1/sessions/\(id)", json: [
-                "repo": ["url": .string(second.path)], "envVars": ["COLOUR": "blue"], "setupCommands": ["test -f marker.txt"],
-            ])
+            let patched = try await api.request(
+                .patch, "/v1/sessions/\(id)",
+                json: [
+                    "repo": ["url": .string(second.path)], "envVars": ["COLOUR": "blue"], "setupCommands": ["test -f marker.txt"],
+                ])
             #expect(patched.status == 200, "\(patched.text)")
             #expect(patched["repo"]?["url"] == .string(second.path))
             let refused = try await api.request(.patch, "/v1/sessions/\(id)", json: ["setupCommands": ["exit 7"]])

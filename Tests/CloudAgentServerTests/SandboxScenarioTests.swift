@@ -8,7 +8,7 @@ import HTTPTypes
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The real server with runtimes in bubblewrap: what a hostile agent can reach from inside.
@@ -27,7 +27,9 @@ struct SandboxScenarioTests {
         try await api.events(id).filter { $0.type == "agent" && $0.data["kind"] == "tool" }.map { $0.data["output"]?.stringValue ?? "" }
     }
 
-    @Test("the agent runs as uid 1000 in its workspace and sees neither a file of the control plane's user, nor the data directory, nor another session; the view says sandbox bwrap")
+    @Test(
+        "the agent runs as uid 1000 in its workspace and sees neither a file of the control plane's user, nor the data directory, nor another session; the view says sandbox bwrap"
+    )
     func agentSeesOnlyItsOwn() async throws {
         let server = try Self.server()
         let hostHome = FileManager.default.homeDirectoryForCurrentUser
@@ -39,13 +41,16 @@ struct SandboxScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(other)/initiate").status == 202)
             try await api.waitForExecution(other, status: "completed")
             let data = server.directory.url.appendingPathComponent("data").path
-            let id = try await api.createSession(["prompt": .string([
-                "run id -u",
-                "run cat \(secret.path) 2>&1; true",
-                "run ls -A \(data) 2>&1",
-                "run cat \(data)/workspaces/\(other)/private.txt 2>&1; true",
-                "run cat \(data)/secret.key \(data)/api-token 2>&1; true",
-            ].joined(separator: "\n"))])
+            let id = try await api.createSession([
+                "prompt": .string(
+                    [
+                        "run id -u",
+                        "run cat \(secret.path) 2>&1; true",
+                        "run ls -A \(data) 2>&1",
+                        "run cat \(data)/workspaces/\(other)/private.txt 2>&1; true",
+                        "run cat \(data)/secret.key \(data)/api-token 2>&1; true",
+                    ].joined(separator: "\n"))
+            ])
             let view = try await api.request(.get, "/v1/sessions/\(id)")
             #expect(view["sandbox"] == "bwrap")
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
@@ -60,7 +65,9 @@ struct SandboxScenarioTests {
         }
     }
 
-    @Test("an agent that kills every process it can (its own runtime included) reaches nothing outside: the runtime is crashed, its execution failed, no process of it is left, the host's processes live on")
+    @Test(
+        "an agent that kills every process it can (its own runtime included) reaches nothing outside: the runtime is crashed, its execution failed, no process of it is left, the host's processes live on"
+    )
     func agentKillsItsOwnRuntime() async throws {
         let server = try Self.server()
         let sentinel = try ProcessControl.spawnDetached(

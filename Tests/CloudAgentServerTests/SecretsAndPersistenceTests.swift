@@ -17,11 +17,13 @@ struct SecretsAndPersistenceTests {
         let server = try TestServer()
         let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
-            let created = try await api.request(.post, "/v1/sessions", json: [
-                "prompt": "use the key", "secrets": ["MODEL_API_KEY": .string(secret)],
-                "repo": ["url": .string("file://" + origin.path), "token": .string(repoToken)],
-                "callback": ["url": "https://example.com/hook", "headers": ["Authorization": .string(headerValue)]],
-            ])
+            let created = try await api.request(
+                .post, "/v1/sessions",
+                json: [
+                    "prompt": "use the key", "secrets": ["MODEL_API_KEY": .string(secret)],
+                    "repo": ["url": .string("file://" + origin.path), "token": .string(repoToken)],
+                    "callback": ["url": "https://example.com/hook", "headers": ["Authorization": .string(headerValue)]],
+                ])
             #expect(created.status == 201)
             let id = try #require(created["sessionId"]?.stringValue)
             let responses = [

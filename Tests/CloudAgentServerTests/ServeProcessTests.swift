@@ -3,12 +3,12 @@ import CloudAgentCore
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The `cloud-agent` executable built by `swift build`: `$CLOUD_AGENT_BIN`, or

@@ -142,9 +142,11 @@ struct ServerConfigurationTests {
 
     @Test("the settings of several nodes: an advertised URL, a node lease longer than its heartbeat")
     func nodeSettings() throws {
-        let configuration = try ServerConfiguration.resolve(flags: ["advertiseURL": "http://10.0.0.7:8787"], environment: [
-            "CLOUD_AGENT_NODE_HEARTBEAT": "200ms", "CLOUD_AGENT_NODE_LEASE": "1s", "CLOUD_AGENT_WAKE_UP_WINDOW": "30s",
-        ])
+        let configuration = try ServerConfiguration.resolve(
+            flags: ["advertiseURL": "http://10.0.0.7:8787"],
+            environment: [
+                "CLOUD_AGENT_NODE_HEARTBEAT": "200ms", "CLOUD_AGENT_NODE_LEASE": "1s", "CLOUD_AGENT_WAKE_UP_WINDOW": "30s",
+            ])
         #expect(configuration.advertiseURL == "http://10.0.0.7:8787")
         #expect(configuration.nodeHeartbeatMs == 200)
         #expect(configuration.nodeLeaseMs == 1000)
@@ -162,21 +164,23 @@ struct ServerConfigurationTests {
     @Test("every setting of the table has its flag and its CLOUD_AGENT_* variable")
     func settingNames() {
         let names = ServerConfiguration.settings.values
-        #expect(Set(names.map(\.environment)) == [
-            "CLOUD_AGENT_HOST", "CLOUD_AGENT_PORT", "CLOUD_AGENT_DATA_DIR", "CLOUD_AGENT_DATABASE_URL", "CLOUD_AGENT_API_TOKEN",
-            "CLOUD_AGENT_IDLE_TIMEOUT", "CLOUD_AGENT_HEARTBEAT_INTERVAL", "CLOUD_AGENT_STALE_THRESHOLD", "CLOUD_AGENT_PENDING_TIMEOUT",
-            "CLOUD_AGENT_STOP_GRACE", "CLOUD_AGENT_STUCK_AFTER", "CLOUD_AGENT_MAX_RUNTIMES", "CLOUD_AGENT_SESSION_TTL",
-            "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
-            "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
-            "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
-        ])
-        #expect(Set(names.map(\.flag)) == [
-            "--host", "--port", "--data-dir", "--database-url", "--api-token", "--idle-timeout", "--heartbeat-interval",
-            "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
-            "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base",
-            "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
-            "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window",
-        ])
+        #expect(
+            Set(names.map(\.environment)) == [
+                "CLOUD_AGENT_HOST", "CLOUD_AGENT_PORT", "CLOUD_AGENT_DATA_DIR", "CLOUD_AGENT_DATABASE_URL", "CLOUD_AGENT_API_TOKEN",
+                "CLOUD_AGENT_IDLE_TIMEOUT", "CLOUD_AGENT_HEARTBEAT_INTERVAL", "CLOUD_AGENT_STALE_THRESHOLD", "CLOUD_AGENT_PENDING_TIMEOUT",
+                "CLOUD_AGENT_STOP_GRACE", "CLOUD_AGENT_STUCK_AFTER", "CLOUD_AGENT_MAX_RUNTIMES", "CLOUD_AGENT_SESSION_TTL",
+                "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
+                "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
+                "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
+            ])
+        #expect(
+            Set(names.map(\.flag)) == [
+                "--host", "--port", "--data-dir", "--database-url", "--api-token", "--idle-timeout", "--heartbeat-interval",
+                "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
+                "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base",
+                "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
+                "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window",
+            ])
     }
 
     @Test("every environment variable is read", arguments: ValidSetting.all)
@@ -247,8 +251,9 @@ struct ServerConfigurationTests {
         #expect(error?.description.contains(variable) == true)
     }
 
-    @Test("a secret key that is not base64 of 32 bytes is refused, naming CLOUD_AGENT_SECRET_KEY",
-          arguments: ["short", Data(repeating: 1, count: 16).base64EncodedString(), Data(repeating: 1, count: 33).base64EncodedString()])
+    @Test(
+        "a secret key that is not base64 of 32 bytes is refused, naming CLOUD_AGENT_SECRET_KEY",
+        arguments: ["short", Data(repeating: 1, count: 16).base64EncodedString(), Data(repeating: 1, count: 33).base64EncodedString()])
     func badSecretKey(_ text: String) {
         let error = #expect(throws: ServerConfiguration.Invalid.self) {
             try ServerConfiguration.resolve(flags: [:], environment: ["CLOUD_AGENT_SECRET_KEY": text])
@@ -256,12 +261,13 @@ struct ServerConfigurationTests {
         #expect(error?.setting == "CLOUD_AGENT_SECRET_KEY")
     }
 
-    @Test("a stale threshold not longer than the heartbeat interval is refused",
-          arguments: [
+    @Test(
+        "a stale threshold not longer than the heartbeat interval is refused",
+        arguments: [
             ["CLOUD_AGENT_STALE_THRESHOLD": "30s"],  // equal to the default heartbeat
             ["CLOUD_AGENT_STALE_THRESHOLD": "10s"],  // shorter than the default heartbeat
             ["CLOUD_AGENT_HEARTBEAT_INTERVAL": "5s", "CLOUD_AGENT_STALE_THRESHOLD": "4999ms"],
-          ])
+        ])
     func staleNotAfterHeartbeat(_ environment: [String: String]) {
         let error = #expect(throws: ServerConfiguration.Invalid.self) {
             try ServerConfiguration.resolve(flags: [:], environment: environment)

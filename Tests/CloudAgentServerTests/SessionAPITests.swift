@@ -34,12 +34,14 @@ struct SessionAPITests {
         let server = try TestServer()
         let origin = try await makeGitRepository(in: server.directory)
         try await server.run { api in
-            let created = try await api.request(.post, "/v1/sessions", json: [
-                "prompt": "say hello", "mode": "code", "model": "m1", "envVars": ["GREETING": "hi"],
-                "secrets": ["API_KEY": "k"], "setupCommands": ["echo ready"], "autoCommit": true,
-                "repo": ["url": .string(origin.path), "branch": "main"], "callback": ["url": "https://example.com/hook"],
-                "idleTimeoutMs": 120_000,
-            ])
+            let created = try await api.request(
+                .post, "/v1/sessions",
+                json: [
+                    "prompt": "say hello", "mode": "code", "model": "m1", "envVars": ["GREETING": "hi"],
+                    "secrets": ["API_KEY": "k"], "setupCommands": ["echo ready"], "autoCommit": true,
+                    "repo": ["url": .string(origin.path), "branch": "main"], "callback": ["url": "https://example.com/hook"],
+                    "idleTimeoutMs": 120_000,
+                ])
             #expect(created.status == 201)
             let id = try #require(created["sessionId"]?.stringValue)
             #expect(id.hasPrefix("agent_"))
@@ -65,9 +67,11 @@ struct SessionAPITests {
             #expect(fetched.status == 200)
             #expect(fetched["createdAt"] == created["createdAt"] && fetched["envVarNames"] == created["envVarNames"])
 
-            let patched = try await api.request(.patch, "/v1/sessions/\(id)", json: [
-                "mode": nil, "envVars": [:], "setupCommands": [], "prompt": "say goodbye", "idleTimeoutMs": nil,
-            ])
+            let patched = try await api.request(
+                .patch, "/v1/sessions/\(id)",
+                json: [
+                    "mode": nil, "envVars": [:], "setupCommands": [], "prompt": "say goodbye", "idleTimeoutMs": nil,
+                ])
             #expect(patched.status == 200)
             #expect(patched["mode"] == .null)
             #expect(patched["model"] == "m1")
@@ -179,11 +183,13 @@ struct SessionAPITests {
             }
             #expect(try await api.request(.get, "/v1/sessions")["sessions"] == [])
             // The exact limits are accepted.
-            let atLimits = try await api.request(.post, "/v1/sessions", json: [
-                "prompt": .string(String(repeating: "p", count: 100_000)),
-                "envVars": .object(Dictionary(uniqueKeysWithValues: (0..<50).map { ("V\($0)", JSONValue.string(String(repeating: "v", count: 4096))) })),
-                "setupCommands": .array(Array(repeating: .string("true #" + String(repeating: "e", count: 494)), count: 20)),
-            ])
+            let atLimits = try await api.request(
+                .post, "/v1/sessions",
+                json: [
+                    "prompt": .string(String(repeating: "p", count: 100_000)),
+                    "envVars": .object(Dictionary(uniqueKeysWithValues: (0..<50).map { ("V\($0)", JSONValue.string(String(repeating: "v", count: 4096))) })),
+                    "setupCommands": .array(Array(repeating: .string("true #" + String(repeating: "e", count: 494)), count: 20)),
+                ])
             #expect(atLimits.status == 201, "\(atLimits.text.prefix(200))")
             // A bad PATCH changes nothing.
             let id = try await api.createSession(["prompt": "keep me", "mode": "code"])

@@ -67,7 +67,9 @@ struct SessionChangesTests {
         // see that change and check again rather than sleep until its limit.
         let started = ContinuousClock.now
         let met = await changes.wait(for: id, within: .seconds(10)) {
-            let now = value.withLock { $0 += 1; return $0 }
+            let now = value.withLock {
+                $0 += 1; return $0
+            }
             if now == 1 { changes.changed(id) }
             return now >= 2
         }

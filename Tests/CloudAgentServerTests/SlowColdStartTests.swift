@@ -7,7 +7,7 @@ import HTTPTypes
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One session's slow cold start (its restore runs a long setup command) holds up nothing: not
@@ -38,7 +38,9 @@ struct SlowColdStartTests {
         return id
     }
 
-    @Test("while A restores with a 6 s setup command: B's idle stop lands within 1 s of its deadline; A's GET, PATCH and interrupt and B's DELETE each answer within 1 s; the pending timeout (3 s) does not fail A")
+    @Test(
+        "while A restores with a 6 s setup command: B's idle stop lands within 1 s of its deadline; A's GET, PATCH and interrupt and B's DELETE each answer within 1 s; the pending timeout (3 s) does not fail A"
+    )
     func nothingWaitsForASlowColdStart() async throws {
         try await TestServer(timing: Self.timing).run { api in
             let a = try await Self.stoppedSession(api, setup: Self.slowOnRestore(6))

@@ -4,23 +4,27 @@ import CloudAgentTestSupport
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The database goes away while an agent works: the store's downtime is the control plane's
 /// downtime, and never counts against the agent.
 @Suite("PostgreSQL goes away mid-execution and comes back", .processes)
 struct StoreOutageTests {
-    @Test("the database stopped (fast shutdown) for 6 s mid-execution, then started: /readyz is 503 in between, the execution completes, every event once, nothing fails as stale, the runtime is not stopped", .long)
+    @Test(
+        "the database stopped (fast shutdown) for 6 s mid-execution, then started: /readyz is 503 in between, the execution completes, every event once, nothing fails as stale, the runtime is not stopped",
+        .long)
     func databaseOutage() async throws {
         // A server of its own: the outage must not touch the other tests' databases.
         let postgres = try await ThrowawayPostgres.start(settings: ["fsync=off", "synchronous_commit=off"], name: "cloud-agent-outage")
         defer { postgres.stopDetached() }
         let database = PostgresConfiguration(host: "127.0.0.1", port: postgres.port, username: ThrowawayPostgres.superuser, password: nil, database: "postgres")
         // Stale threshold 3 s and idle timeout 4 s: both shorter than the outage.
-        let serve = try await ServeUnderTest(store: .sqlite, extra: [
-            "CLOUD_AGENT_DATABASE_URL": ServeStore.url(database), "CLOUD_AGENT_IDLE_TIMEOUT": "4s",
-        ])
+        let serve = try await ServeUnderTest(
+            store: .sqlite,
+            extra: [
+                "CLOUD_AGENT_DATABASE_URL": ServeStore.url(database), "CLOUD_AGENT_IDLE_TIMEOUT": "4s",
+            ])
         defer { serve.tearDown(part: "store-outage") }
         try await serve.start()
         #expect(try await serve.request("GET", "/readyz").status == 200)
@@ -60,7 +64,10 @@ struct StoreOutageTests {
         }
         let stopped = try await serve.events(id).filter { $0["type"] == "runtime.stopped" }
         #expect(stopped.count == 1 && stopped.first?["data"]?["rule"] == "idle", "\(stopped)")
-        Reliability.report("store-outage", "PostgreSQL away \(resumed - outageStarted) (stale threshold 3 s, idle timeout 4 s): /readyz 503 after \(unready), an API call 503 STORE_UNAVAILABLE after \(apiAnswered); /readyz 200 \(ready) after the restart; the execution completed, \(list.count) events once, no stale failure, one idle stop afterwards")
+        Reliability.report(
+            "store-outage",
+            "PostgreSQL away \(resumed - outageStarted) (stale threshold 3 s, idle timeout 4 s): /readyz 503 after \(unready), an API call 503 STORE_UNAVAILABLE after \(apiAnswered); /readyz 200 \(ready) after the restart; the execution completed, \(list.count) events once, no stale failure, one idle stop afterwards"
+        )
         try await serve.stop(with: SIGTERM)
     }
 }

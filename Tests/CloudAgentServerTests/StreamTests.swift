@@ -135,7 +135,9 @@ struct StreamTests {
             try await valid.run(url: try Self.streamURL(api, id, "?ticket=\(ticket)"), stopAfter: 1)
             #expect(valid.ids == [1])
 
-            for url in [try Self.streamURL(api, other, "?ticket=\(ticket)"), try Self.streamURL(api, id, ""), try Self.streamURL(api, id, "?ticket=forged.ticket")] {
+            for url in [
+                try Self.streamURL(api, other, "?ticket=\(ticket)"), try Self.streamURL(api, id, ""), try Self.streamURL(api, id, "?ticket=forged.ticket"),
+            ] {
                 await #expect(throws: (any Error).self) { try await StreamSubscriber().run(url: url, stopAfter: 1) }
             }
             try await Task.sleep(for: .milliseconds(1600))

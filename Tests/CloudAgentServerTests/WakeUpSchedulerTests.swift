@@ -103,7 +103,11 @@ struct WakeUpSchedulerTests {
         let calls = Mutex(0)
         await scheduler.setEvaluator { evaluated in
             record.begin(evaluated)
-            if calls.withLock({ $0 += 1; return $0 }) == 1 { await gate.wait() }
+            if calls.withLock({
+                $0 += 1; return $0
+            }) == 1 {
+                await gate.wait()
+            }
             record.end(evaluated)
             return nil
         }

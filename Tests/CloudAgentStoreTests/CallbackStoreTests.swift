@@ -51,14 +51,17 @@ struct CallbackStoreTests {
         }
     }
 
-    @Test("a change carries its callbacks: written in its transaction, at most one per execution, nothing when the change is refused", arguments: StoreBackend.allCases)
+    @Test(
+        "a change carries its callbacks: written in its transaction, at most one per execution, nothing when the change is refused",
+        arguments: StoreBackend.allCases)
     func callbacksCommitWithTheirChange(backend: StoreBackend) async throws {
         try await withStore(backend) { store in
             let session = try await store.insertFixtureSession()
             let delivery = Self.delivery(of: session.id, due: 0)
-            try await store.commit(SessionChange(
-                sessionId: session.id, events: [NewEvent(type: "execution.completed", at: Fixture.date(0))], callbacks: [delivery]
-            ))
+            try await store.commit(
+                SessionChange(
+                    sessionId: session.id, events: [NewEvent(type: "execution.completed", at: Fixture.date(0))], callbacks: [delivery]
+                ))
             var again = Self.delivery(of: session.id, execution: delivery.executionId, due: 0, body: "{}")
             again.id = UUID()
             try await store.commit(SessionChange(sessionId: session.id, callbacks: [again]))

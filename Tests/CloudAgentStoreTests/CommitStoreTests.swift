@@ -52,10 +52,11 @@ struct CommitStoreTests {
                 let session = try await store.insertFixtureSession()
                 var first = Fixture.execution(of: session.id, at: 10)
                 if firstRuns { try first.markRunning(at: Fixture.date(11)) }
-                try await store.commit(SessionChange(
-                    sessionId: session.id, newExecution: first,
-                    events: [Fixture.event(EventType.executionStarted, at: 10, execution: first.id)], wakeUp: Fixture.date(100)
-                ))
+                try await store.commit(
+                    SessionChange(
+                        sessionId: session.id, newExecution: first,
+                        events: [Fixture.event(EventType.executionStarted, at: 10, execution: first.id)], wakeUp: Fixture.date(100)
+                    ))
                 let sessionBefore = try #require(try await store.session(session.id))
 
                 var changedRecord = sessionBefore
@@ -65,10 +66,11 @@ struct CommitStoreTests {
                 firstWithProgress.recordProgress(at: Fixture.date(19), events: 3)
                 let second = Fixture.execution(of: session.id, at: 20)
                 await #expect(throws: StoreError.executionInProgress(first.id), "first \(first.status)") {
-                    try await store.commit(SessionChange(
-                        sessionId: session.id, session: changedRecord, newExecution: second, executions: [firstWithProgress],
-                        events: [Fixture.event(EventType.executionStarted, at: 20, execution: second.id)], wakeUp: Fixture.date(200)
-                    ))
+                    try await store.commit(
+                        SessionChange(
+                            sessionId: session.id, session: changedRecord, newExecution: second, executions: [firstWithProgress],
+                            events: [Fixture.event(EventType.executionStarted, at: 20, execution: second.id)], wakeUp: Fixture.date(200)
+                        ))
                 }
 
                 #expect(try await store.session(session.id) == sessionBefore)
@@ -138,11 +140,14 @@ struct CommitStoreTests {
                 "text": "hello", "count": 3, "ratio": .number(1.5), "ok": true, "nothing": nil,
                 "list": [1, "two", false], "nested": ["inner": ["deep": "value"]],
             ]
-            let firstBatch = try await store.commit(SessionChange(sessionId: one.id, events: [
-                Fixture.event(EventType.runtimeStarted, at: 1, data: data),
-                Fixture.event(at: 2),
-                Fixture.event(at: 3),
-            ]))
+            let firstBatch = try await store.commit(
+                SessionChange(
+                    sessionId: one.id,
+                    events: [
+                        Fixture.event(EventType.runtimeStarted, at: 1, data: data),
+                        Fixture.event(at: 2),
+                        Fixture.event(at: 3),
+                    ]))
             #expect(firstBatch.map(\.id) == [1, 2, 3])
             #expect(firstBatch.allSatisfy { $0.sessionId == one.id })
             #expect(firstBatch.first?.data == data)

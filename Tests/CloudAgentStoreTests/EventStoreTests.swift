@@ -19,25 +19,28 @@ struct EventStoreTests {
         let session = try await store.insertFixtureSession()
         var first = try Fixture.running(of: session.id, at: 0)
         let second = Fixture.execution(of: session.id, at: 5_000)
-        try await store.commit(SessionChange(
-            sessionId: session.id, newExecution: first,
-            events: [Fixture.event(EventType.runtimeStarted, at: 0, data: ["startedBy": "test"])]
-        ))
+        try await store.commit(
+            SessionChange(
+                sessionId: session.id, newExecution: first,
+                events: [Fixture.event(EventType.runtimeStarted, at: 0, data: ["startedBy": "test"])]
+            ))
         var events: [Event] = []
         for index: Int64 in 1...4 {
             let type = index.isMultiple(of: 2) ? EventType.output : EventType.agent
-            events += try await store.commit(SessionChange(
-                sessionId: session.id, events: [Fixture.event(type, at: index * 1_000, execution: first.id, data: ["n": .number(Double(index))])]
-            ))
+            events += try await store.commit(
+                SessionChange(
+                    sessionId: session.id, events: [Fixture.event(type, at: index * 1_000, execution: first.id, data: ["n": .number(Double(index))])]
+                ))
         }
         try first.end(.completed, at: Fixture.date(4_500), exitCode: 0, reportedByRuntime: true)
-        events += try await store.commit(SessionChange(
-            sessionId: session.id, newExecution: second, executions: [first],
-            events: (5...9).map { (index: Int64) in
-                let type = index.isMultiple(of: 2) ? EventType.output : EventType.agent
-                return Fixture.event(type, at: index * 1_000, execution: second.id, data: ["n": .number(Double(index))])
-            }
-        ))
+        events += try await store.commit(
+            SessionChange(
+                sessionId: session.id, newExecution: second, executions: [first],
+                events: (5...9).map { (index: Int64) in
+                    let type = index.isMultiple(of: 2) ? EventType.output : EventType.agent
+                    return Fixture.event(type, at: index * 1_000, execution: second.id, data: ["n": .number(Double(index))])
+                }
+            ))
         let all = try await store.allEvents(of: session.id)
         #expect(all.dropFirst().elementsEqual(events))
         return Scenario(session: session, first: first.id, second: second.id, events: all)

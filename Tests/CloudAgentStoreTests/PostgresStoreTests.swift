@@ -11,9 +11,11 @@ import Testing
 struct PostgresStoreTests {
     @Test func urlGivesEveryPartPercentDecoded() throws {
         let configuration = try PostgresConfiguration(url: "postgres://agent%40corp:p%40ss%3Aw%2Frd@db.internal:6543/cloud_agent?sslmode=require")
-        #expect(configuration == PostgresConfiguration(
-            host: "db.internal", port: 6543, username: "agent@corp", password: "p@ss:w/rd", database: "cloud_agent", tls: .require
-        ))
+        #expect(
+            configuration
+                == PostgresConfiguration(
+                    host: "db.internal", port: 6543, username: "agent@corp", password: "p@ss:w/rd", database: "cloud_agent", tls: .require
+                ))
         // The TLS context is built from the system's trust roots.
         _ = try configuration.clientConfiguration()
     }
@@ -47,13 +49,15 @@ struct PostgresStoreTests {
 
     @Test func aDatabaseThatDoesNotAnswerMakesOperationsFailFastAsUnavailable() async throws {
         // Nothing listens on port 1: the pool never gets a connection.
-        let store = try PostgresSessionStore(configuration: PostgresConfiguration(
-            host: "127.0.0.1", port: 1, username: "nobody", password: "s3cret", database: "none"
-        ), logger: {
-            var quiet = Logger(label: "test")
-            quiet.logLevel = .critical
-            return quiet
-        }())
+        let store = try PostgresSessionStore(
+            configuration: PostgresConfiguration(
+                host: "127.0.0.1", port: 1, username: "nobody", password: "s3cret", database: "none"
+            ),
+            logger: {
+                var quiet = Logger(label: "test")
+                quiet.logLevel = .critical
+                return quiet
+            }())
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await store.run() }
             let started = ContinuousClock.now

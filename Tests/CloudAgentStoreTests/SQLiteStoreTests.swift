@@ -23,11 +23,12 @@ struct SQLiteStoreTests {
             try await store.saveToken(hash: tokenHash, owner: Fixture.aliceAtX, createdAt: Fixture.date(0))
             try await store.insertSession(session)
             session.executionCount = 2
-            events = try await store.commit(SessionChange(
-                sessionId: session.id, session: session, newExecution: execution, executions: [ended],
-                events: [Fixture.event(at: 100, execution: execution.id, data: ["k": "v"]), Fixture.event(at: 120)],
-                wakeUp: .some(Fixture.date(5_000))
-            ))
+            events = try await store.commit(
+                SessionChange(
+                    sessionId: session.id, session: session, newExecution: execution, executions: [ended],
+                    events: [Fixture.event(at: 100, execution: execution.id, data: ["k": "v"]), Fixture.event(at: 120)],
+                    wakeUp: .some(Fixture.date(5_000))
+                ))
             #expect(try await store.recordHeartbeats([Heartbeat(executionId: execution.id, at: Fixture.date(130))]) == 1)
             execution.lastHeartbeat = Fixture.date(130)
             #expect(try await store.settingSavingIfAbsent("signing-key", value: "first") == "first")
@@ -70,9 +71,10 @@ struct SQLiteStoreTests {
             let store = try SQLiteSessionStore(path: path)
             try await store.insertSession(session)
             session.updatedAt = Fixture.date(1_000)
-            _ = try await store.commit(SessionChange(
-                sessionId: session.id, session: session, events: [Fixture.event(at: 1_000, data: ["note": "committed"])]
-            ))
+            _ = try await store.commit(
+                SessionChange(
+                    sessionId: session.id, session: session, events: [Fixture.event(at: 1_000, data: ["note": "committed"])]
+                ))
 
             // While the store is open (much of it is still in the write-ahead log)…
             let open = try Self.databaseBytes(at: path)

@@ -119,11 +119,12 @@ struct SessionStoreTests {
             for session in [doomed, kept] {
                 let done = try Fixture.completed(of: session.id, at: 10)
                 let active = Fixture.execution(of: session.id, at: 20)
-                try await store.commit(SessionChange(
-                    sessionId: session.id, newExecution: active, executions: [done],
-                    events: [Fixture.event(at: 10, execution: done.id), Fixture.event(at: 20, execution: active.id)],
-                    wakeUp: Fixture.date(1_000)
-                ))
+                try await store.commit(
+                    SessionChange(
+                        sessionId: session.id, newExecution: active, executions: [done],
+                        events: [Fixture.event(at: 10, execution: done.id), Fixture.event(at: 20, execution: active.id)],
+                        wakeUp: Fixture.date(1_000)
+                    ))
             }
             let doomedExecutions = try await store.executions(of: doomed.id)
             #expect(doomedExecutions.count == 2)

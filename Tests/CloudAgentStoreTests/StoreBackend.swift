@@ -52,7 +52,8 @@ func withRunningPostgresStore(
     _ configuration: PostgresConfiguration, _ body: (PostgresSessionStore) async throws -> Void
 ) async throws {
     // Quiet: the pool's connection chatter and the migrations' lines would drown the test output.
-    let store = try PostgresSessionStore(configuration: configuration, logger: Logger(label: "cloud-agent.tests.postgres", factory: { _ in SwiftLogNoOpLogHandler() }))
+    let store = try PostgresSessionStore(
+        configuration: configuration, logger: Logger(label: "cloud-agent.tests.postgres", factory: { _ in SwiftLogNoOpLogHandler() }))
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { await store.run() }
         try await store.migrate()

@@ -56,10 +56,11 @@ struct UpdateStoreTests {
         try await withStore(backend) { store in
             let session = try await store.insertFixtureSession()
             await #expect(throws: Refused.self) {
-                _ = try await store.update(session.id) { state in
-                    _ = state
-                    throw Refused()
-                } as Committed<Void>
+                _ =
+                    try await store.update(session.id) { state in
+                        _ = state
+                        throw Refused()
+                    } as Committed<Void>
             }
             #expect(try await store.session(session.id) == session)
             #expect(try await store.lastEventId(of: session.id) == 0)
@@ -96,9 +97,10 @@ struct UpdateStoreTests {
             let second = Fixture.execution(of: id, at: 2).id
             try await store.commit(SessionChange(sessionId: id, commands: [.execute(first), .settings(idleTimeoutMs: 1000)]))
             // The same execute again is not a second row; a settings row replaces the older one.
-            try await store.commit(SessionChange(
-                sessionId: id, commands: [.execute(first), .kill(first, reason: "user"), .settings(idleTimeoutMs: 2000)], dropCommands: [.settings]
-            ))
+            try await store.commit(
+                SessionChange(
+                    sessionId: id, commands: [.execute(first), .kill(first, reason: "user"), .settings(idleTimeoutMs: 2000)], dropCommands: [.settings]
+                ))
             var rows = try await store.commands(of: id, after: 0)
             #expect(rows.map(\.command) == [.execute(first), .kill(first, reason: "user"), .settings(idleTimeoutMs: 2000)])
             #expect(rows.map(\.id) == rows.map(\.id).sorted())

@@ -101,7 +101,9 @@ public struct GateTrait: TestTrait, SuiteTrait, TestScoping {
     private static func log(_ test: Test, kind: String, asked: ContinuousClock.Instant, began: ContinuousClock.Instant) {
         guard ProcessInfo.processInfo.environment["CLOUD_AGENT_TEST_GATE_LOG"] != nil else { return }
         let end = ContinuousClock.now
-        func seconds(_ duration: Duration) -> String { String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18) }
+        func seconds(_ duration: Duration) -> String {
+            String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+        }
         let line = "[gate] \(kind) start=\(seconds(began - runStarted)) waited=\(seconds(began - asked)) held=\(seconds(end - began)) \(test.name)\n"
         FileHandle.standardError.write(Data(line.utf8))
     }

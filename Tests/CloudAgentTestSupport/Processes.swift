@@ -6,7 +6,7 @@ import SystemPackage
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A child process of a test whose stdin comes from a file (or is empty) and whose stdout and

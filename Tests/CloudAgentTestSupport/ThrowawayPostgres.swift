@@ -4,7 +4,7 @@ import PostgresNIO
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A throwaway PostgreSQL cluster: `initdb` in a fresh temporary directory, the server on a free
@@ -199,15 +199,14 @@ public final class ThrowawayPostgres: Sendable {
         let versions = (try? fileManager.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
         candidates += versions.compactMap(Int.init).sorted(by: >).map { "/usr/lib/postgresql/\($0)/bin" }
         guard let found = candidates.first(where: complete) else {
-            throw Unavailable(description: """
-                PostgreSQL is not installed: no initdb, pg_ctl and postgres on PATH, from `pg_config --bindir` or in \
-                /usr/lib/postgresql/*/bin. The postgres store tests need a server (Debian: apt-get install postgresql; .ci/run installs it).
-                """)
+            throw Unavailable(
+                description: """
+                    PostgreSQL is not installed: no initdb, pg_ctl and postgres on PATH, from `pg_config --bindir` or in \
+                    /usr/lib/postgresql/*/bin. The postgres store tests need a server (Debian: apt-get install postgresql; .ci/run installs it).
+                    """)
         }
         return found
     }
-
-
 
     /// Starts the server under its lifeline shell; returns at once.
     private static func spawnServer(
@@ -236,7 +235,8 @@ public final class ThrowawayPostgres: Sendable {
             throw Unavailable(description: "pipe failed (errno \(errno))")
         }
         defer { close(ends[0]) }
-        let arguments = ["/bin/sh", "-c", script, "sh", binaries + "/postgres", data, String(port), directory]
+        let arguments =
+            ["/bin/sh", "-c", script, "sh", binaries + "/postgres", data, String(port), directory]
             + settings.flatMap { ["-c", $0] }
         let pid: pid_t
         do {

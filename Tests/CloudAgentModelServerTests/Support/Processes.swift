@@ -4,9 +4,9 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 enum PackageLayout {
@@ -42,4 +42,3 @@ enum AgentBinaries {
         return nil
     }
 }
-

@@ -115,10 +115,12 @@ actor FakeControlPlane {
         let outgoing = connections.first { $0.id == connection }?.outgoing
         switch message {
         case .hello:
-            outgoing?.yield(ProtocolCoding.encode(.welcome(
-                ackedSeq: durableSeq, heartbeatIntervalMs: heartbeatIntervalMs, stopGraceMs: stopGraceMs, idleTimeoutMs: idleTimeoutMs,
-                controlUrls: controlUrls
-            )))
+            outgoing?.yield(
+                ProtocolCoding.encode(
+                    .welcome(
+                        ackedSeq: durableSeq, heartbeatIntervalMs: heartbeatIntervalMs, stopGraceMs: stopGraceMs, idleTimeoutMs: idleTimeoutMs,
+                        controlUrls: controlUrls
+                    )))
         case .event(let event):
             if events[event.seq] == nil {
                 events[event.seq] = event
