@@ -90,6 +90,7 @@ public struct GateTrait: TestTrait, SuiteTrait, TestScoping {
         let asked = ContinuousClock.now
         try await gate.withPermits(weight, first: first) {
             let began = ContinuousClock.now
+            GateTrait.log(test, kind: kind, asked: asked, began: nil)
             defer { GateTrait.log(test, kind: kind, asked: asked, began: began) }
             try await GateTrait.$holding.withValue(GateTrait.holding.union([ObjectIdentifier(gate)])) { try await function() }
         }
@@ -98,8 +99,12 @@ public struct GateTrait: TestTrait, SuiteTrait, TestScoping {
     /// With `CLOUD_AGENT_TEST_GATE_LOG` set, one line per gated test on stderr: when it got its
     /// permits (seconds since the run began), how long it waited and how long it held them — the
     /// suite's critical path, measured.
-    private static func log(_ test: Test, kind: String, asked: ContinuousClock.Instant, began: ContinuousClock.Instant) {
+    private static func log(_ test: Test, kind: String, asked: ContinuousClock.Instant, began: ContinuousClock.Instant?) {
         guard ProcessInfo.processInfo.environment["CLOUD_AGENT_TEST_GATE_LOG"] != nil else { return }
+        guard let began else {
+            FileHandle.standardError.write(Data("[gate] \(kind) begins \(test.name)\n".utf8))
+            return
+        }
         let end = ContinuousClock.now
         func seconds(_ duration: Duration) -> String {
             String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)

@@ -99,22 +99,35 @@ public struct ShellFailure: Error, CustomStringConvertible {
 }
 
 /// Runs a shell command to completion and returns its combined stdout and stderr; throws
-/// `ShellFailure` when it does not exit 0. Awaited, never a blocking wait on a task.
+/// `ShellFailure` when it does not exit 0. The output goes to a file, not a pipe: a background
+/// process the command leaves behind (a server, a runtime) must not hold the wait open. The
+/// exit is awaited through swift-subprocess, never by a blocking wait on a task.
 @discardableResult
 public func shell(_ command: String, in directory: URL? = nil, environment extra: [String: String] = [:]) async throws -> String {
     var environment: [Environment.Key: String?] = [:]
     for (name, value) in extra {
         if let key = Environment.Key(rawValue: name) { environment[key] = value }
     }
-    let result = try await Subprocess.run(
-        .path("/bin/sh"), arguments: ["-c", "exec 2>&1\n" + command],
-        environment: extra.isEmpty ? .inherit : .inherit.updating(environment),
-        workingDirectory: directory.map { FilePath($0.path) },
-        output: .string(limit: 64 << 20)
+    let outputURL = FileManager.default.temporaryDirectory.appendingPathComponent("cloud-agent-shell-\(UUID().uuidString).out")
+    defer { try? FileManager.default.removeItem(at: outputURL) }
+    let output = try FileDescriptor.open(
+        FilePath(outputURL.path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite]
     )
-    let text = result.standardOutput
-    guard case .exited(0) = result.terminationStatus else {
-        throw ShellFailure(command: command, status: "ended \(result.terminationStatus)", output: text)
+    let status: TerminationStatus
+    do {
+        status = try await Subprocess.run(
+            .path("/bin/sh"), arguments: ["-c", "exec 2>&1\n" + command],
+            environment: extra.isEmpty ? .inherit : .inherit.updating(environment),
+            workingDirectory: directory.map { FilePath($0.path) },
+            output: .fileDescriptor(output, closeAfterSpawningProcess: true)
+        ).terminationStatus
+    } catch {
+        try? output.close()
+        throw error
+    }
+    let text = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
+    guard case .exited(0) = status else {
+        throw ShellFailure(command: command, status: "ended \(status)", output: text)
     }
     return text
 }
