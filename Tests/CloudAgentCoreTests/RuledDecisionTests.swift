@@ -6,19 +6,17 @@ import Testing
 /// transaction of the engine writes.
 @Suite("Decisions with their rules")
 struct RuledDecisionTests {
-    static let timing = Timing(idleTimeoutMs: minutes(15), pendingTimeoutMs: seconds(120), stopGraceMs: seconds(10))
+    static let timing = SessionReducerTests.timing
 
-    static func context(at offset: Int64) -> SessionContext {
-        SessionContext(now: Fixture.at(offset), timing: timing, controlPlaneStartedAt: Fixture.t0)
-    }
+    static func context(at offset: Int64) -> SessionContext { SessionReducerTests.context(at: offset) }
 
-    /// A running runtime (launch `instance-1`) with no execution, its stored wake-up its idle deadline.
+    /// The reducer tests' running session (launch `instance-1`, no execution), with its stored
+    /// wake-up at its idle deadline and its oldest event at t0.
     static func running() -> SessionState {
-        var session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0))
-        session.runtime.instanceId = "instance-1"
-        session.runtime.process = RuntimeProcess(pid: 4242, startTime: 99)
-        session.runtime.ackedSeq = 0
-        return SessionState(session: session, execution: nil, oldestEventAt: Fixture.t0, wakeUp: Fixture.at(minutes(15)))
+        var state = SessionReducerTests.running()
+        state.oldestEventAt = Fixture.t0
+        state.wakeUp = Fixture.at(minutes(15))
+        return state
     }
 
     @Test("a message: the execution, its execute command and the next wake-up (its pending deadline) are one change")
