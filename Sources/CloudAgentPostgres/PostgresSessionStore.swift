@@ -732,9 +732,23 @@ public final class PostgresSessionStore: SessionStore, Service {
             availability?.answered()
             return result
         } catch {
-            if Self.isOutage(error) { availability?.failed() }
-            throw error
+            guard Self.isOutage(error) else { throw error }
+            availability?.failed()
+            // One error for every way the database can be out of reach, so that callers (the
+            // API's 503, the engine's retries) need not know the driver's errors.
+            if case StoreError.unavailable = error { throw error }
+            throw StoreError.unavailable("PostgreSQL could not be reached (\(Self.outageKind(error)))")
         }
+    }
+
+    /// A short name for an outage error, for the log: the driver's error code, never its
+    /// message (which may carry connection details).
+    static func outageKind(_ error: any Error) -> String {
+        if let error = error as? PSQLError {
+            if error.code == .server, let state = error.serverInfo?[.sqlState] { return "SQLSTATE \(state)" }
+            return "\(error.code)"
+        }
+        return String(reflecting: type(of: error))
     }
 
     /// Whether `error` says the database could not be reached (rather than that it answered

@@ -120,12 +120,12 @@ struct ACPAgentScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             try await api.waitForExecution(id, status: "completed")
             let conversation = try #require(try await api.request(.get, "/v1/sessions/\(id)")["agentConversationId"]?.stringValue)
-            // `[a]cp`: the pattern does not match the shell that runs pgrep.
-            let pattern = Self.fixture.replacingOccurrences(of: "/acp-fixture", with: "/[a]cp-fixture") + " acp"
-            #expect(try await shell("pgrep -f '\(pattern)' || true").isEmpty == false, "the agent waits for the next prompt")
+            // This session's agent (other tests run the same fixture at the same time).
+            let agent = Self.fixture + " acp"
+            #expect(sessionProcesses(id.rawValue, commandContaining: agent).isEmpty == false, "the agent waits for the next prompt")
             _ = try await api.waitForRuntime(id, state: "stopped", within: 15)
             // The agent lived as long as its runtime, and no longer.
-            try await eventually(within: 10, "the stopped runtime's agent to be gone") { try await shell("pgrep -f '\(pattern)' || true").isEmpty }
+            try await eventually(within: 10, "the stopped runtime's agent to be gone") { sessionProcesses(id.rawValue, commandContaining: agent).isEmpty }
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "recall"]).status == 202)
             let second = try await api.waitForExecution(id, status: "completed")
             let secondId = try #require(second["executionId"]?.stringValue)

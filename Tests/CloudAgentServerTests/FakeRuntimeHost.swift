@@ -185,16 +185,22 @@ struct EngineHarness {
     let host = FakeRuntimeHost()
     let clock = ManualClock()
     let engine: SessionEngine
+    /// The engine's heartbeat batcher and wake-up scheduler, on `clock`; not running unless a
+    /// test runs them (`TimingRuleTests`).
+    let heartbeats: HeartbeatBatcher
+    let scheduler: WakeUpScheduler
     let owner = Owner(user: "local")
     let timing: Timing
 
     init(maxRuntimes: Int = 4, timing: Timing = Timing(idleTimeoutMs: 60_000, pendingTimeoutMs: 5000, stopGraceMs: 100)) throws {
         self.timing = timing
         let logger = Logger(label: "engine-test")
+        heartbeats = HeartbeatBatcher(store: memory, clock: clock, logger: logger)
+        scheduler = WakeUpScheduler(store: memory, clock: clock, logger: logger)
         engine = SessionEngine(
             store: memory, host: host, timing: timing, clock: clock, secretBox: try SecretBox(base64Key: SecretBox.generateBase64Key()),
             agents: try AgentRegistry.resolve(agentsFile: nil, environment: [:], runtimeExecutable: "/nonexistent/cloud-agent-runtime", logger: logger),
-            heartbeats: HeartbeatBatcher(store: memory, logger: logger), scheduler: WakeUpScheduler(store: memory, clock: clock, logger: logger),
+            heartbeats: heartbeats, scheduler: scheduler,
             maxRuntimes: maxRuntimes, metrics: ServerMetrics(), logger: logger
         )
     }

@@ -70,6 +70,40 @@ struct PostgresStoreTests {
         }
     }
 
+    @Test("a database that stops under an open pool makes operations throw StoreError.unavailable (never the driver's error), and they succeed once it is back")
+    func aDatabaseThatStopsMakesOperationsUnavailableNotDriverErrors() async throws {
+        // A server of its own: stopping it must not touch the other tests' databases.
+        let postgres = try await ThrowawayPostgres.start(settings: ["fsync=off"], name: "cloud-agent-store-stop")
+        do {
+            let configuration = PostgresConfiguration(
+                host: "127.0.0.1", port: postgres.port, username: ThrowawayPostgres.superuser, password: nil, database: "postgres")
+            try await withRunningPostgresStore(configuration) { store in
+                let session = Fixture.session()
+                try await store.insertSession(session, wakeUp: nil)
+                // The pool now holds open connections; the server goes away under them.
+                try await postgres.pause()
+                for _ in 0..<3 {
+                    do {
+                        _ = try await store.session(session.id)
+                        Issue.record("a read succeeded with the database stopped")
+                    } catch StoreError.unavailable {
+                        // The one error every caller knows: the API answers it 503.
+                    } catch {
+                        Issue.record("the driver's error leaked: \(String(reflecting: error))")
+                    }
+                }
+                try await postgres.resume()
+                try await eventually(within: 20, "a read to succeed once the database is back") {
+                    (try? await store.session(session.id)) == session
+                }
+            }
+        } catch {
+            await postgres.shutdown(immediately: true)
+            throw error
+        }
+        await postgres.shutdown(immediately: true)
+    }
+
     @Test func nodesStartingAtOnceMigrateOnceAndShareTheData() async throws {
         try await withPostgresTestDatabase { configuration in
             let session = Fixture.session()

@@ -143,3 +143,22 @@ private enum BwrapProbe {
         return (try? await SandboxWrapper.resolve("bwrap", dataDirectory: directory)) != nil
     }
 }
+
+/// The pids of the live processes of one session: those whose environment says
+/// `SESSION_ID=<session>` (the runtime and everything it starts inherit it) and whose command
+/// line contains `commandContaining`. Tests running in parallel start the same programs; a
+/// process of another session is never counted. Zombies (no command line) are not live.
+public func sessionProcesses(_ session: String, commandContaining needle: String) -> [Int32] {
+    let marker = Array("SESSION_ID=\(session)".utf8)
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { entry -> Int32? in
+        guard let pid = Int32(entry),
+            let environ = FileManager.default.contents(atPath: "/proc/\(entry)/environ"),
+            let cmdline = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"), !cmdline.isEmpty
+        else { return nil }
+        let variables = environ.split(separator: 0)
+        guard variables.contains(where: { $0.elementsEqual(marker) }) else { return nil }
+        let command = String(decoding: cmdline.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+        return command.contains(needle) ? pid : nil
+    }
+}
