@@ -104,11 +104,15 @@ extension ProcessControl {
     /// the top (the launched process first), and up to 2 s more. Members are looked up again while waiting
     /// (processes started meanwhile are included), and every member seen stays a target until it
     /// is gone, even once the launched process has died and its tree can no longer be walked.
-    /// `reap` is called while waiting (to collect our own exited child). True when none remains.
+    /// `reap` is called while waiting (to collect our own exited child), and once more at the
+    /// end whatever happened: the launched process may exit between a reap and the check that
+    /// finds it gone, and an exited child left unreaped is a zombie for as long as this process
+    /// lives. True when none remains.
     public static func terminate(
         _ root: SpawnedProcess, graceful: (ProcessTree) -> [SpawnedProcess] = { $0.at(depth: 0) }, graceMs: Int64,
         reap: @Sendable () -> Void = {}
     ) async -> Bool {
+        defer { reap() }
         let tree = ProcessTree.of(root)
         guard !tree.isEmpty else { return true }
         var seen = tree.members

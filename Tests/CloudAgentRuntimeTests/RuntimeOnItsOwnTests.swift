@@ -127,7 +127,9 @@ struct RuntimeOnItsOwnTests {
                     try await eventually(within: 10, "the settings to be taken") { runtime.process.stderr.contains("settings changed") }
                 }
                 await server.stop()
-                try await runtime.process.waitForExit(within: 5)
+                // A deadline for the wait, not a bound under test (the line below says which
+                // timeout the runtime went by): generous for a loaded machine.
+                try await runtime.process.waitForExit(within: 20)
                 let line = runtime.process.stderr.split(separator: "\n").first { $0.contains("the runtime stops itself") }
                 #expect(line?.contains("rule=idle") == true)
                 #expect(line?.contains("idleTimeoutMs=800") == true, "\(runtime.process.stderr)")

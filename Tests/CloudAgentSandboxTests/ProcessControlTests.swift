@@ -150,6 +150,24 @@ struct ProcessControlTests {
         #expect(contents(directory.path("logs", "out.log")).hasSuffix("finished\n"))
     }
 
+    @Test("terminate reaps the launched process however it ends: none is left a zombie of this process")
+    func terminateLeavesNoZombie() async throws {
+        let directory = try TemporaryDirectory()
+        // One that exits on SIGTERM at once, one that takes the SIGKILL after the grace, one
+        // already exited (a zombie) when the stop begins.
+        let quick = try spawn("echo ready; exec sleep 120", in: directory, log: "quick.log")
+        let stubborn = try spawn(#"trap "" TERM; echo ready; for i in $(seq 120); do sleep 1; done"#, in: directory, log: "stubborn.log")
+        let exited = try spawn("exit 3", in: directory, log: "exited.log")
+        #expect(try await holdsWithin(seconds: 20) { contents(directory.path("logs", "quick.log")).contains("ready") })
+        #expect(try await holdsWithin(seconds: 20) { contents(directory.path("logs", "stubborn.log")).contains("ready") })
+        #expect(try await holdsWithin(seconds: 20) { ProcStat.read(exited.pid).map { !$0.isRunning } ?? false })
+        for process in [quick, stubborn, exited] {
+            #expect(await ProcessControl.terminate(process, graceMs: 300) { _ = ProcessControl.reapIfExited(process.pid) })
+            // Reaped: no /proc entry is left for the pid (a zombie keeps one until it is reaped).
+            #expect(ProcStat.read(process.pid) == nil, "pid \(process.pid) left a zombie")
+        }
+    }
+
     @Test("terminate of a process already gone is true at once")
     func terminateGone() async throws {
         let directory = try TemporaryDirectory()

@@ -77,7 +77,11 @@ struct ConcurrencyScenarioTests {
     /// Alone: it measures that the API answers within 1 s while a stop takes its whole grace.
     @Test("capacity counts a stopping runtime: a new session is admitted at once, and launches only once the old one's processes are gone", .alone)
     func capacityCountsAStoppingRuntime() async throws {
-        var server = try TestServer(timing: Self.timing)
+        // A grace long enough that A's processes are surely still there when B is admitted, even
+        // on a loaded machine (the case is not tried otherwise).
+        var timing = Self.timing
+        timing.stopGraceMs = 6000
+        var server = try TestServer(timing: timing)
         server.maxRuntimes = 1
         try await server.run { api in
             let data = api.plane.configuration.dataDirectory

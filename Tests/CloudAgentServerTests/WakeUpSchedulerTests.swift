@@ -114,7 +114,7 @@ struct WakeUpSchedulerTests {
         let running = Task { try await scheduler.run() }
         defer { running.cancel() }
         await scheduler.poke(id)
-        try await eventually(within: 30, "the first evaluation to begin") { await scheduler.evaluatingCount == 1 }
+        try await eventually(within: 30, "the first evaluation to begin") { calls.withLock { $0 } == 1 }
         await scheduler.poke(id)
         await scheduler.poke(id)
         try await Task.sleep(for: .milliseconds(100))
