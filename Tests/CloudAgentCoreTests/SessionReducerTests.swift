@@ -170,6 +170,19 @@ struct SessionReducerTests {
         #expect(rules.effects.isEmpty)
     }
 
+    @Test("a transition the runtime's frames ask for that its execution cannot make is thrown, with nothing recorded")
+    func invalidTransitionIsThrown() throws {
+        var state = Self.running()
+        let pending = Fixture.execution(acceptedAt: Fixture.at(seconds(1)))
+        state.session.activeExecutionId = pending.id
+        state.execution = pending
+        // Completed, though never reported running: only a running execution completes.
+        let ended = ReportedEvent(seq: 1, executionId: pending.id.rawValue, kind: .ended, at: Fixture.at(seconds(2)), data: ["status": "completed"])
+        #expect(throws: IllegalTransition(from: "pending", to: "completed")) {
+            try SessionReducer.ingest(state, instanceId: "instance-1", events: [ended], context: Self.context(at: seconds(2)))
+        }
+    }
+
     @Test("interrupt: a running execution is killed by its runtime; a pending one ends here, with a kill in case it started")
     func interrupt() throws {
         var state = Self.running()
