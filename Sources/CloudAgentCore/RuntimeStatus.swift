@@ -8,8 +8,8 @@ import Foundation
 ///
 /// Every write is a transition (`requestStart`, `markRunning`, `beginStopping`, `markStopped`)
 /// or a change of the current state's data (`recordLaunching`, `recordLaunched`,
-/// `recordConnection`, `recordAcknowledged`, `moveHost`). Each throws `IllegalTransition` in a
-/// state it is not valid in. The states' own transitions (`Stopped.starting(at:)`,
+/// `recordConnection`, `recordAcknowledged`, `moveHost`); one that is valid only in some states
+/// throws `IllegalTransition` in the others. The states' own transitions (`Stopped.starting(at:)`,
 /// `Starting.running(at:)`, …) cannot fail: code that has matched the state uses them.
 ///
 /// The read-only accessors (`state`, `startedAt`, `process`, …, in `RuntimeStatus+Fields.swift`)
