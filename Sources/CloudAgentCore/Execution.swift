@@ -14,6 +14,11 @@ public struct IllegalTransition: Error, Equatable, CustomStringConvertible {
     public let from: String
     public let to: String
     public var description: String { "illegal transition \(from) → \(to)" }
+
+    public init(from: String, to: String) {
+        self.from = from
+        self.to = to
+    }
 }
 
 /// One prompt's run in a session.

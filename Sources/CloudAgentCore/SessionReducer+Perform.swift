@@ -112,10 +112,10 @@ extension SessionReducer {
     /// `decision` (made on `state`) followed by the session's rules evaluated on the state it
     /// leaves (per `rules`): one change, the decision's effects then the rules', the notes of
     /// both. What a transaction of `SessionStore.update` decides, so that a change and the
-    /// session's next wake-up are one write.
+    /// session's next wake-up are one write. Throws what the rules' evaluation throws.
     public static func ruled<Output: Sendable>(
         _ state: SessionState?, _ decision: Decision<Outcome<Output>>, rules: RulePass, context: SessionContext
-    ) -> Decision<Outcome<Ruled<Output>>> {
+    ) throws(IllegalTransition) -> Decision<Outcome<Ruled<Output>>> {
         let timer: Bool
         switch rules {
         case .afterChange:
@@ -145,7 +145,7 @@ extension SessionReducer {
         } else {
             after = state
         }
-        let evaluation = evaluate(after, context: context, timer: timer)
+        let evaluation = try evaluate(after, context: context, timer: timer)
         let change: SessionChange? =
             switch (decision.change, evaluation.change) {
             case (let first?, let next?): first.followed(by: next)

@@ -10,7 +10,12 @@ extension SessionReducer {
     /// only while the stored wake-up is due. Several nodes may arm the same wake-up; the first
     /// to evaluate moves it, and the others find it not due here, in the session's transaction,
     /// and decide nothing, so every timer fires once.
-    public static func evaluate(_ state: SessionState?, context: SessionContext, timer: Bool = false) -> Decision<Outcome<Date?>> {
+    ///
+    /// The rules act only on an active execution and on a runtime that is up: a transition they
+    /// ask for that is not valid is a bug, thrown (nothing is written).
+    public static func evaluate(
+        _ state: SessionState?, context: SessionContext, timer: Bool = false
+    ) throws(IllegalTransition) -> Decision<Outcome<Date?>> {
         guard var state else { return Decision(output: Outcome(output: nil, notes: [])) }
         if timer, (state.wakeUp.map { $0 > context.now } ?? true) {
             return Decision(output: Outcome(output: state.wakeUp, notes: []))
@@ -37,7 +42,7 @@ extension SessionReducer {
                 switch action {
                 case .failExecution(let executionId, let error):
                     guard var execution = state.execution, execution.id == executionId else { continue }
-                    try? execution.end(.failed, at: now, error: error, reportedByRuntime: false)
+                    try execution.end(.failed, at: now, error: error, reportedByRuntime: false)
                     state.execution = execution
                     state.session.activeExecutionId = nil
                     state.session.updatedAt = now
@@ -60,12 +65,16 @@ extension SessionReducer {
                         ))
                     notes.append(.executionStuck(executionId, sinceLastProgressMs: silenceMs))
                 case .stopRuntime(let reason):
-                    guard state.session.runtime.state == .starting || state.session.runtime.state == .running else { continue }
-                    try? state.session.runtime.beginStopping(reason)
+                    let stopping: RuntimeStatus.Stopping
+                    switch state.session.runtime {
+                    case .starting(let starting): stopping = starting.stopping(reason)
+                    case .running(let running): stopping = running.stopping(reason)
+                    // Stopping already (a stop is decided once), or stopped: nothing to stop.
+                    case .stopping, .stopped: continue
+                    }
+                    state.session.runtime = .stopping(stopping)
                     state.session.updatedAt = now
-                    effects.append(
-                        .terminate(
-                            state.session.runtime.process, sandbox: state.session.runtime.sandbox, rule: reason.rule, host: state.session.runtime.hostNode))
+                    effects.append(.terminate(stopping.process, sandbox: stopping.sandbox, rule: reason.rule, host: stopping.hostNode))
                     notes.append(.stopDecided(reason))
                 case .expire(let untouchedMs):
                     return Decision(

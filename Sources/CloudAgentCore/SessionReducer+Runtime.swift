@@ -49,18 +49,20 @@ extension SessionReducer {
         let now = context.now
         var events: [NewEvent] = []
         var notes: [DecisionNote] = []
-        switch session.runtime.state {
-        case .starting:
-            try? session.runtime.markRunning(at: now)
-            events.append(NewEvent(type: EventType.runtimeStarted, at: now, data: ["cold": .bool(session.runtime.cold ?? false)]))
-            notes.append(.runtimeConnected(cold: session.runtime.cold ?? false))
-        case .running:
-            session.runtime.connectedAt = now
+        switch session.runtime {
+        case .starting(let starting):
+            var running = starting.running(at: now)
+            running.recordConnection(at: now, node: context.nodeId)
+            session.runtime = .running(running)
+            events.append(NewEvent(type: EventType.runtimeStarted, at: now, data: ["cold": .bool(running.cold)]))
+            notes.append(.runtimeConnected(cold: running.cold))
+        case .running(var running):
+            running.recordConnection(at: now, node: context.nodeId)
+            session.runtime = .running(running)
             notes.append(.runtimeReconnected)
         case .stopping, .stopped:
             return Decision(output: Outcome(output: nil, notes: []))
         }
-        session.runtime.connectedNode = context.nodeId
         var commands: [OutboxCommand] = []
         if let pending = state?.execution, pending.id == session.activeExecutionId, pending.status == .pending {
             commands.append(.execute(pending.id))
@@ -100,9 +102,13 @@ extension SessionReducer {
     /// session auto-commits: then its auto-commit is pending (an effect), and the callback
     /// follows the commit and push. The runtime ending an execution that had already ended here
     /// has the pending one sent again.
+    ///
+    /// A frame that asks for a transition its execution cannot make (a runtime reporting the
+    /// completion of an execution it never reported running) is a bug of the runtime: thrown,
+    /// nothing is recorded or acknowledged.
     public static func ingest(
         _ state: SessionState?, instanceId: String, events batch: [ReportedEvent], context: SessionContext
-    ) -> Decision<Outcome<Ingested>> {
+    ) throws(IllegalTransition) -> Decision<Outcome<Ingested>> {
         guard var session = state?.session, session.runtime.instanceId == instanceId else {
             return Decision(output: Outcome(output: Ingested(ack: nil, transitioned: false, ended: nil), notes: []))
         }
@@ -132,14 +138,14 @@ extension SessionReducer {
                 switch event.kind {
                 case .running:
                     if current.status == .pending {
-                        try? current.markRunning(at: now)
+                        try current.markRunning(at: now)
                         events.append(NewEvent(executionId: current.id, type: EventType.executionRunning, at: now))
                         drops.append(.execution(current.id, kinds: ["execute"]))
                         transitioned = true
                     }
                 case .agent, .output:
                     if current.status == .pending {
-                        try? current.markRunning(at: now)
+                        try current.markRunning(at: now)
                         drops.append(.execution(current.id, kinds: ["execute"]))
                         transitioned = true
                     }
@@ -147,12 +153,12 @@ extension SessionReducer {
                     // An event arriving now proves the runtime alive now, as a heartbeat would. After a
                     // control-plane restart a runtime whose execution ended meanwhile resends its backlog
                     // and no longer heartbeats; catching up must not count as silence.
-                    try? current.recordHeartbeat(at: now)
+                    try current.recordHeartbeat(at: now)
                     events.append(
                         NewEvent(executionId: current.id, type: event.kind == .agent ? EventType.agent : EventType.output, at: event.at, data: event.data))
                 case .ended:
                     let outcome = RuntimeOutcome(event.data)
-                    try? current.end(
+                    try current.end(
                         outcome.status, at: now, exitCode: outcome.exitCode, error: outcome.error,
                         interruptReason: outcome.interruptReason, reportedByRuntime: true
                     )
@@ -184,7 +190,7 @@ extension SessionReducer {
         guard last > acked else {
             return Decision(output: Outcome(output: Ingested(ack: resent ? acked : nil, transitioned: false, ended: nil), notes: notes))
         }
-        session.runtime.ackedSeq = last
+        session.runtime.recordAcknowledged(through: last)
         var change = SessionChange(sessionId: session.id, session: session, events: events, commands: commands, dropCommands: drops)
         if touched, let execution { change.executions = [execution] }
         var effects: [SessionEffect] = commands.isEmpty ? [] : [.deliverCommands]

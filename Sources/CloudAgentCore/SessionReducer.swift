@@ -110,8 +110,10 @@ public enum SessionReducer {
         // The execute waits for the last execution's auto-commit: make sure one is under way
         // (after a control-plane crash, nothing else would start it again).
         if let pending = session.autoCommitPending { effects.append(.autoCommit(pending)) }
-        if runtimeBefore == .stopped {
-            try? session.runtime.requestStart(at: now)
+        // A stopped runtime is started (cold); any other is up, or will start again once its stop
+        // is recorded.
+        if case .stopped(let stopped) = session.runtime {
+            session.runtime = .starting(stopped.starting(at: now))
             effects.append(.launch(requestedAt: now, restore: true))
         }
         if session.initiatedAt == nil { session.initiatedAt = now }
@@ -147,7 +149,7 @@ public enum SessionReducer {
     /// to kill it in case it had just started it.
     public static func interrupt(
         _ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext
-    ) throws(SessionError) -> Decision<Outcome<Interrupt>> {
+    ) throws -> Decision<Outcome<Interrupt>> {
         var session = try owned(state, id: id, by: owner)
         guard let activeId = session.activeExecutionId, var execution = state?.execution, execution.id == activeId, execution.status.isActive else {
             return Decision(output: Outcome(output: .none, notes: []))
@@ -160,7 +162,8 @@ public enum SessionReducer {
             )
         }
         let now = context.now
-        try? execution.end(.interrupted, at: now, interruptReason: "user", reportedByRuntime: false)
+        // Active and not running: pending, which may end interrupted.
+        try execution.end(.interrupted, at: now, interruptReason: "user", reportedByRuntime: false)
         session.activeExecutionId = nil
         session.updatedAt = now
         let change = SessionChange(
@@ -214,10 +217,17 @@ public enum SessionReducer {
         session.updatedAt = context.now
         var effects: [SessionEffect] = []
         var notes: [DecisionNote] = []
-        if session.runtime.state == .starting || session.runtime.state == .running {
-            let reason = StopReason(rule: .operator, at: context.now, detail: "session changed before initiate")
-            try? session.runtime.beginStopping(reason)
-            effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .operator, host: session.runtime.hostNode))
+        let reason = StopReason(rule: .operator, at: context.now, detail: "session changed before initiate")
+        let stopping: RuntimeStatus.Stopping? =
+            switch session.runtime {
+            case .starting(let starting): starting.stopping(reason)
+            case .running(let running): running.stopping(reason)
+            // Stopping already (a stop is decided once), or stopped: nothing to stop.
+            case .stopping, .stopped: nil
+            }
+        if let stopping {
+            session.runtime = .stopping(stopping)
+            effects.append(.terminate(stopping.process, sandbox: stopping.sandbox, rule: .operator, host: stopping.hostNode))
             notes.append(.stopDecided(reason))
         }
         return Decision(change: SessionChange(sessionId: session.id, session: session), effects: effects, output: Outcome(output: (), notes: notes))
@@ -235,10 +245,12 @@ public enum SessionReducer {
         session.changingNode = nil
         session.updatedAt = context.now
         // A workspace made anew was made on the deciding node's host: the runtime starts there.
-        if !restore { session.runtime.hostNode = context.nodeId }
+        if !restore { session.runtime.moveHost(to: context.nodeId) }
         var effects: [SessionEffect] = []
-        if session.runtime.state == .stopped {
-            try? session.runtime.requestStart(at: context.now)
+        // Stopped, as the first phase leaves it, the runtime starts again. Still stopping (its host,
+        // another node, has not recorded the stop yet), it is left to that stop: nothing starts here.
+        if case .stopped(let stopped) = session.runtime {
+            session.runtime = .starting(stopped.starting(at: context.now))
             effects.append(.launch(requestedAt: context.now, restore: restore))
         }
         return Decision(change: SessionChange(sessionId: session.id, session: session), effects: effects, output: session)
@@ -248,14 +260,14 @@ public enum SessionReducer {
     /// its files removed after it. A runtime not stopped yet is recorded stopped (rule
     /// `deleted`): the change's events — `runtime.stopped`, and the active execution's
     /// interruption — are the session's last, sent to live subscribers though not kept.
-    public static func delete(_ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext) throws(SessionError) -> Decision<Outcome<Void>> {
+    public static func delete(_ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext) throws -> Decision<Outcome<Void>> {
         let session = try owned(state, id: id, by: owner)
         var change = SessionChange.delete(session.id)
         var effects: [SessionEffect] = []
         var notes: [DecisionNote] = []
         if let state, session.runtime.state != .stopped {
             let reason = StopReason(rule: .deleted, at: context.now, detail: "session deleted")
-            let stop = recordStopped(state, reason: reason, executionError: "session deleted", context: context)
+            let stop = try recordStopped(state, reason: reason, executionError: "session deleted", context: context)
             change.events = stop.change?.events ?? []
             notes = stop.output.notes
             effects.append(.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: .deleted, host: session.runtime.hostNode))
@@ -286,12 +298,11 @@ public enum SessionReducer {
     public static func launching(
         _ state: SessionState?, requestedAt: Date, instanceId: String, secretHash: String, hostNode: String? = nil
     ) -> Decision<Outcome<Bool>> {
-        guard var session = state?.session, session.runtime.state == .starting, session.runtime.process == nil,
-            session.runtime.requestedAt == requestedAt
+        guard var session = state?.session, case .starting(var starting) = session.runtime, starting.process == nil,
+            starting.requestedAt == requestedAt
         else { return Decision(output: Outcome(output: false, notes: [])) }
-        session.runtime.instanceId = instanceId
-        session.runtime.secretHash = secretHash
-        session.runtime.hostNode = hostNode
+        starting.recordLaunching(instanceId: instanceId, secretHash: secretHash, hostNode: hostNode)
+        session.runtime = .starting(starting)
         return Decision(change: SessionChange(sessionId: session.id, session: session), output: Outcome(output: true, notes: []))
     }
 
@@ -302,7 +313,7 @@ public enum SessionReducer {
     /// cold start's restore failures, as `setup.failed` events.
     public static func launched(
         _ state: SessionState?, _ launch: Launch, setupFailures: [NewEvent], context: SessionContext
-    ) -> Decision<Outcome<Bool>> {
+    ) throws(IllegalTransition) -> Decision<Outcome<Bool>> {
         guard let state else {
             return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox), .removed(.deleted)], output: Outcome(output: false, notes: []))
         }
@@ -312,9 +323,7 @@ public enum SessionReducer {
         else {
             return Decision(effects: [.discardLaunch(launch.process, sandbox: launch.sandbox)], output: Outcome(output: false, notes: []))
         }
-        session.runtime.process = launch.process
-        session.runtime.launchedAt = context.now
-        session.runtime.sandbox = launch.sandbox
+        try session.runtime.recordLaunched(launch.process, sandbox: launch.sandbox, at: context.now)
         return Decision(
             change: SessionChange(sessionId: session.id, session: session, events: setupFailures),
             output: Outcome(output: true, notes: [.runtimeLaunched(launch.process)])
@@ -327,28 +336,33 @@ public enum SessionReducer {
     /// launch). Nil state (deleted meanwhile) has its restored files removed again.
     public static func launchFailed(
         _ state: SessionState?, requestedAt: Date, instanceId: String?, error: String, setupFailures: [NewEvent], context: SessionContext
-    ) -> Decision<Outcome<Void>> {
+    ) throws(IllegalTransition) -> Decision<Outcome<Void>> {
         guard let state else { return Decision(effects: [.removed(.deleted)], output: Outcome(output: (), notes: [])) }
         let runtime = state.session.runtime
         guard runtime.state == .starting, runtime.process == nil, runtime.requestedAt == requestedAt,
             instanceId == nil || runtime.instanceId == instanceId
         else { return Decision(output: Outcome(output: (), notes: [])) }
         let reason = StopReason(rule: .crashed, at: context.now, detail: "runtime could not start: \(error)")
-        return recordStopped(state, reason: reason, executionError: "runtime could not start: \(error)", extraEvents: setupFailures, context: context)
+        return try recordStopped(state, reason: reason, executionError: "runtime could not start: \(error)", extraEvents: setupFailures, context: context)
     }
 
     /// Phase one of a stop: the reason is recorded and the runtime is `stopping`; the effect takes
     /// its processes down and `stopped` records the end. False when no stop was decided (a stop
     /// is decided once).
     public static func beginStopping(_ state: SessionState?, reason: StopReason) -> Decision<Outcome<Bool>> {
-        guard var session = state?.session, session.runtime.state == .starting || session.runtime.state == .running else {
-            return Decision(output: Outcome(output: false, notes: []))
+        guard var session = state?.session else { return Decision(output: Outcome(output: false, notes: [])) }
+        let stopping: RuntimeStatus.Stopping
+        switch session.runtime {
+        case .starting(let starting): stopping = starting.stopping(reason)
+        case .running(let running): stopping = running.stopping(reason)
+        // Stopping already (a stop is decided once), or stopped: nothing to stop.
+        case .stopping, .stopped: return Decision(output: Outcome(output: false, notes: []))
         }
-        try? session.runtime.beginStopping(reason)
+        session.runtime = .stopping(stopping)
         session.updatedAt = reason.at
         return Decision(
             change: SessionChange(sessionId: session.id, session: session),
-            effects: [.terminate(session.runtime.process, sandbox: session.runtime.sandbox, rule: reason.rule, host: session.runtime.hostNode)],
+            effects: [.terminate(stopping.process, sandbox: stopping.sandbox, rule: reason.rule, host: stopping.hostNode)],
             output: Outcome(output: true, notes: [.stopDecided(reason)])
         )
     }
@@ -373,16 +387,18 @@ public enum SessionReducer {
 
     /// Phase two: the processes are gone; the stop is recorded once. An execution accepted
     /// after the stop was decided survives it and starts the runtime again.
-    public static func stopped(_ state: SessionState?, context: SessionContext) -> Decision<Outcome<Void>> {
+    public static func stopped(_ state: SessionState?, context: SessionContext) throws(IllegalTransition) -> Decision<Outcome<Void>> {
         guard let state, state.session.runtime.state == .stopping else { return Decision(output: Outcome(output: (), notes: [])) }
         let reason = state.session.runtime.stopReason ?? StopReason(rule: .operator, at: context.now)
-        return recordStopped(state, reason: reason, executionError: "runtime stopped (\(reason.rule.rawValue))", context: context)
+        return try recordStopped(state, reason: reason, executionError: "runtime stopped (\(reason.rule.rawValue))", context: context)
     }
 
     /// The runtime process `process` died on its own: rule `crashed`, its execution failed naming
     /// why. Found gone past its idle deadline with no execution active, it stopped itself for
     /// idleness while it could reach no control plane (the runtime's `OrphanPolicy`): rule `idle`.
-    public static func exited(_ state: SessionState?, process: RuntimeProcess, detail: String, context: SessionContext) -> Decision<Outcome<Void>> {
+    public static func exited(
+        _ state: SessionState?, process: RuntimeProcess, detail: String, context: SessionContext
+    ) throws(IllegalTransition) -> Decision<Outcome<Void>> {
         guard let state, state.session.runtime.process?.pid == process.pid,
             state.session.runtime.state == .starting || state.session.runtime.state == .running
         else { return Decision(output: Outcome(output: (), notes: [])) }
@@ -396,16 +412,17 @@ public enum SessionReducer {
             idleReason.detail = (idleReason.detail.map { $0 + "; " } ?? "") + "the runtime stopped itself without a control plane"
             reason = idleReason
         }
-        return recordStopped(state, reason: reason, executionError: "runtime died: \(detail)", context: context)
+        return try recordStopped(state, reason: reason, executionError: "runtime died: \(detail)", context: context)
     }
 
     /// Records the runtime stopped with `reason`: the execution active when the stop was decided
     /// ends (interrupted for a deliberate stop, failed for a crash), `runtime.stopped` is
     /// emitted and the outbox emptied. A pending execution accepted after the stop was decided
-    /// keeps its place and starts the runtime again.
+    /// keeps its place and starts the runtime again. Every caller has found the runtime not
+    /// stopped yet: a stop recorded twice is a bug, thrown.
     static func recordStopped(
         _ state: SessionState, reason: StopReason, executionError: String, extraEvents: [NewEvent] = [], context: SessionContext
-    ) -> Decision<Outcome<Void>> {
+    ) throws(IllegalTransition) -> Decision<Outcome<Void>> {
         let now = context.now
         var session = state.session
         var events = extraEvents
@@ -418,12 +435,12 @@ public enum SessionReducer {
                 survivor = execution
             } else {
                 if reason.rule == .crashed {
-                    try? execution.end(.failed, at: now, error: executionError, reportedByRuntime: false)
+                    try execution.end(.failed, at: now, error: executionError, reportedByRuntime: false)
                     events.append(NewEvent(executionId: activeId, type: EventType.executionFailed, at: now, data: ["error": .string(executionError)]))
                     notes.append(.executionEnded(activeId, .failed, detail: executionError))
                 } else {
                     let why = "runtime shutdown: \(reason.rule.rawValue)"
-                    try? execution.end(.interrupted, at: now, interruptReason: why, reportedByRuntime: false)
+                    try execution.end(.interrupted, at: now, interruptReason: why, reportedByRuntime: false)
                     events.append(NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": .string(why)]))
                     notes.append(.executionEnded(activeId, .interrupted, detail: why))
                 }
@@ -432,17 +449,16 @@ public enum SessionReducer {
                 if let delivery = CallbackDelivery.completion(of: execution, session: session, now: now) { callbacks.append(delivery) }
             }
         }
-        if session.runtime.state != .stopping { try? session.runtime.beginStopping(reason) }
-        try? session.runtime.markStopped(at: now, reason: reason)
-        session.runtime.process = nil
-        session.runtime.secretHash = nil
+        // The stop's reason replaces the one a stopping runtime was stopped for; its process and
+        // secret go with it.
+        try session.runtime.markStopped(at: now, reason: reason)
         session.updatedAt = now
         events.append(NewEvent(type: EventType.runtimeStopped, at: now, data: stopEventData(reason)))
         notes.append(.runtimeStopped(reason))
         var effects: [SessionEffect] = [.released]
         var commands: [OutboxCommand] = []
         if let survivor {
-            try? session.runtime.requestStart(at: now)
+            try session.runtime.requestStart(at: now)
             effects.append(.launch(requestedAt: now, restore: true))
             commands.append(.execute(survivor.id))
         }

@@ -43,7 +43,7 @@ package struct Engine: Sendable {
     ) async throws -> (committed: Committed<Output>, nextWakeUp: Date??) {
         let wakeUps = self.wakeUps
         let committed = try await ledger.update(id, forRules: true) { state, context -> Decision<SessionReducer.Outcome<Performed<Output>>> in
-            let ruled = SessionReducer.ruled(state, try decide(state, context), rules: rules, context: context)
+            let ruled = try SessionReducer.ruled(state, try decide(state, context), rules: rules, context: context)
             // Taken in the transaction: tickets of one session follow its commits.
             let performed = Performed(ruled: ruled.output.output, ticket: wakeUps.take())
             return Decision(change: ruled.change, effects: ruled.effects, output: SessionReducer.Outcome(output: performed, notes: ruled.output.notes))

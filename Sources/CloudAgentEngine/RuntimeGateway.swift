@@ -96,7 +96,7 @@ public final class RuntimeGateway: Sendable {
                     if ingested.ended != nil { connection.activeExecution = nil }
                 }
             ) { state, context in
-                SessionReducer.ingest(state, instanceId: instanceId, events: run, context: context)
+                try SessionReducer.ingest(state, instanceId: instanceId, events: run, context: context)
             }
         }
     }

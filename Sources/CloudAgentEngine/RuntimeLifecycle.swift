@@ -187,7 +187,7 @@ public final class RuntimeLifecycle: Sendable {
             do {
                 // The slot is kept or given back before the effects run (a discarded launch's).
                 kept = try await engine.perform(id, first: { [slots] committed in await slots.launchEnded(id, kept: committed.output) }) { state, context in
-                    SessionReducer.launched(state, launch, setupFailures: recorded, context: context)
+                    try SessionReducer.launched(state, launch, setupFailures: recorded, context: context)
                 }.output
             } catch {
                 await slots.launchEnded(id, kept: false)
@@ -212,7 +212,7 @@ public final class RuntimeLifecycle: Sendable {
         logger.error("runtime launch failed", metadata: ["sessionId": "\(id)", "error": "\(error)"])
         do {
             try await engine.perform(id) { state, context in
-                SessionReducer.launchFailed(
+                try SessionReducer.launchFailed(
                     state, requestedAt: requestedAt, instanceId: instanceId, error: error, setupFailures: setupFailures, context: context
                 )
             }
@@ -263,7 +263,7 @@ public final class RuntimeLifecycle: Sendable {
         }
         connections.close(id)
         do {
-            try await engine.perform(id) { state, context in SessionReducer.stopped(state, context: context) }
+            try await engine.perform(id) { state, context in try SessionReducer.stopped(state, context: context) }
         } catch is CancellationError {
             // The control plane is shutting down: the runtime stays `stopping`, and the next
             // start's recovery finishes the stop. Nothing is lost.
@@ -333,7 +333,7 @@ public final class RuntimeLifecycle: Sendable {
     package func exited(_ id: SessionID, process: RuntimeProcess, detail: String, engine: Engine) async {
         do {
             try await engine.perform(id) { state, context in
-                SessionReducer.exited(state, process: process, detail: detail, context: context)
+                try SessionReducer.exited(state, process: process, detail: detail, context: context)
             }
         } catch {
             logger.error("recording a crash failed", metadata: ["sessionId": "\(id)", "error": "\(String(reflecting: error))"])

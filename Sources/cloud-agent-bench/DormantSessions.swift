@@ -35,7 +35,7 @@ enum DormantSessions {
             rule: .idle, at: stopped, lastActivityAt: completed, idleMs: stopped.milliseconds(since: completed),
             idleTimeoutMs: timing.idleTimeoutMs, detail: "no activity for \(stopped.milliseconds(since: completed)) ms (since executionEnd)"
         )
-        session.runtime = RuntimeStatus(state: .stopped, startedAt: started, requestedAt: created, stoppedAt: stopped, stopReason: reason)
+        session.runtime = .stopped(RuntimeStatus.Stopped(startedAt: started, requestedAt: created, stoppedAt: stopped, stopReason: reason))
         var execution = Execution(id: ExecutionID(at: created), sessionId: id, prompt: prompt, acceptedAt: created)
         try execution.markRunning(at: started.adding(milliseconds: 30))
         execution.recordProgress(at: completed, events: 1)

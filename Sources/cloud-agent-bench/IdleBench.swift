@@ -329,9 +329,8 @@ struct InProcessSimulatedRuntimeFleet {
             id: id, owner: .local, createdAt: now, spec: SessionSpec(prompt: "simulated", idleTimeoutMs: idleTimeoutMs),
             workBranch: "session/\(id.rawValue)"
         )
-        try session.runtime.requestStart(at: now)
-        session.runtime.instanceId = UUID().uuidString.lowercased()
-        try session.runtime.markRunning(at: now)
+        session.runtime = .running(
+            RuntimeStatus.Running(startedAt: now, requestedAt: now, cold: false, instanceId: UUID().uuidString.lowercased(), connectedAt: now))
         try await plane.store.insertSession(session)
         await plane.scheduler.poke(id)
     }

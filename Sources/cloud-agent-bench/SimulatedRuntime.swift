@@ -45,8 +45,7 @@ struct SimulatedRuntimeSeat: Codable, Sendable {
         try session.runtime.requestStart(at: now)
         let secret = BearerToken.generate(prefix: "rts_")
         let instanceId = UUID().uuidString.lowercased()
-        session.runtime.instanceId = instanceId
-        session.runtime.secretHash = BearerToken.hash(secret)
+        try session.runtime.recordLaunching(instanceId: instanceId, secretHash: BearerToken.hash(secret), hostNode: nil)
         let execution = Execution(id: ExecutionID(at: now), sessionId: id, prompt: prompt, acceptedAt: now)
         session.initiatedAt = now
         session.activeExecutionId = execution.id

@@ -44,17 +44,16 @@ struct ClusterTests {
             lostNodes: ["a": Fixture.at(seconds(80))]
         )
         #expect(context.heardSince(session) == Fixture.at(seconds(10)))
-        session.runtime.connectedNode = "b"
+        session.runtime = Fixture.runningRuntime(since: Fixture.t0, connectedNode: "b")
         #expect(context.heardSince(session) == Fixture.at(seconds(10)))
-        session.runtime.connectedNode = "a"
+        session.runtime = Fixture.runningRuntime(since: Fixture.t0, connectedNode: "a")
         #expect(context.heardSince(session) == Fixture.at(seconds(80)))
     }
 
     @Test("a stale heartbeat after its node was lost is not a failure until the stale threshold has passed since the loss")
     func lostNodeDowntimeNeverCounts() throws {
-        var session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0))
-        session.runtime.connectedNode = "a"
-        session.runtime.process = RuntimeProcess(pid: 4242, startTime: 99)
+        var session = Fixture.session(
+            runtime: Fixture.runningRuntime(since: Fixture.t0, process: RuntimeProcess(pid: 4242, startTime: 99), connectedNode: "a"))
         var execution = try Fixture.runningExecution(acceptedAt: Fixture.t0, runningAt: Fixture.t0)
         execution.lastHeartbeat = Fixture.at(seconds(5))
         session.activeExecutionId = execution.id
@@ -62,14 +61,14 @@ struct ClusterTests {
         let state = SessionState(session: session, execution: execution, wakeUp: Fixture.at(seconds(20)))
         // Node a was last heard of at 15 s: the runtime may reconnect to b until 25 s.
         let lost = ["a": Fixture.at(seconds(15))]
-        let early = SessionReducer.evaluate(
+        let early = try SessionReducer.evaluate(
             state,
             context: SessionContext(
                 now: Fixture.at(seconds(20)), timing: timing, controlPlaneStartedAt: Fixture.t0, nodeId: "b", lostNodes: lost
             ))
         #expect(early.change?.executions.first?.status != .failed)
         #expect(early.output.output == Fixture.at(seconds(25)))
-        let late = SessionReducer.evaluate(
+        let late = try SessionReducer.evaluate(
             state,
             context: SessionContext(
                 now: Fixture.at(seconds(26)), timing: timing, controlPlaneStartedAt: Fixture.t0, nodeId: "b", lostNodes: lost
@@ -79,27 +78,25 @@ struct ClusterTests {
 
     @Test("a timer fires once: a node finding the stored wake-up moved (another node fired it) decides nothing")
     func timerFiresOnce() throws {
-        var session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0))
+        var session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0, process: RuntimeProcess(pid: 4242, startTime: 99)))
         session.initiatedAt = Fixture.t0
-        session.runtime.process = RuntimeProcess(pid: 4242, startTime: 99)
         let timing = Timing(idleTimeoutMs: minutes(15))
         let context = SessionContext(now: Fixture.at(minutes(15)), timing: timing, controlPlaneStartedAt: Fixture.t0)
         let due = SessionState(session: session, execution: nil, wakeUp: Fixture.at(minutes(15)))
-        let fired = SessionReducer.evaluate(due, context: context, timer: true)
+        let fired = try SessionReducer.evaluate(due, context: context, timer: true)
         #expect(fired.change?.session?.runtime.state == .stopping)
         let moved = SessionState(session: session, execution: nil, wakeUp: Fixture.at(minutes(20)))
-        let skipped = SessionReducer.evaluate(moved, context: context, timer: true)
+        let skipped = try SessionReducer.evaluate(moved, context: context, timer: true)
         #expect(skipped.change == nil)
         #expect(skipped.effects.isEmpty)
         #expect(skipped.output.output == Fixture.at(minutes(20)))
         // A poke (after a change) evaluates anyway.
-        #expect(SessionReducer.evaluate(moved, context: context).change?.session?.runtime.state == .stopping)
+        #expect(try SessionReducer.evaluate(moved, context: context).change?.session?.runtime.state == .stopping)
     }
 
     @Test("a launch records its host node, a hello the node it connected to")
     func nodesRecorded() throws {
-        var session = Fixture.session(runtime: RuntimeStatus(state: .starting, requestedAt: Fixture.t0))
-        session.runtime.cold = false
+        var session = Fixture.session(runtime: .starting(RuntimeStatus.Starting(requestedAt: Fixture.t0, cold: false)))
         session.initiatedAt = nil
         let launching = SessionReducer.launching(
             SessionState(session: session, execution: nil), requestedAt: Fixture.t0, instanceId: "i-1", secretHash: "h", hostNode: "a"
@@ -116,8 +113,7 @@ struct ClusterTests {
 
     @Test("a change notice is small JSON that says what changed, and survives the trip")
     func changeNotice() throws {
-        var session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0))
-        session.runtime.hostNode = "a"
+        let session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0, hostNode: "a"))
         let event = Event(id: 7, sessionId: session.id, executionId: nil, type: "agent", at: Fixture.t0, data: [:])
         let last = Event(id: 9, sessionId: session.id, executionId: nil, type: "agent", at: Fixture.t0, data: [:])
         let notice = ChangeNotice(node: "b", change: SessionChange(sessionId: session.id, session: session), events: [event, last], record: session)

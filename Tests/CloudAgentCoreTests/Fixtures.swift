@@ -35,9 +35,38 @@ enum Fixture {
         return execution
     }
 
-    /// A runtime that connected at `startedAt`.
-    static func runningRuntime(since startedAt: Date) -> RuntimeStatus {
-        RuntimeStatus(state: .running, startedAt: startedAt, requestedAt: startedAt.adding(milliseconds: -seconds(2)))
+    /// A runtime that connected at `startedAt` (requested two seconds before): of launch
+    /// `instanceId` with `process`, hosted by `hostNode`, connected to `connectedNode`.
+    static func runningRuntime(
+        since startedAt: Date, instanceId: String? = nil, process: RuntimeProcess? = nil, hostNode: String? = nil, connectedNode: String? = nil
+    ) -> RuntimeStatus {
+        .running(
+            RuntimeStatus.Running(
+                startedAt: startedAt, requestedAt: startedAt.adding(milliseconds: -seconds(2)), cold: false, instanceId: instanceId, process: process,
+                connectedAt: startedAt, hostNode: hostNode, connectedNode: connectedNode
+            ))
+    }
+
+    /// A runtime in `state`, for the tests that go through the states: requested at
+    /// `requestedAt`; connected at `startedAt` when running (or stopping, or stopped, after it
+    /// ran); stopping or stopped for `stopReason` (an operator's stop at `requestedAt` unless
+    /// given); stopped at `stoppedAt`.
+    static func runtime(
+        _ state: RuntimeState, requestedAt: Date = Fixture.t0, startedAt: Date? = nil, stopReason: StopReason? = nil, stoppedAt: Date? = nil
+    ) -> RuntimeStatus {
+        switch state {
+        case .stopped:
+            .stopped(RuntimeStatus.Stopped(startedAt: startedAt, requestedAt: requestedAt, stoppedAt: stoppedAt, stopReason: stopReason))
+        case .starting:
+            .starting(RuntimeStatus.Starting(requestedAt: requestedAt, cold: false))
+        case .running:
+            .running(RuntimeStatus.Running(startedAt: startedAt ?? requestedAt, requestedAt: requestedAt, cold: false, connectedAt: startedAt ?? requestedAt))
+        case .stopping:
+            .stopping(
+                RuntimeStatus.Stopping(
+                    startedAt: startedAt, requestedAt: requestedAt, cold: false, stopReason: stopReason ?? StopReason(rule: .operator, at: requestedAt),
+                    connectedAt: startedAt))
+        }
     }
 
     static func session(createdAt: Date = Fixture.t0, spec: SessionSpec = SessionSpec(prompt: "say hello"), runtime: RuntimeStatus = .neverStarted)

@@ -87,11 +87,11 @@ struct IdlePolicyTests {
         var execution = try Fixture.runningExecution(acceptedAt: Fixture.at(seconds(1)), runningAt: Fixture.at(seconds(2)))
         try execution.end(.completed, at: Fixture.at(minutes(1)), exitCode: 0, reportedByRuntime: true)
         let idleStop = StopReason(rule: .idle, at: Fixture.at(minutes(16)), lastActivityAt: Fixture.at(minutes(1)), idleMs: idle, idleTimeoutMs: idle)
-        let runtime =
+        let runtime: RuntimeStatus =
             switch state {
-            case .stopped: RuntimeStatus(state: .stopped, startedAt: Fixture.t0, stoppedAt: Fixture.at(minutes(16)), stopReason: idleStop)
-            case .starting: RuntimeStatus(state: .starting, requestedAt: Fixture.t0)
-            case .stopping: RuntimeStatus(state: .stopping, startedAt: Fixture.t0, stopReason: idleStop)
+            case .stopped: .stopped(RuntimeStatus.Stopped(startedAt: Fixture.t0, stoppedAt: Fixture.at(minutes(16)), stopReason: idleStop))
+            case .starting: .starting(RuntimeStatus.Starting(requestedAt: Fixture.t0, cold: false))
+            case .stopping: .stopping(RuntimeStatus.Stopping(startedAt: Fixture.t0, requestedAt: Fixture.t0, cold: false, stopReason: idleStop))
             case .running: Fixture.runningRuntime(since: Fixture.t0)
             }
 

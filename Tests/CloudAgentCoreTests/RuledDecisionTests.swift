@@ -25,7 +25,7 @@ struct RuledDecisionTests {
         let id = ExecutionID(at: Fixture.at(seconds(1)))
         let decision = try SessionReducer.startExecution(
             state, id: Fixture.sessionId, owner: .local, .init(id: id, followUp: false), context: Self.context(at: seconds(1)))
-        let ruled = SessionReducer.ruled(state, decision, rules: .afterChange, context: Self.context(at: seconds(1)))
+        let ruled = try SessionReducer.ruled(state, decision, rules: .afterChange, context: Self.context(at: seconds(1)))
         let change = try #require(ruled.change)
         #expect(change.newExecution?.id == id)
         #expect(change.commands == [.execute(id)])
@@ -38,7 +38,7 @@ struct RuledDecisionTests {
         // The same as evaluating the rules after the change, in a transaction of their own.
         let written = try #require(decision.change)
         let after = try #require(state.applying(written))
-        #expect(SessionReducer.evaluate(after, context: Self.context(at: seconds(1))).output.output == pendingDeadline)
+        #expect(try SessionReducer.evaluate(after, context: Self.context(at: seconds(1))).output.output == pendingDeadline)
     }
 
     @Test("a change the rules act on at once: the rules' actions are in the same change, after the decision's")
@@ -50,7 +50,7 @@ struct RuledDecisionTests {
             session in
             session.spec.idleTimeoutMs = minutes(10)
         }
-        let ruled = SessionReducer.ruled(
+        let ruled = try SessionReducer.ruled(
             state, decision.withoutNotes, rules: .afterChange, context: Self.context(at: minutes(16))
         )
         let change = try #require(ruled.change)
@@ -69,25 +69,25 @@ struct RuledDecisionTests {
         var state = Self.running()
         let execution = try Fixture.runningExecution(acceptedAt: Fixture.at(seconds(1)), runningAt: Fixture.at(seconds(2)))
         state.session.activeExecutionId = execution.id
-        state.session.runtime.ackedSeq = 1
+        state.session.runtime.recordAcknowledged(through: 1)
         state.execution = execution
-        let nothing = SessionReducer.ruled(
+        let nothing = try SessionReducer.ruled(
             state, Decision(output: SessionReducer.Outcome(output: (), notes: [])), rules: .afterChange, context: Self.context(at: seconds(3))
         )
         #expect(nothing.change == nil)
         #expect(nothing.output.output.nextWakeUp == nil)
-        let progress = SessionReducer.ingest(
+        let progress = try SessionReducer.ingest(
             state, instanceId: "instance-1",
             events: [
                 ReportedEvent(seq: 2, executionId: execution.id.rawValue, kind: .output, at: Fixture.at(seconds(3)))
             ], context: Self.context(at: seconds(3)))
         #expect(!progress.movesDeadlines)
-        let ruled = SessionReducer.ruled(state, progress, rules: .afterChange, context: Self.context(at: seconds(3)))
+        let ruled = try SessionReducer.ruled(state, progress, rules: .afterChange, context: Self.context(at: seconds(3)))
         #expect(ruled.change?.wakeUp == nil)
         // The stored wake-up stands (armed where the change was made).
         #expect(ruled.output.output.nextWakeUp == .some(state.wakeUp))
         // A wake-up firing evaluates them whatever the decision.
-        let fired = SessionReducer.ruled(
+        let fired = try SessionReducer.ruled(
             state, Decision(output: SessionReducer.Outcome(output: (), notes: [])), rules: .always(timer: false), context: Self.context(at: seconds(3))
         )
         #expect(fired.output.output.nextWakeUp != nil)
@@ -96,13 +96,13 @@ struct RuledDecisionTests {
     @Test("a timer that is not due any more decides nothing; a deletion disarms")
     func timerAndDeletion() throws {
         let state = Self.running()
-        let early = SessionReducer.ruled(
+        let early = try SessionReducer.ruled(
             state, Decision(output: SessionReducer.Outcome(output: (), notes: [])), rules: .always(timer: true), context: Self.context(at: minutes(1))
         )
         #expect(early.change == nil)
         #expect(early.output.output.nextWakeUp == .some(state.wakeUp))
         let deletion = try SessionReducer.delete(state, id: Fixture.sessionId, owner: .local, context: Self.context(at: seconds(1)))
-        let ruled = SessionReducer.ruled(state, deletion, rules: .afterChange, context: Self.context(at: seconds(1)))
+        let ruled = try SessionReducer.ruled(state, deletion, rules: .afterChange, context: Self.context(at: seconds(1)))
         #expect(ruled.change?.deletesSession == true)
         #expect(ruled.output.output.nextWakeUp == .some(nil))
     }
@@ -164,7 +164,7 @@ struct RuledDecisionTests {
 struct CapacityPolicyTests {
     static func candidate(_ id: SessionID, startedAt offset: Int64, state: RuntimeState = .running) -> CapacityPolicy.Candidate {
         var session = SessionRecord(id: id, owner: .local, createdAt: Fixture.t0, spec: SessionSpec(prompt: "p"))
-        session.runtime = RuntimeStatus(state: state, startedAt: Fixture.at(offset), requestedAt: Fixture.at(offset))
+        session.runtime = Fixture.runtime(state, requestedAt: Fixture.at(offset), startedAt: Fixture.at(offset))
         return CapacityPolicy.Candidate(session: session, latestExecution: nil)
     }
 
@@ -228,8 +228,7 @@ struct FrameDeadlineTests {
     @Test("a first connect moves the deadlines; a reconnect leaves them to the stored wake-up")
     func helloMovesDeadlinesOnce() throws {
         let context = SessionContext(now: Fixture.at(seconds(5)), timing: Timing(), controlPlaneStartedAt: Fixture.t0)
-        var session = Fixture.session(runtime: RuntimeStatus(state: .starting, requestedAt: Fixture.t0))
-        session.runtime.instanceId = "instance-1"
+        let session = Fixture.session(runtime: .starting(RuntimeStatus.Starting(requestedAt: Fixture.t0, cold: false, instanceId: "instance-1")))
         let first = SessionReducer.hello(SessionState(session: session, execution: nil), instanceId: "instance-1", reportedActive: nil, context: context)
         #expect(first.movesDeadlines)
         let running = try #require(first.change?.session)

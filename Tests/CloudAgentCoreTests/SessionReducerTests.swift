@@ -13,10 +13,8 @@ struct SessionReducerTests {
 
     /// A session whose runtime (launch `instance-1`) connected at t0.
     static func running() -> SessionState {
-        var session = Fixture.session(runtime: Fixture.runningRuntime(since: Fixture.t0))
-        session.runtime.instanceId = "instance-1"
-        session.runtime.process = RuntimeProcess(pid: 4242, startTime: 99)
-        session.runtime.ackedSeq = 0
+        let session = Fixture.session(
+            runtime: Fixture.runningRuntime(since: Fixture.t0, instanceId: "instance-1", process: RuntimeProcess(pid: 4242, startTime: 99)))
         return SessionState(session: session, execution: nil)
     }
 
@@ -70,7 +68,7 @@ struct SessionReducerTests {
         #expect(queued.change?.session?.runtime.state == .stopping)
         #expect(!queued.effects.contains { if case .launch = $0 { true } else { false } })
         // The stop is recorded: the execution accepted after it was decided survives and starts the runtime.
-        let recorded = SessionReducer.stopped(Self.applying(queued, to: stopping), context: Self.context(at: seconds(8)))
+        let recorded = try SessionReducer.stopped(Self.applying(queued, to: stopping), context: Self.context(at: seconds(8)))
         let session = try #require(recorded.change?.session)
         #expect(session.runtime.state == .starting)
         #expect(session.activeExecutionId == id)
@@ -107,7 +105,7 @@ struct SessionReducerTests {
         state.session.activeExecutionId = execution.id
         state.execution = execution
         let raw = execution.id.rawValue
-        let first = SessionReducer.ingest(
+        let first = try SessionReducer.ingest(
             state, instanceId: "instance-1",
             events: [
                 ReportedEvent(seq: 1, executionId: raw, kind: .running, at: Fixture.at(seconds(2))),
@@ -120,7 +118,7 @@ struct SessionReducerTests {
         #expect(first.change?.events.map(\.type) == [EventType.executionRunning, EventType.agent])
         #expect(first.change?.dropCommands == [.execution(execution.id, kinds: ["execute"])])
         let after = Self.applying(first, to: state)
-        let resent = SessionReducer.ingest(
+        let resent = try SessionReducer.ingest(
             after, instanceId: "instance-1",
             events: [
                 ReportedEvent(seq: 2, executionId: raw, kind: .agent, at: Fixture.at(seconds(2)))
@@ -128,7 +126,7 @@ struct SessionReducerTests {
         #expect(resent.change == nil)
         #expect(resent.output.output.ack == 2)
         // Another launch's frames change nothing.
-        let stale = SessionReducer.ingest(
+        let stale = try SessionReducer.ingest(
             after, instanceId: "instance-0",
             events: [
                 ReportedEvent(seq: 3, executionId: raw, kind: .agent, at: Fixture.at(seconds(2)))
@@ -151,7 +149,7 @@ struct SessionReducerTests {
                     "status": "completed", "exitCode": 0, "conversationId": "conv-1",
                 ])
         ]
-        let decision = SessionReducer.ingest(state, instanceId: "instance-1", events: ended, context: Self.context(at: seconds(3)))
+        let decision = try SessionReducer.ingest(state, instanceId: "instance-1", events: ended, context: Self.context(at: seconds(3)))
         let change = try #require(decision.change)
         #expect(change.session?.activeExecutionId == nil)
         #expect(change.session?.agentConversationId == "conv-1")
@@ -160,16 +158,29 @@ struct SessionReducerTests {
         #expect(change.dropCommands == [.execution(execution.id, kinds: ["execute", "kill"])])
         #expect(decision.effects == [.deliverCallbacks])
         state.session.spec.autoCommit = true
-        let committing = SessionReducer.ingest(state, instanceId: "instance-1", events: ended, context: Self.context(at: seconds(3)))
+        let committing = try SessionReducer.ingest(state, instanceId: "instance-1", events: ended, context: Self.context(at: seconds(3)))
         #expect(committing.change?.callbacks.isEmpty == true)
         #expect(committing.change?.session?.autoCommitPending == execution.id)
         #expect(committing.effects == [.autoCommit(execution.id)])
         // While the auto-commit is pending the runtime is not idle and a pending execution is not timed.
         let pending = Self.applying(committing, to: state)
-        let rules = SessionReducer.evaluate(pending, context: Self.context(at: hours(2)))
+        let rules = try SessionReducer.evaluate(pending, context: Self.context(at: hours(2)))
         #expect(rules.output.notes.isEmpty)
         #expect(rules.change?.session == nil)
         #expect(rules.effects.isEmpty)
+    }
+
+    @Test("a transition the runtime's frames ask for that its execution cannot make is thrown, with nothing recorded")
+    func invalidTransitionIsThrown() throws {
+        var state = Self.running()
+        let pending = Fixture.execution(acceptedAt: Fixture.at(seconds(1)))
+        state.session.activeExecutionId = pending.id
+        state.execution = pending
+        // Completed, though never reported running: only a running execution completes.
+        let ended = ReportedEvent(seq: 1, executionId: pending.id.rawValue, kind: .ended, at: Fixture.at(seconds(2)), data: ["status": "completed"])
+        #expect(throws: IllegalTransition(from: "pending", to: "completed")) {
+            try SessionReducer.ingest(state, instanceId: "instance-1", events: [ended], context: Self.context(at: seconds(2)))
+        }
     }
 
     @Test("interrupt: a running execution is killed by its runtime; a pending one ends here, with a kill in case it started")
@@ -196,8 +207,7 @@ struct SessionReducerTests {
     @Test("hello: a starting runtime becomes running; a stale launch or a stopping runtime is told to go")
     func hello() throws {
         var state = Self.running()
-        state.session.runtime = RuntimeStatus(state: .starting, requestedAt: Fixture.t0)
-        state.session.runtime.instanceId = "instance-2"
+        state.session.runtime = .starting(RuntimeStatus.Starting(requestedAt: Fixture.t0, cold: false, instanceId: "instance-2"))
         let pending = Fixture.execution(acceptedAt: Fixture.at(seconds(1)))
         state.session.activeExecutionId = pending.id
         state.execution = pending
@@ -217,7 +227,7 @@ struct SessionReducerTests {
     @Test("a launch's id and secret are recorded before the spawn; its process is recorded only while the session has that launch")
     func launched() throws {
         var state = Self.running()
-        state.session.runtime = RuntimeStatus(state: .starting, requestedAt: Fixture.t0)
+        state.session.runtime = .starting(RuntimeStatus.Starting(requestedAt: Fixture.t0, cold: false))
         let claimed = SessionReducer.launching(state, requestedAt: Fixture.t0, instanceId: "i", secretHash: "h")
         #expect(claimed.output.output)
         #expect(claimed.change?.session?.runtime.secretHash == "h")
@@ -227,15 +237,15 @@ struct SessionReducerTests {
         let welcomed = Self.applying(SessionReducer.hello(state, instanceId: "i", reportedActive: nil, context: Self.context(at: seconds(29))), to: state)
         #expect(welcomed.session.runtime.state == .running)
         let launch = SessionReducer.Launch(instanceId: "i", process: RuntimeProcess(pid: 7, startTime: 1), sandbox: "none")
-        let recorded = SessionReducer.launched(welcomed, launch, setupFailures: [], context: Self.context(at: seconds(30)))
+        let recorded = try SessionReducer.launched(welcomed, launch, setupFailures: [], context: Self.context(at: seconds(30)))
         #expect(recorded.output.output)
         #expect(recorded.change?.session?.runtime.process == launch.process)
         #expect(recorded.change?.session?.runtime.launchedAt == Fixture.at(seconds(30)))
         let other = SessionReducer.Launch(instanceId: "j", process: RuntimeProcess(pid: 8, startTime: 1), sandbox: "none")
-        let superseded = SessionReducer.launched(state, other, setupFailures: [], context: Self.context(at: seconds(30)))
+        let superseded = try SessionReducer.launched(state, other, setupFailures: [], context: Self.context(at: seconds(30)))
         #expect(!superseded.output.output)
         #expect(superseded.effects == [.discardLaunch(other.process, sandbox: "none")])
-        let deleted = SessionReducer.launched(nil, launch, setupFailures: [], context: Self.context(at: seconds(30)))
+        let deleted = try SessionReducer.launched(nil, launch, setupFailures: [], context: Self.context(at: seconds(30)))
         #expect(deleted.effects == [.discardLaunch(launch.process, sandbox: "none"), .removed(.deleted)])
     }
 
@@ -243,12 +253,12 @@ struct SessionReducerTests {
     func rulesDecideOnce() throws {
         var state = Self.running()
         state.session.initiatedAt = Fixture.t0
-        let decided = SessionReducer.evaluate(state, context: Self.context(at: minutes(15)))
+        let decided = try SessionReducer.evaluate(state, context: Self.context(at: minutes(15)))
         let session = try #require(decided.change?.session)
         #expect(session.runtime.state == .stopping)
         #expect(session.runtime.stopReason?.rule == .idle)
         #expect(decided.effects == [.terminate(RuntimeProcess(pid: 4242, startTime: 99), sandbox: nil, rule: .idle)])
-        let again = SessionReducer.evaluate(Self.applying(decided, to: state), context: Self.context(at: minutes(15)))
+        let again = try SessionReducer.evaluate(Self.applying(decided, to: state), context: Self.context(at: minutes(15)))
         #expect(again.effects.isEmpty)
     }
 

@@ -81,7 +81,7 @@ struct SessionRulesTests {
     @Test("the TTL never expires a session whose runtime is up", arguments: [RuntimeState.starting, .running, .stopping])
     func noTTLWhileRuntimeIsUp(state: RuntimeState) {
         let timing = Timing()
-        let runtime = RuntimeStatus(state: state, startedAt: state == .starting ? nil : Fixture.t0, requestedAt: Fixture.t0)
+        let runtime = Fixture.runtime(state, requestedAt: Fixture.t0, startedAt: Fixture.t0)
         let snapshot = SessionSnapshot(session: Fixture.session(runtime: runtime), latestExecution: nil, oldestEventAt: nil)
         let now = Fixture.at(timing.sessionTTLMs + days(1))
         let evaluation = evaluate(snapshot, now: now)
@@ -124,10 +124,7 @@ struct SessionRulesTests {
 
     /// A runtime launched (its process started) at `launchedAt`, not connected yet.
     private func launched(requestedAt: Date, launchedAt: Date) -> RuntimeStatus {
-        var runtime = RuntimeStatus(state: .starting, requestedAt: requestedAt)
-        runtime.process = RuntimeProcess(pid: 4242, startTime: 1)
-        runtime.launchedAt = launchedAt
-        return runtime
+        .starting(RuntimeStatus.Starting(requestedAt: requestedAt, cold: false, launchedAt: launchedAt, process: RuntimeProcess(pid: 4242, startTime: 1)))
     }
 
     @Test("a starting runtime that does not connect within the pending timeout of its launch is stopped as crashed")
@@ -173,7 +170,7 @@ struct SessionRulesTests {
         let timing = Timing()
         let requestedAt = Fixture.at(minutes(1))
         let execution = Fixture.execution(acceptedAt: requestedAt)
-        var session = Fixture.session(runtime: RuntimeStatus(state: .starting, requestedAt: requestedAt))
+        var session = Fixture.session(runtime: .starting(RuntimeStatus.Starting(requestedAt: requestedAt, cold: false)))
         session.activeExecutionId = execution.id
         session.executionCount = 1
         // Twenty minutes of setup commands: nothing fails and nothing is due (the launch that

@@ -137,7 +137,7 @@ struct StateMachineTests {
 
     @Test("a start is requested only from stopped", arguments: [RuntimeState.starting, .running, .stopping])
     func requestStartOnlyFromStopped(state: RuntimeState) {
-        let runtime = RuntimeStatus(state: state, startedAt: Fixture.t0, requestedAt: Fixture.t0)
+        let runtime = Fixture.runtime(state, requestedAt: Fixture.t0, startedAt: Fixture.t0)
         let error = illegalTransition(runtime) { try $0.requestStart(at: Fixture.at(minutes(1))) }
         #expect(error?.from == state.rawValue)
         #expect(error?.to == "starting")
@@ -145,7 +145,7 @@ struct StateMachineTests {
 
     @Test("a runtime becomes running only from starting", arguments: [RuntimeState.stopped, .running, .stopping])
     func markRunningOnlyFromStarting(state: RuntimeState) {
-        let runtime = RuntimeStatus(state: state, startedAt: Fixture.t0)
+        let runtime = Fixture.runtime(state, startedAt: Fixture.t0)
         #expect(illegalTransition(runtime) { try $0.markRunning(at: Fixture.at(minutes(1))) } != nil)
     }
 

@@ -46,8 +46,7 @@ struct ReliabilityIngestTests {
             var session = SessionRecord(id: id, owner: .local, createdAt: now, spec: SessionSpec(prompt: "burst"), workBranch: "session/\(id.rawValue)")
             try session.runtime.requestStart(at: now)
             let secret = BearerToken.generate(prefix: "rts_")
-            session.runtime.instanceId = UUID().uuidString.lowercased()
-            session.runtime.secretHash = BearerToken.hash(secret)
+            try session.runtime.recordLaunching(instanceId: UUID().uuidString.lowercased(), secretHash: BearerToken.hash(secret), hostNode: nil)
             let execution = Execution(id: ExecutionID(at: now), sessionId: id, prompt: "burst", acceptedAt: now)
             session.initiatedAt = now
             session.activeExecutionId = execution.id

@@ -54,9 +54,8 @@ struct ReliabilityShutdownTests {
             id: id, owner: .local, createdAt: now, spec: SessionSpec(prompt: "simulated", idleTimeoutMs: idleTimeoutMs),
             workBranch: "session/\(id.rawValue)"
         )
-        try session.runtime.requestStart(at: now)
-        session.runtime.instanceId = UUID().uuidString.lowercased()
-        try session.runtime.markRunning(at: now)
+        session.runtime = .running(
+            RuntimeStatus.Running(startedAt: now, requestedAt: now, cold: false, instanceId: UUID().uuidString.lowercased(), connectedAt: now))
         try await store.insertSession(session)
         return id
     }

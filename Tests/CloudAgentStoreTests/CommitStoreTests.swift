@@ -11,7 +11,7 @@ struct CommitStoreTests {
             var session = try await store.insertFixtureSession()
             session.updatedAt = Fixture.date(500)
             session.initiatedAt = Fixture.date(400)
-            session.runtime = RuntimeStatus(state: .starting, requestedAt: Fixture.date(400))
+            session.runtime = .starting(RuntimeStatus.Starting(requestedAt: Fixture.date(400), cold: false))
             session.spec.idleTimeoutMs = 60_000
             session.executionCount = 1
             try await store.commit(SessionChange(sessionId: session.id, session: session))

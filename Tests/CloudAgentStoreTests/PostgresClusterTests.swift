@@ -142,14 +142,15 @@ struct PostgresClusterTests {
                         var expected: [ChangeNotice] = []
 
                         var record = Fixture.session()
-                        record.runtime.state = .running
-                        record.runtime.hostNode = "a"
+                        record.runtime = .running(
+                            RuntimeStatus.Running(
+                                startedAt: Fixture.date(0), requestedAt: Fixture.date(0), cold: false, connectedAt: Fixture.date(0), hostNode: "a"))
                         let sessionId = record.id
                         let id = sessionId.rawValue
                         try await a.insertSession(record)
                         expected.append(ChangeNotice(node: "a", sessionId: id, host: "a", runtime: "running"))
 
-                        record.runtime.state = .stopping
+                        try record.runtime.beginStopping(StopReason(rule: .operator, at: Fixture.date(1)))
                         try await a.commit(SessionChange(sessionId: record.id, session: record, events: [Fixture.event(at: 1), Fixture.event(at: 2)]))
                         expected.append(ChangeNotice(node: "a", sessionId: id, firstEventId: 1, lastEventId: 2, host: "a", runtime: "stopping"))
 
@@ -172,7 +173,7 @@ struct PostgresClusterTests {
                         #expect(try await a.deleteSession(sessionId))
                         expected.append(ChangeNotice(node: "a", sessionId: id, host: "a", runtime: "deleted"))
                         var other = Fixture.session()
-                        other.runtime.hostNode = "a"
+                        other.runtime.moveHost(to: "a")
                         try await a.insertSession(other)
                         expected.append(ChangeNotice(node: "a", sessionId: other.id.rawValue, host: "a", runtime: "stopped"))
                         try await a.commit(.delete(other.id))

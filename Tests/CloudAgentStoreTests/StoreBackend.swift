@@ -112,10 +112,11 @@ enum Fixture {
         session.preparedAt = date(5)
         session.initiatedAt = date(10)
         session.updatedAt = date(20)
-        session.runtime = RuntimeStatus(
-            state: .stopped, startedAt: date(11), requestedAt: date(10), stoppedAt: date(19),
-            stopReason: StopReason(rule: .idle, at: date(19), lastActivityAt: date(12), idleMs: 7, idleTimeoutMs: 900_000, detail: "quiet")
-        )
+        session.runtime = .stopped(
+            RuntimeStatus.Stopped(
+                startedAt: date(11), requestedAt: date(10), stoppedAt: date(19),
+                stopReason: StopReason(rule: .idle, at: date(19), lastActivityAt: date(12), idleMs: 7, idleTimeoutMs: 900_000, detail: "quiet")
+            ))
         session.activeExecutionId = ExecutionID(at: date(10))
         session.executionCount = 3
         return session
