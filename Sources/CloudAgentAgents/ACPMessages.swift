@@ -68,12 +68,8 @@ public enum ACPMessage: Sendable, Equatable {
         return line(["jsonrpc": "2.0", "id": id, "error": .object(body)])
     }
 
-    /// One line of compact JSON (no newline inside: JSON escapes them in strings).
-    static func line(_ object: [String: JSONValue]) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        return (try? encoder.encode(JSONValue.object(object))).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-    }
+    /// One line of compact JSON, keys sorted (no newline inside: JSON escapes them in strings).
+    static func line(_ object: [String: JSONValue]) -> String { JSONText.encode(object) }
 }
 
 /// A JSON-RPC error: the agent's answer to a request that failed, or the client's to one it
@@ -98,7 +94,7 @@ public struct ACPError: Error, Sendable, Equatable, CustomStringConvertible {
     /// From a response's `error` member, whatever shape the agent gave it.
     init(_ value: JSONValue) {
         code = value["code"]?.intValue ?? Self.internalError
-        message = value["message"]?.stringValue ?? value.compactJSON
+        message = value["message"]?.stringValue ?? JSONText.encode(value)
         data = value["data"]
     }
 

@@ -80,7 +80,7 @@ public struct ACPTurnReader: Sendable {
         finalMessage = ""
         switch kind {
         case "tool_call", "tool_call_update":
-            guard let id = update["toolCallId"]?.stringValue ?? update["toolCallId"].map({ $0.compactJSON }) else {
+            guard let id = update["toolCallId"]?.stringValue ?? update["toolCallId"].map(JSONText.encode) else {
                 return events + [AgentEventData.log("a \(kind) without a toolCallId", raw: Self.cut(raw))]
             }
             var call = tools[id] ?? ToolCall()
@@ -247,7 +247,7 @@ public enum ACPTurnOutcome {
             case let other?:
                 return .failed("the turn ended with stopReason \(other)")
             case nil:
-                return .failed("the agent's answer to session/prompt has no stopReason: \(AgentEventData.tail(result.compactJSON, limit: 300))")
+                return .failed("the agent's answer to session/prompt has no stopReason: \(AgentEventData.tail(JSONText.encode(result), limit: 300))")
             }
         }
     }

@@ -111,9 +111,9 @@ enum AgentEventData {
             if let key = preferred.first(where: { object[$0] != nil }), let value = object[key] {
                 text = value.flattenedText
             } else {
-                text = input.compactJSON
+                text = JSONText.encode(input)
             }
-        default: text = input.compactJSON
+        default: text = JSONText.encode(input)
         }
         text = text.replacingOccurrences(of: "\n", with: " ")
         if text.count > inputSummaryCharacters { text = String(text.prefix(inputSummaryCharacters)) + "…" }
@@ -136,13 +136,7 @@ extension JSONValue {
         switch self {
         case .string(let value): value
         case .array(let items) where items.allSatisfy({ $0.stringValue != nil }): items.compactMap(\.stringValue).joined(separator: " ")
-        default: compactJSON
+        default: JSONText.encode(self)
         }
-    }
-
-    public var compactJSON: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 }

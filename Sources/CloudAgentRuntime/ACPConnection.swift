@@ -237,7 +237,7 @@ actor ACPConnection {
         switch ACPMessage.parse(line) {
         case .response(let id, let result):
             guard let number = id.intValue.map(Int.init), pending[number] != nil else {
-                logger.info("an ACP answer to no pending request: ignored", metadata: ["id": .string(id.compactJSON)])
+                logger.info("an ACP answer to no pending request: ignored", metadata: ["id": .string(JSONText.encode(id))])
                 return
             }
             resolve(number, result.mapError { .agent($0) })
