@@ -35,16 +35,20 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
+        // The one JSON value (`JSONValue`) and its text writer (`JSONText`), shared by the core and
+        // the runtime protocol (so by the control plane and the runtime). No dependencies.
+        .target(name: "CloudAgentJSON", swiftSettings: strict),
         // Domain types, the idle and liveness rules, validation, the store protocol. No I/O.
         .target(
             name: "CloudAgentCore",
             dependencies: [
-                .product(name: "Crypto", package: "swift-crypto")
+                "CloudAgentJSON",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),
         // The runtime protocol's frames, shared by the control plane and the runtime.
-        .target(name: "CloudAgentProtocol", swiftSettings: strict),
+        .target(name: "CloudAgentProtocol", dependencies: ["CloudAgentJSON"], swiftSettings: strict),
         // Agent adapters: each agent's headless command line and the parser of its output into
         // normalized events, its outcome and its conversation id; the agents file. No I/O.
         .target(name: "CloudAgentAgents", dependencies: ["CloudAgentProtocol"], swiftSettings: strict),
@@ -242,6 +246,11 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "CloudAgentJSONTests",
+            dependencies: ["CloudAgentJSON"],
             swiftSettings: strict
         ),
         .testTarget(

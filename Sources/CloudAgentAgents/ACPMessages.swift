@@ -10,10 +10,10 @@ import Foundation
 /// object, or not a JSON-RPC message, is `.invalid` and read as plain output.
 public enum ACPMessage: Sendable, Equatable {
     /// A request of the agent's, to answer with `id`.
-    case request(id: ProtocolValue, method: String, params: ProtocolValue)
-    case notification(method: String, params: ProtocolValue)
+    case request(id: JSONValue, method: String, params: JSONValue)
+    case notification(method: String, params: JSONValue)
     /// The answer to one of the client's requests.
-    case response(id: ProtocolValue, result: Result<ProtocolValue, ACPError>)
+    case response(id: JSONValue, result: Result<JSONValue, ACPError>)
     /// A line that is not a JSON-RPC message (the reason says why).
     case invalid(String)
 
@@ -21,7 +21,7 @@ public enum ACPMessage: Sendable, Equatable {
     public static func parse(_ line: String) -> ACPMessage {
         let trimmed = line.trimmingCharacters(in: .whitespaces)
         guard trimmed.hasPrefix("{") else { return .invalid("not a JSON object") }
-        guard case .object(let object)? = try? JSONDecoder().decode(ProtocolValue.self, from: Data(trimmed.utf8)) else {
+        guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(trimmed.utf8)) else {
             return .invalid("malformed JSON")
         }
         let id = object["id"]
@@ -39,7 +39,7 @@ public enum ACPMessage: Sendable, Equatable {
         return .response(id: id, result: .success(result))
     }
 
-    static func isValidId(_ id: ProtocolValue) -> Bool {
+    static func isValidId(_ id: JSONValue) -> Bool {
         switch id {
         case .number, .string: true
         default: false
@@ -48,30 +48,28 @@ public enum ACPMessage: Sendable, Equatable {
 
     // MARK: Writing
 
-    public static func request(id: Int64, method: String, params: ProtocolValue) -> String {
+    /// The id is an `Int`: an integer literal then picks this writer over the `request` case,
+    /// whose id is a `JSONValue` (which integer literals also make).
+    public static func request(id: Int, method: String, params: JSONValue) -> String {
         line(["jsonrpc": "2.0", "id": .number(Double(id)), "method": .string(method), "params": params])
     }
 
-    public static func notification(method: String, params: ProtocolValue) -> String {
+    public static func notification(method: String, params: JSONValue) -> String {
         line(["jsonrpc": "2.0", "method": .string(method), "params": params])
     }
 
-    public static func response(id: ProtocolValue, result: ProtocolValue) -> String {
+    public static func response(id: JSONValue, result: JSONValue) -> String {
         line(["jsonrpc": "2.0", "id": id, "result": result])
     }
 
-    public static func response(id: ProtocolValue, error: ACPError) -> String {
-        var body: [String: ProtocolValue] = ["code": .number(Double(error.code)), "message": .string(error.message)]
+    public static func response(id: JSONValue, error: ACPError) -> String {
+        var body: [String: JSONValue] = ["code": .number(Double(error.code)), "message": .string(error.message)]
         if let data = error.data { body["data"] = data }
         return line(["jsonrpc": "2.0", "id": id, "error": .object(body)])
     }
 
-    /// One line of compact JSON (no newline inside: JSON escapes them in strings).
-    static func line(_ object: [String: ProtocolValue]) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        return (try? encoder.encode(ProtocolValue.object(object))).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-    }
+    /// One line of compact JSON, keys sorted (no newline inside: JSON escapes them in strings).
+    static func line(_ object: [String: JSONValue]) -> String { JSONText.encode(object) }
 }
 
 /// A JSON-RPC error: the agent's answer to a request that failed, or the client's to one it
@@ -79,7 +77,7 @@ public enum ACPMessage: Sendable, Equatable {
 public struct ACPError: Error, Sendable, Equatable, CustomStringConvertible {
     public var code: Int64
     public var message: String
-    public var data: ProtocolValue?
+    public var data: JSONValue?
 
     public static let parseError: Int64 = -32700
     public static let invalidRequest: Int64 = -32600
@@ -87,16 +85,16 @@ public struct ACPError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let invalidParams: Int64 = -32602
     public static let internalError: Int64 = -32603
 
-    public init(code: Int64, message: String, data: ProtocolValue? = nil) {
+    public init(code: Int64, message: String, data: JSONValue? = nil) {
         self.code = code
         self.message = message
         self.data = data
     }
 
     /// From a response's `error` member, whatever shape the agent gave it.
-    init(_ value: ProtocolValue) {
+    init(_ value: JSONValue) {
         code = value["code"]?.intValue ?? Self.internalError
-        message = value["message"]?.stringValue ?? value.compactJSON
+        message = value["message"]?.stringValue ?? JSONText.encode(value)
         data = value["data"]
     }
 

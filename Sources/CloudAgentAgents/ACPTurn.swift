@@ -28,7 +28,7 @@ public struct ACPTurnReader: Sendable {
     private struct ToolCall: Sendable {
         var title: String?
         var kind: String?
-        var input: ProtocolValue?
+        var input: JSONValue?
         var status: String?
         var output: String?
         var exitCode: Int64?
@@ -51,13 +51,13 @@ public struct ACPTurnReader: Sendable {
     public var isGathering: Bool { chunks != nil }
 
     /// The events of one `session/update`'s `update` (`raw`: the notification's line).
-    public mutating func read(update: ProtocolValue, raw: String) -> [[String: ProtocolValue]] {
+    public mutating func read(update: JSONValue, raw: String) -> [[String: JSONValue]] {
         let kind = update["sessionUpdate"]?.stringValue ?? ""
         switch kind {
         case "agent_message_chunk", "agent_thought_chunk":
             let thought = kind == "agent_thought_chunk"
             guard let text = Self.text(of: update["content"]) else { return [] }
-            var events: [[String: ProtocolValue]] = []
+            var events: [[String: JSONValue]] = []
             if let current = chunks, current.thought != thought { events += flush() }
             if thought {
                 finalMessage = ""
@@ -80,7 +80,7 @@ public struct ACPTurnReader: Sendable {
         finalMessage = ""
         switch kind {
         case "tool_call", "tool_call_update":
-            guard let id = update["toolCallId"]?.stringValue ?? update["toolCallId"].map({ $0.compactJSON }) else {
+            guard let id = update["toolCallId"]?.stringValue ?? update["toolCallId"].map(JSONText.encode) else {
                 return events + [AgentEventData.log("a \(kind) without a toolCallId", raw: Self.cut(raw))]
             }
             var call = tools[id] ?? ToolCall()
@@ -122,7 +122,7 @@ public struct ACPTurnReader: Sendable {
     }
 
     /// What is still gathered, at the end of the turn (or before another kind of event).
-    public mutating func flush() -> [[String: ProtocolValue]] {
+    public mutating func flush() -> [[String: JSONValue]] {
         guard let current = chunks else { return [] }
         chunks = nil
         return Self.events(current.text, of: current)
@@ -130,9 +130,9 @@ public struct ACPTurnReader: Sendable {
 
     /// Emits gathered text up to its last paragraph break once there is enough of it, and
     /// anything beyond `maxTextCharacters`.
-    private mutating func flushBoundaries() -> [[String: ProtocolValue]] {
+    private mutating func flushBoundaries() -> [[String: JSONValue]] {
         guard var current = chunks, current.text.count >= Self.flushCharacters else { return [] }
-        var events: [[String: ProtocolValue]] = []
+        var events: [[String: JSONValue]] = []
         if let paragraph = current.text.range(of: "\n\n", options: .backwards) {
             events += Self.events(String(current.text[..<paragraph.upperBound]), of: current)
             current.text = String(current.text[paragraph.upperBound...])
@@ -146,7 +146,7 @@ public struct ACPTurnReader: Sendable {
         return events
     }
 
-    private static func events(_ text: String, of chunks: Chunks) -> [[String: ProtocolValue]] {
+    private static func events(_ text: String, of chunks: Chunks) -> [[String: JSONValue]] {
         let trimmed = text.trimmingCharacters(in: .newlines)
         guard !trimmed.isEmpty else { return [] }
         // One chunk: its own line. Several: the update they amount to.
@@ -167,7 +167,7 @@ public struct ACPTurnReader: Sendable {
     }
 
     /// The text of a content block (`{"type": "text", "text"}`; a link or resource by its name).
-    static func text(of content: ProtocolValue?) -> String? {
+    static func text(of content: JSONValue?) -> String? {
         guard let content else { return nil }
         switch content["type"]?.stringValue {
         case "text": return content["text"]?.stringValue
@@ -179,7 +179,7 @@ public struct ACPTurnReader: Sendable {
     }
 
     /// A tool call's output: its content (text, diffs, terminals), else its `rawOutput`.
-    static func output(content: ProtocolValue?, rawOutput: ProtocolValue?) -> String? {
+    static func output(content: JSONValue?, rawOutput: JSONValue?) -> String? {
         let parts = (content?.arrayValue ?? []).compactMap { item -> String? in
             switch item["type"]?.stringValue {
             case "content": text(of: item["content"])
@@ -198,7 +198,7 @@ public struct ACPTurnReader: Sendable {
         return rawOutput.flattenedText
     }
 
-    static func exitCode(_ rawOutput: ProtocolValue?) -> Int64? {
+    static func exitCode(_ rawOutput: JSONValue?) -> Int64? {
         rawOutput?["exitCode"]?.intValue ?? rawOutput?["exit_code"]?.intValue ?? rawOutput?["metadata"]?["exit"]?.intValue
     }
 
@@ -225,7 +225,7 @@ public enum ACPTurnOutcome {
     /// - Parameters:
     ///   - answer: the `session/prompt` result, or the agent's error.
     ///   - finalMessage: what the agent said last in the turn (`ACPTurnReader.finalMessage`).
-    public static func outcome(_ answer: Result<ProtocolValue, ACPError>, finalMessage: String) -> AgentOutcome {
+    public static func outcome(_ answer: Result<JSONValue, ACPError>, finalMessage: String) -> AgentOutcome {
         switch answer {
         case .failure(let error):
             return .failed("the agent failed the prompt: \(error)")
@@ -247,7 +247,7 @@ public enum ACPTurnOutcome {
             case let other?:
                 return .failed("the turn ended with stopReason \(other)")
             case nil:
-                return .failed("the agent's answer to session/prompt has no stopReason: \(AgentEventData.tail(result.compactJSON, limit: 300))")
+                return .failed("the agent's answer to session/prompt has no stopReason: \(AgentEventData.tail(JSONText.encode(result), limit: 300))")
             }
         }
     }
@@ -263,22 +263,22 @@ public enum ACPPermissions {
 
     public struct Decision: Sendable, Equatable {
         /// The answer to `session/request_permission`.
-        public var result: ProtocolValue
+        public var result: JSONValue
         /// The `agent` event (kind `log`) that records it.
-        public var event: [String: ProtocolValue]
+        public var event: [String: JSONValue]
     }
 
     /// With `auto`, the agent's allow-once option (else its allow-always one); an agent that
     /// offers no way to allow gets its reject option, or `cancelled`. In a read-only execution
     /// (`AgentMode.isReadOnly`) every request is rejected: what asks permission writes or runs.
-    public static func decide(_ params: ProtocolValue, approvals: Approvals, readOnly: Bool = false, raw: String) -> Decision {
+    public static func decide(_ params: JSONValue, approvals: Approvals, readOnly: Bool = false, raw: String) -> Decision {
         let options = params["options"]?.arrayValue ?? []
         let tool = params["toolCall"]
         let title = tool?["title"]?.stringValue ?? AgentEventData.summary(of: tool?["rawInput"]) ?? "a tool"
-        func option(_ kind: String) -> ProtocolValue? {
+        func option(_ kind: String) -> JSONValue? {
             options.first { $0["kind"]?.stringValue == kind && $0["optionId"]?.stringValue != nil }
         }
-        let chosen: ProtocolValue?
+        let chosen: JSONValue?
         let decision: String
         let words: String
         switch approvals {
@@ -299,7 +299,7 @@ public enum ACPPermissions {
                 (chosen, decision, words) = (nil, "cancelled", "cancelled: the agent offers no option to choose")
             }
         }
-        var permission: [String: ProtocolValue] = [
+        var permission: [String: JSONValue] = [
             "tool": .string(title), "decision": .string(decision), "approvals": .string(approvals.rawValue),
         ]
         if let id = tool?["toolCallId"] { permission["toolCallId"] = id }
@@ -309,7 +309,7 @@ public enum ACPPermissions {
         }
         var event = AgentEventData.log("permission \(words) (approvals \(approvals.rawValue)): \(title)", raw: ACPTurnReader.cut(raw))
         event["permission"] = .object(permission)
-        let outcome: ProtocolValue = chosen.flatMap { $0["optionId"] }.map { ["outcome": "selected", "optionId": $0] } ?? ["outcome": "cancelled"]
+        let outcome: JSONValue = chosen.flatMap { $0["optionId"] }.map { ["outcome": "selected", "optionId": $0] } ?? ["outcome": "cancelled"]
         return Decision(result: ["outcome": outcome], event: event)
     }
 }

@@ -107,12 +107,12 @@ public struct BoundedLineFramer: Sendable {
 /// - `{"type":"log","message"}` → `{kind: "log", message, raw}`
 /// - an object of any other type → `{kind: "log", message: <the line>, raw}`
 public enum AgentEventNormalizer {
-    public static func agentEventData(fromLine line: String) -> [String: ProtocolValue]? {
+    public static func agentEventData(fromLine line: String) -> [String: JSONValue]? {
         let trimmed = line.trimmingCharacters(in: .whitespaces)
         guard trimmed.hasPrefix("{"),
-            case .object(let object)? = try? JSONDecoder().decode(ProtocolValue.self, from: Data(trimmed.utf8))
+            case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(trimmed.utf8))
         else { return nil }
-        var data: [String: ProtocolValue] = ["raw": .string(line)]
+        var data: [String: JSONValue] = ["raw": .string(line)]
         func copy(_ keys: String...) {
             for key in keys { if let value = object[key] { data[key] = value } }
         }

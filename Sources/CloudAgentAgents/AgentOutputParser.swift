@@ -4,7 +4,7 @@ import Foundation
 /// What one line of an agent's stdout becomes.
 public enum AgentOutputItem: Sendable, Equatable {
     /// The data of one `agent` event: `{kind: text|tool|log|error, …, raw}`.
-    case agent([String: ProtocolValue])
+    case agent([String: JSONValue])
     /// The line as an `output` event (not something the agent's format knows).
     case output
 }
@@ -69,23 +69,23 @@ enum AgentEventData {
     static let outputTailCharacters = 2000
     static let inputSummaryCharacters = 300
 
-    static func text(_ text: String, raw: String) -> [String: ProtocolValue] {
+    static func text(_ text: String, raw: String) -> [String: JSONValue] {
         ["kind": .string("text"), "text": .string(text), "raw": .string(raw)]
     }
 
-    static func log(_ message: String, raw: String) -> [String: ProtocolValue] {
+    static func log(_ message: String, raw: String) -> [String: JSONValue] {
         ["kind": .string("log"), "message": .string(message), "raw": .string(raw)]
     }
 
-    static func error(_ message: String, raw: String) -> [String: ProtocolValue] {
+    static func error(_ message: String, raw: String) -> [String: JSONValue] {
         ["kind": .string("error"), "message": .string(message), "raw": .string(raw)]
     }
 
     /// `status`: `running`, `completed` or `failed`.
     static func tool(
         name: String, input: String?, output: String?, status: String, exitCode: Int64? = nil, id: String? = nil, raw: String
-    ) -> [String: ProtocolValue] {
-        var data: [String: ProtocolValue] = ["kind": .string("tool"), "name": .string(name), "status": .string(status), "raw": .string(raw)]
+    ) -> [String: JSONValue] {
+        var data: [String: JSONValue] = ["kind": .string("tool"), "name": .string(name), "status": .string(status), "raw": .string(raw)]
         if let input { data["input"] = .string(input) }
         if let output { data["output"] = .string(tail(output)) }
         if let exitCode { data["exitCode"] = .number(Double(exitCode)) }
@@ -101,7 +101,7 @@ enum AgentEventData {
 
     /// One line saying what a tool was asked: the command, path or query when the input has
     /// one, else the input as compact JSON; cut to a few hundred characters.
-    static func summary(of input: ProtocolValue?) -> String? {
+    static func summary(of input: JSONValue?) -> String? {
         guard let input else { return nil }
         var text: String
         switch input {
@@ -111,9 +111,9 @@ enum AgentEventData {
             if let key = preferred.first(where: { object[$0] != nil }), let value = object[key] {
                 text = value.flattenedText
             } else {
-                text = input.compactJSON
+                text = JSONText.encode(input)
             }
-        default: text = input.compactJSON
+        default: text = JSONText.encode(input)
         }
         text = text.replacingOccurrences(of: "\n", with: " ")
         if text.count > inputSummaryCharacters { text = String(text.prefix(inputSummaryCharacters)) + "…" }
@@ -121,28 +121,22 @@ enum AgentEventData {
     }
 
     /// The line as a JSON object, if it is one.
-    static func object(_ line: String) -> [String: ProtocolValue]? {
+    static func object(_ line: String) -> [String: JSONValue]? {
         let trimmed = line.trimmingCharacters(in: .whitespaces)
-        guard trimmed.hasPrefix("{"), case .object(let object)? = try? JSONDecoder().decode(ProtocolValue.self, from: Data(trimmed.utf8)) else {
+        guard trimmed.hasPrefix("{"), case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(trimmed.utf8)) else {
             return nil
         }
         return object
     }
 }
 
-extension ProtocolValue {
+extension JSONValue {
     /// Strings as they are, arrays of strings joined by spaces (a command as argv), else JSON.
     public var flattenedText: String {
         switch self {
         case .string(let value): value
         case .array(let items) where items.allSatisfy({ $0.stringValue != nil }): items.compactMap(\.stringValue).joined(separator: " ")
-        default: compactJSON
+        default: JSONText.encode(self)
         }
-    }
-
-    public var compactJSON: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 }

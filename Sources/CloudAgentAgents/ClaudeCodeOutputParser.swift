@@ -41,7 +41,7 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
         }
     }
 
-    private func blocks(_ content: ProtocolValue?) -> [[String: ProtocolValue]] {
+    private func blocks(_ content: JSONValue?) -> [[String: JSONValue]] {
         switch content {
         case .array(let items)?: items.compactMap(\.objectValue)
         case .string(let text)?: [["type": .string("text"), "text": .string(text)]]
@@ -49,7 +49,7 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
         }
     }
 
-    private mutating func assistantBlock(_ block: [String: ProtocolValue], raw: String) -> AgentOutputItem? {
+    private mutating func assistantBlock(_ block: [String: JSONValue], raw: String) -> AgentOutputItem? {
         switch block["type"]?.stringValue {
         case "text":
             guard let text = block["text"]?.stringValue, !text.isEmpty else { return nil }
@@ -68,7 +68,7 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
         }
     }
 
-    private func toolResult(_ block: [String: ProtocolValue], raw: String) -> AgentOutputItem? {
+    private func toolResult(_ block: [String: JSONValue], raw: String) -> AgentOutputItem? {
         guard block["type"]?.stringValue == "tool_result" else {
             if block["type"]?.stringValue == "text", let text = block["text"]?.stringValue {
                 return .agent(AgentEventData.log(text, raw: raw))
@@ -90,7 +90,7 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
             ))
     }
 
-    private mutating func result(_ object: [String: ProtocolValue], raw: String) -> AgentOutputItem {
+    private mutating func result(_ object: [String: JSONValue], raw: String) -> AgentOutputItem {
         let subtype = object["subtype"]?.stringValue ?? "success"
         let isError = object["is_error"]?.boolValue ?? false
         if isError || subtype != "success" {

@@ -59,7 +59,7 @@ public struct CodexOutputParser: AgentOutputParser {
         }
     }
 
-    private func item(_ item: [String: ProtocolValue], phase: String, raw: String) -> [String: ProtocolValue]? {
+    private func item(_ item: [String: JSONValue], phase: String, raw: String) -> [String: JSONValue]? {
         let completed = phase == "item.completed"
         let id = item["id"]?.stringValue
         func status(_ failed: Bool) -> String { completed ? (failed ? "failed" : "completed") : "running" }

@@ -29,7 +29,7 @@ struct APIClient: Sendable {
         var json: JSONValue
 
         /// The body as one line (the server writes compact JSON; re-encoded otherwise).
-        var line: String { text.contains("\n") ? json.compactText : text }
+        var line: String { text.contains("\n") ? JSONText.encode(json) : text }
     }
 
     /// The WebSocket form of the base URL (`ws://` or `wss://`).
@@ -56,10 +56,8 @@ struct APIClient: Sendable {
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "User-Agent", value: "cloud-agent-cli")
         if let body {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(bytes: try encoder.encode(body)))
+            request.body = .bytes(ByteBuffer(string: JSONText.encode(body)))
         }
         let status: Int
         let buffer: ByteBuffer

@@ -44,7 +44,7 @@ struct CLIFailure: Error, CustomStringConvertible {
         let message = error?["message"]?.stringValue ?? (text.isEmpty ? "HTTP \(status)" : String(text.prefix(500)))
         var details: [String] = []
         for (key, value) in (error ?? [:]).sorted(by: { $0.key < $1.key }) where key != "code" && key != "message" {
-            let shown = (value.stringValue ?? value.compactText).trimmingCharacters(in: .whitespacesAndNewlines)
+            let shown = (value.stringValue ?? JSONText.encode(value)).trimmingCharacters(in: .whitespacesAndNewlines)
             if !shown.isEmpty { details.append("\(key): \(shown)") }
         }
         let suffix = code.map { "\($0), HTTP \(status)" } ?? "HTTP \(status)"
@@ -68,21 +68,9 @@ struct CLIFailure: Error, CustomStringConvertible {
 }
 
 extension JSONValue {
-    /// One line of JSON, keys sorted.
-    var compactText: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "null"
-    }
-
-    subscript(_ key: String) -> JSONValue? { objectValue?[key] }
-
     var arrayItems: [JSONValue] { if case .array(let items) = self { items } else { [] } }
 
     var dateValue: Date? { stringValue.flatMap(Timestamp.parse) }
-
-    /// A number of any kind as a Double.
-    var doubleValue: Double? { if case .number(let value) = self { value } else { nil } }
 }
 
 /// The options every client command takes: where the server is, the token, `--json`.

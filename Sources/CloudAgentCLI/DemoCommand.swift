@@ -376,7 +376,7 @@ struct Demo: Sendable {
             }
         } else {
             passed = false
-            note(c.paint("✗ the runtime did not stop for being idle: \(reason.compactText)", .red))
+            note(c.paint("✗ the runtime did not stop for being idle: \(JSONText.encode(reason))", .red))
         }
 
         step("⑦", "Cleaning up")

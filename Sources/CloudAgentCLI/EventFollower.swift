@@ -25,7 +25,7 @@ struct StreamedEvent: Sendable {
         executionId = json["executionId"]?.stringValue
         at = json["at"]?.dateValue
         data = json["data"]?.objectValue ?? [:]
-        if let text, !text.contains("\n") { line = text } else { line = json.compactText }
+        if let text, !text.contains("\n") { line = text } else { line = JSONText.encode(json) }
     }
 
     init?(text: String) {

@@ -70,7 +70,7 @@ final class EventRenderer: Sendable {
             return [c.paint("⚠ no progress for \(since)", .yellow) + c.paint(" (the agent still heartbeats; it is not stopped)", .dim)]
         default:
             let summary = data.filter { $0.key != "raw" }.sorted { $0.key < $1.key }
-                .map { "\($0.key)=\(Self.oneLine($0.value.stringValue ?? $0.value.compactText, limit: 80))" }
+                .map { "\($0.key)=\(Self.oneLine($0.value.stringValue ?? JSONText.encode($0.value), limit: 80))" }
                 .joined(separator: " ")
             return [c.paint("· \(event.type)", .magenta) + (summary.isEmpty ? "" : " " + c.paint(summary, .dim))]
         }
@@ -83,7 +83,7 @@ final class EventRenderer: Sendable {
             return [data["text"]?.stringValue ?? ""]
         case "tool":
             let name = data["name"]?.stringValue ?? "tool"
-            let input = Self.oneLine(data["input"]?.stringValue ?? data["input"]?.compactText ?? "", limit: 160)
+            let input = Self.oneLine(data["input"]?.stringValue ?? data["input"].map(JSONText.encode) ?? "", limit: 160)
             var outcome: String
             if let exit = data["exitCode"]?.intValue {
                 outcome = c.paint("exit \(exit)", exit == 0 ? .green : .red)

@@ -262,7 +262,7 @@ struct SessionsCommand: AsyncParsableCommand {
             try await client.client().send(.DELETE, "/v1/sessions/\(APIClient.escape(id))")
             let console = Console.shared
             if client.json {
-                console.line(JSONValue.object(["sessionId": .string(id), "deleted": true]).compactText)
+                console.line(JSONText.encode(["sessionId": .string(id), "deleted": true] as [String: JSONValue]))
             } else {
                 console.line("deleted \(id)")
             }

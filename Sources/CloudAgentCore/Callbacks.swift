@@ -132,8 +132,6 @@ extension CallbackDelivery {
             "workBranch": JSONValue(session.workBranch),
             "completedAt": JSONValue(execution.completedAt),
         ]
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(body)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return JSONText.encode(body)
     }
 }

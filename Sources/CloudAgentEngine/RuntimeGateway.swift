@@ -110,7 +110,7 @@ public final class RuntimeGateway: Sendable {
             case RuntimeEvent.Kind.ended: .ended
             default: .unknown(event.kind)
             }
-        return ReportedEvent(seq: event.seq, executionId: event.executionId, kind: kind, at: event.at, data: event.data.mapValues(JSONValue.init))
+        return ReportedEvent(seq: event.seq, executionId: event.executionId, kind: kind, at: event.at, data: event.data)
     }
 
     /// `count` heartbeats (received together) of the connection's active execution (anything
@@ -119,18 +119,5 @@ public final class RuntimeGateway: Sendable {
     package func heartbeat(_ executionId: String, count: Int = 1, from connection: RuntimeConnection) async {
         guard let active = connection.activeExecution, active.rawValue == executionId else { return }
         await heartbeats.record(active, at: ledger.clock.now(), count: count)
-    }
-}
-
-extension JSONValue {
-    package init(_ value: ProtocolValue) {
-        switch value {
-        case .null: self = .null
-        case .bool(let flag): self = .bool(flag)
-        case .number(let number): self = .number(number)
-        case .string(let text): self = .string(text)
-        case .array(let items): self = .array(items.map(JSONValue.init))
-        case .object(let object): self = .object(object.mapValues(JSONValue.init))
-        }
     }
 }

@@ -149,18 +149,3 @@ public enum ToolSelection {
         return ModelToolCall(name: name, input: .arguments(["input": input]))
     }
 }
-
-/// Compact JSON text with stable key order.
-enum JSONText {
-    static func encode(_ value: JSONValue) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // A JSONValue always encodes.
-        guard let data = try? encoder.encode(value) else { return "null" }
-        return String(decoding: data, as: UTF8.self)
-    }
-
-    static func decode(_ data: Data) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: data)
-    }
-}

@@ -22,9 +22,9 @@ public struct RuntimeEvent: Codable, Sendable, Equatable {
     /// `execution.running`, `agent`, `output` or `execution.ended`.
     public var kind: String
     public var at: Date
-    public var data: [String: ProtocolValue]
+    public var data: [String: JSONValue]
 
-    public init(seq: Int64, executionId: String, kind: String, at: Date, data: [String: ProtocolValue] = [:]) {
+    public init(seq: Int64, executionId: String, kind: String, at: Date, data: [String: JSONValue] = [:]) {
         self.seq = seq
         self.executionId = executionId
         self.kind = kind
@@ -148,57 +148,6 @@ public struct AgentLaunch: Codable, Sendable, Equatable {
 
     /// Whether the runtime drives this agent over ACP.
     public var isACP: Bool { self.protocol == Self.acp }
-}
-
-/// A JSON value inside protocol frames (kept apart from the core so that the runtime links
-/// only this module).
-public enum ProtocolValue: Codable, Sendable, Equatable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([ProtocolValue])
-    case object([String: ProtocolValue])
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([ProtocolValue].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: ProtocolValue].self))
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .null: try container.encodeNil()
-        case .bool(let value): try container.encode(value)
-        case .number(let value):
-            if value.rounded() == value, abs(value) < 9.0e15 { try container.encode(Int64(value)) } else { try container.encode(value) }
-        case .string(let value): try container.encode(value)
-        case .array(let value): try container.encode(value)
-        case .object(let value): try container.encode(value)
-        }
-    }
-
-    public var stringValue: String? { if case .string(let value) = self { value } else { nil } }
-    public var boolValue: Bool? { if case .bool(let value) = self { value } else { nil } }
-    public var objectValue: [String: ProtocolValue]? { if case .object(let value) = self { value } else { nil } }
-    public var arrayValue: [ProtocolValue]? { if case .array(let value) = self { value } else { nil } }
-    /// An object's member; nil for a missing key or a value that is not an object.
-    public subscript(key: String) -> ProtocolValue? { objectValue?[key] }
-    public var intValue: Int64? {
-        if case .number(let value) = self, value.rounded() == value, abs(value) < 9.0e15 { Int64(value) } else { nil }
-    }
 }
 
 // MARK: - Wire format
@@ -385,14 +334,5 @@ public enum ProtocolCoding {
         default:
             throw ProtocolError.unknown(frame.type, "control")
         }
-    }
-}
-
-extension ProtocolValue: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral {
-    public init(stringLiteral value: String) { self = .string(value) }
-    public init(booleanLiteral value: Bool) { self = .bool(value) }
-    public init(arrayLiteral elements: ProtocolValue...) { self = .array(elements) }
-    public init(dictionaryLiteral elements: (String, ProtocolValue)...) {
-        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
     }
 }

@@ -22,8 +22,8 @@ import Synchronization
 /// answered in a task of its own, so that a slow decision never holds up its updates.
 actor ACPConnection {
     enum Inbound: Sendable {
-        case update(ProtocolValue, raw: String)
-        case permission(ProtocolValue, raw: String)
+        case update(JSONValue, raw: String)
+        case permission(JSONValue, raw: String)
         /// A line of stdout that is not JSON-RPC, or a line of stderr.
         case output(AgentStream, String)
         /// A stdout line of this many bytes was dropped.
@@ -32,7 +32,7 @@ actor ACPConnection {
     }
 
     /// Answers `.permission` with the `session/request_permission` result; nil for the rest.
-    typealias Handler = @Sendable (Inbound) async -> ProtocolValue?
+    typealias Handler = @Sendable (Inbound) async -> JSONValue?
 
     enum Failure: Error, Sendable, CustomStringConvertible {
         /// The agent answered with a JSON-RPC error.
@@ -70,8 +70,8 @@ actor ACPConnection {
     private let kills: AsyncStream<Duration>.Continuation
     private let handler: Handler
     private let logger: Logger
-    private var nextId: Int64 = 0
-    private var pending: [Int64: CheckedContinuation<Result<ProtocolValue, Failure>, Never>] = [:]
+    private var nextId = 0
+    private var pending: [Int: CheckedContinuation<Result<JSONValue, Failure>, Never>] = [:]
     private var termination: AgentTermination?
     private var process: Task<Void, Never>?
     /// Set once `initialize` has been answered.
@@ -88,7 +88,7 @@ actor ACPConnection {
         var currentMode: String?
         var modelIds: [String]
 
-        init(id: String, answer: ProtocolValue) {
+        init(id: String, answer: JSONValue) {
             self.id = id
             let modes = answer["modes"]
             modeIds = (modes?["availableModes"]?.arrayValue ?? []).compactMap { $0["id"]?.stringValue }
@@ -170,7 +170,7 @@ actor ACPConnection {
     // MARK: Requests
 
     /// Sends a request and waits for its answer (at most `timeout`, when given).
-    func request(_ method: String, _ params: ProtocolValue, timeout: Duration? = nil) async throws(Failure) -> ProtocolValue {
+    func request(_ method: String, _ params: JSONValue, timeout: Duration? = nil) async throws(Failure) -> JSONValue {
         if let termination { throw .exited(termination) }
         nextId += 1
         let id = nextId
@@ -187,12 +187,12 @@ actor ACPConnection {
         return try result.get()
     }
 
-    func notify(_ method: String, _ params: ProtocolValue) {
+    func notify(_ method: String, _ params: JSONValue) {
         guard termination == nil else { return }
         outgoing.yield(ACPMessage.notification(method: method, params: params) + "\n")
     }
 
-    private func resolve(_ id: Int64, _ result: Result<ProtocolValue, Failure>) {
+    private func resolve(_ id: Int, _ result: Result<JSONValue, Failure>) {
         pending.removeValue(forKey: id)?.resume(returning: result)
     }
 
@@ -236,8 +236,8 @@ actor ACPConnection {
         guard !line.trimmingCharacters(in: .whitespaces).isEmpty else { return }
         switch ACPMessage.parse(line) {
         case .response(let id, let result):
-            guard let number = id.intValue, pending[number] != nil else {
-                logger.info("an ACP answer to no pending request: ignored", metadata: ["id": .string(id.compactJSON)])
+            guard let number = id.intValue.map(Int.init), pending[number] != nil else {
+                logger.info("an ACP answer to no pending request: ignored", metadata: ["id": .string(JSONText.encode(id))])
                 return
             }
             resolve(number, result.mapError { .agent($0) })

@@ -24,7 +24,7 @@ extension AgentRuntime {
     /// How an ACP execution's turn ended.
     enum ACPTurnEnd: Sendable {
         /// The agent answered `session/prompt`.
-        case answered(Result<ProtocolValue, ACPError>, session: String)
+        case answered(Result<JSONValue, ACPError>, session: String)
         /// A step before or during the prompt failed.
         case failed(ACPConnection.Failure, step: String, session: String?)
     }
@@ -114,7 +114,7 @@ extension AgentRuntime {
             try await applyModeAndModel(command, connection: connection, session: opened, timeout: timeout)
             step = "session/prompt"
             await promptStarted(executionId, session: opened.id)
-            let prompt: ProtocolValue = ["sessionId": .string(opened.id), "prompt": [["type": "text", "text": .string(command.prompt)]]]
+            let prompt: JSONValue = ["sessionId": .string(opened.id), "prompt": [["type": "text", "text": .string(command.prompt)]]]
             do {
                 return .answered(.success(try await connection.request("session/prompt", prompt)), session: opened.id)
             } catch .agent(let error) {
@@ -133,7 +133,7 @@ extension AgentRuntime {
         let executionId = command.executionId
         let previous = command.conversationId.flatMap { $0.isEmpty ? nil : $0 }
         if let current = await connection.session, previous == nil || previous == current.id { return current }
-        let place: ProtocolValue = ["cwd": .string(configuration.workspace), "mcpServers": []]
+        let place: JSONValue = ["cwd": .string(configuration.workspace), "mcpServers": []]
         var whyNot: String
         if let previous {
             let method = capabilities.loadSession ? "session/load" : capabilities.resumeSession ? "session/resume" : nil
@@ -245,7 +245,7 @@ extension AgentRuntime {
         execution.acpTurn = reader
         active = execution
         for data in remaining { record(executionId, kind: RuntimeEvent.Kind.agent, data: data) }
-        var data: [String: ProtocolValue]
+        var data: [String: JSONValue]
         var session: String?
         switch turn {
         case .answered(let answer, let id):
@@ -295,7 +295,7 @@ extension AgentRuntime {
 
     /// Everything the agent writes that is not an answer: recorded as the active execution's
     /// events (nothing runs between executions, so what comes then is only logged).
-    func acpInbound(_ inbound: ACPConnection.Inbound) async -> ProtocolValue? {
+    func acpInbound(_ inbound: ACPConnection.Inbound) async -> JSONValue? {
         switch inbound {
         case .update(let update, let raw):
             await waitForRoom()
@@ -403,9 +403,9 @@ extension AgentRuntime {
         return execution.acpPromptSession
     }
 
-    private func recordACPLog(_ executionId: String, _ message: String, _ extra: [String: ProtocolValue]) {
+    private func recordACPLog(_ executionId: String, _ message: String, _ extra: [String: JSONValue]) {
         guard let execution = active, execution.executionId == executionId else { return }
-        var data: [String: ProtocolValue] = ["kind": .string("log"), "message": .string(message), "raw": .string(message)]
+        var data: [String: JSONValue] = ["kind": .string("log"), "message": .string(message), "raw": .string(message)]
         data.merge(extra) { own, _ in own }
         record(executionId, kind: RuntimeEvent.Kind.agent, data: data)
     }

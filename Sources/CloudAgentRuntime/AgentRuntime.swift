@@ -357,8 +357,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
 
     /// How an execution ended: interrupted when it was stopped; else the agent's own report of
     /// its outcome (a failed result is a failed execution whatever the exit code), then the exit.
-    static func endData(termination: AgentTermination, stopReason: String?, outcome: AgentOutcome?) -> [String: ProtocolValue] {
-        var data: [String: ProtocolValue]
+    static func endData(termination: AgentTermination, stopReason: String?, outcome: AgentOutcome?) -> [String: JSONValue] {
+        var data: [String: JSONValue]
         if let reason = stopReason {
             data = ["status": .string("interrupted"), "interruptReason": .string(reason)]
             switch termination {
@@ -436,7 +436,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         }
     }
 
-    func end(_ executionId: String, _ data: [String: ProtocolValue], logger: Logger) {
+    func end(_ executionId: String, _ data: [String: JSONValue], logger: Logger) {
         guard let execution = active, execution.executionId == executionId else { return }
         execution.stops.finish()
         active = nil
@@ -451,7 +451,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
 
     /// Numbers the event, keeps it until acknowledged, and sends it if the link is welcomed.
     @discardableResult
-    func record(_ executionId: String, kind: String, data: [String: ProtocolValue]) -> Int64 {
+    func record(_ executionId: String, kind: String, data: [String: JSONValue]) -> Int64 {
         let entry = outbox.append(executionId: executionId, kind: kind, at: Date(), data: data)
         if let open = link, open.welcomed { open.frames.yield(entry.frame) }
         return entry.seq

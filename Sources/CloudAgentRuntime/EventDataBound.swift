@@ -15,13 +15,13 @@ enum EventDataBound {
     static let cutCharacters = 8 * 1024
     static let cutElements = 64
 
-    static func bounded(_ data: [String: ProtocolValue]) -> [String: ProtocolValue] {
+    static func bounded(_ data: [String: JSONValue]) -> [String: JSONValue] {
         let size = data.reduce(0) { $0 + $1.key.utf8.count + bytes(of: $1.value) }
         guard size > limitBytes else { return data }
         var cut = data.mapValues(shrink)
         cut["truncated"] = true
         guard cut.reduce(0, { $0 + $1.key.utf8.count + bytes(of: $1.value) }) > limitBytes else { return cut }
-        var minimal: [String: ProtocolValue] = [
+        var minimal: [String: JSONValue] = [
             "message": .string("an event of about \(size) bytes was too large to keep"), "truncated": true,
         ]
         if let kind = data["kind"] { minimal["kind"] = kind }
@@ -31,7 +31,7 @@ enum EventDataBound {
     }
 
     /// The bytes of the strings and scalars in `value` (its JSON length, before escaping).
-    static func bytes(of value: ProtocolValue) -> Int {
+    static func bytes(of value: JSONValue) -> Int {
         switch value {
         case .null, .bool, .number: 8
         case .string(let text): text.utf8.count + 2
@@ -40,7 +40,7 @@ enum EventDataBound {
         }
     }
 
-    static func shrink(_ value: ProtocolValue) -> ProtocolValue {
+    static func shrink(_ value: JSONValue) -> JSONValue {
         switch value {
         case .string(let text) where text.count > cutCharacters:
             .string(String(text.prefix(cutCharacters)) + "…")

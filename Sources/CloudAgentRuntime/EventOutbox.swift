@@ -42,7 +42,7 @@ public struct EventOutbox: Sendable {
     /// the protocol is made again from the event cut to fit (`EventDataBound`): only then is the
     /// event's size looked at, so the usual event costs nothing more.
     @discardableResult
-    public mutating func append(executionId: String, kind: String, at: Date, data: [String: ProtocolValue]) -> Entry {
+    public mutating func append(executionId: String, kind: String, at: Date, data: [String: JSONValue]) -> Entry {
         lastSeq += 1
         var event = RuntimeEvent(seq: lastSeq, executionId: executionId, kind: kind, at: at, data: data)
         var frame = ProtocolCoding.encode(.event(event))

@@ -1,3 +1,4 @@
+import CloudAgentJSON
 import Foundation
 import Subprocess
 import SystemPackage
@@ -35,14 +36,14 @@ public struct ScriptedAgent: Sendable {
         public var jsonLine: String {
             switch self {
             case .text(let text):
-                return #"{"type":"text","text":\#(JSONText.string(text))}"#
+                return #"{"type":"text","text":\#(JSONText.encode(.string(text)))}"#
             case .error(let message):
-                return #"{"type":"error","message":\#(JSONText.string(message))}"#
+                return #"{"type":"error","message":\#(JSONText.encode(.string(message)))}"#
             case .tool(let name, let input, let status, let output, let exitCode):
-                var fields = [#""type":"tool""#, #""name":\#(JSONText.string(name))"#, #""input":\#(JSONText.string(input))"#]
+                var fields = [#""type":"tool""#, #""name":\#(JSONText.encode(.string(name)))"#, #""input":\#(JSONText.encode(.string(input)))"#]
                 if let exitCode { fields.append(#""exitCode":\#(exitCode)"#) }
-                fields.append(#""status":\#(JSONText.string(status))"#)
-                fields.append(#""output":\#(JSONText.string(output))"#)
+                fields.append(#""status":\#(JSONText.encode(.string(status)))"#)
+                fields.append(#""output":\#(JSONText.encode(.string(output)))"#)
                 return "{" + fields.joined(separator: ",") + "}"
             }
         }
@@ -274,25 +275,5 @@ enum WorkspacePath {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
-    }
-}
-
-/// JSON text for a string, escaping only what JSON requires.
-enum JSONText {
-    static func string(_ value: String) -> String {
-        var result = "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case _ where scalar.value < 0x20:
-                result += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
     }
 }

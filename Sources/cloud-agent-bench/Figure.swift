@@ -32,15 +32,9 @@ struct Figure: Sendable, Codable, Equatable {
 
     var jsonLine: String {
         // Fixed key order (name first) so that the lines read well; params with sorted keys.
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        func text(_ string: String) -> String { String(decoding: (try? encoder.encode(string)) ?? Data("\"\"".utf8), as: UTF8.self) }
-        func number(_ value: Double?) -> String {
-            guard let value, value.isFinite else { return "null" }
-            if value.rounded() == value, abs(value) < 9.0e15 { return String(Int64(value)) }
-            return String(value)
-        }
-        let params = (try? encoder.encode(params)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        func text(_ string: String) -> String { JSONText.encode(.string(string)) }
+        func number(_ value: Double?) -> String { JSONText.encode(value.map(JSONValue.number) ?? .null) }
+        let params = JSONText.encode(params)
         return "{\"name\":\(text(name)),\"value\":\(number(value)),\"unit\":\(text(unit)),\"baseline\":\(number(baseline)),"
             + "\"ratio\":\(number(ratio)),\"params\":\(params)}"
     }
@@ -106,10 +100,7 @@ struct Figure: Sendable, Codable, Equatable {
             case .number(let number): value = format(number)
             case .bool(let flag): value = String(flag)
             case .null: value = "null"
-            default:
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-                value = (try? encoder.encode(params[key]!)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
+            default: value = JSONText.encode(params[key]!)
             }
             return "\(key)=\(value)"
         }.joined(separator: " ")

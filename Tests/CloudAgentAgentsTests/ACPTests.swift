@@ -59,7 +59,7 @@ struct ACPTests {
         #expect(exact.finish() == .overlong(5))
     }
 
-    func chunk(_ text: String, thought: Bool = false) -> ProtocolValue {
+    func chunk(_ text: String, thought: Bool = false) -> JSONValue {
         ["sessionUpdate": .string(thought ? "agent_thought_chunk" : "agent_message_chunk"), "content": ["type": "text", "text": .string(text)]]
     }
 
@@ -143,7 +143,7 @@ struct ACPTests {
                 == .failed("the agent failed the prompt: rate limited"))
     }
 
-    func permissionParams(_ kinds: [String]) -> ProtocolValue {
+    func permissionParams(_ kinds: [String]) -> JSONValue {
         [
             "sessionId": "s", "toolCall": ["toolCallId": "t1", "title": "Run: rm -rf build"],
             "options": .array(kinds.map { ["optionId": .string("id-\($0)"), "name": .string($0), "kind": .string($0)] }),

@@ -4,9 +4,9 @@ import Foundation
 import Testing
 
 /// The events a parser makes of `lines`, as `kind: detail` strings, plus its report.
-func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[String: ProtocolValue]], outputs: Int, parser: any AgentOutputParser) {
+func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[String: JSONValue]], outputs: Int, parser: any AgentOutputParser) {
     var parser = parser
-    var events: [[String: ProtocolValue]] = []
+    var events: [[String: JSONValue]] = []
     var outputs = 0
     for line in lines {
         for item in parser.parse(line: line) {
@@ -19,7 +19,7 @@ func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[Str
     return (events, outputs, parser)
 }
 
-func kinds(_ events: [[String: ProtocolValue]]) -> [String] {
+func kinds(_ events: [[String: JSONValue]]) -> [String] {
     events.map { event in
         let kind = event["kind"]?.stringValue ?? "?"
         switch kind {
@@ -124,7 +124,7 @@ struct AgentOutputParserTests {
     func truncation() {
         let long = String(repeating: "x", count: 5000) + "END"
         var reader = ACPTurnReader()
-        let update: ProtocolValue = [
+        let update: JSONValue = [
             "sessionUpdate": "tool_call", "toolCallId": "c1", "title": "bash", "status": "completed",
             "rawInput": ["command": .string(String(repeating: "c", count: 1000))], "rawOutput": ["output": .string(long)],
         ]
