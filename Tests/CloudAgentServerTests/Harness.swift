@@ -24,10 +24,6 @@ struct APIResponse: Sendable {
     var errorField: String? { json.objectValue?["error"]?.objectValue?["field"]?.stringValue }
 }
 
-extension JSONValue {
-    subscript(_ key: String) -> JSONValue? { objectValue?[key] }
-}
-
 /// A control plane running on a real socket for one test, with its data directory.
 struct TestServer {
     static let localToken = "local-test-token-0123456789"

@@ -160,8 +160,6 @@ extension [String: JSONValue] {
 }
 
 extension JSONValue {
-    var arrayValue: [JSONValue]? { if case .array(let array) = self { array } else { nil } }
-
     /// Every string in the value, joined: to look for text wherever an API nests it.
     var compactText: String {
         switch self {
