@@ -16,6 +16,8 @@ public struct RuntimeLaunchRequest: Sendable {
     /// What the runtime goes by when it can reach no control plane.
     public var idleTimeoutMs: Int64
     public var orphanLimitMs: Int64
+    /// How long the control plane waits for the runtime to connect (its pending timeout).
+    public var connectTimeoutMs: Int64 = 0
     /// Every live node's runtime route (several nodes), where the runtime may reconnect.
     public var controlURLs: [String] = []
 }
@@ -77,7 +79,7 @@ public struct LocalRuntimeHost: RuntimeHost {
         try await supervisor.launch(
             session: request.session, instanceId: request.instanceId, secret: request.secret, environment: request.environment,
             secretNames: request.secretNames, stopGraceMs: request.stopGraceMs, idleTimeoutMs: request.idleTimeoutMs,
-            orphanLimitMs: request.orphanLimitMs, controlURLs: request.controlURLs
+            orphanLimitMs: request.orphanLimitMs, connectTimeoutMs: request.connectTimeoutMs, controlURLs: request.controlURLs
         )
     }
 

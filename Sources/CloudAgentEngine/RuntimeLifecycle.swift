@@ -174,7 +174,7 @@ public final class RuntimeLifecycle: Sendable {
                         session: id, instanceId: instanceId, secret: secret, environment: request.environment,
                         secretNames: Array(current.spec.secrets.keys), stopGraceMs: timing.stopGraceMs,
                         idleTimeoutMs: current.idleTimeoutMs(default: timing.idleTimeoutMs), orphanLimitMs: timing.orphanLimitMs,
-                        controlURLs: ledger.cluster.controlURLs(now: ledger.clock.now())
+                        connectTimeoutMs: timing.pendingTimeoutMs, controlURLs: ledger.cluster.controlURLs(now: ledger.clock.now())
                     ))
             } catch {
                 await slots.launchEnded(id, kept: false)

@@ -55,7 +55,7 @@ public actor RuntimeSupervisor: Service {
     /// `orphanLimitMs` are what the runtime goes by when it can reach no control plane.
     package func launch(
         session: SessionID, instanceId: String, secret: String, environment: [String: String], secretNames: [String] = [], stopGraceMs: Int64,
-        idleTimeoutMs: Int64, orphanLimitMs: Int64, controlURLs: [String] = []
+        idleTimeoutMs: Int64, orphanLimitMs: Int64, connectTimeoutMs: Int64 = 0, controlURLs: [String] = []
     ) throws -> RuntimeProcess {
         guard let port else { throw LaunchFailure(description: "the control plane is not listening yet") }
         let workspace = layout.workspace(session)
@@ -75,6 +75,7 @@ public actor RuntimeSupervisor: Service {
         env["CLOUD_AGENT_STOP_GRACE_MS"] = String(stopGraceMs)
         env["CLOUD_AGENT_IDLE_TIMEOUT_MS"] = String(idleTimeoutMs)
         env["CLOUD_AGENT_ORPHAN_LIMIT_MS"] = String(orphanLimitMs)
+        env["CLOUD_AGENT_CONNECT_TIMEOUT_MS"] = String(connectTimeoutMs)
         env["CLOUD_AGENT_LOG_LEVEL"] = logLevel.rawValue
         if !secretNames.isEmpty { env["CLOUD_AGENT_SECRET_NAMES"] = secretNames.sorted().joined(separator: ",") }
         let argv = sandbox.wrap([runtimeExecutable.path], workspace: workspace, home: home)

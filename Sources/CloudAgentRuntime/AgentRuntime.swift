@@ -105,7 +105,9 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         self.heartbeatInterval = configuration.heartbeatInterval
         self.stopGrace = configuration.stopGrace
         self.outbox = EventOutbox(limitBytes: configuration.outboxLimitBytes)
-        self.orphanPolicy = OrphanPolicy(idleTimeout: configuration.idleTimeout, orphanLimit: configuration.orphanLimit)
+        self.orphanPolicy = OrphanPolicy(
+            idleTimeout: configuration.idleTimeout, orphanLimit: configuration.orphanLimit, connectTimeout: configuration.connectTimeout
+        )
         self.presence = OrphanPolicy.State(startedAt: .now)
         (requests, requestContinuation) = AsyncStream.makeStream(of: Request.self)
     }

@@ -6,6 +6,7 @@
 ///     no active execution, every event acknowledged,
 ///       now ≥ lastActivity + idleTimeout                                 → stop (idle)
 ///     lastActivity = max(startedAt, first welcome, last execution start, last execution end)
+///     never welcomed: the idle stop waits for startedAt + connectTimeout too
 ///
 /// - `disconnectedSince` is when the last welcomed connection ended, or the runtime's start if no
 ///   control plane ever welcomed it.
@@ -16,6 +17,10 @@
 ///   first welcome, and an execution's end from when the control plane acknowledged it (the shell
 ///   moves `lastExecutionEndedAt` then). Its idle deadline is thus never before the control
 ///   plane's, and a control plane that finds it gone past that deadline can record an idle stop.
+/// - A runtime that no control plane has welcomed yet does not stop as idle before
+///   `connectTimeout` from its start: the control plane gives a launched runtime that long to
+///   connect (its pending timeout), and a node that is slow to answer (loaded, restarting) is not
+///   a reason to give up on work that may be on its way.
 /// - The idle rule also waits for unacknowledged events: a control plane that comes back within
 ///   the orphan limit still gets every event. The orphan limit waits for nothing: it bounds how
 ///   long an unreachable runtime (and its agent) lives, whatever it is doing.
@@ -24,10 +29,14 @@ public struct OrphanPolicy: Sendable, Equatable {
 
     public var idleTimeout: Duration
     public var orphanLimit: Duration
+    /// How long the control plane waits for a launched runtime to connect: before its first
+    /// welcome, the runtime does not stop as idle sooner than this after its start.
+    public var connectTimeout: Duration
 
-    public init(idleTimeout: Duration, orphanLimit: Duration) {
+    public init(idleTimeout: Duration, orphanLimit: Duration, connectTimeout: Duration = .zero) {
         self.idleTimeout = idleTimeout
         self.orphanLimit = orphanLimit
+        self.connectTimeout = connectTimeout
     }
 
     /// What the runtime knows of itself.
@@ -79,7 +88,8 @@ public struct OrphanPolicy: Sendable, Equatable {
         if now >= orphanDeadline { return .stop(.orphanLimit(disconnected: now - since, orphanLimit: orphanLimit)) }
         guard !state.executionActive, state.unacknowledgedEvents == 0 else { return .wait(until: orphanDeadline) }
         let lastActivity = state.lastActivity
-        let idleDeadline = lastActivity + idleTimeout
+        var idleDeadline = lastActivity + idleTimeout
+        if state.firstWelcomedAt == nil { idleDeadline = max(idleDeadline, state.startedAt + connectTimeout) }
         if now >= idleDeadline { return .stop(.idle(idle: now - lastActivity, idleTimeout: idleTimeout)) }
         return .wait(until: min(idleDeadline, orphanDeadline))
     }

@@ -29,6 +29,9 @@ public struct RuntimeConfiguration: Sendable, Equatable {
     public var idleTimeout: Duration = .seconds(15 * 60)
     /// Without a control plane this long, the runtime stops itself, busy or not (`OrphanPolicy`).
     public var orphanLimit: Duration = .seconds(60 * 60)
+    /// How long the control plane gives this runtime to connect (its pending timeout): never
+    /// welcomed, the runtime does not stop as idle before then (`OrphanPolicy`).
+    public var connectTimeout: Duration = .zero
     /// The bound of the outbox of unacknowledged events, in bytes of their frames (`EventOutbox`).
     public var outboxLimitBytes = EventOutbox.defaultLimitBytes
 
@@ -58,7 +61,7 @@ public struct RuntimeConfiguration: Sendable, Equatable {
     /// `CLOUD_AGENT_CONTROL_URLS` (comma-separated, every node's route; default none),
     /// `CLOUD_AGENT_WORKSPACE` (default: `currentDirectory`), `CLOUD_AGENT_LOG_LEVEL` (default
     /// info), `CLOUD_AGENT_STOP_GRACE_MS` (default 10000), `CLOUD_AGENT_IDLE_TIMEOUT_MS` (default
-    /// 900000), `CLOUD_AGENT_ORPHAN_LIMIT_MS` (default 3600000) and
+    /// 900000), `CLOUD_AGENT_ORPHAN_LIMIT_MS` (default 3600000), `CLOUD_AGENT_CONNECT_TIMEOUT_MS` (default 0) and
     /// `CLOUD_AGENT_OUTBOX_LIMIT_BYTES` (default 64 MiB).
     public init(environment: [String: String], currentDirectory: String) throws(RuntimeConfigurationError) {
         func required(_ name: String) throws(RuntimeConfigurationError) -> String {
@@ -93,6 +96,7 @@ public struct RuntimeConfiguration: Sendable, Equatable {
         let stopGrace = try number("CLOUD_AGENT_STOP_GRACE_MS", minimum: 0, unit: "milliseconds").map { Duration.milliseconds($0) } ?? .seconds(10)
         let idleTimeout = try number("CLOUD_AGENT_IDLE_TIMEOUT_MS", minimum: 1, unit: "milliseconds")
         let orphanLimit = try number("CLOUD_AGENT_ORPHAN_LIMIT_MS", minimum: 1, unit: "milliseconds")
+        let connectTimeout = try number("CLOUD_AGENT_CONNECT_TIMEOUT_MS", minimum: 0, unit: "milliseconds")
         let outboxLimit = try number("CLOUD_AGENT_OUTBOX_LIMIT_BYTES", minimum: 1, unit: "bytes")
         self.init(
             controlURL: controlURL,
@@ -105,6 +109,7 @@ public struct RuntimeConfiguration: Sendable, Equatable {
         self.otherControlURLs = otherControlURLs
         if let idleTimeout { self.idleTimeout = .milliseconds(idleTimeout) }
         if let orphanLimit { self.orphanLimit = .milliseconds(orphanLimit) }
+        if let connectTimeout { self.connectTimeout = .milliseconds(connectTimeout) }
         if let outboxLimit { outboxLimitBytes = Int(clamping: outboxLimit) }
         secretNames = (environment["CLOUD_AGENT_SECRET_NAMES"] ?? "").split(separator: ",").map(String.init).filter { !$0.isEmpty }
     }

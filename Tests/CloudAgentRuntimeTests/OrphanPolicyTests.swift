@@ -30,6 +30,24 @@ struct OrphanPolicyTests {
         #expect(policy.evaluate(state, now: at(10)) == .stop(.idle(idle: .seconds(10), idleTimeout: .seconds(10))))
     }
 
+    @Test func neverWelcomed_theIdleStopWaitsForTheControlPlanesConnectDeadline() {
+        // The control plane gives a launched runtime 30 s to connect; its idle timeout is 10 s.
+        let patient = OrphanPolicy(idleTimeout: .seconds(10), orphanLimit: .seconds(60), connectTimeout: .seconds(30))
+        let state = OrphanPolicy.State(startedAt: t0)
+        #expect(patient.evaluate(state, now: at(10)) == .wait(until: at(30)))
+        #expect(patient.evaluate(state, now: at(29.999)) == .wait(until: at(30)))
+        #expect(patient.evaluate(state, now: at(30)) == .stop(.idle(idle: .seconds(30), idleTimeout: .seconds(10))))
+        // Once welcomed, the idle timeout alone counts again.
+        var welcomed = state
+        welcomed.firstWelcomedAt = at(1)
+        welcomed.disconnectedSince = at(2)
+        #expect(patient.evaluate(welcomed, now: at(11)) == .stop(.idle(idle: .seconds(10), idleTimeout: .seconds(10))))
+        // The orphan limit is not moved by it.
+        let short = OrphanPolicy(idleTimeout: .seconds(10), orphanLimit: .seconds(20), connectTimeout: .seconds(30))
+        #expect(short.evaluate(state, now: at(15)) == .wait(until: at(20)))
+        #expect(short.evaluate(state, now: at(20)) == .stop(.orphanLimit(disconnected: .seconds(20), orphanLimit: .seconds(20))))
+    }
+
     @Test func idleIsMeasuredFromTheLatestOfStartExecutionStartAndEnd() {
         var state = connected
         state.lastExecutionStartedAt = at(20)

@@ -194,13 +194,16 @@ struct RuntimeConfigurationTests {
         #expect(configuration.idleTimeout == .seconds(900))
         #expect(configuration.orphanLimit == .seconds(3600))
         #expect(configuration.outboxLimitBytes == 64 << 20)
+        #expect(configuration.connectTimeout == .zero)
         environment["CLOUD_AGENT_IDLE_TIMEOUT_MS"] = "1500"
+        environment["CLOUD_AGENT_CONNECT_TIMEOUT_MS"] = "30000"
         environment["CLOUD_AGENT_ORPHAN_LIMIT_MS"] = "2000"
         environment["CLOUD_AGENT_OUTBOX_LIMIT_BYTES"] = "4096"
         let withLimits = try RuntimeConfiguration(environment: environment, currentDirectory: "/work/here")
         #expect(withLimits.idleTimeout == .milliseconds(1500))
         #expect(withLimits.orphanLimit == .milliseconds(2000))
         #expect(withLimits.outboxLimitBytes == 4096)
+        #expect(withLimits.connectTimeout == .seconds(30))
     }
 
     @Test(arguments: ["CLOUD_AGENT_CONTROL_URL", "SESSION_ID", "CLOUD_AGENT_RUNTIME_ID"])
@@ -215,6 +218,7 @@ struct RuntimeConfigurationTests {
             ("CLOUD_AGENT_CONTROL_URL", "http://x"), ("CLOUD_AGENT_LOG_LEVEL", "loud"), ("CLOUD_AGENT_STOP_GRACE_MS", "10s"),
             ("CLOUD_AGENT_IDLE_TIMEOUT_MS", "0"), ("CLOUD_AGENT_IDLE_TIMEOUT_MS", "15m"), ("CLOUD_AGENT_ORPHAN_LIMIT_MS", "-5"),
             ("CLOUD_AGENT_ORPHAN_LIMIT_MS", "1h"), ("CLOUD_AGENT_OUTBOX_LIMIT_BYTES", "0"), ("CLOUD_AGENT_OUTBOX_LIMIT_BYTES", "64MiB"),
+            ("CLOUD_AGENT_CONNECT_TIMEOUT_MS", "-1"), ("CLOUD_AGENT_CONNECT_TIMEOUT_MS", "2m"),
         ]
         for (name, value) in malformed {
             var environment = base
