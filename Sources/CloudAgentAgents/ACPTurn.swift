@@ -312,4 +312,46 @@ public enum ACPPermissions {
         let outcome: JSONValue = chosen.flatMap { $0["optionId"] }.map { ["outcome": "selected", "optionId": $0] } ?? ["outcome": "cancelled"]
         return Decision(result: ["outcome": outcome], event: event)
     }
+
+    /// A `session/request_permission` as an input request for the user (approvals `ask`):
+    /// `{kind: permission, tool, input?, options}`, the agent's options as `{id, name, kind}`.
+    public static func inputRequest(_ params: JSONValue) -> [String: JSONValue] {
+        let tool = params["toolCall"]
+        var request: [String: JSONValue] = [
+            "kind": "permission", "tool": .string(tool?["title"]?.stringValue ?? tool?["kind"]?.stringValue ?? "a tool"),
+        ]
+        if let input = tool?["rawInput"], input != .null { request["input"] = input }
+        let options = (params["options"]?.arrayValue ?? []).compactMap { option -> JSONValue? in
+            guard let id = option["optionId"]?.stringValue, let kind = option["kind"]?.stringValue else { return nil }
+            return ["id": .string(id), "name": .string(option["name"]?.stringValue ?? id), "kind": .string(kind)]
+        }
+        if !options.isEmpty { request["options"] = .array(options) }
+        return request
+    }
+
+    /// The answer to `session/request_permission` for the user's decision: the option they
+    /// picked, else the agent's option of the matching kind (a timeout is a reject); a
+    /// cancellation, or no option to pick, is `cancelled`.
+    public static func result(_ params: JSONValue, decision: String, optionId: String?) -> JSONValue {
+        let options = params["options"]?.arrayValue ?? []
+        func option(_ kinds: [String]) -> String? {
+            for kind in kinds {
+                if let id = options.first(where: { $0["kind"]?.stringValue == kind })?["optionId"]?.stringValue { return id }
+            }
+            return nil
+        }
+        let chosen: String?
+        switch decision {
+        case "allow", "deny", "timeout":
+            if let optionId, options.contains(where: { $0["optionId"]?.stringValue == optionId }) {
+                chosen = optionId
+            } else {
+                chosen = decision == "allow" ? option(["allow_once", "allow_always"]) : option(["reject_once", "reject_always"])
+            }
+        default:
+            chosen = nil
+        }
+        guard let chosen else { return ["outcome": ["outcome": "cancelled"]] }
+        return ["outcome": ["outcome": "selected", "optionId": .string(chosen)]]
+    }
 }

@@ -9,12 +9,19 @@ public struct AgentInvocation: Sendable, Equatable {
     public var standardInput: String
     /// Set in the agent's environment unless the session's own variables already set them.
     public var defaultEnvironment: [String: String]
+    /// Whether the agent's stdin stays open after `standardInput`, for the answers to its input
+    /// requests (one JSON line each: `{requestId, decision, optionId?, answer?}`).
+    public var answersOnStandardInput: Bool
 
-    public init(executable: String, arguments: [String], standardInput: String = "", defaultEnvironment: [String: String] = [:]) {
+    public init(
+        executable: String, arguments: [String], standardInput: String = "", defaultEnvironment: [String: String] = [:],
+        answersOnStandardInput: Bool = false
+    ) {
         self.executable = executable
         self.arguments = arguments
         self.standardInput = standardInput
         self.defaultEnvironment = defaultEnvironment
+        self.answersOnStandardInput = answersOnStandardInput
     }
 }
 
@@ -39,7 +46,11 @@ public enum AgentInvocations {
         }
         guard let kind = AgentKind(rawValue: launch.kind) else { throw AgentInvocationError("unknown agent kind \(launch.kind)") }
         if kind == .scripted {
-            return AgentInvocation(executable: runtimeExecutable, arguments: [scriptedArgument], standardInput: command.prompt)
+            // Interactive: the prompt as one JSON line, then the answers to its `ask` and `approve`.
+            return AgentInvocation(
+                executable: runtimeExecutable, arguments: [scriptedArgument, ScriptedAgentInput.interactiveFlag],
+                standardInput: ScriptedAgentInput.promptLine(command.prompt), answersOnStandardInput: true
+            )
         }
         guard let binary = launch.binary, !binary.isEmpty else { throw AgentInvocationError("agent \(command.agent) has no binary") }
         let readOnly = AgentMode.isReadOnly(command.mode)
@@ -134,5 +145,23 @@ public enum AgentInvocations {
             }
         }
         return "\"\(escaped)\""
+    }
+}
+
+/// The scripted agent's stdin when a runtime runs it (`scripted-agent --interactive`): the
+/// prompt as one JSON line `{"prompt": …}`, then one JSON line per answer to its input requests.
+public enum ScriptedAgentInput {
+    public static let interactiveFlag = "--interactive"
+
+    public static func promptLine(_ prompt: String) -> String {
+        JSONText.encode(["prompt": .string(prompt)]) + "\n"
+    }
+
+    /// An answer's line: `{requestId, decision, optionId?, answer?}`.
+    public static func answerLine(requestId: String, decision: String, optionId: String? = nil, answer: JSONValue? = nil) -> String {
+        var object: [String: JSONValue] = ["requestId": .string(requestId), "decision": .string(decision)]
+        if let optionId { object["optionId"] = .string(optionId) }
+        if let answer { object["answer"] = answer }
+        return JSONText.encode(.object(object)) + "\n"
     }
 }

@@ -7,6 +7,9 @@ public enum AgentOutputItem: Sendable, Equatable {
     case agent([String: JSONValue])
     /// The line as an `output` event (not something the agent's format knows).
     case output
+    /// The agent asks and waits for an answer on its stdin: `{requestId, kind: permission|question,
+    /// tool?, input?, options?, question?, choices?}` (the scripted agent's `input_request` line).
+    case inputRequest([String: JSONValue])
 }
 
 /// How the agent itself says the execution went (its final `result`, `turn.completed`, …), which
@@ -48,6 +51,10 @@ public struct NormalizedJSONLinesParser: AgentOutputParser {
     public init() {}
 
     public mutating func parse(line: String) -> [AgentOutputItem] {
+        if var request = AgentEventData.object(line), request["type"] == "input_request" {
+            request["type"] = nil
+            return [.inputRequest(request)]
+        }
         guard let data = AgentEventNormalizer.agentEventData(fromLine: line) else { return [.output] }
         return [.agent(data)]
     }

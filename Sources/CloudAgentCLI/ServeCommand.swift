@@ -48,6 +48,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("orphan-limit"), help: "A runtime without a control plane this long stops itself (CLOUD_AGENT_ORPHAN_LIMIT, default 1h).")
     var orphanLimit: String?
     @Option(
+        name: .customLong("input-timeout"),
+        help: "An unanswered permission request or question is denied after this long (CLOUD_AGENT_INPUT_TIMEOUT, default 30m).")
+    var inputTimeout: String?
+    @Option(
         name: .customLong("callback-retry-base"), help: "Wait before a callback's first retry, doubling after (CLOUD_AGENT_CALLBACK_RETRY_BASE, default 2s).")
     var callbackRetryBase: String?
 
@@ -69,7 +73,7 @@ struct ServeCommand: AsyncParsableCommand {
             "pendingTimeout": pendingTimeout, "stopGrace": stopGrace, "stuckAfter": stuckAfter, "maxRuntimes": maxRuntimes,
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
             "agentsFile": agentsFile, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
-            "orphanLimit": orphanLimit, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
+            "orphanLimit": orphanLimit, "inputTimeout": inputTimeout, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
             "wakeUpWindow": wakeUpWindow,
         ]
         return all.compactMapValues { $0 }

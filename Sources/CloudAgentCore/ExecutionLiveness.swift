@@ -9,7 +9,9 @@ import Foundation
 /// - running: failed when max(lastHeartbeat ?? runningAt, controlPlaneStartedAt) + staleThreshold
 ///   has passed, so control-plane downtime never counts against a runtime;
 /// - running without progress (agent events) for stuckAfter: one `execution.stuck` warning per
-///   stall, never a kill.
+///   stall, never a kill;
+/// - running and waiting for input (a permission or an answer): active, never stale, never stuck
+///   (the input timeout is the request's own deadline); an answer counts as progress.
 public enum ExecutionLiveness {
     public struct Decision: Sendable, Equatable {
         /// Fail the execution with this error, or nil.
@@ -21,7 +23,8 @@ public enum ExecutionLiveness {
     }
 
     public static func evaluate(
-        _ execution: Execution, timing: Timing, controlPlaneStartedAt: Date, runtimeLaunchedAt: Date? = nil, now: Date
+        _ execution: Execution, timing: Timing, controlPlaneStartedAt: Date, runtimeLaunchedAt: Date? = nil, now: Date,
+        waitingForInput: Bool = false, lastInputAt: Date? = nil
     ) -> Decision {
         switch execution.status {
         case .pending:
@@ -30,7 +33,12 @@ public enum ExecutionLiveness {
             guard now >= deadline else { return Decision(nextDeadline: deadline) }
             return Decision(failure: "runtime never started the execution (pending for \(now.milliseconds(since: execution.startedAt)) ms)")
         case .running:
-            let lastSign = execution.lastHeartbeat ?? execution.runningAt ?? execution.startedAt
+            // Waiting for a user is not silence: the runtime keeps heartbeating, and nothing here
+            // may fail or warn about an agent that is waiting for an answer.
+            if waitingForInput { return Decision() }
+            // The end of a wait (an answer, a timeout) starts the stale clock afresh: the wait is
+            // never counted as the runtime's silence.
+            let lastSign = max(execution.lastHeartbeat ?? execution.runningAt ?? execution.startedAt, lastInputAt ?? .distantPast)
             let staleAt = max(lastSign, controlPlaneStartedAt).adding(milliseconds: timing.staleThresholdMs)
             if now >= staleAt {
                 let silence = now.milliseconds(since: lastSign)
@@ -38,7 +46,7 @@ public enum ExecutionLiveness {
                 return Decision(failure: "\(what) for \(silence / 1000) s (stale threshold \(timing.staleThresholdMs) ms)")
             }
             let runningSince = execution.runningAt ?? execution.startedAt
-            let lastProgress = max(execution.lastEventAt ?? runningSince, runningSince)
+            let lastProgress = max(execution.lastEventAt ?? runningSince, runningSince, lastInputAt ?? runningSince)
             let alreadyWarned = execution.stuckReportedAt.map { $0 >= lastProgress } ?? false
             if alreadyWarned { return Decision(nextDeadline: staleAt) }
             let stuckAt = lastProgress.adding(milliseconds: timing.stuckAfterMs)

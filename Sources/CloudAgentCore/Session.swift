@@ -58,6 +58,14 @@ public struct SessionSpec: Sendable, Equatable, Codable {
     public var callback: CallbackSpec?
     /// The session's own idle timeout; nil means the server's default.
     public var idleTimeoutMs: Int64?
+    /// Whether the agent asks before using a tool; nil (as stored before it existed) is `auto`.
+    public var approvalMode: ApprovalMode?
+
+    /// Whether the agent asks before using a tool.
+    public var approvals: ApprovalMode {
+        get { approvalMode ?? .auto }
+        set { approvalMode = newValue == .auto ? nil : newValue }
+    }
 
     public static let defaultAgent = "scripted"
 
@@ -108,6 +116,15 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     /// The execution whose auto-commit has not been recorded yet: the next execution is not sent
     /// to the runtime before it, and the runtime is not idle meanwhile.
     public var autoCommitPending: ExecutionID?
+    /// The agent's permission requests and questions (pending, and the latest resolved) and the
+    /// session's "always" answers; nil (as stored before they existed) when there are none.
+    public var inputBook: SessionInputs?
+
+    /// The agent's permission requests and questions, and the session's "always" answers.
+    public var inputs: SessionInputs {
+        get { inputBook ?? SessionInputs() }
+        set { inputBook = newValue.requests.isEmpty && newValue.rules.isEmpty ? nil : newValue }
+    }
 
     public init(
         id: SessionID, owner: Owner, createdAt: Date, spec: SessionSpec, workBranch: String? = nil,

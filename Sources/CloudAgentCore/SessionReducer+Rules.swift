@@ -81,6 +81,23 @@ extension SessionReducer {
                         change: .delete(id), effects: [.removed(.ttl)],
                         output: Outcome(output: nil, notes: [.sessionExpired(untouchedMs: untouchedMs)])
                     )
+                case .cancelInputs(let requestIds):
+                    for requestId in requestIds {
+                        guard let request = state.session.inputs.request(requestId), request.isPending else { continue }
+                        let resolution = InputResolution(decision: .cancelled, by: .interrupt, at: now)
+                        change.events.append(resolveInput(&state.session, request, resolution, replyToAgent: false).event)
+                        notes.append(.inputResolved(requestId, .cancelled, by: .interrupt))
+                    }
+                case .timeOutInput(let requestId):
+                    guard let request = state.session.inputs.request(requestId), request.isPending else { continue }
+                    let resolution = InputResolution(decision: .timeout, by: .timeout, optionId: request.option(allow: false, always: false)?.id, at: now)
+                    let resolved = resolveInput(&state.session, request, resolution, replyToAgent: true)
+                    change.events.append(resolved.event)
+                    if let reply = resolved.reply {
+                        change.commands.append(reply)
+                        effects.append(.deliverCommands)
+                    }
+                    notes.append(.inputResolved(requestId, .timeout, by: .timeout))
                 case .sweepEvents(let cutoff):
                     change.deleteEventsBefore = cutoff
                     // The oldest event left is not known here: the next evaluation reads it.

@@ -4,6 +4,8 @@ import Foundation
 public struct ReportedEvent: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
         case running, agent, output, ended
+        /// The agent asks for permission or an answer: data is the request (`InputRequest(reported:)`).
+        case inputRequested
         case unknown(String)
     }
 
@@ -172,6 +174,22 @@ extension SessionReducer {
                     ended = current
                     transitioned = true
                     notes.append(.executionEnded(current.id, current.status, detail: current.error ?? current.interruptReason))
+                case .inputRequested:
+                    if current.status == .pending {
+                        try current.markRunning(at: now)
+                        drops.append(.execution(current.id, kinds: ["execute"]))
+                    }
+                    try current.recordHeartbeat(at: now)
+                    guard let request = InputRequest(reported: event.data, executionId: current.id, at: now) else {
+                        notes.append(.unknownEventKind("input.requested without a valid requestId and kind"))
+                        break
+                    }
+                    let recorded = recordInputRequest(&session, request, now: now)
+                    events += recorded.events
+                    if let reply = recorded.reply { commands.append(reply) }
+                    if !recorded.events.isEmpty { notes.append(.inputRequested(request.id, request.kind)) }
+                    // Waiting moves the execution's deadlines (and adds the input timeout's).
+                    transitioned = true
                 case .unknown(let kind):
                     notes.append(.unknownEventKind(kind))
                 }

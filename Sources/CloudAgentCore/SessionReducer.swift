@@ -49,6 +49,8 @@ public enum DecisionNote: Sendable, Equatable {
     case eventsSwept(before: Date)
     case eventOutOfOrder(seq: Int64, acked: Int64)
     case unknownEventKind(String)
+    case inputRequested(String, InputKind)
+    case inputResolved(String, InputDecision, by: InputResolver)
 }
 
 /// Every change to a session, as pure functions `(state, input, context) → decision`: the
@@ -155,20 +157,23 @@ public enum SessionReducer {
             return Decision(output: Outcome(output: .none, notes: []))
         }
         let kill = OutboxCommand.kill(activeId, reason: "user")
+        let now = context.now
+        // The pending input requests are cancelled at once; the kill tells the agent.
+        let cancelled = cancelInputs(&session, of: activeId, now: now)
         if execution.status == .running {
+            if !cancelled.isEmpty { session.updatedAt = now }
             return Decision(
-                change: SessionChange(sessionId: session.id, commands: [kill]), effects: [.deliverCommands],
-                output: Outcome(output: .asked(activeId), notes: [])
+                change: SessionChange(sessionId: session.id, session: cancelled.isEmpty ? nil : session, events: cancelled, commands: [kill]),
+                effects: [.deliverCommands], output: Outcome(output: .asked(activeId), notes: [])
             )
         }
-        let now = context.now
         // Active and not running: pending, which may end interrupted.
         try execution.end(.interrupted, at: now, interruptReason: "user", reportedByRuntime: false)
         session.activeExecutionId = nil
         session.updatedAt = now
         let change = SessionChange(
             sessionId: session.id, session: session, executions: [execution],
-            events: [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])],
+            events: cancelled + [NewEvent(executionId: activeId, type: EventType.executionInterrupted, at: now, data: ["reason": "user"])],
             callbacks: CallbackDelivery.completion(of: execution, session: session, now: now).map { [$0] } ?? [],
             commands: [kill], dropCommands: [.execution(activeId, kinds: ["execute"])]
         )

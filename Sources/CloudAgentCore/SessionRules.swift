@@ -23,6 +23,11 @@ public enum SessionAction: Sendable, Equatable {
     case expire(untouchedMs: Int64)
     /// Delete the session's events older than this.
     case sweepEvents(olderThan: Date)
+    /// Cancel pending input requests whose execution is no longer active (it ended, or its
+    /// runtime stopped): their agent is gone or went on.
+    case cancelInputs([String])
+    /// Deny a pending input request nobody answered within the input timeout.
+    case timeOutInput(String)
 }
 
 /// The result of evaluating a session's rules at `now`.
@@ -35,7 +40,8 @@ public struct SessionEvaluation: Sendable, Equatable {
 }
 
 /// All of a session's timing rules in one pure function: execution liveness, the starting
-/// runtime's connect deadline, runtime idleness, the session TTL and event retention.
+/// runtime's connect deadline, runtime idleness, the input timeout, the session TTL and event
+/// retention.
 public enum SessionRules {
     public static func evaluate(_ snapshot: SessionSnapshot, timing: Timing, controlPlaneStartedAt: Date, now: Date) -> SessionEvaluation {
         let session = snapshot.session
@@ -49,9 +55,21 @@ public enum SessionRules {
         // next one goes to the runtime after it).
         let preparing = session.runtime.state == .starting && session.runtime.process == nil
         let held = preparing || session.runtime.state == .stopping || session.autoCommitPending != nil
+        // Input requests: only the active execution's may wait; each waits up to the input timeout.
+        let inputs = session.inputs
+        let activeId = snapshot.latestExecution.flatMap { $0.status.isActive && $0.id == session.activeExecutionId ? $0.id : nil }
+        let orphaned = inputs.pending.filter { $0.executionId != activeId }.map(\.id)
+        if !orphaned.isEmpty { actions.append(.cancelInputs(orphaned)) }
+        for request in inputs.pending where request.executionId == activeId {
+            let deadline = SessionInputs.deadline(of: request, timeoutMs: timing.inputTimeoutMs, heardSince: controlPlaneStartedAt)
+            if now >= deadline { actions.append(.timeOutInput(request.id)) } else { deadlines.append(deadline) }
+        }
+
         if let execution = snapshot.latestExecution, execution.status.isActive, !(held && execution.status == .pending) {
             let liveness = ExecutionLiveness.evaluate(
-                execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, runtimeLaunchedAt: session.runtime.launchedAt, now: now
+                execution, timing: timing, controlPlaneStartedAt: controlPlaneStartedAt, runtimeLaunchedAt: session.runtime.launchedAt, now: now,
+                waitingForInput: inputs.waiting(execution.id) != nil,
+                lastInputAt: inputs.requests.filter { $0.executionId == execution.id }.map { $0.resolution?.at ?? $0.requestedAt }.max()
             )
             if let failure = liveness.failure { actions.append(.failExecution(execution.id, error: failure)) }
             if let stuckFor = liveness.stuckForMs { actions.append(.reportStuck(execution.id, sinceLastProgressMs: stuckFor)) }

@@ -28,20 +28,25 @@ public enum OutboxCommand: Sendable, Equatable, Codable {
     case execute(ExecutionID)
     case kill(ExecutionID, reason: String)
     case settings(idleTimeoutMs: Int64)
+    /// The answer to an input request, for the agent. Kept until the runtime stops (a runtime
+    /// ignores an answer to a request it is not waiting for), so that one that reconnects gets it.
+    case answer(InputReply)
 
     public var executionId: ExecutionID? {
         switch self {
         case .execute(let id), .kill(let id, _): id
-        case .settings: nil
+        // Not keyed by execution: an execution may have several answers in the outbox.
+        case .settings, .answer: nil
         }
     }
 
-    /// The kind column: `execute`, `kill` or `settings`.
+    /// The kind column: `execute`, `kill`, `settings` or `answer`.
     public var kind: String {
         switch self {
         case .execute: "execute"
         case .kill: "kill"
         case .settings: "settings"
+        case .answer: "answer"
         }
     }
 }
@@ -144,6 +149,10 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
     case executionInProgress(ExecutionID)
     /// No runtime can be had now; retry (503 `RUNTIME_UNAVAILABLE`).
     case runtimeUnavailable(String)
+    /// No input request of the session has this id (404).
+    case inputNotFound(String)
+    /// A request whose body does not fit the state it acts on (400 `INVALID_REQUEST`, naming the field).
+    case invalidRequest(field: String, String)
 
     public var description: String {
         switch self {
@@ -151,6 +160,8 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
         case .executionNotFound(let id): "execution \(id) not found"
         case .invalidState(let message), .runtimeUnavailable(let message): message
         case .executionInProgress(let id): "execution \(id) is still active"
+        case .inputNotFound(let id): "input request \(id) not found"
+        case .invalidRequest(let field, let message): "\(field) \(message)"
         }
     }
 }

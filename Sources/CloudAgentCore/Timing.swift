@@ -11,6 +11,8 @@ public struct Timing: Sendable, Equatable {
     public var eventRetentionMs: Int64
     /// Handed to each runtime: without a control plane this long, it stops itself.
     public var orphanLimitMs: Int64
+    /// An unanswered permission request or question is denied (`timeout`) after this long.
+    public var inputTimeoutMs: Int64
 
     public init(
         idleTimeoutMs: Int64 = 15 * 60_000,
@@ -21,7 +23,8 @@ public struct Timing: Sendable, Equatable {
         stuckAfterMs: Int64 = 10 * 60_000,
         sessionTTLMs: Int64 = 90 * 86_400_000,
         eventRetentionMs: Int64 = 90 * 86_400_000,
-        orphanLimitMs: Int64 = 60 * 60_000
+        orphanLimitMs: Int64 = 60 * 60_000,
+        inputTimeoutMs: Int64 = 30 * 60_000
     ) {
         self.idleTimeoutMs = idleTimeoutMs
         self.heartbeatIntervalMs = heartbeatIntervalMs
@@ -32,5 +35,6 @@ public struct Timing: Sendable, Equatable {
         self.sessionTTLMs = sessionTTLMs
         self.eventRetentionMs = eventRetentionMs
         self.orphanLimitMs = orphanLimitMs
+        self.inputTimeoutMs = inputTimeoutMs
     }
 }

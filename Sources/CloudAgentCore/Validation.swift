@@ -65,19 +65,20 @@ public struct SessionInput: Sendable, Equatable {
     public var autoCommit: FieldUpdate<Bool> = .unchanged
     public var callback: FieldUpdate<Callback> = .unchanged
     public var idleTimeoutMs: FieldUpdate<Int64> = .unchanged
+    public var approvals: FieldUpdate<ApprovalMode> = .unchanged
 
     public init() {}
 
     static let fields: Set<String> = [
         "prompt", "agent", "mode", "model", "repo", "envVars", "secrets", "setupCommands", "autoCommit",
-        "callback", "idleTimeoutMs",
+        "callback", "idleTimeoutMs", "approvals",
     ]
 
     /// Fields that may still change after a session was initiated.
     public var changesOnlyIdleTimeout: Bool {
         prompt == .unchanged && agent == .unchanged && mode == .unchanged && model == .unchanged
             && repo == .unchanged && envVars == .unchanged && secrets == .unchanged
-            && setupCommands == .unchanged && autoCommit == .unchanged && callback == .unchanged
+            && setupCommands == .unchanged && autoCommit == .unchanged && callback == .unchanged && approvals == .unchanged
     }
 
     /// Parses a `POST /v1/sessions` body: `prompt` is required and nothing may be null.
@@ -121,6 +122,11 @@ public struct SessionInput: Sendable, Equatable {
                 input.autoCommit = .set(flag)
             case "callback": input.callback = .set(try Validate.callback(value))
             case "idleTimeoutMs": input.idleTimeoutMs = .set(try Validate.idleTimeout(value))
+            case "approvals":
+                guard let mode = value.stringValue.flatMap(ApprovalMode.init(rawValue:)) else {
+                    throw ValidationError(field: key, "must be auto or ask")
+                }
+                input.approvals = .set(mode)
             default: break
             }
         }
@@ -145,6 +151,7 @@ public struct SessionInput: Sendable, Equatable {
         case "autoCommit": autoCommit = .clear
         case "callback": callback = .clear
         case "idleTimeoutMs": idleTimeoutMs = .clear
+        case "approvals": approvals = .clear
         default: throw ValidationError(field: key, "is not a known field")
         }
     }

@@ -148,6 +148,13 @@ package final class RuntimeConnections: Sendable {
                         connection.send(.kill(executionId: executionId.rawValue, reason: reason))
                     case .settings(let idleTimeoutMs):
                         connection.send(.settings(idleTimeoutMs: idleTimeoutMs))
+                    case .answer(let reply):
+                        connection.send(
+                            .answer(
+                                InputAnswerFrame(
+                                    executionId: reply.executionId.rawValue, requestId: reply.requestId, decision: reply.decision.rawValue,
+                                    optionId: reply.optionId, answer: reply.answer
+                                )))
                     }
                     through = row.id
                 }
@@ -164,7 +171,7 @@ package final class RuntimeConnections: Sendable {
         ExecuteCommand(
             executionId: execution.id.rawValue, agent: session.spec.agent, prompt: execution.prompt,
             mode: execution.mode, model: execution.model, launch: agents.launch(for: session.spec.agent),
-            conversationId: session.agentConversationId
+            conversationId: session.agentConversationId, approvals: session.spec.approvals == .ask ? "ask" : nil
         )
     }
 }

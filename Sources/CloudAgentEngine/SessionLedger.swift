@@ -146,6 +146,15 @@ public final class SessionLedger: Sendable {
         case .unknownEventKind(let kind):
             metadata["kind"] = "\(kind)"
             logger.warning("unknown runtime event kind", metadata: metadata)
+        case .inputRequested(let requestId, let kind):
+            metadata["requestId"] = "\(requestId)"
+            metadata["kind"] = "\(kind.rawValue)"
+            logger.info("input requested", metadata: metadata)
+        case .inputResolved(let requestId, let decision, let by):
+            metadata["requestId"] = "\(requestId)"
+            metadata["decision"] = "\(decision.rawValue)"
+            metadata["by"] = "\(by.rawValue)"
+            logger.info("input resolved", metadata: metadata)
         }
     }
 

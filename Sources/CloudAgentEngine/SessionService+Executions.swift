@@ -94,3 +94,77 @@ extension SessionService {
         return try await store.events(of: id, query)
     }
 }
+
+extension SessionService {
+    /// An answer's body: `{decision: allow|deny, optionId?, always?}` or `{answer: text | {field: value}}`.
+    public static func parseInputAnswer(_ body: JSONValue) throws(ValidationError) -> InputAnswer {
+        guard case .object(let object) = body else { throw ValidationError(field: "body", "must be a JSON object") }
+        if let unknown = object.keys.sorted().first(where: { !["decision", "optionId", "always", "answer"].contains($0) }) {
+            throw ValidationError(field: unknown, "is not a known field")
+        }
+        if let answer = object["answer"], !answer.isNull {
+            if let extra = ["decision", "optionId", "always"].first(where: { object[$0].map { !$0.isNull } ?? false }) {
+                throw ValidationError(field: extra, "cannot be given with answer")
+            }
+            switch answer {
+            case .string(let text):
+                guard text.count <= 100_000 else { throw ValidationError(field: "answer", "must be at most 100,000 characters") }
+            case .object(let fields):
+                guard fields.count <= 100, JSONText.encode(answer).utf8.count <= 100_000 else {
+                    throw ValidationError(field: "answer", "must be an object of at most 100 fields and 100,000 bytes")
+                }
+            default:
+                throw ValidationError(field: "answer", "must be a string or an object of field: value")
+            }
+            return .answer(answer)
+        }
+        guard let decision = object["decision"]?.stringValue else {
+            throw ValidationError(field: "decision", "is required (allow or deny), or give answer")
+        }
+        guard decision == "allow" || decision == "deny" else { throw ValidationError(field: "decision", "must be allow or deny") }
+        var optionId: String?
+        if let value = object["optionId"], !value.isNull {
+            guard let text = value.stringValue, !text.isEmpty, text.count <= 200 else {
+                throw ValidationError(field: "optionId", "must be a string of 1 to 200 characters")
+            }
+            optionId = text
+        }
+        var always = false
+        if let value = object["always"], !value.isNull {
+            guard case .bool(let flag) = value else { throw ValidationError(field: "always", "must be true or false") }
+            always = flag
+        }
+        return .decision(allow: decision == "allow", optionId: optionId, always: always)
+    }
+
+    /// The session's input requests: the pending ones first (oldest first), then the resolved
+    /// ones it keeps (newest first), with the session (for their deadlines).
+    public func inputRequests(of id: SessionID, owner: Owner) async throws -> (session: SessionRecord, requests: [InputRequest]) {
+        let current = try await session(id, owner: owner)
+        let requests = current.inputs.requests
+        let pending = requests.filter(\.isPending).sorted { $0.requestedAt < $1.requestedAt }
+        let resolved = requests.filter { !$0.isPending }.sorted { ($0.resolution?.at ?? .distantPast) > ($1.resolution?.at ?? .distantPast) }
+        return (current, pending + resolved.prefix(SessionInputs.resolvedKept))
+    }
+
+    /// Answers a pending input request: recorded, and sent to the runtime for the agent.
+    public func answerInput(_ id: SessionID, owner: Owner, requestId: String, answer: InputAnswer) async throws -> InputRequest {
+        let committed = try await engine.perform(id) { state, context in
+            try SessionReducer.answerInput(state, id: id, owner: owner, requestId: requestId, answer: answer, context: context)
+        }
+        let resolved = committed.output
+        logger.info(
+            "input answered",
+            metadata: [
+                "sessionId": "\(id)", "executionId": "\(resolved.executionId)", "requestId": "\(requestId)",
+                "decision": "\(resolved.resolution?.decision.rawValue ?? "-")",
+            ])
+        return resolved
+    }
+
+    /// When a pending request of this session times out.
+    public func inputDeadline(of request: InputRequest) -> Date? {
+        guard request.isPending else { return nil }
+        return SessionInputs.deadline(of: request, timeoutMs: timing.inputTimeoutMs, heardSince: ledger.controlPlaneStartedAt)
+    }
+}

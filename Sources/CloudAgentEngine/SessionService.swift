@@ -224,6 +224,11 @@ public final class SessionService: Sendable {
         case .unchanged: break
         }
         update(&spec.idleTimeoutMs, input.idleTimeoutMs)
+        switch input.approvals {
+        case .set(let mode): spec.approvals = mode
+        case .clear: spec.approvals = .auto
+        case .unchanged: break
+        }
     }
 
     private func update<Value>(_ field: inout Value?, _ change: FieldUpdate<Value>) {

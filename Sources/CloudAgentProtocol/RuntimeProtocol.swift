@@ -41,6 +41,10 @@ public struct RuntimeEvent: Codable, Sendable, Equatable {
         public static let output = "output"
         /// The execution ended. data: `{status: completed|failed|interrupted, exitCode?, error?, interruptReason?, conversationId?}`.
         public static let ended = "execution.ended"
+        /// The agent asks for permission or an answer, and waits. data: `{requestId, kind:
+        /// permission|question|budget, tool?, input?, options?: [{id, name, kind}], question?,
+        /// choices?}`; the control plane answers with an `answer` frame.
+        public static let inputRequested = "input.requested"
     }
 
     /// The key of `execution.ended`'s data that carries the agent's own conversation id.
@@ -79,6 +83,32 @@ public enum ControlMessage: Sendable, Equatable {
     /// Stop the active agent (reported `interrupted`), then exit.
     case shutdown(reason: String)
     case ping(nonce: Int64)
+    /// The answer to an input request the agent is waiting for. A runtime ignores an answer to
+    /// a request it is not waiting for (a repeat after a reconnect).
+    case answer(InputAnswerFrame)
+}
+
+/// An answer to an agent's input request, for the runtime to give the agent in its own protocol.
+public struct InputAnswerFrame: Codable, Sendable, Equatable {
+    public var executionId: String
+    public var requestId: String
+    /// `allow`, `deny`, `answer`, `timeout` (a deny: nobody answered) or `cancelled`.
+    public var decision: String
+    /// The agent's option the user picked (or the one matching the decision).
+    public var optionId: String?
+    /// A question's answer: text, or a form's fields.
+    public var answer: JSONValue?
+
+    public init(executionId: String, requestId: String, decision: String, optionId: String? = nil, answer: JSONValue? = nil) {
+        self.executionId = executionId
+        self.requestId = requestId
+        self.decision = decision
+        self.optionId = optionId
+        self.answer = answer
+    }
+
+    /// Whether the agent may go ahead (an allow, or an answer).
+    public var allows: Bool { decision == "allow" || decision == "answer" }
 }
 
 /// What to run for an execution.
@@ -93,10 +123,13 @@ public struct ExecuteCommand: Codable, Sendable, Equatable {
     public var launch: AgentLaunch?
     /// The agent's own conversation to resume (from an earlier execution of the session).
     public var conversationId: String?
+    /// `ask`: the agent's permission requests wait for an answer from the control plane; nil
+    /// (`auto`): the runtime allows them itself and records each as an `agent` event of kind `log`.
+    public var approvals: String?
 
     public init(
         executionId: String, agent: String, prompt: String, mode: String? = nil, model: String? = nil,
-        launch: AgentLaunch? = nil, conversationId: String? = nil
+        launch: AgentLaunch? = nil, conversationId: String? = nil, approvals: String? = nil
     ) {
         self.executionId = executionId
         self.agent = agent
@@ -105,7 +138,11 @@ public struct ExecuteCommand: Codable, Sendable, Equatable {
         self.model = model
         self.launch = launch
         self.conversationId = conversationId
+        self.approvals = approvals
     }
+
+    /// Whether permission requests go to the user.
+    public var asks: Bool { approvals == "ask" }
 }
 
 /// An agent as the control plane's registry resolved it: which adapter runs it and where its
@@ -202,6 +239,7 @@ public enum ProtocolCoding {
         var seq: Int64?
         var execute: ExecuteCommand?
         var reason: String?
+        var answer: InputAnswerFrame?
 
         init(type: String) { self.type = type }
     }
@@ -262,6 +300,9 @@ public enum ProtocolCoding {
         case .ping(let nonce):
             frame = Frame(type: "ping")
             frame.nonce = nonce
+        case .answer(let answer):
+            frame = Frame(type: "answer")
+            frame.answer = answer
         }
         return text(frame)
     }
@@ -331,6 +372,9 @@ public enum ProtocolCoding {
             return .shutdown(reason: frame.reason ?? "shutdown")
         case "ping":
             return .ping(nonce: frame.nonce ?? 0)
+        case "answer":
+            guard let answer = frame.answer else { throw ProtocolError("answer needs answer") }
+            return .answer(answer)
         default:
             throw ProtocolError.unknown(frame.type, "control")
         }

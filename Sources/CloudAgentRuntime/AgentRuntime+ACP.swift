@@ -321,6 +321,25 @@ extension AgentRuntime {
                 logger.info("an ACP permission request outside an execution: cancelled")
                 return ["outcome": ["outcome": "cancelled"]]
             }
+            if execution.asks, !execution.readOnly {
+                // approvals ask: the request goes to the user; the agent waits for the answer.
+                let gathered = reader.flush()
+                execution.acpTurn = reader
+                execution.progress += 1
+                active = execution
+                for data in gathered { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
+                let (answers, answered) = AsyncStream.makeStream(of: InputAnswerFrame.self)
+                requestInput(execution.executionId, ACPPermissions.inputRequest(params)) { answer in
+                    answered.yield(answer)
+                    answered.finish()
+                }
+                var answer: InputAnswerFrame?
+                for await frame in answers {
+                    answer = frame
+                    break
+                }
+                return ACPPermissions.result(params, decision: answer?.decision ?? "cancelled", optionId: answer?.optionId)
+            }
             let decision = ACPPermissions.decide(params, approvals: .auto, readOnly: execution.readOnly, raw: raw)
             let gathered = reader.flush()
             execution.acpTurn = reader

@@ -56,6 +56,13 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         /// When the last update came, and whether a flush of gathered text waits for a pause.
         var acpLastUpdateAt = ContinuousClock.now
         var acpFlushScheduled = false
+        /// Whether the agent's permission requests go to the user (`approvals: ask`).
+        var asks = false
+        /// The agent's stdin, for an agent that takes the answers to its requests there.
+        var agentInput: AsyncStream<String>.Continuation?
+        /// The agent's requests waiting for an answer, by the id the control plane knows, with
+        /// how to give the agent its answer.
+        var waitingForInput: [String: @Sendable (InputAnswerFrame) -> Void] = [:]
     }
 
     private struct OpenLink {
@@ -277,6 +284,65 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         case .shutdown(let reason):
             logger.info("the control plane asks the runtime to shut down", metadata: ["reason": .string(reason)])
             requestContinuation.yield(.shutdown(reason: "runtime shutdown: \(reason)"))
+        case .answer(let answer):
+            guard var execution = active, execution.executionId == answer.executionId,
+                let respond = execution.waitingForInput.removeValue(forKey: answer.requestId)
+            else {
+                // A repeat after a reconnect, or the answer to a request that is gone.
+                logger.debug("answer to a request nobody waits for: ignored", metadata: ["requestId": .string(answer.requestId)])
+                return
+            }
+            active = execution
+            logger.info(
+                "input answered",
+                metadata: ["executionId": .string(answer.executionId), "requestId": .string(answer.requestId), "decision": .string(answer.decision)])
+            respond(answer)
+        }
+    }
+
+    // MARK: - Input requests
+
+    /// The agent asks (a permission or a question) and waits: the request goes to the control
+    /// plane as an `input.requested` event, and `respond` gives the agent its answer when it
+    /// comes. With approvals `auto` a permission is allowed here at once (its allow-once option),
+    /// recorded as an `agent` event of kind `log`; questions always go to the user.
+    func requestInput(_ executionId: String, _ request: [String: JSONValue], respond: @escaping @Sendable (InputAnswerFrame) -> Void) {
+        let requestId = "req_" + UUID().uuidString.lowercased()
+        guard var execution = active, execution.executionId == executionId, !stopping else {
+            respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "cancelled"))
+            return
+        }
+        var data = request
+        data["requestId"] = .string(requestId)
+        let kind = data["kind"]?.stringValue ?? "permission"
+        if kind == "permission", !execution.asks {
+            let options = data["options"]?.arrayValue ?? []
+            let allowOnce = options.first { $0["kind"] == "allow_once" } ?? options.first { $0["kind"] == "allow_always" }
+            let tool = data["tool"]?.stringValue ?? "a tool"
+            let input = data["input"].map { $0.stringValue ?? JSONText.encode($0) }.map { " " + String($0.prefix(300)) } ?? ""
+            record(
+                executionId, kind: RuntimeEvent.Kind.agent,
+                data: [
+                    "kind": "log", "message": .string("permission allowed automatically (approvals auto): \(tool)\(input)"),
+                    "raw": .string(JSONText.encode(.object(request))),
+                ])
+            respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "allow", optionId: allowOnce?["id"]?.stringValue))
+            return
+        }
+        execution.waitingForInput[requestId] = respond
+        active = execution
+        logger.info("the agent asks", metadata: ["executionId": .string(executionId), "requestId": .string(requestId), "kind": .string(kind)])
+        record(executionId, kind: RuntimeEvent.Kind.inputRequested, data: data)
+    }
+
+    /// Every request the execution still waits on is answered `cancelled` (it is being stopped).
+    private func cancelInputs(of executionId: String) {
+        guard var execution = active, execution.executionId == executionId, !execution.waitingForInput.isEmpty else { return }
+        let waiting = execution.waitingForInput
+        execution.waitingForInput = [:]
+        active = execution
+        for (requestId, respond) in waiting {
+            respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "cancelled"))
         }
     }
 
@@ -296,6 +362,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             presence.lastExecutionStartedAt = .now
             let (stopRequests, stops) = AsyncStream.makeStream(of: Duration.self)
             active = ActiveExecution(executionId: command.executionId, stopRequests: stopRequests, stops: stops)
+            active?.asks = command.asks
             requestContinuation.yield(.execute(command))
         }
     }
@@ -305,6 +372,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         if execution.stopReason == nil { execution.stopReason = reason }
         active = execution
         execution.stops.yield(grace)
+        cancelInputs(of: executionId)
     }
 
     /// Runs an accepted execution to its `execution.ended` event.
@@ -336,10 +404,20 @@ public actor AgentRuntime: Service, CustomStringConvertible {
                 "resume": .string(command.conversationId ?? "-"),
             ])
         let process = AgentProcess(invocation: invocation, workingDirectory: configuration.workspace, environment: agentEnvironment)
+        let input: AsyncStream<String>
+        if invocation.answersOnStandardInput {
+            // Open until the execution ends: the answers to the agent's requests follow the prompt.
+            let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+            continuation.yield(invocation.standardInput)
+            await useAgentInput(continuation, for: executionId)
+            input = stream
+        } else {
+            input = AgentProcess.input(invocation.standardInput)
+        }
         let termination: AgentTermination
         do {
             termination = try await process.run(
-                input: AgentProcess.input(invocation.standardInput),
+                input: input,
                 stopRequests: stopRequests,
                 onStart: { pid in await self.agentStarted(executionId, pid: pid) },
                 onLine: { stream, output in
@@ -388,6 +466,15 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         return data
     }
 
+    private func useAgentInput(_ input: AsyncStream<String>.Continuation, for executionId: String) {
+        guard var execution = active, execution.executionId == executionId else {
+            input.finish()
+            return
+        }
+        execution.agentInput = input
+        active = execution
+    }
+
     private func useParser(_ parser: any AgentOutputParser, for executionId: String) {
         guard var execution = active, execution.executionId == executionId else { return }
         execution.parser = parser
@@ -434,13 +521,24 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             switch item {
             case .agent(let data): record(executionId, kind: RuntimeEvent.Kind.agent, data: data)
             case .output: record(executionId, kind: RuntimeEvent.Kind.output, data: ["stream": .string(stream.rawValue), "line": .string(line)])
+            case .inputRequest(let request):
+                guard let agentInput = execution.agentInput, let agentRequestId = request["requestId"]?.stringValue else {
+                    record(executionId, kind: RuntimeEvent.Kind.agent, data: ["kind": "error", "message": "the agent asked for input it cannot be given", "raw": .string(line)])
+                    continue
+                }
+                requestInput(executionId, request) { answer in
+                    agentInput.yield(
+                        ScriptedAgentInput.answerLine(requestId: agentRequestId, decision: answer.decision, optionId: answer.optionId, answer: answer.answer))
+                }
             }
         }
     }
 
     func end(_ executionId: String, _ data: [String: JSONValue], logger: Logger) {
         guard let execution = active, execution.executionId == executionId else { return }
+        cancelInputs(of: executionId)
         execution.stops.finish()
+        execution.agentInput?.finish()
         active = nil
         presence.lastExecutionEndedAt = .now
         unacknowledgedEndSeq = record(executionId, kind: RuntimeEvent.Kind.ended, data: data)

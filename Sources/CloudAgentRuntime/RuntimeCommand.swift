@@ -1,3 +1,5 @@
+import CloudAgentJSON
+import CloudAgentAgents
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -22,22 +24,39 @@ public enum RuntimeCommand {
         case []:
             return await runRuntime()
         case [scriptedAgentArgument]:
-            return await runScriptedAgent()
+            return await runScriptedAgent(interactive: false)
+        case [scriptedAgentArgument, ScriptedAgentInput.interactiveFlag]:
+            return await runScriptedAgent(interactive: true)
         default:
             FileHandle.standardError.write(
                 Data(
                     """
                     usage: cloud-agent-runtime                  the session runtime (started by the control plane)
                            cloud-agent-runtime scripted-agent   the built-in scripted agent (prompt on stdin)
+                           cloud-agent-runtime scripted-agent --interactive
+                                                                the same, the prompt as a JSON line {"prompt": …},
+                                                                then the answers to its requests, a JSON line each
 
                     """.utf8))
             return 64
         }
     }
 
-    private static func runScriptedAgent() async -> Int32 {
-        let prompt = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
-        let agent = ScriptedAgent(workspace: FileManager.default.currentDirectoryPath, emit: ScriptedAgent.standardOutputEmitter())
+    private static func runScriptedAgent(interactive: Bool) async -> Int32 {
+        let emit = ScriptedAgent.standardOutputEmitter()
+        guard interactive else {
+            let prompt = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+            return await ScriptedAgent(workspace: FileManager.default.currentDirectoryPath, emit: emit).run(prompt: prompt)
+        }
+        let lines = ScriptedAnswerLines()
+        guard let first = await lines.next(), case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(first.utf8)),
+            let prompt = object["prompt"]?.stringValue
+        else {
+            FileHandle.standardError.write(Data("scripted-agent: --interactive needs a first line {\"prompt\": …} on stdin\n".utf8))
+            return 64
+        }
+        let agent = ScriptedAgent(
+            workspace: FileManager.default.currentDirectoryPath, emit: emit, asker: ScriptedAgent.standardInputAsker(emit: emit, lines: lines))
         return await agent.run(prompt: prompt)
     }
 

@@ -1,6 +1,7 @@
 import CloudAgentJSON
 import Foundation
 import Subprocess
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -23,7 +24,15 @@ import SystemPackage
 /// - `run COMMAND` → `/bin/sh -c COMMAND` in the workspace → `{"type":"tool","name":"run",
 ///   "input":COMMAND,"exitCode":N,"status":"ok"|"error","output":<last 4000 characters>}`
 /// - `exit CODE` → stop at once with that exit code
+/// - `ask QUESTION` → `{"type":"input_request","requestId":…,"kind":"question","question":QUESTION}`,
+///   then waits for the answer → `{"type":"text","text":"answer: TEXT"}` (an object answer as its
+///   JSON text); declined or unanswered → `{"type":"text","text":"no answer: DECISION"}`
+/// - `approve COMMAND` → `{"type":"input_request","requestId":…,"kind":"permission","tool":"run",
+///   "input":{"command":COMMAND},"options":[allow once, always allow, deny]}`, then waits: allowed →
+///   runs it as `run` does; denied or timed out → `{"type":"text","text":"denied: COMMAND"}`
 /// - a blank line is skipped; any other line is echoed as a text event.
+/// Without anyone to ask (`asker` nil: not run by a runtime), `ask` is an error event and
+/// `approve` is denied.
 /// Bad arguments give an error event and the script goes on. At the end it exits 0.
 public struct ScriptedAgent: Sendable {
     /// One line of the agent's output.
@@ -31,10 +40,14 @@ public struct ScriptedAgent: Sendable {
         case text(String)
         case tool(name: String, input: String, status: String, output: String, exitCode: Int32?)
         case error(String)
+        /// An input request (the agent waits for its answer on stdin).
+        case inputRequest([String: JSONValue])
 
         /// The JSON object, `type` first.
         public var jsonLine: String {
             switch self {
+            case .inputRequest(let fields):
+                return #"{"type":"input_request","# + String(JSONText.encode(.object(fields)).dropFirst())
             case .text(let text):
                 return #"{"type":"text","text":\#(JSONText.encode(.string(text)))}"#
             case .error(let message):
@@ -56,14 +69,34 @@ public struct ScriptedAgent: Sendable {
     public var workspace: String
     /// Writes one output line (flushed at once).
     public var emit: @Sendable (Event) -> Void
+    /// Asks (emits the request) and waits for the answer; nil when nobody can answer.
+    public var asker: (@Sendable (_ requestId: String, _ request: [String: JSONValue]) async -> ScriptedAnswer?)?
 
-    public init(workspace: String, emit: @escaping @Sendable (Event) -> Void) {
+    /// The answer to one of the agent's requests, as its stdin gives it.
+    public struct ScriptedAnswer: Sendable, Equatable {
+        public var decision: String
+        public var optionId: String?
+        public var answer: JSONValue?
+
+        public init(decision: String, optionId: String? = nil, answer: JSONValue? = nil) {
+            self.decision = decision
+            self.optionId = optionId
+            self.answer = answer
+        }
+    }
+
+    public init(
+        workspace: String, emit: @escaping @Sendable (Event) -> Void,
+        asker: (@Sendable (_ requestId: String, _ request: [String: JSONValue]) async -> ScriptedAnswer?)? = nil
+    ) {
         self.workspace = workspace
         self.emit = emit
+        self.asker = asker
     }
 
     /// Runs the script; returns the exit code (0, or the code of an `exit` line).
     public func run(prompt: String) async -> Int32 {
+        var asked = 0
         // "\r\n" is one Character, so it is a separator of its own.
         for rawLine in prompt.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             let line = String(rawLine)
@@ -86,6 +119,46 @@ public struct ScriptedAgent: Sendable {
                 write(rest)
             case "run":
                 await runCommand(rest)
+            case "ask":
+                guard !rest.isEmpty else {
+                    emit(.error("ask: expected QUESTION"))
+                    continue
+                }
+                guard let asker else {
+                    emit(.error("ask: no one to ask (the agent was not started by a runtime)"))
+                    continue
+                }
+                asked += 1
+                let requestId = "q\(asked)"
+                let answer = await asker(requestId, ["requestId": .string(requestId), "kind": "question", "question": .string(rest)])
+                switch answer?.decision {
+                case "answer"?:
+                    let value = answer?.answer ?? .null
+                    emit(.text("answer: \(value.stringValue ?? JSONText.encode(value))"))
+                default:
+                    emit(.text("no answer: \(answer?.decision ?? "cancelled")"))
+                }
+            case "approve":
+                guard !rest.isEmpty else {
+                    emit(.error("approve: expected COMMAND"))
+                    continue
+                }
+                asked += 1
+                let requestId = "p\(asked)"
+                let options: JSONValue = [
+                    ["id": "allow", "name": "Allow", "kind": "allow_once"],
+                    ["id": "allow-always", "name": "Always allow", "kind": "allow_always"],
+                    ["id": "deny", "name": "Deny", "kind": "reject_once"],
+                ]
+                let answer = await asker?(
+                    requestId,
+                    ["requestId": .string(requestId), "kind": "permission", "tool": "run", "input": ["command": .string(rest)], "options": options]
+                )
+                if answer?.decision == "allow" {
+                    await runCommand(rest)
+                } else {
+                    emit(.text("denied: \(rest)"))
+                }
             case "exit":
                 guard let code = Int32(rest), (0...255).contains(code) else {
                     emit(.error("exit: CODE must be a whole number from 0 to 255: \(rest)"))
@@ -186,6 +259,24 @@ public struct ScriptedAgent: Sendable {
         }
     }
 
+    /// Asks through stdout and stdin: each request is an `input_request` line, and its answer a
+    /// JSON line on stdin (`{requestId, decision, optionId?, answer?}`, read by `lines`). Lines for
+    /// other requests are skipped; stdin's end is a cancellation.
+    public static func standardInputAsker(
+        emit: @escaping @Sendable (Event) -> Void, lines: ScriptedAnswerLines
+    ) -> @Sendable (String, [String: JSONValue]) async -> ScriptedAnswer? {
+        { requestId, request in
+            emit(.inputRequest(request))
+            while let line = await lines.next() {
+                guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(line.utf8)),
+                    object["requestId"]?.stringValue == requestId, let decision = object["decision"]?.stringValue
+                else { continue }
+                return ScriptedAnswer(decision: decision, optionId: object["optionId"]?.stringValue, answer: object["answer"])
+            }
+            return nil
+        }
+    }
+
     /// Writes events to this process's stdout, one line per `write(2)`, so each line leaves
     /// the process as soon as it is made.
     public static func standardOutputEmitter() -> @Sendable (Event) -> Void {
@@ -275,5 +366,54 @@ enum WorkspacePath {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
+    }
+}
+
+/// The lines of this process's stdin, read on a thread of their own (never on the cooperative
+/// pool), handed out one at a time as the agent asks for them.
+public final class ScriptedAnswerLines: Sendable {
+    private struct State {
+        var lines: [String] = []
+        var ended = false
+        var waiter: CheckedContinuation<String?, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    /// Starts reading stdin.
+    public init() {
+        let thread = Thread { [state] in
+            while let line = readLine(strippingNewline: true) {
+                let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+                    if let waiter = state.waiter {
+                        state.waiter = nil
+                        return waiter
+                    }
+                    state.lines.append(line)
+                    return nil
+                }
+                waiter?.resume(returning: line)
+            }
+            let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+                state.ended = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(returning: nil)
+        }
+        thread.start()
+    }
+
+    /// The next line; nil at the end of stdin. One caller at a time.
+    public func next() async -> String? {
+        await withCheckedContinuation { continuation in
+            let ready: String?? = state.withLock { state in
+                if !state.lines.isEmpty { return .some(state.lines.removeFirst()) }
+                if state.ended { return .some(nil) }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
     }
 }

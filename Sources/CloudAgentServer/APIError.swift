@@ -55,6 +55,8 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible {
         case .executionInProgress(let id): self = .executionInProgress(id)
         case .runtimeUnavailable(let message):
             self.init(.serviceUnavailable, code: "RUNTIME_UNAVAILABLE", message, details: ["retryable": .bool(true)])
+        case .inputNotFound(let id): self = .notFound("input request \(id)")
+        case .invalidRequest(let field, let message): self = .invalid(field: field, message)
         }
     }
 

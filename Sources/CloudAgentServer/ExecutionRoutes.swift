@@ -15,6 +15,27 @@ struct ExecutionRoutes {
         group.get("sessions/:sessionId/executions", use: list)
         group.get("sessions/:sessionId/executions/:executionId", use: show)
         group.get("sessions/:sessionId/events", use: events)
+        group.get("sessions/:sessionId/input-requests", use: inputRequests)
+        group.post("sessions/:sessionId/input-requests/:requestId", use: answerInput)
+    }
+
+    @Sendable func inputRequests(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let listed = try await service.inputRequests(of: try SessionRoutes.sessionID(context), owner: try context.requireOwner())
+        return JSONResponse.make(["requests": .array(listed.requests.map { $0.json(deadline: service.inputDeadline(of: $0)) })])
+    }
+
+    @Sendable func answerInput(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let owner = try context.requireOwner()
+        let id = try SessionRoutes.sessionID(context)
+        _ = try await service.session(id, owner: owner)
+        let requestId = context.parameters.get("requestId") ?? ""
+        guard InputRequest.isRequestId(requestId) else { throw APIError.notFound("input request \(requestId)") }
+        let answer: InputAnswer
+        do { answer = try SessionService.parseInputAnswer(try await JSONResponse.body(of: request)) } catch let error as ValidationError {
+            throw APIError.from(error)
+        }
+        let resolved = try await service.answerInput(id, owner: owner, requestId: requestId, answer: answer)
+        return JSONResponse.make(resolved.json(deadline: nil))
     }
 
     func accepted(_ id: SessionID, _ execution: Execution) -> Response {
@@ -52,8 +73,11 @@ struct ExecutionRoutes {
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
-        let executions = try await service.executions(of: try SessionRoutes.sessionID(context), owner: try context.requireOwner())
-        return JSONResponse.make(["executions": .array(executions.map(Views.execution))])
+        let owner = try context.requireOwner()
+        let id = try SessionRoutes.sessionID(context)
+        let session = try await service.session(id, owner: owner)
+        let executions = try await service.executions(of: id, owner: owner)
+        return JSONResponse.make(["executions": .array(executions.map { Views.execution($0, session: session) })])
     }
 
     @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -61,7 +85,9 @@ struct ExecutionRoutes {
         guard let raw = context.parameters.get("executionId"), let executionId = ExecutionID(rawValue: raw) else {
             throw APIError.notFound("execution \(context.parameters.get("executionId") ?? "")")
         }
-        return JSONResponse.make(Views.execution(try await service.execution(executionId, of: id, owner: try context.requireOwner())))
+        let owner = try context.requireOwner()
+        let execution = try await service.execution(executionId, of: id, owner: owner)
+        return JSONResponse.make(Views.execution(execution, session: try await service.session(id, owner: owner)))
     }
 
     @Sendable func events(_ request: Request, context: AppRequestContext) async throws -> Response {

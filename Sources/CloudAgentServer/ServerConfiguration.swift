@@ -102,6 +102,7 @@ public struct ServerConfiguration: Sendable {
         "callbackAttempts": .init(flag: "--callback-attempts", environment: "CLOUD_AGENT_CALLBACK_ATTEMPTS"),
         "callbackRetryBase": .init(flag: "--callback-retry-base", environment: "CLOUD_AGENT_CALLBACK_RETRY_BASE"),
         "orphanLimit": .init(flag: "--orphan-limit", environment: "CLOUD_AGENT_ORPHAN_LIMIT"),
+        "inputTimeout": .init(flag: "--input-timeout", environment: "CLOUD_AGENT_INPUT_TIMEOUT"),
         "advertiseURL": .init(flag: "--advertise-url", environment: "CLOUD_AGENT_ADVERTISE_URL"),
         "nodeHeartbeat": .init(flag: "--node-heartbeat", environment: "CLOUD_AGENT_NODE_HEARTBEAT"),
         "nodeLease": .init(flag: "--node-lease", environment: "CLOUD_AGENT_NODE_LEASE"),
@@ -147,6 +148,7 @@ public struct ServerConfiguration: Sendable {
         try duration("sessionTTL", into: &configuration.timing.sessionTTLMs)
         try duration("eventRetention", into: &configuration.timing.eventRetentionMs)
         try duration("orphanLimit", into: &configuration.timing.orphanLimitMs)
+        try duration("inputTimeout", into: &configuration.timing.inputTimeoutMs)
         if let (text, name) = value("maxRuntimes") {
             guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }
             configuration.maxRuntimes = count

@@ -49,7 +49,9 @@ public enum Views {
             ],
             "activeExecutionId": JSONValue(session.activeExecutionId?.rawValue),
             "executionCount": .number(Double(session.executionCount)),
-            "latestExecution": latest.map(execution) ?? .null,
+            "latestExecution": latest.map { execution($0, session: session) } ?? .null,
+            "approvals": .string(spec.approvals.rawValue),
+            "pendingInput": .number(Double(session.inputs.pending.count)),
         ]
     }
 
@@ -64,8 +66,10 @@ public enum Views {
         ]
     }
 
-    public static func execution(_ execution: Execution) -> JSONValue {
+    /// `session` gives the execution's `waitingForInput` (the request it waits on, if any).
+    public static func execution(_ execution: Execution, session: SessionRecord?) -> JSONValue {
         [
+            "waitingForInput": JSONValue(session?.inputs.waiting(execution.id)?.id),
             "executionId": .string(execution.id.rawValue),
             "status": .string(execution.status.rawValue),
             "prompt": .string(execution.prompt),

@@ -1,0 +1,201 @@
+import CloudAgentCore
+import CloudAgentTestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Agents that ask: the scripted agent's `approve` and `ask` through a real `serve`, under the
+/// sandbox `auto` picks (bwrap here), answered over the API, across a restart, on a timeout and
+/// an interrupt.
+@Suite("Agents that ask: permissions and questions reach the user, under the default sandbox", .processes)
+struct AgentsThatAskTests {
+    /// Creates a session with `approvals: ask` (unless told otherwise) and initiates it.
+    static func start(_ serve: ServeUnderTest, _ prompt: String, approvals: String = "ask") async throws -> String {
+        let created = try await serve.request("POST", "/v1/sessions", json: ["prompt": .string(prompt), "approvals": .string(approvals)])
+        try #require(created.status == 201, "\(created.text)")
+        #expect(created["approvals"]?.stringValue == approvals)
+        let id = try #require(created["sessionId"]?.stringValue)
+        let started = try await serve.request("POST", "/v1/sessions/\(id)/initiate")
+        try #require(started.status == 202, "\(started.text)")
+        return id
+    }
+
+    /// The session's one pending request, once there is one.
+    static func pending(_ serve: ServeUnderTest, _ id: String, kind: String, within seconds: Double = 30) async throws -> JSONValue {
+        try await eventuallyValue(within: seconds, "a pending \(kind) request") {
+            let listed = try await serve.request("GET", "/v1/sessions/\(id)/input-requests")
+            return listed["requests"]?.arrayValue?.first { $0["status"] == "pending" && $0["kind"]?.stringValue == kind }
+        }
+    }
+
+    static func answer(_ serve: ServeUnderTest, _ id: String, _ requestId: String, _ body: JSONValue) async throws -> APIResponse {
+        try await serve.request("POST", "/v1/sessions/\(id)/input-requests/\(requestId)", json: body)
+    }
+
+    static func texts(_ serve: ServeUnderTest, _ id: String) async throws -> [String] {
+        try await serve.events(id).filter { $0["type"] == "agent" }.compactMap { $0["data"]?["text"]?.stringValue }
+    }
+
+    @Test("approve waits for an allow, then runs; ask gets the user's answer; a deny skips the command and the agent goes on; bad answers change nothing")
+    func askAllowAnswerDeny() async throws {
+        let serve = try await ServeUnderTest(store: .sqlite)
+        defer { serve.tearDown(part: "ask-allow-answer-deny") }
+        try await serve.start()
+        let id = try await Self.start(serve, "say before\napprove touch approved.txt\nask Which color?\napprove touch denied.txt\nsay after")
+
+        let permission = try await Self.pending(serve, id, kind: "permission")
+        let requestId = try #require(permission["requestId"]?.stringValue)
+        #expect(permission["tool"] == "run")
+        #expect(permission["input"]?["command"] == "touch approved.txt")
+        #expect(permission["options"]?.arrayValue?.compactMap { $0["kind"]?.stringValue } == ["allow_once", "allow_always", "reject_once"])
+        #expect(permission["deadline"]?.stringValue != nil)
+        let session = try await serve.request("GET", "/v1/sessions/\(id)")
+        #expect(session["pendingInput"] == 1)
+        #expect(session["latestExecution"]?["waitingForInput"]?.stringValue == requestId)
+        #expect(session["latestExecution"]?["status"] == "running")
+
+        // Bad answers: each a 400 naming its field, a 404 for an unknown request; nothing changes.
+        let bad: [(JSONValue, String)] = [
+            (["decision": "maybe"], "decision"), (["answer": "blue"], "answer"), (["decision": "allow", "optionId": "nope"], "optionId"),
+            (["decision": "allow", "extra": true], "extra"), ("allow", "body"),
+        ]
+        for (body, field) in bad {
+            let refused = try await Self.answer(serve, id, requestId, body)
+            #expect(refused.status == 400, "\(body): \(refused.text)")
+            #expect(refused["error"]?["field"]?.stringValue == field, "\(body): \(refused.text)")
+        }
+        #expect(try await Self.answer(serve, id, "req_unknown", ["decision": "allow"]).status == 404)
+        #expect(try await serve.request("GET", "/v1/sessions/\(id)")["pendingInput"] == 1)
+
+        let allowed = try await Self.answer(serve, id, requestId, ["decision": "allow"])
+        #expect(allowed.status == 200, "\(allowed.text)")
+        #expect(allowed["resolution"]?["decision"] == "allow")
+        #expect(allowed["resolution"]?["by"] == "user")
+        let again = try await Self.answer(serve, id, requestId, ["decision": "deny"])
+        #expect(again.status == 409)
+        #expect(again["error"]?["code"] == "INVALID_STATE")
+
+        let question = try await Self.pending(serve, id, kind: "question")
+        #expect(question["question"] == "Which color?")
+        let answered = try await Self.answer(serve, id, try #require(question["requestId"]?.stringValue), ["answer": "blue"])
+        #expect(answered.status == 200, "\(answered.text)")
+
+        let second = try await Self.pending(serve, id, kind: "permission")
+        #expect(second["input"]?["command"] == "touch denied.txt")
+        #expect(try await Self.answer(serve, id, try #require(second["requestId"]?.stringValue), ["decision": "deny"]).status == 200)
+
+        let ended = try await serve.waitForEnd(id)
+        #expect(ended["latestExecution"]?["status"] == "completed", "\(ended.text)")
+        #expect(ended["pendingInput"] == 0)
+        #expect(ended["latestExecution"]?["waitingForInput"] == .null)
+        #expect(try await Self.texts(serve, id) == ["before", "answer: blue", "denied: touch denied.txt", "after"])
+        let events = try await serve.events(id)
+        let tools = events.filter { $0["type"] == "agent" && $0["data"]?["kind"] == "tool" }
+        #expect(tools.map { $0["data"]?["input"]?.stringValue } == ["touch approved.txt"])
+        #expect(events.filter { $0["type"] == "input.requested" }.count == 3)
+        #expect(events.filter { $0["type"] == "input.resolved" }.compactMap { $0["data"]?["decision"]?.stringValue } == ["allow", "answer", "deny"])
+        let workspace = serve.directory.url.appendingPathComponent("data/workspaces/\(id)")
+        #expect(FileManager.default.fileExists(atPath: workspace.appendingPathComponent("approved.txt").path))
+        #expect(!FileManager.default.fileExists(atPath: workspace.appendingPathComponent("denied.txt").path))
+
+        let listed = try await serve.request("GET", "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue ?? []
+        #expect(listed.count == 3)
+        #expect(listed.allSatisfy { $0["status"] == "resolved" })
+    }
+
+    @Test("an always answer answers the same tool's later requests by rule; with approvals auto nothing waits and each decision is recorded")
+    func alwaysAndAuto() async throws {
+        let serve = try await ServeUnderTest(store: .sqlite)
+        defer { serve.tearDown(part: "ask-always-auto") }
+        try await serve.start()
+        let id = try await Self.start(serve, "approve touch one.txt\napprove touch two.txt\nsay done")
+        let first = try await Self.pending(serve, id, kind: "permission")
+        let always = try await Self.answer(serve, id, try #require(first["requestId"]?.stringValue), ["decision": "allow", "always": true])
+        #expect(always["resolution"]?["optionId"] == "allow-always")
+        let ended = try await serve.waitForEnd(id)
+        #expect(ended["latestExecution"]?["status"] == "completed", "\(ended.text)")
+        let resolved = try await serve.events(id).filter { $0["type"] == "input.resolved" }.compactMap { $0["data"]?["by"]?.stringValue }
+        #expect(resolved == ["user", "rule"])
+
+        let auto = try await Self.start(serve, "approve touch auto.txt\nsay done", approvals: "auto")
+        let done = try await serve.waitForEnd(auto)
+        #expect(done["latestExecution"]?["status"] == "completed", "\(done.text)")
+        let events = try await serve.events(auto)
+        #expect(events.filter { $0["type"]?.stringValue?.hasPrefix("input.") == true }.isEmpty)
+        let logs = events.filter { $0["type"] == "agent" && $0["data"]?["kind"] == "log" }.compactMap { $0["data"]?["message"]?.stringValue }
+        #expect(logs.contains { $0.contains("allowed automatically") && $0.contains("touch auto.txt") }, "\(logs)")
+        #expect(events.contains { $0["data"]?["kind"] == "tool" && $0["data"]?["input"] == "touch auto.txt" })
+    }
+
+    @Test("unanswered, a request is denied at the input timeout and the agent goes on; an interrupt while waiting cancels it; waiting is never idle")
+    func timeoutInterruptAndIdle() async throws {
+        // An idle timeout far shorter than the wait: a waiting agent is busy, never idle.
+        let serve = try await ServeUnderTest(store: .sqlite, extra: ["CLOUD_AGENT_INPUT_TIMEOUT": "4s", "CLOUD_AGENT_IDLE_TIMEOUT": "1s"])
+        defer { serve.tearDown(part: "ask-timeout-interrupt") }
+        try await serve.start()
+        let id = try await Self.start(serve, "approve touch late.txt\nsay went on")
+        let request = try await Self.pending(serve, id, kind: "permission")
+        let ended = try await serve.waitForEnd(id, within: 30)
+        #expect(ended["latestExecution"]?["status"] == "completed", "\(ended.text)")
+        let resolved = try #require(try await serve.events(id).first { $0["type"] == "input.resolved" })
+        #expect(resolved["data"]?["decision"] == "timeout")
+        #expect(resolved["data"]?["by"] == "timeout")
+        #expect(resolved["data"]?["requestId"] == request["requestId"])
+        #expect(try await Self.texts(serve, id) == ["denied: touch late.txt", "went on"])
+        // Waiting 4 s with an idle timeout of 1 s: the runtime was not stopped meanwhile.
+        let stops = try await serve.events(id).filter { $0["type"] == "runtime.stopped" }
+        let stoppedAfterEnd = try stops.allSatisfy { stop in
+            try #require(stop["at"]?.stringValue) >= (try #require(ended["latestExecution"]?["completedAt"]?.stringValue))
+        }
+        #expect(stoppedAfterEnd, "a runtime stopped while its agent waited: \(stops)")
+
+        let second = try await Self.start(serve, "ask Anyone there?\nsay never")
+        let question = try await Self.pending(serve, second, kind: "question")
+        let interrupted = try await serve.request("POST", "/v1/sessions/\(second)/interrupt")
+        #expect(interrupted["interrupted"] == true)
+        let end = try await serve.waitForEnd(second)
+        #expect(end["latestExecution"]?["status"] == "interrupted", "\(end.text)")
+        let cancelled = try await serve.events(second).first { $0["type"] == "input.resolved" }
+        #expect(cancelled?["data"]?["decision"] == "cancelled")
+        #expect(cancelled?["data"]?["by"] == "interrupt")
+        #expect(cancelled?["data"]?["requestId"] == question["requestId"])
+        #expect(!(try await Self.texts(serve, second)).contains("never"))
+    }
+
+    @Test(
+        "serve restarted while the agent waits (kill -9 and SIGTERM): the request is still pending, answerable, and the same sandboxed agent goes on",
+        arguments: [ServeStore.sqlite, .postgres]
+    )
+    func restartWhileWaiting(_ store: ServeStore) async throws {
+        let serve = try await ServeUnderTest(store: store)
+        defer { serve.tearDown(part: "ask-restart-\(store.rawValue)") }
+        try await serve.start()
+        let id = try await Self.start(serve, "ask Still there?\nask And now?\nsay done")
+        let first = try await Self.pending(serve, id, kind: "question")
+        let launched = try await serve.request("GET", "/v1/sessions/\(id)")["runtime"]?["startedAt"]?.stringValue
+
+        try await serve.stop(with: SIGKILL)
+        try await serve.start()
+        let still = try await Self.pending(serve, id, kind: "question")
+        #expect(still["requestId"] == first["requestId"])
+        #expect(try await Self.answer(serve, id, try #require(first["requestId"]?.stringValue), ["answer": "yes"]).status == 200)
+
+        let second = try await Self.pending(serve, id, kind: "question")
+        #expect(second["question"] == "And now?")
+        try await serve.stop(with: SIGTERM)
+        try await serve.start()
+        #expect(try await Self.answer(serve, id, try #require(second["requestId"]?.stringValue), ["answer": ["mood": "fine"]]).status == 200)
+
+        let ended = try await serve.waitForEnd(id)
+        #expect(ended["latestExecution"]?["status"] == "completed", "\(ended.text)\n\(serve.diagnostics)")
+        #expect(ended["runtime"]?["startedAt"]?.stringValue == launched, "the same runtime, not a new one")
+        #expect(try await Self.texts(serve, id) == ["answer: yes", #"answer: {"mood":"fine"}"#, "done"])
+        Reliability.report(
+            "ask-restart",
+            "\(store.rawValue): serve killed (-9) then stopped (SIGTERM) while the agent waited for input; both requests stayed pending and were answered after each restart; the same runtime finished"
+        )
+    }
+}
