@@ -14,7 +14,7 @@ struct ScriptedAgentTests {
         var seconds: Double
     }
 
-    private func runAgent(_ prompt: String, in workspace: URL? = nil) async throws -> Run {
+    private func runAgent(_ prompt: String, in workspace: URL? = nil, arguments: [String] = ["scripted-agent"]) async throws -> Run {
         let directory = try workspace ?? makeTemporaryDirectory("scripted")
         let logs = try makeTemporaryDirectory("scripted-logs")
         defer {
@@ -24,7 +24,7 @@ struct ScriptedAgentTests {
         let started = ContinuousClock.now
         let process = try TestProcess(
             try runtimeBinary(),
-            arguments: ["scripted-agent"],
+            arguments: arguments,
             environment: ProcessInfo.processInfo.environment,
             directory: directory,
             stdin: prompt,
@@ -47,6 +47,44 @@ struct ScriptedAgentTests {
         #expect(process.stderr.isEmpty)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return Run(exitStatus: process.exitStatus, events: events, stdout: stdout, seconds: seconds)
+    }
+
+    @Test("interactive: ask and approve write input requests and wait for the answers on stdin, in order")
+    func askAndApproveOnStandardInput() async throws {
+        let answers = [
+            #"{"requestId":"p9","decision":"allow"}"#,  // for nobody: skipped
+            #"{"requestId":"q1","decision":"answer","answer":"red"}"#,
+            #"{"requestId":"p2","decision":"allow","optionId":"allow"}"#,
+            #"{"requestId":"p3","decision":"timeout"}"#,
+            #"{"requestId":"q4","decision":"answer","answer":{"size":"L"}}"#,
+        ]
+        let stdin =
+            #"{"prompt":"ask Which color?\napprove echo ran\napprove echo never\nask Size?\nsay done"}"# + "\n" + answers.joined(separator: "\n") + "\n"
+        let run = try await runAgent(stdin, arguments: ["scripted-agent", "--interactive"])
+        #expect(run.exitStatus == 0)
+        let types = run.events.map { $0["type"] as? String ?? "?" }
+        #expect(types == ["input_request", "text", "input_request", "tool", "input_request", "text", "input_request", "text", "text"])
+        #expect(run.events[0]["requestId"] as? String == "q1")
+        #expect(run.events[0]["kind"] as? String == "question")
+        #expect(run.events[0]["question"] as? String == "Which color?")
+        #expect(run.events[1]["text"] as? String == "answer: red")
+        #expect(run.events[2]["kind"] as? String == "permission")
+        #expect(run.events[2]["tool"] as? String == "run")
+        #expect((run.events[2]["input"] as? [String: Any])?["command"] as? String == "echo ran")
+        #expect((run.events[2]["options"] as? [[String: Any]])?.count == 3)
+        #expect(run.events[3]["output"] as? String == "ran\n")
+        #expect(run.events[5]["text"] as? String == "denied: echo never")
+        #expect(run.events[7]["text"] as? String == #"answer: {"size":"L"}"#)
+        #expect(run.events[8]["text"] as? String == "done")
+    }
+
+    @Test("interactive: stdin's end answers nothing (cancelled); without --interactive, ask is an error and approve is denied")
+    func nobodyToAsk() async throws {
+        let ended = try await runAgent(#"{"prompt":"ask Anyone?\nsay after"}"# + "\n", arguments: ["scripted-agent", "--interactive"])
+        #expect(ended.events.compactMap { $0["text"] as? String } == ["no answer: cancelled", "after"])
+        let plain = try await runAgent("ask Anyone?\napprove echo hi\nsay after")
+        #expect(plain.events.map { $0["type"] as? String ?? "?" } == ["error", "text", "text"])
+        #expect(plain.events.compactMap { $0["text"] as? String } == ["denied: echo hi", "after"])
     }
 
     @Test func sayWritesATextEvent() async throws {
