@@ -137,12 +137,13 @@ public struct InputRequest: Sendable, Equatable, Codable {
         object["requestedAt"] = JSONValue(requestedAt)
         object["status"] = .string(resolution == nil ? "pending" : "resolved")
         object["deadline"] = resolution == nil ? JSONValue(deadline) : .null
-        object["resolution"] = resolution.map { resolution in
-            var data = resolution.eventData(requestId: id)
-            data["requestId"] = nil
-            data["at"] = JSONValue(resolution.at)
-            return .object(data)
-        } ?? .null
+        object["resolution"] =
+            resolution.map { resolution in
+                var data = resolution.eventData(requestId: id)
+                data["requestId"] = nil
+                data["at"] = JSONValue(resolution.at)
+                return .object(data)
+            } ?? .null
         return .object(object)
     }
 }
@@ -196,7 +197,9 @@ public struct SessionInputs: Sendable, Equatable, Codable {
         requests[index].resolution = resolution
         let resolved = requests.filter { !$0.isPending }
         if resolved.count > Self.resolvedKept {
-            let dropped = Set(resolved.sorted { ($0.resolution?.at ?? .distantPast) < ($1.resolution?.at ?? .distantPast) }.prefix(resolved.count - Self.resolvedKept).map(\.id))
+            let dropped = Set(
+                resolved.sorted { ($0.resolution?.at ?? .distantPast) < ($1.resolution?.at ?? .distantPast) }.prefix(resolved.count - Self.resolvedKept).map(
+                    \.id))
             requests.removeAll { dropped.contains($0.id) }
         }
     }

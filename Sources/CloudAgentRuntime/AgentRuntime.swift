@@ -523,7 +523,9 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             case .output: record(executionId, kind: RuntimeEvent.Kind.output, data: ["stream": .string(stream.rawValue), "line": .string(line)])
             case .inputRequest(let request):
                 guard let agentInput = execution.agentInput, let agentRequestId = request["requestId"]?.stringValue else {
-                    record(executionId, kind: RuntimeEvent.Kind.agent, data: ["kind": "error", "message": "the agent asked for input it cannot be given", "raw": .string(line)])
+                    record(
+                        executionId, kind: RuntimeEvent.Kind.agent,
+                        data: ["kind": "error", "message": "the agent asked for input it cannot be given", "raw": .string(line)])
                     continue
                 }
                 requestInput(executionId, request) { answer in

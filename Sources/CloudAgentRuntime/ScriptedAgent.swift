@@ -382,26 +382,28 @@ public final class ScriptedAnswerLines: Sendable {
 
     /// Starts reading stdin.
     public init() {
-        let thread = Thread { [state] in
-            while let line = readLine(strippingNewline: true) {
-                let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
-                    if let waiter = state.waiter {
-                        state.waiter = nil
-                        return waiter
-                    }
-                    state.lines.append(line)
-                    return nil
-                }
-                waiter?.resume(returning: line)
-            }
-            let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
-                state.ended = true
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume(returning: nil)
-        }
+        let thread = Thread { [self] in readAll() }
         thread.start()
+    }
+
+    private func readAll() {
+        while let line = readLine(strippingNewline: true) {
+            let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+                if let waiter = state.waiter {
+                    state.waiter = nil
+                    return waiter
+                }
+                state.lines.append(line)
+                return nil
+            }
+            waiter?.resume(returning: line)
+        }
+        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+            state.ended = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: nil)
     }
 
     /// The next line; nil at the end of stdin. One caller at a time.

@@ -13,6 +13,7 @@ func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[Str
             switch item {
             case .agent(let data): events.append(data)
             case .output: outputs += 1
+            case .inputRequest(let request): events.append(["kind": "inputRequest", "request": .object(request)])
             }
         }
     }

@@ -165,7 +165,9 @@ struct InputRequestTests {
         // `always: true` with a deny: the tool is denied from now on, and the pending request of it too.
         let denied = try Self.answer(state, "req_4", .decision(allow: false, optionId: nil, always: true), at: seconds(6))
         #expect(denied.output.output.resolution?.decision == .deny)
-        #expect(Self.after(denied, state).session.inputs.rule(for: InputRequest(id: "x", executionId: Self.executionId, kind: .permission, tool: "write", requestedAt: .distantPast))?.allow == false)
+        #expect(
+            Self.after(denied, state).session.inputs.rule(
+                for: InputRequest(id: "x", executionId: Self.executionId, kind: .permission, tool: "write", requestedAt: .distantPast))?.allow == false)
     }
 
     @Test("an execution waiting for input is never stale and never stuck, however long; the input timeout denies it to the millisecond")
@@ -218,7 +220,8 @@ struct InputRequestTests {
 
         var state = try Self.running()
         for index in 0..<InputRequest.maxPending {
-            (state, _) = try Self.report(Self.permission("req_\(index)", tool: "tool\(index)", seq: Int64(index) + 2, at: seconds(2)), to: state, at: seconds(2))
+            (state, _) = try Self.report(
+                Self.permission("req_\(index)", tool: "tool\(index)", seq: Int64(index) + 2, at: seconds(2)), to: state, at: seconds(2))
         }
         #expect(state.session.inputs.pending.count == InputRequest.maxPending)
         let (_, change) = try Self.report(
