@@ -117,6 +117,9 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         )
         self.presence = OrphanPolicy.State(startedAt: .now)
         (requests, requestContinuation) = AsyncStream.makeStream(of: Request.self)
+        // An agent's stdin stays open for the answers to its requests: a write to an agent that
+        // has just exited must fail (EPIPE), never kill the process the runtime runs in.
+        signal(SIGPIPE, SIG_IGN)
     }
 
     /// How often the runtime looks at `OrphanPolicy` at least: the policy's deadlines come from
