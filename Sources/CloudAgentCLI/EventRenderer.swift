@@ -68,6 +68,21 @@ final class EventRenderer: Sendable {
         case EventType.executionStuck:
             let since = data["sinceLastProgressMs"]?.doubleValue.map { humanDuration($0 / 1000) } ?? "a while"
             return [c.paint("⚠ no progress for \(since)", .yellow) + c.paint(" (the agent still heartbeats; it is not stopped)", .dim)]
+        case EventType.inputRequested:
+            let id = data["requestId"]?.stringValue ?? "?"
+            let what: String
+            if data["kind"]?.stringValue == "question" {
+                what = "the agent asks: " + Self.oneLine(data["question"]?.stringValue ?? "?", limit: 200)
+            } else {
+                let input = data["input"].map { $0["command"]?.stringValue ?? $0.stringValue ?? JSONText.encode($0) }.map { ": " + Self.oneLine($0, limit: 120) }
+                what = "the agent asks permission to use \(data["tool"]?.stringValue ?? "a tool")" + (input ?? "")
+            }
+            return [c.paint("? ", .yellow, .bold) + what + c.paint("  \(id) · cloud-agent answer SESSION \(id) …", .dim)]
+        case EventType.inputResolved:
+            let decision = data["decision"]?.stringValue ?? "?"
+            let by = data["by"]?.stringValue ?? "?"
+            let answer = data["answer"].map { " " + Self.oneLine($0.stringValue ?? JSONText.encode($0), limit: 80) } ?? ""
+            return [c.paint("  ↳ \(decision)", decision == "allow" || decision == "answer" ? .green : .yellow) + answer + c.paint(" (by \(by))", .dim)]
         default:
             let summary = data.filter { $0.key != "raw" }.sorted { $0.key < $1.key }
                 .map { "\($0.key)=\(Self.oneLine($0.value.stringValue ?? JSONText.encode($0.value), limit: 80))" }

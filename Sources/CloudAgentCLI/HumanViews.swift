@@ -53,11 +53,40 @@ struct HumanViews {
         for (index, command) in setup.enumerated() { row(index == 0 ? "setup" : "", command) }
         if view["autoCommit"]?.boolValue == true { row("auto-commit", "on") }
         if let callback = view["callback"]?["url"]?.stringValue { row("callback", callback) }
+        if view["approvals"]?.stringValue == "ask" { row("approvals", "ask (the agent's permission requests wait for an answer)") }
+        if let pending = view["pendingInput"]?.intValue, pending > 0 {
+            row("waiting", c.paint("\(pending) input request\(pending == 1 ? "" : "s") wait\(pending == 1 ? "s" : "") for an answer", .yellow))
+        }
         let count = view["executionCount"]?.intValue ?? 0
         if let latest = view["latestExecution"], latest != .null {
             row("executions", "\(count) · latest " + executionSummary(latest))
         } else {
             row("executions", "\(count)")
+        }
+        return lines
+    }
+
+    /// A pending input request, and how to answer it.
+    func inputRequest(_ request: JSONValue, session: String) -> [String] {
+        let c = console
+        let id = request["requestId"]?.stringValue ?? "?"
+        var lines: [String] = []
+        switch request["kind"]?.stringValue {
+        case "question"?:
+            lines.append(c.paint("? ", .yellow) + (request["question"]?.stringValue ?? "a question") + c.paint("  \(id)", .dim))
+            let choices = request["choices"]?.arrayItems.compactMap(\.stringValue) ?? []
+            if !choices.isEmpty { lines.append("  choices: " + choices.joined(separator: " · ")) }
+            lines.append(c.paint("  answer: cloud-agent answer \(session) \(id) --text TEXT   (or deny)", .dim))
+        default:
+            let tool = request["tool"]?.stringValue ?? "a tool"
+            let input = request["input"].map { $0.stringValue ?? $0["command"]?.stringValue ?? JSONText.encode($0) } ?? ""
+            lines.append(c.paint("? ", .yellow) + "permission to use \(tool)" + (input.isEmpty ? "" : ": \(input.prefix(300))") + c.paint("  \(id)", .dim))
+            let options = request["options"]?.arrayItems.compactMap { $0["id"]?.stringValue } ?? []
+            if !options.isEmpty { lines.append("  options: " + options.joined(separator: " · ")) }
+            lines.append(c.paint("  answer: cloud-agent answer \(session) \(id) allow|deny [--always] [--option ID]", .dim))
+        }
+        if let deadline = request["deadline"]?.dateValue {
+            lines.append(c.paint("  denied for want of an answer \(humanTime(deadline))", .dim))
         }
         return lines
     }

@@ -51,7 +51,11 @@ struct SessionSpecOptions: ParsableArguments {
     @Option(name: .customLong("callback-header"), help: ArgumentHelp("A header of the callback (repeatable).", valueName: "NAME=VALUE"))
     var callbackHeaders: [String] = []
 
+    @Option(help: "ask: the agent's permission requests wait for an answer (cloud-agent answer); auto (default): it uses its tools without asking.")
+    var approvals: String?
+
     func validate() throws {
+        if let approvals, approvals != "ask", approvals != "auto" { throw ValidationError("--approvals must be ask or auto") }
         if branch != nil, repo == nil { throw ValidationError("--branch needs --repo") }
         if repoToken != nil, repo == nil { throw ValidationError("--repo-token needs --repo") }
         if !callbackHeaders.isEmpty, callbackURL == nil { throw ValidationError("--callback-header needs --callback-url") }
@@ -73,6 +77,7 @@ struct SessionSpecOptions: ParsableArguments {
         if !secrets.isEmpty { body["secrets"] = .object(try parsePairs(secrets, option: "--secret").mapValues(JSONValue.string)) }
         if !setup.isEmpty { body["setupCommands"] = .array(setup.map(JSONValue.string)) }
         if autoCommit { body["autoCommit"] = true }
+        if let approvals { body["approvals"] = .string(approvals) }
         if let idleTimeout { body["idleTimeoutMs"] = .number(Double(try parseDuration(idleTimeout, option: "--idle-timeout"))) }
         if let callbackURL {
             var callback: [String: JSONValue] = ["url": .string(callbackURL)]
@@ -145,9 +150,22 @@ struct SessionsCommand: AsyncParsableCommand {
         @Argument(help: "The session id (agent_…).") var id: String
 
         func run() async throws {
-            let answer = try await client.client().send(.GET, "/v1/sessions/\(APIClient.escape(id))")
+            let api = try client.client()
+            let answer = try await api.send(.GET, "/v1/sessions/\(APIClient.escape(id))")
             let console = Console.shared
-            if client.json { console.line(answer.line) } else { HumanViews(console: console).session(answer.json).forEach(console.line) }
+            if client.json {
+                console.line(answer.line)
+                return
+            }
+            let views = HumanViews(console: console)
+            views.session(answer.json).forEach(console.line)
+            // What the agent waits for, with how to answer it.
+            if (answer.json["pendingInput"]?.intValue ?? 0) > 0 {
+                let listed = try await api.send(.GET, "/v1/sessions/\(APIClient.escape(id))/input-requests")
+                for request in listed.json["requests"]?.arrayItems ?? [] where request["status"] == "pending" {
+                    views.inputRequest(request, session: id).forEach(console.line)
+                }
+            }
         }
     }
 

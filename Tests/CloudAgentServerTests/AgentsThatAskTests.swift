@@ -199,4 +199,45 @@ struct AgentsThatAskTests {
             "\(store.rawValue): serve killed (-9) then stopped (SIGTERM) while the agent waited for input; both requests stayed pending and were answered after each restart; the same runtime finished"
         )
     }
+
+    @Test("the CLI: sessions show lists what the agent waits for and how to answer; answer allows, answers a question, and refuses a bad decision")
+    func cli() async throws {
+        let serve = try await ServeUnderTest(store: .sqlite)
+        defer { serve.tearDown(part: "ask-cli") }
+        try await serve.start()
+        let environment = ["CLOUD_AGENT_URL": "http://127.0.0.1:\(serve.port)", "CLOUD_AGENT_TOKEN": ServeUnderTest.token, "NO_COLOR": "1"]
+        func cli(_ arguments: [String]) async throws -> SpawnedCommand {
+            let command = try SpawnedCommand(arguments, environment: environment, in: serve.directory.url)
+            if !(try await command.waitForExit(within: 60)) { command.forceStop() }
+            return command
+        }
+        let id = try await Self.start(serve, "approve touch cli.txt\nask Your name?\nsay end")
+        let permission = try await Self.pending(serve, id, kind: "permission")
+        let requestId = try #require(permission["requestId"]?.stringValue)
+
+        let shown = try await cli(["sessions", "show", id])
+        #expect(shown.exitStatus == 0, "\(shown.diagnostics)")
+        #expect(shown.stdout.contains("1 input request waits for an answer"), "\(shown.stdout)")
+        #expect(shown.stdout.contains("permission to use run: touch cli.txt"), "\(shown.stdout)")
+        #expect(shown.stdout.contains("cloud-agent answer \(id) \(requestId) allow|deny"), "\(shown.stdout)")
+
+        let refused = try await cli(["answer", id, requestId, "maybe"])
+        #expect(refused.exitStatus != 0)
+        #expect(try await serve.request("GET", "/v1/sessions/\(id)")["pendingInput"] == 1)
+
+        let allowed = try await cli(["answer", id, requestId, "allow"])
+        #expect(allowed.exitStatus == 0, "\(allowed.diagnostics)")
+        #expect(allowed.stdout.contains("\(requestId): allow"), "\(allowed.stdout)")
+
+        let question = try await Self.pending(serve, id, kind: "question")
+        let answered = try await cli(["answer", id, try #require(question["requestId"]?.stringValue), "--text", "Ada"])
+        #expect(answered.exitStatus == 0, "\(answered.diagnostics)")
+        let ended = try await serve.waitForEnd(id)
+        #expect(ended["latestExecution"]?["status"] == "completed", "\(ended.text)")
+        #expect(try await Self.texts(serve, id) == ["answer: Ada", "end"])
+
+        let events = try await cli(["events", id])
+        #expect(events.stdout.contains("the agent asks permission to use run: touch cli.txt"), "\(events.stdout)")
+        #expect(events.stdout.contains("the agent asks: Your name?"), "\(events.stdout)")
+    }
 }
