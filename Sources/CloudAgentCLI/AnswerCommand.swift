@@ -1,6 +1,7 @@
 import ArgumentParser
 import CloudAgentCore
 import Foundation
+import NIOHTTP1
 
 /// `cloud-agent answer SESSION REQUEST allow|deny|--text TEXT`: answers an agent's input request.
 struct AnswerCommand: AsyncParsableCommand {

@@ -74,7 +74,9 @@ final class EventRenderer: Sendable {
             if data["kind"]?.stringValue == "question" {
                 what = "the agent asks: " + Self.oneLine(data["question"]?.stringValue ?? "?", limit: 200)
             } else {
-                let input = data["input"].map { $0["command"]?.stringValue ?? $0.stringValue ?? JSONText.encode($0) }.map { ": " + Self.oneLine($0, limit: 120) }
+                let input = data["input"].map { $0["command"]?.stringValue ?? $0.stringValue ?? JSONText.encode($0) }.map {
+                    ": " + Self.oneLine($0, limit: 120)
+                }
                 what = "the agent asks permission to use \(data["tool"]?.stringValue ?? "a tool")" + (input ?? "")
             }
             return [c.paint("? ", .yellow, .bold) + what + c.paint("  \(id) · cloud-agent answer SESSION \(id) …", .dim)]

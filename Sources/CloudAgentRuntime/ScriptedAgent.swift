@@ -26,7 +26,8 @@ import SystemPackage
 /// - `exit CODE` → stop at once with that exit code
 /// - `ask QUESTION` → `{"type":"input_request","requestId":…,"kind":"question","question":QUESTION}`,
 ///   then waits for the answer → `{"type":"text","text":"answer: TEXT"}` (an object answer as its
-///   JSON text); declined or unanswered → `{"type":"text","text":"no answer: DECISION"}`
+///   JSON text); declined or timed out → `{"type":"text","text":"no answer: DECISION"}`; cancelled
+///   (its execution is being stopped) or stdin's end → the agent stops at once (exit 130)
 /// - `approve COMMAND` → `{"type":"input_request","requestId":…,"kind":"permission","tool":"run",
 ///   "input":{"command":COMMAND},"options":[allow once, always allow, deny]}`, then waits: allowed →
 ///   runs it as `run` does; denied or timed out → `{"type":"text","text":"denied: COMMAND"}`
@@ -61,6 +62,9 @@ public struct ScriptedAgent: Sendable {
             }
         }
     }
+
+    /// The exit code when a request is cancelled (its execution is being stopped): 128 + SIGINT.
+    public static let cancelledExitCode: Int32 = 130
 
     /// The longest `run` output kept, in characters (the end of it).
     public static let runOutputLimit = 4000
@@ -131,12 +135,14 @@ public struct ScriptedAgent: Sendable {
                 asked += 1
                 let requestId = "q\(asked)"
                 let answer = await asker(requestId, ["requestId": .string(requestId), "kind": "question", "question": .string(rest)])
-                switch answer?.decision {
-                case "answer"?:
-                    let value = answer?.answer ?? .null
+                // Cancelled (the execution is being stopped), or no one left to answer: stop here.
+                guard let answer, answer.decision != "cancelled" else { return Self.cancelledExitCode }
+                switch answer.decision {
+                case "answer":
+                    let value = answer.answer ?? .null
                     emit(.text("answer: \(value.stringValue ?? JSONText.encode(value))"))
                 default:
-                    emit(.text("no answer: \(answer?.decision ?? "cancelled")"))
+                    emit(.text("no answer: \(answer.decision)"))
                 }
             case "approve":
                 guard !rest.isEmpty else {
@@ -154,6 +160,7 @@ public struct ScriptedAgent: Sendable {
                     requestId,
                     ["requestId": .string(requestId), "kind": "permission", "tool": "run", "input": ["command": .string(rest)], "options": options]
                 )
+                if asker != nil, answer == nil || answer?.decision == "cancelled" { return Self.cancelledExitCode }
                 if answer?.decision == "allow" {
                     await runCommand(rest)
                 } else {

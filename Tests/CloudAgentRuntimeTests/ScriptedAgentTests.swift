@@ -78,10 +78,16 @@ struct ScriptedAgentTests {
         #expect(run.events[8]["text"] as? String == "done")
     }
 
-    @Test("interactive: stdin's end answers nothing (cancelled); without --interactive, ask is an error and approve is denied")
+    @Test("interactive: a cancelled request, or stdin's end, stops the agent (exit 130); without --interactive, ask is an error and approve is denied")
     func nobodyToAsk() async throws {
         let ended = try await runAgent(#"{"prompt":"ask Anyone?\nsay after"}"# + "\n", arguments: ["scripted-agent", "--interactive"])
-        #expect(ended.events.compactMap { $0["text"] as? String } == ["no answer: cancelled", "after"])
+        #expect(ended.exitStatus == 130)
+        #expect(ended.events.compactMap { $0["text"] as? String } == [])
+        let cancelled = try await runAgent(
+            #"{"prompt":"approve echo hi\nsay after"}"# + "\n" + #"{"requestId":"p1","decision":"cancelled"}"# + "\n",
+            arguments: ["scripted-agent", "--interactive"])
+        #expect(cancelled.exitStatus == 130)
+        #expect(cancelled.events.map { $0["type"] as? String ?? "?" } == ["input_request"])
         let plain = try await runAgent("ask Anyone?\napprove echo hi\nsay after")
         #expect(plain.events.map { $0["type"] as? String ?? "?" } == ["error", "text", "text"])
         #expect(plain.events.compactMap { $0["text"] as? String } == ["denied: echo hi", "after"])
