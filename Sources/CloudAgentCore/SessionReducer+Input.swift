@@ -177,7 +177,9 @@ extension SessionReducer {
         return Decision(
             change: SessionChange(sessionId: session.id, session: session, events: events, commands: commands),
             effects: commands.isEmpty ? [] : [.deliverCommands],
-            output: Outcome(output: output, notes: [.inputResolved(requestId, resolution.decision, by: resolution.by)])
+            output: Outcome(
+                output: output,
+                notes: [.inputResolved(requestId, resolution.decision, by: resolution.by, waitedMs: now.milliseconds(since: request.requestedAt))])
         )
     }
 }

@@ -86,7 +86,7 @@ extension SessionReducer {
                         guard let request = state.session.inputs.request(requestId), request.isPending else { continue }
                         let resolution = InputResolution(decision: .cancelled, by: .interrupt, at: now)
                         change.events.append(resolveInput(&state.session, request, resolution, replyToAgent: false).event)
-                        notes.append(.inputResolved(requestId, .cancelled, by: .interrupt))
+                        notes.append(.inputResolved(requestId, .cancelled, by: .interrupt, waitedMs: now.milliseconds(since: request.requestedAt)))
                     }
                 case .timeOutInput(let requestId):
                     guard let request = state.session.inputs.request(requestId), request.isPending else { continue }
@@ -97,7 +97,7 @@ extension SessionReducer {
                         change.commands.append(reply)
                         effects.append(.deliverCommands)
                     }
-                    notes.append(.inputResolved(requestId, .timeout, by: .timeout))
+                    notes.append(.inputResolved(requestId, .timeout, by: .timeout, waitedMs: now.milliseconds(since: request.requestedAt)))
                 case .sweepEvents(let cutoff):
                     change.deleteEventsBefore = cutoff
                     // The oldest event left is not known here: the next evaluation reads it.

@@ -50,7 +50,8 @@ public enum DecisionNote: Sendable, Equatable {
     case eventOutOfOrder(seq: Int64, acked: Int64)
     case unknownEventKind(String)
     case inputRequested(String, InputKind)
-    case inputResolved(String, InputDecision, by: InputResolver)
+    /// A request resolved, `waitedMs` after it was asked.
+    case inputResolved(String, InputDecision, by: InputResolver, waitedMs: Int64)
 }
 
 /// Every change to a session, as pure functions `(state, input, context) → decision`: the

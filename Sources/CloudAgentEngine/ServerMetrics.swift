@@ -32,6 +32,27 @@ public struct ServerMetrics: Sendable {
         registry.makeCounter(descriptor: Self.name("runtime_stops", "Runtime stops by rule"), labels: [("rule", rule.rawValue)]).increment()
     }
 
+    package func inputRequested(_ kind: InputKind) {
+        registry.makeCounter(descriptor: Self.name("input_requests", "Agents' input requests by kind"), labels: [("kind", kind.rawValue)]).increment()
+    }
+
+    /// A resolution, and how long its request waited (by who resolved it).
+    package func inputResolved(_ decision: InputDecision, by: InputResolver, waitedMs: Int64) {
+        registry.makeCounter(
+            descriptor: Self.name("input_resolutions", "Input requests resolved, by decision and by whom"),
+            labels: [("decision", decision.rawValue), ("by", by.rawValue)]
+        ).increment()
+        registry.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(
+                namespace: "cloud_agent", metricName: "input_wait", unitName: "seconds", helpText: "Time from an agent's input request to its resolution"),
+            labels: [("by", by.rawValue)], buckets: Self.inputWaitBuckets
+        ).recordNanoseconds(max(0, waitedMs) * 1_000_000)
+    }
+
+    static let inputWaitBuckets: [Duration] = [
+        .seconds(1), .seconds(5), .seconds(15), .seconds(60), .seconds(300), .seconds(900), .seconds(1800), .seconds(3600),
+    ]
+
     package func executionEnded(_ status: ExecutionStatus) {
         registry.makeCounter(descriptor: Self.name("executions_ended", "Executions ended by status"), labels: [("status", status.rawValue)]).increment()
     }

@@ -147,10 +147,13 @@ public final class SessionLedger: Sendable {
             metadata["kind"] = "\(kind)"
             logger.warning("unknown runtime event kind", metadata: metadata)
         case .inputRequested(let requestId, let kind):
+            metrics.inputRequested(kind)
             metadata["requestId"] = "\(requestId)"
             metadata["kind"] = "\(kind.rawValue)"
             logger.info("input requested", metadata: metadata)
-        case .inputResolved(let requestId, let decision, let by):
+        case .inputResolved(let requestId, let decision, let by, let waitedMs):
+            metrics.inputResolved(decision, by: by, waitedMs: waitedMs)
+            metadata["waitedMs"] = "\(waitedMs)"
             metadata["requestId"] = "\(requestId)"
             metadata["decision"] = "\(decision.rawValue)"
             metadata["by"] = "\(by.rawValue)"

@@ -17,14 +17,21 @@ struct AgentInvocationTests {
         return try AgentInvocations.invocation(for: command, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: environment)
     }
 
-    @Test("scripted: the runtime itself, the prompt on stdin; no launch also means scripted")
+    @Test("scripted: the runtime itself, interactive: the prompt as a JSON line on stdin, which stays open for the answers; no launch also means scripted")
     func scripted() throws {
-        #expect(try invocation(.scripted) == AgentInvocation(executable: "/rt", arguments: ["scripted-agent"], standardInput: "fix the bug"))
+        #expect(
+            try invocation(.scripted)
+                == AgentInvocation(
+                    executable: "/rt", arguments: ["scripted-agent", "--interactive"], standardInput: #"{"prompt":"fix the bug"}"# + "\n",
+                    answersOnStandardInput: true))
         let bare = ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi")
         #expect(
             try AgentInvocations.invocation(for: bare, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: [:]).arguments == [
-                "scripted-agent"
+                "scripted-agent", "--interactive",
             ])
+        #expect(
+            ScriptedAgentInput.answerLine(requestId: "q1", decision: "answer", answer: "blue") == #"{"answer":"blue","decision":"answer","requestId":"q1"}"#
+                + "\n")
     }
 
     @Test("claude-code: print mode, stream-json, bypassPermissions (IS_SANDBOX) or plan for ask, model, --resume")

@@ -172,12 +172,13 @@ struct ServerConfigurationTests {
                 "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
                 "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
                 "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
+                "CLOUD_AGENT_INPUT_TIMEOUT",
             ])
         #expect(
             Set(names.map(\.flag)) == [
                 "--host", "--port", "--data-dir", "--database-url", "--api-token", "--idle-timeout", "--heartbeat-interval",
                 "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
-                "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base",
+                "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base", "--input-timeout",
                 "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
                 "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window",
             ])

@@ -45,7 +45,7 @@ class Page:
         expect(p.get_by_role("heading", name="Sessions")).to_be_visible()
         return p
 
-    def start(self, prompt, idle=None, shot=None):
+    def start(self, prompt, idle=None, shot=None, ask=False):
         """Starts a session from the form; returns its id once its page is open."""
         p = self.page
         p.get_by_role("button", name="New session").click()
@@ -53,6 +53,8 @@ class Page:
         expect(p.get_by_role("combobox", name="Agent")).to_have_value("scripted")
         if idle:
             p.get_by_role("textbox", name="Idle timeout").fill(idle)
+        if ask:
+            p.get_by_role("checkbox", name="Ask before the agent uses a tool").check()
         if shot:
             screenshot(p, shot)
         p.get_by_role("button", name="Start").click()
@@ -206,6 +208,33 @@ def test_busy_send_interrupt_and_delete(browser, ctx):
     p.get_by_role("button", name="Delete").click()
     expect(p.get_by_role("heading", name="Sessions")).to_be_visible()
     expect(p.get_by_role("link", name=session)).to_have_count(0)
+
+
+def test_input_requests_allow_answer_deny(browser, ctx):
+    """Agents that ask: a permission with Allow and Deny, a question with Answer; the list shows
+    the session waiting for input; each answer lets the agent go on."""
+    p = ctx.sign_in()
+    session = ctx.start("approve touch from-the-console.txt\nask Favourite colour?\napprove touch denied.txt\nsay finished", ask=True)
+    waiting = p.get_by_role("region", name="The agent is waiting for you")
+    expect(waiting.get_by_role("button", name="Allow", exact=True)).to_be_visible()
+    expect(waiting).to_contain_text("touch from-the-console.txt")
+    screenshot(p, "console-input-request.png")
+    p.get_by_role("link", name="Sessions").click()
+    row = p.get_by_role("listitem").filter(has=p.get_by_role("link", name=session))
+    expect(row).to_contain_text("waiting for input")
+    p.get_by_role("link", name=session).click()
+    waiting.get_by_role("button", name="Allow", exact=True).click()
+    expect(waiting.get_by_role("textbox", name="Answer")).to_be_visible()
+    expect(waiting).to_contain_text("Favourite colour?")
+    waiting.get_by_role("textbox", name="Answer").fill("teal")
+    waiting.get_by_role("button", name="Answer", exact=True).click()
+    expect(waiting).to_contain_text("touch denied.txt")
+    waiting.get_by_role("button", name="Deny").click()
+    region = events(p)
+    expect(region).to_contain_text("answer: teal")
+    expect(region).to_contain_text("denied: touch denied.txt")
+    expect(region).to_contain_text("✓ execution completed")
+    expect(p.locator("#input-requests")).to_be_hidden()
 
 
 def test_acp_agent_from_the_form(browser, ctx):

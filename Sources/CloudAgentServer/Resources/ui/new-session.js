@@ -36,11 +36,13 @@ export function renderNewSession(main) {
     secrets: field("secrets", "Secrets", el("textarea", { rows: 3, placeholder: "NAME=value", autocomplete: "off" }), "Like environment variables, stored encrypted and never shown again."),
   };
   const autoCommit = el("input", { type: "checkbox", id: "auto-commit" });
+  const ask = el("input", { type: "checkbox", id: "approvals-ask" });
   const general = el("p", { class: "error", role: "alert" });
   const start = el("button", { type: "submit", class: "primary", text: "Start" });
   const form = el("form", { class: "card", novalidate: true },
     Object.values(f).map((x) => x.node),
     el("div", { class: "field check" }, autoCommit, el("label", { for: "auto-commit", text: "Auto-commit after each execution" })),
+    el("div", { class: "field check" }, ask, el("label", { for: "approvals-ask", text: "Ask before the agent uses a tool" })),
     general, start);
   main.append(el("h1", { text: "New session" }), form);
 
@@ -64,7 +66,8 @@ export function renderNewSession(main) {
     event.preventDefault();
     general.textContent = "";
     for (const x of Object.values(f)) { x.error.textContent = ""; x.control.removeAttribute("aria-invalid"); }
-    const body = { prompt: f.prompt.control.value, agent: f.agent.control.value || "scripted", autoCommit: autoCommit.checked };
+    const body = { prompt: f.prompt.control.value, agent: f.agent.control.value || "scripted", autoCommit: autoCommit.checked,
+      approvals: ask.checked ? "ask" : "auto" };
     if (f.repo.control.value.trim()) body.repo = { url: f.repo.control.value.trim() };
     if (body.repo && f.branch.control.value.trim()) body.repo.branch = f.branch.control.value.trim();
     if (f.mode.control.value.trim()) body.mode = f.mode.control.value.trim();

@@ -21,6 +21,8 @@ export function renderSession(main, id) {
     onkeydown: (event) => { if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) event.target.form.requestSubmit(); } });
   const idle = el("input", { id: "idle-timeout", type: "text" });
   const idleError = el("span", { class: "error", "aria-live": "polite" });
+  const inputs = el("section", { id: "input-requests", class: "card attention", "aria-labelledby": "input-h", hidden: true });
+  let shownRequests = "";
 
   const act = (label, handler, cls) => el("button", { type: "button", class: cls, text: label, onclick: async () => {
     notice.textContent = "";
@@ -33,8 +35,8 @@ export function renderSession(main, id) {
       el("h2", { id: "runtime-h", text: "Runtime" }), state, reason, heartbeat,
       el("form", { class: "inline", onsubmit: changeIdle },
         el("label", { for: "idle-timeout", text: "Idle timeout" }), idle, el("button", { type: "submit", text: "Change" }), idleError)),
-    // Input requests (Allow/Deny/Answer) and queued messages will appear here once the API has them.
-    el("section", { id: "input-requests", "aria-label": "Input requests", hidden: true }),
+    // What the agent waits for: a permission (Allow / Deny) or a question (Answer).
+    inputs,
     el("section", { "aria-labelledby": "send-h", class: "card" },
       el("h2", { id: "send-h", text: "Follow up" }),
       el("form", { onsubmit: send },
@@ -51,6 +53,9 @@ export function renderSession(main, id) {
       view = await api("GET", `/v1/sessions/${id}`);
       executions = ((await api("GET", `/v1/sessions/${id}/executions`)) || {}).executions || [];
       if (document.activeElement !== idle) idle.value = formatDuration(view.idleTimeoutMs);
+      const requests = view.pendingInput > 0
+        ? (((await api("GET", `/v1/sessions/${id}/input-requests`)) || {}).requests || []).filter((r) => r.status === "pending") : [];
+      drawRequests(requests);
       draw();
     } catch (failure) {
       if (failure.status === 404) { state.textContent = "This session does not exist (or was deleted)."; stop(); }
@@ -77,6 +82,49 @@ export function renderSession(main, id) {
       el("strong", { class: `outcome ${e.status}`, text: e.status }),
       e.interruptReason ? ` (reason: ${e.interruptReason})` : "", e.error ? ` — ${e.error}` : "",
       el("div", { class: "hint", text: (e.prompt || "").split("\n")[0] }))));
+  }
+
+  // The pending requests, each with its answer controls. Rebuilt only when they change, so that
+  // an answer being typed is not lost to a refresh.
+  function drawRequests(requests) {
+    const key = requests.map((r) => r.requestId).join(",");
+    if (key === shownRequests) return;
+    shownRequests = key;
+    inputs.hidden = requests.length === 0;
+    inputs.replaceChildren(el("h2", { id: "input-h", text: "The agent is waiting for you" }), ...requests.map(requestCard));
+  }
+
+  function requestCard(request) {
+    const status = el("p", { class: "notice", role: "status" });
+    const answer = async (body) => {
+      status.textContent = "";
+      try {
+        await api("POST", `/v1/sessions/${id}/input-requests/${request.requestId}`, body);
+        status.textContent = "Answered.";
+        refresh();
+      } catch (failure) { status.textContent = failure.message; }
+    };
+    const card = el("div", { class: "request", "data-request": request.requestId });
+    if (request.kind === "question") {
+      const field = `answer-${request.requestId}`;
+      const text = el("input", { id: field, type: "text", list: request.choices ? `${field}-choices` : null });
+      card.append(el("p", { class: "question", text: request.question || "The agent asks a question." }),
+        request.choices ? el("datalist", { id: `${field}-choices` }, ...request.choices.map((c) => el("option", { value: c }))) : null,
+        el("form", { class: "inline", onsubmit: (event) => { event.preventDefault(); if (text.value.trim()) answer({ answer: text.value }); } },
+          el("label", { for: field, text: "Answer" }), text, el("button", { type: "submit", class: "primary", text: "Answer" }),
+          el("button", { type: "button", text: "Decline", onclick: () => answer({ decision: "deny" }) })));
+    } else {
+      const input = request.input == null ? "" : (typeof request.input === "string" ? request.input : (request.input.command || JSON.stringify(request.input)));
+      card.append(el("p", {}, "Permission to use ", el("strong", { text: request.tool || "a tool" }), input ? ": " : ""),
+        input ? el("pre", { class: "mono", text: input }) : null,
+        el("div", { class: "actions" },
+          el("button", { type: "button", class: "primary", text: "Allow", onclick: () => answer({ decision: "allow" }) }),
+          el("button", { type: "button", text: "Always allow", onclick: () => answer({ decision: "allow", always: true }) }),
+          el("button", { type: "button", class: "danger", text: "Deny", onclick: () => answer({ decision: "deny" }) })));
+    }
+    if (request.deadline) card.append(el("p", { class: "hint", text: `Denied for want of an answer at ${timeOf(request.deadline)}.` }));
+    card.append(status);
+    return card;
   }
 
   async function send(event) {

@@ -44,7 +44,8 @@ export function renderSessions(main) {
       el("a", { href: `#/sessions/${view.sessionId}`, class: "mono", text: view.sessionId }),
       el("span", { class: "agent", text: view.agent }),
       el("span", { class: "repo", text: view.repo ? `${view.repo.url}${view.repo.branch ? " @ " + view.repo.branch : ""}` : "no repository" }),
-      states[index])));
+      states[index],
+      view.pendingInput > 0 ? el("span", { class: "waiting", text: "waiting for input" }) : null)));
     if (focused) { const link = list.querySelector(`a[href="${CSS.escape(focused)}"]`); if (link) link.focus(); }
   }
   const tick = () => views.forEach((view, index) => { states[index].textContent = runtimeText(view); });
