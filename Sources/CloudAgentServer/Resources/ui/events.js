@@ -58,6 +58,19 @@ export function renderEvent(event) {
     case "execution.failed": body = el("div", { class: "line bad", text: `✗ execution failed${exc}: ${data.error || "failed"}` + (data.exitCode != null ? ` (exit ${data.exitCode})` : "") }); break;
     case "execution.interrupted": body = el("div", { class: "line warn", text: `■ execution interrupted${exc} (reason: ${data.reason || "unknown"})` }); break;
     case "execution.stuck": body = el("div", { class: "line warn", text: `⚠ no progress for ${formatDuration(data.sinceLastProgressMs)} (the agent still heartbeats; it is not stopped)` }); break;
+    case "input.requested": {
+      const input = data.input == null ? "" : oneLine(typeof data.input === "string" ? data.input : (data.input.command || JSON.stringify(data.input)), 120);
+      const what = data.kind === "question" ? `the agent asks: ${oneLine(data.question || "?", 200)}`
+        : `the agent asks permission to use ${data.tool || "a tool"}${input ? ": " + input : ""}`;
+      body = el("div", { class: "line warn", text: `? ${what}` });
+      break;
+    }
+    case "input.resolved": {
+      const answer = data.answer == null ? "" : ` ${oneLine(asText(data.answer), 80)}`;
+      const good = data.decision === "allow" || data.decision === "answer";
+      body = el("div", { class: good ? "line good" : "line warn", text: `  ↳ ${data.decision}${answer} (by ${data.by})` });
+      break;
+    }
     default: {
       const summary = Object.keys(data).filter((k) => k !== "raw").sort().map((k) => `${k}=${oneLine(asText(data[k]), 80)}`).join(" ");
       body = el("div", { class: "line dim", text: `· ${event.type}${summary ? " " + summary : ""}` });

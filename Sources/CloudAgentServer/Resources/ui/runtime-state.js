@@ -10,6 +10,7 @@ export function runtimeText(view) {
     const seconds = Math.max(0, Math.ceil((Date.parse(deadline) - serverNow()) / 1000));
     return `running · idle stop in ${seconds}s`;
   }
+  if (runtime.state === "running" && view.pendingInput > 0) return "running · waiting for input";
   if (runtime.state === "running" && view.activeExecutionId) return "running · working";
   return runtime.state || "unknown";
 }
