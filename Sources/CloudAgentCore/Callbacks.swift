@@ -1,8 +1,8 @@
 import Crypto
 import Foundation
 
-/// One completion callback in the durable outbox: the exact bytes to POST, where, and when to
-/// try next. At most one per execution.
+/// One callback in the durable outbox: the exact bytes to POST, where, and when to try next.
+/// At most one per execution for its completion, and one per input request of it.
 public struct CallbackDelivery: Sendable, Equatable {
     public var id: UUID
     public var sessionId: SessionID
@@ -18,11 +18,14 @@ public struct CallbackDelivery: Sendable, Equatable {
     public var createdAt: Date
     /// Why the latest attempt failed.
     public var lastError: String?
+    /// The input request this callback announces (`input.requested`); nil for a completion.
+    public var requestId: String?
 
     public init(
         id: UUID = UUID(), sessionId: SessionID, executionId: ExecutionID, url: String, headers: [String: SealedValue] = [:],
-        body: String, attempts: Int = 0, nextAttemptAt: Date, createdAt: Date, lastError: String? = nil
+        body: String, attempts: Int = 0, nextAttemptAt: Date, createdAt: Date, lastError: String? = nil, requestId: String? = nil
     ) {
+        self.requestId = requestId
         self.id = id
         self.sessionId = sessionId
         self.executionId = executionId
@@ -116,6 +119,21 @@ extension CallbackDelivery {
         return CallbackDelivery(
             sessionId: session.id, executionId: execution.id, url: callback.url, headers: callback.headers,
             body: body(of: execution, session: session), nextAttemptAt: now, createdAt: now
+        )
+    }
+
+    /// The callback of an input request nobody has answered yet (an agent waits), for the
+    /// outbox, in the transaction that records the request. Nil when the session has no callback.
+    public static func inputRequested(_ request: InputRequest, session: SessionRecord, now: Date) -> CallbackDelivery? {
+        guard let callback = session.spec.callback else { return nil }
+        var body = request.eventData
+        body["event"] = .string(EventType.inputRequested)
+        body["sessionId"] = .string(session.id.rawValue)
+        body["executionId"] = .string(request.executionId.rawValue)
+        body["requestedAt"] = JSONValue(request.requestedAt)
+        return CallbackDelivery(
+            sessionId: session.id, executionId: request.executionId, url: callback.url, headers: callback.headers,
+            body: JSONText.encode(.object(body)), nextAttemptAt: now, createdAt: now, requestId: request.id
         )
     }
 

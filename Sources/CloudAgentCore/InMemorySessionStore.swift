@@ -195,7 +195,9 @@ public actor InMemorySessionStore: SessionStore {
     @discardableResult
     public func enqueueCallback(_ delivery: CallbackDelivery) throws -> Bool {
         guard sessionsById[delivery.sessionId] != nil else { throw StoreError.sessionNotFound(delivery.sessionId) }
-        guard !callbacksById.values.contains(where: { $0.executionId == delivery.executionId }) else { return false }
+        guard !callbacksById.values.contains(where: { $0.executionId == delivery.executionId && $0.requestId == delivery.requestId }) else {
+            return false
+        }
         callbacksById[delivery.id] = delivery
         return true
     }

@@ -85,8 +85,10 @@ extension SessionReducer {
     /// A request the runtime just reported: recorded pending, or resolved at once by one of the
     /// session's "always" rules (or denied, past `InputRequest.maxPending`). Gives back the
     /// events and the reply for the runtime, if any.
-    static func recordInputRequest(_ session: inout SessionRecord, _ request: InputRequest, now: Date) -> (events: [NewEvent], reply: OutboxCommand?) {
-        guard session.inputs.request(request.id) == nil else { return ([], nil) }
+    static func recordInputRequest(
+        _ session: inout SessionRecord, _ request: InputRequest, now: Date
+    ) -> (events: [NewEvent], reply: OutboxCommand?, callback: CallbackDelivery?) {
+        guard session.inputs.request(request.id) == nil else { return ([], nil, nil) }
         let tooMany = session.inputs.pending.count >= InputRequest.maxPending
         session.inputs.requests.append(request)
         var events = [NewEvent(executionId: request.executionId, type: EventType.inputRequested, at: now, data: request.eventData)]
@@ -97,11 +99,12 @@ extension SessionReducer {
         } else if tooMany {
             resolution = InputResolution(decision: .deny, by: .rule, optionId: request.option(allow: false, always: false)?.id, at: now)
         } else {
-            return (events, nil)
+            // It waits for a user: the session's callback says so.
+            return (events, nil, CallbackDelivery.inputRequested(request, session: session, now: now))
         }
         let resolved = resolveInput(&session, request, resolution, replyToAgent: true)
         events.append(resolved.event)
-        return (events, resolved.reply)
+        return (events, resolved.reply, nil)
     }
 
     /// Cancels the pending requests of an execution (an interrupt): the runtime's kill tells

@@ -126,6 +126,7 @@ extension SessionReducer {
         var transitioned = false
         var commands: [OutboxCommand] = []
         var drops: [CommandDrop] = []
+        var callbacks: [CallbackDelivery] = []
         for event in batch {
             guard event.seq > last else {
                 resent = true
@@ -187,6 +188,7 @@ extension SessionReducer {
                     let recorded = recordInputRequest(&session, request, now: now)
                     events += recorded.events
                     if let reply = recorded.reply { commands.append(reply) }
+                    if let callback = recorded.callback { callbacks.append(callback) }
                     if !recorded.events.isEmpty { notes.append(.inputRequested(request.id, request.kind)) }
                     // Waiting moves the execution's deadlines (and adds the input timeout's).
                     transitioned = true
@@ -209,17 +211,19 @@ extension SessionReducer {
             return Decision(output: Outcome(output: Ingested(ack: resent ? acked : nil, transitioned: false, ended: nil), notes: notes))
         }
         session.runtime.recordAcknowledged(through: last)
-        var change = SessionChange(sessionId: session.id, session: session, events: events, commands: commands, dropCommands: drops)
+        var change = SessionChange(
+            sessionId: session.id, session: session, events: events, callbacks: callbacks, commands: commands, dropCommands: drops)
         if touched, let execution { change.executions = [execution] }
         var effects: [SessionEffect] = commands.isEmpty ? [] : [.deliverCommands]
+        if !callbacks.isEmpty { effects.append(.deliverCallbacks) }
         if let ended {
             if session.spec.autoCommit {
                 session.autoCommitPending = ended.id
                 change.session = session
                 effects.append(.autoCommit(ended.id))
             } else if let delivery = CallbackDelivery.completion(of: ended, session: session, now: now) {
-                change.callbacks = [delivery]
-                effects.append(.deliverCallbacks)
+                change.callbacks.append(delivery)
+                if !effects.contains(.deliverCallbacks) { effects.append(.deliverCallbacks) }
             }
         }
         // Progress alone moves no deadline the rules must see now: they read it at the wake-up.

@@ -91,9 +91,9 @@ public struct SessionChange: Sendable {
     public var events: [NewEvent]
     /// The session's next wake-up: `.some(nil)` clears it, nil leaves it.
     public var wakeUp: Date??
-    /// Completion callbacks to deliver (the outbox), written with the change that ended their
-    /// executions, so that a crash after the commit cannot lose one; at most one per execution
-    /// (a second is ignored).
+    /// Callbacks to deliver (the outbox), written with the change that ended their executions
+    /// (or recorded their input requests), so that a crash after the commit cannot lose one; at
+    /// most one per execution and input request (a second is ignored).
     public var callbacks: [CallbackDelivery]
     /// Runtime commands to add to the runtime outbox. A row equal to one already there (the
     /// same kind for the same execution) is not added twice.

@@ -181,6 +181,9 @@ public final class CallbackDispatcher: Service, Sendable {
     /// Appends an event to the delivery's session (appending reads nothing: no decision is
     /// needed). A session deleted meanwhile has nothing to record.
     private func record(_ delivery: CallbackDelivery, type: String, data: [String: JSONValue]) async {
+        var data = data
+        // An input request's callback names it (a completion's has none).
+        if let requestId = delivery.requestId { data["requestId"] = .string(requestId) }
         let id = delivery.sessionId
         let event = NewEvent(executionId: delivery.executionId, type: type, at: ledger.clock.now(), data: data)
         do {

@@ -153,5 +153,14 @@ enum PostgresMigrations {
                 "ALTER TABLE wake_ups ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until BIGINT",
                 "ALTER TABLE callback_deliveries ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until BIGINT",
             ]),
+        Migration(
+            version: 5, name: "input_callbacks",
+            statements: [
+                // A callback per input request of an execution besides its completion's: the key is
+                // (execution_id, input_request_id), '' for a completion.
+                "ALTER TABLE callback_deliveries ADD COLUMN input_request_id TEXT COLLATE \"C\" NOT NULL DEFAULT ''",
+                "ALTER TABLE callback_deliveries DROP CONSTRAINT callback_deliveries_execution_id_key",
+                "CREATE UNIQUE INDEX callback_deliveries_once ON callback_deliveries (execution_id, input_request_id)",
+            ]),
     ]
 }

@@ -623,9 +623,10 @@ public final class PostgresSessionStore: SessionStore, Service {
     private func insert(_ delivery: CallbackDelivery, headers: String, on connection: PostgresConnection) async throws -> Bool {
         try await !connection.rows(
             """
-            INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
+            INSERT INTO callback_deliveries (id, session_id, execution_id, input_request_id, url, headers, body, attempts, next_attempt_at,
                 created_at, last_error)
-            VALUES (\(delivery.id.uuidString.lowercased()), \(delivery.sessionId.rawValue), \(delivery.executionId.rawValue), \(delivery.url),
+            VALUES (\(delivery.id.uuidString.lowercased()), \(delivery.sessionId.rawValue), \(delivery.executionId.rawValue),
+                \(delivery.requestId ?? ""), \(delivery.url),
                 \(headers), \(delivery.body), \(delivery.attempts), \(delivery.nextAttemptAt.millisecondsSince1970),
                 \(delivery.createdAt.millisecondsSince1970), \(delivery.lastError))
             ON CONFLICT DO NOTHING
@@ -652,18 +653,19 @@ public final class PostgresSessionStore: SessionStore, Service {
                 ORDER BY next_attempt_at, created_at, id LIMIT \(limit)
                 FOR UPDATE SKIP LOCKED
             )
-            RETURNING id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error
+            RETURNING id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error, input_request_id
             """
         ).compactMap { row -> CallbackDelivery? in
-            let (id, sessionId, executionId, url, headers, body, attempts, nextAttemptAt, createdAt, lastError) =
-                try row.decode((String, String, String, String, String, String, Int, Int64, Int64, String?).self)
+            let (id, sessionId, executionId, url, headers, body, attempts, nextAttemptAt, createdAt, lastError, requestId) =
+                try row.decode((String, String, String, String, String, String, Int, Int64, Int64, String?, String).self)
             guard let id = UUID(uuidString: id), let sessionId = SessionID(rawValue: sessionId),
                 let executionId = ExecutionID(rawValue: executionId)
             else { return nil }
             return CallbackDelivery(
                 id: id, sessionId: sessionId, executionId: executionId, url: url,
                 headers: try RecordCoding.decode([String: SealedValue].self, from: headers), body: body, attempts: attempts,
-                nextAttemptAt: Date(millisecondsSince1970: nextAttemptAt), createdAt: Date(millisecondsSince1970: createdAt), lastError: lastError
+                nextAttemptAt: Date(millisecondsSince1970: nextAttemptAt), createdAt: Date(millisecondsSince1970: createdAt), lastError: lastError,
+                requestId: requestId.isEmpty ? nil : requestId
             )
         }
         // RETURNING follows no order: the outbox's order (the ids are lowercase UUIDs in the table).

@@ -119,6 +119,34 @@ public final class SQLiteSessionStore: SessionStore {
                         WHERE execution_id IS NOT NULL;
                     """)
         }
+        migrator.registerMigration("004_input_callbacks") { db in
+            // A callback per input request of an execution besides its completion's: the key is
+            // (execution_id, input_request_id), '' for a completion. SQLite drops a column's
+            // UNIQUE only by rebuilding the table.
+            try db.execute(
+                sql: """
+                    CREATE TABLE callback_deliveries_new (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+                        execution_id TEXT NOT NULL,
+                        input_request_id TEXT NOT NULL DEFAULT '',
+                        url TEXT NOT NULL,
+                        headers TEXT NOT NULL,
+                        body TEXT NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        next_attempt_at INTEGER NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        last_error TEXT
+                    );
+                    INSERT INTO callback_deliveries_new (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error)
+                        SELECT id, session_id, execution_id, url, headers, body, attempts, next_attempt_at, created_at, last_error FROM callback_deliveries;
+                    DROP TABLE callback_deliveries;
+                    ALTER TABLE callback_deliveries_new RENAME TO callback_deliveries;
+                    CREATE UNIQUE INDEX callback_deliveries_once ON callback_deliveries(execution_id, input_request_id);
+                    CREATE INDEX callback_deliveries_by_due ON callback_deliveries(next_attempt_at);
+                    CREATE INDEX callback_deliveries_by_session ON callback_deliveries(session_id);
+                    """)
+        }
         return migrator
     }
 
@@ -538,17 +566,17 @@ public final class SQLiteSessionStore: SessionStore {
         }
     }
 
-    /// One delivery into the outbox; false when its execution has one already.
+    /// One delivery into the outbox; false when its execution (and input request) has one already.
     static func insert(_ delivery: CallbackDelivery, headers: String, in db: Database) throws -> Bool {
         try db.cachedStatement(
             sql: """
-                INSERT INTO callback_deliveries (id, session_id, execution_id, url, headers, body, attempts, next_attempt_at,
+                INSERT INTO callback_deliveries (id, session_id, execution_id, input_request_id, url, headers, body, attempts, next_attempt_at,
                     created_at, last_error)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(execution_id) DO NOTHING
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(execution_id, input_request_id) DO NOTHING
                 """
         ).execute(arguments: [
-            delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.url,
+            delivery.id.uuidString.lowercased(), delivery.sessionId.rawValue, delivery.executionId.rawValue, delivery.requestId ?? "", delivery.url,
             headers, delivery.body, delivery.attempts, delivery.nextAttemptAt.millisecondsSince1970,
             delivery.createdAt.millisecondsSince1970, delivery.lastError,
         ])
@@ -573,7 +601,8 @@ public final class SQLiteSessionStore: SessionStore {
             id: id, sessionId: sessionId, executionId: executionId, url: row["url"],
             headers: try RecordCoding.decode([String: SealedValue].self, from: row["headers"]), body: row["body"],
             attempts: row["attempts"], nextAttemptAt: Date(millisecondsSince1970: row["next_attempt_at"]),
-            createdAt: Date(millisecondsSince1970: row["created_at"]), lastError: row["last_error"]
+            createdAt: Date(millisecondsSince1970: row["created_at"]), lastError: row["last_error"],
+            requestId: (row["input_request_id"] as String?).flatMap { $0.isEmpty ? nil : $0 }
         )
     }
 

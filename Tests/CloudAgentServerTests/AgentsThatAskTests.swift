@@ -240,4 +240,38 @@ struct AgentsThatAskTests {
         #expect(events.stdout.contains("the agent asks permission to use run: touch cli.txt"), "\(events.stdout)")
         #expect(events.stdout.contains("the agent asks: Your name?"), "\(events.stdout)")
     }
+
+    @Test("a session with a callback is called back when its agent asks (event input.requested, signed like a completion), then at the completion")
+    func callbackWhenInputIsNeeded() async throws {
+        let serve = try await ServeUnderTest(store: .sqlite)
+        defer { serve.tearDown(part: "ask-callback") }
+        try await serve.start()
+        let receiver = CallbackReceiver()
+        try await receiver.serve { url in
+            let created = try await serve.request(
+                "POST", "/v1/sessions",
+                json: ["prompt": "ask Which way?\nsay went", "approvals": "ask", "callback": ["url": .string(url)]])
+            try #require(created.status == 201, "\(created.text)")
+            let id = try #require(created["sessionId"]?.stringValue)
+            #expect(try await serve.request("POST", "/v1/sessions/\(id)/initiate").status == 202)
+            let asked = try await receiver.waitForRequest(1, within: 30)
+            let body = try JSONDecoder().decode(JSONValue.self, from: Data(asked.body.utf8))
+            #expect(body["event"] == "input.requested")
+            #expect(body["sessionId"]?.stringValue == id)
+            #expect(body["kind"] == "question")
+            #expect(body["question"] == "Which way?")
+            #expect(asked.header("X-CloudAgent-Signature")?.hasPrefix("sha256=") == true)
+            let requestId = try #require(body["requestId"]?.stringValue)
+            #expect(try await Self.answer(serve, id, requestId, ["answer": "left"]).status == 200)
+            let completed = try await receiver.waitForRequest(2, within: 30)
+            let end = try JSONDecoder().decode(JSONValue.self, from: Data(completed.body.utf8))
+            #expect(end["status"] == "completed")
+            #expect(end["event"] == nil)
+            try await eventually(within: 15, "both deliveries recorded") {
+                try await serve.events(id).filter { $0["type"] == "callback.delivered" }.count == 2
+            }
+            let delivered = try await serve.events(id).filter { $0["type"] == "callback.delivered" }
+            #expect(delivered.compactMap { $0["data"]?["requestId"]?.stringValue } == [requestId])
+        }
+    }
 }

@@ -52,6 +52,32 @@ struct CallbackStoreTests {
     }
 
     @Test(
+        "an execution's input requests each have a callback of their own besides its completion's, each at most once, the request id kept",
+        arguments: StoreBackend.allCases)
+    func oneDeliveryPerInputRequest(backend: StoreBackend) async throws {
+        try await withStore(backend) { store in
+            let session = try await store.insertFixtureSession()
+            let completion = Self.delivery(of: session.id, due: 0)
+            var first = Self.delivery(of: session.id, execution: completion.executionId, due: 1, body: #"{"event":"input.requested"}"#)
+            first.id = UUID()
+            first.requestId = "req_1"
+            var second = first
+            second.id = UUID()
+            second.requestId = "req_2"
+            second.nextAttemptAt = Fixture.date(2)
+            var repeated = first
+            repeated.id = UUID()
+            #expect(try await store.enqueueCallback(first))
+            #expect(try await store.enqueueCallback(completion))
+            #expect(try await store.enqueueCallback(second))
+            #expect(try await store.enqueueCallback(repeated) == false)
+            let due = try await store.dueCallbacks(before: Fixture.date(1000), limit: 10)
+            #expect(due == [completion, first, second])
+            #expect(due.map(\.requestId) == [nil, "req_1", "req_2"])
+        }
+    }
+
+    @Test(
         "a change carries its callbacks: written in its transaction, at most one per execution, nothing when the change is refused",
         arguments: StoreBackend.allCases)
     func callbacksCommitWithTheirChange(backend: StoreBackend) async throws {
