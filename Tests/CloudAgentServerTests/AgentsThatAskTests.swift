@@ -146,6 +146,14 @@ struct AgentsThatAskTests {
         #expect(resolved["data"]?["by"] == "timeout")
         #expect(resolved["data"]?["requestId"] == request["requestId"])
         #expect(try await Self.texts(serve, id) == ["denied: touch late.txt", "went on"])
+        let askedAt = try #require(try await serve.events(id).first { $0["type"] == "input.requested" }?["at"]?.stringValue.flatMap(Timestamp.parse))
+        let deniedAt = try #require(resolved["at"]?.stringValue.flatMap(Timestamp.parse))
+        let waited = deniedAt.timeIntervalSince(askedAt) * 1000
+        #expect(waited >= 4000, "denied before the input timeout: \(waited) ms")
+        Reliability.report(
+            "ask-timeout",
+            "input timeout 4 s, idle timeout 1 s, sandbox \(ended["sandbox"]?.stringValue ?? "?"): the unanswered permission was denied \(Int(waited)) ms after it was asked (\(Int(waited) - 4000) ms past the deadline); the runtime was not idle-stopped while the agent waited; the agent went on and completed"
+        )
         // Waiting 4 s with an idle timeout of 1 s: the runtime was not stopped meanwhile.
         let stops = try await serve.events(id).filter { $0["type"] == "runtime.stopped" }
         let stoppedAfterEnd = try stops.allSatisfy { stop in
@@ -178,8 +186,10 @@ struct AgentsThatAskTests {
         let first = try await Self.pending(serve, id, kind: "question")
         let launched = try await serve.request("GET", "/v1/sessions/\(id)")["runtime"]?["startedAt"]?.stringValue
 
+        let killedAt = ContinuousClock.now
         try await serve.stop(with: SIGKILL)
         try await serve.start()
+        let down = ContinuousClock.now - killedAt
         let still = try await Self.pending(serve, id, kind: "question")
         #expect(still["requestId"] == first["requestId"])
         #expect(try await Self.answer(serve, id, try #require(first["requestId"]?.stringValue), ["answer": "yes"]).status == 200)
@@ -196,7 +206,7 @@ struct AgentsThatAskTests {
         #expect(try await Self.texts(serve, id) == ["answer: yes", #"answer: {"mood":"fine"}"#, "done"])
         Reliability.report(
             "ask-restart",
-            "\(store.rawValue): serve killed (-9) then stopped (SIGTERM) while the agent waited for input; both requests stayed pending and were answered after each restart; the same runtime finished"
+            "\(store.rawValue), sandbox \(ended["sandbox"]?.stringValue ?? "?"): serve killed (-9) while the agent waited for input (down \(down)), then stopped with SIGTERM at its second question; both requests stayed pending and were answered after each restart; the same runtime finished the execution"
         )
     }
 
