@@ -63,7 +63,8 @@ public enum AgentInvocations {
             var arguments = ["-p", "--output-format", "stream-json", "--verbose"]
             arguments += ["--permission-mode", readOnly ? "plan" : "bypassPermissions"]
             if let model { arguments += ["--model", model] }
-            if let conversation { arguments += ["--resume", conversation] }
+            // One argument, so that the value can never be read as an option of its own.
+            if let conversation { arguments.append("--resume=\(conversation)") }
             return AgentInvocation(
                 executable: binary, arguments: arguments, standardInput: command.prompt,
                 defaultEnvironment: [

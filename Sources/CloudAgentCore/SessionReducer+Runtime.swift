@@ -25,6 +25,15 @@ public struct ReportedEvent: Sendable, Equatable {
 
     /// The key of the agent's own conversation id in an `ended` event's data.
     public static let conversationIdKey = "conversationId"
+
+    /// Whether a conversation id the agent reported may be kept and handed back to it: it goes
+    /// into the next execution's command line (`--resume`, `codex exec resume ID`, a command
+    /// agent's `{conversationId}`), so it is an agent's word that must not become an option. At
+    /// most 256 characters, none of them blank or a control character, and not starting with `-`.
+    public static func isSafeConversationId(_ id: String) -> Bool {
+        !id.isEmpty && id.count <= 256 && !id.hasPrefix("-")
+            && id.unicodeScalars.allSatisfy { !$0.properties.isWhitespace && !($0.value < 0x20 || $0.value == 0x7F) }
+    }
 }
 
 extension SessionReducer {
@@ -169,7 +178,11 @@ extension SessionReducer {
                     session.activeExecutionId = nil
                     session.updatedAt = now
                     if let conversation = event.data[ReportedEvent.conversationIdKey]?.stringValue, !conversation.isEmpty {
-                        session.agentConversationId = conversation
+                        if ReportedEvent.isSafeConversationId(conversation) {
+                            session.agentConversationId = conversation
+                        } else {
+                            notes.append(.unknownEventKind("execution.ended with a conversation id that could pass for an option: not kept"))
+                        }
                     }
                     drops.append(.execution(current.id, kinds: ["execute", "kill"]))
                     ended = current

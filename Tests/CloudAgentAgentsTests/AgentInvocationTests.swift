@@ -44,7 +44,7 @@ struct AgentInvocationTests {
         let follow = try invocation(.claudeCode, mode: "ask", model: "claude-sonnet-4-5", conversation: "0b6c-uuid")
         #expect(
             follow.arguments == [
-                "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume", "0b6c-uuid",
+                "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume=0b6c-uuid",
             ])
     }
 

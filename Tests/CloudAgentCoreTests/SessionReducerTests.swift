@@ -162,6 +162,15 @@ struct SessionReducerTests {
         #expect(committing.change?.callbacks.isEmpty == true)
         #expect(committing.change?.session?.autoCommitPending == execution.id)
         #expect(committing.effects == [.autoCommit(execution.id)])
+        // A conversation id that could pass for an option on the next command line is not kept.
+        for hostile in ["--dangerously-skip-permissions", "-c", "a b", "x\ny", String(repeating: "a", count: 257)] {
+            var forged = ended
+            forged[0].data["conversationId"] = .string(hostile)
+            let refused = try SessionReducer.ingest(state, instanceId: "instance-1", events: forged, context: Self.context(at: seconds(3)))
+            #expect(refused.change?.session?.agentConversationId == nil, "\(hostile)")
+        }
+        #expect(ReportedEvent.isSafeConversationId("3f0c1c8e-1a2b-4c5d-9e8f-0123456789ab"))
+        #expect(ReportedEvent.isSafeConversationId("ses_01JABCDEF:thread/1"))
         // While the auto-commit is pending the runtime is not idle and a pending execution is not timed.
         let pending = Self.applying(committing, to: state)
         let rules = try SessionReducer.evaluate(pending, context: Self.context(at: hours(2)))
