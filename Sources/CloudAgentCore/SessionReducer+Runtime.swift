@@ -98,7 +98,7 @@ extension SessionReducer {
     public struct Ingested: Sendable, Equatable {
         /// The seq to acknowledge (cumulative), nil for none.
         public var ack: Int64?
-        /// Whether an execution started running or ended (its deadlines changed).
+        /// Whether an execution started running, ended or began waiting for input (its deadlines changed).
         public var transitioned: Bool
         /// The execution the batch ended.
         public var ended: Execution?

@@ -162,9 +162,12 @@ extension SessionService {
         return resolved
     }
 
-    /// When a pending request of this session times out.
-    public func inputDeadline(of request: InputRequest) -> Date? {
-        guard request.isPending else { return nil }
-        return SessionInputs.deadline(of: request, timeoutMs: timing.inputTimeoutMs, heardSince: ledger.controlPlaneStartedAt)
+    /// When each pending request of `session` times out (nil for a resolved one): the deadline
+    /// the session's rules go by, from the same context a decision made now would have.
+    public func inputDeadlines(of requests: [InputRequest], in session: SessionRecord) -> [Date?] {
+        let heardSince = ledger.context().heardSince(session)
+        return requests.map { request in
+            request.isPending ? SessionInputs.deadline(of: request, timeoutMs: timing.inputTimeoutMs, heardSince: heardSince) : nil
+        }
     }
 }

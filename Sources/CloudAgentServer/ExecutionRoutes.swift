@@ -21,7 +21,8 @@ struct ExecutionRoutes {
 
     @Sendable func inputRequests(_ request: Request, context: AppRequestContext) async throws -> Response {
         let listed = try await service.inputRequests(of: try SessionRoutes.sessionID(context), owner: try context.requireOwner())
-        return JSONResponse.make(["requests": .array(listed.requests.map { $0.json(deadline: service.inputDeadline(of: $0)) })])
+        let deadlines = service.inputDeadlines(of: listed.requests, in: listed.session)
+        return JSONResponse.make(["requests": .array(zip(listed.requests, deadlines).map { $0.json(deadline: $1) })])
     }
 
     @Sendable func answerInput(_ request: Request, context: AppRequestContext) async throws -> Response {
