@@ -60,13 +60,18 @@ public enum AgentInvocations {
         case .scripted:
             preconditionFailure("handled above")
         case .claudeCode:
-            var arguments = ["-p", "--output-format", "stream-json", "--verbose"]
-            arguments += ["--permission-mode", readOnly ? "plan" : "bypassPermissions"]
+            // Its control protocol on stdin and stdout: the prompt as a user message, then the
+            // answers to its `can_use_tool` requests (ClaudeCodeControl). AskUserQuestion asks
+            // that way in every mode; with approvals `ask` every tool call it would ask
+            // permission for does too (`default`), with `auto` none (`bypassPermissions`).
+            var arguments = ["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json"]
+            arguments += ["--permission-prompt-tool", "stdio"]
+            arguments += ["--permission-mode", readOnly ? "plan" : command.asks ? "default" : "bypassPermissions"]
             if let model { arguments += ["--model", model] }
             // One argument, so that the value can never be read as an option of its own.
             if let conversation { arguments.append("--resume=\(conversation)") }
             return AgentInvocation(
-                executable: binary, arguments: arguments, standardInput: command.prompt,
+                executable: binary, arguments: arguments, standardInput: ClaudeCodeControl.promptLine(command.prompt),
                 defaultEnvironment: [
                     // bypassPermissions as root is refused unless the CLI is told it is sandboxed (it is).
                     "IS_SANDBOX": "1",
@@ -75,7 +80,8 @@ public enum AgentInvocations {
                     "DISABLE_TELEMETRY": "1",
                     "DISABLE_ERROR_REPORTING": "1",
                     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-                ]
+                ],
+                answersOnStandardInput: true
             )
         case .codex:
             // `codex exec [resume] OPTIONS [THREAD_ID] -` (the prompt from stdin); `resume` takes

@@ -7,9 +7,57 @@ public enum AgentOutputItem: Sendable, Equatable {
     case agent([String: JSONValue])
     /// The line as an `output` event (not something the agent's format knows).
     case output
-    /// The agent asks and waits for an answer on its stdin: `{requestId, kind: permission|question,
-    /// tool?, input?, options?, question?, choices?}` (the scripted agent's `input_request` line).
-    case inputRequest([String: JSONValue])
+    /// The agent asks and waits for an answer on its stdin (the scripted agent's `input_request`
+    /// line, Claude Code's `can_use_tool` control request).
+    case inputRequest(AgentInputRequest)
+    /// The agent withdrew the request it made under this id of its own (it waits no more).
+    case withdrawn(agentRequestId: String)
+    /// A line to write to the agent's stdin now (an answer the runtime gives without asking
+    /// anyone: an error for a control request it does not serve).
+    case reply(String)
+    /// The agent's turn is over: its stdin closes, so that it exits.
+    case endOfInput
+}
+
+/// A request an agent makes on its stdout and waits on: what the control plane is told, and
+/// how the answer goes back.
+public struct AgentInputRequest: Sendable, Equatable {
+    /// `{kind: permission|question, tool?, input?, options?, question?, choices?}` (no id: the
+    /// runtime gives the request its own).
+    public var data: [String: JSONValue]
+    public var reply: AgentReply
+
+    public init(data: [String: JSONValue], reply: AgentReply) {
+        self.data = data
+        self.reply = reply
+    }
+
+    /// The agent's own id of the request.
+    public var agentRequestId: String {
+        switch reply {
+        case .scripted(let id): id
+        case .claudeCode(let id, _, _, _): id
+        }
+    }
+}
+
+/// How the answer to an agent's request is written to its stdin.
+public enum AgentReply: Sendable, Equatable {
+    /// The scripted agent's answer line (`ScriptedAgentInput.answerLine`).
+    case scripted(requestId: String)
+    /// Claude Code's `control_response` to a `can_use_tool` request: the tool's original input
+    /// goes back as `updatedInput` when allowed, with the answers filled in for a question.
+    case claudeCode(requestId: String, tool: String, input: JSONValue, question: Bool)
+
+    /// The line that gives the agent `decision` (allow, deny, answer, timeout, cancelled).
+    public func line(decision: String, optionId: String?, answer: JSONValue?) -> String {
+        switch self {
+        case .scripted(let id):
+            ScriptedAgentInput.answerLine(requestId: id, decision: decision, optionId: optionId, answer: answer)
+        case .claudeCode(let id, _, let input, let question):
+            ClaudeCodeControl.responseLine(requestId: id, input: input, question: question, decision: decision, answer: answer)
+        }
+    }
 }
 
 /// How the agent itself says the execution went (its final `result`, `turn.completed`, …), which
@@ -53,7 +101,10 @@ public struct NormalizedJSONLinesParser: AgentOutputParser {
     public mutating func parse(line: String) -> [AgentOutputItem] {
         if var request = AgentEventData.object(line), request["type"] == "input_request" {
             request["type"] = nil
-            return [.inputRequest(request)]
+            guard let id = request.removeValue(forKey: "requestId")?.stringValue else {
+                return [.agent(AgentEventData.error("an input request without a requestId", raw: line))]
+            }
+            return [.inputRequest(AgentInputRequest(data: request, reply: .scripted(requestId: id)))]
         }
         guard let data = AgentEventNormalizer.agentEventData(fromLine: line) else { return [.output] }
         return [.agent(data)]

@@ -10,6 +10,9 @@ import CloudAgentProtocol
 ///   — the tool's result: a `tool` event `completed` or `failed` with the output's tail.
 /// - `{"type":"result","subtype":"success"|"error_…","is_error","result",…}` — the outcome: failed
 ///   when `is_error` or `subtype != "success"`, with the result's text (or `errors`) as the message.
+///   The turn is over: the agent's stdin closes (`endOfInput`), so that it exits.
+/// - `control_request` / `control_cancel_request` — its requests to ask before a tool runs, and
+///   their withdrawal (`ClaudeCodeControl`).
 public struct ClaudeCodeOutputParser: AgentOutputParser {
     public private(set) var conversationId: String?
     public private(set) var outcome: AgentOutcome?
@@ -35,7 +38,15 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
             let items = blocks(object["message"]?["content"]).compactMap { toolResult($0, raw: line) }
             return items
         case "result":
-            return [result(object, raw: line)]
+            return [result(object, raw: line), .endOfInput]
+        case "control_request":
+            return ClaudeCodeControl.controlRequest(object, raw: line)
+        case "control_cancel_request":
+            guard let id = object["request_id"]?.stringValue else { return [] }
+            return [.withdrawn(agentRequestId: id)]
+        case "control_response":
+            // The answer to a request of ours: the runtime sends none.
+            return []
         default:
             return [.agent(AgentEventData.log(line, raw: line))]
         }

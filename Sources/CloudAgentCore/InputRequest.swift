@@ -55,6 +55,8 @@ public enum InputResolver: String, Sendable, Codable, CaseIterable {
     case timeout
     /// The execution was interrupted or ended, or its runtime stopped: cancelled.
     case interrupt
+    /// The agent withdrew its request (Claude Code's `control_cancel_request`): cancelled.
+    case agent
 }
 
 /// A request's end.

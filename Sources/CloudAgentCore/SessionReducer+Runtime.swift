@@ -6,6 +6,8 @@ public struct ReportedEvent: Sendable, Equatable {
         case running, agent, output, ended
         /// The agent asks for permission or an answer: data is the request (`InputRequest(reported:)`).
         case inputRequested
+        /// The agent withdrew a request it had made: data `{requestId}`.
+        case inputWithdrawn
         case unknown(String)
     }
 
@@ -204,6 +206,16 @@ extension SessionReducer {
                     if let callback = recorded.callback { callbacks.append(callback) }
                     if !recorded.events.isEmpty { notes.append(.inputRequested(request.id, request.kind)) }
                     // Waiting moves the execution's deadlines (and adds the input timeout's).
+                    transitioned = true
+                case .inputWithdrawn:
+                    try current.recordHeartbeat(at: now)
+                    guard let requestId = event.data["requestId"]?.stringValue, let request = session.inputs.request(requestId),
+                        request.executionId == current.id, request.isPending
+                    else { break }
+                    let withdrawn = resolveInput(&session, request, InputResolution(decision: .cancelled, by: .agent, at: now), replyToAgent: false)
+                    events.append(withdrawn.event)
+                    notes.append(.inputResolved(requestId, .cancelled, by: .agent, waitedMs: now.milliseconds(since: request.requestedAt)))
+                    // The end of a wait restarts the execution's stale and stuck clocks.
                     transitioned = true
                 case .unknown(let kind):
                     notes.append(.unknownEventKind(kind))

@@ -45,6 +45,8 @@ public struct RuntimeEvent: Codable, Sendable, Equatable {
         /// permission|question|budget, tool?, input?, options?: [{id, name, kind}], question?,
         /// choices?}`; the control plane answers with an `answer` frame.
         public static let inputRequested = "input.requested"
+        /// The agent withdrew a request it made (it no longer waits for the answer). data: `{requestId}`.
+        public static let inputWithdrawn = "input.withdrawn"
     }
 
     /// The key of `execution.ended`'s data that carries the agent's own conversation id.

@@ -49,7 +49,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var acpTurn: ACPTurnReader?
         /// While an ACP agent replays a loaded session's history: not this execution's events.
         var acpReplaying = false
-        /// A read-only mode: the ACP agent's permission requests are rejected.
+        /// A read-only mode: the agent's permission requests are rejected.
         var readOnly = false
         /// The ACP session the prompt went to, once it has (an interrupt then cancels it).
         var acpPromptSession: String?
@@ -63,6 +63,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         /// The agent's requests waiting for an answer, by the id the control plane knows, with
         /// how to give the agent its answer.
         var waitingForInput: [String: @Sendable (InputAnswerFrame) -> Void] = [:]
+        /// The agent's own ids of its requests, to the ids the control plane knows.
+        var agentRequestIds: [String: String] = [:]
     }
 
     private struct OpenLink {
@@ -309,7 +311,10 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     /// plane as an `input.requested` event, and `respond` gives the agent its answer when it
     /// comes. With approvals `auto` a permission is allowed here at once (its allow-once option),
     /// recorded as an `agent` event of kind `log`; questions always go to the user.
-    func requestInput(_ executionId: String, _ request: [String: JSONValue], respond: @escaping @Sendable (InputAnswerFrame) -> Void) {
+    func requestInput(
+        _ executionId: String, _ request: [String: JSONValue], agentRequestId: String? = nil,
+        respond: @escaping @Sendable (InputAnswerFrame) -> Void
+    ) {
         let requestId = "req_" + UUID().uuidString.lowercased()
         guard var execution = active, execution.executionId == executionId, !stopping else {
             respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "cancelled"))
@@ -318,24 +323,39 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var data = request
         data["requestId"] = .string(requestId)
         let kind = data["kind"]?.stringValue ?? "permission"
-        if kind == "permission", !execution.asks {
+        if kind == "permission", execution.readOnly || !execution.asks {
+            // Decided here: allowed (approvals auto, the allow-once option), or denied in a
+            // read-only execution, whatever the approvals: what asks permission writes or runs.
             let options = data["options"]?.arrayValue ?? []
-            let allowOnce = options.first { $0["kind"] == "allow_once" } ?? options.first { $0["kind"] == "allow_always" }
+            let allow = !execution.readOnly
+            let preferred = allow ? ["allow_once", "allow_always"] : ["reject_once", "reject_always"]
+            let option = preferred.lazy.compactMap { kind in options.first { $0["kind"] == .string(kind) } }.first
             let tool = data["tool"]?.stringValue ?? "a tool"
             let input = data["input"].map { $0.stringValue ?? JSONText.encode($0) }.map { " " + String($0.prefix(300)) } ?? ""
+            let words = allow ? "permission allowed automatically (approvals auto)" : "permission denied: the execution is read-only"
             record(
                 executionId, kind: RuntimeEvent.Kind.agent,
-                data: [
-                    "kind": "log", "message": .string("permission allowed automatically (approvals auto): \(tool)\(input)"),
-                    "raw": .string(JSONText.encode(.object(request))),
-                ])
-            respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "allow", optionId: allowOnce?["id"]?.stringValue))
+                data: ["kind": "log", "message": .string("\(words): \(tool)\(input)"), "raw": .string(JSONText.encode(.object(request)))])
+            respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: allow ? "allow" : "deny", optionId: option?["id"]?.stringValue))
             return
         }
         execution.waitingForInput[requestId] = respond
+        if let agentRequestId { execution.agentRequestIds[agentRequestId] = requestId }
         active = execution
         logger.info("the agent asks", metadata: ["executionId": .string(executionId), "requestId": .string(requestId), "kind": .string(kind)])
         record(executionId, kind: RuntimeEvent.Kind.inputRequested, data: data)
+    }
+
+    /// The agent no longer waits for the answer to its request: the control plane is told, and
+    /// an answer that still comes is dropped.
+    private func withdrawInput(_ executionId: String, agentRequestId: String) {
+        guard var execution = active, execution.executionId == executionId,
+            let requestId = execution.agentRequestIds.removeValue(forKey: agentRequestId),
+            execution.waitingForInput.removeValue(forKey: requestId) != nil
+        else { return }
+        active = execution
+        logger.info("the agent withdrew its request", metadata: ["executionId": .string(executionId), "requestId": .string(requestId)])
+        record(executionId, kind: RuntimeEvent.Kind.inputWithdrawn, data: ["requestId": .string(requestId)])
     }
 
     /// Every request the execution still waits on is answered `cancelled` (it is being stopped).
@@ -366,6 +386,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             let (stopRequests, stops) = AsyncStream.makeStream(of: Duration.self)
             active = ActiveExecution(executionId: command.executionId, stopRequests: stopRequests, stops: stops)
             active?.asks = command.asks
+            active?.readOnly = AgentMode.isReadOnly(command.mode)
             requestContinuation.yield(.execute(command))
         }
     }
@@ -525,16 +546,21 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             case .agent(let data): record(executionId, kind: RuntimeEvent.Kind.agent, data: data)
             case .output: record(executionId, kind: RuntimeEvent.Kind.output, data: ["stream": .string(stream.rawValue), "line": .string(line)])
             case .inputRequest(let request):
-                guard let agentInput = execution.agentInput, let agentRequestId = request["requestId"]?.stringValue else {
+                guard let agentInput = execution.agentInput else {
                     record(
                         executionId, kind: RuntimeEvent.Kind.agent,
                         data: ["kind": "error", "message": "the agent asked for input it cannot be given", "raw": .string(line)])
                     continue
                 }
-                requestInput(executionId, request) { answer in
-                    agentInput.yield(
-                        ScriptedAgentInput.answerLine(requestId: agentRequestId, decision: answer.decision, optionId: answer.optionId, answer: answer.answer))
+                requestInput(executionId, request.data, agentRequestId: request.agentRequestId) { answer in
+                    agentInput.yield(request.reply.line(decision: answer.decision, optionId: answer.optionId, answer: answer.answer))
                 }
+            case .withdrawn(let agentRequestId):
+                withdrawInput(executionId, agentRequestId: agentRequestId)
+            case .reply(let reply):
+                execution.agentInput?.yield(reply)
+            case .endOfInput:
+                execution.agentInput?.finish()
             }
         }
     }

@@ -7,13 +7,14 @@ import Testing
 struct AgentInvocationTests {
     func invocation(
         _ kind: AgentKind, prompt: String = "fix the bug", mode: String? = nil, model: String? = nil, conversation: String? = nil,
-        arguments: [String]? = nil, environment: [String: String] = [:]
+        arguments: [String]? = nil, environment: [String: String] = [:], approvals: String? = nil
     ) throws -> AgentInvocation {
-        let command = ExecuteCommand(
+        var command = ExecuteCommand(
             executionId: "exc_1", agent: kind.rawValue, prompt: prompt, mode: mode, model: model,
             launch: AgentLaunch(kind: kind.rawValue, binary: kind == .scripted ? nil : "/opt/bin/agent", arguments: arguments),
             conversationId: conversation
         )
+        command.approvals = approvals
         return try AgentInvocations.invocation(for: command, runtimeExecutable: "/rt", scriptedArgument: "scripted-agent", environment: environment)
     }
 
@@ -34,18 +35,22 @@ struct AgentInvocationTests {
                 + "\n")
     }
 
-    @Test("claude-code: print mode, stream-json, bypassPermissions (IS_SANDBOX) or plan for ask, model, --resume")
+    @Test(
+        "claude-code: print mode, stream-json both ways with its permission requests on stdio; bypassPermissions (auto), default (ask) or plan (read-only); model, --resume"
+    )
     func claude() throws {
+        let control = ["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json", "--permission-prompt-tool", "stdio"]
         let first = try invocation(.claudeCode)
         #expect(first.executable == "/opt/bin/agent")
-        #expect(first.arguments == ["-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "bypassPermissions"])
-        #expect(first.standardInput == "fix the bug")
-        #expect(first.defaultEnvironment["IS_SANDBOX"] == "1")
-        let follow = try invocation(.claudeCode, mode: "ask", model: "claude-sonnet-4-5", conversation: "0b6c-uuid")
+        #expect(first.arguments == control + ["--permission-mode", "bypassPermissions"])
         #expect(
-            follow.arguments == [
-                "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume=0b6c-uuid",
-            ])
+            first.standardInput
+                == #"{"message":{"content":"fix the bug","role":"user"},"parent_tool_use_id":null,"session_id":"default","type":"user"}"# + "\n")
+        #expect(first.answersOnStandardInput)
+        #expect(first.defaultEnvironment["IS_SANDBOX"] == "1")
+        #expect(try invocation(.claudeCode, approvals: "ask").arguments == control + ["--permission-mode", "default"])
+        let follow = try invocation(.claudeCode, mode: "ask", model: "claude-sonnet-4-5", conversation: "0b6c-uuid", approvals: "ask")
+        #expect(follow.arguments == control + ["--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume=0b6c-uuid"])
     }
 
     @Test("codex: exec --json with the sandbox bypassed (ours is the boundary), exec resume THREAD, prompt from stdin, provider for OPENAI_BASE_URL")

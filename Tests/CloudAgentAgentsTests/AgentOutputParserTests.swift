@@ -13,7 +13,11 @@ func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[Str
             switch item {
             case .agent(let data): events.append(data)
             case .output: outputs += 1
-            case .inputRequest(let request): events.append(["kind": "inputRequest", "request": .object(request)])
+            case .inputRequest(let request):
+                events.append(["kind": "inputRequest", "request": .object(request.data), "agentRequestId": .string(request.agentRequestId)])
+            case .withdrawn(let id): events.append(["kind": "withdrawn", "message": .string(id)])
+            case .reply(let line): events.append(["kind": "reply", "message": .string(line)])
+            case .endOfInput: break  // Claude Code's result: tested on its own (ClaudeCodeControlTests)
             }
         }
     }

@@ -209,6 +209,28 @@ struct InputRequestTests {
         #expect(after.session.inputs.pending.isEmpty)
     }
 
+    @Test("a request the agent withdraws is cancelled by the agent, with no reply; an unknown or resolved one is left alone")
+    func withdrawn() throws {
+        let (state, _) = try Self.report(Self.permission("req_1", seq: 2, at: seconds(2)), to: try Self.running(), at: seconds(2))
+        let withdraw = ReportedEvent(
+            seq: 3, executionId: Self.executionId.rawValue, kind: .inputWithdrawn, at: Fixture.at(seconds(3)), data: ["requestId": "req_1"])
+        let (after, change) = try Self.report(withdraw, to: state, at: seconds(3))
+        #expect(change?.events.map(\.type) == [EventType.inputResolved])
+        #expect(change?.events.first?.data == ["requestId": "req_1", "decision": "cancelled", "by": "agent"])
+        #expect(change?.commands.isEmpty == true)
+        #expect(after.session.inputs.pending.isEmpty)
+        #expect(after.execution?.status == .running)
+        // The answer that comes too late is a conflict.
+        #expect(throws: SessionError.self) { try Self.answer(after, "req_1", .decision(allow: true, optionId: nil, always: false), at: seconds(4)) }
+
+        // Again, or for a request nobody made: nothing but the event's number changes.
+        for (seq, id) in [(Int64(4), "req_1"), (5, "req_unknown")] {
+            let again = ReportedEvent(seq: seq, executionId: Self.executionId.rawValue, kind: .inputWithdrawn, at: Fixture.at(seconds(5)), data: ["requestId": .string(id)])
+            let (_, repeated) = try Self.report(again, to: after, at: seconds(5))
+            #expect(repeated?.events.filter { $0.type == EventType.inputResolved }.isEmpty != false)
+        }
+    }
+
     @Test("a request the runtime reports is bounded: a bad id or kind is refused, a large input cut, too many pending denied by rule")
     func reportedBounds() throws {
         #expect(InputRequest(reported: ["requestId": "a b", "kind": "permission"], executionId: Self.executionId, at: Fixture.t0) == nil)
