@@ -12,11 +12,15 @@ public struct AgentInvocation: Sendable, Equatable {
     /// Whether the agent's stdin stays open after `standardInput`, for the answers to its input
     /// requests (one JSON line each: `{requestId, decision, optionId?, answer?}`).
     public var answersOnStandardInput: Bool
+    /// Files to write (absolute path → content, readable by the runtime's user only) before the
+    /// agent starts, and to remove once it has exited: Claude Code's MCP configuration.
+    public var files: [String: String]
 
     public init(
         executable: String, arguments: [String], standardInput: String = "", defaultEnvironment: [String: String] = [:],
-        answersOnStandardInput: Bool = false
+        answersOnStandardInput: Bool = false, files: [String: String] = [:]
     ) {
+        self.files = files
         self.executable = executable
         self.arguments = arguments
         self.standardInput = standardInput
@@ -37,8 +41,10 @@ public enum AgentInvocations {
     ///   - runtimeExecutable: the runtime itself, which is the `scripted` agent.
     ///   - environment: the agent's environment (the session's variables and secrets): Codex is
     ///     pointed at `OPENAI_BASE_URL` through a custom model provider when it is set.
+    ///   - scratchDirectory: where files the agent reads at start are written (the sandbox's own `/tmp`).
     public static func invocation(
-        for command: ExecuteCommand, runtimeExecutable: String, scriptedArgument: String, environment: [String: String]
+        for command: ExecuteCommand, runtimeExecutable: String, scriptedArgument: String, environment: [String: String],
+        scratchDirectory: String = "/tmp"
     ) throws(AgentInvocationError) -> AgentInvocation {
         // Without a launch, only the built-in agent is known by name.
         guard let launch = command.launch ?? (command.agent == AgentKind.scripted.rawValue ? AgentLaunch(kind: AgentKind.scripted.rawValue) : nil) else {
@@ -56,6 +62,7 @@ public enum AgentInvocations {
         let readOnly = AgentMode.isReadOnly(command.mode)
         let model = command.model.flatMap { $0.isEmpty ? nil : $0 }
         let conversation = command.conversationId.flatMap { $0.isEmpty ? nil : $0 }
+        let mcpServers = MCPServer.servers(command.mcpServers, environment: environment)
         switch kind {
         case .scripted:
             preconditionFailure("handled above")
@@ -68,6 +75,13 @@ public enum AgentInvocations {
             arguments += ["--permission-prompt-tool", "stdio"]
             arguments += ["--permission-mode", readOnly ? "plan" : command.asks ? "default" : "bypassPermissions"]
             if let model { arguments += ["--model", model] }
+            // The session's MCP servers, from a file: their secrets stay off the command line.
+            var files: [String: String] = [:]
+            if !mcpServers.isEmpty {
+                let path = "\(scratchDirectory)/cloud-agent-mcp-\(command.executionId).json"
+                files[path] = MCPServer.claudeConfig(mcpServers)
+                arguments.append("--mcp-config=\(path)")
+            }
             // One argument, so that the value can never be read as an option of its own.
             if let conversation { arguments.append("--resume=\(conversation)") }
             return AgentInvocation(
@@ -81,7 +95,7 @@ public enum AgentInvocations {
                     "DISABLE_ERROR_REPORTING": "1",
                     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                 ],
-                answersOnStandardInput: true
+                answersOnStandardInput: true, files: files
             )
         case .codex:
             // `codex exec [resume] OPTIONS [THREAD_ID] -` (the prompt from stdin); `resume` takes
@@ -92,6 +106,7 @@ public enum AgentInvocations {
             arguments += readOnly ? ["-c", "sandbox_mode=\(toml("read-only"))"] : ["--dangerously-bypass-approvals-and-sandbox"]
             if let model { arguments += ["--model", model] }
             arguments += codexProviderOverrides(environment: environment)
+            arguments += MCPServer.codexOverrides(mcpServers)
             if let conversation { arguments.append(conversation) }
             arguments.append("-")
             return AgentInvocation(executable: binary, arguments: arguments, standardInput: command.prompt)

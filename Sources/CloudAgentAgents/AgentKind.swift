@@ -32,6 +32,15 @@ public enum AgentKind: String, Sendable, CaseIterable, Codable {
         }
     }
 
+    /// How the agent takes a session's MCP servers: nil when it takes none. ACP agents say in
+    /// `initialize` whether they take HTTP servers; the runtime leaves them out when they do not.
+    public var mcpTransports: (stdio: Bool, http: Bool)? {
+        switch self {
+        case .claudeCode, .codex, .opencode, .kilo, .acp: (true, true)
+        case .scripted, .command: nil
+        }
+    }
+
     /// The environment variable that names the binary (`CLOUD_AGENT_CLAUDE_BIN`, …).
     public var binaryVariable: String? {
         binaryName.map { "CLOUD_AGENT_\($0.uppercased())_BIN" }

@@ -60,6 +60,13 @@ public struct SessionSpec: Sendable, Equatable, Codable {
     public var idleTimeoutMs: Int64?
     /// Whether the agent asks before using a tool; nil (as stored before it existed) is `auto`.
     public var approvalMode: ApprovalMode?
+    /// The MCP servers handed to the agent, by name; nil (as stored before they existed) is none.
+    public var mcpServerSpecs: [String: MCPServerSpec]?
+
+    public var mcpServers: [String: MCPServerSpec] {
+        get { mcpServerSpecs ?? [:] }
+        set { mcpServerSpecs = newValue.isEmpty ? nil : newValue }
+    }
 
     /// Whether the agent asks before using a tool.
     public var approvals: ApprovalMode {

@@ -66,12 +66,13 @@ public struct SessionInput: Sendable, Equatable {
     public var callback: FieldUpdate<Callback> = .unchanged
     public var idleTimeoutMs: FieldUpdate<Int64> = .unchanged
     public var approvals: FieldUpdate<ApprovalMode> = .unchanged
+    public var mcpServers: FieldUpdate<[String: MCPServerSpec]> = .unchanged
 
     public init() {}
 
     static let fields: Set<String> = [
         "prompt", "agent", "mode", "model", "repo", "envVars", "secrets", "setupCommands", "autoCommit",
-        "callback", "idleTimeoutMs", "approvals",
+        "callback", "idleTimeoutMs", "approvals", "mcpServers",
     ]
 
     /// Fields that may still change after a session was initiated.
@@ -79,6 +80,7 @@ public struct SessionInput: Sendable, Equatable {
         prompt == .unchanged && agent == .unchanged && mode == .unchanged && model == .unchanged
             && repo == .unchanged && envVars == .unchanged && secrets == .unchanged
             && setupCommands == .unchanged && autoCommit == .unchanged && callback == .unchanged && approvals == .unchanged
+            && mcpServers == .unchanged
     }
 
     /// Parses a `POST /v1/sessions` body: `prompt` is required and nothing may be null.
@@ -127,6 +129,7 @@ public struct SessionInput: Sendable, Equatable {
                     throw ValidationError(field: key, "must be auto or ask")
                 }
                 input.approvals = .set(mode)
+            case "mcpServers": input.mcpServers = .set(try Validate.mcpServers(value))
             default: break
             }
         }
@@ -152,6 +155,7 @@ public struct SessionInput: Sendable, Equatable {
         case "callback": callback = .clear
         case "idleTimeoutMs": idleTimeoutMs = .clear
         case "approvals": approvals = .clear
+        case "mcpServers": mcpServers = .clear
         default: throw ValidationError(field: key, "is not a known field")
         }
     }

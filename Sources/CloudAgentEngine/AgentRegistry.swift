@@ -194,6 +194,18 @@ public struct AgentRegistry: Sendable {
         }
     }
 
+    /// Refuses MCP servers the agent cannot take (400 naming it). An unknown agent is the
+    /// `agent` field's business (`requireAvailable`).
+    package func requireMCP(_ servers: [String: MCPServerSpec], agent: String) throws {
+        guard !servers.isEmpty, let entry = entry(named: agent) else { return }
+        guard let transports = entry.kind.mcpTransports else {
+            throw ValidationError(field: "mcpServers", "agent \"\(agent)\" (\(entry.kind.rawValue)) cannot take MCP servers")
+        }
+        if !transports.http, let http = servers.keys.sorted().first(where: { servers[$0]!.isHTTP }) {
+            throw ValidationError(field: "mcpServers.\(http)", "agent \"\(agent)\" cannot take MCP servers over HTTP")
+        }
+    }
+
     /// Directories holding the agents' executables and what they run with, for the sandbox to
     /// expose read-only (`supportDirectories`).
     public var binaryDirectories: [String] {

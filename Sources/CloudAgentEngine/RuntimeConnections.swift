@@ -171,7 +171,8 @@ package final class RuntimeConnections: Sendable {
         ExecuteCommand(
             executionId: execution.id.rawValue, agent: session.spec.agent, prompt: execution.prompt,
             mode: execution.mode, model: execution.model, launch: agents.launch(for: session.spec.agent),
-            conversationId: session.agentConversationId, approvals: session.spec.approvals == .ask ? "ask" : nil
+            conversationId: session.agentConversationId, approvals: session.spec.approvals == .ask ? "ask" : nil,
+            mcpServers: session.spec.mcpServers.isEmpty ? nil : .object(session.spec.mcpServers.mapValues(\.json))
         )
     }
 }

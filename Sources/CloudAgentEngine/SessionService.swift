@@ -99,7 +99,9 @@ public final class SessionService: Sendable {
         var spec = try await session(id, owner: owner).spec
         try apply(input, to: &spec)
         let newWorkspace = input.repo != .unchanged || input.setupCommands != .unchanged
-        let newRuntime = newWorkspace || input.envVars != .unchanged || input.secrets != .unchanged || input.agent != .unchanged
+        let newRuntime =
+            newWorkspace || input.envVars != .unchanged || input.secrets != .unchanged || input.agent != .unchanged
+            || input.mcpServers != .unchanged
         let updated: SessionRecord
         if newRuntime {
             updated = try await restartingPatch(id, owner: owner, input: input, newWorkspace: newWorkspace)
@@ -229,6 +231,19 @@ public final class SessionService: Sendable {
         case .clear: spec.approvals = .auto
         case .unchanged: break
         }
+        switch input.mcpServers {
+        case .set(let servers): spec.mcpServers = servers
+        case .clear: spec.mcpServers = [:]
+        case .unchanged: break
+        }
+        // What the servers name must exist, and the agent must take them (checked whatever
+        // changed: a new agent, or secrets that went away, break them as well).
+        for name in spec.mcpServers.keys.sorted() {
+            if let missing = spec.mcpServers[name]!.secretNames.first(where: { spec.secrets[$0] == nil }) {
+                throw ValidationError(field: "mcpServers.\(name)", "names secret \(missing), which the session does not have")
+            }
+        }
+        try agents.requireMCP(spec.mcpServers, agent: spec.agent)
     }
 
     private func update<Value>(_ field: inout Value?, _ change: FieldUpdate<Value>) {

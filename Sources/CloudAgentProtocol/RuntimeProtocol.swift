@@ -128,11 +128,16 @@ public struct ExecuteCommand: Codable, Sendable, Equatable {
     /// `ask`: the agent's permission requests wait for an answer from the control plane; nil
     /// (`auto`): the runtime allows them itself and records each as an `agent` event of kind `log`.
     public var approvals: String?
+    /// The session's MCP servers, `{NAME: {command, args?, env?} | {url, headers?}}` (a value
+    /// `{"secret": NAME}` is the session secret of that name, in the runtime's environment);
+    /// nil when it has none.
+    public var mcpServers: JSONValue?
 
     public init(
         executionId: String, agent: String, prompt: String, mode: String? = nil, model: String? = nil,
-        launch: AgentLaunch? = nil, conversationId: String? = nil, approvals: String? = nil
+        launch: AgentLaunch? = nil, conversationId: String? = nil, approvals: String? = nil, mcpServers: JSONValue? = nil
     ) {
+        self.mcpServers = mcpServers
         self.executionId = executionId
         self.agent = agent
         self.prompt = prompt

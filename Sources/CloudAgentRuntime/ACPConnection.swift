@@ -56,6 +56,8 @@ actor ACPConnection {
         var loadSession = false
         var resumeSession = false
         var agentName: String?
+        /// Whether the agent takes MCP servers over HTTP (`mcpCapabilities.http`).
+        var mcpHTTP = false
     }
 
     /// The longest message read from the agent; a longer line is dropped whole.
@@ -212,7 +214,8 @@ actor ACPConnection {
         let found = Capabilities(
             loadSession: agent?["loadSession"]?.boolValue == true,
             resumeSession: agent?["sessionCapabilities"]?["resume"].map { $0 != .null } ?? false,
-            agentName: answer["agentInfo"]?["name"]?.stringValue
+            agentName: answer["agentInfo"]?["name"]?.stringValue,
+            mcpHTTP: agent?["mcpCapabilities"]?["http"]?.boolValue == true
         )
         capabilities = found
         return found

@@ -25,7 +25,8 @@ public struct AgentCatalog: Sendable {
     /// How to start `command`'s agent with the session's `environment`.
     public func invocation(for command: ExecuteCommand, environment: [String: String]) throws(AgentInvocationError) -> AgentInvocation {
         try AgentInvocations.invocation(
-            for: command, runtimeExecutable: runtimeExecutable, scriptedArgument: RuntimeCommand.scriptedAgentArgument, environment: environment
+            for: command, runtimeExecutable: runtimeExecutable, scriptedArgument: RuntimeCommand.scriptedAgentArgument, environment: environment,
+            scratchDirectory: FileManager.default.temporaryDirectory.standardizedFileURL.path
         )
     }
 

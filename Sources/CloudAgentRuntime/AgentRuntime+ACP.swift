@@ -133,7 +133,14 @@ extension AgentRuntime {
         let executionId = command.executionId
         let previous = command.conversationId.flatMap { $0.isEmpty ? nil : $0 }
         if let current = await connection.session, previous == nil || previous == current.id { return current }
-        let place: JSONValue = ["cwd": .string(configuration.workspace), "mcpServers": []]
+        // The session's MCP servers: HTTP ones only where the agent takes them (its capabilities).
+        let mcp = MCPServer.acpServers(MCPServer.servers(command.mcpServers, environment: agentEnvironment), http: capabilities.mcpHTTP)
+        if !mcp.leftOut.isEmpty {
+            await recordACPLog(
+                executionId, "MCP servers left out: the agent does not take MCP servers over HTTP: \(mcp.leftOut.joined(separator: ", "))",
+                ["mcpServersLeftOut": .array(mcp.leftOut.map { .string($0) })])
+        }
+        let place: JSONValue = ["cwd": .string(configuration.workspace), "mcpServers": mcp.servers]
         var whyNot: String
         if let previous {
             let method = capabilities.loadSession ? "session/load" : capabilities.resumeSession ? "session/resume" : nil

@@ -421,6 +421,13 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             return
         }
         await useParser(AgentOutputParsers.parser(for: command.launch), for: executionId)
+        do {
+            try Self.writePrivateFiles(invocation.files)
+        } catch {
+            await end(executionId, ["status": .string("failed"), "error": .string("could not prepare agent \(command.agent): \(error)")], logger: logger)
+            return
+        }
+        defer { for path in invocation.files.keys { try? FileManager.default.removeItem(atPath: path) } }
         logger.info(
             "starting the agent",
             metadata: [
@@ -457,6 +464,16 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var data = Self.endData(termination: termination, stopReason: await stopReason(executionId), outcome: outcome)
         if let conversationId { data[RuntimeEvent.conversationIdKey] = .string(conversationId) }
         await end(executionId, data, logger: logger)
+    }
+
+    /// Writes files only the runtime's user may read (they may hold the session's secrets).
+    static func writePrivateFiles(_ files: [String: String]) throws {
+        for (path, content) in files.sorted(by: { $0.key < $1.key }) {
+            try? FileManager.default.removeItem(atPath: path)
+            guard FileManager.default.createFile(atPath: path, contents: Data(content.utf8), attributes: [.posixPermissions: 0o600]) else {
+                throw AgentInvocationError("cannot write \(path)")
+            }
+        }
     }
 
     /// How an execution ended: interrupted when it was stopped; else the agent's own report of

@@ -51,6 +51,7 @@ public enum Views {
             "executionCount": .number(Double(session.executionCount)),
             "latestExecution": latest.map { execution($0, session: session) } ?? .null,
             "approvals": .string(spec.approvals.rawValue),
+            "mcpServers": .object(spec.mcpServers.mapValues(\.json)),
             "pendingInput": .number(Double(session.inputs.pending.count)),
         ]
     }

@@ -225,7 +225,8 @@ struct InputRequestTests {
 
         // Again, or for a request nobody made: nothing but the event's number changes.
         for (seq, id) in [(Int64(4), "req_1"), (5, "req_unknown")] {
-            let again = ReportedEvent(seq: seq, executionId: Self.executionId.rawValue, kind: .inputWithdrawn, at: Fixture.at(seconds(5)), data: ["requestId": .string(id)])
+            let again = ReportedEvent(
+                seq: seq, executionId: Self.executionId.rawValue, kind: .inputWithdrawn, at: Fixture.at(seconds(5)), data: ["requestId": .string(id)])
             let (_, repeated) = try Self.report(again, to: after, at: seconds(5))
             #expect(repeated?.events.filter { $0.type == EventType.inputResolved }.isEmpty != false)
         }

@@ -60,6 +60,41 @@ struct ValidationTests {
             Refusal(name: "callback.url not http", body: create(["callback": ["url": "file:///etc/passwd"]]), field: "callback.url"),
             Refusal(name: "a name both envVar and secret", body: create(["envVars": ["KEY": "a"], "secrets": ["KEY": "b"]]), field: "secrets.KEY"),
         ]
+        let stdio: JSONValue = ["command": "python3"]
+        refusals += [
+            Refusal(name: "mcpServers not an object", body: create(["mcpServers": ["python3"]]), field: "mcpServers"),
+            Refusal(
+                name: "mcpServers: 21 servers",
+                body: create(["mcpServers": .object(Dictionary(uniqueKeysWithValues: (1...21).map { ("s\($0)", stdio) }))]), field: "mcpServers"),
+            Refusal(name: "mcpServers: a name with a dot", body: create(["mcpServers": ["a.b": stdio]]), field: "mcpServers"),
+            Refusal(name: "mcpServers: a 65-character name", body: create(["mcpServers": [.init(stringLiteral: text(65)): stdio]]), field: "mcpServers"),
+            Refusal(name: "mcpServers: neither command nor url", body: create(["mcpServers": ["s": ["args": ["x"]]]]), field: "mcpServers.s.command"),
+            Refusal(name: "mcpServers: empty command", body: create(["mcpServers": ["s": ["command": ""]]]), field: "mcpServers.s.command"),
+            Refusal(name: "mcpServers: unknown field", body: create(["mcpServers": ["s": ["command": "x", "cwd": "/"]]]), field: "mcpServers.s.cwd"),
+            Refusal(
+                name: "mcpServers: command and url", body: create(["mcpServers": ["s": ["command": "x", "url": "https://mcp.example.com"]]]),
+                field: "mcpServers.s.command"),
+            Refusal(name: "mcpServers: args not strings", body: create(["mcpServers": ["s": ["command": "x", "args": [1]]]]), field: "mcpServers.s.args"),
+            Refusal(
+                name: "mcpServers: 65 args", body: create(["mcpServers": ["s": ["command": "x", "args": .array((0...64).map { _ in "a" })]]]),
+                field: "mcpServers.s.args"),
+            Refusal(name: "mcpServers: a control character", body: create(["mcpServers": ["s": ["command": "x\ny"]]]), field: "mcpServers.s.command"),
+            Refusal(name: "mcpServers: env name 1A", body: create(["mcpServers": ["s": ["command": "x", "env": ["1A": "v"]]]]), field: "mcpServers.s.env.1A"),
+            Refusal(
+                name: "mcpServers: env value a number", body: create(["mcpServers": ["s": ["command": "x", "env": ["A": 1]]]]), field: "mcpServers.s.env.A"),
+            Refusal(
+                name: "mcpServers: env secret of a bad name", body: create(["mcpServers": ["s": ["command": "x", "env": ["A": ["secret": "a-b"]]]]]),
+                field: "mcpServers.s.env.A"),
+            Refusal(
+                name: "mcpServers: env object with more than a secret",
+                body: create(["mcpServers": ["s": ["command": "x", "env": ["A": ["secret": "A", "x": "y"]]]]]), field: "mcpServers.s.env.A"),
+            Refusal(name: "mcpServers: url not http", body: create(["mcpServers": ["s": ["url": "file:///etc/passwd"]]]), field: "mcpServers.s.url"),
+            Refusal(
+                name: "mcpServers: header name with a space", body: create(["mcpServers": ["s": ["url": "https://h", "headers": ["A B": "v"]]]]),
+                field: "mcpServers.s.headers.A B"),
+            Refusal(
+                name: "mcpServers: http server with args", body: create(["mcpServers": ["s": ["url": "https://h", "args": ["x"]]]]), field: "mcpServers.s.args"),
+        ]
         for metacharacter in [";", "|", "$", "`", " ", "&", "\n"] {
             let url = "https://github.com/o/r\(metacharacter)x.git"
             refusals.append(Refusal(name: "repo.url with \(metacharacter.debugDescription)", body: create(["repo": ["url": .string(url)]]), field: "repo.url"))
@@ -88,6 +123,34 @@ struct ValidationTests {
         }
         return refusals
     }()
+
+    @Test("mcpServers: stdio and HTTP servers, their env and headers as text or a secret by name, 20 at most, read back as given")
+    func mcpServers() throws {
+        let servers: JSONValue = [
+            "notes": ["command": "/opt/mcp/bin/notes", "args": ["--root", "."], "env": ["NOTES_TOKEN": ["secret": "NOTES_TOKEN"], "MODE": "fast"]],
+            "docs_2-b": ["url": "https://mcp.example.com/mcp", "headers": ["Authorization": ["secret": "DOCS_KEY"], "X-Team": "core"]],
+            "bare": ["command": "mcp-bare"],
+        ]
+        let input = try SessionInput.parseCreate(Self.create(["mcpServers": servers]))
+        guard case .set(let parsed) = input.mcpServers else {
+            Issue.record("not parsed: \(input.mcpServers)")
+            return
+        }
+        #expect(
+            parsed["notes"]
+                == .stdio(command: "/opt/mcp/bin/notes", args: ["--root", "."], env: ["NOTES_TOKEN": .secret("NOTES_TOKEN"), "MODE": .text("fast")]))
+        #expect(parsed["docs_2-b"] == .http(url: "https://mcp.example.com/mcp", headers: ["Authorization": .secret("DOCS_KEY"), "X-Team": .text("core")]))
+        #expect(parsed["notes"]?.secretNames == ["NOTES_TOKEN"])
+        #expect(JSONValue.object(parsed.mapValues(\.json)) == servers)
+        // Stored as the session's spec, and read back the same.
+        var spec = SessionSpec(prompt: "p")
+        spec.mcpServers = parsed
+        let stored = try JSONDecoder().decode(SessionSpec.self, from: try JSONEncoder().encode(spec))
+        #expect(stored.mcpServers == parsed)
+        let twenty = JSONValue.object(Dictionary(uniqueKeysWithValues: (1...20).map { ("s\($0)", ["command": "x"] as JSONValue) }))
+        #expect(throws: Never.self) { try SessionInput.parseCreate(Self.create(["mcpServers": twenty])) }
+        #expect(try SessionInput.parsePatch(["mcpServers": nil]).mcpServers == .clear)
+    }
 
     @Test("every broken limit of a create body is refused, naming the field", arguments: createRefusals)
     func createRefusal(_ refusal: Refusal) {
