@@ -5,7 +5,7 @@
 # `agent-client-protocol` pinned at 0.7.1, as newer releases break its imports) — into one
 # directory, and prints the environment that points cloud-agent (and its tests) at them:
 #
-#   eval "$(scripts/install-agents.sh)"        # sets CLOUD_AGENT_CLAUDE_BIN, …_CODEX_BIN, …_CLAUDE_ACP_BIN, …_KIMI_ACP_BIN
+#   eval "$(scripts/install-agents.sh)"        # sets CLOUD_AGENT_CLAUDE_BIN, …_CODEX_BIN, …_CLAUDE_ACP_BIN, …_KIMI_ACP_BIN, …_MCP_PYTHON
 #   scripts/install-agents.sh /opt/agents      # somewhere else (default: ~/.cache/cloud-agent/agents)
 #
 # With Python 3.12 or later it also installs Kimi Code CLI (`kimi acp`), a second ACP agent.
@@ -73,12 +73,24 @@ if [ ! -f "$kimi_stamp" ] || [ ! -x "$kimi" ]; then
     echo "kimi-cli left out: it needs Python 3.12 or later, and none was found" >&2
   fi
 fi
+# The MCP Python SDK, in a venv of its own, for the tests' MCP server (Tests/Fixtures/mcp).
+MCP_VERSION="${MCP_VERSION:-2.3.0}"
+mcp_venv="$target/mcp-fixture"
+mcp_stamp="$mcp_venv/.installed-$MCP_VERSION"
+if [ ! -f "$mcp_stamp" ] || [ ! -x "$mcp_venv/bin/python" ]; then
+  echo "installing mcp $MCP_VERSION into $mcp_venv" >&2
+  rm -rf "$mcp_venv"
+  python3 -m venv "$mcp_venv"
+  "$mcp_venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_VERSION" >&2
+  touch "$mcp_stamp"
+fi
 "$claude" --version >&2
 "$codex" --version >&2
 "$acp_venv/bin/python" -c "import claude_code_acp, acp; print('claude-code-acp', claude_code_acp.__version__)" >&2
 echo "export CLOUD_AGENT_CLAUDE_BIN=$claude"
 echo "export CLOUD_AGENT_CODEX_BIN=$codex"
 echo "export CLOUD_AGENT_CLAUDE_ACP_BIN=$claude_acp"
+echo "export CLOUD_AGENT_MCP_PYTHON=$mcp_venv/bin/python"
 if [ -x "$kimi" ]; then
   "$kimi" --version >&2 || true
   echo "export CLOUD_AGENT_KIMI_ACP_BIN=$kimi"

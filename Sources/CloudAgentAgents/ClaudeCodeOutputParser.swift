@@ -29,7 +29,17 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
             let subtype = object["subtype"]?.stringValue ?? "system"
             if subtype == "init" {
                 let model = object["model"]?.stringValue.map { ", model \($0)" } ?? ""
-                return [.agent(AgentEventData.log("session \(conversationId ?? "?") started\(model)", raw: line))]
+                var items: [AgentOutputItem] = [.agent(AgentEventData.log("session \(conversationId ?? "?") started\(model)", raw: line))]
+                // The session's MCP servers that could not be used: said, not left to be guessed.
+                for failure in object["mcp_server_errors"]?.arrayValue ?? [] {
+                    let name = failure["name"]?.stringValue ?? "?"
+                    let message = failure["message"]?.stringValue ?? failure["type"]?.stringValue ?? "failed"
+                    items.append(.agent(AgentEventData.error("MCP server \(name): \(message)", raw: line)))
+                }
+                for server in object["mcp_servers"]?.arrayValue ?? [] where server["status"]?.stringValue == "failed" {
+                    items.append(.agent(AgentEventData.error("MCP server \(server["name"]?.stringValue ?? "?") failed to start", raw: line)))
+                }
+                return items
             }
             return [.agent(AgentEventData.log("system: \(subtype)", raw: line))]
         case "assistant":

@@ -43,6 +43,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "bwrap, none or auto (CLOUD_AGENT_SANDBOX, default auto).") var sandbox: String?
     @Option(name: .customLong("log-level"), help: "trace … critical (CLOUD_AGENT_LOG_LEVEL, default info).") var logLevel: String?
     @Option(name: .customLong("agents-file"), help: "JSON file declaring extra command agents (CLOUD_AGENT_AGENTS_FILE).") var agentsFile: String?
+    @Option(
+        name: .customLong("sandbox-expose"),
+        help: "Comma-separated host directories or programs every sandbox may read, such as MCP servers' (CLOUD_AGENT_SANDBOX_EXPOSE).")
+    var sandboxExpose: String?
     @Option(name: .customLong("callback-attempts"), help: "Attempts to deliver a completion callback (CLOUD_AGENT_CALLBACK_ATTEMPTS, default 6).")
     var callbackAttempts: String?
     @Option(name: .customLong("orphan-limit"), help: "A runtime without a control plane this long stops itself (CLOUD_AGENT_ORPHAN_LIMIT, default 1h).")
@@ -72,7 +76,7 @@ struct ServeCommand: AsyncParsableCommand {
             "idleTimeout": idleTimeout, "heartbeatInterval": heartbeatInterval, "staleThreshold": staleThreshold,
             "pendingTimeout": pendingTimeout, "stopGrace": stopGrace, "stuckAfter": stuckAfter, "maxRuntimes": maxRuntimes,
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
-            "agentsFile": agentsFile, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
+            "agentsFile": agentsFile, "sandboxExpose": sandboxExpose, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
             "orphanLimit": orphanLimit, "inputTimeout": inputTimeout, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
             "wakeUpWindow": wakeUpWindow,
         ]

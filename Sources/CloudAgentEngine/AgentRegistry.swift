@@ -217,6 +217,18 @@ public struct AgentRegistry: Sendable {
         ).sorted()
     }
 
+    /// What an operator's `--sandbox-expose` path brings into the sandbox: a program what it runs
+    /// with (`supportDirectories`); a directory itself, and when it is a Python venv, the
+    /// installation it was made from.
+    package static func exposedDirectories(of path: String) -> [String] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return [path] }
+        guard isDirectory.boolValue else { return supportDirectories(of: path) }
+        let python = URL(fileURLWithPath: path).appendingPathComponent("bin/python")
+        let venv = FileManager.default.fileExists(atPath: URL(fileURLWithPath: path).appendingPathComponent("pyvenv.cfg").path)
+        return venv ? Array(Set([path] + supportDirectories(of: python.path))).sorted() : [path]
+    }
+
     /// What an agent's binary needs to be readable to run: its own directory; the installation
     /// of the interpreter its `#!` line names (`/opt/py/bin/python3` → `/opt/py`); and for a
     /// program in a Python venv (`ROOT/bin/prog` beside `ROOT/pyvenv.cfg`, as `claude-code-acp`

@@ -63,7 +63,8 @@ public struct ControlPlane: Sendable {
         // Versions are asked for in the background: a slow or hanging `--version` never delays the start.
         Task { [environment = configuration.agentLookupEnvironment] in await agents.probeVersions(environment: environment, logger: logger) }
         let resolution = try await SandboxWrapper.resolveExplained(configuration.sandbox.rawValue, dataDirectory: data.root)
-        let sandbox = resolution.sandbox.exposing(agents.binaryDirectories)
+        let exposed = configuration.sandboxExpose.flatMap(AgentRegistry.exposedDirectories(of:))
+        let sandbox = resolution.sandbox.exposing(Array(Set(agents.binaryDirectories + exposed)).sorted())
         logger.info(
             "sandbox resolved",
             metadata: [

@@ -25,6 +25,9 @@ public struct ServerConfiguration: Sendable {
     public var secretKey: String?
     public var logLevel: Logger.Level
     public var agentsFile: String?
+    /// Host paths every sandbox may read (for the programs of MCP servers, say): directories,
+    /// or programs, which bring what they run with (`AgentRegistry.supportDirectories`).
+    public var sandboxExpose: [String] = []
     /// The `cloud-agent-runtime` executable; nil means the one beside this executable.
     public var runtimeExecutable: URL?
     /// Attempts to deliver a completion callback, the first included.
@@ -99,6 +102,7 @@ public struct ServerConfiguration: Sendable {
         "secretKey": .init(flag: "", environment: "CLOUD_AGENT_SECRET_KEY"),
         "logLevel": .init(flag: "--log-level", environment: "CLOUD_AGENT_LOG_LEVEL"),
         "agentsFile": .init(flag: "--agents-file", environment: "CLOUD_AGENT_AGENTS_FILE"),
+        "sandboxExpose": .init(flag: "--sandbox-expose", environment: "CLOUD_AGENT_SANDBOX_EXPOSE"),
         "callbackAttempts": .init(flag: "--callback-attempts", environment: "CLOUD_AGENT_CALLBACK_ATTEMPTS"),
         "callbackRetryBase": .init(flag: "--callback-retry-base", environment: "CLOUD_AGENT_CALLBACK_RETRY_BASE"),
         "orphanLimit": .init(flag: "--orphan-limit", environment: "CLOUD_AGENT_ORPHAN_LIMIT"),
@@ -168,6 +172,13 @@ public struct ServerConfiguration: Sendable {
             configuration.logLevel = level
         }
         if let (text, _) = value("agentsFile") { configuration.agentsFile = text }
+        if let (text, name) = value("sandboxExpose") {
+            let paths = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            if let relative = paths.first(where: { !$0.hasPrefix("/") }) {
+                throw Invalid(setting: name, message: "\"\(relative)\" is not an absolute path")
+            }
+            configuration.sandboxExpose = paths
+        }
         if let (text, name) = value("callbackAttempts") {
             guard let count = Int(text), (1...100).contains(count) else {
                 throw Invalid(setting: name, message: "\"\(text)\" is not a whole number from 1 to 100")

@@ -97,3 +97,20 @@ struct ClaudeCodeControlTests {
         #expect(message["message"] == ["role": "user", "content": "two\nlines \"quoted\""])
     }
 }
+
+@Suite("Claude Code's init: MCP servers that could not be used")
+struct ClaudeCodeMCPInitTests {
+    @Test("a server skipped for its config or failed at start is an error event, with the server's name")
+    func failures() {
+        var parser = ClaudeCodeOutputParser()
+        let items = parser.parse(
+            line:
+                #"{"type":"system","subtype":"init","session_id":"s","mcp_servers":[{"name":"notes","status":"failed"},{"name":"docs","status":"connected"}],"mcp_server_errors":[{"name":"bad","type":"invalid_config","message":"command: Command cannot be empty"}]}"#
+        )
+        let messages = items.compactMap { item -> String? in
+            if case .agent(let data) = item, data["kind"] == "error" { return data["message"]?.stringValue }
+            return nil
+        }
+        #expect(messages == ["MCP server bad: command: Command cannot be empty", "MCP server notes failed to start"])
+    }
+}

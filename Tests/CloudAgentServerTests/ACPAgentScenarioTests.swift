@@ -305,6 +305,79 @@ struct ACPAgentScenarioTests {
             #expect(try String(contentsOf: workspace(api, id).appendingPathComponent("allowed.txt"), encoding: .utf8) == "yes\n")
         }
     }
+
+    @Test(
+        "mcpServers: refused naming the field for an agent that takes none and for a secret the session lacks; an ACP agent gets its stdio servers with the secret resolved, HTTP ones only when it takes them; PATCH replaces them"
+    )
+    func mcpServersOverACP() async throws {
+        try await server().run { api in
+            let servers: JSONValue = [
+                "notes": ["command": "/usr/bin/notes-mcp", "args": ["--fast"], "env": ["NOTES_TOKEN": ["secret": "NOTES_TOKEN"], "MODE": "quick"]],
+                "docs": ["url": "https://mcp.example.com/mcp", "headers": ["Authorization": ["secret": "NOTES_TOKEN"]]],
+            ]
+            let before = try await api.request(.get, "/v1/sessions")["sessions"]?.arrayValue?.count
+            let refusals: [(JSONValue, String, String)] = [
+                (["prompt": "say hi", "mcpServers": servers, "secrets": ["NOTES_TOKEN": "s3cret-value"]], "mcpServers", "cannot take MCP servers"),
+                (["prompt": "mcp", "agent": "fixture-acp", "mcpServers": servers], "mcpServers.docs", "NOTES_TOKEN"),
+                (["prompt": "mcp", "agent": "fixture-acp", "mcpServers": ["bad name": ["command": "x"]]], "mcpServers", "[A-Za-z0-9_-]"),
+            ]
+            for (body, field, words) in refusals {
+                let refused = try await api.request(.post, "/v1/sessions", json: body)
+                #expect(refused.status == 400, "\(body): \(refused.text)")
+                #expect(refused["error"]?["field"]?.stringValue == field, "\(refused.text)")
+                #expect(refused["error"]?["message"]?.stringValue?.contains(words) == true, "\(refused.text)")
+            }
+            #expect(try await api.request(.get, "/v1/sessions")["sessions"]?.arrayValue?.count == before, "a refused body created a session")
+
+            let secret = "s3cret-value"
+            let id = try await api.createSession(["prompt": "mcp", "agent": "fixture-acp", "mcpServers": servers, "secrets": ["NOTES_TOKEN": .string(secret)]])
+            let view = try await api.request(.get, "/v1/sessions/\(id)")
+            #expect(view["mcpServers"] == servers, "the view shows the servers as given, secrets by name")
+            #expect(!view.text.contains(secret))
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let execution = try await api.waitForExecution(id, status: "completed")
+            let events = try await api.events(id).filter { $0.type == "agent" && $0.executionId == execution["executionId"]?.stringValue }
+            let texts = events.compactMap { $0.data["text"]?.stringValue }.joined()
+            #expect(
+                texts
+                    == #"mcp: [{"args":["--fast"],"command":"/usr/bin/notes-mcp","env":[{"name":"MODE","value":"<5 chars>"},{"name":"NOTES_TOKEN","value":"<12 chars>"}],"name":"notes"}]"#,
+                "texts: \(texts)")
+            #expect(
+                events.contains {
+                    $0.data["message"]?.stringValue?.contains("MCP servers left out") == true && $0.data["message"]?.stringValue?.contains("docs") == true
+                })
+
+            // An agent that takes HTTP servers gets them; a PATCH replaces the set (a new runtime).
+            let http = try await api.createSession([
+                "prompt": "mcp", "agent": "fixture-acp", "envVars": ["ACP_FIXTURE_MCP_HTTP": "1"], "secrets": ["NOTES_TOKEN": .string(secret)],
+                "mcpServers": ["docs": servers["docs"]!],
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(http)/initiate").status == 202)
+            _ = try await api.waitForExecution(http, status: "completed")
+            let httpTexts = try await api.events(http).filter { $0.type == "agent" }.compactMap { $0.data["text"]?.stringValue }.joined()
+            #expect(
+                httpTexts
+                    == #"mcp: [{"headers":[{"name":"Authorization","value":"<12 chars>"}],"name":"docs","type":"http","url":"https://mcp.example.com/mcp"}]"#,
+                "texts: \(httpTexts)")
+
+            // Before initiate, a PATCH replaces the set; one that would orphan a secret or move to
+            // an agent that takes no servers is refused and changes nothing.
+            let draft = try await api.createSession([
+                "prompt": "mcp", "agent": "fixture-acp", "mcpServers": servers, "secrets": ["NOTES_TOKEN": .string(secret)],
+            ])
+            let lostSecret = try await api.request(.patch, "/v1/sessions/\(draft)", json: ["secrets": nil])
+            #expect(lostSecret.status == 400, "\(lostSecret.text)")
+            #expect(lostSecret["error"]?["field"] == "mcpServers.docs")
+            let noAgent = try await api.request(.patch, "/v1/sessions/\(draft)", json: ["agent": "scripted"])
+            #expect(noAgent.status == 400)
+            #expect(noAgent["error"]?["field"] == "mcpServers")
+            #expect(try await api.request(.get, "/v1/sessions/\(draft)")["mcpServers"] == servers, "a refused PATCH changed the session")
+            let patched = try await api.request(.patch, "/v1/sessions/\(draft)", json: ["mcpServers": ["solo": ["command": "solo-mcp"]], "secrets": nil])
+            #expect(patched.status == 200, "\(patched.text)")
+            #expect(patched["mcpServers"] == ["solo": ["command": "solo-mcp"]])
+            #expect(try await api.request(.patch, "/v1/sessions/\(draft)", json: ["mcpServers": nil])["mcpServers"] == [:])
+        }
+    }
 }
 
 @Suite("Agent support directories for the sandbox")
