@@ -98,18 +98,15 @@ public enum AgentInvocations {
                 answersOnStandardInput: true, files: files
             )
         case .codex:
-            // `codex exec [resume] OPTIONS [THREAD_ID] -` (the prompt from stdin); `resume` takes
-            // no `--sandbox`, so the read-only mode is a config override, valid for both.
-            var arguments = conversation == nil ? ["exec"] : ["exec", "resume"]
-            arguments += ["--json", "--skip-git-repo-check"]
-            // The sandbox cloud-agent runs the runtime in is the boundary; Codex's own would nest.
-            arguments += readOnly ? ["-c", "sandbox_mode=\(toml("read-only"))"] : ["--dangerously-bypass-approvals-and-sandbox"]
-            if let model { arguments += ["--model", model] }
+            // `codex app-server`: the runtime writes `initialize`, then the parser takes the next
+            // steps (CodexAppServerParser): the thread (resumed when there is one), the turn, and
+            // the answers to its approval requests and questions (`request_user_input`, which
+            // reach the user whatever the approvals).
+            var arguments = ["app-server"]
+            arguments += ["-c", "features.default_mode_request_user_input=true", "-c", "suppress_unstable_features_warning=true"]
             arguments += codexProviderOverrides(environment: environment)
             arguments += MCPServer.codexOverrides(mcpServers)
-            if let conversation { arguments.append(conversation) }
-            arguments.append("-")
-            return AgentInvocation(executable: binary, arguments: arguments, standardInput: command.prompt)
+            return AgentInvocation(executable: binary, arguments: arguments, standardInput: CodexAppServerParser.initializeLine, answersOnStandardInput: true)
         case .opencode, .kilo, .acp:
             // Over ACP (`opencode acp`, `kilo acp`, an agents file's command): one process for the
             // runtime's life; the prompt, mode, model and conversation go over the protocol.

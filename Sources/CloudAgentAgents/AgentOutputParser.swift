@@ -37,6 +37,7 @@ public struct AgentInputRequest: Sendable, Equatable {
         switch reply {
         case .scripted(let id): id
         case .claudeCode(let id, _, _, _): id
+        case .codex(let id, _, _): id
         }
     }
 }
@@ -48,6 +49,16 @@ public enum AgentReply: Sendable, Equatable {
     /// Claude Code's `control_response` to a `can_use_tool` request: the tool's original input
     /// goes back as `updatedInput` when allowed, with the answers filled in for a question.
     case claudeCode(requestId: String, tool: String, input: JSONValue, question: Bool)
+    /// The result of a `codex app-server` request: `requestId` is its JSON-RPC `id` as JSON text.
+    case codex(requestId: String, id: JSONValue, kind: CodexRequest)
+
+    /// What a Codex request asks.
+    public enum CodexRequest: Sendable, Equatable {
+        /// A command or a file change: `{"decision": …}`.
+        case approval
+        /// Questions (`request_user_input`): `{"answers": …}`.
+        case userInput([JSONValue])
+    }
 
     /// The line that gives the agent `decision` (allow, deny, answer, timeout, cancelled).
     public func line(decision: String, optionId: String?, answer: JSONValue?) -> String {
@@ -56,6 +67,8 @@ public enum AgentReply: Sendable, Equatable {
             ScriptedAgentInput.answerLine(requestId: id, decision: decision, optionId: optionId, answer: answer)
         case .claudeCode(let id, _, let input, let question):
             ClaudeCodeControl.responseLine(requestId: id, input: input, question: question, decision: decision, answer: answer)
+        case .codex(_, let id, let kind):
+            CodexAppServerParser.responseLine(id: id, kind: kind, decision: decision, answer: answer)
         }
     }
 }
@@ -78,12 +91,23 @@ public protocol AgentOutputParser: Sendable {
 }
 
 public enum AgentOutputParsers {
+    /// The parser for `command`'s agent (Codex's depends on the command: its app server's steps).
+    public static func parser(for command: ExecuteCommand) -> any AgentOutputParser {
+        if CodexAppServerParser.drives(command) {
+            return CodexAppServerParser(
+                prompt: command.prompt, resume: command.conversationId.flatMap { $0.isEmpty ? nil : $0 },
+                model: command.model.flatMap { $0.isEmpty ? nil : $0 }, asks: command.asks, readOnly: AgentMode.isReadOnly(command.mode))
+        }
+        return parser(for: command.launch)
+    }
+
     /// The parser for `launch` (nil: the built-in scripted agent).
     public static func parser(for launch: AgentLaunch?) -> any AgentOutputParser {
         switch launch.flatMap({ AgentKind(rawValue: $0.kind) }) ?? .scripted {
         case .scripted: NormalizedJSONLinesParser()
         case .claudeCode: ClaudeCodeOutputParser()
-        case .codex: CodexOutputParser()
+        // Codex's parser takes the command (its app server's steps): `parser(for: ExecuteCommand)`.
+        case .codex: PlainTextParser()
         // ACP agents speak JSON-RPC, read by the runtime's ACP client, not line by line.
         case .opencode, .kilo, .acp: PlainTextParser()
         case .command: launch?.output == CommandAgentDeclaration.Output.jsonl.rawValue ? NormalizedJSONLinesParser() : PlainTextParser()

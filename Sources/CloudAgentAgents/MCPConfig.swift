@@ -97,11 +97,14 @@ public struct MCPServer: Sendable, Equatable {
     /// Codex's `mcp_servers` as `-c` overrides. A secret reaches the server by name, never on the
     /// command line: an `env` entry named as its secret is forwarded from Codex's environment
     /// (`env_vars`), a header from the secret's variable (`env_http_headers`). An `env` entry
-    /// under another name than its secret's is given by value (`env`).
+    /// under another name than its secret's is given by value (`env`). Each is `required`: Codex
+    /// starts its thread once the server is up (else its tools would miss the first turn), and a
+    /// server that cannot start fails the execution, saying which.
     public static func codexOverrides(_ servers: [MCPServer]) -> [String] {
         var arguments: [String] = []
         for server in servers {
             let key = "mcp_servers.\(server.name)"
+            arguments += ["-c", "\(key).required=true"]
             switch server.transport {
             case .stdio(let command, let args, let env):
                 arguments += ["-c", "\(key).command=\(AgentInvocations.toml(command))"]

@@ -53,10 +53,13 @@ public struct ModelToolCall: Sendable, Equatable {
 
     public var name: String
     public var input: Input
+    /// The Responses namespace of the tool called, if it was offered in one.
+    public var namespace: String?
 
-    public init(name: String, input: Input) {
+    public init(name: String, input: Input, namespace: String? = nil) {
         self.name = name
         self.input = input
+        self.namespace = namespace
     }
 
     /// The input as a JSON object (free text is wrapped as `{"input": text}`).
@@ -141,7 +144,16 @@ public enum ToolSelection {
     }
 
     /// A call of the named tool: free text for a `custom` tool, a JSON object otherwise.
+    /// A script names a tool offered in a namespace as `NAMESPACE__TOOL` (Codex's MCP tools:
+    /// `mcp__notes__remember` is `remember` in namespace `mcp__notes`).
     public static func call(_ name: String, input: JSONValue, among tools: [OfferedTool]) -> ModelToolCall {
+        if !tools.contains(where: { $0.name == name && $0.namespace == nil }),
+            let namespaced = tools.first(where: { tool in tool.namespace.map { "\($0)__\(tool.name)" } == name })
+        {
+            var call = self.call(namespaced.name, input: input, among: [namespaced])
+            call.namespace = namespaced.namespace
+            return call
+        }
         if tools.first(where: { $0.name == name })?.kind == .custom {
             return ModelToolCall(name: name, input: .freeform(input.stringValue ?? JSONText.encode(input)))
         }

@@ -22,8 +22,11 @@ public struct OfferedTool: Sendable, Equatable {
     public var description: String
     /// The JSON schema of a function tool's input.
     public var parameters: JSONValue
+    /// The Responses `namespace` group it was offered in (Codex's MCP servers: `mcp__SERVER`).
+    public var namespace: String?
 
-    public init(name: String, kind: Kind, description: String = "", parameters: JSONValue = .null) {
+    public init(name: String, kind: Kind, description: String = "", parameters: JSONValue = .null, namespace: String? = nil) {
+        self.namespace = namespace
         self.name = name
         self.kind = kind
         self.description = description
@@ -120,7 +123,7 @@ public struct ModelRequest: Sendable, Equatable {
     }
 
     /// Responses tools: `function`, `custom`, provider tools, and `namespace` groups of them.
-    private static func responsesTools(_ values: [JSONValue]) -> [OfferedTool] {
+    private static func responsesTools(_ values: [JSONValue], namespace: String? = nil) -> [OfferedTool] {
         values.flatMap { value -> [OfferedTool] in
             guard let object = value.objectValue else { return [] }
             let type = object["type"]?.stringValue ?? "function"
@@ -128,11 +131,11 @@ public struct ModelRequest: Sendable, Equatable {
             let description = object["description"]?.stringValue ?? ""
             switch type {
             case "namespace":
-                return responsesTools(object["tools"].flatMap(array) ?? [])
+                return responsesTools(object["tools"].flatMap(array) ?? [], namespace: name)
             case "function":
-                return [OfferedTool(name: name, kind: .function, description: description, parameters: object["parameters"] ?? .null)]
+                return [OfferedTool(name: name, kind: .function, description: description, parameters: object["parameters"] ?? .null, namespace: namespace)]
             case "custom":
-                return [OfferedTool(name: name, kind: .custom, description: description, parameters: object["format"] ?? .null)]
+                return [OfferedTool(name: name, kind: .custom, description: description, parameters: object["format"] ?? .null, namespace: namespace)]
             default:
                 return [OfferedTool(name: name, kind: .builtin, description: description)]
             }

@@ -193,18 +193,24 @@ public enum OpenAIResponsesWire {
     }
 
     static func callItem(_ call: ModelToolCall, id: String?, callID: String, status: String, complete: Bool) -> JSONValue {
+        var item: JSONValue
         switch call.input {
         case .arguments(let arguments):
-            [
+            item = [
                 "id": .string(id ?? WireID.make("fc_")), "type": "function_call", "status": .string(status), "call_id": .string(callID),
                 "name": .string(call.name), "arguments": .string(complete ? JSONText.encode(arguments) : ""),
             ]
         case .freeform(let input):
-            [
+            item = [
                 "id": .string(id ?? WireID.make("ctc_")), "type": "custom_tool_call", "status": .string(status), "call_id": .string(callID),
                 "name": .string(call.name), "input": .string(complete ? input : ""),
             ]
         }
+        if let namespace = call.namespace, case .object(var object) = item {
+            object["namespace"] = .string(namespace)
+            item = .object(object)
+        }
+        return item
     }
 
     static func response(id: String, model: String, status: String, output: [JSONValue], usage: JSONValue = .null, error: JSONValue = .null) -> JSONValue {

@@ -420,7 +420,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             await end(executionId, ["status": .string("failed"), "error": .string(error.description)], logger: logger)
             return
         }
-        await useParser(AgentOutputParsers.parser(for: command.launch), for: executionId)
+        await useParser(AgentOutputParsers.parser(for: command), for: executionId)
         do {
             try Self.writePrivateFiles(invocation.files)
         } catch {

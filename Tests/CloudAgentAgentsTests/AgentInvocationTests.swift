@@ -53,18 +53,56 @@ struct AgentInvocationTests {
         #expect(follow.arguments == control + ["--permission-mode", "plan", "--model", "claude-sonnet-4-5", "--resume=0b6c-uuid"])
     }
 
-    @Test("codex: exec --json with the sandbox bypassed (ours is the boundary), exec resume THREAD, prompt from stdin, provider for OPENAI_BASE_URL")
+    @Test(
+        "codex: the app server, its question tool on, initialize on stdin which stays open; the provider for OPENAI_BASE_URL; the thread, model, approvals and sandbox go over the protocol"
+    )
     func codex() throws {
         let first = try invocation(.codex)
-        #expect(first.arguments == ["exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-"])
-        #expect(first.standardInput == "fix the bug")
+        #expect(first.arguments == ["app-server", "-c", "features.default_mode_request_user_input=true", "-c", "suppress_unstable_features_warning=true"])
+        #expect(first.standardInput == CodexAppServerParser.initializeLine)
+        #expect(first.standardInput.hasPrefix(#"{"id":1,"method":"initialize""#))
+        #expect(first.answersOnStandardInput)
         let follow = try invocation(.codex, mode: "ask", model: "gpt-5", conversation: "thread-1", environment: ["OPENAI_BASE_URL": "http://127.0.0.1:9/v1"])
-        #expect(follow.arguments.prefix(6) == ["exec", "resume", "--json", "--skip-git-repo-check", "-c", "sandbox_mode=\"read-only\""])
-        #expect(follow.arguments.suffix(2) == ["thread-1", "-"])
         #expect(follow.arguments.contains("model_provider=\"cloud-agent\""))
         #expect(follow.arguments.contains("model_providers.cloud-agent.base_url=\"http://127.0.0.1:9/v1\""))
         #expect(follow.arguments.contains("model_providers.cloud-agent.wire_api=\"responses\""))
-        #expect(follow.arguments.contains(["--model", "gpt-5"]))
+        #expect(!follow.arguments.contains("thread-1") && !follow.arguments.contains("gpt-5"))
+
+        // The steps after initialize, as the parser takes them.
+        func thread(_ parser: inout CodexAppServerParser) -> String? {
+            for case .reply(let line) in parser.parse(line: #"{"id":1,"result":{}}"#) where line.contains("thread/") { return line }
+            return nil
+        }
+        var resumed = CodexAppServerParser(prompt: "p", resume: "thread-1", model: "gpt-5", asks: false, readOnly: true)
+        let resume = try #require(thread(&resumed))
+        #expect(resume.contains(#""method":"thread/resume""#) && resume.contains(#""threadId":"thread-1""#) && resume.contains(#""model":"gpt-5""#))
+        #expect(resume.contains(#""approvalPolicy":"never""#) && resume.contains(#""sandbox":"read-only""#))
+        var asking = CodexAppServerParser(prompt: "p", resume: nil, model: nil, asks: true, readOnly: true)
+        #expect(try #require(thread(&asking)).contains(#""approvalPolicy":"on-request""#))
+        // A thread Codex no longer knows: a new one, said in a log event.
+        let fallback = resumed.parse(line: #"{"id":2,"error":{"code":-32600,"message":"no rollout found for thread id thread-1"}}"#)
+        #expect(fallback.contains { if case .reply(let line) = $0 { line.contains(#""method":"thread/start""#) } else { false } })
+        #expect(fallback.contains { if case .agent(let data) = $0 { data["message"]?.stringValue?.contains("could not be resumed") == true } else { false } })
+    }
+
+    @Test("codex: answers to its approvals (accept, decline, cancel) and to its questions (answers by question id, header or position; none when declined)")
+    func codexAnswers() throws {
+        let approval = AgentReply.codex(requestId: "0", id: 0, kind: .approval)
+        #expect(approval.line(decision: "allow", optionId: nil, answer: nil) == #"{"id":0,"result":{"decision":"accept"}}"# + "\n")
+        #expect(approval.line(decision: "deny", optionId: nil, answer: nil) == #"{"id":0,"result":{"decision":"decline"}}"# + "\n")
+        #expect(approval.line(decision: "timeout", optionId: nil, answer: nil) == #"{"id":0,"result":{"decision":"decline"}}"# + "\n")
+        #expect(approval.line(decision: "cancelled", optionId: nil, answer: nil) == #"{"id":0,"result":{"decision":"cancel"}}"# + "\n")
+        let questions: [JSONValue] = [
+            ["id": "colour", "header": "Colour", "question": "Which colour?"], ["id": "size", "header": "Size", "question": "How big?"],
+        ]
+        let question = AgentReply.codex(requestId: "3", id: 3, kind: .userInput(questions))
+        #expect(
+            question.line(decision: "answer", optionId: nil, answer: "blue")
+                == #"{"id":3,"result":{"answers":{"colour":{"answers":["blue"]},"size":{"answers":["blue"]}}}}"# + "\n")
+        #expect(
+            question.line(decision: "answer", optionId: nil, answer: ["Colour": "red", "2": ["S", "M"]])
+                == #"{"id":3,"result":{"answers":{"colour":{"answers":["red"]},"size":{"answers":["S","M"]}}}}"# + "\n")
+        #expect(question.line(decision: "deny", optionId: nil, answer: nil) == #"{"id":3,"result":{"answers":{}}}"# + "\n")
     }
 
     @Test(

@@ -77,42 +77,6 @@ struct AgentOutputParserTests {
         #expect(maxTurns.outcome == .failed("Claude Code ended with error_max_turns"))
     }
 
-    @Test("Codex exec --json: thread id, command execution, agent message, turn completed")
-    func codex() {
-        let lines = [
-            #"{"type":"thread.started","thread_id":"th-1"}"#,
-            #"{"type":"turn.started"}"#,
-            #"{"type":"item.started","item":{"id":"item_0","type":"command_execution","command":"bash -lc 'echo hi > a.txt'","aggregated_output":"","exit_code":null,"status":"in_progress"}}"#,
-            #"{"type":"item.completed","item":{"id":"item_0","type":"command_execution","command":"bash -lc 'echo hi > a.txt'","aggregated_output":"","exit_code":0,"status":"completed"}}"#,
-            #"{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"Done."}}"#,
-            #"{"type":"turn.completed","usage":{"input_tokens":10,"cached_input_tokens":0,"output_tokens":5}}"#,
-        ]
-        let (events, _, parser) = read(CodexOutputParser(), lines)
-        #expect(
-            kinds(events) == [
-                "log: thread th-1 started", "log: turn started", "tool: shell running", "tool: shell completed", "text: Done.",
-                "log: turn completed (10 input tokens, 5 output tokens)",
-            ])
-        #expect(events[3]["exitCode"] == .number(0))
-        #expect(parser.conversationId == "th-1")
-        #expect(parser.outcome == .succeeded)
-    }
-
-    @Test("Codex: turn.failed and a trailing error fail the execution with the message")
-    func codexFailure() {
-        let (_, _, failed) = read(
-            CodexOutputParser(),
-            [
-                #"{"type":"thread.started","thread_id":"t"}"#, #"{"type":"turn.started"}"#, #"{"type":"error","message":"stream error: 500"}"#,
-                #"{"type":"turn.failed","error":{"message":"model overloaded"}}"#,
-            ])
-        #expect(failed.outcome == .failed("model overloaded"))
-        let (_, _, errored) = read(CodexOutputParser(), [#"{"type":"turn.started"}"#, #"{"type":"error","message":"unexpected status 401"}"#])
-        #expect(errored.outcome == .failed("unexpected status 401"))
-        let (_, _, recovered) = read(CodexOutputParser(), [#"{"type":"error","message":"Reconnecting... 1/5"}"#, #"{"type":"turn.completed","usage":{}}"#])
-        #expect(recovered.outcome == .succeeded)
-    }
-
     @Test("command agents: jsonl normalized like the scripted agent, text as output")
     func command() {
         let jsonl = AgentOutputParsers.parser(for: AgentLaunch(kind: "command", binary: "/x", output: "jsonl"))

@@ -44,27 +44,54 @@ struct RealOutputFixtureTests {
         #expect(parser.conversationId == "193fd700-2c14-4f88-b563-39eb32e06bf2")
     }
 
-    @Test("Codex: thread, agent messages, command execution with its output and exit code, turn completed")
+    @Test("Codex's app server: thread, turn, a declined command then an accepted one with its output and exit code, messages, turn completed")
     func codex() throws {
-        let (events, outputs, parser) = read(CodexOutputParser(), try lines("codex-exec.jsonl"))
-        #expect(outputs == 0)
+        var parser = CodexAppServerParser(prompt: "Write two files.", resume: nil, model: nil, asks: true, readOnly: false)
+        var events: [[String: JSONValue]] = []
+        var replies: [String] = []
+        var requests: [AgentInputRequest] = []
+        var ended = false
+        for line in try lines("codex-app-server.jsonl") {
+            for item in parser.parse(line: line) {
+                switch item {
+                case .agent(let data): events.append(data)
+                case .reply(let reply): replies.append(reply)
+                case .inputRequest(let request): requests.append(request)
+                case .endOfInput: ended = true
+                case .output, .withdrawn: break
+                }
+            }
+        }
+        // initialize's answer: initialized, then thread/start; the thread's: turn/start with the prompt.
+        #expect(replies.count == 3)
+        #expect(replies[0] == #"{"method":"initialized"}"# + "\n")
+        #expect(replies[1].contains(#""method":"thread/start""#) && replies[1].contains(#""approvalPolicy":"untrusted""#))
+        #expect(replies[1].contains(#""sandbox":"danger-full-access""#))
         #expect(
-            kinds(events).prefix(6) == [
-                "log: thread 01a21b41-c5ca-70b3-be6b-e27b6159b12a started", "log: turn started", "text: I will write the file.",
-                "tool: shell running", "tool: shell completed", "text: I wrote hello.txt.",
-            ])
-        #expect(events[4]["output"] == .string("hi\n"))
-        #expect(events[4]["exitCode"] == .number(0))
-        #expect(events[4]["input"] == .string("/bin/bash -lc 'echo hi > hello.txt && cat hello.txt'"))
-        #expect(parser.conversationId == "01a21b41-c5ca-70b3-be6b-e27b6159b12a")
+            replies[2].contains(#""method":"turn/start""#) && replies[2].contains("Write two files.")
+                && replies[2].contains("01a25211-9fec-7760-942c-7a3a199b1286"))
+        #expect(requests.map { $0.data["input"]?["command"]?.stringValue } == ["echo no > declined.txt", "echo yes > accepted.txt && cat accepted.txt"])
+        #expect(requests.allSatisfy { $0.data["tool"] == "shell" && $0.data["kind"] == "permission" })
+        #expect(requests.map(\.agentRequestId) == ["0", "1"])
+        let tools = events.filter { $0["kind"] == "tool" }
+        #expect(tools.map { $0["status"]?.stringValue ?? "" } == ["running", "failed", "running", "completed"])
+        #expect(tools[1]["output"] == "declined")
+        #expect(tools[3]["output"] == "yes\n")
+        #expect(tools[3]["exitCode"] == .number(0))
+        #expect(events.contains { $0["kind"] == "text" && $0["text"] == "Done: one command was declined, one ran." })
+        #expect(parser.conversationId == "01a25211-9fec-7760-942c-7a3a199b1286")
         #expect(parser.outcome == .succeeded)
+        #expect(ended)
     }
 
-    @Test("Codex: reconnect notices, then turn.failed: failed with the turn's message")
+    @Test("Codex's app server: a model error fails the execution with the model's own message")
     func codexError() throws {
-        let (events, _, parser) = read(CodexOutputParser(), try lines("codex-exec-error.jsonl"))
-        #expect(parser.outcome == .failed("stream disconnected before completion: Scripted model failure"))
-        #expect(events.filter { $0["kind"] == .string("error") }.count == 2)
-        #expect(kinds(events).contains("log: Reconnecting... 1/1 (stream disconnected before completion: Scripted model failure)"))
+        var parser = CodexAppServerParser(prompt: "go", resume: nil, model: nil, asks: false, readOnly: false)
+        var texts: [String] = []
+        for line in try lines("codex-app-server-error.jsonl") {
+            for case .agent(let data) in parser.parse(line: line) where data["kind"] == "error" { texts.append(data["message"]?.stringValue ?? "") }
+        }
+        #expect(parser.outcome == .failed("Scripted model failure"))
+        #expect(texts.last == "Scripted model failure")
     }
 }
