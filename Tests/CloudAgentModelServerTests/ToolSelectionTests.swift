@@ -63,6 +63,24 @@ import Testing
         #expect(call == ModelToolCall(name: "exec_command", input: .arguments(["cmd": "echo hi > hello.txt"])))
     }
 
+    @Test func aToolOfferedInANamespaceIsNamedNamespaceUnderscoreUnderscoreTool() throws {
+        let body = #"""
+            {"model": "gpt-5", "input": [],
+             "tools": [{"type": "namespace", "name": "mcp__notes", "tools": [{"type": "function", "name": "remember", "parameters": {"type": "object"}}]}]}
+            """#
+        let request = try ModelRequest(openAI: try json(body))
+        #expect(request.tools.map(\.namespace) == ["mcp__notes"])
+        let call = ToolSelection.call("mcp__notes__remember", input: ["text": "hi"], among: request.tools)
+        #expect(call == ModelToolCall(name: "remember", input: .arguments(["text": "hi"]), namespace: "mcp__notes"))
+        // The Responses item names both.
+        let item = OpenAIResponsesWire.callItem(call, id: "fc_1", callID: "call_1", status: "completed", complete: true)
+        #expect(item["name"] == "remember")
+        #expect(item["namespace"] == "mcp__notes")
+        // A tool of that very name wins; an unknown one is called as written.
+        #expect(ToolSelection.call("remember", input: [:], among: request.tools).namespace == nil)
+        #expect(ToolSelection.call("mcp__other__x", input: [:], among: request.tools) == ModelToolCall(name: "mcp__other__x", input: .arguments([:])))
+    }
+
     @Test func codexInCodeModeGetsAJavaScriptExecThatCallsExecCommand() throws {
         let request = try ModelRequest(openAI: try json(Self.codexCodeModeBody))
         #expect(request.tools.map(\.name) == ["exec", "wait"])
