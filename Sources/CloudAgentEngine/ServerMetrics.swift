@@ -12,6 +12,8 @@ public struct ServerMetrics: Sendable {
     /// Several nodes: other nodes' change notices heard, and lost nodes' sessions taken over.
     package let clusterNotices: Counter
     package let takeovers: Counter
+    /// The agents' input requests waiting for an answer, across the cluster (set at each scrape).
+    package let inputPending: Gauge
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -22,6 +24,10 @@ public struct ServerMetrics: Sendable {
         eventsSwept = registry.makeCounter(descriptor: Self.name("event_sweeps", "Retention sweeps of a session's old events"))
         clusterNotices = registry.makeCounter(descriptor: Self.name("cluster_notices", "Change notices heard from other nodes"))
         takeovers = registry.makeCounter(descriptor: Self.name("node_takeovers", "Lost nodes whose sessions this node took over"))
+        inputPending = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "cloud_agent", metricName: "input_pending",
+                helpText: "Input requests waiting for an answer, in the whole cluster (the same on every node)"))
     }
 
     package static func name(_ metric: String, _ help: String) -> MetricNameDescriptor {

@@ -129,6 +129,22 @@ public struct ControlPlane: Sendable {
         }
     }
 
+    /// How many input requests wait, in sessions whose runtime is up; nil when the store does
+    /// not answer within `limit`.
+    static func pendingInput(_ store: any SessionStore, within limit: Duration) async -> Int? {
+        await withTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                (try? await store.sessions(withRuntimeIn: [.starting, .running, .stopping]))?.reduce(0) { $0 + $1.inputs.pending.count }
+            }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return nil
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? nil
+        }
+    }
+
     /// The router: open routes, then `/v1` behind bearer authentication.
     public func buildRouter() -> Router<AppRequestContext> {
         let router = Router(context: AppRequestContext.self)
@@ -139,8 +155,13 @@ public struct ControlPlane: Sendable {
                 ? JSONResponse.make(["status": "ok"])
                 : JSONResponse.make(["status": "unavailable"], status: .serviceUnavailable)
         }
-        router.get("metrics") { [metrics] _, _ in
-            Response(
+        router.get("metrics") { [metrics, store] _, _ in
+            // Pending input lives only in sessions whose runtime is up (at most the runtimes the
+            // nodes allow): counted from the store at each scrape, so every node gives the
+            // cluster's figure, right after a restart too. A store that does not answer keeps
+            // the last one.
+            if let pending = await Self.pendingInput(store, within: .seconds(1)) { metrics.inputPending.set(Double(pending)) }
+            return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer()))
             )

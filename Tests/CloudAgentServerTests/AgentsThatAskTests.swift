@@ -56,6 +56,7 @@ struct AgentsThatAskTests {
         #expect(session["pendingInput"] == 1)
         #expect(session["latestExecution"]?["waitingForInput"]?.stringValue == requestId)
         #expect(session["latestExecution"]?["status"] == "running")
+        #expect(try await serve.request("GET", "/metrics").text.contains("cloud_agent_input_pending 1.0"), "the pending gauge")
 
         // Bad answers: each a 400 naming its field, a 404 for an unknown request; nothing changes.
         let bad: [(JSONValue, String)] = [
@@ -101,6 +102,9 @@ struct AgentsThatAskTests {
         #expect(FileManager.default.fileExists(atPath: workspace.appendingPathComponent("approved.txt").path))
         #expect(!FileManager.default.fileExists(atPath: workspace.appendingPathComponent("denied.txt").path))
 
+        let metrics = try await serve.request("GET", "/metrics").text
+        #expect(metrics.contains("cloud_agent_input_pending 0.0"), "the pending gauge")
+        #expect(metrics.contains(#"cloud_agent_input_wait_seconds_count{by="user"} 3"#), "time to answer")
         let listed = try await serve.request("GET", "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue ?? []
         #expect(listed.count == 3)
         #expect(listed.allSatisfy { $0["status"] == "resolved" })
