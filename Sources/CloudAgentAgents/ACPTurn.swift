@@ -355,3 +355,62 @@ public enum ACPPermissions {
         return ["outcome": ["outcome": "selected", "optionId": .string(chosen)]]
     }
 }
+
+/// ACP's `elicitation/create` in form mode (the shape of MCP's): `{sessionId?, mode: "form",
+/// message, requestedSchema: {type: object, properties, required?}}`, answered `{action: accept,
+/// content: {FIELD: value}}`, `{action: decline}` or `{action: cancel}`. The client advertises
+/// `elicitation: {form: {}}` in `initialize`.
+public enum ACPElicitation {
+    public static let method = "elicitation/create"
+
+    /// The question for the user: the message; the form's schema as its input; the choices of a
+    /// single enumerated field.
+    public static func inputRequest(_ params: JSONValue) -> [String: JSONValue] {
+        var request: [String: JSONValue] = ["kind": "question", "question": .string(params["message"]?.stringValue ?? "The agent asks for input.")]
+        if let schema = params["requestedSchema"], schema != .null { request["input"] = schema }
+        let fields = params["requestedSchema"]?["properties"]?.objectValue ?? [:]
+        if fields.count == 1, let choices = fields.values.first?["enum"]?.arrayValue?.compactMap(\.stringValue), !choices.isEmpty {
+            request["choices"] = .array(choices.map { .string($0) })
+        }
+        return request
+    }
+
+    /// The result for the user's decision. A text answers a form of one field (or its first
+    /// required one); an object gives the fields, each converted to its schema's type where it
+    /// can be (a number, an integer, a boolean). A deny or a timeout declines; a cancellation
+    /// cancels.
+    public static func result(decision: String, answer: JSONValue?, params: JSONValue) -> JSONValue {
+        switch decision {
+        case "answer":
+            let fields = params["requestedSchema"]?["properties"]?.objectValue ?? [:]
+            var content: [String: JSONValue] = [:]
+            switch answer {
+            case .object(let given)?:
+                for (name, value) in given { content[name] = typed(value, fields[name]) }
+            case let value?:
+                let required = params["requestedSchema"]?["required"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                if let name = fields.count == 1 ? fields.keys.first : required.first ?? fields.keys.sorted().first {
+                    content[name] = typed(value, fields[name])
+                }
+            case nil:
+                break
+            }
+            return ["action": "accept", "content": .object(content)]
+        case "cancelled":
+            return ["action": "cancel"]
+        default:
+            return ["action": "decline"]
+        }
+    }
+
+    /// `value` as the field's schema type wants it, when a text says it plainly.
+    static func typed(_ value: JSONValue, _ schema: JSONValue?) -> JSONValue {
+        guard let text = value.stringValue else { return value }
+        switch schema?["type"]?.stringValue {
+        case "number": return Double(text).map { .number($0) } ?? value
+        case "integer": return Int64(text).map { .number(Double($0)) } ?? value
+        case "boolean": return ["true": JSONValue.bool(true), "false": .bool(false)][text.lowercased()] ?? value
+        default: return value
+        }
+    }
+}

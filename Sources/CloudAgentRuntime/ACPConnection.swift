@@ -24,6 +24,8 @@ actor ACPConnection {
     enum Inbound: Sendable {
         case update(JSONValue, raw: String)
         case permission(JSONValue, raw: String)
+        /// `elicitation/create` (form mode): the agent asks the user to fill a form.
+        case elicitation(JSONValue, raw: String)
         /// A line of stdout that is not JSON-RPC, or a line of stderr.
         case output(AgentStream, String)
         /// A stdout line of this many bytes was dropped.
@@ -31,7 +33,7 @@ actor ACPConnection {
         case exited(AgentTermination)
     }
 
-    /// Answers `.permission` with the `session/request_permission` result; nil for the rest.
+    /// Answers `.permission` and `.elicitation` with their results; nil for the rest.
     typealias Handler = @Sendable (Inbound) async -> JSONValue?
 
     enum Failure: Error, Sendable, CustomStringConvertible {
@@ -64,7 +66,7 @@ actor ACPConnection {
     static let maxMessageBytes = 4 << 20
 
     /// The methods of the client side that this client serves.
-    static let servedMethods: Set<String> = ["session/request_permission"]
+    static let servedMethods: Set<String> = ["session/request_permission", ACPElicitation.method]
 
     nonisolated let pid: pid_t
     nonisolated let launch: AgentLaunch
@@ -207,7 +209,8 @@ actor ACPConnection {
                 "protocolVersion": .number(1),
                 // Honest: this client reads no files and runs no terminals for the agent. The agent
                 // works in its own workspace, inside the sandbox, with its own tools.
-                "clientCapabilities": ["fs": ["readTextFile": false, "writeTextFile": false], "terminal": false],
+                // Forms the agent asks the user to fill (`elicitation/create`) reach the user.
+                "clientCapabilities": ["fs": ["readTextFile": false, "writeTextFile": false], "terminal": false, "elicitation": ["form": [:]]],
                 "clientInfo": ["name": "cloud-agent", "title": "cloud-agent runtime", "version": .string("protocol \(RuntimeProtocol.version)")],
             ], timeout: timeout)
         let agent = answer["agentCapabilities"]
@@ -262,8 +265,12 @@ actor ACPConnection {
             }
             let handler = handler
             let outgoing = outgoing
+            let elicitation = method == ACPElicitation.method
             Task {
-                let result = await handler(.permission(params, raw: line)) ?? ["outcome": ["outcome": "cancelled"]]
+                let result =
+                    elicitation
+                    ? await handler(.elicitation(params, raw: line)) ?? ACPElicitation.result(decision: "cancelled", answer: nil, params: params)
+                    : await handler(.permission(params, raw: line)) ?? ["outcome": ["outcome": "cancelled"]]
                 outgoing.yield(ACPMessage.response(id: id, result: result) + "\n")
             }
         case .invalid:

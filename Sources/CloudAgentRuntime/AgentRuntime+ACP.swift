@@ -359,6 +359,28 @@ extension AgentRuntime {
                     "executionId": .string(execution.executionId), "decision": .string(decision.event["permission"]?["decision"]?.stringValue ?? "-"),
                 ])
             return decision.result
+        case .elicitation(let params, _):
+            guard var execution = active, var reader = execution.acpTurn else {
+                logger.info("an ACP elicitation outside an execution: cancelled")
+                return ACPElicitation.result(decision: "cancelled", answer: nil, params: params)
+            }
+            // A question: it goes to the user whatever the approvals.
+            let gathered = reader.flush()
+            execution.acpTurn = reader
+            execution.progress += 1
+            active = execution
+            for data in gathered { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
+            let (answers, answered) = AsyncStream.makeStream(of: InputAnswerFrame.self)
+            requestInput(execution.executionId, ACPElicitation.inputRequest(params)) { answer in
+                answered.yield(answer)
+                answered.finish()
+            }
+            var answer: InputAnswerFrame?
+            for await frame in answers {
+                answer = frame
+                break
+            }
+            return ACPElicitation.result(decision: answer?.decision ?? "cancelled", answer: answer?.answer, params: params)
         case .output(let stream, let line):
             guard let execution = active, execution.acpTurn != nil else {
                 logger.debug("ACP agent output between executions", metadata: ["stream": .string(stream.rawValue), "line": .string(String(line.prefix(500)))])

@@ -307,6 +307,53 @@ struct ACPAgentScenarioTests {
     }
 
     @Test(
+        "elicitation/create (form mode) is a question whatever the approvals: a text fills the one field, an object the fields with their types, a deny declines; the client says it takes forms"
+    )
+    func elicitationIsAQuestion() async throws {
+        try await server().run { api in
+            let form =
+                #"{"mode":"form","message":"Which branch?","requestedSchema":{"type":"object","properties":{"branch":{"type":"string","enum":["main","dev"]}},"required":["branch"]}}"#
+            let typed =
+                #"{"mode":"form","message":"How many?","requestedSchema":{"type":"object","properties":{"count":{"type":"integer"},"sure":{"type":"boolean"}}}}"#
+            let skipped = #"{"mode":"form","message":"Skip me","requestedSchema":{"type":"object","properties":{"x":{"type":"string"}}}}"#
+            let id = try await api.createSession([
+                "prompt": .string(
+                    "capabilities\nask-client elicitation/create \(form)\nask-client elicitation/create \(typed)\nask-client elicitation/create \(skipped)"),
+                "agent": "fixture-acp",
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            func pending() async throws -> JSONValue {
+                try await eventuallyValue(within: 30, "a pending question") {
+                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
+                }
+            }
+            func answer(_ request: JSONValue, _ body: JSONValue) async throws {
+                let answered = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(request["requestId"]?.stringValue ?? "")", json: body)
+                #expect(answered.status == 200, "\(answered.text)")
+            }
+            let branch = try await pending()
+            #expect(branch["kind"] == "question")
+            #expect(branch["question"] == "Which branch?")
+            #expect(branch["choices"] == ["main", "dev"])
+            try await answer(branch, ["answer": "dev"])
+            let count = try await pending()
+            #expect(count["question"] == "How many?")
+            try await answer(count, ["answer": ["count": "3", "sure": "true"]])
+            try await answer(try await pending(), ["decision": "deny"])
+            try await api.waitForExecution(id, status: "completed")
+            // Consecutive texts are one message in the summary: the answers follow each other in it.
+            let text = try await summary(api, id).filter { $0.hasPrefix("text ") }.joined()
+            #expect(text.contains(#""elicitation":{"form":{}}"#), "capabilities: \(text)")
+            let answers = [
+                #"client answered elicitation/create: result {"action":"accept","content":{"branch":"dev"}}"#,
+                #"client answered elicitation/create: result {"action":"accept","content":{"count":3,"sure":true}}"#,
+                #"client answered elicitation/create: result {"action":"decline"}"#,
+            ]
+            #expect(text.hasSuffix(answers.joined()), "\(text)")
+        }
+    }
+
+    @Test(
         "mcpServers: refused naming the field for an agent that takes none and for a secret the session lacks; an ACP agent gets its stdio servers with the secret resolved, HTTP ones only when it takes them; PATCH replaces them"
     )
     func mcpServersOverACP() async throws {
