@@ -242,4 +242,50 @@ struct RealACPAgentScenarioTests {
             #expect(events.contains { $0.type == "execution.failed" && $0.data["error"]?.stringValue == error })
         }
     }
+
+    @Test(
+        "approvals ask: claude-code-acp's permission requests wait for the user: a denied Bash call does not run and the agent goes on, an allowed one runs",
+        .enabled(if: enabled, skipReason))
+    func claudeACPAsks() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(
+            script: #"""
+                {"turns": [
+                  {"shell": "echo no > denied.txt", "description": "Write denied.txt"},
+                  {"shell": "echo yes > allowed.txt", "description": "Write allowed.txt"},
+                  {"text": "Both asked."}
+                ]}
+                """#, in: directory)
+        defer { model.stop() }
+        let repo = try await makeGitRepository(in: directory)
+        try await server().run { api in
+            let id = try await api.createSession([
+                "prompt": "Write the files", "agent": "claude-acp", "approvals": "ask", "repo": ["url": .string(repo.path)],
+                "envVars": ["ANTHROPIC_BASE_URL": .string(model.url)], "secrets": ["ANTHROPIC_API_KEY": "sk-ant-offline-test"],
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            func pending() async throws -> JSONValue {
+                try await eventuallyValue(within: 120, "a pending permission") {
+                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
+                }
+            }
+            let first = try await pending()
+            #expect(first["kind"] == "permission")
+            #expect(first["options"]?.arrayValue?.isEmpty == false, "the agent's own options: \(first)")
+            let view = try await api.request(.get, "/v1/sessions/\(id)")
+            #expect(view["latestExecution"]?["waitingForInput"] == first["requestId"])
+            let denied = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(first["requestId"]?.stringValue ?? "")", json: ["decision": "deny"])
+            #expect(denied.status == 200, "\(denied.text)")
+            let second = try await pending()
+            let allowed = try await api.request(
+                .post, "/v1/sessions/\(id)/input-requests/\(second["requestId"]?.stringValue ?? "")", json: ["decision": "allow"])
+            #expect(allowed.status == 200, "\(allowed.text)")
+            try await api.waitForExecution(id, status: "completed", within: 120)
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(!FileManager.default.fileExists(atPath: workspace.appendingPathComponent("denied.txt").path))
+            #expect((try? String(contentsOf: workspace.appendingPathComponent("allowed.txt"), encoding: .utf8)) == "yes\n")
+            let resolved = try await api.events(id).filter { $0.type == "input.resolved" }.compactMap { $0.data["decision"]?.stringValue }
+            #expect(resolved == ["deny", "allow"])
+        }
+    }
 }
