@@ -254,6 +254,37 @@ struct MultiNodeTests {
     }
 
     @Test(
+        "a node killed -9 while its runtime's agent waits for permission: the runtime moves to another node, the request is answered there, the command runs and the run completes"
+    )
+    func failoverWhileWaitingForInput() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        let (_, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "approve touch approved.txt\nsay done", "approvals": "ask"])
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
+        let initiated = try await b.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token)
+        try #require(initiated.status == 202, "initiate on b: \(initiated.text)")
+        let request = try await eventuallyValue(within: 30, "the agent's permission request") {
+            try await b.request("GET", "/v1/sessions/\(id)/input-requests", token: Self.token)["requests"]?.arrayValue?.first { $0["status"] == "pending" }
+        }
+
+        // The node the runtime is connected to dies while the agent waits.
+        try await cluster.kill("a")
+        let b_id = try cluster.nodeId("b")
+        let sessionId = try #require(SessionID(rawValue: id))
+        try await eventually(within: 30, "the runtime to say hello to node b") {
+            try await cluster.withStore { store in try await store.session(sessionId)?.runtime.connectedNode == b_id }
+        }
+        #expect(try await Self.view(b, id)["latestExecution"]?["waitingForInput"] == request["requestId"], "still waiting after the failover")
+        let answered = try await b.request(
+            "POST", "/v1/sessions/\(id)/input-requests/\(request["requestId"]?.stringValue ?? "")", token: Self.token, json: ["decision": "allow"])
+        #expect(answered.status == 200, "\(answered.text)")
+        try await eventually(within: 60, "the run to complete through node b") { try await Self.view(b, id)["latestExecution"]?["status"] == "completed" }
+        let events = try await Self.events(b, id)
+        #expect(events.contains { $0["type"] == "agent" && $0["data"]?["kind"] == "tool" && $0["data"]?["input"] == "touch approved.txt" }, "\(events.suffix(8))")
+        #expect(events.filter { $0["type"] == "input.resolved" }.compactMap { $0["data"]?["decision"]?.stringValue } == ["allow"])
+    }
+
+    @Test(
         "a node joins after the runtime connected, then the runtime's node is killed -9: the runtime was told of the new node, says hello to it, and the execution completes"
     )
     func runtimeLearnsOfANodeThatJoinsLater() async throws {
