@@ -136,7 +136,10 @@ def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     region.get_by_text("run", exact=True).click()  # the tool's output, expanded
     expect(region.locator("details[open] pre")).to_have_text("done-running")
     expect(region).to_contain_text("✓ execution completed")
-    expect(p.get_by_role("list", name="Executions")).to_contain_text("completed")
+    # The page follows its events at once: the executions panel and the runtime state do not
+    # wait for the next periodic re-read (every 2-5 s) to leave "pending" and "working".
+    expect(p.get_by_role("list", name="Executions")).to_contain_text("completed", timeout=1500)
+    expect(state(p)).not_to_contain_text("working", timeout=1500)
     # The countdown, counting down each second, then the stop reason with its inputs.
     expect(state(p)).to_contain_text(re.compile(r"idle stop in \d+s"))
     first = int(re.search(r"idle stop in (\d+)s", state(p).inner_text()).group(1))
@@ -144,9 +147,9 @@ def test_live_events_countdown_idle_stop_and_cold_follow_up(browser, ctx):
     second = int(re.search(r"idle stop in (\d+)s", state(p).inner_text()).group(1))
     assert second < first, (first, second)
     screenshot(p, "console-session.png")
-    expect(state(p)).to_have_text("stopped · idle", timeout=30_000)
+    expect(region).to_contain_text("◇ runtime stopped: rule idle", timeout=30_000)
+    expect(state(p)).to_have_text("stopped · idle", timeout=1500)
     expect(p.get_by_role("definition").filter(has_text="rule idle (idle")).to_be_visible()
-    expect(region).to_contain_text("◇ runtime stopped: rule idle")
     # A follow-up cold-starts the runtime.
     p.get_by_role("textbox", name="Message").fill("say back again")
     p.get_by_role("textbox", name="Message").press("Control+Enter")  # sends, as "Send" does

@@ -48,13 +48,20 @@ export function renderSession(main, id) {
     el("section", { "aria-labelledby": "events-h", class: "card" },
       el("h2", { id: "events-h", text: "Events" }), streamStatus, log));
 
+  // Refreshes can overlap (an event's, the timer's): only the latest one started is drawn, so an
+  // older answer that arrives late never puts back a state the page has moved past.
+  let generation = 0;
   async function refresh() {
+    const mine = ++generation;
     try {
-      view = await api("GET", `/v1/sessions/${id}`);
-      executions = ((await api("GET", `/v1/sessions/${id}/executions`)) || {}).executions || [];
-      if (document.activeElement !== idle) idle.value = formatDuration(view.idleTimeoutMs);
-      const requests = view.pendingInput > 0
+      const nextView = await api("GET", `/v1/sessions/${id}`);
+      const nextExecutions = ((await api("GET", `/v1/sessions/${id}/executions`)) || {}).executions || [];
+      const requests = nextView.pendingInput > 0
         ? (((await api("GET", `/v1/sessions/${id}/input-requests`)) || {}).requests || []).filter((r) => r.status === "pending") : [];
+      if (mine !== generation) return;
+      view = nextView;
+      executions = nextExecutions;
+      if (document.activeElement !== idle) idle.value = formatDuration(view.idleTimeoutMs);
       drawRequests(requests);
       draw();
     } catch (failure) {
@@ -168,11 +175,37 @@ export function renderSession(main, id) {
     } catch (failure) { idleError.textContent = failure.message; }
   }
 
+  // What a lifecycle event says, applied to the page at once (the view re-read soon after
+  // confirms it): the runtime's state and the execution's status follow the event log.
+  function apply(event) {
+    if (!view) return;
+    const ended = { "execution.completed": "completed", "execution.failed": "failed", "execution.interrupted": "interrupted" }[event.type];
+    const execution = executions.find((e) => e.executionId === event.executionId);
+    if (ended) {
+      if (execution) execution.status = ended;
+      if (view.activeExecutionId === event.executionId) view.activeExecutionId = null;
+    } else if (event.type === "execution.running" && execution && execution.status === "pending") {
+      execution.status = "running";
+    } else if (event.type === "runtime.stopped") {
+      view.runtime = { ...view.runtime, state: "stopped", stopReason: { ...event.data, at: event.at } };
+    } else if (event.type === "runtime.started") {
+      view.runtime = { ...view.runtime, state: "running", stopReason: null };
+    } else {
+      return;
+    }
+    draw();
+  }
+
   // Each event is appended as text; a change of runtime or execution re-reads the view soon.
   let pending = null;
   const closeStream = openStream(id, (event) => {
     log.append(renderEvent(event));
-    if (event.type !== "agent" && event.type !== "output" && !pending) pending = setTimeout(() => { pending = null; refresh(); }, 200);
+    apply(event);
+    if (event.type !== "agent" && event.type !== "output") {
+      // The latest event decides when: a burst of them is one re-read, after it.
+      clearTimeout(pending);
+      pending = setTimeout(() => { pending = null; refresh(); }, 150);
+    }
   }, (status) => { streamStatus.textContent = status === "live" ? "(live)" : status === "gone" ? "" : "(reconnecting…)"; });
 
   refresh();
