@@ -20,6 +20,8 @@ final class Console: Sendable {
     /// ANSI colours and styles are on.
     let colors: Bool
     private let statusShown = Mutex(false)
+    /// While a question is asked inline, the status line stays away from it.
+    private let statusPaused = Mutex(false)
 
     init(isTerminal: Bool = isatty(STDOUT_FILENO) == 1, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.isTerminal = isTerminal
@@ -43,13 +45,23 @@ final class Console: Sendable {
 
     /// Shows `text` as the status line (terminal only; cut to the terminal's width).
     func status(_ text: String) {
-        guard isTerminal else { return }
+        guard isTerminal, !statusPaused.withLock({ $0 }) else { return }
         let width = max(20, Self.terminalWidth() - 1)
         let cut = text.count > width ? String(text.prefix(width - 1)) + "…" : text
         statusShown.withLock { shown in
             Self.writeAll("\r\u{1B}[2K" + paint(cut, .dim), to: STDOUT_FILENO)
             shown = true
         }
+    }
+
+    /// Asks: `text` without a newline, the status line cleared and kept away until `endPrompt`.
+    func prompt(_ text: String) {
+        statusPaused.withLock { $0 = true }
+        write(text, to: STDOUT_FILENO)
+    }
+
+    func endPrompt() {
+        statusPaused.withLock { $0 = false }
     }
 
     /// Removes the status line, if one is shown.

@@ -119,6 +119,7 @@ struct Watcher: Sendable {
     func watch(
         _ query: StreamQuery,
         show: @escaping @Sendable (StreamedEvent) -> Bool = { _ in true },
+        seen: (@Sendable (StreamedEvent) -> Void)? = nil,
         until: @escaping @Sendable (StreamedEvent) -> Bool
     ) async throws -> StreamedEvent? {
         let renderer = EventRenderer(console: console, showIds: showIds)
@@ -134,6 +135,7 @@ struct Watcher: Sendable {
             if show(event) {
                 if json { console.line(event.line) } else { renderer.render(event) }
             }
+            seen?(event)
             guard until(event) else { return .more }
             ending.withLock { $0 = event }
             return .stop
@@ -145,11 +147,22 @@ struct Watcher: Sendable {
     }
 
     /// Follows to the end of `execution` and turns its outcome into an exit code: 0 completed,
-    /// 1 failed, 130 interrupted (the error or reason goes to stderr).
-    func followExecution(_ execution: String, fromId: Int64) async throws -> Int32 {
+    /// 1 failed, 130 interrupted (the error or reason goes to stderr). On a terminal the agent's
+    /// input requests are asked inline (`InlineAnswers`), unless `ask` is false.
+    func followExecution(_ execution: String, fromId: Int64, ask: Bool = true) async throws -> Int32 {
         let end: StreamedEvent?
+        let inline = ask && InlineAnswers.possible(json: json, console: console) ? InlineAnswers(api: api, session: session, console: console) : nil
+        let asking = inline.map { inline in Task { await inline.run() } }
+        defer {
+            inline?.finish()
+            asking?.cancel()
+        }
+        let seen: (@Sendable (StreamedEvent) -> Void)? =
+            if let inline { { event in inline.saw(event) } } else { nil }
         do {
-            end = try await watch(StreamQuery(fromId: fromId)) { $0.isExecutionEnd && $0.executionId == execution }
+            end = try await watch(StreamQuery(fromId: fromId), seen: seen) { event in
+                event.isExecutionEnd && event.executionId == execution
+            }
         } catch EventFollower.Ended.sessionDeleted {
             throw CLIFailure(message: "the session \(session) was deleted before execution \(execution) ended", exitCode: ExitStatus.executionFailed)
         }
