@@ -58,6 +58,12 @@ public enum AgentReply: Sendable, Equatable {
         case approval
         /// Questions (`request_user_input`): `{"answers": …}`.
         case userInput([JSONValue])
+        /// Codex asking before it calls an MCP tool (an `mcpServer/elicitation/request` of kind
+        /// `mcp_tool_call`): `{action: accept | decline | cancel}`.
+        case toolCallApproval
+        /// An MCP server's form (`mcpServer/elicitation/request`, the request's params):
+        /// `{action, content, _meta}`.
+        case elicitation(JSONValue)
     }
 
     /// The line that gives the agent `decision` (allow, deny, answer, timeout, cancelled).

@@ -17,6 +17,9 @@ import CloudAgentProtocol
 ///   of the item it concerns; the same decisions.
 /// - `item/tool/requestUserInput` → a question; `{"answers": {QUESTION_ID: {"answers": [..]}}}`,
 ///   no answers when declined.
+/// - `mcpServer/elicitation/request`: with `_meta.codex_approval_kind: mcp_tool_call`, Codex
+///   asking before it calls an MCP tool → a permission for `mcp__SERVER__TOOL`; else an MCP
+///   server's form → a question, answered as ACP's `elicitation/create` is; a URL is declined.
 /// - `serverRequest/resolved` → the request is withdrawn (also sent after an answer: ignored then).
 public struct CodexAppServerParser: AgentOutputParser {
     public private(set) var conversationId: String?
@@ -179,6 +182,26 @@ public struct CodexAppServerParser: AgentOutputParser {
                 if !labels.isEmpty { data["choices"] = .array(labels.map { .string($0) }) }
             }
             return [.inputRequest(AgentInputRequest(data: data, reply: .codex(requestId: requestId, id: id, kind: .userInput(questions))))]
+        case "mcpServer/elicitation/request" where params["_meta"]?["codex_approval_kind"]?.stringValue == "mcp_tool_call":
+            // Codex asking before it calls an MCP server's tool (approvals ask): a permission for
+            // `mcp__SERVER__TOOL`, as Claude Code names it, with the call's arguments.
+            let server = params["serverName"]?.stringValue ?? "?"
+            let tool = params["message"]?.stringValue.flatMap { $0.firstMatch(of: /tool "([^"]+)"/).map { String($0.output.1) } } ?? "?"
+            var data: [String: JSONValue] = ["kind": "permission", "tool": .string("mcp__\(server)__\(tool)")]
+            if let input = params["_meta"]?["tool_params"], input != .null { data["input"] = input }
+            if let message = params["message"]?.stringValue { data["question"] = .string(message) }
+            return [.inputRequest(AgentInputRequest(data: data, reply: .codex(requestId: requestId, id: id, kind: .toolCallApproval)))]
+        case "mcpServer/elicitation/request" where params["requestedSchema"] != nil:
+            // An MCP server's form, passed on by Codex: a question, as ACP's elicitation is.
+            var data = ACPElicitation.inputRequest(params)
+            data["tool"] = .string("mcp:" + (params["serverName"]?.stringValue ?? "?"))
+            return [.inputRequest(AgentInputRequest(data: data, reply: .codex(requestId: requestId, id: id, kind: .elicitation(params))))]
+        case "mcpServer/elicitation/request":
+            // A URL to open elsewhere (an OAuth flow, say): not something to answer here.
+            return [
+                .agent(AgentEventData.log("an MCP server asked to open \(params["url"]?.stringValue ?? "a URL"): declined", raw: raw)),
+                .reply(Self.line(["id": id, "result": ["action": "decline", "content": .null, "_meta": .null]])),
+            ]
         default:
             return [
                 .agent(AgentEventData.log("Codex request \(method) refused: not served here", raw: raw)),
@@ -195,6 +218,14 @@ public struct CodexAppServerParser: AgentOutputParser {
             result = ["decision": .string(decision == "allow" ? "accept" : decision == "cancelled" ? "cancel" : "decline")]
         case .userInput(let questions):
             result = ["answers": decision == "answer" ? .object(answers(to: questions, from: answer ?? .null)) : [:]]
+        case .toolCallApproval:
+            let action: JSONValue = decision == "allow" ? "accept" : decision == "cancelled" ? "cancel" : "decline"
+            result = ["action": action, "content": decision == "allow" ? [:] : .null, "_meta": .null]
+        case .elicitation(let params):
+            var object = ACPElicitation.result(decision: decision, answer: answer, params: params).objectValue ?? [:]
+            object["content"] = object["content"] ?? .null
+            object["_meta"] = .null
+            result = .object(object)
         }
         return line(["id": id, "result": result])
     }

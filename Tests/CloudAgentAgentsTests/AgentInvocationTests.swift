@@ -85,6 +85,41 @@ struct AgentInvocationTests {
         #expect(fallback.contains { if case .agent(let data) = $0 { data["message"]?.stringValue?.contains("could not be resumed") == true } else { false } })
     }
 
+    @Test("codex: an MCP tool call's approval is a permission for mcp__SERVER__TOOL; an MCP server's form a question; a URL is declined")
+    func codexElicitations() throws {
+        func parse(_ line: String) -> [AgentOutputItem] {
+            var parser = CodexAppServerParser(prompt: "p", resume: nil, model: nil, asks: true, readOnly: false)
+            return parser.parse(line: line)
+        }
+        let approval = parse(
+            #"{"method":"mcpServer/elicitation/request","id":4,"params":{"threadId":"t","turnId":"u","serverName":"notes","mode":"form","_meta":{"codex_approval_kind":"mcp_tool_call","tool_params":{"text":"hi"}},"message":"Allow the notes MCP server to run tool \"remember\"?","requestedSchema":{"type":"object","properties":{}}}}"#
+        )
+        guard case .inputRequest(let permission)? = approval.first else { throw AgentInvocationError("no request: \(approval)") }
+        #expect(permission.data["kind"] == "permission")
+        #expect(permission.data["tool"] == "mcp__notes__remember")
+        #expect(permission.data["input"] == ["text": "hi"])
+        #expect(
+            permission.reply.line(decision: "allow", optionId: nil, answer: nil) == #"{"id":4,"result":{"_meta":null,"action":"accept","content":{}}}"# + "\n")
+        #expect(
+            permission.reply.line(decision: "deny", optionId: nil, answer: nil) == #"{"id":4,"result":{"_meta":null,"action":"decline","content":null}}"# + "\n"
+        )
+
+        let form = parse(
+            #"{"method":"mcpServer/elicitation/request","id":5,"params":{"threadId":"t","turnId":"u","serverName":"notes","mode":"form","_meta":null,"message":"Which colour?","requestedSchema":{"type":"object","properties":{"colour":{"type":"string"}}}}}"#
+        )
+        guard case .inputRequest(let question)? = form.first else { throw AgentInvocationError("no request: \(form)") }
+        #expect(question.data["kind"] == "question")
+        #expect(question.data["question"] == "Which colour?")
+        #expect(
+            question.reply.line(decision: "answer", optionId: nil, answer: "green")
+                == #"{"id":5,"result":{"_meta":null,"action":"accept","content":{"colour":"green"}}}"# + "\n")
+
+        let url = parse(
+            #"{"method":"mcpServer/elicitation/request","id":6,"params":{"threadId":"t","turnId":null,"serverName":"notes","mode":"url","_meta":null,"message":"Log in","url":"https://example.com/login","elicitationId":"e1"}}"#
+        )
+        #expect(url.contains(.reply(#"{"id":6,"result":{"_meta":null,"action":"decline","content":null}}"# + "\n")))
+    }
+
     @Test("codex: answers to its approvals (accept, decline, cancel) and to its questions (answers by question id, header or position; none when declined)")
     func codexAnswers() throws {
         let approval = AgentReply.codex(requestId: "0", id: 0, kind: .approval)

@@ -27,7 +27,7 @@ struct RealMCPServerTests {
     }
 
     @Test(
-        "the agent starts the session's stdio MCP server in the workspace with its secret, calls its tool when the model asks, and the call is a tool event; with approvals ask (Claude Code) the call waits for an allow",
+        "the agent starts the session's stdio MCP server in the workspace with its secret, calls its tool when the model asks, and the call is a tool event; with approvals ask the call waits for an allow",
         .enabled(if: enabled && !agents.isEmpty, skipReason), arguments: agents)
     func agentCallsTheTool(agent: RealAgentScenarioTests.RealAgent) async throws {
         try #require(RealAgentScenarioTests.enabled(agent), RealAgentScenarioTests.skipReason)
@@ -51,7 +51,7 @@ struct RealMCPServerTests {
         var secrets = settings.secrets.objectValue ?? [:]
         secrets["NOTES_TOKEN"] = .string(token)
         var body: [String: JSONValue] = [
-            "prompt": "Remember hello", "agent": .string(agent.name), "approvals": claude ? "ask" : "auto",
+            "prompt": "Remember hello", "agent": .string(agent.name), "approvals": "ask",
             "envVars": settings.envVars, "secrets": .object(secrets),
             "mcpServers": [
                 "notes": [
@@ -68,12 +68,11 @@ struct RealMCPServerTests {
         #expect(created["sandbox"]?.stringValue == (await bwrapWorks() ? "bwrap" : "none"), "the sandbox auto picks")
         #expect(try await serve.request("POST", "/v1/sessions/\(id)/initiate").status == 202)
 
-        if claude {
-            let permission = try await AgentsThatAskTests.pending(serve, id, kind: "permission", within: 90)
-            #expect(permission["tool"] == "mcp__notes__remember")
-            #expect(permission["input"]?["text"] == "hello from the model")
-            #expect(try await AgentsThatAskTests.answer(serve, id, try #require(permission["requestId"]?.stringValue), ["decision": "allow"]).status == 200)
-        }
+        // Both ask before the tool runs (Codex through an elicitation of kind mcp_tool_call).
+        let permission = try await AgentsThatAskTests.pending(serve, id, kind: "permission", within: 90)
+        #expect(permission["tool"] == "mcp__notes__remember")
+        #expect(permission["input"]?["text"] == "hello from the model")
+        #expect(try await AgentsThatAskTests.answer(serve, id, try #require(permission["requestId"]?.stringValue), ["decision": "allow"]).status == 200)
 
         let ended = try await serve.waitForEnd(id, within: 90)
         #expect(ended["latestExecution"]?["status"] == "completed", "\(ended.text)\n\(serve.diagnostics)")
