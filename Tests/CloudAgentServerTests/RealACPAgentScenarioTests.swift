@@ -126,6 +126,31 @@ struct RealACPAgentScenarioTests {
         .flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
     static var kimiEnabled: Bool { kimi != nil && FileManager.default.isExecutableFile(atPath: RealAgentScenarioTests.modelServerBinary.path) }
 
+    /// Kimi's configuration and (dummy) login, written by setup commands where the agent looks by
+    /// default, its HOME (`~/.kimi`), inside the sandbox, as a user would: nothing of the host's
+    /// is visible to it.
+    static func kimiSetup(model: ModelServer) -> [JSONValue] {
+        let config = """
+            default_model = "scripted"
+            telemetry = false
+            [providers.local]
+            type = "anthropic"
+            base_url = "\(model.url)"
+            api_key = "sk-offline-test"
+            [models.scripted]
+            provider = "local"
+            model = "scripted"
+            max_context_size = 200000
+            """
+        let login = #"{"access_token":"dummy","refresh_token":"","expires_at":4102444800,"scope":"","token_type":"Bearer"}"#
+        let setup: [JSONValue] = [
+            "mkdir -p \"$HOME/.kimi/credentials\"",
+            .string("printf '%s\\n' '\(config)' > \"$HOME/.kimi/config.toml\""),
+            .string("printf '%s\\n' '\(login)' > \"$HOME/.kimi/credentials/kimi-code.json\""),
+        ]
+        return setup
+    }
+
     /// A second witness: Kimi Code CLI 1.50.0 (`kimi acp`, PyPI), which keeps its sessions on disk,
     /// so a cold start resumes the conversation with `session/load`. It reads its model from
     /// `$KIMI_SHARE_DIR/config.toml` and wants a (dummy) login; both are written per test.
@@ -146,27 +171,7 @@ struct RealACPAgentScenarioTests {
                 ]}
                 """#, in: directory)
         defer { model.stop() }
-        // Its configuration and (dummy) login go where the agent looks by default, its HOME
-        // (`~/.kimi`), written by setup commands inside the sandbox, as a user would: nothing of
-        // the host's is visible to it.
-        let config = """
-            default_model = "scripted"
-            telemetry = false
-            [providers.local]
-            type = "anthropic"
-            base_url = "\(model.url)"
-            api_key = "sk-offline-test"
-            [models.scripted]
-            provider = "local"
-            model = "scripted"
-            max_context_size = 200000
-            """
-        let login = #"{"access_token":"dummy","refresh_token":"","expires_at":4102444800,"scope":"","token_type":"Bearer"}"#
-        let setup: [JSONValue] = [
-            "mkdir -p \"$HOME/.kimi/credentials\"",
-            .string("printf '%s\\n' '\(config)' > \"$HOME/.kimi/config.toml\""),
-            .string("printf '%s\\n' '\(login)' > \"$HOME/.kimi/credentials/kimi-code.json\""),
-        ]
+        let setup = Self.kimiSetup(model: model)
         let repo = try await makeGitRepository(in: directory)
         try await server(idleTimeoutMs: 4000, agent: "kimi", command: [Self.kimi ?? "/nonexistent", "acp"]).run { api in
             let id = try await api.createSession([
@@ -286,6 +291,54 @@ struct RealACPAgentScenarioTests {
             #expect((try? String(contentsOf: workspace.appendingPathComponent("allowed.txt"), encoding: .utf8)) == "yes\n")
             let resolved = try await api.events(id).filter { $0.type == "input.resolved" }.compactMap { $0.data["decision"]?.stringValue }
             #expect(resolved == ["deny", "allow"])
+        }
+    }
+
+    @Test(
+        "approvals ask: kimi's permission requests wait for the user: a denied shell call does not run, an allowed one does",
+        .enabled(
+            if: kimiEnabled,
+            "set CLOUD_AGENT_KIMI_ACP_BIN (eval \"$(scripts/install-agents.sh)\", with Python 3.12 or later) and build cloud-agent-model-server")
+    )
+    func kimiAsks() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(
+            script: #"""
+                {"turns": [
+                  {"shell": "echo no > denied.txt", "description": "Write denied.txt"},
+                  {"shell": "echo yes > allowed.txt", "description": "Write allowed.txt"},
+                  {"text": "Both asked."}
+                ]}
+                """#, in: directory)
+        defer { model.stop() }
+        let repo = try await makeGitRepository(in: directory)
+        try await server(agent: "kimi", command: [Self.kimi ?? "/nonexistent", "acp"]).run { api in
+            let id = try await api.createSession([
+                "prompt": "Write the files", "agent": "kimi", "approvals": "ask", "repo": ["url": .string(repo.path)],
+                "setupCommands": .array(Self.kimiSetup(model: model)),
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            func pending() async throws -> JSONValue {
+                try await eventuallyValue(within: 120, "a pending permission") {
+                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
+                }
+            }
+            let first = try await pending()
+            #expect(first["kind"] == "permission")
+            #expect(
+                try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(first["requestId"]?.stringValue ?? "")", json: ["decision": "deny"]).status
+                    == 200)
+            // Kimi ends its turn on a rejection: the next call comes with a follow-up.
+            try await api.waitForExecution(id, status: "completed", within: 120)
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "Write the other file"]).status == 202)
+            let second = try await pending()
+            #expect(
+                try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(second["requestId"]?.stringValue ?? "")", json: ["decision": "allow"]).status
+                    == 200)
+            try await api.waitForExecution(id, status: "completed", within: 120)
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(!FileManager.default.fileExists(atPath: workspace.appendingPathComponent("denied.txt").path))
+            #expect((try? String(contentsOf: workspace.appendingPathComponent("allowed.txt"), encoding: .utf8)) == "yes\n")
         }
     }
 }
