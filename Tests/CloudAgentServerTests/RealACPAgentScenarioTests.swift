@@ -249,6 +249,35 @@ struct RealACPAgentScenarioTests {
     }
 
     @Test(
+        "approvals ask: claude-code-acp's shell call that nobody answers is denied at the input timeout (picking the agent's reject option), and the agent goes on",
+        .enabled(if: enabled, skipReason))
+    func claudeACPTimesOut() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(
+            script: #"{"turns": [{"shell": "echo late > late.txt", "description": "Write late.txt"}, {"text": "Nobody answered."}]}"#, in: directory)
+        defer { model.stop() }
+        let repo = try await makeGitRepository(in: directory)
+        var server = try server()
+        server.timing.inputTimeoutMs = 3000
+        try await server.run { api in
+            let id = try await api.createSession([
+                "prompt": "Write late.txt", "agent": "claude-acp", "approvals": "ask", "repo": ["url": .string(repo.path)],
+                "envVars": ["ANTHROPIC_BASE_URL": .string(model.url)], "secrets": ["ANTHROPIC_API_KEY": "sk-ant-offline-test"],
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let execution = try await api.waitForExecution(id, status: "completed", within: 120)
+            let resolved = try await api.events(id).filter { $0.type == "input.resolved" }
+            #expect(resolved.map { $0.data["decision"] } == ["timeout"], "\(resolved.map(\.data))")
+            #expect(resolved.first?.data["optionId"] != nil, "the agent's reject option was picked")
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(!FileManager.default.fileExists(atPath: workspace.appendingPathComponent("late.txt").path))
+            let texts = try await api.events(id).filter { $0.type == "agent" && $0.executionId == execution["executionId"]?.stringValue }
+                .compactMap { $0.data["text"]?.stringValue }.joined()
+            #expect(texts.contains("Nobody answered."), "\(texts)")
+        }
+    }
+
+    @Test(
         "approvals ask: claude-code-acp's permission requests wait for the user: a denied Bash call does not run and the agent goes on, an allowed one runs",
         .enabled(if: enabled, skipReason))
     func claudeACPAsks() async throws {
