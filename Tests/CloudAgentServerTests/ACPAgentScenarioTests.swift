@@ -307,6 +307,42 @@ struct ACPAgentScenarioTests {
     }
 
     @Test(
+        "approvals ask: the fixture's permission requests carry its options; a deny picks its reject option and the tool does not run, an allow its allow option, and one left unanswered is rejected at the input timeout"
+    )
+    func fixtureAsks() async throws {
+        var server = try server()
+        server.timing.inputTimeoutMs = 1500
+        try await server.run { api in
+            let id = try await api.createSession([
+                "prompt": "write denied.txt no\nwrite allowed.txt yes\nwrite late.txt late\nsay end", "agent": "fixture-acp", "approvals": "ask",
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            func pending() async throws -> JSONValue {
+                try await eventuallyValue(within: 30, "a pending permission") {
+                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
+                }
+            }
+            let first = try await pending()
+            #expect(first["options"]?.arrayValue?.compactMap { $0["kind"]?.stringValue } == ["allow_always", "allow_once", "reject_once"])
+            let denied = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(first["requestId"]?.stringValue ?? "")", json: ["decision": "deny"])
+            #expect(denied["resolution"]?["optionId"] == "reject")
+            let second = try await pending()
+            let allowed = try await api.request(
+                .post, "/v1/sessions/\(id)/input-requests/\(second["requestId"]?.stringValue ?? "")", json: ["decision": "allow"])
+            #expect(allowed["resolution"]?["optionId"] == "once")
+            try await api.waitForExecution(id, status: "completed")
+            let resolved = try await api.events(id).filter { $0.type == "input.resolved" }
+            #expect(resolved.compactMap { $0.data["decision"]?.stringValue } == ["deny", "allow", "timeout"])
+            #expect(resolved.last?.data["optionId"] == "reject")
+            #expect(!FileManager.default.fileExists(atPath: workspace(api, id).appendingPathComponent("denied.txt").path))
+            #expect(try String(contentsOf: workspace(api, id).appendingPathComponent("allowed.txt"), encoding: .utf8) == "yes\n")
+            #expect(!FileManager.default.fileExists(atPath: workspace(api, id).appendingPathComponent("late.txt").path))
+            // The agent went on after each refusal (consecutive texts are one line of the summary).
+            #expect(try await summary(api, id).last?.hasSuffix("end") == true)
+        }
+    }
+
+    @Test(
         "elicitation/create (form mode) is a question whatever the approvals: a text fills the one field, an object the fields with their types, a deny declines; the client says it takes forms"
     )
     func elicitationIsAQuestion() async throws {
