@@ -234,7 +234,8 @@ struct ACPAgentScenarioTests {
             // One message, or several where the agent paused (the fixture's texts have no newlines).
             let expected: [String] = [
                 "still here", "client answered x/unknown: error -32601", "client answered fs/read_text_file: error -32601",
-                "client answered terminal/create: error -32601", #"capabilities: {"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}"#,
+                "client answered terminal/create: error -32601",
+                #"capabilities: {"elicitation":{"form":{}},"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}"#,
             ]
             #expect(texts.joined() == expected.joined())
             let errors = events.filter { $0.data["kind"] == "error" }.compactMap { $0.data["message"]?.stringValue }
