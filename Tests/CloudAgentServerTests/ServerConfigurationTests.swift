@@ -172,7 +172,7 @@ struct ServerConfigurationTests {
                 "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
                 "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
                 "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
-                "CLOUD_AGENT_INPUT_TIMEOUT",
+                "CLOUD_AGENT_INPUT_TIMEOUT", "CLOUD_AGENT_SANDBOX_EXPOSE",
             ])
         #expect(
             Set(names.map(\.flag)) == [
@@ -180,8 +180,18 @@ struct ServerConfigurationTests {
                 "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
                 "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base", "--input-timeout",
                 "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
-                "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window",
+                "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window", "--sandbox-expose",
             ])
+    }
+
+    @Test("--sandbox-expose: comma-separated absolute paths; a relative one is refused naming the setting")
+    func sandboxExpose() throws {
+        let configuration = try ServerConfiguration.resolve(flags: [:], environment: ["CLOUD_AGENT_SANDBOX_EXPOSE": "/opt/mcp, /srv/tools/bin/notes ,"])
+        #expect(configuration.sandboxExpose == ["/opt/mcp", "/srv/tools/bin/notes"])
+        let relative = #expect(throws: ServerConfiguration.Invalid.self) {
+            try ServerConfiguration.resolve(flags: ["sandboxExpose": "/opt/mcp,tools"], environment: [:])
+        }
+        #expect(relative?.setting == "--sandbox-expose")
     }
 
     @Test("every environment variable is read", arguments: ValidSetting.all)
