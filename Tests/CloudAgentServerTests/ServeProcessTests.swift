@@ -131,7 +131,11 @@ struct HTTPClient {
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
             request.httpBody = try JSONEncoder().encode(json)
         }
-        let (data, response) = try await session.data(for: request)
+        // Never cancelled: FoundationNetworking on Linux deadlocks when an async `data(for:)` is
+        // cancelled while its transfer completes (the task's status lock against URLSession's
+        // queue; seen hanging a parallel run). A detached task does not inherit the caller's
+        // cancellation; the request's own timeout bounds it.
+        let (data, response) = try await Task.detached { [session, request] in try await session.data(for: request) }.value
         let status = try #require(response as? HTTPURLResponse).statusCode
         let text = String(decoding: data, as: UTF8.self)
         let decoded = text.isEmpty ? JSONValue.null : ((try? JSONDecoder().decode(JSONValue.self, from: data)) ?? .null)
