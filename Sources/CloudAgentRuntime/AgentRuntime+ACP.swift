@@ -330,21 +330,7 @@ extension AgentRuntime {
             }
             if execution.asks, !execution.readOnly {
                 // approvals ask: the request goes to the user; the agent waits for the answer.
-                let gathered = reader.flush()
-                execution.acpTurn = reader
-                execution.progress += 1
-                active = execution
-                for data in gathered { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
-                let (answers, answered) = AsyncStream.makeStream(of: InputAnswerFrame.self)
-                requestInput(execution.executionId, ACPPermissions.inputRequest(params)) { answer in
-                    answered.yield(answer)
-                    answered.finish()
-                }
-                var answer: InputAnswerFrame?
-                for await frame in answers {
-                    answer = frame
-                    break
-                }
+                let answer = await askUser(ACPPermissions.inputRequest(params))
                 return ACPPermissions.result(params, decision: answer?.decision ?? "cancelled", optionId: answer?.optionId)
             }
             let decision = ACPPermissions.decide(params, approvals: .auto, readOnly: execution.readOnly, raw: raw)
@@ -360,26 +346,12 @@ extension AgentRuntime {
                 ])
             return decision.result
         case .elicitation(let params, _):
-            guard var execution = active, var reader = execution.acpTurn else {
+            guard active?.acpTurn != nil else {
                 logger.info("an ACP elicitation outside an execution: cancelled")
                 return ACPElicitation.result(decision: "cancelled", answer: nil, params: params)
             }
             // A question: it goes to the user whatever the approvals.
-            let gathered = reader.flush()
-            execution.acpTurn = reader
-            execution.progress += 1
-            active = execution
-            for data in gathered { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
-            let (answers, answered) = AsyncStream.makeStream(of: InputAnswerFrame.self)
-            requestInput(execution.executionId, ACPElicitation.inputRequest(params)) { answer in
-                answered.yield(answer)
-                answered.finish()
-            }
-            var answer: InputAnswerFrame?
-            for await frame in answers {
-                answer = frame
-                break
-            }
+            let answer = await askUser(ACPElicitation.inputRequest(params))
             return ACPElicitation.result(decision: answer?.decision ?? "cancelled", answer: answer?.answer, params: params)
         case .output(let stream, let line):
             guard let execution = active, execution.acpTurn != nil else {
@@ -423,6 +395,24 @@ extension AgentRuntime {
     }
 
     // MARK: The active execution's ACP state
+
+    /// The agent's request goes to the user (after the text gathered so far), and the agent
+    /// waits for the answer; nil when the execution is gone.
+    private func askUser(_ request: [String: JSONValue]) async -> InputAnswerFrame? {
+        guard var execution = active, var reader = execution.acpTurn else { return nil }
+        let gathered = reader.flush()
+        execution.acpTurn = reader
+        execution.progress += 1
+        active = execution
+        for data in gathered { record(execution.executionId, kind: RuntimeEvent.Kind.agent, data: data) }
+        let (answers, answered) = AsyncStream.makeStream(of: InputAnswerFrame.self)
+        requestInput(execution.executionId, request) { answer in
+            answered.yield(answer)
+            answered.finish()
+        }
+        for await answer in answers { return answer }
+        return nil
+    }
 
     private func beginACPTurn(_ executionId: String, readOnly: Bool) {
         guard var execution = active, execution.executionId == executionId else { return }
