@@ -154,6 +154,21 @@ public struct PlainTextParser: AgentOutputParser {
 // MARK: - Shared pieces of the normalized shape
 
 enum AgentEventData {
+    /// The user's answer to one of an agent's several questions (Claude Code's AskUserQuestion,
+    /// Codex's `request_user_input`): an object names its questions by the first of `names`
+    /// found, else by position (`"1"`, `"2"`, …); any other answer answers every question.
+    static func answer(at index: Int, names: [String?], in answer: JSONValue) -> JSONValue? {
+        switch answer {
+        case .object(let fields):
+            for name in names.compactMap({ $0 }) { if let value = fields[name] { return value } }
+            return fields[String(index + 1)]
+        case .null:
+            return nil
+        default:
+            return answer
+        }
+    }
+
     static let outputTailCharacters = 2000
     static let inputSummaryCharacters = 300
 

@@ -98,15 +98,7 @@ public enum ClaudeCodeControl {
         var answers: [String: JSONValue] = [:]
         for (index, question) in questions.enumerated() {
             guard let text = question["question"]?.stringValue else { continue }
-            let value: JSONValue?
-            switch answer {
-            case .object(let fields):
-                value = fields[text] ?? question["header"]?.stringValue.flatMap { fields[$0] } ?? fields[String(index + 1)]
-            case .null:
-                value = nil
-            default:
-                value = answer
-            }
+            let value = AgentEventData.answer(at: index, names: [text, question["header"]?.stringValue], in: answer)
             guard let value, let rendered = render(value) else { continue }
             answers[text] = .string(rendered)
         }

@@ -236,14 +236,8 @@ public struct CodexAppServerParser: AgentOutputParser {
         var result: [String: JSONValue] = [:]
         for (index, question) in questions.enumerated() {
             guard let id = question["id"]?.stringValue else { continue }
-            let value: JSONValue?
-            if case .object(let fields) = answer {
-                value =
-                    fields[id] ?? question["header"]?.stringValue.flatMap { fields[$0] } ?? question["question"]?.stringValue.flatMap { fields[$0] }
-                    ?? fields[String(index + 1)]
-            } else {
-                value = answer == .null ? nil : answer
-            }
+            let value = AgentEventData.answer(
+                at: index, names: [id, question["header"]?.stringValue, question["question"]?.stringValue], in: answer)
             let texts: [String]
             switch value {
             case .string(let text)?: texts = [text]

@@ -318,18 +318,12 @@ struct ACPAgentScenarioTests {
                 "prompt": "write denied.txt no\nwrite allowed.txt yes\nwrite late.txt late\nsay end", "agent": "fixture-acp", "approvals": "ask",
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
-            func pending() async throws -> JSONValue {
-                try await eventuallyValue(within: 30, "a pending permission") {
-                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
-                }
-            }
-            let first = try await pending()
+            let first = try await api.pendingInput(id)
             #expect(first["options"]?.arrayValue?.compactMap { $0["kind"]?.stringValue } == ["allow_always", "allow_once", "reject_once"])
-            let denied = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(first["requestId"]?.stringValue ?? "")", json: ["decision": "deny"])
+            let denied = try await api.answerInput(id, first, ["decision": "deny"])
             #expect(denied["resolution"]?["optionId"] == "reject")
-            let second = try await pending()
-            let allowed = try await api.request(
-                .post, "/v1/sessions/\(id)/input-requests/\(second["requestId"]?.stringValue ?? "")", json: ["decision": "allow"])
+            let second = try await api.pendingInput(id)
+            let allowed = try await api.answerInput(id, second, ["decision": "allow"])
             #expect(allowed["resolution"]?["optionId"] == "once")
             try await api.waitForExecution(id, status: "completed")
             let resolved = try await api.events(id).filter { $0.type == "input.resolved" }
@@ -359,24 +353,19 @@ struct ACPAgentScenarioTests {
                 "agent": "fixture-acp",
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
-            func pending() async throws -> JSONValue {
-                try await eventuallyValue(within: 30, "a pending question") {
-                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
-                }
-            }
             func answer(_ request: JSONValue, _ body: JSONValue) async throws {
-                let answered = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(request["requestId"]?.stringValue ?? "")", json: body)
+                let answered = try await api.answerInput(id, request, body)
                 #expect(answered.status == 200, "\(answered.text)")
             }
-            let branch = try await pending()
+            let branch = try await api.pendingInput(id)
             #expect(branch["kind"] == "question")
             #expect(branch["question"] == "Which branch?")
             #expect(branch["choices"] == ["main", "dev"])
             try await answer(branch, ["answer": "dev"])
-            let count = try await pending()
+            let count = try await api.pendingInput(id)
             #expect(count["question"] == "How many?")
             try await answer(count, ["answer": ["count": "3", "sure": "true"]])
-            try await answer(try await pending(), ["decision": "deny"])
+            try await answer(try await api.pendingInput(id), ["decision": "deny"])
             try await api.waitForExecution(id, status: "completed")
             // Consecutive texts are one message in the summary: the answers follow each other in it.
             let text = try await summary(api, id).filter { $0.hasPrefix("text ") }.joined()

@@ -174,3 +174,17 @@ func makeGitRepository(in directory: TemporaryDirectory, name: String = "origin"
 func stableView(_ view: JSONValue) -> JSONValue {
     .object((view.objectValue ?? [:]).filter { $0.key != "runtime" && $0.key != "activity" })
 }
+
+extension TestAPI {
+    /// The session's first pending input request, once there is one.
+    func pendingInput(_ id: SessionID, within seconds: Double = 30) async throws -> JSONValue {
+        try await eventuallyValue(within: seconds, "a pending input request") {
+            try await request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
+        }
+    }
+
+    /// Answers `request` (as `pendingInput` gave it) with `body`.
+    func answerInput(_ id: SessionID, _ request: JSONValue, _ body: JSONValue) async throws -> APIResponse {
+        try await self.request(.post, "/v1/sessions/\(id)/input-requests/\(request["requestId"]?.stringValue ?? "")", json: body)
+    }
+}

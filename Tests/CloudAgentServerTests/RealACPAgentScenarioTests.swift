@@ -298,21 +298,15 @@ struct RealACPAgentScenarioTests {
                 "envVars": ["ANTHROPIC_BASE_URL": .string(model.url)], "secrets": ["ANTHROPIC_API_KEY": "sk-ant-offline-test"],
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
-            func pending() async throws -> JSONValue {
-                try await eventuallyValue(within: 120, "a pending permission") {
-                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
-                }
-            }
-            let first = try await pending()
+            let first = try await api.pendingInput(id, within: 120)
             #expect(first["kind"] == "permission")
             #expect(first["options"]?.arrayValue?.isEmpty == false, "the agent's own options: \(first)")
             let view = try await api.request(.get, "/v1/sessions/\(id)")
             #expect(view["latestExecution"]?["waitingForInput"] == first["requestId"])
-            let denied = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(first["requestId"]?.stringValue ?? "")", json: ["decision": "deny"])
+            let denied = try await api.answerInput(id, first, ["decision": "deny"])
             #expect(denied.status == 200, "\(denied.text)")
-            let second = try await pending()
-            let allowed = try await api.request(
-                .post, "/v1/sessions/\(id)/input-requests/\(second["requestId"]?.stringValue ?? "")", json: ["decision": "allow"])
+            let second = try await api.pendingInput(id, within: 120)
+            let allowed = try await api.answerInput(id, second, ["decision": "allow"])
             #expect(allowed.status == 200, "\(allowed.text)")
             try await api.waitForExecution(id, status: "completed", within: 120)
             let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
@@ -347,22 +341,17 @@ struct RealACPAgentScenarioTests {
                 "setupCommands": .array(Self.kimiSetup(model: model)),
             ])
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
-            func pending() async throws -> JSONValue {
-                try await eventuallyValue(within: 120, "a pending permission") {
-                    try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue?.first { $0["status"] == "pending" }
-                }
-            }
-            let first = try await pending()
+            let first = try await api.pendingInput(id, within: 120)
             #expect(first["kind"] == "permission")
             #expect(
-                try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(first["requestId"]?.stringValue ?? "")", json: ["decision": "deny"]).status
+                try await api.answerInput(id, first, ["decision": "deny"]).status
                     == 200)
             // Kimi ends its turn on a rejection: the next call comes with a follow-up.
             try await api.waitForExecution(id, status: "completed", within: 120)
             #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "Write the other file"]).status == 202)
-            let second = try await pending()
+            let second = try await api.pendingInput(id, within: 120)
             #expect(
-                try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(second["requestId"]?.stringValue ?? "")", json: ["decision": "allow"]).status
+                try await api.answerInput(id, second, ["decision": "allow"]).status
                     == 200)
             try await api.waitForExecution(id, status: "completed", within: 120)
             let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
