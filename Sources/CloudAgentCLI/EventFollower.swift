@@ -33,7 +33,10 @@ struct StreamedEvent: Sendable {
         self.init(json: json, text: text)
     }
 
-    static let endTypes: Set<String> = [EventType.executionCompleted, EventType.executionFailed, EventType.executionInterrupted]
+    /// A queued execution cancelled before its turn ends too.
+    static let endTypes: Set<String> = [
+        EventType.executionCompleted, EventType.executionFailed, EventType.executionInterrupted, EventType.executionCancelled,
+    ]
 
     /// The event that ends an execution.
     var isExecutionEnd: Bool { Self.endTypes.contains(type) }

@@ -50,6 +50,15 @@ final class EventRenderer: Sendable {
                 lines.append(c.paint("  prompt: " + Self.oneLine(prompt, limit: 100), .dim))
             }
             return lines
+        case EventType.executionQueued:
+            let position = data["position"]?.intValue.map { " (position \($0))" } ?? ""
+            var lines = [c.paint("… execution", .bold) + execution + " queued" + position]
+            if let prompt = data["prompt"]?.stringValue {
+                lines.append(c.paint("  prompt: " + Self.oneLine(prompt, limit: 100), .dim))
+            }
+            return lines
+        case EventType.executionCancelled:
+            return [c.paint("■ queued execution", .yellow, .bold) + execution + " cancelled before its turn"]
         case EventType.executionRunning:
             return [c.paint("▶ agent running", .dim)]
         case EventType.executionCompleted:

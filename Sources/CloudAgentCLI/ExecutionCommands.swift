@@ -82,6 +82,7 @@ struct SendCommand: AsyncParsableCommand {
     @Flag(help: "Stream the execution to its end; exit with its outcome.") var wait = false
     @Option(help: "The mode for this message.") var mode: String?
     @Option(help: "The model for this message.") var model: String?
+    @Flag(help: "If an execution is active, queue this one behind it (at most 20 wait) instead of failing.") var queue = false
 
     func run() async throws {
         let api = try client.client()
@@ -89,6 +90,7 @@ struct SendCommand: AsyncParsableCommand {
         var body: [String: JSONValue] = ["prompt": .string(try readPrompt(prompt))]
         if let mode { body["mode"] = .string(mode) }
         if let model { body["model"] = .string(model) }
+        if queue { body["queue"] = true }
         let interrupt = wait ? InterruptHandler.install(console: console, message: followHint(id)) : nil
         defer { interrupt?.cancel() }
         let answer = try await api.send(.POST, "/v1/sessions/\(APIClient.escape(id))/messages", body: .object(body))
@@ -96,6 +98,10 @@ struct SendCommand: AsyncParsableCommand {
         guard wait else {
             if client.json {
                 console.line(answer.line)
+            } else if answer.json["status"]?.stringValue == "queued" {
+                let position = answer.json["position"]?.intValue.map { " (position \($0))" } ?? ""
+                console.line(console.paint("… execution ", .bold) + execution + " queued" + position + ": it starts once those before it end")
+                console.line(console.paint("cancel it: cloud-agent executions \(id) \(execution) --cancel", .dim))
             } else {
                 console.line(console.paint("▶ execution ", .bold) + execution + " started")
                 console.line(console.paint("follow it: cloud-agent stream \(id) --execution \(execution) --until-end", .dim))
@@ -214,19 +220,31 @@ struct InterruptCommand: AsyncParsableCommand {
 struct ExecutionsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "executions",
-        abstract: "List a session's executions, or show one.",
+        abstract: "List a session's executions (or its queue), show one, or cancel a queued one.",
         discussion: ExitStatus.summary
     )
 
     @OptionGroup var client: ClientOptions
     @Argument(help: "The session id (agent_…).") var id: String
     @Argument(help: "An execution id (exc_…) to show.") var execution: String?
+    @Flag(help: "Cancel that execution: it must still be queued.") var cancel = false
+    @Flag(help: "List only the queued executions, in the order they run.") var queued = false
+
+    func validate() throws {
+        if cancel, execution == nil { throw ValidationError("--cancel needs an execution id") }
+    }
 
     func run() async throws {
         let api = try client.client()
         let console = Console.shared
         let views = HumanViews(console: console)
-        if let execution {
+        if cancel, let execution {
+            _ = try await api.send(.DELETE, "/v1/sessions/\(APIClient.escape(id))/executions/\(APIClient.escape(execution))")
+            if !client.json { console.line("cancelled queued execution \(execution)") }
+        } else if queued {
+            let answer = try await api.send(.GET, "/v1/sessions/\(APIClient.escape(id))/executions?status=queued")
+            if client.json { console.line(answer.line) } else { views.executionRows(answer.json["executions"]?.arrayItems ?? []).forEach(console.line) }
+        } else if let execution {
             let answer = try await api.send(.GET, "/v1/sessions/\(APIClient.escape(id))/executions/\(APIClient.escape(execution))")
             if client.json { console.line(answer.line) } else { views.execution(answer.json).forEach(console.line) }
         } else {

@@ -57,6 +57,9 @@ struct HumanViews {
         if let pending = view["pendingInput"]?.intValue, pending > 0 {
             row("waiting", c.paint("\(pending) input request\(pending == 1 ? "" : "s") wait\(pending == 1 ? "s" : "") for an answer", .yellow))
         }
+        if let queued = view["queuedCount"]?.intValue, queued > 0 {
+            row("queue", "\(queued) message\(queued == 1 ? "" : "s") wait\(queued == 1 ? "s" : "") for the active execution to end")
+        }
         let count = view["executionCount"]?.intValue ?? 0
         if let latest = view["latestExecution"], latest != .null {
             row("executions", "\(count) · latest " + executionSummary(latest))
@@ -156,10 +159,12 @@ struct HumanViews {
         var rows = [["EXECUTION", "STATUS", "EXIT", "STARTED", "TOOK", "PROMPT"]]
         for view in executions {
             let started = view["startedAt"]?.dateValue
-            let took = started.map { humanDuration((view["completedAt"]?.dateValue ?? Date()).timeIntervalSince($0)) } ?? "—"
+            // A queued one has not started: its wait so far is no run time.
+            let queued = view["status"]?.stringValue == "queued"
+            let took = queued ? "—" : started.map { humanDuration((view["completedAt"]?.dateValue ?? Date()).timeIntervalSince($0)) } ?? "—"
             rows.append([
                 view["executionId"]?.stringValue ?? "?",
-                view["status"]?.stringValue ?? "?",
+                (view["status"]?.stringValue ?? "?") + (view["position"]?.intValue.map { " #\($0)" } ?? ""),
                 view["exitCode"]?.intValue.map(String.init) ?? "—",
                 humanTime(started),
                 took,

@@ -144,7 +144,8 @@ struct SessionsCommand: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a session: its runtime, activity, idle deadline and latest execution.")
+        static let configuration = CommandConfiguration(
+            abstract: "Show a session: its runtime, activity, idle deadline, latest execution and queue.", aliases: ["get"])
 
         @OptionGroup var client: ClientOptions
         @Argument(help: "The session id (agent_…).") var id: String
@@ -165,6 +166,12 @@ struct SessionsCommand: AsyncParsableCommand {
                 for request in listed.json["requests"]?.arrayItems ?? [] where request["status"] == "pending" {
                     views.inputRequest(request, session: id).forEach(console.line)
                 }
+            }
+            // The queued follow-ups, in the order they run.
+            if (answer.json["queuedCount"]?.intValue ?? 0) > 0 {
+                let queued = try await api.send(.GET, "/v1/sessions/\(APIClient.escape(id))/executions?status=queued")
+                console.line(console.paint("queue", .bold))
+                views.executionRows(queued.json["executions"]?.arrayItems ?? []).forEach(console.line)
             }
         }
     }

@@ -170,7 +170,8 @@ struct Watcher: Sendable {
         return Self.exitCode(for: end, console: console)
     }
 
-    /// 0 for `execution.completed`, 1 for `execution.failed`, 130 for `execution.interrupted`.
+    /// 0 for `execution.completed`, 1 for `execution.failed`, 130 for `execution.interrupted`
+    /// (and a queued execution's `execution.cancelled`).
     static func exitCode(for end: StreamedEvent, console: Console) -> Int32 {
         let id = end.executionId ?? "?"
         switch end.type {
@@ -178,6 +179,9 @@ struct Watcher: Sendable {
             return ExitStatus.success
         case EventType.executionInterrupted:
             console.error("execution \(id) was interrupted (reason: \(end.data["reason"]?.stringValue ?? "unknown"))")
+            return ExitStatus.interrupted
+        case EventType.executionCancelled:
+            console.error("queued execution \(id) was cancelled before its turn")
             return ExitStatus.interrupted
         default:
             let exit = end.data["exitCode"]?.intValue.map { " (exit \($0))" } ?? ""

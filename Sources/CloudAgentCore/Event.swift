@@ -15,6 +15,10 @@ public enum EventType {
     public static let executionFailed = "execution.failed"
     public static let executionInterrupted = "execution.interrupted"
     public static let executionStuck = "execution.stuck"
+    /// A follow-up queued behind the active execution {prompt, position}.
+    public static let executionQueued = "execution.queued"
+    /// A queued follow-up cancelled before its turn.
+    public static let executionCancelled = "execution.cancelled"
     public static let agent = "agent"
     public static let output = "output"
 }

@@ -2,10 +2,13 @@ import Foundation
 
 /// An execution's lifecycle: pending → running → completed | failed | interrupted.
 /// A pending execution may also end directly (never started, interrupted before it ran).
+/// A follow-up sent with `queue` while another execution is active starts `queued`: it becomes
+/// pending when its turn comes, or ends interrupted (reason `cancelled`) when it is cancelled.
 public enum ExecutionStatus: String, Sendable, Codable, CaseIterable {
-    case pending, running, completed, failed, interrupted
+    case queued, pending, running, completed, failed, interrupted
 
-    /// Pending and running executions are active: their runtime is never idle.
+    /// Pending and running executions are active: their runtime is never idle. A queued one is
+    /// not: it waits for its turn and keeps nothing up by itself.
     public var isActive: Bool { self == .pending || self == .running }
 }
 
@@ -45,6 +48,9 @@ public struct Execution: Sendable, Equatable, Codable {
     /// Whether the runtime itself reported the end. A failure the control plane declared
     /// (no heartbeat, runtime gone) is not evidence that the runtime was active at `completedAt`.
     public var endReportedByRuntime: Bool
+    /// When it was queued (a follow-up sent with `queue`); nil for one accepted to run at once.
+    /// Its `startedAt` is when its turn came.
+    public var queuedAt: Date?
 
     public init(
         id: ExecutionID, sessionId: SessionID, prompt: String, mode: String? = nil, model: String? = nil,
@@ -60,6 +66,34 @@ public struct Execution: Sendable, Equatable, Codable {
         self.progressEvents = 0
         self.endReportedByRuntime = false
     }
+
+    /// A follow-up that waits for its turn behind the active execution.
+    public static func queued(
+        id: ExecutionID, sessionId: SessionID, prompt: String, mode: String? = nil, model: String? = nil, at date: Date
+    ) -> Execution {
+        var execution = Execution(id: id, sessionId: sessionId, prompt: prompt, mode: mode, model: model, acceptedAt: date)
+        execution.status = .queued
+        execution.queuedAt = date
+        return execution
+    }
+
+    /// queued → pending: its turn came at `date` (its `startedAt` from now on).
+    public mutating func promote(at date: Date) throws(IllegalTransition) {
+        guard status == .queued else { throw IllegalTransition(from: status.rawValue, to: ExecutionStatus.pending.rawValue) }
+        status = .pending
+        startedAt = date
+    }
+
+    /// queued → interrupted with reason `cancelled`: it never ran.
+    public mutating func cancelQueued(at date: Date) throws(IllegalTransition) {
+        guard status == .queued else { throw IllegalTransition(from: status.rawValue, to: "cancelled") }
+        status = .interrupted
+        completedAt = date
+        interruptReason = Execution.cancelledReason
+    }
+
+    /// The interrupt reason of a queued execution cancelled before its turn.
+    public static let cancelledReason = "cancelled"
 
     /// pending → running.
     public mutating func markRunning(at date: Date) throws(IllegalTransition) {

@@ -54,7 +54,8 @@ public enum ExecutionLiveness {
                 return Decision(stuckForMs: now.milliseconds(since: lastProgress), nextDeadline: staleAt)
             }
             return Decision(nextDeadline: min(staleAt, stuckAt))
-        case .completed, .failed, .interrupted:
+        // A queued execution waits for its turn: no liveness rule applies to it.
+        case .queued, .completed, .failed, .interrupted:
             return Decision()
         }
     }

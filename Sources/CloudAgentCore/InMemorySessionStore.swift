@@ -62,7 +62,7 @@ public actor InMemorySessionStore: SessionStore {
             _ = deleteSession(change.sessionId)
             return numbered
         }
-        if let new = change.newExecution {
+        if let new = change.newExecution, new.status.isActive {
             let saved = change.executions.reduce(into: executionsById) { $0[$1.id] = $1 }
             if let active = saved.values.first(where: { $0.sessionId == change.sessionId && $0.status.isActive && $0.id != new.id }) {
                 throw StoreError.executionInProgress(active.id)
@@ -76,6 +76,9 @@ public actor InMemorySessionStore: SessionStore {
                 saved.lastHeartbeat = max(recorded, execution.lastHeartbeat ?? recorded)
             }
             executionsById[execution.id] = saved
+        }
+        for cancelled in change.cancelledQueued where executionsById[cancelled]?.status == .queued {
+            executionsById[cancelled] = nil
         }
         var appended: [Event] = []
         var last = lastEventIds[change.sessionId] ?? 0
@@ -124,7 +127,8 @@ public actor InMemorySessionStore: SessionStore {
                 session: session,
                 execution: session.activeExecutionId.flatMap { executionsById[$0] } ?? latestExecution(of: id),
                 oldestEventAt: forRules ? oldestEventAt(of: id) : nil,
-                wakeUp: forRules ? wakeUpsBySession[id] : nil
+                wakeUp: forRules ? wakeUpsBySession[id] : nil,
+                nextQueued: forRules ? session.queue.first.flatMap { executionsById[$0] } : nil
             )
         }
         let decision = try decide(state)
@@ -142,7 +146,7 @@ public actor InMemorySessionStore: SessionStore {
         executionsById.values.filter { $0.sessionId == session }.sorted { $0.id < $1.id }
     }
 
-    public func latestExecution(of session: SessionID) -> Execution? { executions(of: session).last }
+    public func latestExecution(of session: SessionID) -> Execution? { executions(of: session).last { $0.status != .queued } }
 
     public func recordHeartbeats(_ heartbeats: [Heartbeat]) -> Int {
         var changed = 0

@@ -126,6 +126,18 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     /// The agent's permission requests and questions (pending, and the latest resolved) and the
     /// session's "always" answers; nil (as stored before they existed) when there are none.
     public var inputBook: SessionInputs?
+    /// The queued follow-ups, in order (their executions are stored `queued`); nil (as stored
+    /// before the queue existed) when there are none.
+    public var queuedIds: [ExecutionID]?
+
+    /// The queued follow-ups, in the order they run.
+    public var queue: [ExecutionID] {
+        get { queuedIds ?? [] }
+        set { queuedIds = newValue.isEmpty ? nil : newValue }
+    }
+
+    /// At most this many follow-ups wait in a session's queue.
+    public static let maxQueued = 20
 
     /// The agent's permission requests and questions, and the session's "always" answers.
     public var inputs: SessionInputs {

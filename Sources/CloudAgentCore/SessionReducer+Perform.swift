@@ -22,17 +22,21 @@ extension SessionState {
         var next = self
         if let session = change.session { next.session = session }
         var known: [ExecutionID: Execution] = [:]
+        if let nextQueued { known[nextQueued.id] = nextQueued }
         if let execution { known[execution.id] = execution }
         for var written in change.executions + (change.newExecution.map { [$0] } ?? []) {
             // As the stores save it: a saved copy never moves a recorded heartbeat back.
             if let recorded = known[written.id]?.lastHeartbeat { written.lastHeartbeat = max(recorded, written.lastHeartbeat ?? recorded) }
             known[written.id] = written
         }
+        for cancelled in change.cancelledQueued { known[cancelled] = nil }
         if let active = next.session.activeExecutionId, let execution = known[active] {
             next.execution = execution
         } else {
-            next.execution = known.values.max { $0.id < $1.id }
+            // The latest is the latest that is not queued, as the stores read it.
+            next.execution = known.values.filter { $0.status != .queued }.max { $0.id < $1.id }
         }
+        next.nextQueued = next.session.queue.first.flatMap { known[$0] }
         if change.deleteEventsBefore != nil {
             next.oldestEventAt = nil
         } else if next.oldestEventAt == nil {
@@ -75,6 +79,7 @@ extension SessionChange {
                 merged.executions.append(execution)
             }
         }
+        merged.cancelledQueued += next.cancelledQueued
         merged.events += next.events
         if let wakeUp = next.wakeUp { merged.wakeUp = wakeUp }
         merged.callbacks += next.callbacks

@@ -29,6 +29,8 @@ extension SessionReducer {
         let before = state.execution
         // Each action is a transition done once; a few rounds settle any chain of them.
         for _ in 0..<4 {
+            // A session with no active execution starts its next queued one first.
+            if try startNextQueued(&state, change: &change, effects: &effects, notes: &notes, now: now) { changed = true }
             let evaluation = SessionRules.evaluate(
                 SessionSnapshot(session: state.session, latestExecution: state.execution, oldestEventAt: state.oldestEventAt),
                 timing: context.timing, controlPlaneStartedAt: context.heardSince(state.session), now: now
@@ -106,7 +108,7 @@ extension SessionReducer {
                 }
             }
             change.session = state.session
-            if state.execution != before { change.executions = state.execution.map { [$0] } ?? [] }
+            if state.execution != before, let execution = state.execution { change.save(execution) }
             changed = true
         }
         change.wakeUp = .some(now.adding(milliseconds: 1000))

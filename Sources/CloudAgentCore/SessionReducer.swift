@@ -38,6 +38,8 @@ public struct SessionContext: Sendable, Equatable {
 /// A decision worth a log line (and a metric): the shell writes one line per note.
 public enum DecisionNote: Sendable, Equatable {
     case executionAccepted(ExecutionID, runtime: RuntimeState)
+    case executionQueued(ExecutionID, position: Int)
+    case queuedCancelled(ExecutionID)
     case executionEnded(ExecutionID, ExecutionStatus, detail: String?)
     case executionStuck(ExecutionID, sinceLastProgressMs: Int64)
     case stopDecided(StopReason)
@@ -82,25 +84,33 @@ public enum SessionReducer {
         public var mode: String?
         public var model: String?
         public var followUp: Bool
+        /// A follow-up that waits its turn when another execution is active (else it is refused).
+        public var queue: Bool
 
-        public init(id: ExecutionID, prompt: String? = nil, mode: String? = nil, model: String? = nil, followUp: Bool) {
+        public init(id: ExecutionID, prompt: String? = nil, mode: String? = nil, model: String? = nil, followUp: Bool, queue: Bool = false) {
             self.id = id
             self.prompt = prompt
             self.mode = mode
             self.model = model
             self.followUp = followUp
+            self.queue = queue
         }
     }
 
     /// Accepts an execution. A stopped runtime is started (cold) at once; a stopping one is
     /// started again once its stop is recorded (`stopped`): the caller never waits for a stop.
+    /// A follow-up sent with `queue` while another execution is active (or others wait) is
+    /// queued instead (`queueMessage`).
     public static func startExecution(
         _ state: SessionState?, id: SessionID, owner: Owner, _ request: NewExecution, context: SessionContext
     ) throws(SessionError) -> Decision<Outcome<Execution>> {
         var session = try owned(state, id: id, by: owner)
         if !request.followUp, session.initiatedAt != nil { throw .invalidState("session \(id) was already initiated; send a message instead") }
         if request.followUp, session.initiatedAt == nil { throw .invalidState("session \(id) was not initiated yet; initiate it first") }
-        if let active = session.activeExecutionId { throw .executionInProgress(active) }
+        if request.followUp, request.queue, session.activeExecutionId != nil || !session.queue.isEmpty {
+            return try queueMessage(session, request, context: context)
+        }
+        if let active = session.activeExecutionId ?? session.queue.first { throw .executionInProgress(active) }
         if isChanging(session, context) { throw .invalidState("session \(id) is being changed; retry once the change is done") }
         let now = context.now
         let prompt = request.prompt ?? session.spec.prompt

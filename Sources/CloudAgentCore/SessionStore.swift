@@ -83,10 +83,14 @@ public struct SessionChange: Sendable {
     public var sessionId: SessionID
     /// The whole session record to save (nil leaves it as it is).
     public var session: SessionRecord?
-    /// A new execution. Refused with `StoreError.executionInProgress` while another is active.
+    /// A new execution. An active one (pending) is refused with `StoreError.executionInProgress`
+    /// while another is active; a queued one is not.
     public var newExecution: Execution?
     /// Executions to save as they are given.
     public var executions: [Execution]
+    /// Queued executions cancelled before their turn: their rows are deleted (only while
+    /// still queued).
+    public var cancelledQueued: [ExecutionID]
     /// Events to append; the store numbers them.
     public var events: [NewEvent]
     /// The session's next wake-up: `.some(nil)` clears it, nil leaves it.
@@ -108,13 +112,14 @@ public struct SessionChange: Sendable {
 
     public init(
         sessionId: SessionID, session: SessionRecord? = nil, newExecution: Execution? = nil, executions: [Execution] = [],
-        events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [], commands: [OutboxCommand] = [],
+        cancelledQueued: [ExecutionID] = [], events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [], commands: [OutboxCommand] = [],
         dropCommands: [CommandDrop] = [], deleteEventsBefore: Date? = nil, deletesSession: Bool = false
     ) {
         self.sessionId = sessionId
         self.session = session
         self.newExecution = newExecution
         self.executions = executions
+        self.cancelledQueued = cancelledQueued
         self.events = events
         self.wakeUp = wakeUp
         self.callbacks = callbacks
@@ -153,7 +158,8 @@ public protocol SessionStore: Sendable {
     /// writes its change, all under the store's write lock for the session (SQLite: one
     /// `BEGIN IMMEDIATE` transaction; PostgreSQL: `SELECT … FOR UPDATE` in one transaction), so
     /// that no other change to the session lands between the read and the write.
-    /// `forRules` also reads what only the rules need: `oldestEventAt` and `wakeUp`.
+    /// `forRules` also reads what only the rules need: `oldestEventAt`, `wakeUp` and
+    /// `nextQueued`. The state's `execution` is never a queued one.
     func update<Output: Sendable>(
         _ id: SessionID, forRules: Bool, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output>
@@ -164,6 +170,7 @@ public protocol SessionStore: Sendable {
     func execution(_ id: ExecutionID) async throws -> Execution?
     /// A session's executions, oldest first.
     func executions(of session: SessionID) async throws -> [Execution]
+    /// A session's latest execution that is not queued.
     func latestExecution(of session: SessionID) async throws -> Execution?
     /// Records heartbeats of running executions (one column each). Returns how many rows changed.
     @discardableResult

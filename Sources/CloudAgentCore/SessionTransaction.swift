@@ -10,12 +10,16 @@ public struct SessionState: Sendable, Equatable {
     public var oldestEventAt: Date?
     /// The session's stored wake-up (read for the rules only).
     public var wakeUp: Date?
+    /// The first of the session's queued follow-ups (`session.queue.first`), read for the rules
+    /// only: it starts once no execution is active.
+    public var nextQueued: Execution?
 
-    public init(session: SessionRecord, execution: Execution?, oldestEventAt: Date? = nil, wakeUp: Date? = nil) {
+    public init(session: SessionRecord, execution: Execution?, oldestEventAt: Date? = nil, wakeUp: Date? = nil, nextQueued: Execution? = nil) {
         self.session = session
         self.execution = execution
         self.oldestEventAt = oldestEventAt
         self.wakeUp = wakeUp
+        self.nextQueued = nextQueued
     }
 }
 
@@ -139,6 +143,20 @@ public struct Committed<Output: Sendable>: Sendable {
     }
 }
 
+/// A bound a request may reach (answered 429).
+public enum LimitKind: String, Sendable, Equatable {
+    case queue, runtimesPerUser, dailyBudget
+
+    /// The error code the API answers with.
+    public var code: String {
+        switch self {
+        case .queue: "QUEUE_FULL"
+        case .runtimesPerUser: "QUOTA_EXCEEDED"
+        case .dailyBudget: "BUDGET_EXCEEDED"
+        }
+    }
+}
+
 /// Why a command about a session was refused. The HTTP layer maps each to its status.
 public enum SessionError: Error, Equatable, CustomStringConvertible {
     case notFound(SessionID)
@@ -153,6 +171,9 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
     case inputNotFound(String)
     /// A request whose body does not fit the state it acts on (400 `INVALID_REQUEST`, naming the field).
     case invalidRequest(field: String, String)
+    /// A bound was reached (429, retryable): the session's queue (`QUEUE_FULL`), the user's
+    /// runtimes (`QUOTA_EXCEEDED`) or the user's daily budget (`BUDGET_EXCEEDED`).
+    case limitReached(LimitKind, limit: Double, String)
 
     public var description: String {
         switch self {
@@ -162,6 +183,7 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
         case .executionInProgress(let id): "execution \(id) is still active"
         case .inputNotFound(let id): "input request \(id) not found"
         case .invalidRequest(let field, let message): "\(field) \(message)"
+        case .limitReached(_, _, let message): message
         }
     }
 }

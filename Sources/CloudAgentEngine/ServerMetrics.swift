@@ -26,7 +26,7 @@ public struct ServerMetrics: Sendable {
         takeovers = registry.makeCounter(descriptor: Self.name("node_takeovers", "Lost nodes whose sessions this node took over"))
         inputPending = registry.makeGauge(
             descriptor: MetricNameDescriptor(
-                namespace: "cloud_agent", metricName: "input_pending",
+                namespace: "cloud_agent", metricName: "input_pending", unitName: "",
                 helpText: "Input requests waiting for an answer, in the whole cluster (the same on every node)"))
     }
 

@@ -107,6 +107,13 @@ public final class SessionLedger: Sendable {
             metadata["executionId"] = "\(execution)"
             metadata["runtime"] = "\(runtime.rawValue)"
             logger.info("execution accepted", metadata: metadata)
+        case .executionQueued(let execution, let position):
+            metadata["executionId"] = "\(execution)"
+            metadata["position"] = "\(position)"
+            logger.info("execution queued", metadata: metadata)
+        case .queuedCancelled(let execution):
+            metadata["executionId"] = "\(execution)"
+            logger.info("queued execution cancelled", metadata: metadata)
         case .executionEnded(let execution, let status, let detail):
             metrics.executionEnded(status)
             metadata["executionId"] = "\(execution)"

@@ -5,29 +5,53 @@ import HTTPTypes
 import Logging
 
 extension SessionService {
-    /// A follow-up's body: `{prompt, mode?, model?}`.
+    /// A follow-up's body: `{prompt, mode?, model?, queue?}`.
     public struct MessageInput: Sendable {
         public var prompt: String
         public var mode: String?
         public var model: String?
+        /// Wait for the active execution (and those queued before) instead of a 409.
+        public var queue = false
+
+        public init(prompt: String, mode: String? = nil, model: String? = nil, queue: Bool = false) {
+            self.prompt = prompt
+            self.mode = mode
+            self.model = model
+            self.queue = queue
+        }
 
         public static func parse(_ body: JSONValue) throws(ValidationError) -> MessageInput {
             guard case .object(let object) = body else { throw ValidationError(field: "body", "must be a JSON object") }
-            if let unknown = object.keys.sorted().first(where: { !["prompt", "mode", "model"].contains($0) }) {
+            if let unknown = object.keys.sorted().first(where: { !["prompt", "mode", "model", "queue"].contains($0) }) {
                 throw ValidationError(field: unknown, "is not a known field")
             }
             guard let prompt = object["prompt"], !prompt.isNull else { throw ValidationError(field: "prompt", "is required") }
             var input = MessageInput(prompt: try Validate.prompt(prompt, field: "prompt"))
             if let mode = object["mode"], !mode.isNull { input.mode = try Validate.name(mode, field: "mode") }
             if let model = object["model"], !model.isNull { input.model = try Validate.name(model, field: "model") }
+            if let queue = object["queue"], !queue.isNull {
+                guard case .bool(let flag) = queue else { throw ValidationError(field: "queue", "must be true or false") }
+                input.queue = flag
+            }
             return input
         }
+    }
+
+    /// An accepted execution: started, or queued at `position` (1 = next).
+    public struct Accepted: Sendable {
+        public var execution: Execution
+        public var position: Int?
     }
 
     /// Starts an execution: the prepared prompt (`initiate`) or a follow-up (`messages`).
     /// Answers at once: a stopped runtime is cold-started in the background, and one that is
     /// stopping is started again once its stop is recorded.
     public func startExecution(_ id: SessionID, owner: Owner, message: MessageInput?) async throws -> Execution {
+        try await acceptExecution(id, owner: owner, message: message).execution
+    }
+
+    /// `startExecution`, with the queued execution's place in the queue.
+    public func acceptExecution(_ id: SessionID, owner: Owner, message: MessageInput?) async throws -> Accepted {
         let current = try await session(id, owner: owner)
         // The agent may have gone since the session was prepared (a server started without it).
         try agents.requireAvailable(current.spec.agent)
@@ -37,13 +61,14 @@ extension SessionService {
             (current.runtime.state == .stopped || current.runtime.state == .stopping)
             && lifecycle.startsHere(hostNode: current.runtime.hostNode)
         let request = SessionReducer.NewExecution(
-            id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil
+            id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil,
+            queue: message?.queue ?? false
         )
         do {
             // The admission stands when the decision launches the runtime, or starts it again
             // once its stop is recorded.
-            return try await lifecycle.admitting(
-                id, if: needsStart && current.activeExecutionId == nil, engine: engine,
+            let committed = try await lifecycle.admitting(
+                id, if: needsStart && current.activeExecutionId == nil && current.queue.isEmpty, engine: engine,
                 starts: { committed in
                     committed.effects.contains { if case .launch = $0 { true } else { false } } || committed.change?.session?.runtime.state == .stopping
                 }
@@ -51,9 +76,21 @@ extension SessionService {
                 try await engine.perform(id) { state, context in
                     try SessionReducer.startExecution(state, id: id, owner: owner, request, context: context)
                 }
-            }.output
+            }
+            let execution = committed.output
+            let position = execution.status == .queued ? committed.change?.session?.queue.firstIndex(of: execution.id).map { $0 + 1 } : nil
+            return Accepted(execution: execution, position: position)
         } catch StoreError.executionInProgress(let active) {
             throw SessionError.executionInProgress(active)
+        }
+    }
+
+    /// Cancels a queued execution before its turn.
+    public func cancelQueued(_ executionId: ExecutionID, of id: SessionID, owner: Owner) async throws {
+        _ = try await session(id, owner: owner)
+        let known = try await store.execution(executionId).map { $0.sessionId == id } ?? false
+        try await engine.perform(id) { state, context in
+            try SessionReducer.cancelQueued(state, id: id, owner: owner, executionId: executionId, known: known, context: context)
         }
     }
 

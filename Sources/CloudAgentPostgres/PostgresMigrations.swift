@@ -162,5 +162,11 @@ enum PostgresMigrations {
                 "ALTER TABLE callback_deliveries DROP CONSTRAINT callback_deliveries_execution_id_key",
                 "CREATE UNIQUE INDEX callback_deliveries_once ON callback_deliveries (execution_id, input_request_id)",
             ]),
+        Migration(
+            version: 6, name: "message_queue",
+            statements: [
+                // A queued follow-up's row: when it was queued (its started_at is when its turn came).
+                "ALTER TABLE executions ADD COLUMN queued_at BIGINT"
+            ]),
     ]
 }

@@ -234,9 +234,14 @@ public final class PostgresSessionStore: SessionStore, Service {
                     let session = try RecordCoding.decode(SessionRecord.self, from: try row[0].decode(String.self))
                     lastEventId = try row[1].decode(Int64.self)
                     func date(_ index: Int) throws -> Date? { try row[index].decode(Int64?.self).map { Date(millisecondsSince1970: $0) } }
+                    // The queue's head, for the rules: one more round trip, only while a queue waits.
+                    let nextQueued: Execution? =
+                        if forRules, let next = session.queue.first {
+                            try await self.executions("WHERE id = \(next.rawValue)", on: connection).first
+                        } else { nil }
                     state = SessionState(
                         session: session, execution: try Self.execution(from: row, at: 4),
-                        oldestEventAt: forRules ? try date(2) : nil, wakeUp: forRules ? try date(3) : nil
+                        oldestEventAt: forRules ? try date(2) : nil, wakeUp: forRules ? try date(3) : nil, nextQueued: nextQueued
                     )
                 }
                 let decision = try decide(state)
@@ -265,8 +270,11 @@ public final class PostgresSessionStore: SessionStore, Service {
             try await connection.run("UPDATE sessions SET record = \(record), runtime_state = \(session.runtime.state.rawValue) WHERE id = \(id)", logger)
         }
         for execution in change.executions { try await save(execution, on: connection) }
+        for cancelled in change.cancelledQueued {
+            try await connection.run("DELETE FROM executions WHERE id = \(cancelled.rawValue) AND session_id = \(id) AND status = 'queued'", logger)
+        }
         if let new = change.newExecution {
-            if let active = try await connection.rows(
+            if new.status.isActive, let active = try await connection.rows(
                 "SELECT id FROM executions WHERE session_id = \(id) AND status IN ('pending', 'running') AND id <> \(new.id.rawValue) LIMIT 1", logger
             ).first, let activeId = ExecutionID(rawValue: try active.decode(String.self)) {
                 throw StoreError.executionInProgress(activeId)
@@ -392,14 +400,15 @@ public final class PostgresSessionStore: SessionStore, Service {
             """
             INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
                 completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
-                end_reported_by_runtime)
+                end_reported_by_runtime, queued_at)
             VALUES (\(execution.id.rawValue), \(execution.sessionId.rawValue), \(execution.status.rawValue), \(execution.prompt),
                 \(execution.mode), \(execution.model), \(execution.startedAt.millisecondsSince1970),
                 \(execution.runningAt?.millisecondsSince1970), \(execution.lastHeartbeat?.millisecondsSince1970),
                 \(execution.completedAt?.millisecondsSince1970), \(execution.exitCode), \(execution.error),
                 \(execution.interruptReason), \(execution.progressEvents), \(execution.lastEventAt?.millisecondsSince1970),
-                \(execution.stuckReportedAt?.millisecondsSince1970), \(execution.endReportedByRuntime))
-            ON CONFLICT (id) DO UPDATE SET status = excluded.status, running_at = excluded.running_at,
+                \(execution.stuckReportedAt?.millisecondsSince1970), \(execution.endReportedByRuntime),
+                \(execution.queuedAt?.millisecondsSince1970))
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, started_at = excluded.started_at, running_at = excluded.running_at,
                 last_heartbeat = GREATEST(executions.last_heartbeat, excluded.last_heartbeat),
                 completed_at = excluded.completed_at, exit_code = excluded.exit_code, error = excluded.error,
                 interrupt_reason = excluded.interrupt_reason, progress_events = excluded.progress_events,
@@ -412,7 +421,7 @@ public final class PostgresSessionStore: SessionStore, Service {
 
     private static let executionColumns = """
         id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat, completed_at, exit_code, error,
-        interrupt_reason, progress_events, last_event_at, stuck_reported_at, end_reported_by_runtime
+        interrupt_reason, progress_events, last_event_at, stuck_reported_at, end_reported_by_runtime, queued_at
         """
 
     /// The state `update` decides on, in one statement: the session's record and last event id
@@ -430,7 +439,8 @@ public final class PostgresSessionStore: SessionStore, Service {
                 SELECT s.record, s.last_event_id, \(rules), \(executionColumns.split(separator: ",").map { "e." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", "))
                 FROM sessions s
                 LEFT JOIN LATERAL (
-                    SELECT * FROM executions WHERE session_id = s.id ORDER BY status IN ('pending', 'running') DESC, id DESC LIMIT 1
+                    SELECT * FROM executions WHERE session_id = s.id AND status <> 'queued'
+                    ORDER BY status IN ('pending', 'running') DESC, id DESC LIMIT 1
                 ) e ON TRUE
                 WHERE s.id = $1
                 FOR UPDATE OF s
@@ -458,7 +468,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         let runningAt: Int64? = try column(7), lastHeartbeat: Int64? = try column(8), completedAt: Int64? = try column(9)
         let exitCode: Int? = try column(10), error: String? = try column(11), interruptReason: String? = try column(12)
         let progressEvents: Int = try column(13), lastEventAt: Int64? = try column(14), stuckReportedAt: Int64? = try column(15)
-        let endReportedByRuntime: Bool = try column(16)
+        let endReportedByRuntime: Bool = try column(16), queuedAt: Int64? = try column(17)
         guard let executionId = ExecutionID(rawValue: id), let sessionId = SessionID(rawValue: sessionId),
             let status = ExecutionStatus(rawValue: status)
         else { return nil }
@@ -477,6 +487,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         execution.lastEventAt = date(lastEventAt)
         execution.stuckReportedAt = date(stuckReportedAt)
         execution.endReportedByRuntime = endReportedByRuntime
+        execution.queuedAt = date(queuedAt)
         return execution
     }
 
@@ -489,7 +500,7 @@ public final class PostgresSessionStore: SessionStore, Service {
     }
 
     public func latestExecution(of session: SessionID) async throws -> Execution? {
-        try await executions("WHERE session_id = \(session.rawValue) ORDER BY id DESC LIMIT 1").first
+        try await executions("WHERE session_id = \(session.rawValue) AND status <> 'queued' ORDER BY id DESC LIMIT 1").first
     }
 
     @discardableResult

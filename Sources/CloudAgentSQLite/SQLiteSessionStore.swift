@@ -147,6 +147,10 @@ public final class SQLiteSessionStore: SessionStore {
                     CREATE INDEX callback_deliveries_by_session ON callback_deliveries(session_id);
                     """)
         }
+        migrator.registerMigration("005_message_queue") { db in
+            // A queued follow-up's row: when it was queued (its started_at is when its turn came).
+            try db.execute(sql: "ALTER TABLE executions ADD COLUMN queued_at INTEGER")
+        }
         return migrator
     }
 
@@ -275,9 +279,16 @@ public final class SQLiteSessionStore: SessionStore {
                 }
                 if execution == nil {
                     execution = try Row.fetchOne(
-                        db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1"), arguments: [id.rawValue]
+                        db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? AND status != 'queued' ORDER BY id DESC LIMIT 1"),
+                        arguments: [id.rawValue]
                     ).flatMap(Self.execution(from:))
                 }
+                let nextQueued =
+                    forRules
+                    ? try session.queue.first.flatMap { next in
+                        try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM executions WHERE id = ?"), arguments: [next.rawValue])
+                            .flatMap(Self.execution(from:))
+                    } : nil
                 let oldest =
                     forRules
                     ? try Int64.fetchOne(
@@ -289,7 +300,7 @@ public final class SQLiteSessionStore: SessionStore {
                     ? try Int64.fetchOne(db.cachedStatement(sql: "SELECT due_at FROM wake_ups WHERE session_id = ?"), arguments: [id.rawValue])
                         .map { Date(millisecondsSince1970: $0) }
                     : nil
-                state = SessionState(session: session, execution: execution, oldestEventAt: oldest, wakeUp: wakeUp)
+                state = SessionState(session: session, execution: execution, oldestEventAt: oldest, wakeUp: wakeUp, nextQueued: nextQueued)
             }
             let decision = try decide(state)
             guard let change = decision.change else {
@@ -313,8 +324,12 @@ public final class SQLiteSessionStore: SessionStore {
                 .execute(arguments: [sessionJSON, session.runtime.state.rawValue, id])
         }
         for execution in change.executions { try Self.save(execution, in: db) }
+        for cancelled in change.cancelledQueued {
+            try db.cachedStatement(sql: "DELETE FROM executions WHERE id = ? AND session_id = ? AND status = 'queued'")
+                .execute(arguments: [cancelled.rawValue, id])
+        }
         if let new = change.newExecution {
-            if let active = try String.fetchOne(
+            if new.status.isActive, let active = try String.fetchOne(
                 db,
                 sql: "SELECT id FROM executions WHERE session_id = ? AND status IN ('pending', 'running') AND id != ?",
                 arguments: [id, new.id.rawValue]
@@ -390,9 +405,9 @@ public final class SQLiteSessionStore: SessionStore {
             sql: """
                 INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
                     completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
-                    end_reported_by_runtime)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(id) DO UPDATE SET status = excluded.status, running_at = excluded.running_at,
+                    end_reported_by_runtime, queued_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET status = excluded.status, started_at = excluded.started_at, running_at = excluded.running_at,
                     last_heartbeat = MAX(COALESCE(executions.last_heartbeat, excluded.last_heartbeat),
                         COALESCE(excluded.last_heartbeat, executions.last_heartbeat)),
                     completed_at = excluded.completed_at, exit_code = excluded.exit_code, error = excluded.error,
@@ -406,7 +421,7 @@ public final class SQLiteSessionStore: SessionStore {
             execution.runningAt?.millisecondsSince1970, execution.lastHeartbeat?.millisecondsSince1970,
             execution.completedAt?.millisecondsSince1970, execution.exitCode, execution.error,
             execution.interruptReason, execution.progressEvents, execution.lastEventAt?.millisecondsSince1970,
-            execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime,
+            execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime, execution.queuedAt?.millisecondsSince1970,
         ])
     }
 
@@ -430,6 +445,7 @@ public final class SQLiteSessionStore: SessionStore {
         execution.lastEventAt = date("last_event_at")
         execution.stuckReportedAt = date("stuck_reported_at")
         execution.endReportedByRuntime = row["end_reported_by_runtime"]
+        execution.queuedAt = date("queued_at")
         return execution
     }
 
@@ -448,7 +464,10 @@ public final class SQLiteSessionStore: SessionStore {
 
     public func latestExecution(of session: SessionID) async throws -> Execution? {
         try await pool.read { db in
-            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? ORDER BY id DESC LIMIT 1"), arguments: [session.rawValue])
+            try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? AND status != 'queued' ORDER BY id DESC LIMIT 1"),
+                arguments: [session.rawValue]
+            )
                 .flatMap(Self.execution(from:))
         }
     }

@@ -57,6 +57,8 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible {
             self.init(.serviceUnavailable, code: "RUNTIME_UNAVAILABLE", message, details: ["retryable": .bool(true)])
         case .inputNotFound(let id): self = .notFound("input request \(id)")
         case .invalidRequest(let field, let message): self = .invalid(field: field, message)
+        case .limitReached(let kind, let limit, let message):
+            self.init(.tooManyRequests, code: kind.code, message, details: ["limit": .number(limit), "retryable": .bool(true)])
         }
     }
 

@@ -14,6 +14,7 @@ struct ExecutionRoutes {
         group.post("sessions/:sessionId/interrupt", use: interrupt)
         group.get("sessions/:sessionId/executions", use: list)
         group.get("sessions/:sessionId/executions/:executionId", use: show)
+        group.delete("sessions/:sessionId/executions/:executionId", use: cancel)
         group.get("sessions/:sessionId/events", use: events)
         group.get("sessions/:sessionId/input-requests", use: inputRequests)
         group.post("sessions/:sessionId/input-requests/:requestId", use: answerInput)
@@ -39,18 +40,21 @@ struct ExecutionRoutes {
         return JSONResponse.make(resolved.json(deadline: nil))
     }
 
-    func accepted(_ id: SessionID, _ execution: Execution) -> Response {
-        JSONResponse.make(
-            [
-                "sessionId": .string(id.rawValue), "executionId": .string(execution.id.rawValue), "status": "started",
-                "streamUrl": .string("/v1/sessions/\(id.rawValue)/stream?executionId=\(execution.id.rawValue)"),
-            ], status: .accepted)
+    /// 202: started, or queued with its place in the queue (1 = next).
+    func accepted(_ id: SessionID, _ accepted: SessionService.Accepted) -> Response {
+        let execution = accepted.execution
+        var body: [String: JSONValue] = [
+            "sessionId": .string(id.rawValue), "executionId": .string(execution.id.rawValue),
+            "status": execution.status == .queued ? "queued" : "started",
+            "streamUrl": .string("/v1/sessions/\(id.rawValue)/stream?executionId=\(execution.id.rawValue)"),
+        ]
+        if let position = accepted.position { body["position"] = .number(Double(position)) }
+        return JSONResponse.make(.object(body), status: .accepted)
     }
 
     @Sendable func initiate(_ request: Request, context: AppRequestContext) async throws -> Response {
         let id = try SessionRoutes.sessionID(context)
-        let execution = try await service.startExecution(id, owner: try context.requireOwner(), message: nil)
-        return accepted(id, execution)
+        return accepted(id, try await service.acceptExecution(id, owner: try context.requireOwner(), message: nil))
     }
 
     @Sendable func message(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -61,8 +65,7 @@ struct ExecutionRoutes {
         do { input = try SessionService.MessageInput.parse(try await JSONResponse.body(of: request)) } catch let error as ValidationError {
             throw APIError.from(error)
         }
-        let execution = try await service.startExecution(id, owner: owner, message: input)
-        return accepted(id, execution)
+        return accepted(id, try await service.acceptExecution(id, owner: owner, message: input))
     }
 
     @Sendable func interrupt(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -73,12 +76,33 @@ struct ExecutionRoutes {
         return JSONResponse.make(["interrupted": true, "executionId": .string(executionId.rawValue)])
     }
 
+    /// `?status=a,b` keeps the executions in those states (`queued`: the queue, in its order).
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
         let owner = try context.requireOwner()
         let id = try SessionRoutes.sessionID(context)
+        var statuses: Set<ExecutionStatus>?
+        if let text = request.uri.queryParameters["status"] {
+            let names = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let parsed = names.compactMap(ExecutionStatus.init(rawValue:))
+            guard !names.isEmpty, parsed.count == names.count else {
+                throw APIError.invalid(field: "status", "must be a comma-separated list of \(ExecutionStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            statuses = Set(parsed)
+        }
         let session = try await service.session(id, owner: owner)
-        let executions = try await service.executions(of: id, owner: owner)
+        var executions = try await service.executions(of: id, owner: owner)
+        if let statuses { executions.removeAll { !statuses.contains($0.status) } }
         return JSONResponse.make(["executions": .array(executions.map { Views.execution($0, session: session) })])
+    }
+
+    /// Cancels a queued execution: 204; one that is not queued (any more) is 409 `INVALID_STATE`.
+    @Sendable func cancel(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try SessionRoutes.sessionID(context)
+        guard let raw = context.parameters.get("executionId"), let executionId = ExecutionID(rawValue: raw) else {
+            throw APIError.notFound("execution \(context.parameters.get("executionId") ?? "")")
+        }
+        try await service.cancelQueued(executionId, of: id, owner: try context.requireOwner())
+        return Response(status: .noContent)
     }
 
     @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -53,6 +53,7 @@ public enum Views {
             "approvals": .string(spec.approvals.rawValue),
             "mcpServers": .object(spec.mcpServers.mapValues(\.json)),
             "pendingInput": .number(Double(session.inputs.pending.count)),
+            "queuedCount": .number(Double(session.queue.count)),
         ]
     }
 
@@ -84,6 +85,8 @@ public enum Views {
             "error": JSONValue(execution.error),
             "interruptReason": JSONValue(execution.interruptReason),
             "progress": ["events": .number(Double(execution.progressEvents)), "lastEventAt": JSONValue(execution.lastEventAt)],
+            "queuedAt": JSONValue(execution.queuedAt),
+            "position": JSONValue((session?.queue.firstIndex(of: execution.id)).map { Int64($0 + 1) }),
         ]
     }
 }

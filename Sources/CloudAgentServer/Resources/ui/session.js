@@ -19,6 +19,11 @@ export function renderSession(main, id) {
   const message = el("textarea", { id: "message", rows: 3, "aria-keyshortcuts": "Control+Enter",
     // Ctrl+Enter (⌘+Enter) sends; Enter alone makes a new line.
     onkeydown: (event) => { if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) event.target.form.requestSubmit(); } });
+  // "Queue": a message sent while the agent works waits its turn instead of being refused.
+  const queue = el("input", { id: "queue", type: "checkbox" });
+  const queueList = el("ol", { class: "executions queued", "aria-label": "Queued messages" });
+  const queueCard = el("section", { id: "queue-card", class: "card", "aria-labelledby": "queue-h", hidden: true },
+    el("h2", { id: "queue-h", text: "Queued messages" }), queueList);
   const idle = el("input", { id: "idle-timeout", type: "text" });
   const idleError = el("span", { class: "error", "aria-live": "polite" });
   const inputs = el("section", { id: "input-requests", class: "card attention", "aria-labelledby": "input-h", hidden: true });
@@ -42,8 +47,10 @@ export function renderSession(main, id) {
       el("form", { onsubmit: send },
         el("label", { for: "message", text: "Message" }), message,
         el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", text: "Send" }),
+          el("label", { class: "check", for: "queue" }, queue, " Queue"),
           act("Interrupt", interrupt), act("Delete", remove, "danger"))),
       notice),
+    queueCard,
     el("section", { "aria-labelledby": "exec-h", class: "card" }, el("h2", { id: "exec-h", text: "Executions" }), execList),
     el("section", { "aria-labelledby": "events-h", class: "card" },
       el("h2", { id: "events-h", text: "Events" }), streamStatus, log));
@@ -84,7 +91,18 @@ export function renderSession(main, id) {
     const active = executions.find((e) => e.executionId === view.activeExecutionId);
     heartbeat.textContent = active && active.lastHeartbeat
       ? `Agent alive: last heartbeat ${Math.max(0, Math.round((serverNow() - Date.parse(active.lastHeartbeat)) / 1000))}s ago` : "";
-    execList.replaceChildren(...executions.map((e) => el("li", {},
+    // The queue in the order it runs; each queued message can be cancelled before its turn.
+    const queued = executions.filter((e) => e.status === "queued").sort((a, b) => (a.position || 0) - (b.position || 0));
+    queueCard.hidden = queued.length === 0;
+    queueList.replaceChildren(...queued.map((e) => el("li", { "data-execution": e.executionId },
+      el("span", { class: "hint", text: (e.prompt || "").split("\n")[0] }), " ",
+      el("button", { type: "button", text: "Cancel", "aria-label": `Cancel queued message ${e.position || ""}`.trim(), onclick: async () => {
+        notice.textContent = "";
+        try { await api("DELETE", `/v1/sessions/${id}/executions/${e.executionId}`); notice.textContent = "Queued message cancelled."; }
+        catch (failure) { notice.textContent = failure.message; }
+        refresh();
+      } }))));
+    execList.replaceChildren(...executions.filter((e) => e.status !== "queued").map((e) => el("li", {},
       el("span", { class: "mono", text: e.executionId }), " ",
       el("strong", { class: `outcome ${e.status}`, text: e.status }),
       e.interruptReason ? ` (reason: ${e.interruptReason})` : "", e.error ? ` — ${e.error}` : "",
@@ -139,13 +157,14 @@ export function renderSession(main, id) {
     notice.textContent = "";
     if (!message.value.trim()) { notice.textContent = "Write a message first."; message.focus(); return; }
     try {
-      await api("POST", `/v1/sessions/${id}/messages`, { prompt: message.value });
+      const answer = await api("POST", `/v1/sessions/${id}/messages`, queue.checked ? { prompt: message.value, queue: true } : { prompt: message.value });
       message.value = "";
-      notice.textContent = "Sent.";
+      notice.textContent = answer && answer.status === "queued" ? `Queued (position ${answer.position}).` : "Sent.";
       refresh();
     } catch (failure) {
       notice.textContent = failure.code === "EXECUTION_IN_PROGRESS"
-        ? "The agent is still working on the previous message: wait for it to finish, or interrupt it." : `Not sent: ${failure.message}`;
+        ? "The agent is still working on the previous message: wait for it to finish, tick Queue to send it after, or interrupt it."
+        : `Not sent: ${failure.message}`;
     }
   }
 
@@ -180,6 +199,10 @@ export function renderSession(main, id) {
   function apply(event) {
     if (!view) return;
     const ended = { "execution.completed": "completed", "execution.failed": "failed", "execution.interrupted": "interrupted" }[event.type];
+    if (event.type === "execution.queued" || event.type === "execution.cancelled" || event.type === "execution.started") {
+      refresh(); // the queue moved: its list comes from the server
+      return;
+    }
     const execution = executions.find((e) => e.executionId === event.executionId);
     if (ended) {
       if (execution) execution.status = ended;
