@@ -285,6 +285,28 @@ struct MultiNodeTests {
         #expect(events.filter { $0["type"] == "input.resolved" }.compactMap { $0["data"]?["decision"]?.stringValue } == ["allow"])
     }
 
+    @Test("the node the runtime is connected to is killed -9 with follow-ups queued: none is lost, and they run in order through the other node")
+    func failoverWithAQueue() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        let (_, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "say first\nsleep 2"])
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
+        try #require(try await b.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+        for prompt in ["say second", "say third"] {
+            let queued = try await b.request("POST", "/v1/sessions/\(id)/messages", token: Self.token, json: ["prompt": .string(prompt), "queue": true])
+            try #require(queued.status == 202 && queued["status"] == "queued", "\(queued.text)")
+        }
+        try await cluster.kill("a")
+        try await eventually(within: 60, "the queue to run through node b") {
+            let view = try await Self.view(b, id)
+            return view["queuedCount"] == 0 && view["activeExecutionId"] == .null && view["latestExecution"]?["status"] == "completed"
+        }
+        let texts = try await Self.events(b, id).filter { $0["type"] == "agent" }.compactMap { $0["data"]?["text"]?.stringValue }
+        #expect(texts == ["first", "second", "third"])
+        let executions = try await b.request("GET", "/v1/sessions/\(id)/executions", token: Self.token)["executions"]?.arrayValue ?? []
+        #expect(executions.compactMap { $0["status"]?.stringValue } == ["completed", "completed", "completed"])
+    }
+
     @Test(
         "a node joins after the runtime connected, then the runtime's node is killed -9: the runtime was told of the new node, says hello to it, and the execution completes"
     )
