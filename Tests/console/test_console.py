@@ -203,7 +203,9 @@ def test_busy_send_interrupt_and_delete(browser, ctx):
     p.get_by_role("button", name="Interrupt").click()
     expect(events(p)).to_contain_text("■ execution interrupted")
     expect(p.get_by_role("list", name="Executions")).to_contain_text("interrupted")
-    # Delete asks first: dismissed, nothing happens; accepted, the session is gone.
+    # Delete asks first: dismissed, nothing happens; accepted, the session is gone (a re-read
+    # already on its way when it goes may meet a 404).
+    ctx.expect_http_error(404)
     p.get_by_role("button", name="Delete").click()
     assert len(ctx.dialogs) == 1
     expect(p).to_have_url(re.compile(session))
@@ -211,6 +213,31 @@ def test_busy_send_interrupt_and_delete(browser, ctx):
     p.get_by_role("button", name="Delete").click()
     expect(p.get_by_role("heading", name="Sessions")).to_be_visible()
     expect(p.get_by_role("link", name=session)).to_have_count(0)
+
+
+def test_queue_a_message_list_and_cancel(browser, ctx):
+    """The message queue: with "Queue" ticked a message sent while the agent works waits its
+    turn; the queued messages are listed, one is cancelled, the other runs once the first ends."""
+    p = ctx.sign_in()
+    ctx.start("say working\nsleep 4\nsay first done")
+    expect(events(p)).to_contain_text("working")
+    p.get_by_role("checkbox", name="Queue").check()
+    p.get_by_role("textbox", name="Message").fill("say from the queue")
+    p.get_by_role("button", name="Send").click()
+    expect(p.get_by_text("Queued (position 1).")).to_be_visible()
+    p.get_by_role("textbox", name="Message").fill("say never")
+    p.get_by_role("button", name="Send").click()
+    queued = p.get_by_role("list", name="Queued messages")
+    expect(queued.get_by_role("listitem")).to_have_count(2)
+    expect(queued).to_contain_text("say from the queue")
+    queued.get_by_role("listitem").filter(has_text="say never").get_by_role("button", name=re.compile("Cancel")).click()
+    expect(queued.get_by_role("listitem")).to_have_count(1)
+    region = events(p)
+    expect(region).to_contain_text("from the queue", timeout=30_000)
+    expect(p.locator("#queue-card")).to_be_hidden()
+    # The cancelled one never ran: no execution of it, no text of it.
+    expect(p.get_by_role("list", name="Executions")).not_to_contain_text("say never")
+    expect(region.get_by_role("listitem").filter(has_text=re.compile(r"^never$"))).to_have_count(0)
 
 
 def test_input_requests_allow_answer_deny(browser, ctx):

@@ -58,11 +58,15 @@ export function renderSession(main, id) {
   // Refreshes can overlap (an event's, the timer's): only the latest one started is drawn, so an
   // older answer that arrives late never puts back a state the page has moved past.
   let generation = 0;
+  let stopped = false;
   async function refresh() {
+    if (stopped) return;
     const mine = ++generation;
     try {
       const nextView = await api("GET", `/v1/sessions/${id}`);
+      if (stopped) return; // left or deleted meanwhile: ask nothing more
       const nextExecutions = ((await api("GET", `/v1/sessions/${id}/executions`)) || {}).executions || [];
+      if (stopped) return;
       const requests = nextView.pendingInput > 0
         ? (((await api("GET", `/v1/sessions/${id}/input-requests`)) || {}).requests || []).filter((r) => r.status === "pending") : [];
       if (mine !== generation) return;
@@ -199,10 +203,6 @@ export function renderSession(main, id) {
   function apply(event) {
     if (!view) return;
     const ended = { "execution.completed": "completed", "execution.failed": "failed", "execution.interrupted": "interrupted" }[event.type];
-    if (event.type === "execution.queued" || event.type === "execution.cancelled" || event.type === "execution.started") {
-      refresh(); // the queue moved: its list comes from the server
-      return;
-    }
     const execution = executions.find((e) => e.executionId === event.executionId);
     if (ended) {
       if (execution) execution.status = ended;
@@ -239,6 +239,6 @@ export function renderSession(main, id) {
     const every = view && view.activeExecutionId ? 2 : 5;
     if (ticks % every === 0 || (view && deadlinePassed(view))) refresh(); else draw();
   }, 1000);
-  function stop() { clearInterval(timer); clearTimeout(pending); closeStream(); }
+  function stop() { stopped = true; clearInterval(timer); clearTimeout(pending); closeStream(); }
   return stop;
 }
