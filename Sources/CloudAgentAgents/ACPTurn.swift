@@ -43,6 +43,9 @@ public struct ACPTurnReader: Sendable {
     private var tools: [String: ToolCall] = [:]
     /// The agent's message since its last update of another kind: what it said last.
     public private(set) var finalMessage = ""
+    /// The session's cumulative cost in US dollars, as the agent's latest `usage_update` said
+    /// (nil: none said, or not in USD).
+    public private(set) var sessionCostUsd: Double?
 
     public init() {}
 
@@ -71,7 +74,16 @@ public struct ACPTurnReader: Sendable {
             chunks = current
             events += flushBoundaries()
             return events
-        case "user_message_chunk", "available_commands_update", "usage_update", "session_info_update", "config_option_update":
+        case "usage_update":
+            // `{used, size, cost?: {amount, currency}}`: `used` and `size` are the context
+            // window's, not tokens spent; the cost is the session's so far.
+            if let cost = update["cost"], let amount = cost["amount"]?.doubleValue, amount.isFinite, amount >= 0,
+                (cost["currency"]?.stringValue ?? "USD").uppercased() == "USD"
+            {
+                sessionCostUsd = amount
+            }
+            return []
+        case "user_message_chunk", "available_commands_update", "session_info_update", "config_option_update":
             return []
         default:
             break
@@ -412,5 +424,24 @@ public enum ACPElicitation {
         case "boolean": return ["true": JSONValue.bool(true), "false": .bool(false)][text.lowercased()] ?? value
         default: return value
         }
+    }
+}
+
+/// An ACP turn's usage: the tokens of the `session/prompt` answer's `usage` (`inputTokens`,
+/// `outputTokens`, `thoughtTokens`, `cachedReadTokens`, `cachedWriteTokens`) where the agent
+/// sends them, and the cost its `usage_update`s added during the turn.
+public enum ACPUsage {
+    /// The `usage` runtime event's data, or nil when the agent reported neither.
+    /// - Parameters:
+    ///   - result: the answer to `session/prompt`.
+    ///   - costUsd: what the session's cost grew by during the turn, if the agent reported it.
+    public static func data(result: JSONValue?, costUsd: Double?) -> [String: JSONValue]? {
+        let usage = result?["usage"]?.objectValue
+        guard usage != nil || costUsd != nil else { return nil }
+        return AgentUsage.data(
+            input: AgentUsage.count(usage?["inputTokens"]) ?? 0,
+            output: (AgentUsage.count(usage?["outputTokens"]) ?? 0) + (AgentUsage.count(usage?["thoughtTokens"]) ?? 0),
+            cacheRead: AgentUsage.count(usage?["cachedReadTokens"]) ?? 0, cacheWrite: AgentUsage.count(usage?["cachedWriteTokens"]) ?? 0,
+            costUsd: costUsd)
     }
 }

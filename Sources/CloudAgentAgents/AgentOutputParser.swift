@@ -17,6 +17,28 @@ public enum AgentOutputItem: Sendable, Equatable {
     case reply(String)
     /// The agent's turn is over: its stdin closes, so that it exits.
     case endOfInput
+    /// The execution's usage so far, cumulative (`AgentUsage.data`): a `usage` runtime event.
+    case usage([String: JSONValue])
+}
+
+/// The usage an agent reported, as the runtime's `usage` event carries it.
+public enum AgentUsage {
+    /// `{inputTokens, outputTokens, cacheReadTokens, cacheWriteTokens, costUsd?}`; input excludes
+    /// the tokens read from or written to the prompt cache.
+    public static func data(input: Int64, output: Int64, cacheRead: Int64 = 0, cacheWrite: Int64 = 0, costUsd: Double? = nil) -> [String: JSONValue] {
+        var data: [String: JSONValue] = [
+            "inputTokens": .number(Double(max(0, input))), "outputTokens": .number(Double(max(0, output))),
+            "cacheReadTokens": .number(Double(max(0, cacheRead))), "cacheWriteTokens": .number(Double(max(0, cacheWrite))),
+        ]
+        if let costUsd, costUsd.isFinite, costUsd >= 0 { data["costUsd"] = .number(costUsd) }
+        return data
+    }
+
+    /// A whole count in `value` (a JSON number), else nil.
+    static func count(_ value: JSONValue?) -> Int64? {
+        guard let number = value?.doubleValue, number.isFinite, number >= 0, number < 1e15 else { return nil }
+        return Int64(number)
+    }
 }
 
 /// A request an agent makes on its stdout and waits on: what the control plane is told, and
@@ -129,6 +151,18 @@ public struct NormalizedJSONLinesParser: AgentOutputParser {
     public init() {}
 
     public mutating func parse(line: String) -> [AgentOutputItem] {
+        // `{"type":"usage", inputTokens, outputTokens, cacheReadTokens?, cacheWriteTokens?, costUsd?}`: cumulative.
+        if let usage = AgentEventData.object(line), usage["type"] == "usage" {
+            guard let input = AgentUsage.count(usage["inputTokens"]), let output = AgentUsage.count(usage["outputTokens"]) else {
+                return [.agent(AgentEventData.error("a usage line without whole inputTokens and outputTokens", raw: line))]
+            }
+            return [
+                .usage(
+                    AgentUsage.data(
+                        input: input, output: output, cacheRead: AgentUsage.count(usage["cacheReadTokens"]) ?? 0,
+                        cacheWrite: AgentUsage.count(usage["cacheWriteTokens"]) ?? 0, costUsd: usage["costUsd"]?.doubleValue))
+            ]
+        }
         if var request = AgentEventData.object(line), request["type"] == "input_request" {
             request["type"] = nil
             guard let id = request.removeValue(forKey: "requestId")?.stringValue else {

@@ -48,7 +48,8 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
             let items = blocks(object["message"]?["content"]).compactMap { toolResult($0, raw: line) }
             return items
         case "result":
-            return [result(object, raw: line), .endOfInput]
+            let usage: [AgentOutputItem] = Self.usage(of: object).map { [.usage($0)] } ?? []
+            return usage + [result(object, raw: line), .endOfInput]
         case "control_request":
             return ClaudeCodeControl.controlRequest(object, raw: line)
         case "control_cancel_request":
@@ -109,6 +110,18 @@ public struct ClaudeCodeOutputParser: AgentOutputParser {
             AgentEventData.tool(
                 name: call?.name ?? "tool", input: call?.input, output: output, status: failed ? "failed" : "completed", id: id, raw: raw
             ))
+    }
+
+    /// The turn's usage in a `result`: `usage` {input_tokens, output_tokens,
+    /// cache_read_input_tokens, cache_creation_input_tokens} and `total_cost_usd`.
+    static func usage(of result: [String: JSONValue]) -> [String: JSONValue]? {
+        let usage = result["usage"]?.objectValue
+        let cost = result["total_cost_usd"]?.doubleValue
+        guard usage != nil || cost != nil else { return nil }
+        return AgentUsage.data(
+            input: AgentUsage.count(usage?["input_tokens"]) ?? 0, output: AgentUsage.count(usage?["output_tokens"]) ?? 0,
+            cacheRead: AgentUsage.count(usage?["cache_read_input_tokens"]) ?? 0, cacheWrite: AgentUsage.count(usage?["cache_creation_input_tokens"]) ?? 0,
+            costUsd: cost)
     }
 
     private mutating func result(_ object: [String: JSONValue], raw: String) -> AgentOutputItem {

@@ -30,6 +30,9 @@ public struct CodexAppServerParser: AgentOutputParser {
     private let threadSettings: [String: JSONValue]
     /// The changes of each file-change item, by item id (its approval request names only the item).
     private var changes: [String: JSONValue] = [:]
+    /// The turn's usage so far: the sum of each model response's (`tokenUsage.last`). The
+    /// thread's `total` also counts earlier executions' turns.
+    private var turnUsage = (input: Int64(0), cached: Int64(0), cacheWrite: Int64(0), output: Int64(0))
 
     static let initializeId = 1
     static let threadId = 2
@@ -284,8 +287,21 @@ public struct CodexAppServerParser: AgentOutputParser {
             reported = nil
             lastError = nil
             return [.agent(AgentEventData.log("turn started", raw: raw))]
+        case "thread/tokenUsage/updated":
+            // `inputTokens` counts the cached ones too: they are reported apart. Codex reports no cost.
+            guard let last = params["tokenUsage"]?["last"]?.objectValue else { return [] }
+            turnUsage.input += AgentUsage.count(last["inputTokens"]) ?? 0
+            turnUsage.cached += AgentUsage.count(last["cachedInputTokens"]) ?? 0
+            turnUsage.cacheWrite += AgentUsage.count(last["cacheWriteInputTokens"]) ?? 0
+            turnUsage.output += AgentUsage.count(last["outputTokens"]) ?? 0
+            return [
+                .usage(
+                    AgentUsage.data(
+                        input: turnUsage.input - turnUsage.cached - turnUsage.cacheWrite, output: turnUsage.output, cacheRead: turnUsage.cached,
+                        cacheWrite: turnUsage.cacheWrite))
+            ]
         default:
-            // Status, usage, diffs, warnings: not events of their own.
+            // Status, diffs, warnings: not events of their own.
             return []
         }
     }

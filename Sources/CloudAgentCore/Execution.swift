@@ -51,6 +51,9 @@ public struct Execution: Sendable, Equatable, Codable {
     /// When it was queued (a follow-up sent with `queue`); nil for one accepted to run at once.
     /// Its `startedAt` is when its turn came.
     public var queuedAt: Date?
+    /// The tokens and cost the agent reported for this execution (cumulative while it runs);
+    /// nil when it reported none.
+    public var usage: Usage?
 
     public init(
         id: ExecutionID, sessionId: SessionID, prompt: String, mode: String? = nil, model: String? = nil,

@@ -80,6 +80,13 @@ public actor InMemorySessionStore: SessionStore {
         for cancelled in change.cancelledQueued where executionsById[cancelled]?.status == .queued {
             executionsById[cancelled] = nil
         }
+        for row in change.usage {
+            let key = UsageKey(owner: row.owner, day: row.day, agent: row.agent)
+            var day = usageDays[key] ?? UsageDay(owner: row.owner, day: row.day, agent: row.agent, usage: Usage(), executions: 0)
+            day.usage = day.usage + row.usage
+            day.executions += row.executions
+            usageDays[key] = day
+        }
         var appended: [Event] = []
         var last = lastEventIds[change.sessionId] ?? 0
         for event in change.events {
@@ -147,6 +154,18 @@ public actor InMemorySessionStore: SessionStore {
     }
 
     public func latestExecution(of session: SessionID) -> Execution? { executions(of: session).last { $0.status != .queued } }
+
+    private struct UsageKey: Hashable {
+        var owner: Owner
+        var day: String
+        var agent: String
+    }
+
+    private var usageDays: [UsageKey: UsageDay] = [:]
+
+    public func usage(of owner: Owner, from: String, to: String) -> [UsageDay] {
+        usageDays.values.filter { $0.owner == owner && $0.day >= from && $0.day <= to }.sorted { ($0.day, $0.agent) < ($1.day, $1.agent) }
+    }
 
     public func recordHeartbeats(_ heartbeats: [Heartbeat]) -> Int {
         var changed = 0

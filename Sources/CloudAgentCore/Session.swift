@@ -136,6 +136,9 @@ public struct SessionRecord: Sendable, Equatable, Codable {
         set { queuedIds = newValue.isEmpty ? nil : newValue }
     }
 
+    /// The sum of its executions' usage; nil (as stored before usage existed) when none reported any.
+    public var usageTotal: Usage?
+
     /// At most this many follow-ups wait in a session's queue.
     public static let maxQueued = 20
 

@@ -80,6 +80,7 @@ extension SessionChange {
             }
         }
         merged.cancelledQueued += next.cancelledQueued
+        merged.usage += next.usage
         merged.events += next.events
         if let wakeUp = next.wakeUp { merged.wakeUp = wakeUp }
         merged.callbacks += next.callbacks

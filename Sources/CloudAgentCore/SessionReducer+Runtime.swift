@@ -8,6 +8,8 @@ public struct ReportedEvent: Sendable, Equatable {
         case inputRequested
         /// The agent withdrew a request it had made: data `{requestId}`.
         case inputWithdrawn
+        /// The tokens and cost of the execution so far, as the agent reported them (`Usage(reported:)`).
+        case usage
         case unknown(String)
     }
 
@@ -138,6 +140,7 @@ extension SessionReducer {
         var commands: [OutboxCommand] = []
         var drops: [CommandDrop] = []
         var callbacks: [CallbackDelivery] = []
+        var usage: [UsageDay] = []
         for event in batch {
             guard event.seq > last else {
                 resent = true
@@ -217,6 +220,18 @@ extension SessionReducer {
                     notes.append(.inputResolved(requestId, .cancelled, by: .agent, waitedMs: now.milliseconds(since: request.requestedAt)))
                     // The end of a wait restarts the execution's stale and stuck clocks.
                     transitioned = true
+                case .usage:
+                    try current.recordHeartbeat(at: now)
+                    guard let reported = Usage(reported: event.data) else {
+                        notes.append(.unknownEventKind("usage without any count"))
+                        break
+                    }
+                    let added = reported.since(current.usage)
+                    let first = current.usage == nil
+                    current.usage = reported
+                    session.usageTotal = (session.usageTotal ?? Usage()) + added
+                    usage.append(UsageDay(owner: session.owner, day: UsageDay.day(of: now), agent: session.spec.agent, usage: added, executions: first ? 1 : 0))
+                    notes.append(.usageReported(agent: session.spec.agent, added))
                 case .unknown(let kind):
                     notes.append(.unknownEventKind(kind))
                 }
@@ -237,7 +252,7 @@ extension SessionReducer {
         }
         session.runtime.recordAcknowledged(through: last)
         var change = SessionChange(
-            sessionId: session.id, session: session, events: events, callbacks: callbacks, commands: commands, dropCommands: drops)
+            sessionId: session.id, session: session, usage: usage, events: events, callbacks: callbacks, commands: commands, dropCommands: drops)
         if touched, let execution { change.executions = [execution] }
         var effects: [SessionEffect] = commands.isEmpty ? [] : [.deliverCommands]
         if !callbacks.isEmpty { effects.append(.deliverCallbacks) }

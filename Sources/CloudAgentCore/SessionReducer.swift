@@ -40,6 +40,8 @@ public enum DecisionNote: Sendable, Equatable {
     case executionAccepted(ExecutionID, runtime: RuntimeState)
     case executionQueued(ExecutionID, position: Int)
     case queuedCancelled(ExecutionID)
+    /// An agent reported usage: what it added.
+    case usageReported(agent: String, Usage)
     case executionEnded(ExecutionID, ExecutionStatus, detail: String?)
     case executionStuck(ExecutionID, sinceLastProgressMs: Int64)
     case stopDecided(StopReason)

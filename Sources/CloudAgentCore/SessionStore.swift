@@ -91,6 +91,8 @@ public struct SessionChange: Sendable {
     /// Queued executions cancelled before their turn: their rows are deleted (only while
     /// still queued).
     public var cancelledQueued: [ExecutionID]
+    /// Usage to add to its owner's per-day counts (each row adds to the stored one).
+    public var usage: [UsageDay]
     /// Events to append; the store numbers them.
     public var events: [NewEvent]
     /// The session's next wake-up: `.some(nil)` clears it, nil leaves it.
@@ -112,7 +114,7 @@ public struct SessionChange: Sendable {
 
     public init(
         sessionId: SessionID, session: SessionRecord? = nil, newExecution: Execution? = nil, executions: [Execution] = [],
-        cancelledQueued: [ExecutionID] = [], events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [], commands: [OutboxCommand] = [],
+        cancelledQueued: [ExecutionID] = [], usage: [UsageDay] = [], events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [], commands: [OutboxCommand] = [],
         dropCommands: [CommandDrop] = [], deleteEventsBefore: Date? = nil, deletesSession: Bool = false
     ) {
         self.sessionId = sessionId
@@ -120,6 +122,7 @@ public struct SessionChange: Sendable {
         self.newExecution = newExecution
         self.executions = executions
         self.cancelledQueued = cancelledQueued
+        self.usage = usage
         self.events = events
         self.wakeUp = wakeUp
         self.callbacks = callbacks
@@ -175,6 +178,10 @@ public protocol SessionStore: Sendable {
     /// Records heartbeats of running executions (one column each). Returns how many rows changed.
     @discardableResult
     func recordHeartbeats(_ heartbeats: [Heartbeat]) async throws -> Int
+
+    /// An owner's usage per UTC day and agent, for the days `from` through `to` (`YYYY-MM-DD`),
+    /// oldest day first, agents by name.
+    func usage(of owner: Owner, from: String, to: String) async throws -> [UsageDay]
 
     // Events.
     func events(of session: SessionID, _ query: EventQuery) async throws -> [Event]

@@ -110,6 +110,7 @@ public final class RuntimeGateway: Sendable {
             case RuntimeEvent.Kind.ended: .ended
             case RuntimeEvent.Kind.inputRequested: .inputRequested
             case RuntimeEvent.Kind.inputWithdrawn: .inputWithdrawn
+            case RuntimeEvent.Kind.usage: .usage
             default: .unknown(event.kind)
             }
         return ReportedEvent(seq: event.seq, executionId: event.executionId, kind: kind, at: event.at, data: event.data)

@@ -59,6 +59,23 @@ public struct ServerMetrics: Sendable {
         .seconds(1), .seconds(5), .seconds(15), .seconds(60), .seconds(300), .seconds(900), .seconds(1800), .seconds(3600),
     ]
 
+    /// Tokens (by kind) and cost an agent reported.
+    package func usageReported(agent: String, _ usage: Usage) {
+        let tokens = Self.name("agent_tokens", "Tokens agents reported, by agent and kind (input excludes cache reads and writes)")
+        for (kind, count) in [
+            ("input", usage.inputTokens), ("output", usage.outputTokens), ("cache_read", usage.cacheReadTokens), ("cache_write", usage.cacheWriteTokens),
+        ] where count > 0 {
+            registry.makeCounter(descriptor: tokens, labels: [("agent", agent), ("kind", kind)]).increment(by: count)
+        }
+        if let cost = usage.costUsd, cost > 0 {
+            registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "cloud_agent", metricName: "agent_cost", unitName: "usd_total", helpText: "Cost agents reported, in US dollars, by agent"),
+                labels: [("agent", agent)]
+            ).increment(by: cost)
+        }
+    }
+
     package func executionEnded(_ status: ExecutionStatus) {
         registry.makeCounter(descriptor: Self.name("executions_ended", "Executions ended by status"), labels: [("status", status.rawValue)]).increment()
     }

@@ -111,6 +111,8 @@ public final class SessionLedger: Sendable {
             metadata["executionId"] = "\(execution)"
             metadata["position"] = "\(position)"
             logger.info("execution queued", metadata: metadata)
+        case .usageReported(let agent, let usage):
+            metrics.usageReported(agent: agent, usage)
         case .queuedCancelled(let execution):
             metadata["executionId"] = "\(execution)"
             logger.info("queued execution cancelled", metadata: metadata)

@@ -38,7 +38,7 @@ public final class SessionService: Sendable {
     public var store: any SessionStore { ledger.store }
     public var timing: Timing { ledger.timing }
     public var hub: EventHub { ledger.hub }
-    package var clock: any WallClock { ledger.clock }
+    public var clock: any WallClock { ledger.clock }
     /// The sandbox runtimes are launched in (`bwrap` or `none`).
     public var sandboxKind: String { lifecycle.host.sandboxKind }
 

@@ -168,5 +168,27 @@ enum PostgresMigrations {
                 // A queued follow-up's row: when it was queued (its started_at is when its turn came).
                 "ALTER TABLE executions ADD COLUMN queued_at BIGINT"
             ]),
+        Migration(
+            version: 7, name: "usage",
+            statements: [
+                // An execution's reported usage (JSON), and each owner's usage per day and agent,
+                // which outlives the sessions (deleting one gives nothing back to a daily budget).
+                "ALTER TABLE executions ADD COLUMN usage TEXT",
+                """
+                CREATE TABLE usage_days (
+                    owner_user TEXT COLLATE "C" NOT NULL,
+                    owner_org TEXT COLLATE "C" NOT NULL,
+                    day TEXT COLLATE "C" NOT NULL,
+                    agent TEXT COLLATE "C" NOT NULL,
+                    input_tokens BIGINT NOT NULL DEFAULT 0,
+                    output_tokens BIGINT NOT NULL DEFAULT 0,
+                    cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+                    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+                    cost_usd DOUBLE PRECISION,
+                    executions BIGINT NOT NULL DEFAULT 0,
+                    PRIMARY KEY (owner_user, owner_org, day, agent)
+                )
+                """,
+            ]),
     ]
 }

@@ -270,6 +270,24 @@ public final class PostgresSessionStore: SessionStore, Service {
             try await connection.run("UPDATE sessions SET record = \(record), runtime_state = \(session.runtime.state.rawValue) WHERE id = \(id)", logger)
         }
         for execution in change.executions { try await save(execution, on: connection) }
+        for row in change.usage {
+            try await connection.run(
+                """
+                INSERT INTO usage_days (owner_user, owner_org, day, agent, input_tokens, output_tokens, cache_read_tokens,
+                    cache_write_tokens, cost_usd, executions)
+                VALUES (\(row.owner.user), \(row.owner.org ?? ""), \(row.day), \(row.agent), \(row.usage.inputTokens),
+                    \(row.usage.outputTokens), \(row.usage.cacheReadTokens), \(row.usage.cacheWriteTokens), \(row.usage.costUsd),
+                    \(row.executions))
+                ON CONFLICT (owner_user, owner_org, day, agent) DO UPDATE SET
+                    input_tokens = usage_days.input_tokens + excluded.input_tokens,
+                    output_tokens = usage_days.output_tokens + excluded.output_tokens,
+                    cache_read_tokens = usage_days.cache_read_tokens + excluded.cache_read_tokens,
+                    cache_write_tokens = usage_days.cache_write_tokens + excluded.cache_write_tokens,
+                    cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN usage_days.cost_usd
+                        ELSE COALESCE(usage_days.cost_usd, 0) + excluded.cost_usd END,
+                    executions = usage_days.executions + excluded.executions
+                """, logger)
+        }
         for cancelled in change.cancelledQueued {
             try await connection.run("DELETE FROM executions WHERE id = \(cancelled.rawValue) AND session_id = \(id) AND status = 'queued'", logger)
         }
@@ -400,20 +418,20 @@ public final class PostgresSessionStore: SessionStore, Service {
             """
             INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
                 completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
-                end_reported_by_runtime, queued_at)
+                end_reported_by_runtime, queued_at, usage)
             VALUES (\(execution.id.rawValue), \(execution.sessionId.rawValue), \(execution.status.rawValue), \(execution.prompt),
                 \(execution.mode), \(execution.model), \(execution.startedAt.millisecondsSince1970),
                 \(execution.runningAt?.millisecondsSince1970), \(execution.lastHeartbeat?.millisecondsSince1970),
                 \(execution.completedAt?.millisecondsSince1970), \(execution.exitCode), \(execution.error),
                 \(execution.interruptReason), \(execution.progressEvents), \(execution.lastEventAt?.millisecondsSince1970),
                 \(execution.stuckReportedAt?.millisecondsSince1970), \(execution.endReportedByRuntime),
-                \(execution.queuedAt?.millisecondsSince1970))
+                \(execution.queuedAt?.millisecondsSince1970), \(try execution.usage.map { try RecordCoding.encode($0) }))
             ON CONFLICT (id) DO UPDATE SET status = excluded.status, started_at = excluded.started_at, running_at = excluded.running_at,
                 last_heartbeat = GREATEST(executions.last_heartbeat, excluded.last_heartbeat),
                 completed_at = excluded.completed_at, exit_code = excluded.exit_code, error = excluded.error,
                 interrupt_reason = excluded.interrupt_reason, progress_events = excluded.progress_events,
                 last_event_at = excluded.last_event_at, stuck_reported_at = excluded.stuck_reported_at,
-                end_reported_by_runtime = excluded.end_reported_by_runtime
+                end_reported_by_runtime = excluded.end_reported_by_runtime, usage = excluded.usage
             """,
             logger
         )
@@ -421,7 +439,7 @@ public final class PostgresSessionStore: SessionStore, Service {
 
     private static let executionColumns = """
         id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat, completed_at, exit_code, error,
-        interrupt_reason, progress_events, last_event_at, stuck_reported_at, end_reported_by_runtime, queued_at
+        interrupt_reason, progress_events, last_event_at, stuck_reported_at, end_reported_by_runtime, queued_at, usage
         """
 
     /// The state `update` decides on, in one statement: the session's record and last event id
@@ -468,7 +486,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         let runningAt: Int64? = try column(7), lastHeartbeat: Int64? = try column(8), completedAt: Int64? = try column(9)
         let exitCode: Int? = try column(10), error: String? = try column(11), interruptReason: String? = try column(12)
         let progressEvents: Int = try column(13), lastEventAt: Int64? = try column(14), stuckReportedAt: Int64? = try column(15)
-        let endReportedByRuntime: Bool = try column(16), queuedAt: Int64? = try column(17)
+        let endReportedByRuntime: Bool = try column(16), queuedAt: Int64? = try column(17), usage: String? = try column(18)
         guard let executionId = ExecutionID(rawValue: id), let sessionId = SessionID(rawValue: sessionId),
             let status = ExecutionStatus(rawValue: status)
         else { return nil }
@@ -488,6 +506,7 @@ public final class PostgresSessionStore: SessionStore, Service {
         execution.stuckReportedAt = date(stuckReportedAt)
         execution.endReportedByRuntime = endReportedByRuntime
         execution.queuedAt = date(queuedAt)
+        execution.usage = usage.flatMap { try? RecordCoding.decode(Usage.self, from: $0) }
         return execution
     }
 
@@ -501,6 +520,22 @@ public final class PostgresSessionStore: SessionStore, Service {
 
     public func latestExecution(of session: SessionID) async throws -> Execution? {
         try await executions("WHERE session_id = \(session.rawValue) AND status <> 'queued' ORDER BY id DESC LIMIT 1").first
+    }
+
+    public func usage(of owner: Owner, from: String, to: String) async throws -> [UsageDay] {
+        let rows = try await query(
+            """
+            SELECT day, agent, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, executions FROM usage_days
+            WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "") AND day >= \(from) AND day <= \(to) ORDER BY day, agent
+            """)
+        return try rows.map { row in
+            let (day, agent, input, output, cacheRead, cacheWrite, cost, executions) = try row.decode(
+                (String, String, Int64, Int64, Int64, Int64, Double?, Int64).self)
+            return UsageDay(
+                owner: owner, day: day, agent: agent,
+                usage: Usage(inputTokens: input, outputTokens: output, cacheReadTokens: cacheRead, cacheWriteTokens: cacheWrite, costUsd: cost),
+                executions: executions)
+        }
     }
 
     @discardableResult

@@ -47,6 +47,10 @@ public struct RuntimeEvent: Codable, Sendable, Equatable {
         public static let inputRequested = "input.requested"
         /// The agent withdrew a request it made (it no longer waits for the answer). data: `{requestId}`.
         public static let inputWithdrawn = "input.withdrawn"
+        /// The execution's usage so far (cumulative): `{inputTokens, outputTokens,
+        /// cacheReadTokens, cacheWriteTokens, costUsd?}`, as the agent reported it. Not an event
+        /// of the session's log: it is kept on the execution.
+        public static let usage = "usage"
     }
 
     /// The key of `execution.ended`'s data that carries the agent's own conversation id.

@@ -83,6 +83,7 @@ extension AgentRuntime {
             secretMask: secretMask, logger: logger, handler: { [weak self] inbound in await self?.acpInbound(inbound) }
         )
         acp = connection
+        acpCostUsd = nil
         return connection
     }
 
@@ -96,7 +97,10 @@ extension AgentRuntime {
     /// Drops an agent that can no longer be trusted to answer (it timed out): killed, and the
     /// next execution starts a new one.
     private func discardACP(_ connection: ACPConnection) async {
-        if acp === connection { acp = nil }
+        if acp === connection {
+            acp = nil
+            acpCostUsd = nil
+        }
         await connection.kill(grace: min(stopGrace, .seconds(2)))
     }
 
@@ -265,6 +269,10 @@ extension AgentRuntime {
                 record(executionId, kind: RuntimeEvent.Kind.agent, data: ["kind": .string("error"), "message": .string(message), "raw": .string(message)])
             }
             if let stopReason = try? answer.get()["stopReason"]?.stringValue { data["stopReason"] = .string(stopReason) }
+            if let usage = ACPUsage.data(result: try? answer.get(), costUsd: turnCost(reader)) {
+                record(executionId, kind: RuntimeEvent.Kind.usage, data: usage)
+            }
+            acpCostUsd = reader.sessionCostUsd ?? acpCostUsd
         case .failed(let failure, let step, let id):
             session = id
             var message: String
@@ -298,6 +306,11 @@ extension AgentRuntime {
         end(executionId, data, logger: logger)
     }
 
+    /// What the ACP session's cost grew by during this turn (nil when the agent said nothing of it).
+    private func turnCost(_ reader: ACPTurnReader) -> Double? {
+        reader.sessionCostUsd.map { max(0, $0 - (acpCostUsd ?? 0)) }
+    }
+
     // MARK: What the agent sends
 
     /// Everything the agent writes that is not an answer: recorded as the active execution's
@@ -311,8 +324,13 @@ extension AgentRuntime {
                 droppedLines += 1
                 return nil
             }
+            let costBefore = reader.sessionCostUsd
             let events = reader.read(update: update, raw: raw)
             execution.acpTurn = reader
+            // The cost so far, as the agent reports it: a budget sees it during the turn.
+            if reader.sessionCostUsd != costBefore, let cost = turnCost(reader) {
+                record(execution.executionId, kind: RuntimeEvent.Kind.usage, data: AgentUsage.data(input: 0, output: 0, costUsd: cost))
+            }
             execution.progress += 1
             execution.acpLastUpdateAt = .now
             let scheduleFlush = reader.isGathering && !execution.acpFlushScheduled

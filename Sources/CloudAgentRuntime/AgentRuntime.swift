@@ -102,6 +102,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     var stopGrace: Duration
     /// The ACP agent, which lives as long as the runtime (started by the first ACP execution).
     var acp: ACPConnection?
+    /// The ACP session's cumulative cost when the last turn ended (what a turn's cost counts from).
+    var acpCostUsd: Double?
 
     /// - Parameters:
     ///   - agentEnvironment: what agents run with (see `RuntimeConfiguration.agentEnvironment`).
@@ -578,6 +580,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
                 execution.agentInput?.yield(reply)
             case .endOfInput:
                 execution.agentInput?.finish()
+            case .usage(let data):
+                record(executionId, kind: RuntimeEvent.Kind.usage, data: data)
             }
         }
     }

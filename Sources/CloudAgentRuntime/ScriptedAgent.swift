@@ -31,6 +31,8 @@ import SystemPackage
 /// - `approve COMMAND` → `{"type":"input_request","requestId":…,"kind":"permission","tool":"run",
 ///   "input":{"command":COMMAND},"options":[allow once, always allow, deny]}`, then waits: allowed →
 ///   runs it as `run` does; denied or timed out → `{"type":"text","text":"denied: COMMAND"}`
+/// - `usage IN OUT COST` → the execution's usage so far, IN and OUT tokens and COST US dollars
+///   more than before: `{"type":"usage","inputTokens":…,"outputTokens":…,"costUsd":…}` (cumulative)
 /// - a blank line is skipped; any other line is echoed as a text event.
 /// Without anyone to ask (`asker` nil: not run by a runtime), `ask` is an error event and
 /// `approve` is denied.
@@ -43,6 +45,8 @@ public struct ScriptedAgent: Sendable {
         case error(String)
         /// An input request (the agent waits for its answer on stdin).
         case inputRequest([String: JSONValue])
+        /// The usage so far (cumulative): input and output tokens, and cost in US dollars.
+        case usage(inputTokens: Int64, outputTokens: Int64, costUsd: Double)
 
         /// The JSON object, `type` first.
         public var jsonLine: String {
@@ -51,6 +55,8 @@ public struct ScriptedAgent: Sendable {
                 return #"{"type":"input_request","# + String(JSONText.encode(.object(fields)).dropFirst())
             case .text(let text):
                 return #"{"type":"text","text":\#(JSONText.encode(.string(text)))}"#
+            case .usage(let input, let output, let cost):
+                return JSONText.encode(["type": "usage", "inputTokens": .number(Double(input)), "outputTokens": .number(Double(output)), "costUsd": .number(cost)])
             case .error(let message):
                 return #"{"type":"error","message":\#(JSONText.encode(.string(message)))}"#
             case .tool(let name, let input, let status, let output, let exitCode):
@@ -101,6 +107,7 @@ public struct ScriptedAgent: Sendable {
     /// Runs the script; returns the exit code (0, or the code of an `exit` line).
     public func run(prompt: String) async -> Int32 {
         var asked = 0
+        var used = (input: Int64(0), output: Int64(0), cost: 0.0)
         // "\r\n" is one Character, so it is a separator of its own.
         for rawLine in prompt.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             let line = String(rawLine)
@@ -166,6 +173,16 @@ public struct ScriptedAgent: Sendable {
                 } else {
                     emit(.text("denied: \(rest)"))
                 }
+            case "usage":
+                let parts = rest.split(whereSeparator: \.isWhitespace)
+                guard parts.count == 3, let input = Int64(parts[0]), input >= 0, let output = Int64(parts[1]), output >= 0,
+                    let cost = Double(parts[2]), cost.isFinite, cost >= 0
+                else {
+                    emit(.error("usage: expected IN OUT COST (whole token counts and a cost in US dollars): \(rest)"))
+                    continue
+                }
+                used = (used.input + input, used.output + output, used.cost + cost)
+                emit(.usage(inputTokens: used.input, outputTokens: used.output, costUsd: used.cost))
             case "exit":
                 guard let code = Int32(rest), (0...255).contains(code) else {
                     emit(.error("exit: CODE must be a whole number from 0 to 255: \(rest)"))

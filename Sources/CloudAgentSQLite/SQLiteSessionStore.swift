@@ -151,6 +151,27 @@ public final class SQLiteSessionStore: SessionStore {
             // A queued follow-up's row: when it was queued (its started_at is when its turn came).
             try db.execute(sql: "ALTER TABLE executions ADD COLUMN queued_at INTEGER")
         }
+        migrator.registerMigration("006_usage") { db in
+            // An execution's reported usage (JSON), and each owner's usage per day and agent,
+            // which outlives the sessions (deleting one gives nothing back to a daily budget).
+            try db.execute(
+                sql: """
+                    ALTER TABLE executions ADD COLUMN usage TEXT;
+                    CREATE TABLE usage_days (
+                        owner_user TEXT NOT NULL,
+                        owner_org TEXT NOT NULL,
+                        day TEXT NOT NULL,
+                        agent TEXT NOT NULL,
+                        input_tokens INTEGER NOT NULL DEFAULT 0,
+                        output_tokens INTEGER NOT NULL DEFAULT 0,
+                        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+                        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+                        cost_usd REAL,
+                        executions INTEGER NOT NULL DEFAULT 0,
+                        PRIMARY KEY (owner_user, owner_org, day, agent)
+                    ) WITHOUT ROWID;
+                    """)
+        }
         return migrator
     }
 
@@ -324,6 +345,26 @@ public final class SQLiteSessionStore: SessionStore {
                 .execute(arguments: [sessionJSON, session.runtime.state.rawValue, id])
         }
         for execution in change.executions { try Self.save(execution, in: db) }
+        for row in change.usage {
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO usage_days (owner_user, owner_org, day, agent, input_tokens, output_tokens, cache_read_tokens,
+                        cache_write_tokens, cost_usd, executions)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(owner_user, owner_org, day, agent) DO UPDATE SET
+                        input_tokens = usage_days.input_tokens + excluded.input_tokens,
+                        output_tokens = usage_days.output_tokens + excluded.output_tokens,
+                        cache_read_tokens = usage_days.cache_read_tokens + excluded.cache_read_tokens,
+                        cache_write_tokens = usage_days.cache_write_tokens + excluded.cache_write_tokens,
+                        cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN usage_days.cost_usd
+                            ELSE COALESCE(usage_days.cost_usd, 0) + excluded.cost_usd END,
+                        executions = usage_days.executions + excluded.executions
+                    """
+            ).execute(arguments: [
+                row.owner.user, row.owner.org ?? "", row.day, row.agent, row.usage.inputTokens, row.usage.outputTokens,
+                row.usage.cacheReadTokens, row.usage.cacheWriteTokens, row.usage.costUsd, row.executions,
+            ])
+        }
         for cancelled in change.cancelledQueued {
             try db.cachedStatement(sql: "DELETE FROM executions WHERE id = ? AND session_id = ? AND status = 'queued'")
                 .execute(arguments: [cancelled.rawValue, id])
@@ -405,15 +446,15 @@ public final class SQLiteSessionStore: SessionStore {
             sql: """
                 INSERT INTO executions (id, session_id, status, prompt, mode, model, started_at, running_at, last_heartbeat,
                     completed_at, exit_code, error, interrupt_reason, progress_events, last_event_at, stuck_reported_at,
-                    end_reported_by_runtime, queued_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    end_reported_by_runtime, queued_at, usage)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, started_at = excluded.started_at, running_at = excluded.running_at,
                     last_heartbeat = MAX(COALESCE(executions.last_heartbeat, excluded.last_heartbeat),
                         COALESCE(excluded.last_heartbeat, executions.last_heartbeat)),
                     completed_at = excluded.completed_at, exit_code = excluded.exit_code, error = excluded.error,
                     interrupt_reason = excluded.interrupt_reason, progress_events = excluded.progress_events,
                     last_event_at = excluded.last_event_at, stuck_reported_at = excluded.stuck_reported_at,
-                    end_reported_by_runtime = excluded.end_reported_by_runtime
+                    end_reported_by_runtime = excluded.end_reported_by_runtime, usage = excluded.usage
                 """
         ).execute(arguments: [
             execution.id.rawValue, execution.sessionId.rawValue, execution.status.rawValue, execution.prompt,
@@ -422,6 +463,7 @@ public final class SQLiteSessionStore: SessionStore {
             execution.completedAt?.millisecondsSince1970, execution.exitCode, execution.error,
             execution.interruptReason, execution.progressEvents, execution.lastEventAt?.millisecondsSince1970,
             execution.stuckReportedAt?.millisecondsSince1970, execution.endReportedByRuntime, execution.queuedAt?.millisecondsSince1970,
+            try execution.usage.map { try RecordCoding.encode($0) },
         ])
     }
 
@@ -446,6 +488,7 @@ public final class SQLiteSessionStore: SessionStore {
         execution.stuckReportedAt = date("stuck_reported_at")
         execution.endReportedByRuntime = row["end_reported_by_runtime"]
         execution.queuedAt = date("queued_at")
+        execution.usage = (row["usage"] as String?).flatMap { try? RecordCoding.decode(Usage.self, from: $0) }
         return execution
     }
 
@@ -469,6 +512,23 @@ public final class SQLiteSessionStore: SessionStore {
                 arguments: [session.rawValue]
             )
                 .flatMap(Self.execution(from:))
+        }
+    }
+
+    public func usage(of owner: Owner, from: String, to: String) async throws -> [UsageDay] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT * FROM usage_days WHERE owner_user = ? AND owner_org = ? AND day >= ? AND day <= ? ORDER BY day, agent
+                        """), arguments: [owner.user, owner.org ?? "", from, to]
+            ).map { row in
+                UsageDay(
+                    owner: owner, day: row["day"], agent: row["agent"],
+                    usage: Usage(
+                        inputTokens: row["input_tokens"], outputTokens: row["output_tokens"], cacheReadTokens: row["cache_read_tokens"],
+                        cacheWriteTokens: row["cache_write_tokens"], costUsd: row["cost_usd"]), executions: row["executions"])
+            }
         }
     }
 

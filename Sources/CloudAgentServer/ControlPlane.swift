@@ -184,6 +184,7 @@ public struct ControlPlane: Sendable {
             JSONResponse.make(sessions.agents.json)
         }
         ExecutionRoutes(service: sessions).register(on: v1)
+        UsageRoutes(service: sessions).register(on: v1)
         RuntimeEndpoint(gateway: gateway).register(on: router)
         return router
     }

@@ -54,6 +54,7 @@ public enum Views {
             "mcpServers": .object(spec.mcpServers.mapValues(\.json)),
             "pendingInput": .number(Double(session.inputs.pending.count)),
             "queuedCount": .number(Double(session.queue.count)),
+            "usage": session.usageTotal?.json ?? .null,
         ]
     }
 
@@ -86,6 +87,7 @@ public enum Views {
             "interruptReason": JSONValue(execution.interruptReason),
             "progress": ["events": .number(Double(execution.progressEvents)), "lastEventAt": JSONValue(execution.lastEventAt)],
             "queuedAt": JSONValue(execution.queuedAt),
+            "usage": execution.usage?.json ?? .null,
             "position": JSONValue((session?.queue.firstIndex(of: execution.id)).map { Int64($0 + 1) }),
         ]
     }

@@ -18,6 +18,7 @@ func read(_ parser: some AgentOutputParser, _ lines: [String]) -> (events: [[Str
             case .withdrawn(let id): events.append(["kind": "withdrawn", "message": .string(id)])
             case .reply(let line): events.append(["kind": "reply", "message": .string(line)])
             case .endOfInput: break  // Claude Code's result: tested on its own (ClaudeCodeControlTests)
+            case .usage: break  // tested on its own (RealOutputFixtureTests, UsageParsingTests)
             }
         }
     }

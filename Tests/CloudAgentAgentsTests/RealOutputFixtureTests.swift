@@ -30,6 +30,12 @@ struct RealOutputFixtureTests {
         #expect(events[3]["output"] == .string("hi"))
         #expect(parser.conversationId == "33457e0b-3dd8-4b23-9836-f5e54423ef20")
         #expect(parser.outcome == .succeeded)
+        // The result's usage and cost, before the result itself.
+        var usageParser = ClaudeCodeOutputParser()
+        let result = try #require(try lines("claude-code-stream.jsonl").first { $0.contains(#""type":"result""#) })
+        let items = usageParser.parse(line: result)
+        #expect(items.first == .usage(AgentUsage.data(input: 25105, output: 30, cacheRead: 0, cacheWrite: 0, costUsd: 0.10102)))
+        #expect(items.last == .endOfInput)
     }
 
     @Test("Claude Code: an API error is a failed outcome with the CLI's own message")
@@ -51,6 +57,7 @@ struct RealOutputFixtureTests {
         var replies: [String] = []
         var requests: [AgentInputRequest] = []
         var ended = false
+        var usage: [[String: JSONValue]] = []
         for line in try lines("codex-app-server.jsonl") {
             for item in parser.parse(line: line) {
                 switch item {
@@ -58,10 +65,15 @@ struct RealOutputFixtureTests {
                 case .reply(let reply): replies.append(reply)
                 case .inputRequest(let request): requests.append(request)
                 case .endOfInput: ended = true
+                case .usage(let data): usage.append(data)
                 case .output, .withdrawn: break
                 }
             }
         }
+        // Three model responses: the turn's usage grows with each (the sum of each one's `last`); no cost.
+        #expect(usage.count == 3)
+        #expect(usage.last == AgentUsage.data(input: 42472, output: 80))
+        #expect(usage.map { $0["inputTokens"]?.doubleValue ?? 0 } == [13955, 28110, 42472])
         // initialize's answer: initialized, then thread/start; the thread's: turn/start with the prompt.
         #expect(replies.count == 3)
         #expect(replies[0] == #"{"method":"initialized"}"# + "\n")

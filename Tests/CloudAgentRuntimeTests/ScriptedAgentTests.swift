@@ -93,6 +93,18 @@ struct ScriptedAgentTests {
         #expect(plain.events.compactMap { $0["text"] as? String } == ["denied: echo hi", "after"])
     }
 
+    @Test("usage IN OUT COST reports the execution's usage so far (cumulative); bad arguments are an error event")
+    func usageIsCumulative() async throws {
+        let run = try await runAgent("usage 100 20 0.5\nusage 10 2 0.25\nusage ten 1 0")
+        #expect(run.exitStatus == 0)
+        let usage = run.events.filter { $0["type"] as? String == "usage" }
+        #expect(usage.count == 2)
+        #expect(usage.last?["inputTokens"] as? Int == 110)
+        #expect(usage.last?["outputTokens"] as? Int == 22)
+        #expect(usage.last?["costUsd"] as? Double == 0.75)
+        #expect((run.events.last?["message"] as? String)?.hasPrefix("usage: expected IN OUT COST") == true)
+    }
+
     @Test func sayWritesATextEvent() async throws {
         let run = try await runAgent("say hello, world\n")
         #expect(run.exitStatus == 0)
