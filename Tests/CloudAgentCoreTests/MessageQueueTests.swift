@@ -185,3 +185,46 @@ struct MessageQueueTests {
         #expect(wake == Fixture.at(seconds(6) + Self.timing.idleTimeoutMs))
     }
 }
+
+/// Usage as the control plane records it: a runtime's cumulative report per execution.
+@Suite("Usage reports")
+struct UsageReportTests {
+    @Test("a report parses counts and a cost; nothing counted is no report; a later report adds only what grew")
+    func parsing() {
+        #expect(Usage(reported: ["inputTokens": 10, "outputTokens": 2, "costUsd": .number(0.5)]) == Usage(inputTokens: 10, outputTokens: 2, costUsd: 0.5))
+        #expect(Usage(reported: ["somethingElse": 1]) == nil)
+        #expect(Usage(reported: ["inputTokens": -5, "outputTokens": 3])?.inputTokens == 0)
+        let first = Usage(inputTokens: 10, outputTokens: 2, costUsd: 0.5)
+        let later = Usage(inputTokens: 15, outputTokens: 2, cacheReadTokens: 4, costUsd: 0.75)
+        #expect(later.since(first) == Usage(inputTokens: 5, cacheReadTokens: 4, costUsd: 0.25))
+        #expect(first.since(later).totalTokens == 0)
+        #expect((first + Usage(inputTokens: 1)).costUsd == 0.5)
+        #expect((Usage(inputTokens: 1) + Usage(outputTokens: 1)).costUsd == nil)
+        #expect(UsageDay.day(of: Fixture.t0) == "2026-01-02")
+    }
+
+    @Test("an execution's reports: kept on it, the growth summed on the session and per owner, day and agent (the first counts the execution)")
+    func ingested() throws {
+        let base = try MessageQueueTests.running()
+        let id = MessageQueueTests.first
+        func report(_ state: SessionState, seq: Int64, _ data: [String: JSONValue], at offset: Int64) throws -> (SessionState, SessionChange?) {
+            let (next, decision) = try MessageQueueTests.performed(state, at: offset) {
+                try SessionReducer.ingest(
+                    $0, instanceId: "instance-1", events: [ReportedEvent(seq: seq, executionId: id.rawValue, kind: .usage, at: Fixture.at(offset), data: data)],
+                    context: MessageQueueTests.context(at: offset))
+            }
+            return (next, decision.change)
+        }
+        let (once, firstChange) = try report(base, seq: 2, ["inputTokens": 100, "outputTokens": 10, "costUsd": .number(0.5)], at: seconds(2))
+        #expect(once.execution?.usage == Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5))
+        #expect(once.session.usageTotal == Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5))
+        #expect(firstChange?.usage == [UsageDay(owner: .local, day: "2026-01-02", agent: "scripted", usage: Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5), executions: 1)])
+        // No event of the log: usage lives on the execution.
+        #expect(firstChange?.events.isEmpty == true)
+        let (twice, secondChange) = try report(once, seq: 3, ["inputTokens": 150, "outputTokens": 10, "costUsd": .number(0.75)], at: seconds(3))
+        #expect(twice.execution?.usage == Usage(inputTokens: 150, outputTokens: 10, costUsd: 0.75))
+        #expect(twice.session.usageTotal == Usage(inputTokens: 150, outputTokens: 10, costUsd: 0.75))
+        #expect(secondChange?.usage.first?.usage == Usage(inputTokens: 50, costUsd: 0.25))
+        #expect(secondChange?.usage.first?.executions == 0)
+    }
+}
