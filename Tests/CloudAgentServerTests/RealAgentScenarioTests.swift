@@ -89,6 +89,10 @@ struct RealAgentScenarioTests {
             #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
             let first = try await api.waitForExecution(id, status: "completed", within: 90)
             let firstId = try #require(first["executionId"]?.stringValue)
+            // The agent's own usage report (the model server's token counts; Claude Code adds a cost).
+            #expect((first["usage"]?["inputTokens"]?.doubleValue ?? 0) > 0, "usage: \(first["usage"] ?? .null)")
+            #expect((first["usage"]?["outputTokens"]?.doubleValue ?? 0) > 0)
+            #expect(first["usage"]?["source"] == "agent")
             let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
             #expect(try String(contentsOf: workspace.appendingPathComponent("agent-note.txt"), encoding: .utf8) == "written-by-the-agent\n")
 
