@@ -177,6 +177,27 @@ struct ACPAgentScenarioTests {
         }
     }
 
+    @Test("usage over ACP: the prompt answer's tokens and the cost the session's usage_updates added in this turn only, summed on the session")
+    func usageOverACP() async throws {
+        try await server().run { api in
+            let id = try await api.createSession(["prompt": "usage 1000 50 0.25\nsay one\nusage 200 10 0.5", "agent": "fixture-acp"])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            let first = try await api.waitForExecution(id, status: "completed")
+            #expect(first["usage"]?["inputTokens"] == 1200 && first["usage"]?["outputTokens"] == 60, "\(first["usage"] ?? .null)")
+            #expect(first["usage"]?["costUsd"]?.doubleValue == 0.75)
+            // The agent's cost is the session's so far: the next turn counts only what it added.
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "usage 10 1 0.125"]).status == 202)
+            try await eventually(within: 15, "the second turn") {
+                let view = try await api.request(.get, "/v1/sessions/\(id)")
+                return view["executionCount"] == 2 && view["latestExecution"]?["status"] == "completed"
+            }
+            let view = try await api.request(.get, "/v1/sessions/\(id)")
+            #expect(view["latestExecution"]?["usage"]?["costUsd"]?.doubleValue == 0.125)
+            #expect(view["latestExecution"]?["usage"]?["inputTokens"] == 10)
+            #expect(view["usage"]?["costUsd"]?.doubleValue == 0.875 && view["usage"]?["inputTokens"] == 1210)
+        }
+    }
+
     @Test("interrupt: session/cancel stops the turn and the tool's process; the agent stays for the next prompt")
     func interruptCancels() async throws {
         try await server().run { api in
