@@ -67,6 +67,14 @@ struct ServeCommand: AsyncParsableCommand {
         String?
     @Option(name: .customLong("node-lease"), help: "A node not renewed this long is lost and its sessions taken over (CLOUD_AGENT_NODE_LEASE, default 5s).")
     var nodeLease: String?
+    @Option(
+        name: .customLong("max-events-per-execution"),
+        help: "Agent output events kept per execution; the rest dropped and counted (CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION, default 100000).")
+    var maxEventsPerExecution: String?
+    @Option(
+        name: .customLong("max-event-bytes-per-session"),
+        help: "Agent output bytes kept per session, e.g. 256MiB (CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION, default 256MiB).")
+    var maxEventBytesPerSession: String?
     @Option(name: .customLong("wake-up-window"), help: "How far ahead wake-ups are kept in memory (CLOUD_AGENT_WAKE_UP_WINDOW, default 10s).") var wakeUpWindow:
         String?
 
@@ -78,7 +86,7 @@ struct ServeCommand: AsyncParsableCommand {
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
             "agentsFile": agentsFile, "sandboxExpose": sandboxExpose, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
             "orphanLimit": orphanLimit, "inputTimeout": inputTimeout, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
-            "wakeUpWindow": wakeUpWindow,
+            "wakeUpWindow": wakeUpWindow, "maxEventsPerExecution": maxEventsPerExecution, "maxEventBytesPerSession": maxEventBytesPerSession,
         ]
         return all.compactMapValues { $0 }
     }

@@ -19,6 +19,8 @@ public enum EventType {
     public static let executionQueued = "execution.queued"
     /// A queued follow-up cancelled before its turn.
     public static let executionCancelled = "execution.cancelled"
+    /// Agent output dropped past the event caps {dropped, reason: events|bytes}, one per execution.
+    public static let eventsTruncated = "events.truncated"
     public static let agent = "agent"
     public static let output = "output"
 }
@@ -29,12 +31,20 @@ public struct NewEvent: Sendable, Equatable {
     public var type: String
     public var at: Date
     public var data: [String: JSONValue]
+    /// `data` as JSON text, when the decision already wrote it (to count its bytes): the store
+    /// writes it as it is instead of encoding `data` again. Not part of the event's identity.
+    public var encodedData: String?
 
-    public init(executionId: ExecutionID? = nil, type: String, at: Date, data: [String: JSONValue] = [:]) {
+    public init(executionId: ExecutionID? = nil, type: String, at: Date, data: [String: JSONValue] = [:], encodedData: String? = nil) {
         self.executionId = executionId
         self.type = type
         self.at = at
         self.data = data
+        self.encodedData = encodedData
+    }
+
+    public static func == (lhs: NewEvent, rhs: NewEvent) -> Bool {
+        lhs.executionId == rhs.executionId && lhs.type == rhs.type && lhs.at == rhs.at && lhs.data == rhs.data
     }
 }
 

@@ -37,7 +37,7 @@ public struct EncodedChange: Sendable {
 
     public init(_ change: SessionChange) throws {
         session = try change.session.map { try RecordCoding.encode($0) }
-        eventData = change.events.map { JSONText.encode($0.data) }
+        eventData = change.events.map { $0.encodedData ?? JSONText.encode($0.data) }
         callbackHeaders = try change.callbacks.map { try RecordCoding.encode($0.headers) }
         commands = try change.commands.map { try RecordCoding.encode($0) }
     }

@@ -138,6 +138,12 @@ public struct SessionRecord: Sendable, Equatable, Codable {
 
     /// The sum of its executions' usage; nil (as stored before usage existed) when none reported any.
     public var usageTotal: Usage?
+    /// Bytes of agent output stored over the session's life (the event caps' count); nil is 0.
+    public var eventBytes: Int64?
+    /// Agent output events dropped past the event caps; nil is 0.
+    public var eventsDropped: Int64?
+    /// The active execution's dropped output, until its `events.truncated` is written.
+    public var truncation: Truncation?
 
     /// At most this many follow-ups wait in a session's queue.
     public static let maxQueued = 20

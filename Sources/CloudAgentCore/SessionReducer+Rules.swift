@@ -48,6 +48,7 @@ extension SessionReducer {
                     state.execution = execution
                     state.session.activeExecutionId = nil
                     state.session.updatedAt = now
+                    if let truncated = state.session.truncationEvent(of: executionId, at: now) { change.events.append(truncated) }
                     change.events.append(NewEvent(executionId: executionId, type: EventType.executionFailed, at: now, data: ["error": .string(error)]))
                     change.commands.append(.kill(executionId, reason: error))
                     change.dropCommands.append(.execution(executionId, kinds: ["execute"]))

@@ -166,19 +166,35 @@ extension SessionReducer {
                         drops.append(.execution(current.id, kinds: ["execute"]))
                         transitioned = true
                     }
-                    current.recordProgress(at: now)
                     // An event arriving now proves the runtime alive now, as a heartbeat would. After a
                     // control-plane restart a runtime whose execution ended meanwhile resends its backlog
                     // and no longer heartbeats; catching up must not count as silence.
                     try current.recordHeartbeat(at: now)
-                    events.append(
-                        NewEvent(executionId: current.id, type: event.kind == .agent ? EventType.agent : EventType.output, at: event.at, data: event.data))
+                    // Past the event caps the output is dropped and counted; the agent goes on.
+                    let text = JSONText.encode(event.data)
+                    let bytes = Int64(text.utf8.count)
+                    let caps = context.eventCaps
+                    let cap: TruncationReason? =
+                        current.progressEvents >= caps.maxEventsPerExecution
+                        ? .events : (session.eventBytes ?? 0) + bytes > caps.maxEventBytesPerSession ? .bytes : nil
+                    if let cap {
+                        current.recordDroppedOutput(at: now)
+                        session.recordDropped(current.id, reason: cap)
+                    } else {
+                        current.recordProgress(at: now)
+                        session.eventBytes = (session.eventBytes ?? 0) + bytes
+                        events.append(
+                            NewEvent(
+                                executionId: current.id, type: event.kind == .agent ? EventType.agent : EventType.output, at: event.at, data: event.data,
+                                encodedData: text))
+                    }
                 case .ended:
                     let outcome = RuntimeOutcome(event.data)
                     try current.end(
                         outcome.status, at: now, exitCode: outcome.exitCode, error: outcome.error,
                         interruptReason: outcome.interruptReason, reportedByRuntime: true
                     )
+                    if let truncated = session.truncationEvent(of: current.id, at: now) { events.append(truncated) }
                     events.append(outcome.event(current.id, now))
                     session.activeExecutionId = nil
                     session.updatedAt = now

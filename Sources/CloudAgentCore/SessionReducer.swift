@@ -15,10 +15,14 @@ public struct SessionContext: Sendable, Equatable {
     public var lostNodes: [String: Date]
     /// When each registered node last started (several nodes).
     public var nodeStarts: [String: Date]
+    /// How much agent output the store keeps.
+    public var eventCaps: EventCaps
 
     public init(
-        now: Date, timing: Timing, controlPlaneStartedAt: Date, nodeId: String? = nil, lostNodes: [String: Date] = [:], nodeStarts: [String: Date] = [:]
+        now: Date, timing: Timing, controlPlaneStartedAt: Date, nodeId: String? = nil, lostNodes: [String: Date] = [:], nodeStarts: [String: Date] = [:],
+        eventCaps: EventCaps = .default
     ) {
+        self.eventCaps = eventCaps
         self.now = now
         self.timing = timing
         self.controlPlaneStartedAt = controlPlaneStartedAt
@@ -452,6 +456,7 @@ public enum SessionReducer {
             if session.runtime.state == .stopping, execution.status == .pending, execution.startedAt > (session.runtime.stopReason?.at ?? now) {
                 survivor = execution
             } else {
+                if let truncated = session.truncationEvent(of: activeId, at: now) { events.append(truncated) }
                 if reason.rule == .crashed {
                     try execution.end(.failed, at: now, error: executionError, reportedByRuntime: false)
                     events.append(NewEvent(executionId: activeId, type: EventType.executionFailed, at: now, data: ["error": .string(executionError)]))

@@ -20,12 +20,15 @@ public final class SessionLedger: Sendable {
     public let cluster: ClusterView
     /// Wakes those waiting for a session to change (an interrupt waiting for the end, a test).
     package let changes: SessionChanges
+    /// How much agent output the store keeps (`CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION`, `…_EVENT_BYTES_PER_SESSION`).
+    public let eventCaps: EventCaps
     private let startedListeningAt: Mutex<Date>
 
     package init(
         store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub(),
-        cluster: ClusterView = .single
+        cluster: ClusterView = .single, eventCaps: EventCaps = .default
     ) {
+        self.eventCaps = eventCaps
         self.store = store
         self.cluster = cluster
         self.timing = timing
@@ -60,7 +63,7 @@ public final class SessionLedger: Sendable {
         let now = clock.now()
         return SessionContext(
             now: now, timing: timing, controlPlaneStartedAt: servingSince(now: now),
-            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now), nodeStarts: cluster.nodeStarts
+            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now), nodeStarts: cluster.nodeStarts, eventCaps: eventCaps
         )
     }
 

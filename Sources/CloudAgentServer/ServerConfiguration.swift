@@ -20,6 +20,8 @@ public struct ServerConfiguration: Sendable {
     public var apiToken: String?
     public var timing: Timing
     public var maxRuntimes: Int
+    /// How much agent output the store keeps per execution and per session.
+    public var eventCaps = EventCaps.default
     public var sandbox: SandboxMode
     /// Base64 of the 256-bit key sealing secrets; nil means `<data-dir>/secret.key`.
     public var secretKey: String?
@@ -111,6 +113,8 @@ public struct ServerConfiguration: Sendable {
         "nodeHeartbeat": .init(flag: "--node-heartbeat", environment: "CLOUD_AGENT_NODE_HEARTBEAT"),
         "nodeLease": .init(flag: "--node-lease", environment: "CLOUD_AGENT_NODE_LEASE"),
         "wakeUpWindow": .init(flag: "--wake-up-window", environment: "CLOUD_AGENT_WAKE_UP_WINDOW"),
+        "maxEventsPerExecution": .init(flag: "--max-events-per-execution", environment: "CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION"),
+        "maxEventBytesPerSession": .init(flag: "--max-event-bytes-per-session", environment: "CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION"),
     ]
 
     /// Resolves every setting: `flags` (by the keys of `settings`) win over `environment`.
@@ -156,6 +160,16 @@ public struct ServerConfiguration: Sendable {
         if let (text, name) = value("maxRuntimes") {
             guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }
             configuration.maxRuntimes = count
+        }
+        if let (text, name) = value("maxEventsPerExecution") {
+            guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }
+            configuration.eventCaps.maxEventsPerExecution = count
+        }
+        if let (text, name) = value("maxEventBytesPerSession") {
+            let bytes: Int64
+            do { bytes = try ByteSizeText.bytes(text) } catch { throw Invalid(setting: name, message: error.description) }
+            guard bytes >= 1024 else { throw Invalid(setting: name, message: "\"\(text)\" is less than 1KiB") }
+            configuration.eventCaps.maxEventBytesPerSession = bytes
         }
         if let (text, name) = value("sandbox") {
             guard let mode = SandboxMode(rawValue: text) else { throw Invalid(setting: name, message: "\"\(text)\" is not one of bwrap, none, auto") }

@@ -228,3 +228,60 @@ struct UsageReportTests {
         #expect(secondChange?.usage.first?.executions == 0)
     }
 }
+
+/// The event caps as pure decisions: output past a cap is dropped and counted, one
+/// `events.truncated` per execution says how many and why, lifecycle events always pass.
+@Suite("Event caps")
+struct EventCapTests {
+    static func context(at offset: Int64, caps: EventCaps) -> SessionContext {
+        SessionContext(now: Fixture.at(offset), timing: MessageQueueTests.timing, controlPlaneStartedAt: Fixture.t0, eventCaps: caps)
+    }
+
+    static func output(_ seq: Int64, _ text: String, at offset: Int64) -> ReportedEvent {
+        ReportedEvent(seq: seq, executionId: MessageQueueTests.first.rawValue, kind: .agent, at: Fixture.at(offset), data: ["kind": "text", "text": .string(text)])
+    }
+
+    static func ingest(_ state: SessionState, _ events: [ReportedEvent], at offset: Int64, caps: EventCaps) throws -> (SessionState, SessionChange?) {
+        let context = context(at: offset, caps: caps)
+        let decision = try SessionReducer.ruled(
+            state, try SessionReducer.ingest(state, instanceId: "instance-1", events: events, context: context), rules: .afterChange, context: context)
+        return (MessageQueueTests.after(decision, state), decision.change)
+    }
+
+    @Test("past the per-execution cap, output is dropped and counted; the end writes one events.truncated {dropped, reason: events}; the agent is not stopped")
+    func perExecution() throws {
+        let caps = EventCaps(maxEventsPerExecution: 3, maxEventBytesPerSession: 1 << 20)
+        let (state, change) = try Self.ingest(
+            try MessageQueueTests.running(), (2...7).map { Self.output($0, "line \($0)", at: seconds(2)) }, at: seconds(2), caps: caps)
+        #expect(change?.events.map { $0.data["text"]?.stringValue } == ["line 2", "line 3", "line 4"])
+        #expect(state.execution?.progressEvents == 3)
+        #expect(state.session.eventsDropped == 3)
+        #expect(state.session.truncation == Truncation(executionId: MessageQueueTests.first, dropped: 3, reason: .events))
+        // The dropped output is still progress: the stuck clock counts from it.
+        #expect(state.execution?.lastEventAt == Fixture.at(seconds(2)))
+        // The stored bytes are the kept events' JSON, as the store writes it.
+        #expect(state.session.eventBytes == Int64(change?.events.reduce(0) { $0 + ($1.encodedData?.utf8.count ?? 0) } ?? 0))
+        #expect(change?.events.allSatisfy { $0.encodedData == JSONText.encode($0.data) } == true)
+
+        let end = ReportedEvent(seq: 8, executionId: MessageQueueTests.first.rawValue, kind: .ended, at: Fixture.at(seconds(3)), data: ["status": "completed"])
+        let (ended, endChange) = try Self.ingest(state, [end], at: seconds(3), caps: caps)
+        #expect(endChange?.events.map(\.type) == [EventType.eventsTruncated, EventType.executionCompleted])
+        #expect(endChange?.events.first?.data == ["dropped": 3, "reason": "events"])
+        #expect(ended.session.truncation == nil)
+        #expect(ended.execution?.status == .completed)
+    }
+
+    @Test("past the per-session byte cap, every later execution's output is dropped (reason bytes); lifecycle events are still written")
+    func perSessionBytes() throws {
+        let caps = EventCaps(maxEventsPerExecution: 1000, maxEventBytesPerSession: 120)
+        let long = String(repeating: "x", count: 60)
+        let (state, change) = try Self.ingest(
+            try MessageQueueTests.running(), (2...4).map { Self.output($0, long, at: seconds(2)) }, at: seconds(2), caps: caps)
+        #expect(change?.events.count == 1)
+        #expect(state.session.truncation?.reason == .bytes)
+        #expect(state.session.truncation?.dropped == 2)
+        // A failure decided here (no heartbeat) writes the truncation before the failure.
+        let decision = try SessionReducer.evaluate(state, context: Self.context(at: seconds(40), caps: caps))
+        #expect(decision.change?.events.map(\.type) == [EventType.eventsTruncated, EventType.executionFailed])
+    }
+}
