@@ -44,6 +44,8 @@ struct ValidSetting: Sendable, CustomTestStringConvertible {
         .init(key: "callbackAttempts", text: "9") { $0.callbackMaxAttempts == 9 },
         .init(key: "callbackRetryBase", text: "500ms") { $0.callbackRetryBaseMs == 500 },
         .init(key: "orphanLimit", text: "90m") { $0.timing.orphanLimitMs == 5_400_000 },
+        .init(key: "maxEventsPerExecution", text: "5000") { $0.eventCaps.maxEventsPerExecution == 5000 },
+        .init(key: "maxEventBytesPerSession", text: "64MiB") { $0.eventCaps.maxEventBytesPerSession == 64 << 20 },
     ]
 }
 
@@ -79,6 +81,7 @@ struct FlagOverEnvironment: Sendable, CustomTestStringConvertible {
         .init(key: "callbackAttempts", flagText: "3", environmentText: "9") { $0.callbackMaxAttempts == 3 },
         .init(key: "callbackRetryBase", flagText: "10s", environmentText: "500ms") { $0.callbackRetryBaseMs == 10_000 },
         .init(key: "orphanLimit", flagText: "30s", environmentText: "2h") { $0.timing.orphanLimitMs == 30_000 },
+        .init(key: "maxEventBytesPerSession", flagText: "1GB", environmentText: "2KiB") { $0.eventCaps.maxEventBytesPerSession == 1_000_000_000 },
     ]
 }
 
@@ -103,6 +106,9 @@ struct BadSetting: Sendable, CustomTestStringConvertible {
             .init(key: "sandbox", text: "docker"),
             .init(key: "logLevel", text: "loud"),
             .init(key: "databaseURL", text: "mysql://x"), .init(key: "databaseURL", text: "/just/a/path"),
+            .init(key: "maxEventsPerExecution", text: "0"), .init(key: "maxEventsPerExecution", text: "lots"),
+            .init(key: "maxEventBytesPerSession", text: "12 parsecs"), .init(key: "maxEventBytesPerSession", text: "100"),
+            .init(key: "maxEventBytesPerSession", text: "99999999999999GiB"),
         ]
 }
 
@@ -134,6 +140,7 @@ struct ServerConfigurationTests {
         #expect(configuration.callbackMaxAttempts == 6)
         #expect(configuration.callbackRetryBaseMs == 2000)
         #expect(configuration.timing.orphanLimitMs == 3_600_000)
+        #expect(configuration.eventCaps == EventCaps(maxEventsPerExecution: 100_000, maxEventBytesPerSession: 256 * 1024 * 1024))
         #expect(configuration.advertiseURL == nil)
         #expect(configuration.nodeHeartbeatMs == 1000)
         #expect(configuration.nodeLeaseMs == 5000)
@@ -172,7 +179,8 @@ struct ServerConfigurationTests {
                 "CLOUD_AGENT_EVENT_RETENTION", "CLOUD_AGENT_SANDBOX", "CLOUD_AGENT_SECRET_KEY", "CLOUD_AGENT_LOG_LEVEL",
                 "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
                 "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
-                "CLOUD_AGENT_INPUT_TIMEOUT", "CLOUD_AGENT_SANDBOX_EXPOSE",
+                "CLOUD_AGENT_INPUT_TIMEOUT", "CLOUD_AGENT_SANDBOX_EXPOSE", "CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION",
+                "CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION",
             ])
         #expect(
             Set(names.map(\.flag)) == [
@@ -180,7 +188,8 @@ struct ServerConfigurationTests {
                 "--stale-threshold", "--pending-timeout", "--stop-grace", "--stuck-after", "--max-runtimes", "--session-ttl",
                 "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base", "--input-timeout",
                 "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
-                "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window", "--sandbox-expose",
+                "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window", "--sandbox-expose", "--max-events-per-execution",
+                "--max-event-bytes-per-session",
             ])
     }
 
