@@ -68,6 +68,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("node-lease"), help: "A node not renewed this long is lost and its sessions taken over (CLOUD_AGENT_NODE_LEASE, default 5s).")
     var nodeLease: String?
     @Option(
+        name: .customLong("max-runtimes-per-user"),
+        help: "A user's runtimes at once; at the limit their least recently active idle one is evicted, else 429 (CLOUD_AGENT_MAX_RUNTIMES_PER_USER, default 0: no limit).")
+    var maxRuntimesPerUser: String?
+    @Option(
         name: .customLong("max-events-per-execution"),
         help: "Agent output events kept per execution; the rest dropped and counted (CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION, default 100000).")
     var maxEventsPerExecution: String?
@@ -86,7 +90,7 @@ struct ServeCommand: AsyncParsableCommand {
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
             "agentsFile": agentsFile, "sandboxExpose": sandboxExpose, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
             "orphanLimit": orphanLimit, "inputTimeout": inputTimeout, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
-            "wakeUpWindow": wakeUpWindow, "maxEventsPerExecution": maxEventsPerExecution, "maxEventBytesPerSession": maxEventBytesPerSession,
+            "wakeUpWindow": wakeUpWindow, "maxEventsPerExecution": maxEventsPerExecution, "maxRuntimesPerUser": maxRuntimesPerUser, "maxEventBytesPerSession": maxEventBytesPerSession,
         ]
         return all.compactMapValues { $0 }
     }

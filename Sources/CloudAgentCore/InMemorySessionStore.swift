@@ -20,13 +20,18 @@ public actor InMemorySessionStore: SessionStore {
     public func saveToken(hash: String, owner: Owner, createdAt: Date) { tokens[hash] = owner }
     public func owner(forTokenHash hash: String) -> Owner? { tokens[hash] }
 
-    public func insertSession(_ session: SessionRecord, wakeUp: Date?) throws {
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?, maxOwnerRuntimes: Int?) throws {
         guard sessionsById[session.id] == nil else { throw StoreError.duplicateSession(session.id) }
+        if let maxOwnerRuntimes, liveSessions(of: session.owner).count >= maxOwnerRuntimes { throw StoreError.quotaExceeded(maxOwnerRuntimes) }
         sessionsById[session.id] = session
         if let wakeUp { wakeUpsBySession[session.id] = wakeUp }
     }
 
     public func session(_ id: SessionID) -> SessionRecord? { sessionsById[id] }
+
+    public func liveSessions(of owner: Owner) -> [SessionRecord] {
+        sessionsById.values.filter { $0.owner == owner && ($0.runtime.state == .starting || $0.runtime.state == .running) }
+    }
 
     public func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) -> [SessionRecord] {
         let sorted = sessionsById.values
@@ -135,7 +140,9 @@ public actor InMemorySessionStore: SessionStore {
                 execution: session.activeExecutionId.flatMap { executionsById[$0] } ?? latestExecution(of: id),
                 oldestEventAt: forRules ? oldestEventAt(of: id) : nil,
                 wakeUp: forRules ? wakeUpsBySession[id] : nil,
-                nextQueued: forRules ? session.queue.first.flatMap { executionsById[$0] } : nil
+                nextQueued: forRules ? session.queue.first.flatMap { executionsById[$0] } : nil,
+                ownerRuntimes: forRules && (session.runtime.state == .stopped || session.runtime.state == .stopping)
+                    ? liveSessions(of: session.owner).count : nil
             )
         }
         let decision = try decide(state)

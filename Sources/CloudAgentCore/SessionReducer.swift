@@ -17,12 +17,15 @@ public struct SessionContext: Sendable, Equatable {
     public var nodeStarts: [String: Date]
     /// How much agent output the store keeps.
     public var eventCaps: EventCaps
+    /// A user's runtimes starting or running at once (`CLOUD_AGENT_MAX_RUNTIMES_PER_USER`); nil: no limit.
+    public var maxRuntimesPerUser: Int?
 
     public init(
         now: Date, timing: Timing, controlPlaneStartedAt: Date, nodeId: String? = nil, lostNodes: [String: Date] = [:], nodeStarts: [String: Date] = [:],
-        eventCaps: EventCaps = .default
+        eventCaps: EventCaps = .default, maxRuntimesPerUser: Int? = nil
     ) {
         self.eventCaps = eventCaps
+        self.maxRuntimesPerUser = maxRuntimesPerUser
         self.now = now
         self.timing = timing
         self.controlPlaneStartedAt = controlPlaneStartedAt
@@ -125,6 +128,15 @@ public enum SessionReducer {
             model: request.model ?? session.spec.model, acceptedAt: now
         )
         let runtimeBefore = session.runtime.state
+        // A runtime that is not up is started for it: within the owner's quota, counted in this
+        // transaction under the owner's lock (a stopping one starts again once its stop is recorded).
+        if runtimeBefore == .stopped || runtimeBefore == .stopping, let limit = context.maxRuntimesPerUser, let count = state?.ownerRuntimes,
+            count >= limit
+        {
+            throw .limitReached(
+                .runtimesPerUser, limit: Double(limit),
+                "\(owner.user) already has \(count) runtimes starting or running (at most \(limit) per user) and none of them is idle; retry once one is")
+        }
         var effects: [SessionEffect] = [.deliverCommands]
         // The execute waits for the last execution's auto-commit: make sure one is under way
         // (after a control-plane crash, nothing else would start it again).
@@ -393,7 +405,9 @@ public enum SessionReducer {
     /// when, in this transaction, it is running with no accepted execution and no pending
     /// auto-commit. A message accepted since the victim was picked saves it. The reason records
     /// its last activity and idle time.
-    public static func evict(_ state: SessionState?, for requester: SessionID, context: SessionContext) -> Decision<Outcome<Bool>> {
+    public static func evict(
+        _ state: SessionState?, for requester: SessionID, because why: String = "capacity: a runtime slot was needed", context: SessionContext
+    ) -> Decision<Outcome<Bool>> {
         guard let state, state.session.runtime.state == .running, state.session.activeExecutionId == nil,
             state.session.autoCommitPending == nil, state.execution?.status.isActive != true
         else { return Decision(output: Outcome(output: false, notes: [])) }
@@ -402,7 +416,7 @@ public enum SessionReducer {
         let reason = StopReason(
             rule: .evicted, at: context.now, lastActivityAt: last, idleMs: context.now.milliseconds(since: last),
             idleTimeoutMs: session.idleTimeoutMs(default: context.timing.idleTimeoutMs),
-            detail: "capacity: a runtime slot was needed for \(requester)"
+            detail: "\(why) for \(requester)"
         )
         return beginStopping(state, reason: reason)
     }

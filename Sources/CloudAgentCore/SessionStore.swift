@@ -8,6 +8,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case duplicateSession(SessionID)
     /// The database did not answer in time (it is down or unreachable); retry later.
     case unavailable(String)
+    /// The owner already has this many runtimes (`insertSession`'s `maxOwnerRuntimes`).
+    case quotaExceeded(Int)
 
     public var description: String {
         switch self {
@@ -15,6 +17,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .sessionNotFound(let id): "session \(id) not found"
         case .duplicateSession(let id): "session \(id) already exists"
         case .unavailable(let why): "the database is unavailable: \(why)"
+        case .quotaExceeded(let limit): "the owner already has \(limit) runtimes"
         }
     }
 }
@@ -144,8 +147,12 @@ public protocol SessionStore: Sendable {
     func owner(forTokenHash hash: String) async throws -> Owner?
 
     // Sessions.
-    /// A new session, with its first wake-up (if any) in the same transaction.
-    func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws
+    /// A new session, with its first wake-up (if any) in the same transaction. With
+    /// `maxOwnerRuntimes`, refused with `StoreError.quotaExceeded` when the owner already has
+    /// that many sessions whose runtime is starting or running (counted under the owner's lock).
+    func insertSession(_ session: SessionRecord, wakeUp: Date?, maxOwnerRuntimes: Int?) async throws
+    /// The owner's sessions whose runtime is starting or running (the per-user quota).
+    func liveSessions(of owner: Owner) async throws -> [SessionRecord]
     func session(_ id: SessionID) async throws -> SessionRecord?
     /// An owner's sessions, newest first, after the cursor.
     func sessions(owner: Owner, limit: Int, after cursor: SessionCursor?) async throws -> [SessionRecord]
@@ -233,6 +240,10 @@ extension SessionStore {
         _ id: SessionID, _ decide: @escaping @Sendable (SessionState?) throws -> Decision<Output>
     ) async throws -> Committed<Output> {
         try await update(id, forRules: false, decide)
+    }
+
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws {
+        try await insertSession(session, wakeUp: wakeUp, maxOwnerRuntimes: nil)
     }
 
     /// A new session without a wake-up.

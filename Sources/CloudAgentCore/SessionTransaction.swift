@@ -13,13 +13,22 @@ public struct SessionState: Sendable, Equatable {
     /// The first of the session's queued follow-ups (`session.queue.first`), read for the rules
     /// only: it starts once no execution is active.
     public var nextQueued: Execution?
+    /// How many of the owner's other sessions have a runtime starting or running, read (for the
+    /// rules) only while this session's runtime is stopped or stopping, when a decision may
+    /// start it: the per-user quota. Counted under a lock of the owner's (PostgreSQL: an
+    /// advisory lock in the transaction), so that two starts at once cannot both pass.
+    public var ownerRuntimes: Int?
 
-    public init(session: SessionRecord, execution: Execution?, oldestEventAt: Date? = nil, wakeUp: Date? = nil, nextQueued: Execution? = nil) {
+    public init(
+        session: SessionRecord, execution: Execution?, oldestEventAt: Date? = nil, wakeUp: Date? = nil, nextQueued: Execution? = nil,
+        ownerRuntimes: Int? = nil
+    ) {
         self.session = session
         self.execution = execution
         self.oldestEventAt = oldestEventAt
         self.wakeUp = wakeUp
         self.nextQueued = nextQueued
+        self.ownerRuntimes = ownerRuntimes
     }
 }
 

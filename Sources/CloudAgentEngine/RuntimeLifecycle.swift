@@ -93,6 +93,46 @@ public final class RuntimeLifecycle: Sendable {
         throw .runtimeUnavailable("all \(slots.limit) runtimes are busy; retry later")
     }
 
+    /// Makes room in `owner`'s quota (`CLOUD_AGENT_MAX_RUNTIMES_PER_USER`) for a runtime start
+    /// of session `id`: while the owner's other sessions with a runtime starting or running are
+    /// at the limit, their least recently active idle runtime is evicted (chosen by
+    /// `CapacityPolicy.victim` among that owner's runtimes only; another user's are never
+    /// touched), each in a transaction of its own that checks again. None idle: 429
+    /// `QUOTA_EXCEEDED`. The start's own transaction counts again under the owner's lock, so a
+    /// start that raced another is refused there.
+    package func makeRoomInQuota(for id: SessionID, owner: Owner, engine: Engine) async throws(SessionError) {
+        guard let limit = ledger.maxRuntimesPerUser else { return }
+        for _ in 0..<4 {
+            let live: [SessionRecord]
+            do { live = try await ledger.store.liveSessions(of: owner).filter { $0.id != id } } catch { return }
+            guard live.count >= limit else { return }
+            var candidates: [CapacityPolicy.Candidate] = []
+            for session in live where CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable {
+                candidates.append(CapacityPolicy.Candidate(session: session, latestExecution: try? await ledger.store.latestExecution(of: session.id)))
+            }
+            var evicted = false
+            while let victim = CapacityPolicy.victim(candidates: candidates) {
+                candidates.removeAll { $0.session.id == victim }
+                guard
+                    let committed = try? await engine.perform(
+                        victim,
+                        { state, context in
+                            SessionReducer.evict(state, for: id, because: "quota: \(owner.user) is at \(limit) runtimes and needed one", context: context)
+                        }), committed.output
+                else { continue }
+                evicted = true
+                logger.info("runtime evicted for the user's quota", metadata: ["sessionId": "\(victim)", "rule": "evicted", "for": "\(id)", "limit": "\(limit)"])
+                break
+            }
+            if !evicted {
+                logger.info("runtime quota reached", metadata: ["sessionId": "\(id)", "user": "\(owner)", "limit": "\(limit)"])
+                throw .limitReached(
+                    .runtimesPerUser, limit: Double(limit),
+                    "\(owner.user) already has \(live.count) runtimes starting or running (at most \(limit) per user) and none of them is idle; retry once one is")
+            }
+        }
+    }
+
     /// Whether a start of a runtime last hosted by `hostNode` launches on this host (else on
     /// that node's, which is alive: it admits the start by its own capacity).
     package func startsHere(hostNode: String?) -> Bool {

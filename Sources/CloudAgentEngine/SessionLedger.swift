@@ -22,13 +22,16 @@ public final class SessionLedger: Sendable {
     package let changes: SessionChanges
     /// How much agent output the store keeps (`CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION`, `…_EVENT_BYTES_PER_SESSION`).
     public let eventCaps: EventCaps
+    /// A user's runtimes starting or running at once (`CLOUD_AGENT_MAX_RUNTIMES_PER_USER`); nil: no limit.
+    public let maxRuntimesPerUser: Int?
     private let startedListeningAt: Mutex<Date>
 
     package init(
         store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub(),
-        cluster: ClusterView = .single, eventCaps: EventCaps = .default
+        cluster: ClusterView = .single, eventCaps: EventCaps = .default, maxRuntimesPerUser: Int? = nil
     ) {
         self.eventCaps = eventCaps
+        self.maxRuntimesPerUser = maxRuntimesPerUser
         self.store = store
         self.cluster = cluster
         self.timing = timing
@@ -63,7 +66,8 @@ public final class SessionLedger: Sendable {
         let now = clock.now()
         return SessionContext(
             now: now, timing: timing, controlPlaneStartedAt: servingSince(now: now),
-            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now), nodeStarts: cluster.nodeStarts, eventCaps: eventCaps
+            nodeId: cluster.recordedNodeId, lostNodes: cluster.lostNodes(now: now), nodeStarts: cluster.nodeStarts, eventCaps: eventCaps,
+            maxRuntimesPerUser: maxRuntimesPerUser
         )
     }
 

@@ -60,6 +60,10 @@ extension SessionService {
         let needsStart =
             (current.runtime.state == .stopped || current.runtime.state == .stopping)
             && lifecycle.startsHere(hostNode: current.runtime.hostNode)
+        // A start for it is within the user's quota (an idle runtime of theirs evicted, else 429).
+        if current.runtime.state == .stopped || current.runtime.state == .stopping, current.activeExecutionId == nil {
+            try await lifecycle.makeRoomInQuota(for: id, owner: owner, engine: engine)
+        }
         let request = SessionReducer.NewExecution(
             id: ExecutionID(at: clock.now()), prompt: message?.prompt, mode: message?.mode, model: message?.model, followUp: message != nil,
             queue: message?.queue ?? false

@@ -53,6 +53,8 @@ public final class SessionService: Sendable {
         try apply(input, to: &spec)
         let id = SessionID()
         let workBranch = spec.repo?.branch ?? "session/\(id.rawValue)"
+        // Within the user's quota (an idle runtime of theirs evicted, else 429) before anything is made.
+        try await lifecycle.makeRoomInQuota(for: id, owner: owner, engine: engine)
         let session = try await lifecycle.admitting(id, engine: engine) {
             do {
                 do {
@@ -64,8 +66,15 @@ public final class SessionService: Sendable {
                 let now = clock.now()
                 var record = SessionRecord(id: id, owner: owner, createdAt: now, spec: spec, workBranch: workBranch)
                 try record.runtime.requestStart(at: now)
-                // Due at once: a crash before the first evaluation loses no timer.
-                try await store.insertSession(record, wakeUp: now)
+                // Due at once: a crash before the first evaluation loses no timer. The quota is
+                // counted again with the insert, under the owner's lock.
+                do {
+                    try await store.insertSession(record, wakeUp: now, maxOwnerRuntimes: ledger.maxRuntimesPerUser)
+                } catch StoreError.quotaExceeded(let limit) {
+                    throw SessionError.limitReached(
+                        .runtimesPerUser, limit: Double(limit),
+                        "\(owner.user) already has \(limit) runtimes starting or running (at most \(limit) per user); retry once one is idle")
+                }
                 return record
             } catch {
                 lifecycle.host.removeWorkspace(id)

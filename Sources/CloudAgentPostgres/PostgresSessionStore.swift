@@ -104,9 +104,12 @@ public final class PostgresSessionStore: SessionStore, Service {
 
     // MARK: Sessions
 
-    public func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws {
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?, maxOwnerRuntimes: Int?) async throws {
         let record = try RecordCoding.encode(session)
         try await transaction { connection in
+            if let maxOwnerRuntimes, try await self.lockedLiveCount(of: session.owner, on: connection) >= maxOwnerRuntimes {
+                throw StoreError.quotaExceeded(maxOwnerRuntimes)
+            }
             let inserted = try await connection.rows(
                 """
                 INSERT INTO sessions (id, owner_user, owner_org, created_at, runtime_state, record)
@@ -239,9 +242,15 @@ public final class PostgresSessionStore: SessionStore, Service {
                         if forRules, let next = session.queue.first {
                             try await self.executions("WHERE id = \(next.rawValue)", on: connection).first
                         } else { nil }
+                    // A decision may start a stopped runtime: the owner's live runtimes, counted under the owner's lock.
+                    let ownerRuntimes: Int? =
+                        if forRules, session.runtime.state == .stopped || session.runtime.state == .stopping {
+                            try await self.lockedLiveCount(of: session.owner, on: connection)
+                        } else { nil }
                     state = SessionState(
                         session: session, execution: try Self.execution(from: row, at: 4),
-                        oldestEventAt: forRules ? try date(2) : nil, wakeUp: forRules ? try date(3) : nil, nextQueued: nextQueued
+                        oldestEventAt: forRules ? try date(2) : nil, wakeUp: forRules ? try date(3) : nil, nextQueued: nextQueued,
+                        ownerRuntimes: ownerRuntimes
                     )
                 }
                 let decision = try decide(state)
@@ -254,6 +263,30 @@ public final class PostgresSessionStore: SessionStore, Service {
                 return Committed(output: decision.output, effects: decision.effects, events: events, change: change)
             }
         }
+    }
+
+    /// The owner's sessions whose runtime is starting or running, counted after taking the
+    /// owner's advisory lock for the rest of the transaction: two transactions that may start a
+    /// runtime for the same owner count one after the other (each takes its session's row lock
+    /// first and this lock second, so no two wait for each other in a cycle).
+    private func lockedLiveCount(of owner: Owner, on connection: PostgresConnection) async throws -> Int {
+        let key = "cloud-agent.owner-runtimes/\(owner.user)/\(owner.org ?? "")"
+        try await connection.run("SELECT pg_advisory_xact_lock(hashtextextended(\(key), 0))", logger)
+        let rows = try await connection.rows(
+            """
+            SELECT COUNT(*) FROM sessions WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
+                AND runtime_state IN ('starting', 'running')
+            """, logger)
+        return Int(try rows.first?.decode(Int64.self) ?? 0)
+    }
+
+    public func liveSessions(of owner: Owner) async throws -> [SessionRecord] {
+        try await query(
+            """
+            SELECT record FROM sessions WHERE owner_user = \(owner.user) AND owner_org = \(owner.org ?? "")
+                AND runtime_state IN ('starting', 'running')
+            """
+        ).map { try RecordCoding.decode(SessionRecord.self, from: try $0.decode(String.self)) }
     }
 
     /// Events per INSERT statement: six parameters each, well under the protocol's 65,535.

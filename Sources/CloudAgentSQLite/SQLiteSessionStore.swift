@@ -195,11 +195,15 @@ public final class SQLiteSessionStore: SessionStore {
 
     // MARK: Sessions
 
-    public func insertSession(_ session: SessionRecord, wakeUp: Date?) async throws {
+    public func insertSession(_ session: SessionRecord, wakeUp: Date?, maxOwnerRuntimes: Int?) async throws {
         let record = try RecordCoding.encode(session)
         try await pool.write { db in
             guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM sessions WHERE id = ?"), arguments: [session.id.rawValue]) == nil else {
                 throw StoreError.duplicateSession(session.id)
+            }
+            // One writer at a time: the count and the insert are one step.
+            if let maxOwnerRuntimes, try Self.liveCount(of: session.owner, in: db) >= maxOwnerRuntimes {
+                throw StoreError.quotaExceeded(maxOwnerRuntimes)
             }
             try db.execute(
                 sql: """
@@ -214,6 +218,23 @@ public final class SQLiteSessionStore: SessionStore {
             if let wakeUp {
                 try db.execute(sql: "INSERT INTO wake_ups (session_id, due_at) VALUES (?, ?)", arguments: [session.id.rawValue, wakeUp.millisecondsSince1970])
             }
+        }
+    }
+
+    static func liveCount(of owner: Owner, in db: Database) throws -> Int {
+        try Int.fetchOne(
+            db.cachedStatement(
+                sql: "SELECT COUNT(*) FROM sessions WHERE owner_user = ? AND owner_org = ? AND runtime_state IN ('starting', 'running')"),
+            arguments: [owner.user, owner.org ?? ""]) ?? 0
+    }
+
+    public func liveSessions(of owner: Owner) async throws -> [SessionRecord] {
+        try await pool.read { db in
+            try String.fetchAll(
+                db.cachedStatement(
+                    sql: "SELECT record FROM sessions WHERE owner_user = ? AND owner_org = ? AND runtime_state IN ('starting', 'running')"),
+                arguments: [owner.user, owner.org ?? ""]
+            ).map { try RecordCoding.decode(SessionRecord.self, from: $0) }
         }
     }
 
@@ -321,7 +342,11 @@ public final class SQLiteSessionStore: SessionStore {
                     ? try Int64.fetchOne(db.cachedStatement(sql: "SELECT due_at FROM wake_ups WHERE session_id = ?"), arguments: [id.rawValue])
                         .map { Date(millisecondsSince1970: $0) }
                     : nil
-                state = SessionState(session: session, execution: execution, oldestEventAt: oldest, wakeUp: wakeUp, nextQueued: nextQueued)
+                let ownerRuntimes =
+                    forRules && (session.runtime.state == .stopped || session.runtime.state == .stopping)
+                    ? try Self.liveCount(of: session.owner, in: db) : nil
+                state = SessionState(
+                    session: session, execution: execution, oldestEventAt: oldest, wakeUp: wakeUp, nextQueued: nextQueued, ownerRuntimes: ownerRuntimes)
             }
             let decision = try decide(state)
             guard let change = decision.change else {

@@ -83,7 +83,8 @@ public struct ControlPlane: Sendable {
         let engine = SessionEngine(
             store: store, host: LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout), timing: configuration.timing,
             clock: clock, secretBox: secretBox, agents: agents, heartbeats: heartbeats, scheduler: scheduler,
-            maxRuntimes: configuration.maxRuntimes, cluster: cluster, eventCaps: configuration.eventCaps, metrics: metrics, logger: logger
+            maxRuntimes: configuration.maxRuntimes, cluster: cluster, eventCaps: configuration.eventCaps,
+            maxRuntimesPerUser: configuration.maxRuntimesPerUser, metrics: metrics, logger: logger
         )
         let (ledger, gateway, lifecycle, rules, sessions) = (engine.ledger, engine.gateway, engine.lifecycle, engine.rules, engine.sessions)
         let callbacks = CallbackDispatcher(

@@ -22,6 +22,8 @@ public struct ServerConfiguration: Sendable {
     public var maxRuntimes: Int
     /// How much agent output the store keeps per execution and per session.
     public var eventCaps = EventCaps.default
+    /// A user's runtimes starting or running at once; nil: no limit (`0` in the settings).
+    public var maxRuntimesPerUser: Int?
     public var sandbox: SandboxMode
     /// Base64 of the 256-bit key sealing secrets; nil means `<data-dir>/secret.key`.
     public var secretKey: String?
@@ -113,6 +115,7 @@ public struct ServerConfiguration: Sendable {
         "nodeHeartbeat": .init(flag: "--node-heartbeat", environment: "CLOUD_AGENT_NODE_HEARTBEAT"),
         "nodeLease": .init(flag: "--node-lease", environment: "CLOUD_AGENT_NODE_LEASE"),
         "wakeUpWindow": .init(flag: "--wake-up-window", environment: "CLOUD_AGENT_WAKE_UP_WINDOW"),
+        "maxRuntimesPerUser": .init(flag: "--max-runtimes-per-user", environment: "CLOUD_AGENT_MAX_RUNTIMES_PER_USER"),
         "maxEventsPerExecution": .init(flag: "--max-events-per-execution", environment: "CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION"),
         "maxEventBytesPerSession": .init(flag: "--max-event-bytes-per-session", environment: "CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION"),
     ]
@@ -160,6 +163,10 @@ public struct ServerConfiguration: Sendable {
         if let (text, name) = value("maxRuntimes") {
             guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }
             configuration.maxRuntimes = count
+        }
+        if let (text, name) = value("maxRuntimesPerUser") {
+            guard let count = Int(text), count >= 0 else { throw Invalid(setting: name, message: "\"\(text)\" is not a whole number ≥ 0 (0: no limit)") }
+            configuration.maxRuntimesPerUser = count == 0 ? nil : count
         }
         if let (text, name) = value("maxEventsPerExecution") {
             guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }

@@ -41,6 +41,7 @@ struct TestServer {
     /// `CLOUD_AGENT_<NAME>_BIN` settings, on top of this process's PATH.
     var agentBinaries: [String: String] = [:]
     var agentsFile: String?
+    var maxRuntimesPerUser: Int?
     let logs = LogCapture()
 
     /// The orphan limit of the runtimes test servers launch, unless a test sets its own: a
@@ -77,6 +78,7 @@ struct TestServer {
         configuration.callbackRetryBaseMs = callbackRetryBaseMs
         configuration.agentLookupEnvironment.merge(agentBinaries) { _, new in new }
         configuration.agentsFile = agentsFile
+        configuration.maxRuntimesPerUser = maxRuntimesPerUser
         return configuration
     }
 
