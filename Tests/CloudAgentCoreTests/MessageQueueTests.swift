@@ -285,3 +285,44 @@ struct EventCapTests {
         #expect(decision.change?.events.map(\.type) == [EventType.eventsTruncated, EventType.executionFailed])
     }
 }
+
+/// The per-user quota's decision: a start of a runtime that is not up is refused (429) when
+/// the owner's other live runtimes, counted in the transaction, are at the limit.
+@Suite("Per-user quota")
+struct QuotaDecisionTests {
+    @Test("a cold start at the owner's limit is QUOTA_EXCEEDED and writes nothing; below it, or with the runtime up, it starts")
+    func coldStart() throws {
+        var state = try MessageQueueTests.running()
+        let (ended, _) = try MessageQueueTests.ended(state, MessageQueueTests.first, seq: 2, status: "completed", at: seconds(2))
+        state = ended
+        try state.session.runtime.beginStopping(StopReason(rule: .idle, at: Fixture.at(seconds(20))))
+        try state.session.runtime.markStopped(at: Fixture.at(seconds(21)))
+        func send(_ count: Int?, limit: Int?) throws -> Decision<SessionReducer.Outcome<Execution>> {
+            var context = MessageQueueTests.context(at: seconds(30))
+            context.maxRuntimesPerUser = limit
+            var at = state
+            at.ownerRuntimes = count
+            return try SessionReducer.startExecution(
+                at, id: Fixture.sessionId, owner: .local, .init(id: ExecutionID(at: Fixture.at(seconds(30))), prompt: "again", followUp: true),
+                context: context)
+        }
+        #expect(throws: SessionError.self) { try send(2, limit: 2) }
+        do {
+            _ = try send(3, limit: 2)
+        } catch SessionError.limitReached(let kind, let limit, _) {
+            #expect(kind.code == "QUOTA_EXCEEDED" && limit == 2)
+        }
+        #expect(try send(1, limit: 2).effects.contains { if case .launch = $0 { true } else { false } })
+        #expect(try send(5, limit: nil).change?.session?.runtime.state == .starting)
+        // A runtime that is up is not a start: no quota to check.
+        var up = try MessageQueueTests.running()
+        up.session.activeExecutionId = nil
+        up.ownerRuntimes = 9
+        var context = MessageQueueTests.context(at: seconds(30))
+        context.maxRuntimesPerUser = 1
+        #expect(throws: Never.self) {
+            try SessionReducer.startExecution(
+                up, id: Fixture.sessionId, owner: .local, .init(id: ExecutionID(at: Fixture.at(seconds(31))), followUp: true), context: context)
+        }
+    }
+}

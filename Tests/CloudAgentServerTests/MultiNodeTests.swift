@@ -515,6 +515,32 @@ struct MultiNodeTests {
         #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1)
     }
 
+    @Test("the per-user quota holds across nodes: creates sent to two nodes at once never leave the user with more live runtimes than the quota")
+    func quotaAcrossNodes() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a", extra: ["CLOUD_AGENT_MAX_RUNTIMES_PER_USER": "2"])
+        try await cluster.start("b", extra: ["CLOUD_AGENT_MAX_RUNTIMES_PER_USER": "2"])
+        let a = try cluster.client("a")
+        let b = try cluster.client("b")
+        // Busy agents: no runtime becomes idle, so none can be evicted for another.
+        let answers = try await withThrowingTaskGroup(of: Int.self) { group in
+            for index in 0..<6 {
+                let client = index % 2 == 0 ? a : b
+                group.addTask {
+                    try await client.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "sleep 20"]).status
+                }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(answers.filter { $0 == 201 }.count == 2, "\(answers)")
+        #expect(answers.filter { $0 == 429 }.count == 4, "\(answers)")
+        let live = try await cluster.withStore { store in try await store.liveSessions(of: Owner(user: "local")) }
+        #expect(live.count == 2)
+        for session in live { _ = try await a.request("DELETE", "/v1/sessions/\(session.id)", token: Self.token) }
+        try await eventually(within: 15, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+
     @Test("capacity counts per host: a node with one runtime slot refuses a second busy start, while another node hosts its own")
     func capacityCountsPerHost() async throws {
         let cluster = try await Cluster()
