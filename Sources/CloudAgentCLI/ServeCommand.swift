@@ -69,7 +69,9 @@ struct ServeCommand: AsyncParsableCommand {
     var nodeLease: String?
     @Option(
         name: .customLong("max-runtimes-per-user"),
-        help: "A user's runtimes at once; at the limit their least recently active idle one is evicted, else 429 (CLOUD_AGENT_MAX_RUNTIMES_PER_USER, default 0: no limit).")
+        help:
+            "A user's runtimes at once; at the limit their least recently active idle one is evicted, else 429 (CLOUD_AGENT_MAX_RUNTIMES_PER_USER, default 0: no limit)."
+    )
     var maxRuntimesPerUser: String?
     @Option(
         name: .customLong("max-events-per-execution"),
@@ -90,7 +92,8 @@ struct ServeCommand: AsyncParsableCommand {
             "sessionTTL": sessionTTL, "eventRetention": eventRetention, "sandbox": sandbox, "logLevel": logLevel,
             "agentsFile": agentsFile, "sandboxExpose": sandboxExpose, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
             "orphanLimit": orphanLimit, "inputTimeout": inputTimeout, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
-            "wakeUpWindow": wakeUpWindow, "maxEventsPerExecution": maxEventsPerExecution, "maxRuntimesPerUser": maxRuntimesPerUser, "maxEventBytesPerSession": maxEventBytesPerSession,
+            "wakeUpWindow": wakeUpWindow, "maxEventsPerExecution": maxEventsPerExecution, "maxRuntimesPerUser": maxRuntimesPerUser,
+            "maxEventBytesPerSession": maxEventBytesPerSession,
         ]
         return all.compactMapValues { $0 }
     }

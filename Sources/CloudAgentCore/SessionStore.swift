@@ -117,7 +117,8 @@ public struct SessionChange: Sendable {
 
     public init(
         sessionId: SessionID, session: SessionRecord? = nil, newExecution: Execution? = nil, executions: [Execution] = [],
-        cancelledQueued: [ExecutionID] = [], usage: [UsageDay] = [], events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [], commands: [OutboxCommand] = [],
+        cancelledQueued: [ExecutionID] = [], usage: [UsageDay] = [], events: [NewEvent] = [], wakeUp: Date?? = nil, callbacks: [CallbackDelivery] = [],
+        commands: [OutboxCommand] = [],
         dropCommands: [CommandDrop] = [], deleteEventsBefore: Date? = nil, deletesSession: Bool = false
     ) {
         self.sessionId = sessionId

@@ -121,14 +121,16 @@ public final class RuntimeLifecycle: Sendable {
                         }), committed.output
                 else { continue }
                 evicted = true
-                logger.info("runtime evicted for the user's quota", metadata: ["sessionId": "\(victim)", "rule": "evicted", "for": "\(id)", "limit": "\(limit)"])
+                logger.info(
+                    "runtime evicted for the user's quota", metadata: ["sessionId": "\(victim)", "rule": "evicted", "for": "\(id)", "limit": "\(limit)"])
                 break
             }
             if !evicted {
                 logger.info("runtime quota reached", metadata: ["sessionId": "\(id)", "user": "\(owner)", "limit": "\(limit)"])
                 throw .limitReached(
                     .runtimesPerUser, limit: Double(limit),
-                    "\(owner.user) already has \(live.count) runtimes starting or running (at most \(limit) per user) and none of them is idle; retry once one is")
+                    "\(owner.user) already has \(live.count) runtimes starting or running (at most \(limit) per user) and none of them is idle; retry once one is"
+                )
             }
         }
     }

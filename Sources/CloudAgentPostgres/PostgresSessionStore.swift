@@ -325,9 +325,11 @@ public final class PostgresSessionStore: SessionStore, Service {
             try await connection.run("DELETE FROM executions WHERE id = \(cancelled.rawValue) AND session_id = \(id) AND status = 'queued'", logger)
         }
         if let new = change.newExecution {
-            if new.status.isActive, let active = try await connection.rows(
-                "SELECT id FROM executions WHERE session_id = \(id) AND status IN ('pending', 'running') AND id <> \(new.id.rawValue) LIMIT 1", logger
-            ).first, let activeId = ExecutionID(rawValue: try active.decode(String.self)) {
+            if new.status.isActive,
+                let active = try await connection.rows(
+                    "SELECT id FROM executions WHERE session_id = \(id) AND status IN ('pending', 'running') AND id <> \(new.id.rawValue) LIMIT 1", logger
+                ).first, let activeId = ExecutionID(rawValue: try active.decode(String.self))
+            {
                 throw StoreError.executionInProgress(activeId)
             }
             try await save(new, on: connection)

@@ -56,7 +56,9 @@ public struct ScriptedAgent: Sendable {
             case .text(let text):
                 return #"{"type":"text","text":\#(JSONText.encode(.string(text)))}"#
             case .usage(let input, let output, let cost):
-                return JSONText.encode(["type": "usage", "inputTokens": .number(Double(input)), "outputTokens": .number(Double(output)), "costUsd": .number(cost)])
+                return JSONText.encode([
+                    "type": "usage", "inputTokens": .number(Double(input)), "outputTokens": .number(Double(output)), "costUsd": .number(cost),
+                ])
             case .error(let message):
                 return #"{"type":"error","message":\#(JSONText.encode(.string(message)))}"#
             case .tool(let name, let input, let status, let output, let exitCode):

@@ -395,11 +395,13 @@ public final class SQLiteSessionStore: SessionStore {
                 .execute(arguments: [cancelled.rawValue, id])
         }
         if let new = change.newExecution {
-            if new.status.isActive, let active = try String.fetchOne(
-                db,
-                sql: "SELECT id FROM executions WHERE session_id = ? AND status IN ('pending', 'running') AND id != ?",
-                arguments: [id, new.id.rawValue]
-            ), let activeId = ExecutionID(rawValue: active) {
+            if new.status.isActive,
+                let active = try String.fetchOne(
+                    db,
+                    sql: "SELECT id FROM executions WHERE session_id = ? AND status IN ('pending', 'running') AND id != ?",
+                    arguments: [id, new.id.rawValue]
+                ), let activeId = ExecutionID(rawValue: active)
+            {
                 throw StoreError.executionInProgress(activeId)
             }
             try Self.save(new, in: db)
@@ -536,7 +538,7 @@ public final class SQLiteSessionStore: SessionStore {
                 db.cachedStatement(sql: "SELECT * FROM executions WHERE session_id = ? AND status != 'queued' ORDER BY id DESC LIMIT 1"),
                 arguments: [session.rawValue]
             )
-                .flatMap(Self.execution(from:))
+            .flatMap(Self.execution(from:))
         }
     }
 

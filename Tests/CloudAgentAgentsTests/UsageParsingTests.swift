@@ -24,7 +24,8 @@ struct UsageParsingTests {
     @Test("ACP: the prompt answer's usage gives the tokens (thoughts count as output), usage_update the session's cost in USD")
     func acp() {
         var reader = ACPTurnReader()
-        _ = reader.read(update: ["sessionUpdate": "usage_update", "used": 1200, "size": 200_000, "cost": ["amount": .number(0.04), "currency": "USD"]], raw: "")
+        _ = reader.read(
+            update: ["sessionUpdate": "usage_update", "used": 1200, "size": 200_000, "cost": ["amount": .number(0.04), "currency": "USD"]], raw: "")
         #expect(reader.sessionCostUsd == 0.04)
         // Another currency is not dollars: ignored.
         _ = reader.read(update: ["sessionUpdate": "usage_update", "used": 1300, "size": 200_000, "cost": ["amount": 9, "currency": "EUR"]], raw: "")

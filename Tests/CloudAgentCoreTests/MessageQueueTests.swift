@@ -57,7 +57,9 @@ struct MessageQueueTests {
         try performed(state, at: offset) {
             try SessionReducer.ingest(
                 $0, instanceId: "instance-1",
-                events: [ReportedEvent(seq: seq, executionId: id.rawValue, kind: .ended, at: Fixture.at(offset), data: ["status": .string(status), "exitCode": 1])],
+                events: [
+                    ReportedEvent(seq: seq, executionId: id.rawValue, kind: .ended, at: Fixture.at(offset), data: ["status": .string(status), "exitCode": 1])
+                ],
                 context: context(at: offset))
         }
     }
@@ -149,15 +151,18 @@ struct MessageQueueTests {
         #expect(cancelled.session.queue == [ids[0]] + ids[2...])
         #expect(cancelled.session.executionCount == 20)
         #expect(throws: SessionError.invalidState("execution \(Self.first) is not queued: only a queued execution can be cancelled")) {
-            try SessionReducer.cancelQueued(cancelled, id: Fixture.sessionId, owner: .local, executionId: Self.first, known: true, context: Self.context(at: seconds(5)))
+            try SessionReducer.cancelQueued(
+                cancelled, id: Fixture.sessionId, owner: .local, executionId: Self.first, known: true, context: Self.context(at: seconds(5)))
         }
         let unknown = ExecutionID(at: Fixture.at(1))
         #expect(throws: SessionError.executionNotFound(unknown)) {
-            try SessionReducer.cancelQueued(cancelled, id: Fixture.sessionId, owner: .local, executionId: unknown, known: false, context: Self.context(at: seconds(5)))
+            try SessionReducer.cancelQueued(
+                cancelled, id: Fixture.sessionId, owner: .local, executionId: unknown, known: false, context: Self.context(at: seconds(5)))
         }
         // Another user's session is not found.
         #expect(throws: SessionError.notFound(Fixture.sessionId)) {
-            try SessionReducer.cancelQueued(cancelled, id: Fixture.sessionId, owner: Owner(user: "eve"), executionId: ids[0], known: true, context: Self.context(at: seconds(5)))
+            try SessionReducer.cancelQueued(
+                cancelled, id: Fixture.sessionId, owner: Owner(user: "eve"), executionId: ids[0], known: true, context: Self.context(at: seconds(5)))
         }
     }
 
@@ -218,7 +223,10 @@ struct UsageReportTests {
         let (once, firstChange) = try report(base, seq: 2, ["inputTokens": 100, "outputTokens": 10, "costUsd": .number(0.5)], at: seconds(2))
         #expect(once.execution?.usage == Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5))
         #expect(once.session.usageTotal == Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5))
-        #expect(firstChange?.usage == [UsageDay(owner: .local, day: "2026-01-02", agent: "scripted", usage: Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5), executions: 1)])
+        #expect(
+            firstChange?.usage == [
+                UsageDay(owner: .local, day: "2026-01-02", agent: "scripted", usage: Usage(inputTokens: 100, outputTokens: 10, costUsd: 0.5), executions: 1)
+            ])
         // No event of the log: usage lives on the execution.
         #expect(firstChange?.events.isEmpty == true)
         let (twice, secondChange) = try report(once, seq: 3, ["inputTokens": 150, "outputTokens": 10, "costUsd": .number(0.75)], at: seconds(3))
@@ -238,7 +246,8 @@ struct EventCapTests {
     }
 
     static func output(_ seq: Int64, _ text: String, at offset: Int64) -> ReportedEvent {
-        ReportedEvent(seq: seq, executionId: MessageQueueTests.first.rawValue, kind: .agent, at: Fixture.at(offset), data: ["kind": "text", "text": .string(text)])
+        ReportedEvent(
+            seq: seq, executionId: MessageQueueTests.first.rawValue, kind: .agent, at: Fixture.at(offset), data: ["kind": "text", "text": .string(text)])
     }
 
     static func ingest(_ state: SessionState, _ events: [ReportedEvent], at offset: Int64, caps: EventCaps) throws -> (SessionState, SessionChange?) {

@@ -22,7 +22,9 @@ struct MessageQueueScenarioTests {
         try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": .string(prompt), "queue": true])
     }
 
-    @Test("queued follow-ups run in order once the active one ends, whatever its outcome; listed with positions, cancellable, bounded at 20; refusals change nothing")
+    @Test(
+        "queued follow-ups run in order once the active one ends, whatever its outcome; listed with positions, cancellable, bounded at 20; refusals change nothing"
+    )
     func inOrderListedCancelledBounded() async throws {
         let server = try TestServer(timing: Timing(heartbeatIntervalMs: 200, staleThresholdMs: 5000, stopGraceMs: 1000))
         try await server.run { api in

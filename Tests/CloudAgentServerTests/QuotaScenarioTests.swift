@@ -9,7 +9,9 @@ import Testing
 /// runtimes under the sandbox `auto` picks.
 @Suite("Per-user quota: a user's runtimes at once", .processes)
 struct QuotaScenarioTests {
-    @Test("at the quota a new session evicts the user's least recently active idle runtime; with none idle, 429 QUOTA_EXCEEDED and nothing is made; another user's runtimes are never touched")
+    @Test(
+        "at the quota a new session evicts the user's least recently active idle runtime; with none idle, 429 QUOTA_EXCEEDED and nothing is made; another user's runtimes are never touched"
+    )
     func evictOrRefuse() async throws {
         var server = try TestServer(timing: Timing(heartbeatIntervalMs: 200, staleThresholdMs: 5000, stopGraceMs: 1000))
         server.maxRuntimesPerUser = 2
