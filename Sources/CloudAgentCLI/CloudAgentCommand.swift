@@ -24,6 +24,7 @@ public struct CloudAgentCommand: AsyncParsableCommand {
         subcommands: [
             ServeCommand.self, TokensCommand.self, SessionsCommand.self, RunCommand.self, SendCommand.self, StreamCommand.self,
             InterruptCommand.self, AnswerCommand.self, ExecutionsCommand.self, EventsCommand.self, AgentsCommand.self, DemoCommand.self, CallbacksCommand.self,
+            LogsCommand.self,
         ]
     )
 

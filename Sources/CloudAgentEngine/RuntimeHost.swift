@@ -43,6 +43,8 @@ public protocol RuntimeHost: Sendable {
     func terminate(session: SessionID, process: RuntimeProcess, sandbox: String?, graceMs: Int64) async -> Bool
     /// Whether a runtime process is still there.
     func isAlive(_ process: RuntimeProcess) -> Bool
+    /// The last `lines` lines of the session's runtime log on this host; nil when there is none.
+    func runtimeLog(_ session: SessionID, lines: Int) async -> String?
     /// Watches a runtime launched before this control plane started.
     func adopt(session: SessionID, process: RuntimeProcess) async
     /// Stops watching a session's runtime.
@@ -88,6 +90,13 @@ public struct LocalRuntimeHost: RuntimeHost {
     }
 
     public func isAlive(_ process: RuntimeProcess) -> Bool { supervisor.isAlive(process) }
+    public func runtimeLog(_ session: SessionID, lines: Int) async -> String? {
+        let url = layout.runtimeLog(session)
+        // File reads off the cooperative pool's threads.
+        return await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: RuntimeLogFile.tail(url, lines: lines)) }
+        }
+    }
     public func adopt(session: SessionID, process: RuntimeProcess) async { await supervisor.adopt(session: session, process: process) }
     public func unwatch(session: SessionID) async { await supervisor.unwatch(session: session) }
     public func watchedProcess(session: SessionID) async -> RuntimeProcess? { await supervisor.watchedProcess(session: session) }

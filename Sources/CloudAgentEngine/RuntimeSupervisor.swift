@@ -62,6 +62,7 @@ public actor RuntimeSupervisor: Service {
         let home = layout.home(session)
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: layout.runtimeLog(session).deletingLastPathComponent(), withIntermediateDirectories: true)
+        RuntimeLogFile.bound(layout.runtimeLog(session))
         var env = environment
         env["SESSION_ID"] = session.rawValue
         env["SESSION_HOME"] = home.path

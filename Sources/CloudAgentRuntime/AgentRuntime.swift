@@ -430,11 +430,13 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             return
         }
         defer { for path in invocation.files.keys { try? FileManager.default.removeItem(atPath: path) } }
+        // The environment's names only: its values (the session's secrets among them) never reach the log.
         logger.info(
             "starting the agent",
             metadata: [
                 "agent": .string(command.agent), "executable": .string(invocation.executable),
                 "resume": .string(command.conversationId ?? "-"),
+                "environment": .string(agentEnvironment.keys.sorted().joined(separator: ",")),
             ])
         let process = AgentProcess(invocation: invocation, workingDirectory: configuration.workspace, environment: agentEnvironment)
         let input: AsyncStream<String>
@@ -594,7 +596,11 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         active = nil
         presence.lastExecutionEndedAt = .now
         unacknowledgedEndSeq = record(executionId, kind: RuntimeEvent.Kind.ended, data: data)
-        logger.info("execution ended", metadata: ["status": .string(data["status"]?.stringValue ?? "")])
+        var ended: Logger.Metadata = ["status": .string(data["status"]?.stringValue ?? "")]
+        for key in ["exitCode", "signal", "interruptReason", "error"] {
+            if let value = data[key] { ended[key] = .string(value.stringValue ?? JSONText.encode(value)) }
+        }
+        logger.info("execution ended", metadata: ended)
         if droppedLines > 0 {
             logger.warning("agent output dropped: the outbox was full while the runtime stopped", metadata: ["lines": "\(droppedLines)"])
             droppedLines = 0

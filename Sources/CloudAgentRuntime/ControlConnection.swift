@@ -104,7 +104,7 @@ public struct ControlConnection: Service, CustomStringConvertible {
                 continue
             }
             let delay = backoff.nextDelay()
-            logger.debug("reconnecting", metadata: ["delay": "\(delay)", "endpoint": .string(next)])
+            logger.info("reconnecting", metadata: ["delay": "\(delay)", "endpoint": .string(next)])
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
         }
         return nil

@@ -186,6 +186,7 @@ public struct ControlPlane: Sendable {
         }
         ExecutionRoutes(service: sessions).register(on: v1)
         UsageRoutes(service: sessions).register(on: v1)
+        LogRoutes(service: sessions).register(on: v1)
         RuntimeEndpoint(gateway: gateway).register(on: router)
         return router
     }

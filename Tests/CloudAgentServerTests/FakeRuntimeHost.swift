@@ -142,6 +142,8 @@ final class FakeRuntimeHost: RuntimeHost {
     }
 
     func isAlive(_ process: RuntimeProcess) -> Bool { state.withLock { $0.live[process.pid] != nil } }
+    /// A fake host keeps no runtime log.
+    func runtimeLog(_ session: SessionID, lines: Int) async -> String? { nil }
     func adopt(session: SessionID, process: RuntimeProcess) async {}
     func unwatch(session: SessionID) async {}
     func watchedProcess(session: SessionID) async -> RuntimeProcess? { nil }

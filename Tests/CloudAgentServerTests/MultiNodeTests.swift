@@ -515,6 +515,27 @@ struct MultiNodeTests {
         #expect(events.filter { $0["type"]?.stringValue == EventType.runtimeStopped }.count == 1)
     }
 
+    @Test("the runtime log is read from any node: the other node forwards to the runtime's host; with the host gone, the answer says so")
+    func runtimeLogFromAnyNode() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        let (a, b, id) = try await Self.sessionOnNodeA(cluster, ["prompt": "say logged"])
+        try await eventually(within: 30, "the runtime to start on node a") { try await Self.view(b, id)["runtime"]?["state"] == "running" }
+        let direct = try await a.request("GET", "/v1/sessions/\(id)/logs", token: Self.token)
+        #expect(direct.status == 200 && direct.text.contains("connected"), "\(direct.text)")
+        let forwarded = try await b.request("GET", "/v1/sessions/\(id)/logs", token: Self.token)
+        #expect(forwarded.status == 200, "\(forwarded.text)")
+        #expect(forwarded.text == direct.text || forwarded.text.hasPrefix(direct.text))
+        #expect(try await b.request("GET", "/v1/sessions/\(id)/logs", token: "wrong-token").status == 401)
+        // The host node dies: its disk is not this node's. Until the runtime moves (it is hosted
+        // where it was launched), the answer names the node that is gone.
+        try await cluster.kill("a")
+        try await eventually(within: 30, "node b to see node a gone") {
+            let answer = try await b.request("GET", "/v1/sessions/\(id)/logs", token: Self.token)
+            return answer.status == 503 && answer.text.contains("gone")
+        }
+    }
+
     @Test("the per-user quota holds across nodes: creates sent to two nodes at once never leave the user with more live runtimes than the quota")
     func quotaAcrossNodes() async throws {
         let cluster = try await Cluster()
