@@ -1,3 +1,4 @@
+@testable import CloudAgentCLI
 import CloudAgentCore
 import CloudAgentServer
 import CloudAgentTestSupport
@@ -65,5 +66,17 @@ struct RuntimeLogTests {
         defer { cli.forceStop() }
         try #require(try await cli.waitForExit(within: 30), "\(cli.diagnostics)")
         #expect(cli.stdout.split(separator: "\n").count == 5, "\(cli.stdout)")
+    }
+}
+
+/// `cloud-agent logs -f`: what is new between two windows of the log's last lines.
+@Suite("cloud-agent logs -f: new lines")
+struct LogsFollowTests {
+    @Test("lines after the overlap of two windows; none when nothing changed; all when the windows do not overlap")
+    func newLines() {
+        #expect(LogsCommand.newLines(shown: "a\nb\nc\n", latest: "b\nc\nd\ne\n") == "d\ne\n")
+        #expect(LogsCommand.newLines(shown: "a\nb\n", latest: "a\nb\n") == "")
+        #expect(LogsCommand.newLines(shown: "", latest: "x\n") == "x\n")
+        #expect(LogsCommand.newLines(shown: "a\nb\n", latest: "y\nz\n") == "y\nz\n")
     }
 }
