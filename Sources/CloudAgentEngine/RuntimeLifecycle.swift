@@ -67,27 +67,12 @@ public final class RuntimeLifecycle: Sendable {
     package func admit(_ id: SessionID, engine: Engine) async throws(SessionError) {
         for _ in 0..<4 {
             guard case .full(let holders) = await slots.admit(id) else { return }
-            var candidates: [CapacityPolicy.Candidate] = []
+            var holding: [SessionRecord] = []
             for holder in holders where holder != id {
-                guard let session = try? await ledger.store.session(holder),
-                    CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable
-                else { continue }
-                candidates.append(CapacityPolicy.Candidate(session: session, latestExecution: try? await ledger.store.latestExecution(of: holder)))
+                if let session = try? await ledger.store.session(holder) { holding.append(session) }
             }
-            var evicted = false
-            while let victim = CapacityPolicy.victim(candidates: candidates) {
-                candidates.removeAll { $0.session.id == victim }
-                guard
-                    let committed = try? await engine.perform(
-                        victim,
-                        { state, context in
-                            SessionReducer.evict(state, for: id, context: context)
-                        }), committed.output
-                else { continue }
-                evicted = true
-                break
-            }
-            if !evicted { break }
+            let reason = "capacity: a runtime slot was needed"
+            guard await evictLeastRecentlyActive(among: holding, for: id, because: reason, engine: engine) != nil else { break }
         }
         logger.warning("no runtime slot free", metadata: ["sessionId": "\(id)", "maxRuntimes": "\(slots.limit)"])
         throw .runtimeUnavailable("all \(slots.limit) runtimes are busy; retry later")
@@ -106,33 +91,35 @@ public final class RuntimeLifecycle: Sendable {
             let live: [SessionRecord]
             do { live = try await ledger.store.liveSessions(of: owner).filter { $0.id != id } } catch { return }
             guard live.count >= limit else { return }
-            var candidates: [CapacityPolicy.Candidate] = []
-            for session in live where CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable {
-                candidates.append(CapacityPolicy.Candidate(session: session, latestExecution: try? await ledger.store.latestExecution(of: session.id)))
-            }
-            var evicted = false
-            while let victim = CapacityPolicy.victim(candidates: candidates) {
-                candidates.removeAll { $0.session.id == victim }
-                guard
-                    let committed = try? await engine.perform(
-                        victim,
-                        { state, context in
-                            SessionReducer.evict(state, for: id, because: "quota: \(owner.user) is at \(limit) runtimes and needed one", context: context)
-                        }), committed.output
-                else { continue }
-                evicted = true
-                logger.info(
-                    "runtime evicted for the user's quota", metadata: ["sessionId": "\(victim)", "rule": "evicted", "for": "\(id)", "limit": "\(limit)"])
-                break
-            }
-            if !evicted {
+            let reason = "quota: \(owner.user) is at \(limit) runtimes and needed one"
+            guard let victim = await evictLeastRecentlyActive(among: live, for: id, because: reason, engine: engine) else {
                 logger.info("runtime quota reached", metadata: ["sessionId": "\(id)", "user": "\(owner)", "limit": "\(limit)"])
                 throw .limitReached(
                     .runtimesPerUser, limit: Double(limit),
                     "\(owner.user) already has \(live.count) runtimes starting or running (at most \(limit) per user) and none of them is idle; retry once one is"
                 )
             }
+            logger.info("runtime evicted for the user's quota", metadata: ["sessionId": "\(victim)", "rule": "evicted", "for": "\(id)", "limit": "\(limit)"])
         }
+    }
+
+    /// Evicts, for session `id`, the least recently active idle runtime among `sessions`
+    /// (`CapacityPolicy.victim`), each try in a transaction of its own that checks again (a
+    /// message accepted since saves a victim, and the next is tried): the victim, or nil when
+    /// none could be evicted.
+    private func evictLeastRecentlyActive(among sessions: [SessionRecord], for id: SessionID, because why: String, engine: Engine) async -> SessionID? {
+        var candidates: [CapacityPolicy.Candidate] = []
+        for session in sessions where session.id != id && CapacityPolicy.Candidate(session: session, latestExecution: nil).evictable {
+            candidates.append(CapacityPolicy.Candidate(session: session, latestExecution: try? await ledger.store.latestExecution(of: session.id)))
+        }
+        while let victim = CapacityPolicy.victim(candidates: candidates) {
+            candidates.removeAll { $0.session.id == victim }
+            let committed = try? await engine.perform(victim) { state, context in
+                SessionReducer.evict(state, for: id, because: why, context: context)
+            }
+            if committed?.output == true { return victim }
+        }
+        return nil
     }
 
     /// Whether a start of a runtime last hosted by `hostNode` launches on this host (else on
