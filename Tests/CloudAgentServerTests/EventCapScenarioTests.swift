@@ -11,7 +11,8 @@ import Testing
 @Suite("Event caps: a runaway agent's output is bounded", .processes)
 struct EventCapScenarioTests {
     @Test(
-        "a scripted agent writing 300,000 events: 100,000 kept, the rest counted in one events.truncated, the execution completes, another session stays fast")
+        "a scripted agent writing 300,000 events: 100,000 kept, the rest counted in one events.truncated, the execution completes, another session stays fast",
+        .long)
     func runawayAgent() async throws {
         let server = try TestServer(timing: Timing(heartbeatIntervalMs: 500, staleThresholdMs: 30_000, stopGraceMs: 1000))
         try await server.run { api in
