@@ -430,13 +430,12 @@ public actor AgentRuntime: Service, CustomStringConvertible {
             return
         }
         defer { for path in invocation.files.keys { try? FileManager.default.removeItem(atPath: path) } }
-        // The environment's names only: its values (the session's secrets among them) never reach the log.
+        // Neither its arguments nor its environment: the session's variables and secrets never reach the log.
         logger.info(
             "starting the agent",
             metadata: [
                 "agent": .string(command.agent), "executable": .string(invocation.executable),
                 "resume": .string(command.conversationId ?? "-"),
-                "environment": .string(agentEnvironment.keys.sorted().joined(separator: ",")),
             ])
         let process = AgentProcess(invocation: invocation, workingDirectory: configuration.workspace, environment: agentEnvironment)
         let input: AsyncStream<String>
