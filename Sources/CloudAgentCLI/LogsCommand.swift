@@ -1,5 +1,6 @@
 import ArgumentParser
 import CloudAgentCore
+import CloudAgentEngine
 import Foundation
 import NIOHTTP1
 
@@ -13,11 +14,11 @@ struct LogsCommand: AsyncParsableCommand {
 
     @OptionGroup var client: ClientOptions
     @Argument(help: "The session id (agent_…).") var id: String
-    @Option(help: "How many of the last lines (1–10000, default 200).") var tail: Int = SessionServiceLimits.defaultLines
+    @Option(help: "How many of the last lines (1–10000, default 200).") var tail: Int = SessionService.defaultLogLines
     @Flag(name: [.customShort("f"), .long], help: "Keep printing new lines until Ctrl-C.") var follow = false
 
     func validate() throws {
-        guard (1...SessionServiceLimits.maxLines).contains(tail) else { throw ValidationError("--tail must be from 1 to \(SessionServiceLimits.maxLines)") }
+        guard (1...SessionService.maxLogLines).contains(tail) else { throw ValidationError("--tail must be from 1 to \(SessionService.maxLogLines)") }
     }
 
     func run() async throws {
@@ -59,10 +60,4 @@ struct LogsCommand: AsyncParsableCommand {
         }
         return fresh.map { $0 + "\n" }.joined()
     }
-}
-
-/// The log route's bounds, as the client checks them before asking.
-enum SessionServiceLimits {
-    static let defaultLines = 200
-    static let maxLines = 10_000
 }

@@ -87,11 +87,26 @@ public struct UsageDay: Sendable, Equatable {
         self.executions = executions
     }
 
-    /// The UTC day of `date`, `YYYY-MM-DD`.
-    public static func day(of date: Date) -> String {
+    /// The Gregorian calendar in UTC, which usage days are counted in.
+    public static let calendar: Calendar = {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = TimeZone(identifier: "UTC")!
+        return calendar
+    }()
+
+    /// The UTC day of `date`, `YYYY-MM-DD`.
+    public static func day(of date: Date) -> String {
         let parts = calendar.dateComponents([.year, .month, .day], from: date)
         return String(format: "%04d-%02d-%02d", parts.year ?? 1970, parts.month ?? 1, parts.day ?? 1)
+    }
+
+    /// The day written `YYYY-MM-DD`, if it is a valid calendar day (`2026-02-30` is not).
+    public static func date(of day: String) -> Date? {
+        let parts = day.split(separator: "-", omittingEmptySubsequences: false)
+        guard day.count == 10, parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+            let year = Int(parts[0]), let month = Int(parts[1]), let dayOfMonth = Int(parts[2]),
+            let date = calendar.date(from: DateComponents(year: year, month: month, day: dayOfMonth)), Self.day(of: date) == day
+        else { return nil }
+        return date
     }
 }

@@ -40,29 +40,15 @@ struct UsageRoutes {
         ])
     }
 
-    private static let calendar: Calendar = {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
-        return calendar
-    }()
-
     /// A valid calendar day written `YYYY-MM-DD`, else 400 naming `field`.
     static func day(_ text: String, field: String) throws -> String {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard text.count == 10, parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
-            let year = Int(parts[0]), let month = Int(parts[1]), let day = Int(parts[2]),
-            let date = calendar.date(from: DateComponents(year: year, month: month, day: day)),
-            UsageDay.day(of: date) == text
-        else { throw APIError.invalid(field: field, "must be a day written YYYY-MM-DD") }
+        guard UsageDay.date(of: text) != nil else { throw APIError.invalid(field: field, "must be a day written YYYY-MM-DD") }
         return text
     }
 
     /// The day `days` after (or before) `day`.
     static func shift(_ day: String, byDays days: Int) -> String {
-        let parts = day.split(separator: "-").compactMap { Int($0) }
-        guard parts.count == 3, let date = calendar.date(from: DateComponents(year: parts[0], month: parts[1], day: parts[2])),
-            let shifted = calendar.date(byAdding: .day, value: days, to: date)
-        else { return day }
+        guard let date = UsageDay.date(of: day), let shifted = UsageDay.calendar.date(byAdding: .day, value: days, to: date) else { return day }
         return UsageDay.day(of: shifted)
     }
 }
