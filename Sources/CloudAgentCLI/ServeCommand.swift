@@ -74,6 +74,10 @@ struct ServeCommand: AsyncParsableCommand {
     )
     var maxRuntimesPerUser: String?
     @Option(
+        name: .customLong("user-daily-budget-usd"),
+        help: "A user's agent cost per UTC day; past it a new execution is 429 (CLOUD_AGENT_USER_DAILY_BUDGET_USD, default 0: no limit).")
+    var userDailyBudgetUsd: String?
+    @Option(
         name: .customLong("max-events-per-execution"),
         help: "Agent output events kept per execution; the rest dropped and counted (CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION, default 100000).")
     var maxEventsPerExecution: String?
@@ -93,7 +97,7 @@ struct ServeCommand: AsyncParsableCommand {
             "agentsFile": agentsFile, "sandboxExpose": sandboxExpose, "callbackAttempts": callbackAttempts, "callbackRetryBase": callbackRetryBase,
             "orphanLimit": orphanLimit, "inputTimeout": inputTimeout, "advertiseURL": advertiseURL, "nodeHeartbeat": nodeHeartbeat, "nodeLease": nodeLease,
             "wakeUpWindow": wakeUpWindow, "maxEventsPerExecution": maxEventsPerExecution, "maxRuntimesPerUser": maxRuntimesPerUser,
-            "maxEventBytesPerSession": maxEventBytesPerSession,
+            "maxEventBytesPerSession": maxEventBytesPerSession, "userDailyBudgetUsd": userDailyBudgetUsd,
         ]
         return all.compactMapValues { $0 }
     }

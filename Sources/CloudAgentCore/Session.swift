@@ -62,6 +62,8 @@ public struct SessionSpec: Sendable, Equatable, Codable {
     public var approvalMode: ApprovalMode?
     /// The MCP servers handed to the agent, by name; nil (as stored before they existed) is none.
     public var mcpServerSpecs: [String: MCPServerSpec]?
+    /// The session's spending limit; nil is none.
+    public var budget: Budget?
 
     public var mcpServers: [String: MCPServerSpec] {
         get { mcpServerSpecs ?? [:] }
@@ -144,6 +146,11 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     public var eventsDropped: Int64?
     /// The active execution's dropped output, until its `events.truncated` is written.
     public var truncation: Truncation?
+    /// How many times a user let the agent go on past the budget (each adds the budget's amount
+    /// again); nil is none. A new budget starts it again.
+    public var budgetRaises: Int?
+    /// The execution stopped for the budget (interrupted, or being): it is not asked about again.
+    public var budgetStopped: ExecutionID?
 
     /// At most this many follow-ups wait in a session's queue.
     public static let maxQueued = 20

@@ -158,11 +158,18 @@ extension SessionReducer {
         }
         if let rule { session.inputs.remember(rule) }
         // The agent waits only while its execution is active; otherwise the rules cancel it.
+        // A budget request is the control plane's own: its answer goes nowhere but here.
         let active = session.activeExecutionId == request.executionId
-        let resolved = resolveInput(&session, request, resolution, replyToAgent: active)
+        let resolved = resolveInput(&session, request, resolution, replyToAgent: active && request.kind != .budget)
         session.updatedAt = now
         var events = [resolved.event]
         var commands: [OutboxCommand] = resolved.reply.map { [$0] } ?? []
+        var drops: [CommandDrop] = []
+        if request.kind == .budget {
+            let step = answerBudget(&session, request, allowed: resolution.decision == .allow)
+            commands += step.commands
+            drops += step.drops
+        }
         // Later pending requests of the same tool that the new rule answers.
         if let rule {
             for later in session.inputs.pending where later.kind == .permission && later.tool == rule.tool {
@@ -178,7 +185,7 @@ extension SessionReducer {
         var output = request
         output.resolution = resolution
         return Decision(
-            change: SessionChange(sessionId: session.id, session: session, events: events, commands: commands),
+            change: SessionChange(sessionId: session.id, session: session, events: events, commands: commands, dropCommands: drops),
             effects: commands.isEmpty ? [] : [.deliverCommands],
             output: Outcome(
                 output: output,

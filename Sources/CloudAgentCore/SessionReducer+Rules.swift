@@ -94,11 +94,18 @@ extension SessionReducer {
                 case .timeOutInput(let requestId):
                     guard let request = state.session.inputs.request(requestId), request.isPending else { continue }
                     let resolution = InputResolution(decision: .timeout, by: .timeout, optionId: request.option(allow: false, always: false)?.id, at: now)
-                    let resolved = resolveInput(&state.session, request, resolution, replyToAgent: true)
+                    let resolved = resolveInput(&state.session, request, resolution, replyToAgent: request.kind != .budget)
                     change.events.append(resolved.event)
                     if let reply = resolved.reply {
                         change.commands.append(reply)
                         effects.append(.deliverCommands)
+                    }
+                    if request.kind == .budget {
+                        // Nobody said go on: the execution stops at its budget.
+                        let step = answerBudget(&state.session, request, allowed: false)
+                        change.commands += step.commands
+                        change.dropCommands += step.drops
+                        if !step.commands.isEmpty { effects.append(.deliverCommands) }
                     }
                     notes.append(.inputResolved(requestId, .timeout, by: .timeout, waitedMs: now.milliseconds(since: request.requestedAt)))
                 case .sweepEvents(let cutoff):

@@ -205,7 +205,7 @@ extension SessionReducer {
                             notes.append(.unknownEventKind("execution.ended with a conversation id that could pass for an option: not kept"))
                         }
                     }
-                    drops.append(.execution(current.id, kinds: ["execute", "kill"]))
+                    drops.append(.execution(current.id, kinds: OutboxCommand.holdKinds.union(["execute", "kill"])))
                     ended = current
                     transitioned = true
                     notes.append(.executionEnded(current.id, current.status, detail: current.error ?? current.interruptReason))
@@ -248,6 +248,15 @@ extension SessionReducer {
                     session.usageTotal = (session.usageTotal ?? Usage()) + added
                     usage.append(UsageDay(owner: session.owner, day: UsageDay.day(of: now), agent: session.spec.agent, usage: added, executions: first ? 1 : 0))
                     notes.append(.usageReported(agent: session.spec.agent, added))
+                    if let step = checkBudget(&session, current.id, now: now) {
+                        events += step.events
+                        commands += step.commands
+                        drops += step.drops
+                        if let callback = step.callback { callbacks.append(callback) }
+                        notes += step.notes
+                        // A wait moves the execution's deadlines (and adds the input timeout's).
+                        transitioned = true
+                    }
                 case .unknown(let kind):
                     notes.append(.unknownEventKind(kind))
                 }

@@ -63,6 +63,9 @@ public enum DecisionNote: Sendable, Equatable {
     case inputRequested(String, InputKind)
     /// A request resolved, `waitedMs` after it was asked.
     case inputResolved(String, InputDecision, by: InputResolver, waitedMs: Int64)
+    /// The session's usage reached its budget during `execution`: `asked` (approvals `ask`) or
+    /// interrupted.
+    case budgetReached(ExecutionID, measure: String, used: Double, limit: Double, asked: Bool)
 }
 
 /// Every change to a session, as pure functions `(state, input, context) → decision`: the
@@ -213,17 +216,20 @@ public enum SessionReducer {
     }
 
     /// A change of a session's fields that its running runtime can take as it is (the idle
-    /// timeout at any time; the prompt, mode, model, callback and auto-commit before initiate).
-    /// A new idle timeout reaches the runtime as a `settings` command.
+    /// timeout and the budget at any time; the prompt, mode, model, callback and auto-commit
+    /// before initiate). A new idle timeout reaches the runtime as a `settings` command. A new
+    /// budget starts without raises, and lets an agent waiting at the old one go on when the
+    /// session's usage is under the new one.
     public static func edit(
-        _ state: SessionState?, id: SessionID, owner: Owner, onlyIdleTimeout: Bool, context: SessionContext,
+        _ state: SessionState?, id: SessionID, owner: Owner, onlyLiveFields: Bool, context: SessionContext,
         _ apply: @Sendable (inout SessionRecord) throws -> Void
     ) throws -> Decision<SessionRecord> {
         var session = try owned(state, id: id, by: owner)
-        if session.initiatedAt != nil, !onlyIdleTimeout {
-            throw SessionError.invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now")
+        if session.initiatedAt != nil, !onlyLiveFields {
+            throw SessionError.invalidState("session \(session.id) was initiated: only idleTimeoutMs and budget may change now")
         }
         let before = session.idleTimeoutMs(default: context.timing.idleTimeoutMs)
+        let budgetBefore = session.spec.budget
         try apply(&session)
         session.updatedAt = context.now
         let after = session.idleTimeoutMs(default: context.timing.idleTimeoutMs)
@@ -233,6 +239,15 @@ public enum SessionReducer {
             change.dropCommands = [.settings]
             change.commands = [.settings(idleTimeoutMs: after)]
             effects.append(.deliverCommands)
+        }
+        if session.spec.budget != budgetBefore {
+            session.budgetRaises = nil
+            let released = releaseBudgetWaits(&session, now: context.now)
+            change.events += released.events
+            change.commands += released.commands
+            change.dropCommands += released.drops
+            if !released.commands.isEmpty, !effects.contains(.deliverCommands) { effects.append(.deliverCommands) }
+            change.session = session
         }
         return Decision(change: change, effects: effects, output: session)
     }
@@ -244,7 +259,7 @@ public enum SessionReducer {
         _ state: SessionState?, id: SessionID, owner: Owner, context: SessionContext
     ) throws(SessionError) -> Decision<Outcome<Void>> {
         var session = try owned(state, id: id, by: owner)
-        if session.initiatedAt != nil { throw .invalidState("session \(session.id) was initiated: only idleTimeoutMs may change now") }
+        if session.initiatedAt != nil { throw .invalidState("session \(session.id) was initiated: only idleTimeoutMs and budget may change now") }
         if isChanging(session, context) { throw .invalidState("session \(session.id) is being changed; retry once the change is done") }
         session.changingSince = context.now
         session.changingNode = context.nodeId

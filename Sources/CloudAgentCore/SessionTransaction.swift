@@ -44,24 +44,33 @@ public enum OutboxCommand: Sendable, Equatable, Codable {
     /// The answer to an input request, for the agent. Kept until the runtime stops (a runtime
     /// ignores an answer to a request it is not waiting for), so that one that reconnects gets it.
     case answer(InputReply)
+    /// Hold the execution's agent where it is (SIGSTOP to its processes) while a budget request
+    /// waits; `resume` lets it go on. Only the latest of the two is kept for an execution.
+    case pause(ExecutionID)
+    case resume(ExecutionID)
 
     public var executionId: ExecutionID? {
         switch self {
-        case .execute(let id), .kill(let id, _): id
+        case .execute(let id), .kill(let id, _), .pause(let id), .resume(let id): id
         // Not keyed by execution: an execution may have several answers in the outbox.
         case .settings, .answer: nil
         }
     }
 
-    /// The kind column: `execute`, `kill`, `settings` or `answer`.
+    /// The kind column: `execute`, `kill`, `settings`, `answer`, `pause` or `resume`.
     public var kind: String {
         switch self {
         case .execute: "execute"
         case .kill: "kill"
         case .settings: "settings"
         case .answer: "answer"
+        case .pause: "pause"
+        case .resume: "resume"
         }
     }
+
+    /// The kinds a new pause or resume of an execution replaces.
+    public static let holdKinds: Set<String> = ["pause", "resume"]
 }
 
 /// An outbox row: its id orders the rows of a session.

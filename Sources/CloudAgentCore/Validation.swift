@@ -30,6 +30,9 @@ public enum Limits {
     public static let nameCharacters = 200
     public static let callbackHeaders = 20
     public static let maxIdleTimeoutMs: Int64 = 90 * 86_400_000
+    /// A session budget's largest amounts.
+    public static let maxBudgetUsd: Double = 1_000_000
+    public static let maxBudgetTokens: Int64 = 1_000_000_000_000
     /// Request bodies larger than this are refused with 413 before they are parsed.
     public static let requestBodyBytes = 2 * 1024 * 1024
 }
@@ -67,16 +70,18 @@ public struct SessionInput: Sendable, Equatable {
     public var idleTimeoutMs: FieldUpdate<Int64> = .unchanged
     public var approvals: FieldUpdate<ApprovalMode> = .unchanged
     public var mcpServers: FieldUpdate<[String: MCPServerSpec]> = .unchanged
+    public var budget: FieldUpdate<Budget> = .unchanged
 
     public init() {}
 
     static let fields: Set<String> = [
         "prompt", "agent", "mode", "model", "repo", "envVars", "secrets", "setupCommands", "autoCommit",
-        "callback", "idleTimeoutMs", "approvals", "mcpServers",
+        "callback", "idleTimeoutMs", "approvals", "mcpServers", "budget",
     ]
 
-    /// Fields that may still change after a session was initiated.
-    public var changesOnlyIdleTimeout: Bool {
+    /// Whether only fields that may still change after a session was initiated change:
+    /// `idleTimeoutMs` and `budget`.
+    public var changesOnlyLiveFields: Bool {
         prompt == .unchanged && agent == .unchanged && mode == .unchanged && model == .unchanged
             && repo == .unchanged && envVars == .unchanged && secrets == .unchanged
             && setupCommands == .unchanged && autoCommit == .unchanged && callback == .unchanged && approvals == .unchanged
@@ -130,6 +135,7 @@ public struct SessionInput: Sendable, Equatable {
                 }
                 input.approvals = .set(mode)
             case "mcpServers": input.mcpServers = .set(try Validate.mcpServers(value))
+            case "budget": input.budget = .set(try Validate.budget(value))
             default: break
             }
         }
@@ -156,6 +162,7 @@ public struct SessionInput: Sendable, Equatable {
         case "idleTimeoutMs": idleTimeoutMs = .clear
         case "approvals": approvals = .clear
         case "mcpServers": mcpServers = .clear
+        case "budget": budget = .clear
         default: throw ValidationError(field: key, "is not a known field")
         }
     }
@@ -164,6 +171,31 @@ public struct SessionInput: Sendable, Equatable {
 /// Field validators. Each throws a `ValidationError` naming the field.
 public enum Validate {
     static let shellMetacharacters = Set(";|&$`<>(){}!*?[]'\"\\ \t\r\n")
+
+    /// `{maxCostUsd?, maxTokens?}`: at least one, a cost > 0, a whole number of tokens ≥ 1.
+    public static func budget(_ value: JSONValue) throws(ValidationError) -> Budget {
+        guard case .object(let object) = value else { throw ValidationError(field: "budget", "must be an object {maxCostUsd?, maxTokens?}") }
+        if let unknown = object.keys.sorted().first(where: { $0 != "maxCostUsd" && $0 != "maxTokens" }) {
+            throw ValidationError(field: "budget.\(unknown)", "is not a known field (maxCostUsd, maxTokens)")
+        }
+        var budget = Budget()
+        if let cost = object["maxCostUsd"], !cost.isNull {
+            guard let amount = cost.doubleValue, amount.isFinite, amount > 0, amount <= Limits.maxBudgetUsd else {
+                throw ValidationError(field: "budget.maxCostUsd", "must be a number of US dollars above 0 and at most \(Int(Limits.maxBudgetUsd))")
+            }
+            budget.maxCostUsd = amount
+        }
+        if let tokens = object["maxTokens"], !tokens.isNull {
+            guard let count = tokens.doubleValue, count.isFinite, count >= 1, count <= Double(Limits.maxBudgetTokens), count.rounded() == count else {
+                throw ValidationError(field: "budget.maxTokens", "must be a whole number of tokens from 1 to \(Limits.maxBudgetTokens)")
+            }
+            budget.maxTokens = Int64(count)
+        }
+        guard budget.maxCostUsd != nil || budget.maxTokens != nil else {
+            throw ValidationError(field: "budget", "needs maxCostUsd or maxTokens (null clears the budget)")
+        }
+        return budget
+    }
 
     public static func prompt(_ value: JSONValue, field: String) throws(ValidationError) -> String {
         guard let text = value.stringValue else { throw ValidationError(field: field, "must be a string") }

@@ -148,6 +148,10 @@ package final class RuntimeConnections: Sendable {
                         connection.send(.kill(executionId: executionId.rawValue, reason: reason))
                     case .settings(let idleTimeoutMs):
                         connection.send(.settings(idleTimeoutMs: idleTimeoutMs))
+                    case .pause(let executionId):
+                        connection.send(.pause(executionId: executionId.rawValue))
+                    case .resume(let executionId):
+                        connection.send(.resume(executionId: executionId.rawValue))
                     case .answer(let reply):
                         connection.send(
                             .answer(

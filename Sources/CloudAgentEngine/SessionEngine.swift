@@ -29,11 +29,12 @@ public struct SessionEngine: Sendable {
     public init(
         store: any SessionStore, host: any RuntimeHost, timing: Timing, clock: any WallClock, secretBox: SecretBox,
         agents: AgentRegistry, heartbeats: HeartbeatBatcher, scheduler: WakeUpScheduler, maxRuntimes: Int,
-        cluster: ClusterView = .single, eventCaps: EventCaps = .default, maxRuntimesPerUser: Int? = nil, metrics: ServerMetrics, logger: Logger
+        cluster: ClusterView = .single, eventCaps: EventCaps = .default, maxRuntimesPerUser: Int? = nil, userDailyBudgetUsd: Double? = nil,
+        metrics: ServerMetrics, logger: Logger
     ) {
         ledger = SessionLedger(
             store: store, timing: timing, clock: clock, logger: logger, metrics: metrics, cluster: cluster, eventCaps: eventCaps,
-            maxRuntimesPerUser: maxRuntimesPerUser)
+            maxRuntimesPerUser: maxRuntimesPerUser, userDailyBudgetUsd: userDailyBudgetUsd)
         callbackWakeUps = WakeSignal()
         connections = RuntimeConnections(ledger: ledger, agents: agents, logger: logger)
         lifecycle = RuntimeLifecycle(

@@ -24,14 +24,18 @@ public final class SessionLedger: Sendable {
     public let eventCaps: EventCaps
     /// A user's runtimes starting or running at once (`CLOUD_AGENT_MAX_RUNTIMES_PER_USER`); nil: no limit.
     public let maxRuntimesPerUser: Int?
+    /// A user's agent cost per UTC day past which a new execution is refused
+    /// (`CLOUD_AGENT_USER_DAILY_BUDGET_USD`); nil: no limit.
+    public let userDailyBudgetUsd: Double?
     private let startedListeningAt: Mutex<Date>
 
     package init(
         store: any SessionStore, timing: Timing, clock: any WallClock, logger: Logger, metrics: ServerMetrics, hub: EventHub = EventHub(),
-        cluster: ClusterView = .single, eventCaps: EventCaps = .default, maxRuntimesPerUser: Int? = nil
+        cluster: ClusterView = .single, eventCaps: EventCaps = .default, maxRuntimesPerUser: Int? = nil, userDailyBudgetUsd: Double? = nil
     ) {
         self.eventCaps = eventCaps
         self.maxRuntimesPerUser = maxRuntimesPerUser
+        self.userDailyBudgetUsd = userDailyBudgetUsd
         self.store = store
         self.cluster = cluster
         self.timing = timing
@@ -120,6 +124,13 @@ public final class SessionLedger: Sendable {
             logger.info("execution queued", metadata: metadata)
         case .usageReported(let agent, let usage):
             metrics.usageReported(agent: agent, usage)
+        case .budgetReached(let execution, let measure, let used, let limit, let asked):
+            metadata["executionId"] = "\(execution)"
+            metadata["rule"] = "budget"
+            metadata["measure"] = "\(measure)"
+            metadata["used"] = "\(used)"
+            metadata["limit"] = "\(limit)"
+            logger.info(asked ? "budget reached: asking before the agent goes on" : "budget reached: interrupting the execution", metadata: metadata)
         case .queuedCancelled(let execution):
             metadata["executionId"] = "\(execution)"
             logger.info("queued execution cancelled", metadata: metadata)

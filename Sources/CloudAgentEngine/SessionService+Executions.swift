@@ -60,6 +60,8 @@ extension SessionService {
         let needsStart =
             (current.runtime.state == .stopped || current.runtime.state == .stopping)
             && lifecycle.startsHere(hostNode: current.runtime.hostNode)
+        // Within the user's daily budget (else 429), before anything changes.
+        try await requireDailyBudget(owner)
         // A start for it is within the user's quota (an idle runtime of theirs evicted, else 429).
         if current.runtime.state == .stopped || current.runtime.state == .stopping, current.activeExecutionId == nil {
             try await lifecycle.makeRoomInQuota(for: id, owner: owner, engine: engine)
@@ -88,6 +90,28 @@ extension SessionService {
             throw SessionError.executionInProgress(active)
         }
     }
+
+    /// A new execution (started or queued) past the user's daily budget is 429
+    /// `BUDGET_EXCEEDED`. The cost is the user's usage table for today (UTC), which every node
+    /// writes in the transaction of each usage report: the budget holds across nodes. Work
+    /// accepted before the budget was reached (a running or queued execution) goes on.
+    func requireDailyBudget(_ owner: Owner) async throws {
+        guard let limit = ledger.userDailyBudgetUsd else { return }
+        let now = clock.now()
+        let today = UsageDay.day(of: now)
+        let spent = try await store.usage(of: owner, from: today, to: today).reduce(0.0) { $0 + ($1.usage.costUsd ?? 0) }
+        guard spent >= limit else { return }
+        let tomorrow = UsageDay.calendar.date(byAdding: .day, value: 1, to: UsageDay.date(of: today) ?? now) ?? now
+        logger.info(
+            "execution refused: daily budget reached",
+            metadata: ["owner": "\(owner.user)", "rule": "budget", "spentUsd": "\(spent)", "limitUsd": "\(limit)"])
+        throw SessionError.limitReached(
+            .dailyBudget, limit: limit,
+            "the daily budget of $\(Self.dollars(limit)) is reached ($\(Self.dollars(spent)) spent today, UTC); new executions may start again at \(Timestamp.format(tomorrow))"
+        )
+    }
+
+    private static func dollars(_ amount: Double) -> String { String(format: "%.2f", amount) }
 
     /// Cancels a queued execution before its turn.
     public func cancelQueued(_ executionId: ExecutionID, of id: SessionID, owner: Owner) async throws {

@@ -101,7 +101,8 @@ public final class SessionService: Sendable {
     }
 
     /// Changes a session. Before initiate any field; after it only `idleTimeoutMs`, which moves
-    /// the idle deadline at once (and reaches the runtime as a `settings` command). A new repo,
+    /// the idle deadline at once (and reaches the runtime as a `settings` command), and
+    /// `budget`, which takes effect at once (see `SessionReducer.edit`). A new repo,
     /// setup commands, environment, secrets or agent needs a new runtime: see `restartingPatch`.
     public func patch(_ id: SessionID, owner: Owner, input: SessionInput) async throws -> SessionRecord {
         // Validate the input against the current spec first: a bad field changes nothing.
@@ -115,10 +116,10 @@ public final class SessionService: Sendable {
         if newRuntime {
             updated = try await restartingPatch(id, owner: owner, input: input, newWorkspace: newWorkspace)
         } else {
-            let onlyIdleTimeout = input.changesOnlyIdleTimeout
+            let onlyLiveFields = input.changesOnlyLiveFields
             // A new idle timeout moves the idle deadline: the rules are evaluated in the same transaction.
             updated = try await engine.perform(id) { state, context in
-                try SessionReducer.edit(state, id: id, owner: owner, onlyIdleTimeout: onlyIdleTimeout, context: context) { session in
+                try SessionReducer.edit(state, id: id, owner: owner, onlyLiveFields: onlyLiveFields, context: context) { session in
                     try self.apply(input, to: &session.spec)
                 }.withoutNotes
             }.output
@@ -245,6 +246,7 @@ public final class SessionService: Sendable {
         case .clear: spec.mcpServers = [:]
         case .unchanged: break
         }
+        update(&spec.budget, input.budget)
         // What the servers name must exist, and the agent must take them (checked whatever
         // changed: a new agent, or secrets that went away, break them as well).
         for name in spec.mcpServers.keys.sorted() {

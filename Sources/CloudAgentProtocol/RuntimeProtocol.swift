@@ -92,6 +92,10 @@ public enum ControlMessage: Sendable, Equatable {
     /// The answer to an input request the agent is waiting for. A runtime ignores an answer to
     /// a request it is not waiting for (a repeat after a reconnect).
     case answer(InputAnswerFrame)
+    /// Hold this execution's agent where it is (SIGSTOP to its processes) until `resume`, or a
+    /// kill (which lets it go first). A runtime that predates them ignores both (an unknown type).
+    case pause(executionId: String)
+    case resume(executionId: String)
 }
 
 /// An answer to an agent's input request, for the runtime to give the agent in its own protocol.
@@ -314,6 +318,12 @@ public enum ProtocolCoding {
         case .answer(let answer):
             frame = Frame(type: "answer")
             frame.answer = answer
+        case .pause(let executionId):
+            frame = Frame(type: "pause")
+            frame.executionId = executionId
+        case .resume(let executionId):
+            frame = Frame(type: "resume")
+            frame.executionId = executionId
         }
         return text(frame)
     }
@@ -386,6 +396,9 @@ public enum ProtocolCoding {
         case "answer":
             guard let answer = frame.answer else { throw ProtocolError("answer needs answer") }
             return .answer(answer)
+        case "pause", "resume":
+            guard let executionId = frame.executionId else { throw ProtocolError("\(frame.type) needs executionId") }
+            return frame.type == "pause" ? .pause(executionId: executionId) : .resume(executionId: executionId)
         default:
             throw ProtocolError.unknown(frame.type, "control")
         }

@@ -65,6 +65,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var waitingForInput: [String: @Sendable (InputAnswerFrame) -> Void] = [:]
         /// The agent's own ids of its requests, to the ids the control plane knows.
         var agentRequestIds: [String: String] = [:]
+        /// Held by the control plane (a budget request waits): the agent's processes are stopped.
+        var paused = false
     }
 
     private struct OpenLink {
@@ -291,6 +293,10 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         case .shutdown(let reason):
             logger.info("the control plane asks the runtime to shut down", metadata: ["reason": .string(reason)])
             requestContinuation.yield(.shutdown(reason: "runtime shutdown: \(reason)"))
+        case .pause(let executionId):
+            hold(executionId, paused: true)
+        case .resume(let executionId):
+            hold(executionId, paused: false)
         case .answer(let answer):
             guard var execution = active, execution.executionId == answer.executionId,
                 let respond = execution.waitingForInput.removeValue(forKey: answer.requestId)
@@ -396,9 +402,25 @@ public actor AgentRuntime: Service, CustomStringConvertible {
     private func requestStop(executionId: String, reason: String, grace: Duration) {
         guard var execution = active, execution.executionId == executionId else { return }
         if execution.stopReason == nil { execution.stopReason = reason }
+        let wasPaused = execution.paused
+        execution.paused = false
         active = execution
         execution.stops.yield(grace)
+        // A held agent goes on, to take its SIGTERM (a SIGKILL would reach it anyway).
+        if wasPaused, let group = execution.processGroup { ProcessGroup.signalTree(group, SIGCONT) }
         cancelInputs(of: executionId)
+    }
+
+    /// Holds the active execution's agent where it is (SIGSTOP to it and all it started), or
+    /// lets it go on (SIGCONT). A pause before the agent has started takes effect when it starts.
+    /// Repeats, and a hold of an execution that is not active, are ignored.
+    private func hold(_ executionId: String, paused: Bool) {
+        guard var execution = active, execution.executionId == executionId, execution.paused != paused else { return }
+        guard !paused || execution.stopReason == nil else { return }
+        execution.paused = paused
+        active = execution
+        if let group = execution.processGroup { ProcessGroup.signalTree(group, paused ? SIGSTOP : SIGCONT) }
+        logger.info(paused ? "agent paused: the control plane holds it" : "agent resumed", metadata: ["executionId": .string(executionId)])
     }
 
     /// Runs an accepted execution to its `execution.ended` event.
@@ -545,6 +567,7 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         guard var execution = active, execution.executionId == executionId else { return }
         execution.processGroup = pid
         active = execution
+        if execution.paused { ProcessGroup.signalTree(pid, SIGSTOP) }
         record(executionId, kind: RuntimeEvent.Kind.running, data: ["pid": .number(Double(pid)), "processGroup": .number(Double(pid))])
     }
 

@@ -84,7 +84,7 @@ public struct ControlPlane: Sendable {
             store: store, host: LocalRuntimeHost(supervisor: supervisor, workspaces: workspaces, layout: layout), timing: configuration.timing,
             clock: clock, secretBox: secretBox, agents: agents, heartbeats: heartbeats, scheduler: scheduler,
             maxRuntimes: configuration.maxRuntimes, cluster: cluster, eventCaps: configuration.eventCaps,
-            maxRuntimesPerUser: configuration.maxRuntimesPerUser, metrics: metrics, logger: logger
+            maxRuntimesPerUser: configuration.maxRuntimesPerUser, userDailyBudgetUsd: configuration.userDailyBudgetUsd, metrics: metrics, logger: logger
         )
         let (ledger, gateway, lifecycle, rules, sessions) = (engine.ledger, engine.gateway, engine.lifecycle, engine.rules, engine.sessions)
         let callbacks = CallbackDispatcher(

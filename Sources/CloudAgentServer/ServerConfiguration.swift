@@ -24,6 +24,8 @@ public struct ServerConfiguration: Sendable {
     public var eventCaps = EventCaps.default
     /// A user's runtimes starting or running at once; nil: no limit (`0` in the settings).
     public var maxRuntimesPerUser: Int?
+    /// A user's agent cost per UTC day past which a new execution is refused; nil: no limit.
+    public var userDailyBudgetUsd: Double?
     public var sandbox: SandboxMode
     /// Base64 of the 256-bit key sealing secrets; nil means `<data-dir>/secret.key`.
     public var secretKey: String?
@@ -116,6 +118,7 @@ public struct ServerConfiguration: Sendable {
         "nodeLease": .init(flag: "--node-lease", environment: "CLOUD_AGENT_NODE_LEASE"),
         "wakeUpWindow": .init(flag: "--wake-up-window", environment: "CLOUD_AGENT_WAKE_UP_WINDOW"),
         "maxRuntimesPerUser": .init(flag: "--max-runtimes-per-user", environment: "CLOUD_AGENT_MAX_RUNTIMES_PER_USER"),
+        "userDailyBudgetUsd": .init(flag: "--user-daily-budget-usd", environment: "CLOUD_AGENT_USER_DAILY_BUDGET_USD"),
         "maxEventsPerExecution": .init(flag: "--max-events-per-execution", environment: "CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION"),
         "maxEventBytesPerSession": .init(flag: "--max-event-bytes-per-session", environment: "CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION"),
     ]
@@ -167,6 +170,12 @@ public struct ServerConfiguration: Sendable {
         if let (text, name) = value("maxRuntimesPerUser") {
             guard let count = Int(text), count >= 0 else { throw Invalid(setting: name, message: "\"\(text)\" is not a whole number ≥ 0 (0: no limit)") }
             configuration.maxRuntimesPerUser = count == 0 ? nil : count
+        }
+        if let (text, name) = value("userDailyBudgetUsd") {
+            guard let amount = Double(text), amount.isFinite, amount >= 0 else {
+                throw Invalid(setting: name, message: "\"\(text)\" is not an amount of US dollars ≥ 0 (0: no limit)")
+            }
+            configuration.userDailyBudgetUsd = amount == 0 ? nil : amount
         }
         if let (text, name) = value("maxEventsPerExecution") {
             guard let count = Int(text), count >= 1 else { throw Invalid(setting: name, message: "\"\(text)\" is not a positive whole number") }

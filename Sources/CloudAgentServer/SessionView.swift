@@ -55,6 +55,7 @@ public enum Views {
             "pendingInput": .number(Double(session.inputs.pending.count)),
             "queuedCount": .number(Double(session.queue.count)),
             "usage": session.usageTotal?.json ?? .null,
+            "budget": session.budgetJSON,
             "events": ["outputBytes": .number(Double(session.eventBytes ?? 0)), "dropped": .number(Double(session.eventsDropped ?? 0))],
         ]
     }

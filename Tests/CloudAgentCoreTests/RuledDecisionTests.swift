@@ -46,7 +46,7 @@ struct RuledDecisionTests {
         // Idle past its deadline: any change evaluates the rules, which stop the runtime.
         var state = Self.running()
         state.wakeUp = Fixture.at(minutes(15))
-        let decision = try SessionReducer.edit(state, id: Fixture.sessionId, owner: .local, onlyIdleTimeout: true, context: Self.context(at: minutes(16))) {
+        let decision = try SessionReducer.edit(state, id: Fixture.sessionId, owner: .local, onlyLiveFields: true, context: Self.context(at: minutes(16))) {
             session in
             session.spec.idleTimeoutMs = minutes(10)
         }
@@ -212,7 +212,7 @@ struct ReducerSessionIdTests {
         #expect(throws: SessionError.notFound(id)) { try SessionReducer.beginChange(nil, id: id, owner: .local, context: context) }
         #expect(throws: SessionError.notFound(id)) { try SessionReducer.delete(nil, id: id, owner: .local, context: context) }
         #expect(throws: SessionError.notFound(id)) {
-            try SessionReducer.edit(nil, id: id, owner: .local, onlyIdleTimeout: true, context: context) { _ in }
+            try SessionReducer.edit(nil, id: id, owner: .local, onlyLiveFields: true, context: context) { _ in }
         }
         #expect(throws: SessionError.notFound(id)) { try SessionReducer.finishChange(nil, id: id, owner: .local, restore: true, context: context, nil) }
         let theirs = SessionState(session: Fixture.session(), execution: nil)

@@ -271,11 +271,11 @@ struct ValidationTests {
     }
 
     @Test("after initiate only idleTimeoutMs may change")
-    func changesOnlyIdleTimeout() throws {
-        #expect(try SessionInput.parsePatch(["idleTimeoutMs": 120_000]).changesOnlyIdleTimeout)
-        #expect(try SessionInput.parsePatch(["idleTimeoutMs": nil]).changesOnlyIdleTimeout)
-        #expect(try SessionInput.parsePatch([:]).changesOnlyIdleTimeout)
-        #expect(try !SessionInput.parsePatch(["idleTimeoutMs": 120_000, "model": "m-2"]).changesOnlyIdleTimeout)
-        #expect(try !SessionInput.parsePatch(["envVars": [:]]).changesOnlyIdleTimeout)
+    func changesOnlyLiveFields() throws {
+        #expect(try SessionInput.parsePatch(["idleTimeoutMs": 120_000]).changesOnlyLiveFields)
+        #expect(try SessionInput.parsePatch(["idleTimeoutMs": nil]).changesOnlyLiveFields)
+        #expect(try SessionInput.parsePatch([:]).changesOnlyLiveFields)
+        #expect(try !SessionInput.parsePatch(["idleTimeoutMs": 120_000, "model": "m-2"]).changesOnlyLiveFields)
+        #expect(try !SessionInput.parsePatch(["envVars": [:]]).changesOnlyLiveFields)
     }
 }

@@ -42,6 +42,7 @@ struct TestServer {
     var agentBinaries: [String: String] = [:]
     var agentsFile: String?
     var maxRuntimesPerUser: Int?
+    var userDailyBudgetUsd: Double?
     let logs = LogCapture()
 
     /// The orphan limit of the runtimes test servers launch, unless a test sets its own: a
@@ -79,6 +80,7 @@ struct TestServer {
         configuration.agentLookupEnvironment.merge(agentBinaries) { _, new in new }
         configuration.agentsFile = agentsFile
         configuration.maxRuntimesPerUser = maxRuntimesPerUser
+        configuration.userDailyBudgetUsd = userDailyBudgetUsd
         return configuration
     }
 
