@@ -562,6 +562,26 @@ struct MultiNodeTests {
         try await eventually(within: 15, "no runtime left") { cluster.runtimesLeft.isEmpty }
     }
 
+    @Test("the daily budget holds across nodes: the cost an agent reported through node a refuses a new execution on node b")
+    func dailyBudgetAcrossNodes() async throws {
+        let cluster = try await Cluster()
+        defer { cluster.tearDown() }
+        try await cluster.start("a", extra: ["CLOUD_AGENT_USER_DAILY_BUDGET_USD": "1"])
+        try await cluster.start("b", extra: ["CLOUD_AGENT_USER_DAILY_BUDGET_USD": "1"])
+        let a = try cluster.client("a")
+        let b = try cluster.client("b")
+        let created = try await a.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "usage 10 10 1.5\nsay spent"])
+        let id = try #require(created["sessionId"]?.stringValue, "create: \(created.text)")
+        try #require(try await a.request("POST", "/v1/sessions/\(id)/initiate", token: Self.token).status == 202)
+        try await eventually(within: 30, "the execution to complete") { try await Self.view(a, id)["latestExecution"]?["status"] == "completed" }
+        let other = try #require(try await b.request("POST", "/v1/sessions", token: Self.token, json: ["prompt": "say more"])["sessionId"]?.stringValue)
+        let refused = try await b.request("POST", "/v1/sessions/\(other)/initiate", token: Self.token)
+        #expect(refused.status == 429 && refused["error"]?["code"] == "BUDGET_EXCEEDED", "\(refused.text)")
+        #expect(try await b.request("POST", "/v1/sessions/\(id)/messages", token: Self.token, json: ["prompt": "say again"]).status == 429)
+        for session in [id, other] { _ = try await a.request("DELETE", "/v1/sessions/\(session)", token: Self.token) }
+        try await eventually(within: 15, "no runtime left") { cluster.runtimesLeft.isEmpty }
+    }
+
     @Test("capacity counts per host: a node with one runtime slot refuses a second busy start, while another node hosts its own")
     func capacityCountsPerHost() async throws {
         let cluster = try await Cluster()

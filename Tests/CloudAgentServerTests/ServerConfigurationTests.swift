@@ -46,6 +46,7 @@ struct ValidSetting: Sendable, CustomTestStringConvertible {
         .init(key: "orphanLimit", text: "90m") { $0.timing.orphanLimitMs == 5_400_000 },
         .init(key: "maxEventsPerExecution", text: "5000") { $0.eventCaps.maxEventsPerExecution == 5000 },
         .init(key: "maxRuntimesPerUser", text: "3") { $0.maxRuntimesPerUser == 3 },
+        .init(key: "userDailyBudgetUsd", text: "12.5") { $0.userDailyBudgetUsd == 12.5 },
         .init(key: "maxEventBytesPerSession", text: "64MiB") { $0.eventCaps.maxEventBytesPerSession == 64 << 20 },
     ]
 }
@@ -108,6 +109,7 @@ struct BadSetting: Sendable, CustomTestStringConvertible {
             .init(key: "logLevel", text: "loud"),
             .init(key: "databaseURL", text: "mysql://x"), .init(key: "databaseURL", text: "/just/a/path"),
             .init(key: "maxRuntimesPerUser", text: "-1"), .init(key: "maxRuntimesPerUser", text: "few"),
+            .init(key: "userDailyBudgetUsd", text: "-1"), .init(key: "userDailyBudgetUsd", text: "ten dollars"), .init(key: "userDailyBudgetUsd", text: "inf"),
             .init(key: "maxEventsPerExecution", text: "0"), .init(key: "maxEventsPerExecution", text: "lots"),
             .init(key: "maxEventBytesPerSession", text: "12 parsecs"), .init(key: "maxEventBytesPerSession", text: "100"),
             .init(key: "maxEventBytesPerSession", text: "99999999999999GiB"),
@@ -144,6 +146,8 @@ struct ServerConfigurationTests {
         #expect(configuration.timing.orphanLimitMs == 3_600_000)
         #expect(configuration.maxRuntimesPerUser == nil)
         #expect(try ServerConfiguration.resolve(flags: ["maxRuntimesPerUser": "0"], environment: [:]).maxRuntimesPerUser == nil)
+        #expect(configuration.userDailyBudgetUsd == nil)
+        #expect(try ServerConfiguration.resolve(flags: ["userDailyBudgetUsd": "0"], environment: [:]).userDailyBudgetUsd == nil)
         #expect(configuration.eventCaps == EventCaps(maxEventsPerExecution: 100_000, maxEventBytesPerSession: 256 * 1024 * 1024))
         #expect(configuration.advertiseURL == nil)
         #expect(configuration.nodeHeartbeatMs == 1000)
@@ -184,7 +188,7 @@ struct ServerConfigurationTests {
                 "CLOUD_AGENT_AGENTS_FILE", "CLOUD_AGENT_CALLBACK_ATTEMPTS", "CLOUD_AGENT_CALLBACK_RETRY_BASE", "CLOUD_AGENT_ORPHAN_LIMIT",
                 "CLOUD_AGENT_ADVERTISE_URL", "CLOUD_AGENT_NODE_HEARTBEAT", "CLOUD_AGENT_NODE_LEASE", "CLOUD_AGENT_WAKE_UP_WINDOW",
                 "CLOUD_AGENT_INPUT_TIMEOUT", "CLOUD_AGENT_SANDBOX_EXPOSE", "CLOUD_AGENT_MAX_EVENTS_PER_EXECUTION",
-                "CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION", "CLOUD_AGENT_MAX_RUNTIMES_PER_USER",
+                "CLOUD_AGENT_MAX_EVENT_BYTES_PER_SESSION", "CLOUD_AGENT_MAX_RUNTIMES_PER_USER", "CLOUD_AGENT_USER_DAILY_BUDGET_USD",
             ])
         #expect(
             Set(names.map(\.flag)) == [
@@ -193,7 +197,7 @@ struct ServerConfigurationTests {
                 "--event-retention", "--sandbox", "--log-level", "--agents-file", "--callback-attempts", "--callback-retry-base", "--input-timeout",
                 "--orphan-limit", "",  // CLOUD_AGENT_SECRET_KEY is env only
                 "--advertise-url", "--node-heartbeat", "--node-lease", "--wake-up-window", "--sandbox-expose", "--max-events-per-execution",
-                "--max-event-bytes-per-session", "--max-runtimes-per-user",
+                "--max-event-bytes-per-session", "--max-runtimes-per-user", "--user-daily-budget-usd",
             ])
     }
 
