@@ -159,6 +159,14 @@ extension SessionReducer {
                         events.append(NewEvent(executionId: current.id, type: EventType.executionRunning, at: now))
                         drops.append(.execution(current.id, kinds: ["execute"]))
                         transitioned = true
+                        // A session already past its budget: the new agent asks (or stops) before it spends.
+                        if let step = checkBudget(&session, current.id, now: now) {
+                            events += step.events
+                            commands += step.commands
+                            drops += step.drops
+                            if let callback = step.callback { callbacks.append(callback) }
+                            notes += step.notes
+                        }
                     }
                 case .agent, .output:
                     if current.status == .pending {

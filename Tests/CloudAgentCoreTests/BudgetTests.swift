@@ -119,6 +119,27 @@ struct BudgetTests {
         #expect(afterDeny?.commands.isEmpty == true && afterDeny?.events.isEmpty == true, "no new request once stopped for the budget")
     }
 
+    @Test("a new execution in a session already over its budget is checked when its agent starts: held behind a request (ask), killed (auto)")
+    func checkedAtStart() throws {
+        for approvals in [ApprovalMode.ask, .auto] {
+            var state = try Self.running(Budget(maxTokens: 10), approvals: approvals)
+            // The session is over its budget from an earlier execution; the active one has just been sent.
+            state.session.usageTotal = Usage(inputTokens: 50)
+            state.execution?.status = .pending
+            state.session.budgetStopped = ExecutionID(at: Fixture.at(0))
+            let decision = try SessionReducer.ingest(
+                state, instanceId: "instance-1", events: [ReportedEvent(seq: 2, executionId: Self.id.rawValue, kind: .running, at: Fixture.at(seconds(2)))],
+                context: Queue.context(at: seconds(2)))
+            switch approvals {
+            case .ask:
+                #expect(decision.change?.commands == [.pause(Self.id)])
+                #expect(decision.change?.session?.inputs.pending.first?.kind == .budget)
+            case .auto:
+                #expect(decision.change?.commands == [.kill(Self.id, reason: "budget")])
+            }
+        }
+    }
+
     @Test("approvals ask: an unanswered budget request times out into a kill with reason budget")
     func timeout() throws {
         let state = try Self.running(Budget(maxCostUsd: 1), approvals: .ask)

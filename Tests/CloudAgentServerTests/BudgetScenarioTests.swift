@@ -119,8 +119,21 @@ struct BudgetScenarioTests {
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["latestExecution"]?["interruptReason"] == "budget")
             #expect(try await api.agentProcesses(id).allSatisfy { Self.state($0.pid) == nil || Self.state($0.pid) == "Z" })
             #expect(!(try await Self.events(api, id)).contains { $0["data"]?["text"] == "never reached" })
-            // The runtime stays for the next message, which runs (a new execution starts under budget).
+            // The session is over its budget: the next execution is held and asks as soon as its agent starts.
             #expect(try await api.request(.get, "/v1/sessions/\(id)")["runtime"]?["state"] == "running")
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/messages", json: ["prompt": "tick 200 0.05"]).status == 202)
+            var next: JSONValue?
+            try await eventually(within: 30, "a budget request for the next execution") {
+                next = try await Self.pendingBudgetRequest(api, id)
+                return next != nil && next?["executionId"] != request?["executionId"]
+            }
+            #expect(next?["question"]?.stringValue == "This session has used $2.00 of its $1.00 budget. Continue with $1.00 more?")
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/interrupt")["interrupted"] == true)
+            try await eventually(within: 30, "the next execution to be interrupted") {
+                let latest = try await api.request(.get, "/v1/sessions/\(id)")["latestExecution"]
+                return latest?["status"] == "interrupted" && latest?["executionId"] != request?["executionId"]
+            }
+            #expect(try await api.request(.get, "/v1/sessions/\(id)")["latestExecution"]?["interruptReason"] == "user")
         }
     }
 
