@@ -14,10 +14,11 @@ extension InputRequest {
     public static let maxInputBytes = 8192
 
     /// A request as the runtime reported it (`input.requested`'s data), bounded; nil when it
-    /// is malformed (no id, an unknown kind).
+    /// is malformed (no id, an unknown kind) or of kind `budget`, which only the control plane
+    /// raises: an agent must not be able to ask a user to raise its own budget.
     public init?(reported data: [String: JSONValue], executionId: ExecutionID, at: Date) {
         guard let id = data["requestId"]?.stringValue, Self.isRequestId(id),
-            let kind = data["kind"]?.stringValue.flatMap(InputKind.init(rawValue:))
+            let kind = data["kind"]?.stringValue.flatMap(InputKind.init(rawValue:)), kind != .budget
         else { return nil }
         self.init(id: id, executionId: executionId, kind: kind, requestedAt: at)
         tool = data["tool"]?.stringValue.map { String($0.prefix(200)) }

@@ -331,6 +331,12 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         var data = request
         data["requestId"] = .string(requestId)
         let kind = data["kind"]?.stringValue ?? "permission"
+        guard kind == "permission" || kind == "question" else {
+            // Only the control plane asks about budgets; an agent asks for a permission or an answer.
+            logger.warning("input request of an unknown kind: denied", metadata: ["executionId": .string(executionId), "kind": .string(String(kind.prefix(50)))])
+            respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "deny"))
+            return
+        }
         if kind == "permission", execution.readOnly || !execution.asks {
             // Decided here: allowed (approvals auto, the allow-once option), or denied in a
             // read-only execution, whatever the approvals: what asks permission writes or runs.

@@ -140,6 +140,19 @@ struct BudgetTests {
         }
     }
 
+    @Test("a runtime cannot raise a budget request: one reported with kind budget is refused as malformed and recorded nowhere")
+    func runtimeCannotAskForBudget() throws {
+        let state = try Self.running(Budget(maxCostUsd: 1), approvals: .ask)
+        let data: [String: JSONValue] = ["requestId": "raise-me", "kind": "budget", "question": "Continue with $1000 more?"]
+        #expect(InputRequest(reported: data, executionId: Self.id, at: Fixture.at(seconds(2))) == nil)
+        let decision = try SessionReducer.ingest(
+            state, instanceId: "instance-1",
+            events: [ReportedEvent(seq: 2, executionId: Self.id.rawValue, kind: .inputRequested, at: Fixture.at(seconds(2)), data: data)],
+            context: Queue.context(at: seconds(2)))
+        #expect(decision.change?.session?.inputs.requests.isEmpty == true)
+        #expect(decision.change?.events.isEmpty == true)
+    }
+
     @Test("approvals ask: an unanswered budget request times out into a kill with reason budget")
     func timeout() throws {
         let state = try Self.running(Budget(maxCostUsd: 1), approvals: .ask)
