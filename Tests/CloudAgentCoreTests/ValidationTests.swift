@@ -270,7 +270,7 @@ struct ValidationTests {
         #expect(untouched.prompt == .unchanged)
     }
 
-    @Test("after initiate only idleTimeoutMs may change")
+    @Test("after initiate only idleTimeoutMs and budget may change")
     func changesOnlyLiveFields() throws {
         #expect(try SessionInput.parsePatch(["idleTimeoutMs": 120_000]).changesOnlyLiveFields)
         #expect(try SessionInput.parsePatch(["idleTimeoutMs": nil]).changesOnlyLiveFields)

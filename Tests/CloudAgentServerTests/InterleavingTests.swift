@@ -167,7 +167,7 @@ struct InterleavingTests {
         // Initiate first: the PATCH is refused and changes nothing.
         _ = try await h.connect(id)
         let execution = try await h.sessions.startExecution(id, owner: h.owner, message: nil)
-        await #expect(throws: SessionError.invalidState("session \(id) was initiated: only idleTimeoutMs may change now")) {
+        await #expect(throws: SessionError.invalidState("session \(id) was initiated: only idleTimeoutMs and budget may change now")) {
             _ = try await h.sessions.patch(id, owner: h.owner, input: try SessionInput.parsePatch(["envVars": ["A": "1"]]))
         }
         let session = try #require(try await h.session(id))

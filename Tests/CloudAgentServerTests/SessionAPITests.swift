@@ -215,7 +215,7 @@ struct SessionAPITests {
         }
     }
 
-    @Test("after initiate only idleTimeoutMs may change")
+    @Test("after initiate only idleTimeoutMs and budget may change")
     func patchAfterInitiate() async throws {
         try await TestServer().run { api in
             let id = try await api.createSession()
@@ -230,6 +230,9 @@ struct SessionAPITests {
             #expect(accepted.status == 200)
             #expect(accepted["idleTimeoutMs"] == 5000)
             #expect(accepted["mode"] == .null)
+            let budget = try await api.request(.patch, "/v1/sessions/\(id)", json: ["budget": ["maxTokens": 1000]])
+            #expect(budget.status == 200 && budget["budget"]?["maxTokens"] == 1000, "\(budget.text)")
+            #expect(try await api.request(.patch, "/v1/sessions/\(id)", json: ["budget": ["maxTokens": 1000], "model": "m"]).status == 409)
         }
     }
 }
