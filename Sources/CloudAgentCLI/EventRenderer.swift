@@ -82,6 +82,10 @@ final class EventRenderer: Sendable {
             let what: String
             if data["kind"]?.stringValue == "question" {
                 what = "the agent asks: " + Self.oneLine(data["question"]?.stringValue ?? "?", limit: 200)
+            } else if data["kind"]?.stringValue == "budget" {
+                // The control plane's own request: the agent is held until it is answered.
+                what = "budget: " + Self.oneLine(data["question"]?.stringValue ?? "the session's budget is reached: continue?", limit: 200)
+                return [c.paint("? ", .yellow, .bold) + what + c.paint("  \(id) · cloud-agent answer SESSION \(id) allow|deny", .dim)]
             } else {
                 let input = data["input"].map { $0["command"]?.stringValue ?? $0.stringValue ?? JSONText.encode($0) }.map {
                     ": " + Self.oneLine($0, limit: 120)

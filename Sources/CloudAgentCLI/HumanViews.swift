@@ -54,6 +54,8 @@ struct HumanViews {
         if view["autoCommit"]?.boolValue == true { row("auto-commit", "on") }
         if let callback = view["callback"]?["url"]?.stringValue { row("callback", callback) }
         if view["approvals"]?.stringValue == "ask" { row("approvals", "ask (the agent's permission requests wait for an answer)") }
+        if let budget = BudgetText.budget(view["budget"]) { row("budget", budget) }
+        if let usage = BudgetText.usage(view["usage"]) { row("usage", usage) }
         if let pending = view["pendingInput"]?.intValue, pending > 0 {
             row("waiting", c.paint("\(pending) input request\(pending == 1 ? "" : "s") wait\(pending == 1 ? "s" : "") for an answer", .yellow))
         }
@@ -80,6 +82,13 @@ struct HumanViews {
             let choices = request["choices"]?.arrayItems.compactMap(\.stringValue) ?? []
             if !choices.isEmpty { lines.append("  choices: " + choices.joined(separator: " · ")) }
             lines.append(c.paint("  answer: cloud-agent answer \(session) \(id) --text TEXT   (or deny)", .dim))
+        case "budget"?:
+            lines.append(c.paint("? ", .yellow) + (request["question"]?.stringValue ?? "the session's budget is reached: continue?") + c.paint("  \(id)", .dim))
+            let options = request["options"]?.arrayItems ?? []
+            let allow = options.first { $0["kind"]?.stringValue?.hasPrefix("allow") == true }?["name"]?.stringValue ?? "continue"
+            let deny = options.first { $0["kind"]?.stringValue?.hasPrefix("reject") == true }?["name"]?.stringValue ?? "stop the agent"
+            lines.append("  allow: \(allow.lowercased()) · deny: \(deny.lowercased())")
+            lines.append(c.paint("  answer: cloud-agent answer \(session) \(id) allow|deny", .dim))
         default:
             let tool = request["tool"]?.stringValue ?? "a tool"
             let input = request["input"].map { $0.stringValue ?? $0["command"]?.stringValue ?? JSONText.encode($0) } ?? ""
@@ -89,7 +98,8 @@ struct HumanViews {
             lines.append(c.paint("  answer: cloud-agent answer \(session) \(id) allow|deny [--always] [--option ID]", .dim))
         }
         if let deadline = request["deadline"]?.dateValue {
-            lines.append(c.paint("  denied for want of an answer \(humanTime(deadline))", .dim))
+            let outcome = request["kind"]?.stringValue == "budget" ? "the agent is stopped without an answer by" : "denied for want of an answer"
+            lines.append(c.paint("  \(outcome) \(humanTime(deadline))", .dim))
         }
         return lines
     }

@@ -61,6 +61,7 @@ final class InlineAnswers: Sendable {
         guard let requestId = data["requestId"]?.stringValue, !resolved.withLock({ $0.contains(requestId) }) else { return }
         let choices = data["choices"]?.arrayValue?.compactMap(\.stringValue) ?? []
         let question = data["kind"]?.stringValue == "question"
+        let budget = data["kind"]?.stringValue == "budget"
         defer { console.endPrompt() }
         let body: JSONValue?
         if question {
@@ -73,9 +74,11 @@ final class InlineAnswers: Sendable {
         } else {
             var decided: JSONValue?
             for _ in 0..<3 where decided == nil {
-                console.prompt(console.paint("? ", .yellow, .bold) + "allow? [y]es, [n]o, [a]lways for this tool: ")
+                console.prompt(
+                    console.paint("? ", .yellow, .bold)
+                        + (budget ? "continue? [y]es, [n]o (stops the agent): " : "allow? [y]es, [n]o, [a]lways for this tool: "))
                 guard let line = await StandardInputLines.shared.next() else { break }
-                decided = Self.decision(line)
+                decided = budget ? Self.budgetDecision(line) : Self.decision(line)
             }
             body = decided
         }
@@ -102,6 +105,16 @@ final class InlineAnswers: Sendable {
         case "y", "yes", "allow": ["decision": "allow"]
         case "n", "no", "deny": ["decision": "deny"]
         case "a", "always": ["decision": "allow", "always": true]
+        default: nil
+        }
+    }
+
+    /// A budget request's answer: `y`/`yes`/`continue` goes on, `n`/`no`/`stop` stops the agent;
+    /// there is no "always" (each go-ahead raises the budget once); anything else is asked again (nil).
+    static func budgetDecision(_ line: String) -> JSONValue? {
+        switch line.trimmingCharacters(in: .whitespaces).lowercased() {
+        case "y", "yes", "allow", "c", "continue": ["decision": "allow"]
+        case "n", "no", "deny", "s", "stop": ["decision": "deny"]
         default: nil
         }
     }

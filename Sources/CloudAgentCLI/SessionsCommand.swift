@@ -54,8 +54,20 @@ struct SessionSpecOptions: ParsableArguments {
     @Option(help: "ask: the agent's permission requests wait for an answer (cloud-agent answer); auto (default): it uses its tools without asking.")
     var approvals: String?
 
+    @Option(
+        name: .customLong("max-cost-usd"),
+        help: ArgumentHelp(
+            "A budget in US dollars (e.g. 5 or 0.50): past it the agent waits for a go-ahead (--approvals ask) or is stopped.", valueName: "amount"))
+    var maxCostUsd: String?
+
+    @Option(
+        name: .customLong("max-tokens"),
+        help: ArgumentHelp("A budget in tokens (every kind), like --max-cost-usd; with both, the first reached counts.", valueName: "count"))
+    var maxTokens: String?
+
     func validate() throws {
         if let approvals, approvals != "ask", approvals != "auto" { throw ValidationError("--approvals must be ask or auto") }
+        _ = try BudgetText.body(cost: maxCostUsd, tokens: maxTokens)
         if branch != nil, repo == nil { throw ValidationError("--branch needs --repo") }
         if repoToken != nil, repo == nil { throw ValidationError("--repo-token needs --repo") }
         if !callbackHeaders.isEmpty, callbackURL == nil { throw ValidationError("--callback-header needs --callback-url") }
@@ -78,6 +90,7 @@ struct SessionSpecOptions: ParsableArguments {
         if !setup.isEmpty { body["setupCommands"] = .array(setup.map(JSONValue.string)) }
         if autoCommit { body["autoCommit"] = true }
         if let approvals { body["approvals"] = .string(approvals) }
+        if let budget = try BudgetText.body(cost: maxCostUsd, tokens: maxTokens) { body["budget"] = budget }
         if let idleTimeout { body["idleTimeoutMs"] = .number(Double(try parseDuration(idleTimeout, option: "--idle-timeout"))) }
         if let callbackURL {
             var callback: [String: JSONValue] = ["url": .string(callbackURL)]
@@ -178,8 +191,12 @@ struct SessionsCommand: AsyncParsableCommand {
 
     struct Patch: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Change a session. Before it is initiated: any field; after: only --idle-timeout (which applies at once).",
-            discussion: "A collection option (--env, --secret, --setup, --callback-header) replaces the stored collection whole. " + ExitStatus.summary
+            abstract: "Change a session. Before it is initiated: any field; after: only --idle-timeout and the budget (which apply at once).",
+            discussion: """
+                A collection option (--env, --secret, --setup, --callback-header) replaces the stored collection whole; so do \
+                --max-cost-usd and --max-tokens the budget (give both to keep both limits). A new budget starts without raises, \
+                and lets an agent waiting at the old one go on if the session's usage is under it. \(ExitStatus.summary)
+                """
         )
 
         @OptionGroup var client: ClientOptions
@@ -210,6 +227,11 @@ struct SessionsCommand: AsyncParsableCommand {
         @Option(name: .customLong("callback-header"), help: ArgumentHelp("A header of the new callback (repeatable).", valueName: "NAME=VALUE"))
         var callbackHeaders: [String] = []
         @Flag(name: .customLong("clear-callback"), help: "Remove the callback.") var clearCallback = false
+        @Option(name: .customLong("max-cost-usd"), help: ArgumentHelp("A new budget in US dollars (replaces the budget).", valueName: "amount"))
+        var maxCostUsd: String?
+        @Option(name: .customLong("max-tokens"), help: ArgumentHelp("A new budget in tokens (replaces the budget).", valueName: "count"))
+        var maxTokens: String?
+        @Flag(name: .customLong("clear-budget"), help: "Remove the budget.") var clearBudget = false
 
         func validate() throws {
             let conflicts: [(Bool, String)] = [
@@ -219,10 +241,12 @@ struct SessionsCommand: AsyncParsableCommand {
                 (!setup.isEmpty && clearSetup, "--setup and --clear-setup"),
                 (idleTimeout != nil && clearIdleTimeout, "--idle-timeout and --clear-idle-timeout"),
                 (callbackURL != nil && clearCallback, "--callback-url and --clear-callback"),
+                ((maxCostUsd != nil || maxTokens != nil) && clearBudget, "--max-cost-usd/--max-tokens and --clear-budget"),
             ]
             if let conflict = conflicts.first(where: \.0) { throw ValidationError("\(conflict.1) contradict each other") }
             if (branch != nil || repoToken != nil), repo == nil { throw ValidationError("--branch and --repo-token need --repo") }
             if !callbackHeaders.isEmpty, callbackURL == nil { throw ValidationError("--callback-header needs --callback-url") }
+            _ = try BudgetText.body(cost: maxCostUsd, tokens: maxTokens)
         }
 
         func body() throws -> JSONValue {
@@ -264,6 +288,11 @@ struct SessionsCommand: AsyncParsableCommand {
                 body["callback"] = .object(callback)
             } else if clearCallback {
                 body["callback"] = .null
+            }
+            if let budget = try BudgetText.body(cost: maxCostUsd, tokens: maxTokens) {
+                body["budget"] = budget
+            } else if clearBudget {
+                body["budget"] = .null
             }
             guard !body.isEmpty else { throw CLIFailure.usage("nothing to change: give at least one option (see --help)") }
             return .object(body)
