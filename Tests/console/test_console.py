@@ -267,6 +267,41 @@ def test_input_requests_allow_answer_deny(browser, ctx):
     expect(p.locator("#input-requests")).to_be_hidden()
 
 
+def test_budget_from_the_form_continue_then_stop(browser, ctx):
+    """A budget set in the form (a bad amount refused next to its field), shown with the usage;
+    each time the agent reaches it, the page asks with the question and Continue / Stop:
+    Continue raises the budget and the agent goes on, Stop interrupts it with reason budget."""
+    p = ctx.sign_in()
+    p.get_by_role("button", name="New session").click()
+    p.get_by_role("textbox", name="Prompt").fill("usage 10 10 2\ntick 20 0.05\nusage 10 10 3\ntick 200 0.05\nsay never reached")
+    p.get_by_role("checkbox", name="Ask before the agent uses a tool").check()
+    cost = p.get_by_role("textbox", name="Max cost (USD)")
+    cost.fill("lots")
+    p.get_by_role("button", name="Start").click()
+    expect(cost).to_have_accessible_description(re.compile("amount of US dollars"))
+    expect(cost).to_be_focused()
+    cost.fill("1")
+    p.get_by_role("textbox", name="Max tokens").fill("1,000,000")
+    p.get_by_role("button", name="Start").click()
+    expect(p).to_have_url(re.compile(r"#/sessions/agent_"))
+    waiting = p.get_by_role("region", name="The agent is waiting for you")
+    expect(waiting).to_contain_text("This session has used $2.00 of its $1.00 budget. Continue with $1.00 more?")
+    spend = p.get_by_role("definition")
+    expect(spend.filter(has_text="$1.00, 1,000,000 tokens")).to_be_visible()
+    expect(spend.filter(has_text="$2.00, 20 tokens")).to_be_visible()
+    expect(events(p)).to_contain_text("? budget: This session has used $2.00 of its $1.00 budget.")
+    waiting.get_by_role("button", name="Continue").click()
+    expect(waiting).to_contain_text("This session has used $5.00 of its $2.00 budget.")
+    expect(spend.filter(has_text="(allowed $2.00, 2,000,000 tokens after 1 raise)")).to_be_visible()
+    waiting.get_by_role("button", name="Stop").click()
+    region = events(p)
+    expect(region).to_contain_text("■ execution interrupted")
+    expect(region).to_contain_text("(reason: budget)")
+    expect(p.get_by_role("list", name="Executions")).to_contain_text("interrupted (reason: budget)")
+    expect(p.locator("#input-requests")).to_be_hidden()
+    expect(region.get_by_role("listitem").filter(has_text=re.compile(r"^never reached$"))).to_have_count(0)
+
+
 def test_acp_agent_from_the_form(browser, ctx):
     """An ACP agent of the agents file (the fixture): chosen in the form, its turn rendered,
     and a follow-up in the same runtime continuing its ACP session."""

@@ -17,6 +17,29 @@ export function stopReasonText(reason) {
   return `rule ${reason.rule || "unknown"}` + (parts.length ? ` (${parts.join(", ")})` : "");
 }
 
+// Amounts as the CLI writes them: `$1.00`, `10,000 tokens`.
+const dollars = (value) => (value > 0 && value < 0.01 ? `$${value.toFixed(4)}`
+  : "$" + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 }));
+const tokens = (value) => `${Math.trunc(value).toLocaleString("en-US")} tokens`;
+
+// A session's `budget`: "$1.00, 10,000 tokens", then "(allowed $2.00, 20,000 tokens after 1 raise)"
+// once raised; "" without one.
+export function budgetText(budget) {
+  if (!budget) return "";
+  const limits = [], allowed = [];
+  if (budget.maxCostUsd != null) { limits.push(dollars(budget.maxCostUsd)); allowed.push(dollars(budget.allowedCostUsd ?? budget.maxCostUsd)); }
+  if (budget.maxTokens != null) { limits.push(tokens(budget.maxTokens)); allowed.push(tokens(budget.allowedTokens ?? budget.maxTokens)); }
+  const raises = budget.raises || 0;
+  return limits.join(", ") + (raises > 0 ? ` (allowed ${allowed.join(", ")} after ${raises} raise${raises === 1 ? "" : "s"})` : "");
+}
+
+// A session's `usage`: "$0.42, 12,345 tokens" (every kind of token); "" without one.
+export function usageText(usage) {
+  if (!usage) return "";
+  const total = ["inputTokens", "outputTokens", "cacheReadTokens", "cacheWriteTokens"].reduce((sum, key) => sum + (usage[key] || 0), 0);
+  return (usage.costUsd != null ? `${dollars(usage.costUsd)}, ` : "") + tokens(total);
+}
+
 function toolLine(data) {
   const input = oneLine(asText(data.input), 160);
   const outcome = data.exitCode != null ? `exit ${data.exitCode}` : data.status || "done";
@@ -61,6 +84,7 @@ export function renderEvent(event) {
     case "input.requested": {
       const input = data.input == null ? "" : oneLine(typeof data.input === "string" ? data.input : (data.input.command || JSON.stringify(data.input)), 120);
       const what = data.kind === "question" ? `the agent asks: ${oneLine(data.question || "?", 200)}`
+        : data.kind === "budget" ? `budget: ${oneLine(data.question || "the session's budget is reached: continue?", 200)}`
         : `the agent asks permission to use ${data.tool || "a tool"}${input ? ": " + input : ""}`;
       body = el("div", { class: "line warn", text: `? ${what}` });
       break;

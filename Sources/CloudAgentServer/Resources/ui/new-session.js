@@ -32,6 +32,10 @@ export function renderNewSession(main) {
     agent: field("agent", "Agent", el("select", {})),
     mode: field("mode", "Mode", el("input", { type: "text" }), "Handed to the agent (optional)."),
     idle: field("idle", "Idle timeout", el("input", { type: "text", placeholder: "15m" }), "Like 30s, 15m or 2h; empty: the server's default."),
+    cost: field("max-cost", "Max cost (USD)", el("input", { type: "text", inputmode: "decimal", placeholder: "5.00" }),
+      "A budget (optional): past it the agent waits for your go-ahead (with \"Ask before…\" ticked) or is stopped."),
+    tokens: field("max-tokens", "Max tokens", el("input", { type: "text", inputmode: "numeric", placeholder: "1000000" }),
+      "A budget in tokens (optional), like the cost; with both, the first reached counts."),
     env: field("env", "Environment variables", el("textarea", { rows: 3, placeholder: "NAME=value" }), "One NAME=value a line."),
     secrets: field("secrets", "Secrets", el("textarea", { rows: 3, placeholder: "NAME=value", autocomplete: "off" }), "Like environment variables, stored encrypted and never shown again."),
   };
@@ -53,8 +57,9 @@ export function renderNewSession(main) {
 
   // Which form field an API error's `field` (e.g. "repo.url", "envVars.FOO") belongs to.
   const fieldFor = (name) => ({ prompt: f.prompt, agent: f.agent, mode: f.mode, idleTimeoutMs: f.idle,
-    "repo.branch": f.branch, repo: f.repo, envVars: f.env, secrets: f.secrets })[name]
-    || ({ repo: f.repo, envVars: f.env, secrets: f.secrets })[name.split(".")[0]];
+    "repo.branch": f.branch, repo: f.repo, envVars: f.env, secrets: f.secrets,
+    "budget.maxCostUsd": f.cost, "budget.maxTokens": f.tokens })[name]
+    || ({ repo: f.repo, envVars: f.env, secrets: f.secrets, budget: f.cost.control.value.trim() ? f.cost : f.tokens })[name.split(".")[0]];
 
   function showError(target, message) {
     target.error.textContent = message;
@@ -74,6 +79,19 @@ export function renderNewSession(main) {
     if (f.idle.control.value.trim()) {
       body.idleTimeoutMs = parseDuration(f.idle.control.value);
       if (body.idleTimeoutMs === null) return showError(f.idle, "Write a duration like 30s, 15m or 2h.");
+    }
+    const cost = f.cost.control.value.trim().replace(/^\$/, "");
+    const tokens = f.tokens.control.value.trim().replace(/[_,]/g, "");
+    if (cost || tokens) {
+      body.budget = {};
+      if (cost) {
+        if (!/^(\d+\.?\d*|\.\d+)$/.test(cost) || !(Number(cost) > 0)) return showError(f.cost, "Write an amount of US dollars above 0, like 5 or 0.50.");
+        body.budget.maxCostUsd = Number(cost);
+      }
+      if (tokens) {
+        if (!/^\d+$/.test(tokens) || !(Number(tokens) >= 1)) return showError(f.tokens, "Write a whole number of tokens, like 100000.");
+        body.budget.maxTokens = Number(tokens);
+      }
     }
     for (const [key, target] of [["envVars", f.env], ["secrets", f.secrets]]) {
       try { body[key] = pairs(target.control.value); } catch (failure) { return showError(target, failure.message); }

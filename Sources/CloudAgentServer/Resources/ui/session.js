@@ -1,8 +1,8 @@
-// One session: its runtime (countdown or stop reason), its executions, its live events, and
-// the controls to follow up, interrupt, change the idle timeout and delete it.
+// One session: its runtime (countdown or stop reason), its budget and usage, its executions,
+// its live events, and the controls to follow up, interrupt, change the idle timeout and delete it.
 import { api, serverNow } from "./api.js";
 import { el, formatDuration, parseDuration, timeOf } from "./dom.js";
-import { renderEvent, stopReasonText } from "./events.js";
+import { budgetText, renderEvent, stopReasonText, usageText } from "./events.js";
 import { deadlinePassed, runtimeText } from "./runtime-state.js";
 import { openStream } from "./stream.js";
 
@@ -12,6 +12,8 @@ export function renderSession(main, id) {
   const state = el("p", { id: "runtime-state", class: "state" });
   const reason = el("dl", { class: "reason", hidden: true });
   const heartbeat = el("p", { class: "hint" });
+  // The budget and what the session has spent, when it has either.
+  const spend = el("dl", { id: "spend", class: "reason", "aria-label": "Budget and usage", hidden: true });
   const execList = el("ul", { class: "executions", "aria-label": "Executions" });
   const log = el("ol", { class: "events", role: "log", "aria-live": "polite", "aria-label": "Event log" });
   const streamStatus = el("span", { class: "hint" });
@@ -37,10 +39,11 @@ export function renderSession(main, id) {
   main.append(
     el("h1", { class: "mono", text: id }),
     el("section", { "aria-labelledby": "runtime-h", class: "card" },
-      el("h2", { id: "runtime-h", text: "Runtime" }), state, reason, heartbeat,
+      el("h2", { id: "runtime-h", text: "Runtime" }), state, reason, heartbeat, spend,
       el("form", { class: "inline", onsubmit: changeIdle },
         el("label", { for: "idle-timeout", text: "Idle timeout" }), idle, el("button", { type: "submit", text: "Change" }), idleError)),
-    // What the agent waits for: a permission (Allow / Deny) or a question (Answer).
+    // What the agent waits for: a permission (Allow / Deny), a question (Answer) or a go-ahead
+    // past the budget (Continue / Stop).
     inputs,
     el("section", { "aria-labelledby": "send-h", class: "card" },
       el("h2", { id: "send-h", text: "Follow up" }),
@@ -92,6 +95,11 @@ export function renderSession(main, id) {
         ["Idle", r.idleMs != null ? `${r.idleMs} ms` : "—"], ["Timeout", formatDuration(r.idleTimeoutMs) || "—"], ["Stopped at", timeOf(r.at)]]
         .flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]));
     }
+    const budget = budgetText(view.budget);
+    const usage = usageText(view.usage);
+    spend.hidden = !budget && !usage;
+    spend.replaceChildren(...[["Budget", budget], ["Used", usage]].filter(([, value]) => value)
+      .flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]));
     const active = executions.find((e) => e.executionId === view.activeExecutionId);
     heartbeat.textContent = active && active.lastHeartbeat
       ? `Agent alive: last heartbeat ${Math.max(0, Math.round((serverNow() - Date.parse(active.lastHeartbeat)) / 1000))}s ago` : "";
@@ -142,6 +150,12 @@ export function renderSession(main, id) {
         el("form", { class: "inline", onsubmit: (event) => { event.preventDefault(); if (text.value.trim()) answer({ answer: text.value }); } },
           el("label", { for: field, text: "Answer" }), text, el("button", { type: "submit", class: "primary", text: "Answer" }),
           el("button", { type: "button", text: "Decline", onclick: () => answer({ decision: "deny" }) })));
+    } else if (request.kind === "budget") {
+      // The control plane's own request: the agent is held until the answer.
+      card.append(el("p", { class: "question", text: request.question || "The session's budget is reached. Continue?" }),
+        el("div", { class: "actions" },
+          el("button", { type: "button", class: "primary", text: "Continue", onclick: () => answer({ decision: "allow" }) }),
+          el("button", { type: "button", class: "danger", text: "Stop", onclick: () => answer({ decision: "deny" }) })));
     } else {
       const input = request.input == null ? "" : (typeof request.input === "string" ? request.input : (request.input.command || JSON.stringify(request.input)));
       card.append(el("p", {}, "Permission to use ", el("strong", { text: request.tool || "a tool" }), input ? ": " : ""),
@@ -151,7 +165,10 @@ export function renderSession(main, id) {
           el("button", { type: "button", text: "Always allow", onclick: () => answer({ decision: "allow", always: true }) }),
           el("button", { type: "button", class: "danger", text: "Deny", onclick: () => answer({ decision: "deny" }) })));
     }
-    if (request.deadline) card.append(el("p", { class: "hint", text: `Denied for want of an answer at ${timeOf(request.deadline)}.` }));
+    if (request.deadline) {
+      card.append(el("p", { class: "hint", text: request.kind === "budget" ? `The agent is stopped if there is no answer by ${timeOf(request.deadline)}.`
+        : `Denied for want of an answer at ${timeOf(request.deadline)}.` }));
+    }
     card.append(status);
     return card;
   }
