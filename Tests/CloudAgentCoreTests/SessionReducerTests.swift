@@ -155,7 +155,7 @@ struct SessionReducerTests {
         #expect(change.session?.agentConversationId == "conv-1")
         #expect(change.executions.first?.status == .completed)
         #expect(change.callbacks.map(\.executionId) == [execution.id])
-        #expect(change.dropCommands == [.execution(execution.id, kinds: ["execute", "kill"])])
+        #expect(change.dropCommands == [.execution(execution.id, kinds: ["execute", "kill", "pause", "resume"])])
         #expect(decision.effects == [.deliverCallbacks])
         state.session.spec.autoCommit = true
         let committing = try SessionReducer.ingest(state, instanceId: "instance-1", events: ended, context: Self.context(at: seconds(3)))

@@ -43,6 +43,7 @@ struct TestServer {
     var agentsFile: String?
     var maxRuntimesPerUser: Int?
     var userDailyBudgetUsd: Double?
+    var eventCaps = EventCaps.default
     let logs = LogCapture()
 
     /// The orphan limit of the runtimes test servers launch, unless a test sets its own: a
@@ -81,6 +82,7 @@ struct TestServer {
         configuration.agentsFile = agentsFile
         configuration.maxRuntimesPerUser = maxRuntimesPerUser
         configuration.userDailyBudgetUsd = userDailyBudgetUsd
+        configuration.eventCaps = eventCaps
         return configuration
     }
 

@@ -150,6 +150,61 @@ struct RealAgentScenarioTests {
         }
     }
 
+    @Test(
+        "Codex reports usage during its turn: at its token budget (approvals ask) the real CLI is held, every process of it stopped, behind a budget request; each allow lets it go on, and it finishes its work",
+        .enabled(if: enabled(codex), skipReason))
+    func codexHeldAtItsBudget() async throws {
+        let directory = try TemporaryDirectory()
+        let model = try await ModelServer.start(
+            script: #"""
+                {"turns": [
+                  {"text": "Writing the first file.", "shell": "echo one > one.txt", "description": "Write one.txt"},
+                  {"text": "Writing the second file.", "shell": "echo two > two.txt", "description": "Write two.txt"},
+                  {"text": "Both files are written."}
+                ]}
+                """#, in: directory)
+        defer { model.stop() }
+        let repo = try await makeGitRepository(in: directory)
+        try await server(for: Self.codex).run { api in
+            let settings = Self.codex.settings(modelServer: model.url)
+            let id = try await api.createSession([
+                "prompt": "Write one.txt and two.txt", "agent": "codex", "repo": ["url": .string(repo.path)], "envVars": settings.envVars,
+                "secrets": settings.secrets, "approvals": "ask", "budget": ["maxTokens": 1],
+            ])
+            #expect(try await api.request(.post, "/v1/sessions/\(id)/initiate").status == 202)
+            var allowed = 0
+            var held = 0
+            let deadline = ContinuousClock.now + .seconds(120)
+            while ContinuousClock.now < deadline {
+                let status = try await api.request(.get, "/v1/sessions/\(id)")["latestExecution"]?["status"]?.stringValue
+                if status == "completed" || status == "failed" || status == "interrupted" { break }
+                let requests = try await api.request(.get, "/v1/sessions/\(id)/input-requests")["requests"]?.arrayValue ?? []
+                if let pending = requests.first(where: { $0["status"] == "pending" }), let requestId = pending["requestId"]?.stringValue {
+                    // With approvals ask, Codex also asks before each shell command: allowed too.
+                    if pending["kind"] == "budget" {
+                        // Held: every live process of the real CLI is stopped while the request waits.
+                        try await eventually(within: 15, "Codex's processes to be stopped") {
+                            let states = try await api.agentProcesses(id).compactMap { BudgetScenarioTests.state($0.pid) }.filter { $0 != "Z" }
+                            return !states.isEmpty && states.allSatisfy { $0 == "T" }
+                        }
+                        held += 1
+                    }
+                    let answer = try await api.request(.post, "/v1/sessions/\(id)/input-requests/\(requestId)", json: ["decision": "allow"])
+                    #expect(answer.status == 200, "\(answer.text)")
+                    if pending["kind"] == "budget" { allowed += 1 }
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let view = try await api.request(.get, "/v1/sessions/\(id)")
+            #expect(view["latestExecution"]?["status"] == "completed", "\(view["latestExecution"] ?? .null)")
+            #expect(held >= 1 && view["budget"]?["raises"]?.doubleValue == Double(allowed), "held \(held), allowed \(allowed): \(view["budget"] ?? .null)")
+            let workspace = api.plane.configuration.dataDirectory.appendingPathComponent("workspaces/\(id.rawValue)")
+            #expect(try String(contentsOf: workspace.appendingPathComponent("two.txt"), encoding: .utf8) == "two\n")
+            let log = try await api.request(.get, "/v1/sessions/\(id)/logs?tail=1000").text
+            #expect(log.contains("agent paused") && log.contains("agent resumed"))
+        }
+    }
+
     @Test("a model error ends the execution failed with the agent's own message", .enabled(if: !available.isEmpty, skipReason), arguments: available)
     func modelError(agent: RealAgent) async throws {
         try #require(Self.enabled(agent), Self.skipReason)
