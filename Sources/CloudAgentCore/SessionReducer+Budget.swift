@@ -39,7 +39,8 @@ extension SessionReducer {
                 InputOption(id: "continue", name: "Continue with \(crossing.amount(more)) more", kind: .allowOnce),
                 InputOption(id: "stop", name: "Stop the agent", kind: .rejectOnce),
             ],
-            question: "This session has used \(crossing.amount(crossing.used)) of its \(crossing.amount(crossing.limit)) budget. Continue with \(crossing.amount(more)) more?",
+            question:
+                "This session has used \(crossing.amount(crossing.used)) of its \(crossing.amount(crossing.limit)) budget. Continue with \(crossing.amount(more)) more?",
             requestedAt: now
         )
         let recorded = recordInputRequest(&session, request, now: now)

@@ -333,7 +333,8 @@ public actor AgentRuntime: Service, CustomStringConvertible {
         let kind = data["kind"]?.stringValue ?? "permission"
         guard kind == "permission" || kind == "question" else {
             // Only the control plane asks about budgets; an agent asks for a permission or an answer.
-            logger.warning("input request of an unknown kind: denied", metadata: ["executionId": .string(executionId), "kind": .string(String(kind.prefix(50)))])
+            logger.warning(
+                "input request of an unknown kind: denied", metadata: ["executionId": .string(executionId), "kind": .string(String(kind.prefix(50)))])
             respond(InputAnswerFrame(executionId: executionId, requestId: requestId, decision: "deny"))
             return
         }
