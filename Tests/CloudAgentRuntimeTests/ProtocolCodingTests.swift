@@ -47,6 +47,8 @@ struct ProtocolCodingTests {
         .execute(ExecuteCommand(executionId: "exc_1", agent: "scripted", prompt: "say hi\nsleep 0.5\n")),
         .execute(ExecuteCommand(executionId: "exc_2", agent: "claude-code", prompt: String(repeating: "é", count: 10_000), mode: "plan", model: "opus")),
         .kill(executionId: "exc_1", reason: "user"),
+        .pause(executionId: "exc_1"),
+        .resume(executionId: "exc_1"),
         .shutdown(reason: "idle"),
         .ping(nonce: 7),
     ]
