@@ -141,6 +141,17 @@ extension SessionReducer {
         var drops: [CommandDrop] = []
         var callbacks: [CallbackDelivery] = []
         var usage: [UsageDay] = []
+        /// The session's budget checked for `execution`, its decision added to the batch's change;
+        /// whether it decided anything.
+        func applyBudget(to execution: ExecutionID) -> Bool {
+            guard let step = checkBudget(&session, execution, now: now) else { return false }
+            events += step.events
+            commands += step.commands
+            drops += step.drops
+            if let callback = step.callback { callbacks.append(callback) }
+            notes += step.notes
+            return true
+        }
         for event in batch {
             guard event.seq > last else {
                 resent = true
@@ -160,13 +171,7 @@ extension SessionReducer {
                         drops.append(.execution(current.id, kinds: ["execute"]))
                         transitioned = true
                         // A session already past its budget: the new agent asks (or stops) before it spends.
-                        if let step = checkBudget(&session, current.id, now: now) {
-                            events += step.events
-                            commands += step.commands
-                            drops += step.drops
-                            if let callback = step.callback { callbacks.append(callback) }
-                            notes += step.notes
-                        }
+                        _ = applyBudget(to: current.id)
                     }
                 case .agent, .output:
                     if current.status == .pending {
@@ -256,15 +261,8 @@ extension SessionReducer {
                     session.usageTotal = (session.usageTotal ?? Usage()) + added
                     usage.append(UsageDay(owner: session.owner, day: UsageDay.day(of: now), agent: session.spec.agent, usage: added, executions: first ? 1 : 0))
                     notes.append(.usageReported(agent: session.spec.agent, added))
-                    if let step = checkBudget(&session, current.id, now: now) {
-                        events += step.events
-                        commands += step.commands
-                        drops += step.drops
-                        if let callback = step.callback { callbacks.append(callback) }
-                        notes += step.notes
-                        // A wait moves the execution's deadlines (and adds the input timeout's).
-                        transitioned = true
-                    }
+                    // A wait moves the execution's deadlines (and adds the input timeout's).
+                    if applyBudget(to: current.id) { transitioned = true }
                 case .unknown(let kind):
                     notes.append(.unknownEventKind(kind))
                 }
