@@ -1,6 +1,9 @@
+import AsyncHTTPClient
 import CloudAgentTestSupport
 import CloudAgentCore
 import Foundation
+import NIOCore
+import NIOHTTP1
 import Testing
 #if canImport(FoundationNetworking)
     import FoundationNetworking
@@ -122,27 +125,25 @@ struct RunningServer {
     }
 }
 
-/// HTTP over URLSession to a spawned server.
+/// HTTP to a spawned server, over AsyncHTTPClient's shared client (SwiftNIO). Not URLSession:
+/// FoundationNetworking on Linux deadlocked when a request was cancelled while its transfer
+/// completed, and a parallel run hung with every test that used it waiting and every thread
+/// idle (docs/testing.md).
 struct HTTPClient {
     let baseURL: URL
-    let session = URLSession(configuration: .ephemeral)
 
     func request(_ method: String, _ path: String, token: String? = nil, json: JSONValue? = nil) async throws -> APIResponse {
-        let url = try #require(URL(string: baseURL.absoluteString + (path.hasPrefix("/") ? path : "/" + path)))
-        var request = URLRequest(url: url)
-        request.httpMethod = method
-        request.timeoutInterval = 30
-        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        var request = HTTPClientRequest(url: baseURL.absoluteString + (path.hasPrefix("/") ? path : "/" + path))
+        request.method = .init(rawValue: method)
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let json {
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            request.httpBody = try JSONEncoder().encode(json)
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(json)))
         }
-        // Never cancelled: FoundationNetworking on Linux deadlocks when an async `data(for:)` is
-        // cancelled while its transfer completes (the task's status lock against URLSession's
-        // queue; seen hanging a parallel run). A detached task does not inherit the caller's
-        // cancellation; the request's own timeout bounds it.
-        let (data, response) = try await Task.detached { [session, request] in try await session.data(for: request) }.value
-        let status = try #require(response as? HTTPURLResponse).statusCode
+        let response = try await AsyncHTTPClient.HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 256 * 1024 * 1024)
+        let data = Data(body.readableBytesView)
+        let status = Int(response.status.code)
         let text = String(decoding: data, as: UTF8.self)
         let decoded = text.isEmpty ? JSONValue.null : ((try? JSONDecoder().decode(JSONValue.self, from: data)) ?? .null)
         return APIResponse(status: status, json: decoded, text: text)
