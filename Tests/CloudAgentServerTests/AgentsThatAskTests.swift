@@ -219,30 +219,20 @@ struct AgentsThatAskTests {
         let serve = try await ServeUnderTest(store: .sqlite)
         defer { serve.tearDown(part: "ask-inline") }
         try await serve.start()
-        // `script` gives the CLI a terminal (a pty); what the test writes to script's stdin is typed there.
-        let transcript = serve.directory.url.appendingPathComponent("inline.out")
-        _ = FileManager.default.createFile(atPath: transcript.path, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
-        process.arguments = ["-qfec", #""$CLI" run --approvals ask "$PROMPT""#, "/dev/null"]
-        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }.merging([
-            "CLOUD_AGENT_URL": "http://127.0.0.1:\(serve.port)", "CLOUD_AGENT_TOKEN": ServeUnderTest.token, "NO_COLOR": "1", "TERM": "dumb",
-            "CLI": TestServer.buildProducts.appendingPathComponent("cloud-agent").path,
-            "PROMPT": "approve touch inline.txt\nask Your colour?\nsay end",
-        ]) { $1 }
-        let keyboard = Pipe()
-        process.standardInput = keyboard
-        process.standardOutput = try FileHandle(forWritingTo: transcript)
-        process.standardError = process.standardOutput
-        try process.run()
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        func screen() -> String { (try? String(contentsOf: transcript, encoding: .utf8)) ?? "" }
+        let terminal = try TerminalRun(
+            #""$CLI" run --approvals ask "$PROMPT""#,
+            environment: [
+                "CLOUD_AGENT_URL": "http://127.0.0.1:\(serve.port)", "CLOUD_AGENT_TOKEN": ServeUnderTest.token,
+                "PROMPT": "approve touch inline.txt\nask Your colour?\nsay end",
+            ], transcript: serve.directory.url.appendingPathComponent("inline.out"))
+        defer { terminal.stop() }
+        func screen() -> String { terminal.screen }
         try await eventually(within: 60, "the permission asked inline") { screen().contains("allow? [y]es, [n]o, [a]lways for this tool:") }
-        keyboard.fileHandleForWriting.write(Data("y\n".utf8))
+        terminal.type("y")
         try await eventually(within: 60, "the question asked inline") { screen().contains("answer (a number picks a choice") }
-        keyboard.fileHandleForWriting.write(Data("blue\n".utf8))
-        try await eventually(within: 60, "the run to end") { !process.isRunning }
-        #expect(process.terminationStatus == 0, "\(screen())")
+        terminal.type("blue")
+        try await eventually(within: 60, "the run to end") { !terminal.isRunning }
+        #expect(terminal.terminationStatus == 0, "\(screen())")
         #expect(screen().contains("answer: blue"), "\(screen())")
         #expect(screen().contains("✓ execution completed"), "\(screen())")
         let id = try #require(screen().firstMatch(of: /agent_[A-Za-z0-9-]+/).map { String($0.output) })

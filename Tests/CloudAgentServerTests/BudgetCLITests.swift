@@ -221,36 +221,25 @@ struct BudgetCLITests {
         let server = try TestServer()
         try await server.run { api in
             let cli = try CLIClientTests.runner(api, server)
-            // `script` gives the CLI a terminal (a pty); what the test writes to script's stdin is typed there.
-            let transcript = server.directory.url.appendingPathComponent("inline-budget.out")
-            _ = FileManager.default.createFile(atPath: transcript.path, contents: nil)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
-            process.arguments = ["-qfec", #""$CLI" run --approvals ask --max-cost-usd 1 "$PROMPT""#, "/dev/null"]
-            process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CLOUD_AGENT_") }.merging([
-                "CLOUD_AGENT_URL": cli.url, "CLOUD_AGENT_TOKEN": cli.token, "NO_COLOR": "1", "TERM": "dumb",
-                "CLI": TestServer.buildProducts.appendingPathComponent("cloud-agent").path, "PROMPT": Self.twoCrossings,
-            ]) { $1 }
-            let keyboard = Pipe()
-            process.standardInput = keyboard
-            process.standardOutput = try FileHandle(forWritingTo: transcript)
-            process.standardError = process.standardOutput
-            try process.run()
-            defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-            func screen() -> String { (try? String(contentsOf: transcript, encoding: .utf8)) ?? "" }
+            let terminal = try TerminalRun(
+                #""$CLI" run --approvals ask --max-cost-usd 1 "$PROMPT""#,
+                environment: ["CLOUD_AGENT_URL": cli.url, "CLOUD_AGENT_TOKEN": cli.token, "PROMPT": Self.twoCrossings],
+                transcript: server.directory.url.appendingPathComponent("inline-budget.out"))
+            defer { terminal.stop() }
+            func screen() -> String { terminal.screen }
             let prompt = "continue? [y]es, [n]o (stops the agent):"
             func prompts() -> Int { screen().components(separatedBy: prompt).count - 1 }
 
             try await eventually(within: 60, "the budget request asked inline") { prompts() == 1 }
             #expect(screen().contains("? budget: \(Self.firstQuestion)"), "\(screen())")
-            keyboard.fileHandleForWriting.write(Data("a\n".utf8))
+            terminal.type("a")
             try await eventually(within: 30, "an always asked again") { prompts() == 2 }
-            keyboard.fileHandleForWriting.write(Data("y\n".utf8))
+            terminal.type("y")
             try await eventually(within: 60, "the second budget request asked inline") { prompts() == 3 }
             #expect(screen().contains("? budget: \(Self.secondQuestion)"), "\(screen())")
-            keyboard.fileHandleForWriting.write(Data("n\n".utf8))
-            try await eventually(within: 60, "the run to end") { !process.isRunning }
-            #expect(process.terminationStatus == 130, "\(screen())")
+            terminal.type("n")
+            try await eventually(within: 60, "the run to end") { !terminal.isRunning }
+            #expect(terminal.terminationStatus == 130, "\(screen())")
             #expect(screen().contains("reason: budget"), "\(screen())")
             let id = try #require(screen().firstMatch(of: /agent_[A-Za-z0-9-]+/).map { String($0.output) })
             let events = try await api.request(.get, "/v1/sessions/\(id)/events?limit=1000")["events"]?.arrayValue ?? []
